@@ -1,0 +1,96 @@
+//! The account itself: `/account/whoami`, `/account/password`, `/account/deactivate`.
+
+use axum::extract;
+use ruma::api::client::{
+    account::{
+        ThirdPartyIdRemovalStatus, change_password::v3 as password_v3,
+        deactivate::v3 as deactivate_v3, whoami::v3 as whoami_v3,
+    },
+    uiaa::{AuthFlow, AuthType},
+};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+    service::users,
+};
+
+/// Changing the password or deactivating asks for the current password again.
+pub fn password_flows() -> Vec<AuthFlow> {
+    vec![AuthFlow::new(vec![AuthType::Password])]
+}
+
+pub async fn whoami(
+    extract::State(services): extract::State<State>,
+    request: Ruma<whoami_v3::Request>,
+) -> Result<RumaResponse<whoami_v3::Response>> {
+    let is_guest = services.users.get(request.user())?.is_some_and(|r| r.guest);
+    let mut response = whoami_v3::Response::new(request.user().to_owned(), is_guest);
+    response.device_id = Some(request.device().to_owned());
+    Ok(RumaResponse(response))
+}
+
+pub async fn change_password(
+    extract::State(services): extract::State<State>,
+    request: Ruma<password_v3::Request>,
+) -> Result<RumaResponse<password_v3::Response>> {
+    // Password reset by e-mail is not offered, so the caller must be logged in.
+    let (Some(user_id), Some(device_id)) = (&request.sender_user, &request.sender_device) else {
+        return Err(Error::missing_token());
+    };
+    let purpose = format!("password:{user_id}");
+    services
+        .user_interactive_auth(
+            &purpose,
+            &password_flows(),
+            request.body.auth.as_ref(),
+            Some(user_id),
+        )
+        .await?;
+
+    let new_password = request.body.new_password.clone();
+    let hash = tokio::task::spawn_blocking(move || users::hash_password(&new_password))
+        .await
+        .map_err(|e| Error::internal(format!("hashing task failed: {e}")))??;
+    let logout_devices = request.body.logout_devices;
+    services
+        .users
+        .set_password_hash(user_id, Some(hash), |batch| {
+            if logout_devices {
+                services
+                    .devices
+                    .delete_all_into(batch, user_id, Some(&**device_id))
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+    tracing::info!(user = %user_id, logout_devices, "password changed");
+    Ok(RumaResponse(password_v3::Response::new()))
+}
+
+pub async fn deactivate(
+    extract::State(services): extract::State<State>,
+    request: Ruma<deactivate_v3::Request>,
+) -> Result<RumaResponse<deactivate_v3::Response>> {
+    let Some(user_id) = &request.sender_user else {
+        return Err(Error::missing_token());
+    };
+    let purpose = format!("deactivate:{user_id}");
+    services
+        .user_interactive_auth(
+            &purpose,
+            &password_flows(),
+            request.body.auth.as_ref(),
+            Some(user_id),
+        )
+        .await?;
+    services
+        .users
+        .deactivate(user_id, &services.devices)
+        .await?;
+    tracing::info!(user = %user_id, "account deactivated");
+    Ok(RumaResponse(deactivate_v3::Response::new(
+        ThirdPartyIdRemovalStatus::NoSupport,
+    )))
+}

@@ -1,0 +1,105 @@
+//! Discovery: `/versions`, `/.well-known/matrix/*`, `/capabilities`.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, Router, extract, routing::get};
+use ruma::{
+    RoomVersionId,
+    api::client::discovery::{
+        discover_homeserver::{self, HomeserverInfo},
+        get_capabilities::v3::{
+            self as capabilities_v3, Capabilities, ProfileFieldsCapability, RoomVersionStability,
+        },
+        get_supported_versions,
+    },
+};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+};
+
+/// The spec versions whose client-server endpoints, as far as they exist here, follow that
+/// version. Raised as the rooms, E2EE and media work lands (see ARCHITECTURE.md).
+const SUPPORTED_VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+    "v1.9", "v1.10",
+];
+
+pub async fn versions(
+    _: Ruma<get_supported_versions::Request>,
+) -> RumaResponse<get_supported_versions::Response> {
+    let mut response = get_supported_versions::Response::new(
+        SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+    );
+    response.unstable_features = BTreeMap::new();
+    RumaResponse(response)
+}
+
+pub async fn well_known_client(
+    extract::State(services): extract::State<State>,
+    _: Ruma<discover_homeserver::Request>,
+) -> Result<RumaResponse<discover_homeserver::Response>> {
+    let base_url = services
+        .config
+        .well_known
+        .client
+        .clone()
+        .ok_or_else(|| Error::not_found("No client well-known is configured."))?;
+    Ok(RumaResponse(discover_homeserver::Response::new(
+        HomeserverInfo::new(base_url),
+    )))
+}
+
+/// `/.well-known/matrix/server` belongs to the federation API; it is mounted here because it is
+/// plain configuration, with no request to parse.
+pub fn well_known_server(router: Router<State>) -> Router<State> {
+    router.route(
+        "/.well-known/matrix/server",
+        get(
+            |extract::State(services): extract::State<State>| async move {
+                match &services.config.well_known.server {
+                    Some(server) => Ok(Json(serde_json::json!({ "m.server": server }))),
+                    None => Err(Error::not_found("No server well-known is configured.")),
+                }
+            },
+        ),
+    )
+}
+
+pub async fn capabilities(
+    extract::State(services): extract::State<State>,
+    _: Ruma<capabilities_v3::Request>,
+) -> RumaResponse<capabilities_v3::Response> {
+    let mut capabilities = Capabilities::new();
+    let available: BTreeMap<RoomVersionId, RoomVersionStability> = [
+        RoomVersionId::V1,
+        RoomVersionId::V2,
+        RoomVersionId::V3,
+        RoomVersionId::V4,
+        RoomVersionId::V5,
+        RoomVersionId::V6,
+        RoomVersionId::V7,
+        RoomVersionId::V8,
+        RoomVersionId::V9,
+        RoomVersionId::V10,
+        RoomVersionId::V11,
+        RoomVersionId::V12,
+    ]
+    .into_iter()
+    .map(|v| (v, RoomVersionStability::Stable))
+    .collect();
+    capabilities.room_versions.default = services.config.default_room_version.clone();
+    capabilities.room_versions.available = available;
+    capabilities.change_password.enabled = true;
+    capabilities.profile_fields = Some(ProfileFieldsCapability::new(true));
+    // Deprecated since v1.16 in favour of `m.profile_fields`, but older clients still read them.
+    #[allow(deprecated)]
+    {
+        capabilities.set_displayname.enabled = true;
+        capabilities.set_avatar_url.enabled = true;
+    }
+    capabilities.thirdparty_id_changes.enabled = false;
+    capabilities.get_login_token.enabled = false;
+    RumaResponse(capabilities_v3::Response::new(capabilities))
+}

@@ -1,0 +1,52 @@
+//! Client-server API handlers, one file per spec area.
+
+mod account;
+mod account_data;
+mod devices;
+mod discovery;
+mod profile;
+mod register;
+mod session;
+
+use axum::Router;
+use ruma::api::client as c;
+
+use super::ruma::{RouterExt, State};
+
+/// Mounts every client-server endpoint culvert implements. Anything else answers 404
+/// `M_UNRECOGNIZED` through the router's fallback.
+pub fn routes(router: Router<State>) -> Router<State> {
+    discovery::well_known_server(router)
+        .ruma_route::<c::discovery::get_supported_versions::Request, _, _>(discovery::versions)
+        .ruma_route::<c::discovery::discover_homeserver::Request, _, _>(
+            discovery::well_known_client,
+        )
+        .ruma_route::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
+        .ruma_route::<c::account::register::v3::Request, _, _>(register::register)
+        .ruma_route::<c::account::get_username_availability::v3::Request, _, _>(register::available)
+        .ruma_route::<c::account::check_registration_token_validity::v1::Request, _, _>(
+            register::token_validity,
+        )
+        .ruma_route::<c::session::get_login_types::v3::Request, _, _>(session::login_types)
+        .ruma_route::<c::session::login::v3::Request, _, _>(session::login)
+        .ruma_route::<c::session::logout::v3::Request, _, _>(session::logout)
+        .ruma_route::<c::session::logout_all::v3::Request, _, _>(session::logout_all)
+        .ruma_route::<c::account::whoami::v3::Request, _, _>(account::whoami)
+        .ruma_route::<c::account::change_password::v3::Request, _, _>(account::change_password)
+        .ruma_route::<c::account::deactivate::v3::Request, _, _>(account::deactivate)
+        .ruma_route::<c::device::get_devices::v3::Request, _, _>(devices::list)
+        .ruma_route::<c::device::get_device::v3::Request, _, _>(devices::get)
+        .ruma_route::<c::device::update_device::v3::Request, _, _>(devices::update)
+        .ruma_route::<c::device::delete_device::v3::Request, _, _>(devices::delete)
+        .ruma_route::<c::device::delete_devices::v3::Request, _, _>(devices::delete_many)
+        .ruma_route::<c::profile::get_profile::v3::Request, _, _>(profile::get_profile)
+        .ruma_route::<c::profile::get_profile_field::v3::Request, _, _>(profile::get_field)
+        .ruma_route::<c::profile::set_profile_field::v3::Request, _, _>(profile::set_field)
+        .ruma_route::<c::profile::delete_profile_field::v3::Request, _, _>(profile::delete_field)
+        .ruma_route::<c::config::get_global_account_data::v3::Request, _, _>(
+            account_data::get_global,
+        )
+        .ruma_route::<c::config::set_global_account_data::v3::Request, _, _>(
+            account_data::set_global,
+        )
+}

@@ -1,0 +1,110 @@
+//! Profiles: the whole profile and single fields (`displayname`, `avatar_url`, custom keys).
+
+use axum::extract;
+use ruma::{
+    UserId,
+    api::client::profile::{
+        delete_profile_field::v3 as delete_field_v3, get_profile::v3 as get_profile_v3,
+        get_profile_field::v3 as get_field_v3, set_profile_field::v3 as set_field_v3,
+    },
+    profile::{ProfileFieldValue, UserProfile},
+};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+    service::Services,
+};
+
+/// The spec's limit on a whole profile, in bytes of JSON.
+const MAX_PROFILE_SIZE: usize = 64 * 1024;
+/// The spec's limit on a profile key name, in bytes.
+const MAX_KEY_SIZE: usize = 255;
+
+/// Profiles of local, active accounts; everyone else (remote users come with federation) is 404.
+fn require_known_user(services: &Services, user_id: &UserId) -> Result<()> {
+    if user_id.server_name() != services.server_name || !services.users.is_active(user_id)? {
+        return Err(Error::not_found("No profile for that user."));
+    }
+    Ok(())
+}
+
+fn require_own(sender: &UserId, target: &UserId) -> Result<()> {
+    if sender != target {
+        return Err(Error::forbidden("You may only change your own profile."));
+    }
+    Ok(())
+}
+
+pub async fn get_profile(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_profile_v3::Request>,
+) -> Result<RumaResponse<get_profile_v3::Response>> {
+    let user_id = &request.body.user_id;
+    require_known_user(&services, user_id)?;
+    let mut profile = UserProfile::new();
+    for (field, value) in services.users.profile(user_id)? {
+        profile.set(field, value);
+    }
+    let mut response = get_profile_v3::Response::new();
+    response.data = profile;
+    Ok(RumaResponse(response))
+}
+
+pub async fn get_field(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_field_v3::Request>,
+) -> Result<RumaResponse<get_field_v3::Response>> {
+    let user_id = &request.body.user_id;
+    require_known_user(&services, user_id)?;
+    let field = request.body.field.as_str();
+    let value = services
+        .users
+        .profile_field(user_id, field)?
+        .ok_or_else(|| Error::not_found("That profile field is not set."))?;
+    let value = ProfileFieldValue::new(field, value)
+        .map_err(|e| Error::internal(format!("stored profile field unreadable: {e}")))?;
+    Ok(RumaResponse(get_field_v3::Response::new(value)))
+}
+
+pub async fn set_field(
+    extract::State(services): extract::State<State>,
+    request: Ruma<set_field_v3::Request>,
+) -> Result<RumaResponse<set_field_v3::Response>> {
+    let user_id = &request.body.user_id;
+    require_own(request.user(), user_id)?;
+    let field = request.body.value.field_name();
+    let value = request.body.value.value().into_owned();
+    if field.as_str().len() > MAX_KEY_SIZE {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::KeyTooLarge,
+            "Profile key names are limited to 255 bytes.",
+        ));
+    }
+    let mut profile = services.users.profile(user_id)?;
+    profile.insert(field.as_str().to_owned(), value.clone());
+    if serde_json::to_vec(&profile)?.len() > MAX_PROFILE_SIZE {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::ProfileTooLarge,
+            "The profile would exceed 64 KiB.",
+        ));
+    }
+    services
+        .users
+        .set_profile_field(user_id, field.as_str(), Some(&value))?;
+    Ok(RumaResponse(set_field_v3::Response::new()))
+}
+
+pub async fn delete_field(
+    extract::State(services): extract::State<State>,
+    request: Ruma<delete_field_v3::Request>,
+) -> Result<RumaResponse<delete_field_v3::Response>> {
+    let user_id = &request.body.user_id;
+    require_own(request.user(), user_id)?;
+    services
+        .users
+        .set_profile_field(user_id, request.body.field.as_str(), None)?;
+    Ok(RumaResponse(delete_field_v3::Response::new()))
+}

@@ -1,0 +1,133 @@
+//! Registration: `/register`, `/register/available`, registration token validity.
+
+use axum::extract;
+use ruma::api::client::account::{
+    check_registration_token_validity::v1 as token_validity_v1,
+    get_username_availability::v3 as available_v3,
+    register::{RegistrationKind, v3 as register_v3},
+};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+    service::{
+        devices::Devices,
+        globals::Globals,
+        ratelimit::Action,
+        registration::RegistrationPolicy,
+        users::{self, Users},
+    },
+    utils,
+};
+
+pub async fn register(
+    extract::State(services): extract::State<State>,
+    request: Ruma<register_v3::Request>,
+) -> Result<RumaResponse<register_v3::Response>> {
+    services
+        .rate_limiter
+        .check(Action::Register, &request.ip_key())
+        .map_err(Error::limit_exceeded)?;
+    let client_ip = request.client_ip;
+    let body = request.body;
+    let guest = body.kind == RegistrationKind::Guest;
+
+    let user_id = if guest {
+        if !services.config.allow_guest_registration {
+            return Err(Error::forbidden("Guest access is disabled on this server."));
+        }
+        // Guests get a random numeric-looking name and no password.
+        Users::parse_new_localpart(
+            &utils::random_string(12).to_lowercase(),
+            &services.server_name,
+        )?
+    } else {
+        let flows = services
+            .registration_flows()?
+            .ok_or_else(|| Error::forbidden("Registration is disabled on this server."))?;
+        let user_id = match &body.username {
+            Some(name) => Users::parse_new_localpart(name, &services.server_name)?,
+            None => Users::parse_new_localpart(
+                &utils::random_string(12).to_lowercase(),
+                &services.server_name,
+            )?,
+        };
+        // Say that the name is taken before the client goes through authentication.
+        if services.users.exists(&user_id)? {
+            return Err(users::user_in_use());
+        }
+        services
+            .user_interactive_auth("register", &flows, body.auth.as_ref(), None)
+            .await?;
+        user_id
+    };
+
+    let password_hash = match body.password.filter(|_| !guest) {
+        Some(password) => Some(
+            tokio::task::spawn_blocking(move || users::hash_password(&password))
+                .await
+                .map_err(|e| Error::internal(format!("hashing task failed: {e}")))??,
+        ),
+        None => None,
+    };
+    let bootstrap =
+        services.registration_policy()? == RegistrationPolicy::Token { bootstrap: true };
+
+    let mut session = None;
+    let record = services
+        .users
+        .create(&user_id, password_hash, false, guest, |batch| {
+            if bootstrap {
+                Globals::remove_bootstrap_token(batch);
+            }
+            if !body.inhibit_login {
+                session = Some(Devices::new_device_into(
+                    batch,
+                    &user_id,
+                    body.device_id.clone(),
+                    body.initial_device_display_name.clone(),
+                    client_ip,
+                ));
+            }
+        })
+        .await?;
+    tracing::info!(user = %user_id, admin = record.admin, guest, "registered a new account");
+
+    let mut response = register_v3::Response::new(user_id);
+    if let Some(session) = session {
+        let (device_id, access_token) = session?;
+        response.device_id = Some(device_id);
+        response.access_token = Some(access_token);
+    }
+    Ok(RumaResponse(response))
+}
+
+pub async fn available(
+    extract::State(services): extract::State<State>,
+    request: Ruma<available_v3::Request>,
+) -> Result<RumaResponse<available_v3::Response>> {
+    services
+        .rate_limiter
+        .check(Action::Register, &request.ip_key())
+        .map_err(Error::limit_exceeded)?;
+    let user_id = Users::parse_new_localpart(&request.body.username, &services.server_name)?;
+    if services.users.exists(&user_id)? {
+        return Err(users::user_in_use());
+    }
+    Ok(RumaResponse(available_v3::Response::new(true)))
+}
+
+pub async fn token_validity(
+    extract::State(services): extract::State<State>,
+    request: Ruma<token_validity_v1::Request>,
+) -> Result<RumaResponse<token_validity_v1::Response>> {
+    services
+        .rate_limiter
+        .check(Action::Register, &request.ip_key())
+        .map_err(Error::limit_exceeded)?;
+    if services.registration_policy()? == RegistrationPolicy::Closed {
+        return Err(Error::forbidden("Registration is disabled on this server."));
+    }
+    let valid = services.registration_token_valid(&request.body.token)?;
+    Ok(RumaResponse(token_validity_v1::Response::new(valid)))
+}

@@ -1,0 +1,116 @@
+//! Sessions: `/login` (flows and password login), `/logout`, `/logout/all`.
+
+use axum::extract;
+use ruma::api::client::{
+    session::{
+        get_login_types::v3::{self as login_types_v3, LoginType, PasswordLoginType},
+        login::v3::{self as login_v3, LoginInfo},
+        logout::v3 as logout_v3,
+        logout_all::v3 as logout_all_v3,
+    },
+    uiaa::UserIdentifier,
+};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+    service::{ratelimit::Action, users::Users},
+};
+
+pub async fn login_types(
+    _: Ruma<login_types_v3::Request>,
+) -> RumaResponse<login_types_v3::Response> {
+    RumaResponse(login_types_v3::Response::new(vec![LoginType::Password(
+        PasswordLoginType::new(),
+    )]))
+}
+
+pub async fn login(
+    extract::State(services): extract::State<State>,
+    request: Ruma<login_v3::Request>,
+) -> Result<RumaResponse<login_v3::Response>> {
+    services
+        .rate_limiter
+        .check(Action::Login, &request.ip_key())
+        .map_err(Error::limit_exceeded)?;
+    let client_ip = request.client_ip;
+    let body = request.body;
+
+    let LoginInfo::Password(password) = &body.login_info else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::Unknown,
+            "Unsupported login type; this server offers m.login.password.",
+        ));
+    };
+    // `user` is the pre-r0.4 way of naming the account; some clients still send it.
+    #[allow(deprecated)]
+    let legacy_user = &password.user;
+    let name = match (&password.identifier, legacy_user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (None, Some(user)) => user.clone(),
+        _ => {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::Unknown,
+                "Only m.id.user identifiers are supported.",
+            ));
+        }
+    };
+    let wrong = || Error::forbidden("Invalid user name or password.");
+    let user_id = Users::parse_existing(&name, &services.server_name).map_err(|_| wrong())?;
+    services
+        .rate_limiter
+        .check(Action::Login, user_id.as_str())
+        .map_err(Error::limit_exceeded)?;
+
+    if services.users.get(&user_id)?.is_some_and(|r| r.deactivated) {
+        return Err(Error::new(
+            http::StatusCode::FORBIDDEN,
+            ruma::api::error::ErrorKind::UserDeactivated,
+            "This account has been deactivated.",
+        ));
+    }
+    if !services
+        .check_password_blocking(user_id.clone(), password.password.clone())
+        .await?
+    {
+        return Err(wrong());
+    }
+
+    let (device_id, access_token) = services
+        .devices
+        .create_session(
+            &user_id,
+            body.device_id.clone(),
+            body.initial_device_display_name.clone(),
+            client_ip,
+        )
+        .await?;
+    tracing::info!(user = %user_id, device = %device_id, "logged in");
+    let mut response = login_v3::Response::new(user_id, access_token, device_id);
+    #[allow(deprecated)]
+    {
+        response.home_server = Some(services.server_name.clone());
+    }
+    Ok(RumaResponse(response))
+}
+
+pub async fn logout(
+    extract::State(services): extract::State<State>,
+    request: Ruma<logout_v3::Request>,
+) -> Result<RumaResponse<logout_v3::Response>> {
+    services
+        .devices
+        .delete(request.user(), request.device())
+        .await?;
+    Ok(RumaResponse(logout_v3::Response::new()))
+}
+
+pub async fn logout_all(
+    extract::State(services): extract::State<State>,
+    request: Ruma<logout_all_v3::Request>,
+) -> Result<RumaResponse<logout_all_v3::Response>> {
+    services.devices.delete_all(request.user(), None).await?;
+    Ok(RumaResponse(logout_all_v3::Response::new()))
+}

@@ -1,0 +1,81 @@
+//! The HTTP surface: where a request enters. Routing, CORS, request logging, and the fallbacks
+//! that answer unknown paths honestly. Handlers live in `client/` (one file per spec area) and
+//! stay thin: parse, call a service, answer.
+
+pub mod client;
+pub mod ruma;
+
+use std::time::Instant;
+
+use axum::{
+    Router,
+    extract::Request,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, Method, StatusCode, header};
+
+use crate::Error;
+pub use ruma::State;
+
+/// The whole application: every route, with CORS and logging around it.
+pub fn router(state: State) -> Router {
+    client::routes(Router::new())
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(cors))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn unrecognized() -> Error {
+    Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request.")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::unrecognized(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed on this path.",
+    )
+}
+
+/// The CORS headers the spec asks every endpoint to send, so web clients (Element Web, Cinny)
+/// work from any origin; `OPTIONS` pre-flights are answered here, for every path.
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    response
+}
+
+/// One log line per request: method, path (never the query string: it may hold an access
+/// token), status and duration.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, micros, "request");
+    } else {
+        tracing::debug!(%method, %path, status, micros, "request");
+    }
+    response
+}

@@ -1,0 +1,286 @@
+//! Glue between axum and ruma: every endpoint is a ruma request type. [`Ruma<T>`] parses the
+//! request (body size, JSON, path and query) and authenticates it as `T`'s metadata says;
+//! [`RumaResponse`] serialises the answer; [`RouterExt::ruma_route`] mounts a handler on every
+//! path the endpoint has had (r0, v3, unstable).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    handler::Handler,
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use bytes::BytesMut;
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use ruma::{
+    OwnedDeviceId, OwnedUserId, UserId,
+    api::{
+        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
+            NoAccessToken, NoAuthentication,
+        },
+        error::{DeserializationError, FromHttpRequestError},
+        path_builder::{SinglePath, VersionHistory},
+    },
+};
+
+use crate::{Error, service::Services};
+
+pub type State = Arc<Services>;
+
+/// Whether and how an endpoint wants an access token, derived from ruma's auth scheme type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    /// No token is looked at.
+    None,
+    /// A token, if given, must be valid.
+    Optional,
+    /// A valid token is required.
+    Required,
+}
+
+pub trait AuthRequirement {
+    const KIND: AuthKind;
+}
+impl AuthRequirement for NoAuthentication {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl AuthRequirement for NoAccessToken {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl AuthRequirement for AccessToken {
+    const KIND: AuthKind = AuthKind::Required;
+}
+impl AuthRequirement for AccessTokenOptional {
+    const KIND: AuthKind = AuthKind::Optional;
+}
+// Application services (their own tokens) come with the appservice work; until then an
+// appservice-capable endpoint is treated as the ordinary client endpoint it also is.
+impl AuthRequirement for AppserviceToken {
+    const KIND: AuthKind = AuthKind::Required;
+}
+impl AuthRequirement for AppserviceTokenOptional {
+    const KIND: AuthKind = AuthKind::Optional;
+}
+
+/// Every path an endpoint is served on.
+pub trait AllPaths {
+    fn all_paths(&self) -> Vec<&'static str>;
+}
+impl AllPaths for VersionHistory {
+    fn all_paths(&self) -> Vec<&'static str> {
+        self.unstable_paths()
+            .map(|(_, path)| path)
+            .chain(self.stable_paths().map(|(_, path)| path))
+            .collect()
+    }
+}
+impl AllPaths for SinglePath {
+    fn all_paths(&self) -> Vec<&'static str> {
+        vec![self.path()]
+    }
+}
+
+/// A parsed, authenticated request of type `T`.
+pub struct Ruma<T> {
+    pub body: T,
+    /// Set when a valid access token came with the request.
+    pub sender_user: Option<OwnedUserId>,
+    pub sender_device: Option<OwnedDeviceId>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<T> Ruma<T> {
+    /// The authenticated user. Only call on endpoints whose auth is [`AuthKind::Required`].
+    pub fn user(&self) -> &UserId {
+        self.sender_user
+            .as_deref()
+            .expect("auth required: the extractor checked the token")
+    }
+    pub fn device(&self) -> &ruma::DeviceId {
+        self.sender_device
+            .as_deref()
+            .expect("auth required: the extractor checked the token")
+    }
+    /// A key for per-client rate limits.
+    pub fn ip_key(&self) -> String {
+        self.client_ip.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+}
+
+impl<T> FromRequest<State> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, services: &State) -> Result<Self, Error> {
+        let (mut parts, body) = req.into_parts();
+        let path_args: Vec<String> = Path::<Vec<String>>::from_request_parts(&mut parts, services)
+            .await
+            .map(|Path(args)| args)
+            .unwrap_or_default();
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+
+        let (sender_user, sender_device) = match T::Authentication::KIND {
+            AuthKind::None => (None, None),
+            kind => match access_token(&parts) {
+                Some(token) => match services.devices.authenticate(&token)? {
+                    Some(session) => (Some(session.user_id), Some(session.device_id)),
+                    None => return Err(Error::unknown_token()),
+                },
+                None if kind == AuthKind::Required => return Err(Error::missing_token()),
+                None => (None, None),
+            },
+        };
+
+        let bytes = read_body(&parts, body, services.config.max_request_size as usize).await?;
+        if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            return Err(Error::not_json("The request body is not valid JSON."));
+        }
+        let http_request = http::Request::from_parts(parts, &bytes[..]);
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_request, &args).map_err(request_error)?;
+        Ok(Ruma {
+            body,
+            sender_user,
+            sender_device,
+            client_ip,
+        })
+    }
+}
+
+/// The access token from `Authorization: Bearer …`, or the deprecated `access_token` query
+/// parameter.
+fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded_pairs(query)
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v)
+}
+
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    serde_html_form::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with `M_TOO_LARGE`.
+async fn read_body(
+    parts: &http::request::Parts,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Error> {
+    let too_large = || Error::too_large(format!("The request body is larger than {limit} bytes."));
+    if let Some(length) = parts.headers.get(http::header::CONTENT_LENGTH) {
+        if length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l > limit)
+        {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::Unknown,
+            format!("Could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn request_error(error: FromHttpRequestError) -> Error {
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            Error::bad_json(format!("Invalid request body: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => {
+            Error::invalid_param(format!("Invalid request parameter: {e}"))
+        }
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed here.")
+        }
+        other => Error::invalid_param(format!("Invalid request: {other}")),
+    }
+}
+
+/// A ruma response, serialised on the way out.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => response
+                .map(|body| Body::from(body.freeze()))
+                .into_response(),
+            Err(e) => {
+                Error::internal(format!("response serialisation failed: {e}")).into_response()
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if matches!(self, Error::Database(_) | Error::Internal(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let (status, body) = self.to_status_and_body();
+        let mut response = (status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+pub trait RouterExt {
+    /// Mounts `handler` for request type `R` on every path and the method `R` declares.
+    fn ruma_route<R, H, X>(self, handler: H) -> Self
+    where
+        R: IncomingRequest,
+        R::PathBuilder: AllPaths,
+        H: Handler<X, State>,
+        X: 'static;
+}
+
+impl RouterExt for Router<State> {
+    fn ruma_route<R, H, X>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest,
+        R::PathBuilder: AllPaths,
+        H: Handler<X, State>,
+        X: 'static,
+    {
+        let filter =
+            MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+        for path in R::PATH_BUILDER.all_paths() {
+            self = self.route(path, on(filter, handler.clone()));
+        }
+        self
+    }
+}

@@ -1,0 +1,212 @@
+//! The command line: `culvert [serve]`, `check-config`, and `user …` admin commands that work on
+//! the database while the server is stopped.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::Config,
+    server,
+    service::{
+        Services, StartError,
+        users::{self, Users},
+    },
+    utils,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "culvert", version, about = "A lightweight Matrix homeserver")]
+pub struct Cli {
+    /// Config file (Conduit's TOML format). Also CULVERT_CONFIG or CONDUIT_CONFIG. Without one,
+    /// an embedded default is used (server_name "localhost", data in ./culvert-data).
+    #[arg(long, short, global = true, env = "CULVERT_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Check the configuration and print the effective settings, then exit.
+    CheckConfig,
+    /// Manage accounts (stop the server first: the database is opened directly).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create an account. Without --password a random one is generated and printed.
+    Create {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Set a new password (random unless given) and log out all of the account's devices.
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Deactivate an account for good.
+    Deactivate { name: String },
+    /// List all accounts.
+    List,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CONDUIT_CONFIG").map(PathBuf::from));
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("culvert: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("culvert: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => server::start(config).await?.run_until_signal().await,
+            Command::CheckConfig => {
+                println!("configuration is valid");
+                println!("server_name = {}", config.server_name);
+                println!("database_path = {}", config.database_path.display());
+                println!("listening on {}:{}", config.address, config.port);
+                println!("allow_registration = {}", config.allow_registration);
+                for key in config.unused_conduit_keys() {
+                    println!(
+                        "note: `{key}` is accepted for Conduit compatibility but has no effect"
+                    );
+                }
+                Ok(())
+            }
+            Command::User(command) => user_command(config, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("culvert: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .unwrap_or_else(|| filter.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn user_command(config: Config, command: UserCommand) -> Result<(), StartError> {
+    let services = Services::open(config)?;
+    let server_name = services.server_name.clone();
+    match command {
+        UserCommand::Create {
+            name,
+            admin,
+            password,
+        } => {
+            let user_id = Users::parse_new_localpart(&name, &server_name)?;
+            let (password, generated) = password_or_random(password);
+            let hash = users::hash_password(&password)?;
+            let record = services
+                .users
+                .create(&user_id, Some(hash), admin, false, |_| {})
+                .await?;
+            println!(
+                "created {user_id}{}",
+                if record.admin { " (admin)" } else { "" }
+            );
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        UserCommand::ResetPassword { name, password } => {
+            let user_id = existing_user(&services, &name)?;
+            let (password, generated) = password_or_random(password);
+            let hash = users::hash_password(&password)?;
+            services
+                .users
+                .set_password_hash(&user_id, Some(hash), |batch| {
+                    services.devices.delete_all_into(batch, &user_id, None)
+                })
+                .await?;
+            println!("password of {user_id} reset; all its devices were logged out");
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        UserCommand::Deactivate { name } => {
+            let user_id = existing_user(&services, &name)?;
+            services
+                .users
+                .deactivate(&user_id, &services.devices)
+                .await?;
+            println!("deactivated {user_id}");
+        }
+        UserCommand::List => {
+            for (user_id, record) in services.users.list()? {
+                let mut flags = Vec::new();
+                if record.admin {
+                    flags.push("admin");
+                }
+                if record.deactivated {
+                    flags.push("deactivated");
+                }
+                if record.guest {
+                    flags.push("guest");
+                }
+                println!("{user_id}\t{}", flags.join(","));
+            }
+        }
+    }
+    services
+        .store
+        .flush()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    Ok(())
+}
+
+fn existing_user(services: &Services, name: &str) -> Result<ruma::OwnedUserId, StartError> {
+    let user_id = Users::parse_existing(name, &services.server_name)?;
+    match services.users.get(&user_id)? {
+        Some(record) if !record.deactivated => Ok(user_id),
+        Some(_) => Err(StartError::Other(format!("{user_id} is deactivated"))),
+        None => Err(StartError::Other(format!("no account {user_id}"))),
+    }
+}
+
+fn password_or_random(password: Option<String>) -> (String, bool) {
+    match password {
+        Some(password) => (password, false),
+        None => (utils::random_string(20), true),
+    }
+}

@@ -1,0 +1,101 @@
+//! Starting and stopping the HTTP server around the services.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::{
+    api,
+    config::Config,
+    service::{Services, StartError},
+};
+
+/// A server that is listening. [`RunningServer::stop`] shuts it down gracefully.
+pub struct RunningServer {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    pub services: Arc<Services>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the database, binds the configured address and starts serving.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let addr = SocketAddr::new(config.address, config.port);
+    for key in config.unused_conduit_keys() {
+        tracing::warn!(
+            "config key `{key}` is accepted for Conduit compatibility but has no effect in culvert"
+        );
+    }
+    let services = Services::open(config)?;
+    services.announce_bootstrap_token()?;
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let app = api::router(services.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = shutdown_rx.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, server_name = %services.server_name, "culvert is listening");
+    Ok(RunningServer {
+        addr,
+        services,
+        shutdown,
+        task,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting requests, lets in-flight ones finish, then flushes the database.
+    pub async fn stop(self) -> Result<(), StartError> {
+        let _ = self.shutdown.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Other(format!("server error: {e}"))),
+            Err(e) => return Err(StartError::Other(format!("server task failed: {e}"))),
+        }
+        self.services
+            .store
+            .flush()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        tracing::info!("culvert stopped");
+        Ok(())
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> Result<(), StartError> {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,67 @@
+//! The domain: everything the server knows and decides, with no HTTP types. Handlers in
+//! `crate::api` call into these; these call into `crate::store`.
+
+pub mod account_data;
+pub mod devices;
+pub mod globals;
+pub mod ratelimit;
+pub mod registration;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+use ruma::OwnedServerName;
+
+use crate::{
+    config::Config,
+    store::{Store, StoreError, StoreOptions},
+};
+
+/// Every service, built once at start-up and shared by all requests.
+pub struct Services {
+    pub config: Config,
+    pub server_name: OwnedServerName,
+    pub store: Store,
+    pub globals: globals::Globals,
+    pub users: users::Users,
+    pub devices: devices::Devices,
+    pub account_data: account_data::AccountData,
+    pub uiaa: uiaa::Uiaa,
+    pub rate_limiter: ratelimit::RateLimiter,
+}
+
+/// Why the server (or an admin command) could not start; worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Service(#[from] crate::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Services {
+    /// Opens the database named in `config` and loads the server's state.
+    pub fn open(config: Config) -> Result<Arc<Self>, StartError> {
+        let options = StoreOptions {
+            cache_capacity_bytes: (config.db_cache_capacity_mb.max(1.0) * 1024.0 * 1024.0) as usize,
+            max_open_files: config.rocksdb_max_open_files,
+            sync_writes: false,
+        };
+        let store = Store::open(&config.database_path, &options)?;
+        let globals = globals::Globals::load(store.clone())?;
+        Ok(Arc::new(Self {
+            server_name: config.server_name.clone(),
+            users: users::Users::new(store.clone()),
+            devices: devices::Devices::new(store.clone()),
+            account_data: account_data::AccountData::new(store.clone()),
+            uiaa: uiaa::Uiaa::default(),
+            rate_limiter: ratelimit::RateLimiter::new(config.rate_limits.clone()),
+            globals,
+            store,
+            config,
+        }))
+    }
+}

@@ -1,0 +1,112 @@
+//! Token-bucket rate limits for the endpoints where guessing happens (login, registration).
+//! In memory; a restart forgets them, which is fine for this purpose.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::config::RateLimitConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Login,
+    Register,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+pub struct RateLimiter {
+    config: RateLimitConfig,
+    buckets: Mutex<HashMap<(Action, String), Bucket>>,
+}
+
+/// Forget buckets once this many exist (full ones are dropped first), bounding memory.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimiter {
+    pub fn new(config: RateLimitConfig) -> Self {
+        Self {
+            config,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limits(&self, action: Action) -> (f64, f64) {
+        let (per_minute, burst) = match action {
+            Action::Login => (self.config.login_per_minute, self.config.login_burst),
+            Action::Register => (self.config.register_per_minute, self.config.register_burst),
+        };
+        (f64::from(per_minute) / 60.0, f64::from(burst.max(1)))
+    }
+
+    /// Takes one token for `key` (an IP address or a user ID); on refusal returns how long
+    /// until a token is available.
+    pub fn check(&self, action: Action, key: &str) -> Result<(), Duration> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let (rate, burst) = self.limits(action);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|(a, _), b| {
+                let (rate, burst) = self.limits(*a);
+                b.tokens + rate * now.duration_since(b.updated).as_secs_f64() < burst
+            });
+        }
+        let bucket = buckets.entry((action, key.to_owned())).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else if rate <= 0.0 {
+            Err(Duration::from_secs(3600))
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refuse_per_key() {
+        let limiter = RateLimiter::new(RateLimitConfig {
+            enabled: true,
+            login_per_minute: 6,
+            login_burst: 3,
+            ..RateLimitConfig::default()
+        });
+        for _ in 0..3 {
+            limiter.check(Action::Login, "1.2.3.4").unwrap();
+        }
+        let wait = limiter.check(Action::Login, "1.2.3.4").unwrap_err();
+        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(10));
+        // Another key and another action have their own buckets.
+        limiter.check(Action::Login, "5.6.7.8").unwrap();
+        limiter.check(Action::Register, "1.2.3.4").unwrap();
+    }
+
+    #[test]
+    fn disabled_never_refuses() {
+        let limiter = RateLimiter::new(RateLimitConfig {
+            enabled: false,
+            ..RateLimitConfig::default()
+        });
+        for _ in 0..1000 {
+            limiter.check(Action::Login, "k").unwrap();
+        }
+    }
+}

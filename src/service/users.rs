@@ -1,0 +1,377 @@
+//! Accounts: creation, passwords, admin flag, deactivation, profiles.
+
+use std::collections::BTreeMap;
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+};
+use ruma::{OwnedUserId, ServerName, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+use tokio::sync::Mutex;
+
+use crate::{
+    Error, Result,
+    service::devices::Devices,
+    store::{Batch, Cf, Store, keys},
+    utils,
+};
+
+/// What the `users` column family holds for each account.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Argon2id PHC string; `None` for accounts that cannot log in with a password.
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub deactivated: bool,
+    #[serde(default)]
+    pub guest: bool,
+    pub created_ts: u64,
+}
+
+pub struct Users {
+    store: Store,
+    /// Serialises read-modify-write of user records (creation, password, deactivation): these are
+    /// rare, so one lock is simpler than per-user ones.
+    write_lock: Mutex<()>,
+}
+
+/// Longest localpart we accept (the spec caps the whole user ID at 255 bytes).
+const MAX_USER_ID_LEN: usize = 255;
+
+impl Users {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            write_lock: Mutex::new(()),
+        }
+    }
+
+    /// Turns what a user typed (a localpart or a full user ID on this server) into a user ID
+    /// valid for a *new* account: lower-case `a-z 0-9 . _ = - / +` only.
+    pub fn parse_new_localpart(name: &str, server_name: &ServerName) -> Result<OwnedUserId> {
+        let localpart = Self::localpart_of(name, server_name)?;
+        let valid_chars = localpart.bytes().all(
+            |c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        );
+        if localpart.is_empty() || !valid_chars {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::InvalidUsername,
+                "User names may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'.",
+            ));
+        }
+        Self::user_id(localpart, server_name)
+    }
+
+    /// Like [`Users::parse_new_localpart`] but accepts any historical user ID (for login).
+    pub fn parse_existing(name: &str, server_name: &ServerName) -> Result<OwnedUserId> {
+        let localpart = Self::localpart_of(name, server_name)?;
+        Self::user_id(&localpart.to_lowercase(), server_name)
+    }
+
+    fn localpart_of<'a>(name: &'a str, server_name: &ServerName) -> Result<&'a str> {
+        if name.starts_with('@') {
+            let user_id = UserId::parse(name).map_err(|e| {
+                Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::InvalidUsername,
+                    format!("Invalid user ID: {e}"),
+                )
+            })?;
+            if user_id.server_name() != server_name {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::InvalidUsername,
+                    "That user ID belongs to another server.",
+                ));
+            }
+            // `name` outlives the parsed ID; slice the localpart out of it.
+            let end = name.find(':').unwrap_or(name.len());
+            Ok(&name[1..end])
+        } else {
+            Ok(name)
+        }
+    }
+
+    fn user_id(localpart: &str, server_name: &ServerName) -> Result<OwnedUserId> {
+        let full = format!("@{localpart}:{server_name}");
+        if full.len() > MAX_USER_ID_LEN {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::InvalidUsername,
+                "User ID too long.",
+            ));
+        }
+        UserId::parse(&full).map_err(|e| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::InvalidUsername,
+                format!("Invalid user name: {e}"),
+            )
+        })
+    }
+
+    pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        match self.store.get(Cf::Users, user_id.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.store.contains(Cf::Users, user_id.as_bytes())?)
+    }
+
+    /// Whether no account has been created yet.
+    pub fn none_exist(&self) -> Result<bool> {
+        Ok(self.store.is_empty(Cf::Users)?)
+    }
+
+    pub fn is_active(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.get(user_id)?.is_some_and(|r| !r.deactivated))
+    }
+
+    /// Creates an account. The very first account on the server is always an admin.
+    /// `password_hash` comes from [`hash_password`] (run it off the async threads).
+    /// Returns the new record, or `M_USER_IN_USE`.
+    pub async fn create(
+        &self,
+        user_id: &UserId,
+        password_hash: Option<String>,
+        admin: bool,
+        guest: bool,
+        extra: impl FnOnce(&mut Batch),
+    ) -> Result<UserRecord> {
+        let _guard = self.write_lock.lock().await;
+        if self.exists(user_id)? {
+            return Err(user_in_use());
+        }
+        let first = self.none_exist()?;
+        let record = UserRecord {
+            password_hash,
+            admin: admin || first,
+            deactivated: false,
+            guest,
+            created_ts: utils::now_millis(),
+        };
+        let mut batch = Batch::new();
+        batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
+        // A new account's display name defaults to its localpart, as clients expect.
+        batch.put(
+            Cf::Profile,
+            keys::join([user_id.as_bytes(), b"displayname"]),
+            serde_json::to_vec(&JsonValue::String(user_id.localpart().to_owned()))?,
+        );
+        extra(&mut batch);
+        self.store.write(batch)?;
+        Ok(record)
+    }
+
+    /// The password hash of an active account (`None`: no such account, deactivated, or no
+    /// password). Check it with [`password_matches`].
+    pub fn active_password_hash(&self, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self
+            .get(user_id)?
+            .filter(|r| !r.deactivated)
+            .and_then(|r| r.password_hash))
+    }
+
+    /// Replaces the password hash (or removes it with `None`); `extra` adds changes (such as
+    /// logging out other devices) to the same atomic batch.
+    pub async fn set_password_hash(
+        &self,
+        user_id: &UserId,
+        hash: Option<String>,
+        extra: impl FnOnce(&mut Batch) -> Result<()>,
+    ) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user."))?;
+        record.password_hash = hash;
+        let mut batch = Batch::new();
+        batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
+        extra(&mut batch)?;
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user."))?;
+        record.admin = admin;
+        self.store
+            .put(Cf::Users, user_id.as_bytes(), &serde_json::to_vec(&record)?)?;
+        Ok(())
+    }
+
+    /// Deactivates an account for good: password, profile, devices and access tokens are removed
+    /// in one batch; the record stays (marked deactivated) so the name is never reused.
+    pub async fn deactivate(&self, user_id: &UserId, devices: &Devices) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user."))?;
+        record.deactivated = true;
+        record.password_hash = None;
+        let mut batch = Batch::new();
+        batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
+        let prefix = keys::prefix(user_id.as_bytes());
+        for item in self.store.scan_prefix(Cf::Profile, &prefix) {
+            let (key, _) = item?;
+            batch.delete(Cf::Profile, key.to_vec());
+        }
+        devices.delete_all_into(&mut batch, user_id, None)?;
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    /// Every account (admin CLI only: this is a full scan).
+    pub fn list(&self) -> Result<Vec<(OwnedUserId, UserRecord)>> {
+        let mut users = Vec::new();
+        for item in self.store.scan_prefix(Cf::Users, b"") {
+            let (key, value) = item?;
+            let user_id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|s| UserId::parse(s).ok())
+                .ok_or_else(|| Error::internal("corrupt key in users column family"))?;
+            users.push((user_id, serde_json::from_slice(&value)?));
+        }
+        Ok(users)
+    }
+
+    /// The whole profile: field name → value.
+    pub fn profile(&self, user_id: &UserId) -> Result<BTreeMap<String, JsonValue>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut fields = BTreeMap::new();
+        for item in self.store.scan_prefix(Cf::Profile, &prefix) {
+            let (key, value) = item?;
+            let field = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            fields.insert(field, serde_json::from_slice(&value)?);
+        }
+        Ok(fields)
+    }
+
+    pub fn profile_field(&self, user_id: &UserId, field: &str) -> Result<Option<JsonValue>> {
+        let key = keys::join([user_id.as_bytes(), field.as_bytes()]);
+        match self.store.get(Cf::Profile, &key)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets (or with `None` removes) one profile field.
+    pub fn set_profile_field(
+        &self,
+        user_id: &UserId,
+        field: &str,
+        value: Option<&JsonValue>,
+    ) -> Result<()> {
+        let key = keys::join([user_id.as_bytes(), field.as_bytes()]);
+        let mut batch = Batch::new();
+        match value {
+            Some(value) => batch.put(Cf::Profile, key, serde_json::to_vec(value)?),
+            None => batch.delete(Cf::Profile, key),
+        }
+        self.store.write(batch)?;
+        Ok(())
+    }
+}
+
+pub fn user_in_use() -> Error {
+    Error::new(
+        http::StatusCode::BAD_REQUEST,
+        ruma::api::error::ErrorKind::UserInUse,
+        "That user name is already taken.",
+    )
+}
+
+/// A real hash of a random password: verifying against it costs what a real check costs.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password(&utils::random_string(16)).unwrap_or_default());
+
+/// Hashes a password with Argon2id and a random salt. CPU-heavy: call from a blocking thread.
+pub fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    utils::random_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
+}
+
+/// Whether `password` matches `hash`. With no hash it still spends the time of a real check, so
+/// timing does not tell who has an account. CPU-heavy: call from a blocking thread.
+pub fn password_matches(hash: Option<&str>, password: &str) -> bool {
+    match hash {
+        Some(hash) => verify_password(hash, password),
+        None => {
+            let _ = verify_password(&DUMMY_HASH, password);
+            false
+        }
+    }
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_differ() {
+        let a = hash_password("hunter2").unwrap();
+        let b = hash_password("hunter2").unwrap();
+        assert_ne!(a, b, "salts must differ");
+        assert!(a.starts_with("$argon2id$"));
+        assert!(verify_password(&a, "hunter2"));
+        assert!(!verify_password(&a, "hunter3"));
+        assert!(!verify_password("not a hash", "hunter2"));
+    }
+
+    #[test]
+    fn dummy_hash_parses() {
+        assert!(PasswordHash::new(&DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn localparts_are_validated() {
+        let server: &ServerName = "example.org".try_into().unwrap();
+        assert_eq!(
+            Users::parse_new_localpart("alice", server)
+                .unwrap()
+                .as_str(),
+            "@alice:example.org"
+        );
+        assert_eq!(
+            Users::parse_new_localpart("@bob:example.org", server)
+                .unwrap()
+                .as_str(),
+            "@bob:example.org"
+        );
+        assert!(Users::parse_new_localpart("Alice", server).is_err());
+        assert!(Users::parse_new_localpart("a b", server).is_err());
+        assert!(Users::parse_new_localpart("", server).is_err());
+        assert!(Users::parse_new_localpart("@bob:other.org", server).is_err());
+        assert!(Users::parse_new_localpart(&"x".repeat(300), server).is_err());
+        assert_eq!(
+            Users::parse_existing("Alice", server).unwrap().as_str(),
+            "@alice:example.org"
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Key encodings shared by every column family.
+//!
+//! Composite keys are their parts joined by [`SEP`] (0xFF, a byte that never occurs in UTF-8, so
+//! no identifier can contain it and a prefix scan on `part ++ SEP` never matches a longer part).
+//! Numbers are big-endian `u64` so that byte order is numeric order and prefix scans come out
+//! sorted.
+
+/// Separator between the parts of a composite key.
+pub const SEP: u8 = 0xFF;
+
+/// Joins key parts with [`SEP`].
+pub fn join<const N: usize>(parts: [&[u8]; N]) -> Vec<u8> {
+    let len = parts.iter().map(|p| p.len() + 1).sum();
+    let mut key = Vec::with_capacity(len);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(SEP);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+/// The prefix that selects every key whose first part is `part`.
+pub fn prefix(part: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(part.len() + 1);
+    key.extend_from_slice(part);
+    key.push(SEP);
+    key
+}
+
+/// Splits a composite key back into its parts.
+pub fn split(key: &[u8]) -> impl Iterator<Item = &[u8]> {
+    key.split(|b| *b == SEP)
+}
+
+pub fn u64_be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn parse_u64_be(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_and_split_round_trip() {
+        let key = join([b"@a:x", b"DEVICE"]);
+        assert_eq!(key, b"@a:x\xffDEVICE");
+        let parts: Vec<&[u8]> = split(&key).collect();
+        assert_eq!(parts, vec![&b"@a:x"[..], &b"DEVICE"[..]]);
+    }
+
+    #[test]
+    fn prefix_does_not_match_longer_first_part() {
+        let p = prefix(b"@a:x");
+        assert!(join([b"@a:x", b"D"]).starts_with(&p));
+        assert!(!join([b"@a:xy", b"D"]).starts_with(&p));
+    }
+
+    #[test]
+    fn big_endian_sorts_numerically() {
+        assert!(u64_be(2) < u64_be(256));
+        assert_eq!(parse_u64_be(&u64_be(77)), Some(77));
+        assert_eq!(parse_u64_be(b"short"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! Schema versions. A new database starts at [`CURRENT`]; an older one is upgraded step by step,
+//! each step committing its changes together with its new version number in one batch, so a crash
+//! mid-upgrade resumes at the step that was interrupted.
+
+use std::path::Path;
+
+use tracing::info;
+
+use super::{Batch, Cf, Store, StoreError, keys};
+
+/// The schema this build writes.
+pub const CURRENT: u64 = 1;
+
+const VERSION_KEY: &[u8] = b"schema_version";
+
+/// One upgrade step: from `CURRENT - 1` … to its index + 2. Each returns the changes to write.
+type Step = fn(&Store) -> Result<Batch, rocksdb::Error>;
+
+/// Steps in order: `STEPS[0]` upgrades version 1 to 2, and so on. Empty while we are at 1.
+const STEPS: &[Step] = &[];
+
+pub(super) fn run(store: &Store, path: &Path) -> Result<(), StoreError> {
+    let found = match store.get(Cf::Global, VERSION_KEY)? {
+        Some(bytes) => keys::parse_u64_be(&bytes).ok_or_else(|| {
+            StoreError::Other(format!("{}: unreadable schema_version", path.display()))
+        })?,
+        None => {
+            // A brand-new database (or one from before versions were recorded: there is none).
+            store.put(Cf::Global, VERSION_KEY, &keys::u64_be(CURRENT))?;
+            return Ok(());
+        }
+    };
+    if found > CURRENT {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            supported: CURRENT,
+        });
+    }
+    debug_assert_eq!(STEPS.len() as u64, CURRENT - 1);
+    for version in found..CURRENT {
+        info!(
+            from = version,
+            to = version + 1,
+            "migrating database schema"
+        );
+        let step = STEPS[(version - 1) as usize];
+        let mut batch = step(store)?;
+        batch.put(Cf::Global, VERSION_KEY, keys::u64_be(version + 1));
+        store.write(batch)?;
+        info!(version = version + 1, "database schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Where bytes hit RocksDB: the engine, the list of column families, atomic batches and the
+//! schema version. Nothing above this module names a RocksDB type except [`Batch`].
+//!
+//! Durability: writes go through the write-ahead log (never disabled). A write that returned is in
+//! the operating system's page cache, so it survives the process being killed (`kill -9`);
+//! `sync_writes` additionally fsyncs each batch so that it survives power loss.
+
+pub mod keys;
+mod migrations;
+
+use std::{path::Path, sync::Arc};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+
+/// Every column family, declared once. The comment on each gives its key → value layout
+/// (parts joined by 0xFF, see [`keys`]); ARCHITECTURE.md repeats this table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cf {
+    /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON), `counter` (u64 BE),
+    /// `bootstrap_registration_token` (UTF-8).
+    Global,
+    /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
+    Users,
+    /// `user_id 0xFF field` → field value (JSON), e.g. `displayname`, `avatar_url`, `m.tz`.
+    Profile,
+    /// `user_id 0xFF device_id` → [`crate::service::devices::DeviceRecord`] (JSON).
+    Devices,
+    /// `sha256(access_token)` → `user_id 0xFF device_id`. Tokens themselves are never stored.
+    AccessTokens,
+    /// `user_id 0xFF room_id-or-empty 0xFF event_type` → content (JSON). Empty room = global.
+    AccountData,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 6] = [
+        Cf::Global,
+        Cf::Users,
+        Cf::Profile,
+        Cf::Devices,
+        Cf::AccessTokens,
+        Cf::AccountData,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Global => "global",
+            Cf::Users => "users",
+            Cf::Profile => "profile",
+            Cf::Devices => "devices",
+            Cf::AccessTokens => "access_tokens",
+            Cf::AccountData => "account_data",
+        }
+    }
+}
+
+/// Tuning knobs taken from the config.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub cache_capacity_bytes: usize,
+    pub max_open_files: i32,
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 32 << 20,
+            max_open_files: 512,
+            sync_writes: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database at {0} is in use by another process — is culvert running? Stop it first")]
+    Locked(String),
+    #[error(
+        "the database at {path} has schema version {found}, newer than this culvert understands ({supported}); upgrade culvert"
+    )]
+    TooNew {
+        path: String,
+        found: u64,
+        supported: u64,
+    },
+    #[error("database error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The embedded database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DB,
+    write_options: WriteOptions,
+    _cache: Cache,
+}
+
+/// A set of changes applied all at once by [`Store::write`], or not at all.
+#[derive(Default)]
+pub struct Batch {
+    batch: WriteBatch,
+    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), Some(value.into())));
+    }
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), None));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `path`, then brings its schema up to date.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError::Other(format!(
+                "cannot create database directory {}: {e}",
+                path.display()
+            ))
+        })?;
+
+        let cache = Cache::new_lru_cache(options.cache_capacity_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_open_files(options.max_open_files);
+        db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        db_opts.set_block_based_table_factory(&table);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_background_jobs(2);
+
+        // Column families that a newer culvert created must be opened too, or RocksDB refuses.
+        let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
+        if let Ok(existing) = DB::list_cf(&db_opts, path) {
+            for name in existing {
+                if name != "default" && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let descriptors = names
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, db_opts.clone()));
+
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("LOCK") && (text.contains("lock") || text.contains("unavailable")) {
+                StoreError::Locked(path.display().to_string())
+            } else {
+                StoreError::Rocks(e)
+            }
+        })?;
+
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(options.sync_writes);
+
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                write_options,
+                _cache: cache,
+            }),
+        };
+        migrations::run(&store, path)?;
+        Ok(store)
+    }
+
+    fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.inner
+            .db
+            .cf_handle(cf.name())
+            .expect("every column family in Cf::ALL is opened in Store::open")
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
+        self.inner.db.get_cf(self.handle(cf), key)
+    }
+
+    pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, rocksdb::Error> {
+        Ok(self.inner.db.get_pinned_cf(self.handle(cf), key)?.is_some())
+    }
+
+    /// Applies every change in `batch` atomically.
+    pub fn write(&self, batch: Batch) -> Result<(), rocksdb::Error> {
+        let Batch { mut batch, ops } = batch;
+        for (cf, key, value) in ops {
+            match value {
+                Some(value) => batch.put_cf(self.handle(cf), key, value),
+                None => batch.delete_cf(self.handle(cf), key),
+            }
+        }
+        self.inner.db.write_opt(batch, &self.inner.write_options)
+    }
+
+    /// One-key convenience around [`Store::write`].
+    pub fn put(&self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), rocksdb::Error> {
+        let mut batch = Batch::new();
+        batch.put(cf, key, value);
+        self.write(batch)
+    }
+
+    /// Every key/value whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a {
+        self.inner
+            .db
+            .iterator_cf(
+                self.handle(cf),
+                IteratorMode::From(prefix, Direction::Forward),
+            )
+            .take_while(move |item| match item {
+                Ok((key, _)) => key.starts_with(prefix),
+                Err(_) => true,
+            })
+    }
+
+    /// Whether the column family holds no key at all (one seek, not a scan).
+    pub fn is_empty(&self, cf: Cf) -> Result<bool, rocksdb::Error> {
+        match self
+            .inner
+            .db
+            .iterator_cf(self.handle(cf), IteratorMode::Start)
+            .next()
+        {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
+    /// Flushes the write-ahead log to disk; called on graceful shutdown.
+    pub fn flush(&self) -> Result<(), rocksdb::Error> {
+        self.inner.db.flush_wal(true)?;
+        self.inner.db.flush()
+    }
+}

@@ -1,0 +1,215 @@
+//! The `culvert` binary: configuration errors, environment overrides, admin commands.
+
+use std::process::{Command, Output};
+
+use crate::common::{TestServer, test_config};
+
+fn culvert(args: &[&str], envs: &[(&str, &str)], cwd: &std::path::Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_culvert"));
+    command.args(args).current_dir(cwd).env("RUST_LOG", "error");
+    // Keep the caller's environment from leaking config into these tests.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .envs(envs.iter().copied())
+        .output()
+        .expect("culvert runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn version_and_help() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let output = culvert(&["--version"], &[], dir.path());
+    assert!(output.status.success());
+    assert!(text(&output).starts_with("culvert "), "{}", text(&output));
+    let output = culvert(&["--help"], &[], dir.path());
+    assert!(text(&output).contains("check-config") && text(&output).contains("user"));
+}
+
+#[test]
+fn embedded_default_and_environment_overrides() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let output = culvert(&["check-config"], &[], dir.path());
+    assert!(output.status.success(), "{}", text(&output));
+    let out = text(&output);
+    assert!(out.contains("server_name = localhost"), "{out}");
+    assert!(out.contains("127.0.0.1:6167"), "{out}");
+    assert!(out.contains("culvert-data"), "{out}");
+
+    // CONDUIT_ and CULVERT_ variables override; CULVERT_ wins over CONDUIT_.
+    let output = culvert(
+        &["check-config"],
+        &[
+            ("CONDUIT_SERVER_NAME", "conduit.example"),
+            ("CONDUIT_PORT", "7000"),
+            ("CULVERT_PORT", "8008"),
+        ],
+        dir.path(),
+    );
+    let out = text(&output);
+    assert!(out.contains("server_name = conduit.example"), "{out}");
+    assert!(out.contains(":8008"), "{out}");
+
+    let output = culvert(
+        &["check-config"],
+        &[("CULVERT_PORT", "not-a-port")],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("port"), "{}", text(&output));
+}
+
+#[test]
+fn invalid_config_names_the_key() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let cases = [
+        ("bogus_option = true", "bogus_option"),
+        ("port = \"eighty\"", "port"),
+        ("allow_registration = \"yes please\"", "allow_registration"),
+        ("database_backend = \"sqlite\"", "database_backend"),
+    ];
+    for (line, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, test_config(dir.path(), line)).unwrap();
+        let output = culvert(
+            &["--config", path.to_str().unwrap(), "check-config"],
+            &[],
+            dir.path(),
+        );
+        assert_eq!(output.status.code(), Some(2), "{line}: {}", text(&output));
+        let out = text(&output);
+        assert!(
+            out.contains(key),
+            "{line}: message should name {key}: {out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    }
+    let path = dir.path().join("bad-name.toml");
+    std::fs::write(
+        &path,
+        "[global]\nserver_name = \"not a server name!\"\ndatabase_path = \"/tmp/x\"\n",
+    )
+    .unwrap();
+    let output = culvert(
+        &["--config", path.to_str().unwrap(), "check-config"],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("server_name"), "{}", text(&output));
+
+    let output = culvert(
+        &["--config", "/no/such/file.toml", "check-config"],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("/no/such/file.toml"));
+
+    // A real Conduit config, with keys culvert does not use, is accepted.
+    let path = dir.path().join("conduit.toml");
+    std::fs::write(
+        &path,
+        "[global]\nserver_name = \"example.org\"\ndatabase_backend = \"rocksdb\"\ndatabase_path = \"/var/lib/matrix-conduit/\"\nport = 6167\nmax_request_size = 20_000_000\nallow_registration = true\nallow_federation = true\nallow_check_for_updates = true\ntrusted_servers = [\"matrix.org\"]\nmax_concurrent_requests = 100\nenable_lightning_bolt = true\naddress = \"127.0.0.1\"\nlog = \"warn,state_res=warn,_=off\"\n\n[global.well_known]\nclient = \"https://matrix.example.org\"\nserver = \"matrix.example.org:443\"\n",
+    )
+    .unwrap();
+    let output = culvert(
+        &["--config", path.to_str().unwrap(), "check-config"],
+        &[],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("enable_lightning_bolt"),
+        "unused keys are reported"
+    );
+    // CONDUIT_CONFIG names the file too.
+    let output = culvert(
+        &["check-config"],
+        &[("CONDUIT_CONFIG", path.to_str().unwrap())],
+        dir.path(),
+    );
+    assert!(
+        text(&output).contains("server_name = example.org"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[tokio::test]
+async fn user_commands_work_offline_and_refuse_a_running_server() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config_path = dir.path().join("culvert.toml");
+    std::fs::write(&config_path, test_config(&dir.path().join("db"), "")).unwrap();
+    let config = config_path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        culvert(&all, &[], dir.path())
+    };
+
+    let output = run(&["user", "create", "root", "--password", "s3cret"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("@root:test.local (admin)"),
+        "first user is admin: {}",
+        text(&output)
+    );
+    let output = run(&["user", "create", "plain"]);
+    let out = text(&output);
+    assert!(
+        out.contains("created @plain:test.local") && !out.contains("(admin)"),
+        "{out}"
+    );
+    let generated = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("generated password printed")
+        .to_owned();
+    let output = run(&["user", "create", "root"]);
+    assert!(
+        !output.status.success() && text(&output).contains("taken"),
+        "{}",
+        text(&output)
+    );
+    let output = run(&["user", "create", "Bad Name"]);
+    assert!(!output.status.success());
+
+    let output = run(&["user", "reset-password", "root", "--password", "new-s3cret"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = run(&["user", "deactivate", "plain"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = run(&["user", "list"]);
+    let out = text(&output);
+    assert!(out.contains("@root:test.local\tadmin"), "{out}");
+    assert!(out.contains("@plain:test.local\tdeactivated"), "{out}");
+    let output = run(&["user", "reset-password", "nobody"]);
+    assert!(!output.status.success());
+
+    // The server sees what the CLI wrote; while it runs, the CLI is told the database is busy.
+    let server =
+        TestServer::start_on(dir.path().join("db"), "rate_limits = { enabled = false }").await;
+    server.login_ok("root", "new-s3cret").await;
+    assert_eq!(
+        server.login("plain", &generated).await.0,
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let output = run(&["user", "list"]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("in use by another process"),
+        "{}",
+        text(&output)
+    );
+}

@@ -1,0 +1,67 @@
+//! Real third-party clients against culvert.
+//!
+//! matrix-nio (Python) is driven by `tests/clients/nio_smoke.py`. The Python interpreter with
+//! nio installed comes from `NIO_PYTHON` (CI sets it up in a virtualenv); when it is missing the
+//! test is skipped with a message, unless `REQUIRE_REAL_CLIENTS=1`, as in CI, makes that a failure.
+
+use std::path::PathBuf;
+
+use crate::common::TestServer;
+
+fn nio_python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("NIO_PYTHON").map(PathBuf::from)?;
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import nio"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    ok.then_some(candidate)
+}
+
+#[tokio::test]
+async fn matrix_nio_registers_logs_in_and_manages_its_account() {
+    let Some(python) = nio_python() else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON does not point at a Python with matrix-nio"
+        );
+        eprintln!("skipped: set NIO_PYTHON to a Python with matrix-nio installed (see .ci/run)");
+        return;
+    };
+    let server = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_smoke.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .args([
+            "--homeserver",
+            &server.base,
+            "--username",
+            "niouser",
+            "--password",
+            "nio-password-1",
+        ])
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "nio smoke failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("nio smoke: ok"), "{stdout}\n{stderr}");
+
+    // And the server agrees with what nio did.
+    let session = server.login_ok("niouser", "nio-password-1").await;
+    let (_, profile) = server
+        .get("/_matrix/client/v3/profile/@niouser:test.local", None)
+        .await;
+    assert_eq!(profile["displayname"], "Nio Smoke");
+    let (_, devices) = server
+        .get("/_matrix/client/v3/devices", Some(&session.token))
+        .await;
+    assert!(
+        devices["devices"].as_array().unwrap().len() >= 2,
+        "{devices}"
+    );
+}

@@ -1,0 +1,206 @@
+//! The test harness: a real culvert in-process on 127.0.0.1:0 with a temporary database,
+//! talked to over HTTP with reqwest.
+
+use std::{path::PathBuf, sync::Arc};
+
+use culvert::{config::Config, server::RunningServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const SERVER_NAME: &str = "test.local";
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    /// Where the database lives; `_dir` keeps a temporary one alive.
+    db_path: PathBuf,
+    _dir: Option<Arc<TempDir>>,
+    extra_config: String,
+    server: Option<RunningServer>,
+}
+
+/// The config every test server gets; `extra` lines go into `[global]`. Registration is open
+/// unless `extra` says otherwise.
+pub fn test_config(dir: &std::path::Path, extra: &str) -> String {
+    let registration = if extra.contains("allow_registration") {
+        ""
+    } else {
+        "allow_registration = true"
+    };
+    format!(
+        r#"[global]
+server_name = "{SERVER_NAME}"
+database_path = "{}"
+address = "127.0.0.1"
+port = 0
+{registration}
+{extra}
+"#,
+        dir.display()
+    )
+}
+
+impl TestServer {
+    /// Open registration, rate limits off.
+    pub async fn start() -> Self {
+        Self::start_with("rate_limits = { enabled = false }").await
+    }
+
+    /// With extra `[global]` config lines (they replace the default rate-limit line).
+    pub async fn start_with(extra: &str) -> Self {
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        Self::start_in(dir.path().to_owned(), Some(dir), extra.to_owned()).await
+    }
+
+    /// On an existing database directory.
+    pub async fn start_on(db_path: PathBuf, extra: &str) -> Self {
+        Self::start_in(db_path, None, extra.to_owned()).await
+    }
+
+    async fn start_in(db_path: PathBuf, dir: Option<Arc<TempDir>>, extra_config: String) -> Self {
+        let config = Config::from_toml_str(&test_config(&db_path, &extra_config))
+            .expect("test config is valid");
+        let server = culvert::server::start(config).await.expect("server starts");
+        Self {
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            db_path,
+            _dir: dir,
+            extra_config,
+            server: Some(server),
+        }
+    }
+
+    pub fn services(&self) -> &culvert::service::Services {
+        &self.server.as_ref().expect("running").services
+    }
+
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(mut self) -> Self {
+        let server = self.server.take().expect("running");
+        server.stop().await.expect("clean stop");
+        Self::start_in(
+            self.db_path.clone(),
+            self._dir.clone(),
+            self.extra_config.clone(),
+        )
+        .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("response is not JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.request(Method::GET, path, token, None).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(Method::PUT, path, token, Some(body)).await
+    }
+    pub async fn delete(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        self.request(Method::DELETE, path, token, Some(body)).await
+    }
+
+    /// Registers through the whole UIA dance (dummy stage). Returns (user_id, token, device_id).
+    pub async fn register(&self, name: &str, password: &str) -> Session {
+        let body = json!({ "username": name, "password": password });
+        let (status, uia) = self
+            .post("/_matrix/client/v3/register", None, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+        let session = uia["session"].as_str().expect("UIA session").to_owned();
+        let mut body = body;
+        body["auth"] = json!({ "type": "m.login.dummy", "session": session });
+        let (status, done) = self.post("/_matrix/client/v3/register", None, body).await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        Session::from_json(&done)
+    }
+
+    pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": name },
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    pub async fn login_ok(&self, name: &str, password: &str) -> Session {
+        let (status, body) = self.login(name, password).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Session::from_json(&body)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // A server not stopped explicitly is aborted with its runtime; nothing to flush in tests.
+        let _ = self.server.take();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: String,
+    pub token: String,
+    pub device_id: String,
+}
+
+impl Session {
+    pub fn from_json(body: &Value) -> Self {
+        Self {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+        }
+    }
+}
+
+/// Asserts a Matrix error: status and errcode.
+#[track_caller]
+pub fn assert_error(result: &(StatusCode, Value), status: StatusCode, errcode: &str) {
+    assert_eq!(result.0, status, "unexpected status, body {}", result.1);
+    assert_eq!(result.1["errcode"], errcode, "unexpected body {}", result.1);
+    assert!(
+        result.1["error"].is_string(),
+        "error message missing in {}",
+        result.1
+    );
+}

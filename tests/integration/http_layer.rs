@@ -1,0 +1,285 @@
+//! The HTTP layer: versions, CORS, unknown paths, body errors, access tokens.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{TestServer, assert_error};
+
+#[tokio::test]
+async fn versions_and_cors() {
+    let server = TestServer::start().await;
+    let response = server
+        .http
+        .get(format!("{}/_matrix/client/versions", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let body: serde_json::Value = response.json().await.unwrap();
+    let versions: Vec<&str> = body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        versions.contains(&"v1.1") && versions.contains(&"r0.6.1"),
+        "{body}"
+    );
+
+    // A pre-flight on any path, known or not, is answered with the CORS headers.
+    for path in ["/_matrix/client/v3/login", "/_matrix/client/v3/nonexistent"] {
+        let response = server
+            .http
+            .request(Method::OPTIONS, format!("{}{path}", server.base))
+            .header("Origin", "https://app.element.io")
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert_eq!(headers["access-control-allow-origin"], "*");
+        assert!(
+            headers["access-control-allow-methods"]
+                .to_str()
+                .unwrap()
+                .contains("PUT")
+        );
+        assert!(
+            headers["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("Authorization")
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_unrecognized() {
+    let server = TestServer::start().await;
+    assert_error(
+        &server
+            .get("/_matrix/client/v3/no/such/endpoint", None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &server.get("/", None).await,
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+    );
+    // createRoom is not built yet: it must say so, not pretend.
+    assert_error(
+        &server
+            .post("/_matrix/client/v3/createRoom", None, json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &server
+            .delete("/_matrix/client/versions", None, json!({}))
+            .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+    );
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_matrix_errors() {
+    let server = TestServer::start().await;
+    let url = format!("{}/_matrix/client/v3/login", server.base);
+    let not_json = server
+        .http
+        .post(&url)
+        .body("{this is not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = not_json.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_NOT_JSON");
+
+    // Valid JSON of the wrong shape.
+    assert_error(
+        &server
+            .post("/_matrix/client/v3/login", None, json!({ "type": 5 }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &server
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({ "username": ["x"] }),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    // A malformed user ID in the path.
+    assert_error(
+        &server
+            .get("/_matrix/client/v3/profile/not-a-user-id", None)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let server =
+        TestServer::start_with("max_request_size = 4096\nrate_limits = { enabled = false }").await;
+    let session = server.register("big", "password1").await;
+    let huge = "x".repeat(10_000);
+    let result = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.big",
+                session.user_id
+            ),
+            Some(&session.token),
+            json!({ "blob": huge }),
+        )
+        .await;
+    assert_error(&result, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    // Nothing was half-written.
+    assert_error(
+        &server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/user/{}/account_data/org.example.big",
+                    session.user_id
+                ),
+                Some(&session.token),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    // A chunked body (no Content-Length) is cut off too.
+    let stream = futures_util_stream(huge.into_bytes());
+    let response = server
+        .http
+        .put(format!(
+            "{}/_matrix/client/v3/user/{}/account_data/org.example.big",
+            server.base, session.user_id
+        ))
+        .bearer_auth(&session.token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn futures_util_stream(
+    bytes: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    struct Chunks(Vec<Vec<u8>>);
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.pop().map(Ok))
+        }
+    }
+    Chunks(bytes.chunks(1000).map(<[u8]>::to_vec).rev().collect())
+}
+
+#[tokio::test]
+async fn access_tokens_header_and_query() {
+    let server = TestServer::start().await;
+    let session = server.register("tokens", "password1").await;
+
+    assert_error(
+        &server.get("/_matrix/client/v3/account/whoami", None).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+    let unknown = server
+        .get("/_matrix/client/v3/account/whoami", Some("nonsense"))
+        .await;
+    assert_error(&unknown, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    assert_eq!(unknown.1["soft_logout"], false);
+
+    let (status, body) = server
+        .get("/_matrix/client/v3/account/whoami", Some(&session.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user_id"], session.user_id);
+    assert_eq!(body["device_id"], session.device_id);
+
+    // The deprecated query parameter still works, on the r0 path too.
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/r0/account/whoami?access_token={}",
+                session.token
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user_id"], session.user_id);
+}
+
+#[tokio::test]
+async fn capabilities_and_well_known() {
+    let server = TestServer::start().await;
+    let session = server.register("caps", "password1").await;
+    assert_error(
+        &server.get("/_matrix/client/v3/capabilities", None).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+    let (status, body) = server
+        .get("/_matrix/client/v3/capabilities", Some(&session.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Capabilities at their spec default may be omitted: absent `m.change_password` means enabled.
+    assert_ne!(
+        body["capabilities"]["m.change_password"]["enabled"], false,
+        "{body}"
+    );
+    assert_eq!(body["capabilities"]["m.room_versions"]["default"], "12");
+    assert_eq!(
+        body["capabilities"]["m.room_versions"]["available"]["12"],
+        "stable"
+    );
+    assert_eq!(body["capabilities"]["m.3pid_changes"]["enabled"], false);
+    assert_eq!(body["capabilities"]["m.profile_fields"]["enabled"], true);
+
+    assert_error(
+        &server.get("/.well-known/matrix/client", None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server.get("/.well-known/matrix/server", None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    let configured = TestServer::start_with(
+        "well_known = { client = \"https://matrix.example.org\", server = \"matrix.example.org:443\" }",
+    )
+    .await;
+    let (status, body) = configured.get("/.well-known/matrix/client", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["m.homeserver"]["base_url"],
+        "https://matrix.example.org"
+    );
+    let (status, body) = configured.get("/.well-known/matrix/server", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["m.server"], "matrix.example.org:443");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: each starts real culvert servers and talks HTTP to them.
+
+mod account;
+mod cli;
+mod clients;
+mod common;
+mod devices;
+mod http_layer;
+mod persistence;
+mod profile_and_account_data;
+mod registration;
+mod session;

@@ -1,0 +1,186 @@
+//! Nothing is lost across a graceful restart, or when the process is killed right after a 200.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{Session, TestServer, test_config};
+
+#[tokio::test]
+async fn restart_keeps_accounts_devices_and_account_data() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let second = server.login_ok("alice", "pw").await;
+    let path = "/_matrix/client/v3/user/@alice:test.local/account_data/org.example.kept";
+    assert_eq!(
+        server
+            .put(path, Some(&alice.token), json!({ "kept": true }))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    server
+        .put(
+            "/_matrix/client/v3/profile/@alice:test.local/displayname",
+            Some(&alice.token),
+            json!({ "displayname": "Alice" }),
+        )
+        .await;
+    let key_before = server.services().globals.signing_key().public_key();
+
+    let server = server.restart().await;
+    // Tokens issued before the restart still work; devices, profile and account data are there.
+    let (status, whoami) = server
+        .get("/_matrix/client/v3/account/whoami", Some(&alice.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(whoami["device_id"], alice.device_id);
+    let (_, devices) = server
+        .get("/_matrix/client/v3/devices", Some(&second.token))
+        .await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        server.get(path, Some(&alice.token)).await.1,
+        json!({ "kept": true })
+    );
+    assert_eq!(
+        server
+            .get(
+                "/_matrix/client/v3/profile/@alice:test.local/displayname",
+                None
+            )
+            .await
+            .1["displayname"],
+        "Alice"
+    );
+    server.login_ok("alice", "pw").await;
+    // The server keeps its signing key.
+    assert_eq!(
+        server.services().globals.signing_key().public_key(),
+        key_before
+    );
+}
+
+struct ChildServer {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the real `culvert` binary on `dir` and waits until it answers.
+async fn spawn_binary(dir: &std::path::Path, port: u16) -> ChildServer {
+    let config = test_config(&dir.join("db"), "rate_limits = { enabled = false }")
+        .replace("port = 0", &format!("port = {port}"));
+    let config_path = dir.join("culvert.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_culvert"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("culvert binary starts");
+    let server = ChildServer {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http
+            .get(format!("{}/_matrix/client/versions", server.base))
+            .send()
+            .await
+            .is_ok()
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("culvert did not start listening on port {port}");
+}
+
+#[tokio::test]
+async fn sigkill_right_after_200_loses_nothing() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let mut server = spawn_binary(dir.path(), port).await;
+    let http = reqwest::Client::new();
+
+    // Register (UIA dance), then write account data; kill -9 the moment the 200 arrives.
+    let url = |path: &str| format!("{}{path}", server.base);
+    let first: serde_json::Value = http
+        .post(url("/_matrix/client/v3/register"))
+        .json(&json!({ "username": "crash", "password": "pw" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = http
+        .post(url("/_matrix/client/v3/register"))
+        .json(&json!({ "username": "crash", "password": "pw", "auth": { "type": "m.login.dummy", "session": first["session"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let session = Session::from_json(&response.json().await.unwrap());
+    let response = http
+        .put(url(
+            "/_matrix/client/v3/user/@crash:test.local/account_data/org.example.crash",
+        ))
+        .bearer_auth(&session.token)
+        .json(&json!({ "survived": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    server.child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = spawn_binary(dir.path(), port).await;
+    let url = |path: &str| format!("{}{path}", server.base);
+    let whoami = http
+        .get(url("/_matrix/client/v3/account/whoami"))
+        .bearer_auth(&session.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        whoami.status(),
+        StatusCode::OK,
+        "the token issued before the crash works"
+    );
+    let data: serde_json::Value = http
+        .get(url(
+            "/_matrix/client/v3/user/@crash:test.local/account_data/org.example.crash",
+        ))
+        .bearer_auth(&session.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(data, json!({ "survived": 1 }));
+}

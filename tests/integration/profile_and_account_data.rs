@@ -1,0 +1,200 @@
+//! Profiles and global account data.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{TestServer, assert_error};
+
+#[tokio::test]
+async fn profile_fields() {
+    let server = TestServer::start().await;
+    let me = server.register("prof", "pw").await;
+    let other = server.register("snoop", "pw").await;
+
+    // A new account's display name is its localpart.
+    let (status, body) = server
+        .get("/_matrix/client/v3/profile/@prof:test.local", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "displayname": "prof" }));
+
+    let base = "/_matrix/client/v3/profile/@prof:test.local";
+    let (status, _) = server
+        .put(
+            &format!("{base}/displayname"),
+            Some(&me.token),
+            json!({ "displayname": "Professor" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .put(
+            &format!("{base}/avatar_url"),
+            Some(&me.token),
+            json!({ "avatar_url": "mxc://test.local/abc" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.get(&format!("{base}/displayname"), None).await.1,
+        json!({ "displayname": "Professor" })
+    );
+    assert_eq!(
+        server
+            .get(
+                &format!("/_matrix/client/r0/profile/@prof:test.local/avatar_url"),
+                None
+            )
+            .await
+            .1,
+        json!({ "avatar_url": "mxc://test.local/abc" })
+    );
+    assert_eq!(
+        server.get(base, None).await.1,
+        json!({ "displayname": "Professor", "avatar_url": "mxc://test.local/abc" })
+    );
+
+    // Custom fields (extended profiles) and deleting a field.
+    let (status, _) = server
+        .put(
+            &format!("{base}/m.tz"),
+            Some(&me.token),
+            json!({ "m.tz": "Europe/Berlin" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.get(&format!("{base}/m.tz"), None).await.1,
+        json!({ "m.tz": "Europe/Berlin" })
+    );
+    let (status, _) = server
+        .delete(&format!("{base}/m.tz"), Some(&me.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &server.get(&format!("{base}/m.tz"), None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // Only one's own profile can be changed.
+    assert_error(
+        &server
+            .put(
+                &format!("{base}/displayname"),
+                Some(&other.token),
+                json!({ "displayname": "Hacked" }),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server
+            .put(
+                &format!("{base}/displayname"),
+                None,
+                json!({ "displayname": "Hacked" }),
+            )
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+    assert_error(
+        &server
+            .get("/_matrix/client/v3/profile/@nobody:test.local", None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server
+            .get(
+                "/_matrix/client/v3/profile/@nobody:test.local/displayname",
+                None,
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // A profile may not grow past 64 KiB.
+    let big = "x".repeat(40_000);
+    let (status, _) = server
+        .put(
+            &format!("{base}/org.example.a"),
+            Some(&me.token),
+            json!({ "org.example.a": big }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &server
+            .put(
+                &format!("{base}/org.example.b"),
+                Some(&me.token),
+                json!({ "org.example.b": big }),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_PROFILE_TOO_LARGE",
+    );
+}
+
+#[tokio::test]
+async fn global_account_data() {
+    let server = TestServer::start().await;
+    let me = server.register("data", "pw").await;
+    let other = server.register("nosy", "pw").await;
+    let path = "/_matrix/client/v3/user/@data:test.local/account_data/org.example.settings";
+
+    assert_error(
+        &server.get(path, Some(&me.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let content = json!({ "theme": "dark", "nested": { "list": [1, 2, 3] } });
+    let (status, _) = server.put(path, Some(&me.token), content.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.get(path, Some(&me.token)).await.1, content);
+    // Overwrite.
+    server
+        .put(path, Some(&me.token), json!({ "theme": "light" }))
+        .await;
+    assert_eq!(
+        server.get(path, Some(&me.token)).await.1,
+        json!({ "theme": "light" })
+    );
+
+    assert_error(
+        &server.get(path, Some(&other.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server.put(path, Some(&other.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server
+            .put(
+                "/_matrix/client/v3/user/@data:test.local/account_data/m.fully_read",
+                Some(&me.token),
+                json!({ "event_id": "$x" }),
+            )
+            .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &server.put(path, Some(&me.token), json!([1, 2])).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &server.put(path, Some(&me.token), json!("text")).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+}
