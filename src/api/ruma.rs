@@ -150,6 +150,7 @@ where
         if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
             return Err(Error::not_json("The request body is not valid JSON."));
         }
+        let bytes = drop_empty_uia_auth(bytes);
         let http_request = http::Request::from_parts(parts, &bytes[..]);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_request, &args).map_err(request_error)?;
@@ -191,15 +192,13 @@ async fn read_body(
     limit: usize,
 ) -> Result<bytes::Bytes, Error> {
     let too_large = || Error::too_large(format!("The request body is larger than {limit} bytes."));
-    if let Some(length) = parts.headers.get(http::header::CONTENT_LENGTH) {
-        if length
-            .to_str()
-            .ok()
-            .and_then(|l| l.parse::<usize>().ok())
-            .is_some_and(|l| l > limit)
-        {
-            return Err(too_large());
-        }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|l| l > limit) {
+        return Err(too_large());
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -210,6 +209,29 @@ async fn read_body(
             format!("Could not read the request body: {e}"),
         )),
     }
+}
+
+/// An `auth` object with neither `type` nor `session` carries no authentication at all; some
+/// clients send one to start user-interactive auth (matrix-nio's token registration does).
+/// Treat it as absent, as Synapse does, instead of failing the whole request as malformed.
+fn drop_empty_uia_auth(bytes: bytes::Bytes) -> bytes::Bytes {
+    if !bytes.windows(6).any(|w| w == b"\"auth\"") {
+        return bytes;
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(&bytes) else {
+        return bytes;
+    };
+    let empty_auth = body
+        .get("auth")
+        .and_then(|a| a.as_object())
+        .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"));
+    if !empty_auth {
+        return bytes;
+    }
+    body.remove("auth");
+    serde_json::to_vec(&body)
+        .map(bytes::Bytes::from)
+        .unwrap_or(bytes)
 }
 
 fn request_error(error: FromHttpRequestError) -> Error {

@@ -228,7 +228,7 @@ impl Devices {
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(Error::internal("corrupt token hash"));
     }
     (0..hex.len())

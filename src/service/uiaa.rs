@@ -145,65 +145,6 @@ impl Uiaa {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session_of(err: Error) -> String {
-        match err {
-            Error::Uiaa(info) => info.session.unwrap(),
-            other => panic!("expected UIA 401, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn dance_completes_and_session_is_single_use() {
-        let uiaa = Uiaa::default();
-        let flows = vec![AuthFlow::new(vec![AuthType::Dummy])];
-        let session = session_of(uiaa.step("register", &flows, None).unwrap_err());
-        uiaa.step(
-            "register",
-            &flows,
-            Some((Some(&session), AuthType::Dummy, StageResult::Completed)),
-        )
-        .unwrap();
-        // Used up: the same session is no longer known.
-        assert!(matches!(
-            uiaa.step(
-                "register",
-                &flows,
-                Some((Some(&session), AuthType::Dummy, StageResult::Completed))
-            ),
-            Err(Error::Matrix { .. })
-        ));
-    }
-
-    #[test]
-    fn session_cannot_change_purpose() {
-        let uiaa = Uiaa::default();
-        let flows = vec![AuthFlow::new(vec![AuthType::Password])];
-        let session = session_of(uiaa.step("deactivate:@a:x", &flows, None).unwrap_err());
-        let other = uiaa.step(
-            "deactivate:@b:x",
-            &flows,
-            Some((Some(&session), AuthType::Password, StageResult::Completed)),
-        );
-        assert!(matches!(other, Err(Error::Matrix { .. })));
-    }
-
-    #[test]
-    fn stage_outside_flows_is_refused() {
-        let uiaa = Uiaa::default();
-        let flows = vec![AuthFlow::new(vec![AuthType::Password])];
-        let r = uiaa.step(
-            "x",
-            &flows,
-            Some((None, AuthType::Dummy, StageResult::Completed)),
-        );
-        assert!(matches!(r, Err(Error::Uiaa(_))));
-    }
-}
-
 impl super::Services {
     /// Runs one step of user-interactive authentication for `purpose`, checking the stage the
     /// client attempted in `auth`. `user` is the account the request acts on (password stages
@@ -267,6 +208,19 @@ impl super::Services {
             .step(purpose, flows, Some((session, stage, result)))
     }
 
+    /// User-interactive auth that asks for the account's current password again (password
+    /// change, deactivation, device deletion). `purpose` binds the session to this request.
+    pub async fn confirm_password(
+        &self,
+        purpose: &str,
+        auth: Option<&ruma::api::client::uiaa::AuthData>,
+        user: &ruma::UserId,
+    ) -> Result<()> {
+        let flows = [AuthFlow::new(vec![AuthType::Password])];
+        self.user_interactive_auth(purpose, &flows, auth, Some(user))
+            .await
+    }
+
     /// Checks a password on a blocking thread (Argon2 takes tens of milliseconds of CPU).
     pub async fn check_password_blocking(
         &self,
@@ -279,5 +233,64 @@ impl super::Services {
         })
         .await
         .map_err(|e| Error::internal(format!("password check task failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_of(err: Error) -> String {
+        match err {
+            Error::Uiaa(info) => info.session.unwrap(),
+            other => panic!("expected UIA 401, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dance_completes_and_session_is_single_use() {
+        let uiaa = Uiaa::default();
+        let flows = vec![AuthFlow::new(vec![AuthType::Dummy])];
+        let session = session_of(uiaa.step("register", &flows, None).unwrap_err());
+        uiaa.step(
+            "register",
+            &flows,
+            Some((Some(&session), AuthType::Dummy, StageResult::Completed)),
+        )
+        .unwrap();
+        // Used up: the same session is no longer known.
+        assert!(matches!(
+            uiaa.step(
+                "register",
+                &flows,
+                Some((Some(&session), AuthType::Dummy, StageResult::Completed))
+            ),
+            Err(Error::Matrix { .. })
+        ));
+    }
+
+    #[test]
+    fn session_cannot_change_purpose() {
+        let uiaa = Uiaa::default();
+        let flows = vec![AuthFlow::new(vec![AuthType::Password])];
+        let session = session_of(uiaa.step("deactivate:@a:x", &flows, None).unwrap_err());
+        let other = uiaa.step(
+            "deactivate:@b:x",
+            &flows,
+            Some((Some(&session), AuthType::Password, StageResult::Completed)),
+        );
+        assert!(matches!(other, Err(Error::Matrix { .. })));
+    }
+
+    #[test]
+    fn stage_outside_flows_is_refused() {
+        let uiaa = Uiaa::default();
+        let flows = vec![AuthFlow::new(vec![AuthType::Password])];
+        let r = uiaa.step(
+            "x",
+            &flows,
+            Some((None, AuthType::Dummy, StageResult::Completed)),
+        );
+        assert!(matches!(r, Err(Error::Uiaa(_))));
     }
 }

@@ -56,6 +56,9 @@ impl Cf {
     }
 }
 
+/// A key and its value, as read from a scan.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Tuning knobs taken from the config.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -226,7 +229,7 @@ impl Store {
         &'a self,
         cf: Cf,
         prefix: &'a [u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a {
+    ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
         self.inner
             .db
             .iterator_cf(

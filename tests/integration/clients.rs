@@ -1,8 +1,9 @@
 //! Real third-party clients against culvert.
 //!
 //! matrix-nio (Python) is driven by `tests/clients/nio_smoke.py`. The Python interpreter with
-//! nio installed comes from `NIO_PYTHON` (CI sets it up in a virtualenv); when it is missing the
-//! test is skipped with a message, unless `REQUIRE_REAL_CLIENTS=1`, as in CI, makes that a failure.
+//! nio installed comes from `NIO_PYTHON` (`scripts/test` sets it up in a virtualenv); when it is
+//! missing the tests are skipped with a message, unless `REQUIRE_REAL_CLIENTS=1` (set by
+//! `scripts/test`, hence CI) makes that a failure.
 
 use std::path::PathBuf;
 
@@ -18,17 +19,18 @@ fn nio_python() -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
-#[tokio::test]
-async fn matrix_nio_registers_logs_in_and_manages_its_account() {
+/// Runs the nio smoke script against `server`; `None` when nio is unavailable (and allowed to be).
+async fn run_nio_smoke(server: &TestServer, user: &str, extra_args: &[&str]) -> Option<()> {
     let Some(python) = nio_python() else {
         assert!(
             std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
             "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON does not point at a Python with matrix-nio"
         );
-        eprintln!("skipped: set NIO_PYTHON to a Python with matrix-nio installed (see .ci/run)");
-        return;
+        eprintln!(
+            "skipped: set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)"
+        );
+        return None;
     };
-    let server = TestServer::start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_smoke.py");
     let output = tokio::process::Command::new(python)
         .arg(script)
@@ -36,10 +38,11 @@ async fn matrix_nio_registers_logs_in_and_manages_its_account() {
             "--homeserver",
             &server.base,
             "--username",
-            "niouser",
+            user,
             "--password",
             "nio-password-1",
         ])
+        .args(extra_args)
         .output()
         .await
         .expect("python runs");
@@ -50,7 +53,15 @@ async fn matrix_nio_registers_logs_in_and_manages_its_account() {
         "nio smoke failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("nio smoke: ok"), "{stdout}\n{stderr}");
+    Some(())
+}
 
+#[tokio::test]
+async fn matrix_nio_registers_logs_in_and_manages_its_account() {
+    let server = TestServer::start().await;
+    if run_nio_smoke(&server, "niouser", &[]).await.is_none() {
+        return;
+    }
     // And the server agrees with what nio did.
     let session = server.login_ok("niouser", "nio-password-1").await;
     let (_, profile) = server
@@ -64,4 +75,21 @@ async fn matrix_nio_registers_logs_in_and_manages_its_account() {
         devices["devices"].as_array().unwrap().len() >= 2,
         "{devices}"
     );
+}
+
+/// nio's token registration opens with an `auth` that has neither type nor session, then
+/// expects a stage after the token: both must work as they do on Synapse.
+#[tokio::test]
+async fn matrix_nio_registers_with_a_registration_token() {
+    let server = TestServer::start_with(
+        "registration_token = \"nio-sesame\"\nrate_limits = { enabled = false }",
+    )
+    .await;
+    if run_nio_smoke(&server, "niotoken", &["--registration-token", "nio-sesame"])
+        .await
+        .is_none()
+    {
+        return;
+    }
+    server.login_ok("niotoken", "nio-password-1").await;
 }

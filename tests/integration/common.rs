@@ -146,6 +146,22 @@ impl TestServer {
         Session::from_json(&done)
     }
 
+    /// Asserts that `token` no longer authenticates (401 `M_UNKNOWN_TOKEN`).
+    pub async fn assert_token_dead(&self, token: &str) {
+        let result = self
+            .get("/_matrix/client/v3/account/whoami", Some(token))
+            .await;
+        assert_error(&result, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    }
+
+    /// Asserts that `token` authenticates.
+    pub async fn assert_token_alive(&self, token: &str) {
+        let (status, body) = self
+            .get("/_matrix/client/v3/account/whoami", Some(token))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
         self.post(
             "/_matrix/client/v3/login",

@@ -42,7 +42,7 @@ async fn profile_fields() {
     assert_eq!(
         server
             .get(
-                &format!("/_matrix/client/r0/profile/@prof:test.local/avatar_url"),
+                "/_matrix/client/r0/profile/@prof:test.local/avatar_url",
                 None
             )
             .await

@@ -1,12 +1,9 @@
 //! The account itself: `/account/whoami`, `/account/password`, `/account/deactivate`.
 
 use axum::extract;
-use ruma::api::client::{
-    account::{
-        ThirdPartyIdRemovalStatus, change_password::v3 as password_v3,
-        deactivate::v3 as deactivate_v3, whoami::v3 as whoami_v3,
-    },
-    uiaa::{AuthFlow, AuthType},
+use ruma::api::client::account::{
+    ThirdPartyIdRemovalStatus, change_password::v3 as password_v3, deactivate::v3 as deactivate_v3,
+    whoami::v3 as whoami_v3,
 };
 
 use crate::{
@@ -14,11 +11,6 @@ use crate::{
     api::ruma::{Ruma, RumaResponse, State},
     service::users,
 };
-
-/// Changing the password or deactivating asks for the current password again.
-pub fn password_flows() -> Vec<AuthFlow> {
-    vec![AuthFlow::new(vec![AuthType::Password])]
-}
 
 pub async fn whoami(
     extract::State(services): extract::State<State>,
@@ -40,12 +32,7 @@ pub async fn change_password(
     };
     let purpose = format!("password:{user_id}");
     services
-        .user_interactive_auth(
-            &purpose,
-            &password_flows(),
-            request.body.auth.as_ref(),
-            Some(user_id),
-        )
+        .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
 
     let new_password = request.body.new_password.clone();
@@ -78,12 +65,7 @@ pub async fn deactivate(
     };
     let purpose = format!("deactivate:{user_id}");
     services
-        .user_interactive_auth(
-            &purpose,
-            &password_flows(),
-            request.body.auth.as_ref(),
-            Some(user_id),
-        )
+        .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
     services
         .users

@@ -10,7 +10,6 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::account::password_flows;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
@@ -88,12 +87,7 @@ pub async fn delete(
     }
     let purpose = format!("delete_device:{user_id}:{device_id}");
     services
-        .user_interactive_auth(
-            &purpose,
-            &password_flows(),
-            request.body.auth.as_ref(),
-            Some(user_id),
-        )
+        .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
     services
         .devices
@@ -109,12 +103,7 @@ pub async fn delete_many(
     let user_id = request.user();
     let purpose = format!("delete_devices:{user_id}");
     services
-        .user_interactive_auth(
-            &purpose,
-            &password_flows(),
-            request.body.auth.as_ref(),
-            Some(user_id),
-        )
+        .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
     services
         .devices
