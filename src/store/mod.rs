@@ -262,3 +262,71 @@ impl Store {
         self.inner.db.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_persist_and_prefix_scans_stay_inside_their_prefix() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut batch = Batch::new();
+            batch.put(Cf::Devices, keys::join([b"@a:x", b"D1"]), b"1".to_vec());
+            batch.put(Cf::Devices, keys::join([b"@a:x", b"D2"]), b"2".to_vec());
+            batch.put(Cf::Devices, keys::join([b"@a:xy", b"D3"]), b"3".to_vec());
+            store.write(batch).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let prefix = keys::prefix(b"@a:x");
+        let values: Vec<Vec<u8>> = store
+            .scan_prefix(Cf::Devices, &prefix)
+            .map(|item| item.unwrap().1.to_vec())
+            .collect();
+        assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec()]);
+        assert!(!store.is_empty(Cf::Devices).unwrap());
+        assert!(store.is_empty(Cf::Users).unwrap());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_culvert_is_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let found = store.get(Cf::Global, b"schema_version").unwrap().unwrap();
+            assert_eq!(keys::parse_u64_be(&found), Some(migrations::CURRENT));
+            store
+                .put(
+                    Cf::Global,
+                    b"schema_version",
+                    &keys::u64_be(migrations::CURRENT + 1),
+                )
+                .unwrap();
+        }
+        match Store::open(dir.path(), &StoreOptions::default()) {
+            Err(StoreError::TooNew {
+                found, supported, ..
+            }) => {
+                assert_eq!(
+                    (found, supported),
+                    (migrations::CURRENT + 1, migrations::CURRENT)
+                );
+            }
+            Err(other) => panic!("expected TooNew, got {other}"),
+            Ok(_) => panic!("expected TooNew, but the database opened"),
+        }
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let _first = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        match Store::open(dir.path(), &StoreOptions::default()) {
+            Err(StoreError::Locked(path)) => assert!(path.contains(&*dir.path().to_string_lossy())),
+            Err(other) => panic!("expected Locked, got {other}"),
+            Ok(_) => panic!("a second open must fail"),
+        }
+    }
+}
