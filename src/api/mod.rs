@@ -1,9 +1,10 @@
 //! The HTTP surface: where a request enters. Routing, CORS, request logging, and the fallbacks
-//! that answer unknown paths honestly. Handlers live in `client/` (one file per spec area) and
-//! stay thin: parse, call a service, answer.
+//! that answer unknown paths honestly. Handlers live in `client/` and `server/` (one file per
+//! spec area) and stay thin: parse, call a service, answer.
 
 pub mod client;
 pub mod ruma;
+pub mod server;
 
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ pub use ruma::State;
 
 /// The whole application: every route, with CORS and logging around it.
 pub fn router(state: State) -> Router {
-    client::routes(Router::new())
+    server::routes(client::routes(Router::new()))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(cors))

@@ -69,6 +69,52 @@ impl Globals {
         &self.signing_key
     }
 
+    /// The key ID under which the server signs: `ed25519:<version>`.
+    pub fn signing_key_id(&self) -> String {
+        format!("ed25519:{}", self.signing_key.version())
+    }
+
+    /// This server's published signing keys (`GET /_matrix/key/v2/server`), valid for `validity`
+    /// from now and signed with the key itself, as other servers require.
+    pub fn signed_server_keys(
+        &self,
+        server_name: &ruma::ServerName,
+        validity: std::time::Duration,
+    ) -> Result<ruma::CanonicalJsonObject> {
+        use ruma::{CanonicalJsonValue, serde::Base64};
+
+        let public_key =
+            Base64::<ruma::serde::base64::Standard, _>::new(self.signing_key.public_key());
+        let valid_until = utils::now_millis() + validity.as_millis() as u64;
+        let verify_key = ruma::CanonicalJsonObject::from([(
+            "key".to_owned(),
+            CanonicalJsonValue::String(public_key.encode()),
+        )]);
+        let mut keys = ruma::CanonicalJsonObject::from([
+            (
+                "server_name".to_owned(),
+                CanonicalJsonValue::String(server_name.to_string()),
+            ),
+            (
+                "verify_keys".to_owned(),
+                CanonicalJsonValue::Object([(self.signing_key_id(), verify_key.into())].into()),
+            ),
+            (
+                "old_verify_keys".to_owned(),
+                CanonicalJsonValue::Object(Default::default()),
+            ),
+            (
+                "valid_until_ts".to_owned(),
+                CanonicalJsonValue::Integer(
+                    ruma::Int::try_from(valid_until).map_err(|e| Error::internal(e.to_string()))?,
+                ),
+            ),
+        ]);
+        ruma::signatures::sign_json(server_name.as_str(), &self.signing_key, &mut keys)
+            .map_err(|e| Error::internal(format!("signing the server keys failed: {e}")))?;
+        Ok(keys)
+    }
+
     /// Takes the next value of the server-wide stream counter and records it in `batch`, so the
     /// counter on disk never falls behind a value some stored key uses.
     pub fn next_count(&self, batch: &mut Batch) -> u64 {

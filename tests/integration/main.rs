@@ -9,4 +9,5 @@ mod http_layer;
 mod persistence;
 mod profile_and_account_data;
 mod registration;
+mod server_keys;
 mod session;
