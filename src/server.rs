@@ -54,6 +54,23 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     })
 }
 
+/// Tells systemd (when started as a `Type=notify` service) that start-up is done, and keeps its
+/// watchdog fed. Does nothing when not run by systemd.
+fn notify_systemd_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("could not notify systemd of readiness: {e}");
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval / 2);
+            loop {
+                ticker.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
 impl RunningServer {
     /// Stops accepting requests, lets in-flight ones finish, then flushes the database.
     pub async fn stop(self) -> Result<(), StartError> {
@@ -71,10 +88,13 @@ impl RunningServer {
         Ok(())
     }
 
-    /// Serves until SIGINT or SIGTERM, then stops gracefully.
+    /// Serves until SIGINT or SIGTERM, then stops gracefully. Reports readiness and shutdown to
+    /// systemd when run as a notify service.
     pub async fn run_until_signal(self) -> Result<(), StartError> {
+        notify_systemd_ready();
         wait_for_signal().await;
         tracing::info!("shutting down");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stop().await
     }
 }

@@ -184,3 +184,66 @@ async fn sigkill_right_after_200_loses_nothing() {
         .unwrap();
     assert_eq!(data, json!({ "survived": 1 }));
 }
+
+/// Run as a systemd `Type=notify` service, culvert says READY=1 once it listens (feeding the
+/// watchdog when asked) and STOPPING=1 when told to stop.
+#[tokio::test]
+async fn systemd_notify_readiness_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let config =
+        test_config(&dir.path().join("db"), "").replace("port = 0", &format!("port = {port}"));
+    std::fs::write(dir.path().join("culvert.toml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_culvert"))
+        .arg("--config")
+        .arg(dir.path().join("culvert.toml"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 256];
+    let read = |buf: &mut [u8]| -> String {
+        let n = socket.recv(buf).expect("a notification from culvert");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    received.push(read(&mut buf));
+    assert!(received[0].contains("READY=1"), "{received:?}");
+    // By READY=1 the server answers.
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/_matrix/client/versions"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The watchdog is fed (every 100 ms here).
+    let next = read(&mut buf);
+    assert!(next.contains("WATCHDOG=1"), "{next}");
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stopping = false;
+    for _ in 0..20 {
+        if read(&mut buf).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 was announced");
+    assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
+}
