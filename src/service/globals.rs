@@ -1,18 +1,15 @@
-//! Server-wide state: the signing key, the stream counter and the first-start registration token.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Server-wide state: the signing key and the first-start registration token.
 
 use ruma::signatures::Ed25519KeyPair;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Result,
-    store::{Batch, Cf, Store, keys},
+    store::{Batch, Cf, Store},
     utils,
 };
 
 const SIGNING_KEY: &[u8] = b"signing_key";
-const COUNTER: &[u8] = b"counter";
 const BOOTSTRAP_TOKEN: &[u8] = b"bootstrap_registration_token";
 
 /// The stored form of the server's ed25519 key.
@@ -27,11 +24,10 @@ struct StoredSigningKey {
 pub struct Globals {
     store: Store,
     signing_key: Ed25519KeyPair,
-    counter: AtomicU64,
 }
 
 impl Globals {
-    /// Loads the signing key (generating and persisting one on first start) and the counter.
+    /// Loads the signing key, generating and persisting one on first start.
     pub fn load(store: Store) -> Result<Self> {
         let signing_key = match store.get(Cf::Global, SIGNING_KEY)? {
             Some(bytes) => {
@@ -52,17 +48,7 @@ impl Globals {
                 })?
             }
         };
-        let counter = match store.get(Cf::Global, COUNTER)? {
-            Some(bytes) => {
-                keys::parse_u64_be(&bytes).ok_or_else(|| Error::internal("corrupt counter"))?
-            }
-            None => 0,
-        };
-        Ok(Self {
-            store,
-            signing_key,
-            counter: AtomicU64::new(counter),
-        })
+        Ok(Self { store, signing_key })
     }
 
     pub fn signing_key(&self) -> &Ed25519KeyPair {
@@ -113,18 +99,6 @@ impl Globals {
         ruma::signatures::sign_json(server_name.as_str(), &self.signing_key, &mut keys)
             .map_err(|e| Error::internal(format!("signing the server keys failed: {e}")))?;
         Ok(keys)
-    }
-
-    /// Takes the next value of the server-wide stream counter and records it in `batch`, so the
-    /// counter on disk never falls behind a value some stored key uses.
-    pub fn next_count(&self, batch: &mut Batch) -> u64 {
-        let next = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        batch.put(Cf::Global, COUNTER, keys::u64_be(next));
-        next
-    }
-
-    pub fn current_count(&self) -> u64 {
-        self.counter.load(Ordering::SeqCst)
     }
 
     /// The one-time token that lets the owner register the first account while registration is

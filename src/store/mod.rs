@@ -19,7 +19,7 @@ use rocksdb::{
 /// (parts joined by 0xFF, see [`keys`]); ARCHITECTURE.md repeats this table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cf {
-    /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON), `counter` (u64 BE),
+    /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON),
     /// `bootstrap_registration_token` (UTF-8).
     Global,
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
