@@ -6,6 +6,7 @@ pub mod devices;
 pub mod globals;
 pub mod ratelimit;
 pub mod registration;
+pub mod rooms;
 pub mod uiaa;
 pub mod users;
 

@@ -1,0 +1,4 @@
+//! Rooms: events, state and timelines. Being built (see docs/design/rooms.md); so far the PDU
+//! builder, which every local event will go through.
+
+pub mod pdu;

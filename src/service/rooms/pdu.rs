@@ -1,0 +1,392 @@
+//! Building and signing PDUs: the full federation form of an event, as its room version defines
+//! it (event ID format, reference format, room ID format, content hash, signature).
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
+    ServerName, UserId,
+    room_version_rules::{
+        EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules,
+    },
+    signatures::Ed25519KeyPair,
+};
+
+use crate::{Error, Result};
+
+/// The spec's limit on a PDU, in bytes of canonical JSON.
+pub const MAX_PDU_SIZE: usize = 65_535;
+
+/// An event referred to from `prev_events` or `auth_events`. Room versions 1 and 2 refer to
+/// events with their reference hash too, so the referenced PDU is needed.
+pub struct EventRef<'a> {
+    pub event_id: &'a EventId,
+    pub pdu: &'a CanonicalJsonObject,
+}
+
+/// What a new event is made of, before hashing and signing.
+pub struct NewEvent<'a> {
+    /// `None` only for the `m.room.create` event of a room version whose room ID is derived
+    /// from that event (v12).
+    pub room_id: Option<&'a RoomId>,
+    pub sender: &'a UserId,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: CanonicalJsonObject,
+    /// For `m.room.redaction`: placed at the top level (v1–v10) or in the content (v11+).
+    pub redacts: Option<&'a EventId>,
+    pub prev_events: &'a [EventRef<'a>],
+    pub auth_events: &'a [EventRef<'a>],
+    pub depth: u64,
+    pub origin_server_ts: u64,
+}
+
+/// A hashed and signed PDU with its IDs.
+#[derive(Debug, Clone)]
+pub struct SignedPdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub json: CanonicalJsonObject,
+}
+
+fn string(s: impl Into<String>) -> CanonicalJsonValue {
+    CanonicalJsonValue::String(s.into())
+}
+
+fn integer(n: u64) -> Result<CanonicalJsonValue> {
+    ruma::Int::try_from(n)
+        .map(CanonicalJsonValue::Integer)
+        .map_err(|_| Error::internal("integer out of the canonical JSON range"))
+}
+
+fn references(refs: &[EventRef<'_>], rules: &RoomVersionRules) -> Result<CanonicalJsonValue> {
+    let items = refs
+        .iter()
+        .map(|r| match rules.events_reference_format {
+            EventsReferenceFormatVersion::V1 => {
+                let hash = ruma::signatures::reference_hash(r.pdu, rules)
+                    .map_err(|e| Error::internal(format!("reference hash: {e}")))?;
+                let hashes = CanonicalJsonObject::from([("sha256".to_owned(), string(hash))]);
+                Ok(CanonicalJsonValue::Array(vec![
+                    string(r.event_id.as_str()),
+                    CanonicalJsonValue::Object(hashes),
+                ]))
+            }
+            _ => Ok(string(r.event_id.as_str())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CanonicalJsonValue::Array(items))
+}
+
+/// Assembles, hashes and signs `new` as a PDU of the room version with `rules`.
+pub fn build(
+    new: NewEvent<'_>,
+    rules: &RoomVersionRules,
+    server_name: &ServerName,
+    key: &Ed25519KeyPair,
+) -> Result<SignedPdu> {
+    let derives_room_id = rules.room_id_format == RoomIdFormatVersion::V2;
+    let is_create = new.event_type == "m.room.create" && new.state_key == Some("");
+    let mut content = new.content;
+    let mut json = CanonicalJsonObject::new();
+    json.insert("type".into(), string(new.event_type));
+    json.insert("sender".into(), string(new.sender.as_str()));
+    json.insert("origin_server_ts".into(), integer(new.origin_server_ts)?);
+    json.insert("depth".into(), integer(new.depth)?);
+    json.insert("prev_events".into(), references(new.prev_events, rules)?);
+    json.insert("auth_events".into(), references(new.auth_events, rules)?);
+    if let Some(state_key) = new.state_key {
+        json.insert("state_key".into(), string(state_key));
+    }
+    match (new.room_id, derives_room_id && is_create) {
+        (_, true) => {} // the room ID is derived from this very event
+        (Some(room_id), false) => {
+            json.insert("room_id".into(), string(room_id.as_str()));
+        }
+        (None, false) => return Err(Error::internal("only a v12 create event lacks a room ID")),
+    }
+    if let Some(redacts) = new.redacts {
+        if rules.redaction.content_field_redacts {
+            content.insert("redacts".into(), string(redacts.as_str()));
+        } else {
+            json.insert("redacts".into(), string(redacts.as_str()));
+        }
+    }
+    json.insert("content".into(), CanonicalJsonValue::Object(content));
+
+    // Rooms v1 and v2 carry a random event ID inside the (signed) PDU.
+    let random_id =
+        (rules.event_id_format == EventIdFormatVersion::V1).then(|| EventId::new_v1(server_name));
+    if let Some(id) = &random_id {
+        json.insert("event_id".into(), string(id.as_str()));
+    }
+
+    if CanonicalJsonValue::Object(json.clone()).to_string().len() > MAX_PDU_SIZE {
+        return Err(Error::too_large(
+            "The event is larger than the 65535-byte PDU limit.",
+        ));
+    }
+    ruma::signatures::hash_and_sign_event(server_name.as_str(), key, &mut json, &rules.redaction)
+        .map_err(|e| Error::internal(format!("signing the event failed: {e}")))?;
+    // The hashes and signature add a little: check the final size too.
+    if CanonicalJsonValue::Object(json.clone()).to_string().len() > MAX_PDU_SIZE {
+        return Err(Error::too_large(
+            "The event is larger than the 65535-byte PDU limit.",
+        ));
+    }
+
+    let event_id = match random_id {
+        Some(id) => id,
+        None => {
+            let hash = ruma::signatures::reference_hash(&json, rules)
+                .map_err(|e| Error::internal(format!("reference hash: {e}")))?;
+            EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))?
+        }
+    };
+    let room_id = match new.room_id {
+        Some(room_id) if !(derives_room_id && is_create) => room_id.to_owned(),
+        _ => RoomId::new_v2(event_id.localpart()).map_err(|e| Error::internal(e.to_string()))?,
+    };
+    Ok(SignedPdu {
+        event_id,
+        room_id,
+        json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{
+        RoomVersionId,
+        serde::{Base64, base64::Standard},
+        signatures::{PublicKeyMap, Verified, verify_event},
+        state_res::check_pdu_format,
+    };
+
+    use super::*;
+
+    fn key() -> Ed25519KeyPair {
+        Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "test".into()).unwrap()
+    }
+
+    fn public_keys(key: &Ed25519KeyPair) -> PublicKeyMap {
+        let public = Base64::<Standard, Vec<u8>>::new(key.public_key().to_vec());
+        [(
+            "example.org".to_owned(),
+            [("ed25519:test".to_owned(), public)].into(),
+        )]
+        .into()
+    }
+
+    fn create_content(version: &RoomVersionId) -> CanonicalJsonObject {
+        CanonicalJsonObject::from([("room_version".to_owned(), string(version.as_str()))])
+    }
+
+    fn alice() -> ruma::OwnedUserId {
+        UserId::parse("@alice:example.org").unwrap()
+    }
+
+    fn server() -> &'static ServerName {
+        <&ServerName>::try_from("example.org").unwrap()
+    }
+
+    /// A create event, then a message referring to it, in every room version: IDs in the right
+    /// format, PDU format valid, hashes and signatures verifiable by another server.
+    #[test]
+    fn create_and_message_in_every_room_version() {
+        let key = key();
+        let v1_room = RoomId::new_v1(server());
+        for version in [
+            RoomVersionId::V1,
+            RoomVersionId::V2,
+            RoomVersionId::V3,
+            RoomVersionId::V4,
+            RoomVersionId::V5,
+            RoomVersionId::V6,
+            RoomVersionId::V7,
+            RoomVersionId::V8,
+            RoomVersionId::V9,
+            RoomVersionId::V10,
+            RoomVersionId::V11,
+            RoomVersionId::V12,
+        ] {
+            let rules = version.rules().unwrap();
+            let sender = alice();
+            let derived = rules.room_id_format == RoomIdFormatVersion::V2;
+            let create = build(
+                NewEvent {
+                    room_id: (!derived).then_some(&*v1_room),
+                    sender: &sender,
+                    event_type: "m.room.create",
+                    state_key: Some(""),
+                    content: create_content(&version),
+                    redacts: None,
+                    prev_events: &[],
+                    auth_events: &[],
+                    depth: 1,
+                    origin_server_ts: 1_700_000_000_000,
+                },
+                &rules,
+                server(),
+                &key,
+            )
+            .unwrap();
+            check_pdu_format(&create.json, &rules.event_format)
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            assert_eq!(
+                verify_event(&public_keys(&key), &create.json, &rules).unwrap(),
+                Verified::All,
+                "{version}"
+            );
+            if derived {
+                assert_eq!(
+                    create.room_id.as_str(),
+                    format!("!{}", create.event_id.localpart())
+                );
+                assert!(!create.json.contains_key("room_id"));
+            } else {
+                assert_eq!(create.room_id, v1_room);
+            }
+            match rules.event_id_format {
+                EventIdFormatVersion::V1 => {
+                    assert!(
+                        create.event_id.as_str().ends_with(":example.org"),
+                        "{version}"
+                    );
+                    assert_eq!(create.json["event_id"], string(create.event_id.as_str()));
+                }
+                _ => {
+                    assert!(!create.json.contains_key("event_id"), "{version}");
+                    assert_eq!(
+                        create.event_id.as_str().len(),
+                        44,
+                        "{version}: $ + 43 base64"
+                    );
+                }
+            }
+            if rules.event_id_format == EventIdFormatVersion::V3 {
+                assert!(
+                    !create.event_id.as_str().contains(['+', '/']),
+                    "URL-safe in {version}"
+                );
+            }
+
+            // v12 never lists the create event in auth_events (the room ID stands for it).
+
+            let create_ref = [EventRef {
+                event_id: &create.event_id,
+                pdu: &create.json,
+            }];
+
+            let auth_refs: &[EventRef<'_>] = if rules.event_format.allow_room_create_in_auth_events
+            {
+                &create_ref
+            } else {
+                &[]
+            };
+
+            let message = build(
+                NewEvent {
+                    room_id: Some(&create.room_id),
+                    sender: &sender,
+                    event_type: "m.room.message",
+                    state_key: None,
+                    content: CanonicalJsonObject::from([
+                        ("msgtype".to_owned(), string("m.text")),
+                        ("body".to_owned(), string("hello")),
+                    ]),
+                    redacts: None,
+                    prev_events: &create_ref,
+                    auth_events: auth_refs,
+                    depth: 2,
+                    origin_server_ts: 1_700_000_000_001,
+                },
+                &rules,
+                server(),
+                &key,
+            )
+            .unwrap();
+            check_pdu_format(&message.json, &rules.event_format)
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            assert_eq!(
+                verify_event(&public_keys(&key), &message.json, &rules).unwrap(),
+                Verified::All
+            );
+            assert_eq!(message.room_id, create.room_id);
+            let CanonicalJsonValue::Array(prev) = &message.json["prev_events"] else {
+                panic!()
+            };
+            match rules.events_reference_format {
+                EventsReferenceFormatVersion::V1 => {
+                    let CanonicalJsonValue::Array(pair) = &prev[0] else {
+                        panic!("{version}")
+                    };
+                    assert_eq!(pair[0], string(create.event_id.as_str()));
+                }
+                _ => assert_eq!(prev[0], string(create.event_id.as_str()), "{version}"),
+            }
+        }
+    }
+
+    #[test]
+    fn redacts_goes_where_the_room_version_wants_it() {
+        let key = key();
+        let room = RoomId::new_v1(server());
+        let target = EventId::parse("$target").unwrap();
+        for (version, in_content) in [(RoomVersionId::V10, false), (RoomVersionId::V11, true)] {
+            let rules = version.rules().unwrap();
+            let sender = alice();
+            let pdu = build(
+                NewEvent {
+                    room_id: Some(&room),
+                    sender: &sender,
+                    event_type: "m.room.redaction",
+                    state_key: None,
+                    content: CanonicalJsonObject::new(),
+                    redacts: Some(&target),
+                    prev_events: &[],
+                    auth_events: &[],
+                    depth: 3,
+                    origin_server_ts: 1,
+                },
+                &rules,
+                server(),
+                &key,
+            )
+            .unwrap();
+            let CanonicalJsonValue::Object(content) = &pdu.json["content"] else {
+                panic!()
+            };
+            assert_eq!(content.contains_key("redacts"), in_content, "{version}");
+            assert_eq!(pdu.json.contains_key("redacts"), !in_content, "{version}");
+        }
+    }
+
+    #[test]
+    fn oversized_events_are_refused() {
+        let rules = RoomVersionId::V11.rules().unwrap();
+        let room = RoomId::new_v1(server());
+        let sender = alice();
+        let result = build(
+            NewEvent {
+                room_id: Some(&room),
+                sender: &sender,
+                event_type: "m.room.message",
+                state_key: None,
+                content: CanonicalJsonObject::from([(
+                    "body".to_owned(),
+                    string("x".repeat(70_000)),
+                )]),
+                redacts: None,
+                prev_events: &[],
+                auth_events: &[],
+                depth: 1,
+                origin_server_ts: 1,
+            },
+            &rules,
+            server(),
+            &key(),
+        );
+        assert!(
+            matches!(result, Err(Error::Matrix { status, .. }) if status == http::StatusCode::PAYLOAD_TOO_LARGE)
+        );
+    }
+}
