@@ -20,7 +20,7 @@ use rocksdb::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cf {
     /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON),
-    /// `bootstrap_registration_token` (UTF-8).
+    /// `bootstrap_registration_token` (UTF-8), `shortid_reserved` (u64 BE).
     Global,
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
     Users,
@@ -32,16 +32,36 @@ pub enum Cf {
     AccessTokens,
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → content (JSON). Empty room = global.
     AccountData,
+    /// `event_id` → short event id (u64 BE). See `service::rooms::short`.
+    EventIdShort,
+    /// short event id (u64 BE) → `event_id`.
+    ShortEventId,
+    /// `event_type 0xFF state_key` → short state key (u64 BE).
+    StateKeyShort,
+    /// short state key (u64 BE) → `event_type 0xFF state_key`.
+    ShortStateKey,
+    /// sha256 of a full compressed state → short state hash (u64 BE): identical states share one.
+    StateHashShort,
+    /// short state hash (u64 BE) → state delta: parent (u64 BE, 0 = none), chain depth (u32 BE),
+    /// number of added entries (u32 BE), added entries, removed entries; an entry is
+    /// short state key ++ short event id (16 bytes). See `service::rooms::state_store`.
+    StateDiff,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
         Cf::Devices,
         Cf::AccessTokens,
         Cf::AccountData,
+        Cf::EventIdShort,
+        Cf::ShortEventId,
+        Cf::StateKeyShort,
+        Cf::ShortStateKey,
+        Cf::StateHashShort,
+        Cf::StateDiff,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +72,12 @@ impl Cf {
             Cf::Devices => "devices",
             Cf::AccessTokens => "access_tokens",
             Cf::AccountData => "account_data",
+            Cf::EventIdShort => "eventid_shorteventid",
+            Cf::ShortEventId => "shorteventid_eventid",
+            Cf::StateKeyShort => "statekey_shortstatekey",
+            Cf::ShortStateKey => "shortstatekey_statekey",
+            Cf::StateHashShort => "statehash_shortstatehash",
+            Cf::StateDiff => "shortstatehash_statediff",
         }
     }
 }

@@ -4,3 +4,5 @@
 pub mod auth;
 pub mod event;
 pub mod pdu;
+pub mod short;
+pub mod state_store;
