@@ -30,6 +30,8 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub uiaa: uiaa::Uiaa,
     pub rate_limiter: ratelimit::RateLimiter,
+    pub short_ids: Arc<rooms::short::ShortIds>,
+    pub timeline: rooms::timeline::Timeline,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -53,6 +55,8 @@ impl Services {
         };
         let store = Store::open(&config.database_path, &options)?;
         let globals = globals::Globals::load(store.clone())?;
+        let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
+        let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
         Ok(Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -61,6 +65,8 @@ impl Services {
             uiaa: uiaa::Uiaa::default(),
             rate_limiter: ratelimit::RateLimiter::new(config.rate_limits.clone()),
             globals,
+            short_ids,
+            timeline,
             store,
             config,
         }))

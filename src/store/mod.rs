@@ -46,10 +46,20 @@ pub enum Cf {
     /// number of added entries (u32 BE), added entries, removed entries; an entry is
     /// short state key ++ short event id (16 bytes). See `service::rooms::state_store`.
     StateDiff,
+    /// short event id (u64 BE) → `StoredPdu` JSON: event ID and the signed PDU.
+    Pdus,
+    /// short event id (u64 BE) → short state hash (u64 BE) of the state *before* the event.
+    EventState,
+    /// `room_id` → `RoomRecord` JSON: version, current state, forward extremities, depth.
+    Rooms,
+    /// `room_id 0xFF stream count (u64 BE)` → short event id (u64 BE): each room's timeline.
+    Timeline,
+    /// short event id (u64 BE) → stream count (u64 BE): an event's place in its timeline.
+    EventCount,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 17] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -62,6 +72,11 @@ impl Cf {
         Cf::ShortStateKey,
         Cf::StateHashShort,
         Cf::StateDiff,
+        Cf::Pdus,
+        Cf::EventState,
+        Cf::Rooms,
+        Cf::Timeline,
+        Cf::EventCount,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +93,11 @@ impl Cf {
             Cf::ShortStateKey => "shortstatekey_statekey",
             Cf::StateHashShort => "statehash_shortstatehash",
             Cf::StateDiff => "shortstatehash_statediff",
+            Cf::Pdus => "pdus",
+            Cf::EventState => "shorteventid_shortstatehash",
+            Cf::Rooms => "rooms",
+            Cf::Timeline => "timeline",
+            Cf::EventCount => "shorteventid_count",
         }
     }
 }
@@ -261,6 +281,25 @@ impl Store {
             .iterator_cf(
                 self.handle(cf),
                 IteratorMode::From(prefix, Direction::Forward),
+            )
+            .take_while(move |item| match item {
+                Ok((key, _)) => key.starts_with(prefix),
+                Err(_) => true,
+            })
+    }
+
+    /// Like [`Store::scan_prefix`], but starting at `start` (a key within the prefix).
+    pub fn scan_prefix_from<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+        start: &[u8],
+    ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
+        self.inner
+            .db
+            .iterator_cf(
+                self.handle(cf),
+                IteratorMode::From(start, Direction::Forward),
             )
             .take_while(move |item| match item {
                 Ok((key, _)) => key.starts_with(prefix),

@@ -1,0 +1,696 @@
+//! Appending local events to rooms: the write path every client action that changes a room goes
+//! through (createRoom, send, state, membership, redaction).
+//!
+//! One event is one atomic batch: the PDU, the state before it, its place in the room's
+//! timeline, the room's new current state and forward extremities, and the stream counter.
+//! Events of one room are appended one at a time (a per-room lock), so a server's own events form
+//! a single chain. The stream counter is taken and written under one global lock, so counts
+//! become visible in order: a `/sync` that saw count N has seen every count below N. Each commit
+//! is announced on a watch channel that long-polling `/sync` will wait on.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex as StdMutex},
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
+    RoomVersionId, ServerName, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    signatures::Ed25519KeyPair,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+
+use super::{
+    auth,
+    event::Pdu,
+    pdu::{self, EventRef, NewEvent},
+    short::ShortIds,
+    state_store::{StateEntry, StateStore},
+};
+use crate::{
+    Error, Result,
+    store::{Batch, Cf, Store, keys},
+    utils,
+};
+
+const STREAM_KEY: &[u8] = b"stream_count";
+
+/// Who signs local events.
+pub struct Signer<'a> {
+    pub server_name: &'a ServerName,
+    pub key: &'a Ed25519KeyPair,
+}
+
+/// A new event, as a client asks for it.
+pub struct LocalEvent<'a> {
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: serde_json::Value,
+    pub redacts: Option<&'a EventId>,
+}
+
+/// What the `pdus` column family holds for each event.
+#[derive(Serialize, Deserialize)]
+struct StoredPdu {
+    event_id: OwnedEventId,
+    pdu: CanonicalJsonObject,
+}
+
+/// What the `rooms` column family holds for each room.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: RoomVersionId,
+    /// Short state hash of the current state.
+    pub state: u64,
+    /// Forward extremities: the `prev_events` of the next event.
+    pub extremities: Vec<OwnedEventId>,
+    /// Highest depth in the room.
+    pub depth: u64,
+}
+
+pub struct Timeline {
+    store: Store,
+    short: Arc<ShortIds>,
+    states: StateStore,
+    room_locks: StdMutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    /// The last stream count taken; held while a batch carrying a new count is written.
+    stream: Mutex<u64>,
+    committed: watch::Sender<u64>,
+}
+
+fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    version.rules().ok_or_else(|| {
+        Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported."),
+        )
+    })
+}
+
+impl Timeline {
+    pub fn load(store: Store, short: Arc<ShortIds>) -> Result<Self> {
+        let count = match store.get(Cf::Global, STREAM_KEY)? {
+            Some(bytes) => {
+                keys::parse_u64_be(&bytes).ok_or_else(|| Error::internal("corrupt stream count"))?
+            }
+            None => 0,
+        };
+        Ok(Self {
+            states: StateStore::new(store.clone()),
+            store,
+            short,
+            room_locks: StdMutex::new(HashMap::new()),
+            stream: Mutex::new(count),
+            committed: watch::channel(count).0,
+        })
+    }
+
+    /// The latest committed stream count, to wait on for new events.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        match self.store.get(Cf::Rooms, room_id.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
+        let mut locks = self.room_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// An event's signed PDU, by ID.
+    pub fn pdu_json(&self, event_id: &EventId) -> Result<Option<CanonicalJsonObject>> {
+        let Some(short) = self.short.existing_event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        self.pdu_by_short(short).map(|p| p.map(|stored| stored.pdu))
+    }
+
+    fn pdu_by_short(&self, short: u64) -> Result<Option<StoredPdu>> {
+        match self.store.get(Cf::Pdus, &keys::u64_be(short))? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_pdu(&self, event_id: &EventId, rules: &RoomVersionRules) -> Option<Arc<Pdu>> {
+        let json = self.pdu_json(event_id).ok()??;
+        Pdu::from_json(event_id.to_owned(), &json, rules)
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// The current state of a room: `(event type, state key)` → event ID.
+    pub fn current_state(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        let room = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("No such room."))?;
+        self.expand_state(room.state)
+    }
+
+    /// The state before an event.
+    pub fn state_before(
+        &self,
+        event_id: &EventId,
+    ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        let short = self
+            .short
+            .existing_event(event_id.as_str())?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        let state = self
+            .store
+            .get(Cf::EventState, &keys::u64_be(short))?
+            .and_then(|b| keys::parse_u64_be(&b))
+            .ok_or_else(|| Error::internal("event without state"))?;
+        self.expand_state(state)
+    }
+
+    fn expand_state(&self, state: u64) -> Result<HashMap<(String, String), OwnedEventId>> {
+        if state == 0 {
+            return Ok(HashMap::new());
+        }
+        let mut map = HashMap::new();
+        for (key, event) in self.states.load(state)? {
+            let key = self
+                .short
+                .state_key_of(key)?
+                .ok_or_else(|| Error::internal("unknown state key"))?;
+            let event = self
+                .short
+                .event_id(event)?
+                .ok_or_else(|| Error::internal("unknown event"))?;
+            map.insert(
+                key,
+                EventId::parse(&event).map_err(|e| Error::internal(e.to_string()))?,
+            );
+        }
+        Ok(map)
+    }
+
+    /// The room's timeline after stream count `since`, oldest first: `(count, event ID)`.
+    pub fn events_since(&self, room_id: &RoomId, since: u64) -> Result<Vec<(u64, OwnedEventId)>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let mut start = prefix.clone();
+        start.extend_from_slice(&keys::u64_be(since.saturating_add(1)));
+        let mut events = Vec::new();
+        for item in self.store.scan_prefix_from(Cf::Timeline, &prefix, &start) {
+            let (key, value) = item?;
+            let count = keys::parse_u64_be(&key[prefix.len()..])
+                .ok_or_else(|| Error::internal("corrupt timeline"))?;
+            let short =
+                keys::parse_u64_be(&value).ok_or_else(|| Error::internal("corrupt timeline"))?;
+            let event_id = self
+                .short
+                .event_id(short)?
+                .ok_or_else(|| Error::internal("unknown event"))?;
+            events.push((
+                count,
+                EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
+            ));
+        }
+        Ok(events)
+    }
+
+    /// Creates a room: signs and stores its `m.room.create` event. Returns the room ID (derived
+    /// from the create event in v12; random before).
+    pub async fn create_room(
+        &self,
+        version: &RoomVersionId,
+        sender: &UserId,
+        content: serde_json::Value,
+        signer: &Signer<'_>,
+    ) -> Result<(OwnedRoomId, OwnedEventId)> {
+        let rules = rules_of(version)?;
+        let room_id = (rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V1)
+            .then(|| RoomId::new_v1(signer.server_name));
+        let event = LocalEvent {
+            event_type: "m.room.create",
+            state_key: Some(""),
+            content,
+            redacts: None,
+        };
+        let empty = RoomRecord {
+            version: version.clone(),
+            state: 0,
+            extremities: Vec::new(),
+            depth: 0,
+        };
+        let (room_id, event_id) = self
+            .append_with(room_id.as_deref(), empty, sender, event, signer)
+            .await?;
+        Ok((room_id, event_id))
+    }
+
+    /// Signs, authorises and stores a new local event in an existing room.
+    pub async fn append(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+        signer: &Signer<'_>,
+    ) -> Result<OwnedEventId> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("No such room."))?;
+        Ok(self
+            .append_with(Some(room_id), room, sender, event, signer)
+            .await?
+            .1)
+    }
+
+    async fn append_with(
+        &self,
+        room_id: Option<&RoomId>,
+        room: RoomRecord,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+        signer: &Signer<'_>,
+    ) -> Result<(OwnedRoomId, OwnedEventId)> {
+        let rules = rules_of(&room.version)?;
+        let state_before = self.expand_state(room.state)?;
+        let kind = TimelineEventType::from(event.event_type);
+        let raw_content = serde_json::value::to_raw_value(&event.content)?;
+        let auth_keys = auth::auth_event_keys(
+            &rules.authorization,
+            &kind,
+            sender,
+            event.state_key,
+            &raw_content,
+        )?;
+        let auth_ids: Vec<OwnedEventId> = auth_keys
+            .iter()
+            .filter_map(|(t, k)| state_before.get(&(t.to_string(), k.clone())).cloned())
+            .collect();
+        let load = |id: &OwnedEventId| -> Result<CanonicalJsonObject> {
+            self.pdu_json(id)?
+                .ok_or_else(|| Error::internal(format!("missing event {id}")))
+        };
+        let auth_json = auth_ids.iter().map(load).collect::<Result<Vec<_>>>()?;
+        let prev_json = room
+            .extremities
+            .iter()
+            .map(load)
+            .collect::<Result<Vec<_>>>()?;
+        let refs = |ids: &'_ [OwnedEventId],
+                    json: &'_ [CanonicalJsonObject]|
+         -> Vec<(OwnedEventId, CanonicalJsonObject)> {
+            ids.iter().cloned().zip(json.iter().cloned()).collect()
+        };
+        let auth_pairs = refs(&auth_ids, &auth_json);
+        let prev_pairs = refs(&room.extremities, &prev_json);
+        let CanonicalJsonValue::Object(content) = CanonicalJsonValue::try_from(event.content)
+            .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?
+        else {
+            return Err(Error::bad_json("Event content must be a JSON object."));
+        };
+        let signed = pdu::build(
+            NewEvent {
+                room_id,
+                sender,
+                event_type: event.event_type,
+                state_key: event.state_key,
+                content,
+                redacts: event.redacts,
+                prev_events: &prev_pairs
+                    .iter()
+                    .map(|(id, json)| EventRef {
+                        event_id: id,
+                        pdu: json,
+                    })
+                    .collect::<Vec<_>>(),
+                auth_events: &auth_pairs
+                    .iter()
+                    .map(|(id, json)| EventRef {
+                        event_id: id,
+                        pdu: json,
+                    })
+                    .collect::<Vec<_>>(),
+                depth: room.depth + 1,
+                origin_server_ts: utils::now_millis(),
+            },
+            &rules,
+            signer.server_name,
+            signer.key,
+        )?;
+        let pdu = Pdu::from_json(signed.event_id.clone(), &signed.json, &rules)?;
+        auth::authorize(
+            &rules.authorization,
+            &pdu,
+            |id: &EventId| self.load_pdu(id, &rules),
+            |kind: &StateEventType, key: &str| {
+                state_before
+                    .get(&(kind.to_string(), key.to_owned()))
+                    .and_then(|id| self.load_pdu(id, &rules))
+            },
+        )?;
+
+        // Allowed: work out the state after it and write everything in one batch.
+        let short_event = self.short.event(signed.event_id.as_str())?;
+        let new_state = match event.state_key {
+            Some(state_key) => {
+                let mut entries: Vec<StateEntry> = if room.state == 0 {
+                    Vec::new()
+                } else {
+                    self.states.load(room.state)?
+                };
+                let key = self.short.state_key(event.event_type, state_key)?;
+                match entries.binary_search_by_key(&key, |(k, _)| *k) {
+                    Ok(i) => entries[i].1 = short_event,
+                    Err(i) => entries.insert(i, (key, short_event)),
+                }
+                let parent = (room.state != 0).then_some(room.state);
+                self.states.save(&self.short, parent, &entries)?
+            }
+            None => room.state,
+        };
+        let record = RoomRecord {
+            version: room.version.clone(),
+            state: new_state,
+            extremities: vec![signed.event_id.clone()],
+            depth: room.depth + 1,
+        };
+        let stored = StoredPdu {
+            event_id: signed.event_id.clone(),
+            pdu: signed.json,
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Pdus,
+            keys::u64_be(short_event),
+            serde_json::to_vec(&stored)?,
+        );
+        batch.put(
+            Cf::EventState,
+            keys::u64_be(short_event),
+            keys::u64_be(room.state),
+        );
+        batch.put(
+            Cf::Rooms,
+            signed.room_id.as_bytes(),
+            serde_json::to_vec(&record)?,
+        );
+
+        let mut stream = self.stream.lock().await;
+        let count = *stream + 1;
+        batch.put(
+            Cf::Timeline,
+            keys::join([signed.room_id.as_bytes(), &keys::u64_be(count)]),
+            keys::u64_be(short_event),
+        );
+        batch.put(
+            Cf::EventCount,
+            keys::u64_be(short_event),
+            keys::u64_be(count),
+        );
+        batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
+        self.store.write(batch)?;
+        *stream = count;
+        drop(stream);
+        self.committed.send_replace(count);
+        Ok((signed.room_id, signed.event_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::StoreOptions;
+
+    const ALICE: &str = "@alice:example.org";
+    const BOB: &str = "@bob:example.org";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        timeline: Arc<Timeline>,
+        key: Ed25519KeyPair,
+    }
+
+    fn fixture_in(dir: tempfile::TempDir, key: Option<Ed25519KeyPair>) -> Fixture {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let short = Arc::new(ShortIds::load(store.clone()).unwrap());
+        let key = key.unwrap_or_else(|| {
+            Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "t".into()).unwrap()
+        });
+        Fixture {
+            _dir: dir,
+            timeline: Arc::new(Timeline::load(store, short).unwrap()),
+            key,
+        }
+    }
+
+    fn signer(key: &Ed25519KeyPair) -> Signer<'_> {
+        Signer {
+            server_name: <&ServerName>::try_from("example.org").unwrap(),
+            key,
+        }
+    }
+
+    fn user(id: &str) -> ruma::OwnedUserId {
+        UserId::parse(id).unwrap()
+    }
+
+    fn state(
+        event_type: &'static str,
+        state_key: &'static str,
+        content: serde_json::Value,
+    ) -> LocalEvent<'static> {
+        LocalEvent {
+            event_type,
+            state_key: Some(state_key),
+            content,
+            redacts: None,
+        }
+    }
+
+    fn message(body: &str) -> LocalEvent<'static> {
+        LocalEvent {
+            event_type: "m.room.message",
+            state_key: None,
+            content: json!({ "msgtype": "m.text", "body": body }),
+            redacts: None,
+        }
+    }
+
+    async fn new_room(f: &Fixture, version: RoomVersionId) -> OwnedRoomId {
+        let s = signer(&f.key);
+        let rules = version.rules().unwrap();
+        let mut create = json!({ "room_version": version.as_str() });
+        if !rules.authorization.use_room_create_sender {
+            create["creator"] = json!(ALICE);
+        }
+        let (room, _) = f
+            .timeline
+            .create_room(&version, &user(ALICE), create, &s)
+            .await
+            .unwrap();
+        let users = if rules.authorization.explicitly_privilege_room_creators {
+            json!({})
+        } else {
+            json!({ ALICE: 100 })
+        };
+        f.timeline
+            .append(
+                &room,
+                &user(ALICE),
+                state("m.room.member", ALICE, json!({ "membership": "join" })),
+                &s,
+            )
+            .await
+            .unwrap();
+        f.timeline
+            .append(
+                &room,
+                &user(ALICE),
+                state("m.room.power_levels", "", json!({ "users": users })),
+                &s,
+            )
+            .await
+            .unwrap();
+        f.timeline
+            .append(
+                &room,
+                &user(ALICE),
+                state("m.room.join_rules", "", json!({ "join_rule": "invite" })),
+                &s,
+            )
+            .await
+            .unwrap();
+        room
+    }
+
+    #[tokio::test]
+    async fn appended_events_form_a_timeline_with_state() {
+        for version in [RoomVersionId::V10, RoomVersionId::V12] {
+            let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
+            let s = signer(&f.key);
+            let room = new_room(&f, version.clone()).await;
+            let hello = f
+                .timeline
+                .append(&room, &user(ALICE), message("hello"), &s)
+                .await
+                .unwrap();
+
+            let events = f.timeline.events_since(&room, 0).unwrap();
+            assert_eq!(events.len(), 5, "{version}");
+            assert!(
+                events.windows(2).all(|w| w[0].0 < w[1].0),
+                "counts increase"
+            );
+            assert_eq!(events.last().unwrap().1, hello);
+            assert_eq!(*f.timeline.subscribe().borrow(), events.last().unwrap().0);
+
+            // Each event points at the one before it: a single chain.
+            for pair in events.windows(2) {
+                let json = f.timeline.pdu_json(&pair[1].1).unwrap().unwrap();
+                let CanonicalJsonValue::Array(prev) = &json["prev_events"] else {
+                    panic!()
+                };
+                assert_eq!(prev.len(), 1);
+            }
+
+            let current = f.timeline.current_state(&room).unwrap();
+            assert_eq!(
+                current.len(),
+                4,
+                "{version}: create, member, power levels, join rules"
+            );
+            assert_eq!(
+                f.timeline.state_before(&hello).unwrap(),
+                current,
+                "a message leaves state alone"
+            );
+            let before_join_rules = f.timeline.state_before(&events[3].1).unwrap();
+            assert_eq!(before_join_rules.len(), 3);
+            assert!(!before_join_rules.contains_key(&("m.room.join_rules".into(), String::new())));
+
+            // Refused events leave no trace.
+            let refused = f
+                .timeline
+                .append(&room, &user(BOB), message("intruder"), &s)
+                .await;
+            assert!(
+                matches!(refused, Err(Error::Matrix { status, .. }) if status == http::StatusCode::FORBIDDEN)
+            );
+            assert_eq!(f.timeline.events_since(&room, 0).unwrap().len(), 5);
+            assert_eq!(*f.timeline.subscribe().borrow(), events.last().unwrap().0);
+
+            // Incremental reads start after a count.
+            let since = events[2].0;
+            assert_eq!(
+                f.timeline.events_since(&room, since).unwrap(),
+                events[3..].to_vec()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_room_versions_and_rooms_are_refused() {
+        let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
+        let s = signer(&f.key);
+        let custom = RoomVersionId::try_from("org.example.custom").unwrap();
+        let result = f
+            .timeline
+            .create_room(&custom, &user(ALICE), json!({}), &s)
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Matrix {
+                kind: ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+                ..
+            })
+        ));
+        let missing = RoomId::parse("!nope:example.org").unwrap();
+        let result = f
+            .timeline
+            .append(&missing, &user(ALICE), message("x"), &s)
+            .await;
+        assert!(
+            matches!(result, Err(Error::Matrix { status, .. }) if status == http::StatusCode::NOT_FOUND)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_make_one_chain_without_losses() {
+        let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
+        let room = new_room(&f, RoomVersionId::V12).await;
+        let key = Arc::new(f.key);
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let timeline = f.timeline.clone();
+                let room = room.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let s = signer(&key);
+                    timeline
+                        .append(&room, &user(ALICE), message(&format!("m{i}")), &s)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut sent = Vec::new();
+        for task in tasks {
+            sent.push(task.await.unwrap());
+        }
+        let events = f.timeline.events_since(&room, 0).unwrap();
+        assert_eq!(events.len(), 4 + 32);
+        let ids: std::collections::HashSet<_> = events.iter().map(|(_, id)| id.clone()).collect();
+        assert!(
+            sent.iter().all(|id| ids.contains(id)),
+            "every acknowledged event is in the timeline"
+        );
+        // One chain: depth rises by one along the timeline.
+        let depths: Vec<i64> = events
+            .iter()
+            .map(
+                |(_, id)| match &f.timeline.pdu_json(id).unwrap().unwrap()["depth"] {
+                    CanonicalJsonValue::Integer(d) => i64::from(*d),
+                    _ => panic!(),
+                },
+            )
+            .collect();
+        assert!(depths.windows(2).all(|w| w[1] == w[0] + 1), "{depths:?}");
+    }
+
+    #[tokio::test]
+    async fn the_timeline_survives_a_restart() {
+        let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
+        let room = new_room(&f, RoomVersionId::V11).await;
+        let before = f.timeline.events_since(&room, 0).unwrap();
+        let Fixture {
+            _dir: dir,
+            timeline,
+            key,
+        } = f;
+        drop(timeline);
+        let f = fixture_in(dir, Some(key));
+        assert_eq!(f.timeline.events_since(&room, 0).unwrap(), before);
+        assert_eq!(*f.timeline.subscribe().borrow(), before.last().unwrap().0);
+        let s = signer(&f.key);
+        f.timeline
+            .append(&room, &user(ALICE), message("after restart"), &s)
+            .await
+            .unwrap();
+        let after = f.timeline.events_since(&room, 0).unwrap();
+        assert_eq!(after.len(), before.len() + 1);
+        assert!(
+            after.last().unwrap().0 > before.last().unwrap().0,
+            "counts keep rising"
+        );
+    }
+}
