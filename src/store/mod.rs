@@ -276,16 +276,7 @@ impl Store {
         cf: Cf,
         prefix: &'a [u8],
     ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
-        self.inner
-            .db
-            .iterator_cf(
-                self.handle(cf),
-                IteratorMode::From(prefix, Direction::Forward),
-            )
-            .take_while(move |item| match item {
-                Ok((key, _)) => key.starts_with(prefix),
-                Err(_) => true,
-            })
+        self.scan_prefix_from(cf, prefix, prefix)
     }
 
     /// Like [`Store::scan_prefix`], but starting at `start` (a key within the prefix).

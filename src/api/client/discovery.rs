@@ -17,6 +17,7 @@ use ruma::{
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
+    service::rooms::SUPPORTED_ROOM_VERSIONS,
 };
 
 /// The spec versions whose client-server endpoints, as far as they exist here, follow that
@@ -72,23 +73,10 @@ pub async fn capabilities(
     _: Ruma<capabilities_v3::Request>,
 ) -> RumaResponse<capabilities_v3::Response> {
     let mut capabilities = Capabilities::new();
-    let available: BTreeMap<RoomVersionId, RoomVersionStability> = [
-        RoomVersionId::V1,
-        RoomVersionId::V2,
-        RoomVersionId::V3,
-        RoomVersionId::V4,
-        RoomVersionId::V5,
-        RoomVersionId::V6,
-        RoomVersionId::V7,
-        RoomVersionId::V8,
-        RoomVersionId::V9,
-        RoomVersionId::V10,
-        RoomVersionId::V11,
-        RoomVersionId::V12,
-    ]
-    .into_iter()
-    .map(|v| (v, RoomVersionStability::Stable))
-    .collect();
+    let available: BTreeMap<RoomVersionId, RoomVersionStability> = SUPPORTED_ROOM_VERSIONS
+        .into_iter()
+        .map(|v| (v, RoomVersionStability::Stable))
+        .collect();
     capabilities.room_versions.default = services.config.default_room_version.clone();
     capabilities.room_versions.available = available;
     capabilities.change_password.enabled = true;

@@ -7,3 +7,21 @@ pub mod pdu;
 pub mod short;
 pub mod state_store;
 pub mod timeline;
+
+use ruma::RoomVersionId;
+
+/// The room versions culvert understands, oldest first.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 12] = [
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];

@@ -194,20 +194,7 @@ mod tests {
     fn create_and_message_in_every_room_version() {
         let key = key();
         let v1_room = RoomId::new_v1(server());
-        for version in [
-            RoomVersionId::V1,
-            RoomVersionId::V2,
-            RoomVersionId::V3,
-            RoomVersionId::V4,
-            RoomVersionId::V5,
-            RoomVersionId::V6,
-            RoomVersionId::V7,
-            RoomVersionId::V8,
-            RoomVersionId::V9,
-            RoomVersionId::V10,
-            RoomVersionId::V11,
-            RoomVersionId::V12,
-        ] {
+        for version in crate::service::rooms::SUPPORTED_ROOM_VERSIONS {
             let rules = version.rules().unwrap();
             let sender = alice();
             let derived = rules.room_id_format == RoomIdFormatVersion::V2;

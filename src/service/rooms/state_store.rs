@@ -119,9 +119,15 @@ impl StateStore {
     }
 
     /// Stores `state` (sorted by short state key, one entry per key), as a delta against
-    /// `parent` where that pays, and returns its short state hash. Saving a state that already
-    /// exists returns the existing id and writes nothing.
-    pub fn save(&self, short: &ShortIds, parent: Option<u64>, state: &[StateEntry]) -> Result<u64> {
+    /// `parent` (its id and its entries, which the caller has already loaded) where that pays,
+    /// and returns its short state hash. Saving a state that already exists returns the existing
+    /// id and writes nothing.
+    pub fn save(
+        &self,
+        short: &ShortIds,
+        parent: Option<(u64, &[StateEntry])>,
+        state: &[StateEntry],
+    ) -> Result<u64> {
         debug_assert!(
             state.windows(2).all(|w| w[0].0 < w[1].0),
             "sorted, unique keys"
@@ -141,10 +147,9 @@ impl StateStore {
         };
         let record = match parent {
             None => full(),
-            Some(parent_id) => {
+            Some((parent_id, parent_state)) => {
                 let parent_record = self.record(parent_id)?;
-                let parent_state = self.load(parent_id)?;
-                let (added, removed) = diff(&parent_state, state);
+                let (added, removed) = diff(parent_state, state);
                 if parent_record.depth + 1 >= MAX_CHAIN
                     || added.len() + removed.len() > state.len() / 2 + 1
                 {
@@ -209,7 +214,7 @@ mod tests {
         child[3].1 = 999;
         child.push((21, 121));
         child.retain(|(k, _)| *k != 7);
-        let child_id = states.save(&short, Some(root_id), &child).unwrap();
+        let child_id = states.save(&short, Some((root_id, &root)), &child).unwrap();
         assert_eq!(states.load(child_id).unwrap(), child);
         assert_eq!(
             states.record(child_id).unwrap().parent,
@@ -225,7 +230,9 @@ mod tests {
 
         // The same state again is the same snapshot.
         assert_eq!(
-            states.save(&short, Some(child_id), &child).unwrap(),
+            states
+                .save(&short, Some((child_id, &child)), &child)
+                .unwrap(),
             child_id
         );
         assert_eq!(states.save(&short, None, &root).unwrap(), root_id);
@@ -237,8 +244,9 @@ mod tests {
         let mut state: Vec<StateEntry> = (1..=50).map(|k| (k, k)).collect();
         let mut id = states.save(&short, None, &state).unwrap();
         for step in 0..100u64 {
+            let parent = state.clone();
             state[(step % 50) as usize].1 = 1000 + step;
-            id = states.save(&short, Some(id), &state).unwrap();
+            id = states.save(&short, Some((id, &parent)), &state).unwrap();
             assert!(states.record(id).unwrap().depth < MAX_CHAIN);
             assert_eq!(states.load(id).unwrap(), state, "step {step}");
         }
@@ -250,10 +258,10 @@ mod tests {
         let a: Vec<StateEntry> = (1..=10).map(|k| (k, k)).collect();
         let b: Vec<StateEntry> = (11..=20).map(|k| (k, k)).collect();
         let a_id = states.save(&short, None, &a).unwrap();
-        let b_id = states.save(&short, Some(a_id), &b).unwrap();
+        let b_id = states.save(&short, Some((a_id, &a)), &b).unwrap();
         assert_eq!(states.record(b_id).unwrap().parent, 0);
         assert_eq!(states.load(b_id).unwrap(), b);
-        let empty = states.save(&short, Some(a_id), &[]).unwrap();
+        let empty = states.save(&short, Some((a_id, &a)), &[]).unwrap();
         assert_eq!(states.load(empty).unwrap(), vec![]);
     }
 }

@@ -280,7 +280,28 @@ impl Timeline {
         signer: &Signer<'_>,
     ) -> Result<(OwnedRoomId, OwnedEventId)> {
         let rules = rules_of(&room.version)?;
-        let state_before = self.expand_state(room.state)?;
+        // The compressed state before the event; lookups resolve only the keys they need, so
+        // the cost does not grow with the size of the room's state.
+        let entries: Vec<StateEntry> = if room.state == 0 {
+            Vec::new()
+        } else {
+            self.states.load(room.state)?
+        };
+        let state_event = |event_type: &str, state_key: &str| -> Result<Option<OwnedEventId>> {
+            let Some(key) = self.short.existing_state_key(event_type, state_key)? else {
+                return Ok(None);
+            };
+            let Ok(i) = entries.binary_search_by_key(&key, |(k, _)| *k) else {
+                return Ok(None);
+            };
+            let id = self
+                .short
+                .event_id(entries[i].1)?
+                .ok_or_else(|| Error::internal("unknown event"))?;
+            Ok(Some(
+                EventId::parse(&id).map_err(|e| Error::internal(e.to_string()))?,
+            ))
+        };
         let kind = TimelineEventType::from(event.event_type);
         let raw_content = serde_json::value::to_raw_value(&event.content)?;
         let auth_keys = auth::auth_event_keys(
@@ -290,10 +311,12 @@ impl Timeline {
             event.state_key,
             &raw_content,
         )?;
-        let auth_ids: Vec<OwnedEventId> = auth_keys
-            .iter()
-            .filter_map(|(t, k)| state_before.get(&(t.to_string(), k.clone())).cloned())
-            .collect();
+        let mut auth_ids = Vec::with_capacity(auth_keys.len());
+        for (event_type, state_key) in &auth_keys {
+            if let Some(id) = state_event(&event_type.to_string(), state_key)? {
+                auth_ids.push(id);
+            }
+        }
         let load = |id: &OwnedEventId| -> Result<CanonicalJsonObject> {
             self.pdu_json(id)?
                 .ok_or_else(|| Error::internal(format!("missing event {id}")))
@@ -351,9 +374,10 @@ impl Timeline {
             &pdu,
             |id: &EventId| self.load_pdu(id, &rules),
             |kind: &StateEventType, key: &str| {
-                state_before
-                    .get(&(kind.to_string(), key.to_owned()))
-                    .and_then(|id| self.load_pdu(id, &rules))
+                state_event(&kind.to_string(), key)
+                    .ok()
+                    .flatten()
+                    .and_then(|id| self.load_pdu(&id, &rules))
             },
         )?;
 
@@ -361,18 +385,14 @@ impl Timeline {
         let short_event = self.short.event(signed.event_id.as_str())?;
         let new_state = match event.state_key {
             Some(state_key) => {
-                let mut entries: Vec<StateEntry> = if room.state == 0 {
-                    Vec::new()
-                } else {
-                    self.states.load(room.state)?
-                };
+                let mut after = entries.clone();
                 let key = self.short.state_key(event.event_type, state_key)?;
-                match entries.binary_search_by_key(&key, |(k, _)| *k) {
-                    Ok(i) => entries[i].1 = short_event,
-                    Err(i) => entries.insert(i, (key, short_event)),
+                match after.binary_search_by_key(&key, |(k, _)| *k) {
+                    Ok(i) => after[i].1 = short_event,
+                    Err(i) => after.insert(i, (key, short_event)),
                 }
-                let parent = (room.state != 0).then_some(room.state);
-                self.states.save(&self.short, parent, &entries)?
+                let parent = (room.state != 0).then_some((room.state, entries.as_slice()));
+                self.states.save(&self.short, parent, &after)?
             }
             None => room.state,
         };
