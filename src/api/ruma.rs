@@ -11,7 +11,7 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path, Request},
     handler::Handler,
     response::{IntoResponse, Response},
     routing::{MethodFilter, on},
@@ -125,10 +125,20 @@ where
 
     async fn from_request(req: Request, services: &State) -> Result<Self, Error> {
         let (mut parts, body) = req.into_parts();
-        let path_args: Vec<String> = Path::<Vec<String>>::from_request_parts(&mut parts, services)
-            .await
-            .map(|Path(args)| args)
-            .unwrap_or_default();
+        let mut path_args: Vec<String> =
+            Path::<Vec<String>>::from_request_parts(&mut parts, services)
+                .await
+                .map(|Path(args)| args)
+                .unwrap_or_default();
+        // A route mounted with a trailing slash stands for an empty last parameter (the empty
+        // state key of `/state/{type}/`), see `RouterExt::ruma_route`.
+        if parts
+            .extensions
+            .get::<MatchedPath>()
+            .is_some_and(|m| m.as_str().ends_with('/'))
+        {
+            path_args.push(String::new());
+        }
         let client_ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -302,6 +312,10 @@ impl RouterExt for Router<State> {
             MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
         for path in R::PATH_BUILDER.all_paths() {
             self = self.route(path, on(filter, handler.clone()));
+            // State keys may be empty: `/state/m.room.topic/` must reach the handler too.
+            if let Some(prefix) = path.strip_suffix("{state_key}") {
+                self = self.route(prefix, on(filter, handler.clone()));
+            }
         }
         self
     }

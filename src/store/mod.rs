@@ -56,10 +56,12 @@ pub enum Cf {
     Timeline,
     /// short event id (u64 BE) → stream count (u64 BE): an event's place in its timeline.
     EventCount,
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → event ID: `PUT /send` idempotency.
+    TxnIds,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 17] = [
+    pub const ALL: [Cf; 18] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -77,6 +79,7 @@ impl Cf {
         Cf::Rooms,
         Cf::Timeline,
         Cf::EventCount,
+        Cf::TxnIds,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +101,7 @@ impl Cf {
             Cf::Rooms => "rooms",
             Cf::Timeline => "timeline",
             Cf::EventCount => "shorteventid_count",
+            Cf::TxnIds => "txnid_eventid",
         }
     }
 }

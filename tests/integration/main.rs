@@ -9,5 +9,6 @@ mod http_layer;
 mod persistence;
 mod profile_and_account_data;
 mod registration;
+mod rooms;
 mod server_keys;
 mod session;

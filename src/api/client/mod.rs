@@ -6,6 +6,7 @@ mod devices;
 mod discovery;
 mod profile;
 mod register;
+mod room;
 mod session;
 
 use axum::Router;
@@ -49,4 +50,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::config::set_global_account_data::v3::Request, _, _>(
             account_data::set_global,
         )
+        .ruma_route::<c::room::create_room::v3::Request, _, _>(room::create_room)
+        .ruma_route::<c::message::send_message_event::v3::Request, _, _>(room::send_message)
+        .ruma_route::<c::state::send_state_event::v3::Request, _, _>(room::send_state)
 }

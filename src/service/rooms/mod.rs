@@ -2,6 +2,7 @@
 //! short ids, state snapshots and the append path exist; endpoints and sync come next.
 
 pub mod auth;
+pub mod create;
 pub mod event;
 pub mod pdu;
 pub mod short;

@@ -38,6 +38,16 @@ use crate::{
 
 const STREAM_KEY: &[u8] = b"stream_count";
 
+/// The key under which a client transaction (`PUT /send/{type}/{txnId}`) is remembered.
+pub fn txn_key(user_id: &UserId, device_id: &str, room_id: &RoomId, txn_id: &str) -> Vec<u8> {
+    keys::join([
+        user_id.as_bytes(),
+        device_id.as_bytes(),
+        room_id.as_bytes(),
+        txn_id.as_bytes(),
+    ])
+}
+
 /// Who signs local events.
 pub struct Signer<'a> {
     pub server_name: &'a ServerName,
@@ -247,7 +257,7 @@ impl Timeline {
             depth: 0,
         };
         let (room_id, event_id) = self
-            .append_with(room_id.as_deref(), empty, sender, event, signer)
+            .append_with(room_id.as_deref(), empty, sender, event, None, signer)
             .await?;
         Ok((room_id, event_id))
     }
@@ -260,13 +270,33 @@ impl Timeline {
         event: LocalEvent<'_>,
         signer: &Signer<'_>,
     ) -> Result<OwnedEventId> {
+        self.append_once(room_id, sender, event, None, signer).await
+    }
+
+    /// Like [`Timeline::append`], but idempotent per `txn` (a client transaction, see
+    /// [`txn_key`]): a repeated transaction returns the first event's ID and sends nothing.
+    pub async fn append_once(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+        txn: Option<&[u8]>,
+        signer: &Signer<'_>,
+    ) -> Result<OwnedEventId> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
+        if let Some(txn) = txn
+            && let Some(id) = self.store.get(Cf::TxnIds, txn)?
+        {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            return EventId::parse(&id).map_err(|e| Error::internal(e.to_string()));
+        }
+
         let room = self
             .room(room_id)?
             .ok_or_else(|| Error::not_found("No such room."))?;
         Ok(self
-            .append_with(Some(room_id), room, sender, event, signer)
+            .append_with(Some(room_id), room, sender, event, txn, signer)
             .await?
             .1)
     }
@@ -277,6 +307,7 @@ impl Timeline {
         room: RoomRecord,
         sender: &UserId,
         event: LocalEvent<'_>,
+        txn: Option<&[u8]>,
         signer: &Signer<'_>,
     ) -> Result<(OwnedRoomId, OwnedEventId)> {
         let rules = rules_of(&room.version)?;
@@ -422,6 +453,13 @@ impl Timeline {
             signed.room_id.as_bytes(),
             serde_json::to_vec(&record)?,
         );
+        if let Some(txn) = txn {
+            batch.put(
+                Cf::TxnIds,
+                txn.to_vec(),
+                signed.event_id.as_bytes().to_vec(),
+            );
+        }
 
         let mut stream = self.stream.lock().await;
         let count = *stream + 1;

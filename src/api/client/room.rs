@@ -1,0 +1,142 @@
+//! Rooms: `createRoom`, sending message and state events.
+
+use axum::extract;
+use ruma::api::client::{
+    message::send_message_event::v3 as send_v3,
+    room::{Visibility, create_room::v3 as create_v3},
+    state::send_state_event::v3 as state_v3,
+};
+use serde_json::{Map, Value};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+    service::rooms::{
+        create::{CreateRoom, Preset},
+        timeline::{LocalEvent, Signer, txn_key},
+    },
+};
+
+fn object(json: &serde_json::value::RawValue, what: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(json.get()) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Error::bad_json(format!("{what} must be a JSON object."))),
+    }
+}
+
+pub async fn create_room(
+    extract::State(services): extract::State<State>,
+    request: Ruma<create_v3::Request>,
+) -> Result<RumaResponse<create_v3::Response>> {
+    let body = &request.body;
+    if body.room_alias_name.is_some() {
+        // Honest until the room directory exists: refuse rather than ignore the alias.
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::Unknown,
+            "Room aliases are not supported yet; create the room without room_alias_name.",
+        ));
+    }
+    let preset = match body.preset.as_ref().map(|p| p.as_str()) {
+        Some("private_chat") => Preset::PrivateChat,
+        Some("trusted_private_chat") => Preset::TrustedPrivateChat,
+        Some("public_chat") => Preset::PublicChat,
+        Some(other) => return Err(Error::bad_json(format!("Unknown preset {other}."))),
+        None if body.visibility == Visibility::Public => Preset::PublicChat,
+        None => Preset::PrivateChat,
+    };
+    let mut initial_state = Vec::new();
+    for event in &body.initial_state {
+        let event = object(event.json(), "An initial_state event")?;
+        let event_type = event.get("type").and_then(Value::as_str);
+        let content = event.get("content").cloned();
+        let (Some(event_type), Some(content)) = (event_type, content) else {
+            return Err(Error::bad_json(
+                "initial_state events need a type and a content.",
+            ));
+        };
+        let state_key = event
+            .get("state_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        initial_state.push((event_type.to_owned(), state_key.to_owned(), content));
+    }
+    let create = CreateRoom {
+        version: body.room_version.clone(),
+        preset,
+        creation_content: match &body.creation_content {
+            Some(raw) => object(raw.json(), "creation_content")?,
+            None => Map::new(),
+        },
+        power_level_override: match &body.power_level_content_override {
+            Some(raw) => object(raw.json(), "power_level_content_override")?,
+            None => Map::new(),
+        },
+        initial_state,
+        name: body.name.clone(),
+        topic: body.topic.clone(),
+        invite: body.invite.clone(),
+        is_direct: body.is_direct,
+    };
+    let room_id = services.create_room(request.user(), create).await?;
+    Ok(RumaResponse(create_v3::Response::new(room_id)))
+}
+
+pub async fn send_message(
+    extract::State(services): extract::State<State>,
+    request: Ruma<send_v3::Request>,
+) -> Result<RumaResponse<send_v3::Response>> {
+    let body = &request.body;
+    let event_type = body.event_type.to_string();
+    if event_type == "m.room.redaction" {
+        return Err(Error::bad_json(
+            "Use the /redact endpoint to redact events.",
+        ));
+    }
+    let content = Value::Object(object(body.body.json(), "The event content")?);
+    let txn = txn_key(
+        request.user(),
+        request.device().as_str(),
+        &body.room_id,
+        body.txn_id.as_str(),
+    );
+    let signer = Signer {
+        server_name: &services.server_name,
+        key: services.globals.signing_key(),
+    };
+    let event = LocalEvent {
+        event_type: &event_type,
+        state_key: None,
+        content,
+        redacts: None,
+    };
+    let event_id = services
+        .timeline
+        .append_once(&body.room_id, request.user(), event, Some(&txn), &signer)
+        .await?;
+    Ok(RumaResponse(send_v3::Response::new(event_id)))
+}
+
+pub async fn send_state(
+    extract::State(services): extract::State<State>,
+    request: Ruma<state_v3::Request>,
+) -> Result<RumaResponse<state_v3::Response>> {
+    let body = &request.body;
+    let event_type = body.event_type.to_string();
+    let content = Value::Object(object(body.body.json(), "The event content")?);
+    let signer = Signer {
+        server_name: &services.server_name,
+        key: services.globals.signing_key(),
+    };
+    let event = LocalEvent {
+        event_type: &event_type,
+        state_key: Some(&body.state_key),
+        content,
+        redacts: None,
+    };
+    let event_id = services
+        .timeline
+        .append(&body.room_id, request.user(), event, &signer)
+        .await?;
+    Ok(RumaResponse(state_v3::Response::new(event_id)))
+}

@@ -1,0 +1,224 @@
+//! Creating a room: the initial events, in the order the spec gives for `POST /createRoom`.
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::{
+    SUPPORTED_ROOM_VERSIONS,
+    timeline::{LocalEvent, Signer},
+};
+use crate::{Error, Result, service::Services};
+
+/// Which preset a room is created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+/// What a client asked `createRoom` for, already parsed.
+pub struct CreateRoom {
+    pub version: Option<RoomVersionId>,
+    pub preset: Preset,
+    /// `creation_content`, as the JSON object the client sent.
+    pub creation_content: Map<String, Value>,
+    /// `power_level_content_override`: top-level keys replace the defaults'.
+    pub power_level_override: Map<String, Value>,
+    /// `initial_state`: `(type, state_key, content)`.
+    pub initial_state: Vec<(String, String, Value)>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    pub is_direct: bool,
+}
+
+impl Services {
+    /// Creates a room for `sender` and sends its initial events. Everything the client supplied is
+    /// checked before the first event is written.
+    pub async fn create_room(&self, sender: &UserId, request: CreateRoom) -> Result<OwnedRoomId> {
+        if !self.config.allow_room_creation {
+            return Err(Error::forbidden(
+                "Room creation is disabled on this server.",
+            ));
+        }
+        let version = request
+            .version
+            .clone()
+            .unwrap_or_else(|| self.config.default_room_version.clone());
+        if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+                format!("Room version {version} is not supported."),
+            ));
+        }
+        let rules = version.rules().expect("supported versions have rules");
+        for invitee in &request.invite {
+            if invitee.server_name() != self.server_name {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    "Inviting users of other servers needs federation, which culvert does not have yet.",
+                ));
+            }
+            if !self.users.is_active(invitee)? {
+                return Err(Error::not_found(format!(
+                    "No user {invitee} on this server."
+                )));
+            }
+        }
+        for (_, _, content) in &request.initial_state {
+            if !content.is_object() {
+                return Err(Error::bad_json(
+                    "initial_state contents must be JSON objects.",
+                ));
+            }
+        }
+        let privileged_invitees = request.preset == Preset::TrustedPrivateChat;
+        let v12_creators = rules.authorization.explicitly_privilege_room_creators;
+
+        // 1. m.room.create
+        let mut create = request.creation_content.clone();
+        create.insert("room_version".into(), json!(version.as_str()));
+        if rules.authorization.use_room_create_sender {
+            create.remove("creator");
+        } else {
+            create.insert("creator".into(), json!(sender));
+        }
+        if rules.authorization.additional_room_creators && privileged_invitees {
+            let mut creators: Vec<Value> = create
+                .get("additional_creators")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for invitee in &request.invite {
+                if !creators.contains(&json!(invitee)) {
+                    creators.push(json!(invitee));
+                }
+            }
+            create.insert("additional_creators".into(), Value::Array(creators));
+        }
+        let signer = Signer {
+            server_name: &self.server_name,
+            key: self.globals.signing_key(),
+        };
+        let (room_id, _) = self
+            .timeline
+            .create_room(&version, sender, Value::Object(create), &signer)
+            .await?;
+        let send = |event_type: &'static str, state_key: String, content: Value| {
+            let room_id = room_id.clone();
+            let signer = &signer;
+            async move {
+                let event = LocalEvent {
+                    event_type,
+                    state_key: Some(&state_key),
+                    content,
+                    redacts: None,
+                };
+                self.timeline.append(&room_id, sender, event, signer).await
+            }
+        };
+
+        // 2. The creator joins.
+        let mut join = json!({ "membership": "join" });
+        for field in ["displayname", "avatar_url"] {
+            if let Some(value) = self.users.profile_field(sender, field)? {
+                join[field] = value;
+            }
+        }
+        send("m.room.member", sender.to_string(), join).await?;
+
+        // 3. Power levels: defaults, then the client's override.
+        let mut users = Map::new();
+        if !v12_creators {
+            users.insert(sender.to_string(), json!(100));
+            if privileged_invitees {
+                for invitee in &request.invite {
+                    users.insert(invitee.to_string(), json!(100));
+                }
+            }
+        }
+        let private = request.preset != Preset::PublicChat;
+        let mut power_levels = json!({
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": if v12_creators { 150 } else { 100 },
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": if private { 0 } else { 50 },
+        });
+        for (key, value) in &request.power_level_override {
+            power_levels[key] = value.clone();
+        }
+        send("m.room.power_levels", String::new(), power_levels).await?;
+
+        // 4. The preset's rules.
+        let (join_rule, guest_access) = if private {
+            ("invite", "can_join")
+        } else {
+            ("public", "forbidden")
+        };
+        send(
+            "m.room.join_rules",
+            String::new(),
+            json!({ "join_rule": join_rule }),
+        )
+        .await?;
+        send(
+            "m.room.history_visibility",
+            String::new(),
+            json!({ "history_visibility": "shared" }),
+        )
+        .await?;
+        send(
+            "m.room.guest_access",
+            String::new(),
+            json!({ "guest_access": guest_access }),
+        )
+        .await?;
+
+        // 5. initial_state, then name and topic (which win over initial_state).
+        for (event_type, state_key, content) in request.initial_state {
+            let event = LocalEvent {
+                event_type: &event_type,
+                state_key: Some(&state_key),
+                content,
+                redacts: None,
+            };
+            self.timeline
+                .append(&room_id, sender, event, &signer)
+                .await?;
+        }
+        if let Some(name) = request.name {
+            send("m.room.name", String::new(), json!({ "name": name })).await?;
+        }
+        if let Some(topic) = request.topic {
+            send("m.room.topic", String::new(), json!({ "topic": topic })).await?;
+        }
+
+        // 6. Invitations.
+        for invitee in &request.invite {
+            let mut content = json!({ "membership": "invite" });
+            if request.is_direct {
+                content["is_direct"] = json!(true);
+            }
+            send("m.room.member", invitee.to_string(), content).await?;
+        }
+        tracing::info!(room = %room_id, %version, creator = %sender, "room created");
+        Ok(room_id)
+    }
+}
