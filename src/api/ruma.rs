@@ -131,7 +131,8 @@ where
                 .map(|Path(args)| args)
                 .unwrap_or_default();
         // A route mounted with a trailing slash stands for an empty last parameter (the empty
-        // state key of `/state/{type}/`), see `RouterExt::ruma_route`.
+        // state key of `/state/{type}/`), see `RouterExt::ruma_route`. (The slash-less form,
+        // `/state/{type}`, ruma's state endpoints parse themselves.)
         if parts
             .extensions
             .get::<MatchedPath>()
@@ -312,9 +313,11 @@ impl RouterExt for Router<State> {
             MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
         for path in R::PATH_BUILDER.all_paths() {
             self = self.route(path, on(filter, handler.clone()));
-            // State keys may be empty: `/state/m.room.topic/` must reach the handler too.
+            // State keys may be empty, and then the spec makes the trailing slash optional:
+            // `/state/m.room.topic/` and `/state/m.room.topic` must reach the handler too.
             if let Some(prefix) = path.strip_suffix("{state_key}") {
                 self = self.route(prefix, on(filter, handler.clone()));
+                self = self.route(prefix.trim_end_matches('/'), on(filter, handler.clone()));
             }
         }
         self

@@ -58,10 +58,14 @@ pub enum Cf {
     EventCount,
     /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → event ID: `PUT /send` idempotency.
     TxnIds,
+    /// `user_id 0xFF room_id` → `Membership` JSON: membership, its event ID, stream count.
+    UserRooms,
+    /// `room_id 0xFF user_id` → membership (`join`, `invite`, `leave`, `ban`, `knock`).
+    RoomMembers,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 18] = [
+    pub const ALL: [Cf; 20] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -80,6 +84,8 @@ impl Cf {
         Cf::Timeline,
         Cf::EventCount,
         Cf::TxnIds,
+        Cf::UserRooms,
+        Cf::RoomMembers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +108,8 @@ impl Cf {
             Cf::Timeline => "timeline",
             Cf::EventCount => "shorteventid_count",
             Cf::TxnIds => "txnid_eventid",
+            Cf::UserRooms => "user_rooms",
+            Cf::RoomMembers => "room_members",
         }
     }
 }

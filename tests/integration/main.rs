@@ -6,6 +6,7 @@ mod clients;
 mod common;
 mod devices;
 mod http_layer;
+mod membership;
 mod persistence;
 mod profile_and_account_data;
 mod registration;

@@ -312,29 +312,14 @@ async fn state_events_need_power() {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create(&server, &alice, json!({ "invite": ["@bob:test.local"] })).await;
-    let room_id = RoomId::parse(&room).unwrap();
-    // Bob joins (the join endpoint comes with the rest of membership; append directly).
-    let services = server.services();
-    let signer = culvert::service::rooms::timeline::Signer {
-        server_name: &services.server_name,
-        key: services.globals.signing_key(),
-    };
-    let join = culvert::service::rooms::timeline::LocalEvent {
-        event_type: "m.room.member",
-        state_key: Some("@bob:test.local"),
-        content: json!({ "membership": "join" }),
-        redacts: None,
-    };
-    services
-        .timeline
-        .append(
-            &room_id,
-            &ruma::UserId::parse("@bob:test.local").unwrap(),
-            join,
-            &signer,
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
         )
-        .await
-        .unwrap();
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     let topic = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/");
     let (status, body) = server

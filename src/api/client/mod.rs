@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod devices;
 mod discovery;
+mod membership;
 mod profile;
 mod register;
 mod room;
@@ -53,4 +54,17 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::room::create_room::v3::Request, _, _>(room::create_room)
         .ruma_route::<c::message::send_message_event::v3::Request, _, _>(room::send_message)
         .ruma_route::<c::state::send_state_event::v3::Request, _, _>(room::send_state)
+        .ruma_route::<c::state::get_state_events::v3::Request, _, _>(room::get_state)
+        .ruma_route::<c::state::get_state_event_for_key::v3::Request, _, _>(room::get_state_event)
+        .ruma_route::<c::membership::join_room_by_id::v3::Request, _, _>(membership::join_by_id)
+        .ruma_route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
+            membership::join_by_id_or_alias,
+        )
+        .ruma_route::<c::membership::leave_room::v3::Request, _, _>(membership::leave)
+        .ruma_route::<c::membership::invite_user::v3::Request, _, _>(membership::invite)
+        .ruma_route::<c::membership::kick_user::v3::Request, _, _>(membership::kick)
+        .ruma_route::<c::membership::ban_user::v3::Request, _, _>(membership::ban)
+        .ruma_route::<c::membership::unban_user::v3::Request, _, _>(membership::unban)
+        .ruma_route::<c::membership::joined_rooms::v3::Request, _, _>(membership::joined_rooms)
+        .ruma_route::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members)
 }

@@ -1,11 +1,15 @@
-//! Rooms: `createRoom`, sending message and state events.
+//! Rooms: `createRoom`, sending message and state events, reading state.
 
 use axum::extract;
 use ruma::api::client::{
     message::send_message_event::v3 as send_v3,
     room::{Visibility, create_room::v3 as create_v3},
-    state::send_state_event::v3 as state_v3,
+    state::{
+        get_state_event_for_key::v3 as get_state_key_v3, get_state_events::v3 as get_state_v3,
+        send_state_event::v3 as state_v3,
+    },
 };
+use ruma::serde::Raw;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -139,4 +143,38 @@ pub async fn send_state(
         .append(&body.room_id, request.user(), event, &signer)
         .await?;
     Ok(RumaResponse(state_v3::Response::new(event_id)))
+}
+
+pub async fn get_state(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_state_v3::Request>,
+) -> Result<RumaResponse<get_state_v3::Response>> {
+    let room_id = &request.body.room_id;
+    let state = services.visible_state(room_id, request.user())?;
+    let mut events = Vec::with_capacity(state.len());
+    for event_id in state.values() {
+        let event = services.timeline.client_event(room_id, event_id)?;
+        events.push(Raw::from_json(serde_json::value::to_raw_value(&event)?));
+    }
+    Ok(RumaResponse(get_state_v3::Response::new(events)))
+}
+
+pub async fn get_state_event(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_state_key_v3::Request>,
+) -> Result<RumaResponse<get_state_key_v3::Response>> {
+    let body = &request.body;
+    let state = services.visible_state(&body.room_id, request.user())?;
+    let key = (body.event_type.to_string(), body.state_key.clone());
+    let event_id = state
+        .get(&key)
+        .ok_or_else(|| Error::not_found("No state event of that type and key."))?;
+    let event = services.timeline.client_event(&body.room_id, event_id)?;
+    let answer = match body.format {
+        get_state_key_v3::StateEventFormat::Event => event,
+        _ => event["content"].clone(),
+    };
+    Ok(RumaResponse(get_state_key_v3::Response::new(
+        serde_json::value::to_raw_value(&answer)?,
+    )))
 }

@@ -38,6 +38,17 @@ use crate::{
 
 const STREAM_KEY: &[u8] = b"stream_count";
 
+/// The `membership` of an `m.room.member` PDU.
+fn membership_of(pdu: &CanonicalJsonObject) -> String {
+    match pdu.get("content") {
+        Some(CanonicalJsonValue::Object(content)) => match content.get("membership") {
+            Some(CanonicalJsonValue::String(m)) => m.clone(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    }
+}
+
 /// The key under which a client transaction (`PUT /send/{type}/{txnId}`) is remembered.
 pub fn txn_key(user_id: &UserId, device_id: &str, room_id: &RoomId, txn_id: &str) -> Vec<u8> {
     keys::join([
@@ -67,6 +78,16 @@ pub struct LocalEvent<'a> {
 struct StoredPdu {
     event_id: OwnedEventId,
     pdu: CanonicalJsonObject,
+}
+
+/// A user's membership in a room, as the `user_rooms` index keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub membership: String,
+    /// The `m.room.member` event that set it.
+    pub event_id: OwnedEventId,
+    /// Its stream count (for sync: what changed since a token).
+    pub count: u64,
 }
 
 /// What the `rooms` column family holds for each room.
@@ -206,6 +227,71 @@ impl Timeline {
             );
         }
         Ok(map)
+    }
+
+    /// A user's membership in a room (one point read).
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<Membership>> {
+        match self.store.get(
+            Cf::UserRooms,
+            &keys::join([user_id.as_bytes(), room_id.as_bytes()]),
+        )? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every room a user has a membership in (one prefix scan).
+    pub fn rooms_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, Membership)>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut rooms = Vec::new();
+        for item in self.store.scan_prefix(Cf::UserRooms, &prefix) {
+            let (key, value) = item?;
+            let room_id = std::str::from_utf8(&key[prefix.len()..])
+                .ok()
+                .and_then(|r| RoomId::parse(r).ok())
+                .ok_or_else(|| Error::internal("corrupt user_rooms key"))?;
+            rooms.push((room_id, serde_json::from_slice(&value)?));
+        }
+        Ok(rooms)
+    }
+
+    /// Every user with a membership in a room, and that membership (one prefix scan).
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(ruma::OwnedUserId, String)>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let mut members = Vec::new();
+        for item in self.store.scan_prefix(Cf::RoomMembers, &prefix) {
+            let (key, value) = item?;
+            let user_id = std::str::from_utf8(&key[prefix.len()..])
+                .ok()
+                .and_then(|u| UserId::parse(u).ok())
+                .ok_or_else(|| Error::internal("corrupt room_members key"))?;
+            members.push((user_id, String::from_utf8_lossy(&value).into_owned()));
+        }
+        Ok(members)
+    }
+
+    /// An event in the client-server format (`type`, `content`, `event_id`, `sender`,
+    /// `origin_server_ts`, `room_id`, and `state_key`/`redacts` where present).
+    pub fn client_event(&self, room_id: &RoomId, event_id: &EventId) -> Result<serde_json::Value> {
+        let pdu = self
+            .pdu_json(event_id)?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        let mut event = serde_json::Map::new();
+        for field in [
+            "type",
+            "content",
+            "sender",
+            "origin_server_ts",
+            "state_key",
+            "redacts",
+        ] {
+            if let Some(value) = pdu.get(field) {
+                event.insert(field.to_owned(), value.clone().into());
+            }
+        }
+        event.insert("event_id".into(), event_id.as_str().into());
+        event.insert("room_id".into(), room_id.as_str().into());
+        Ok(serde_json::Value::Object(event))
     }
 
     /// The room's timeline after stream count `since`, oldest first: `(count, event ID)`.
@@ -473,6 +559,27 @@ impl Timeline {
             keys::u64_be(short_event),
             keys::u64_be(count),
         );
+        if event.event_type == "m.room.member"
+            && let Some(target) = event.state_key
+        {
+            let membership = membership_of(&stored.pdu);
+            let record = Membership {
+                membership: membership.clone(),
+                event_id: stored.event_id.clone(),
+                count,
+            };
+            let room = signed.room_id.as_bytes();
+            batch.put(
+                Cf::UserRooms,
+                keys::join([target.as_bytes(), room]),
+                serde_json::to_vec(&record)?,
+            );
+            batch.put(
+                Cf::RoomMembers,
+                keys::join([room, target.as_bytes()]),
+                membership,
+            );
+        }
         batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
         self.store.write(batch)?;
         *stream = count;

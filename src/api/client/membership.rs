@@ -1,0 +1,191 @@
+//! Membership: join, leave, invite, kick, ban, unban; `/joined_rooms`, `/joined_members`.
+
+use std::collections::BTreeMap;
+
+use axum::extract;
+use ruma::{
+    OwnedRoomId,
+    api::client::membership::{
+        ban_user::v3 as ban_v3, invite_user::v3 as invite_v3, join_room_by_id::v3 as join_v3,
+        join_room_by_id_or_alias::v3 as join_or_alias_v3, joined_members::v3 as joined_members_v3,
+        joined_rooms::v3 as joined_rooms_v3, kick_user::v3 as kick_v3, leave_room::v3 as leave_v3,
+        unban_user::v3 as unban_v3,
+    },
+};
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, RumaResponse, State},
+};
+
+pub async fn join_by_id(
+    extract::State(services): extract::State<State>,
+    request: Ruma<join_v3::Request>,
+) -> Result<RumaResponse<join_v3::Response>> {
+    let room_id = &request.body.room_id;
+    let user = request.user();
+    services
+        .set_membership(room_id, user, user, "join", request.body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(join_v3::Response::new(room_id.clone())))
+}
+
+pub async fn join_by_id_or_alias(
+    extract::State(services): extract::State<State>,
+    request: Ruma<join_or_alias_v3::Request>,
+) -> Result<RumaResponse<join_or_alias_v3::Response>> {
+    let room_id: OwnedRoomId = request
+        .body
+        .room_id_or_alias
+        .clone()
+        .try_into()
+        .map_err(|_| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::Unknown,
+                "Room aliases are not supported yet; join by room ID.",
+            )
+        })?;
+    let user = request.user();
+    services
+        .set_membership(&room_id, user, user, "join", request.body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(join_or_alias_v3::Response::new(room_id)))
+}
+
+pub async fn leave(
+    extract::State(services): extract::State<State>,
+    request: Ruma<leave_v3::Request>,
+) -> Result<RumaResponse<leave_v3::Response>> {
+    let user = request.user();
+    let room_id = &request.body.room_id;
+    services
+        .set_membership(room_id, user, user, "leave", request.body.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(leave_v3::Response::new()))
+}
+
+pub async fn invite(
+    extract::State(services): extract::State<State>,
+    request: Ruma<invite_v3::Request>,
+) -> Result<RumaResponse<invite_v3::Response>> {
+    let invite_v3::InvitationRecipient::UserId(recipient) = &request.body.recipient else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::Unknown,
+            "Third-party invites are not supported.",
+        ));
+    };
+    let room_id = &request.body.room_id;
+    let reason = recipient.reason.as_deref();
+    services
+        .set_membership(
+            room_id,
+            request.user(),
+            &recipient.user_id,
+            "invite",
+            reason,
+        )
+        .await?;
+    Ok(RumaResponse(invite_v3::Response::new()))
+}
+
+pub async fn kick(
+    extract::State(services): extract::State<State>,
+    request: Ruma<kick_v3::Request>,
+) -> Result<RumaResponse<kick_v3::Response>> {
+    let body = &request.body;
+    let current = services.timeline.membership(&body.room_id, &body.user_id)?;
+    if !current.is_some_and(|m| m.membership == "join" || m.membership == "invite") {
+        return Err(Error::forbidden("That user is not in the room."));
+    }
+    services
+        .set_membership(
+            &body.room_id,
+            request.user(),
+            &body.user_id,
+            "leave",
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(kick_v3::Response::new()))
+}
+
+pub async fn ban(
+    extract::State(services): extract::State<State>,
+    request: Ruma<ban_v3::Request>,
+) -> Result<RumaResponse<ban_v3::Response>> {
+    let body = &request.body;
+    services
+        .set_membership(
+            &body.room_id,
+            request.user(),
+            &body.user_id,
+            "ban",
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(ban_v3::Response::new()))
+}
+
+pub async fn unban(
+    extract::State(services): extract::State<State>,
+    request: Ruma<unban_v3::Request>,
+) -> Result<RumaResponse<unban_v3::Response>> {
+    let body = &request.body;
+    let current = services.timeline.membership(&body.room_id, &body.user_id)?;
+    if current.is_none_or(|m| m.membership != "ban") {
+        return Err(Error::forbidden("That user is not banned."));
+    }
+    services
+        .set_membership(
+            &body.room_id,
+            request.user(),
+            &body.user_id,
+            "leave",
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(unban_v3::Response::new()))
+}
+
+pub async fn joined_rooms(
+    extract::State(services): extract::State<State>,
+    request: Ruma<joined_rooms_v3::Request>,
+) -> Result<RumaResponse<joined_rooms_v3::Response>> {
+    let rooms = services
+        .timeline
+        .rooms_of(request.user())?
+        .into_iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(room_id, _)| room_id)
+        .collect();
+    Ok(RumaResponse(joined_rooms_v3::Response::new(rooms)))
+}
+
+pub async fn joined_members(
+    extract::State(services): extract::State<State>,
+    request: Ruma<joined_members_v3::Request>,
+) -> Result<RumaResponse<joined_members_v3::Response>> {
+    let room_id = &request.body.room_id;
+    let mine = services.timeline.membership(room_id, request.user())?;
+    if mine.is_none_or(|m| m.membership != "join") {
+        return Err(Error::forbidden("You are not in this room."));
+    }
+    let mut joined = BTreeMap::new();
+    for (user_id, membership) in services.timeline.members(room_id)? {
+        if membership != "join" {
+            continue;
+        }
+        let mut member = joined_members_v3::RoomMember::new();
+        if let Some(record) = services.timeline.membership(room_id, &user_id)? {
+            let event = services.timeline.client_event(room_id, &record.event_id)?;
+            member.display_name = event["content"]["displayname"].as_str().map(str::to_owned);
+            member.avatar_url = event["content"]["avatar_url"]
+                .as_str()
+                .map(ruma::OwnedMxcUri::from);
+        }
+        joined.insert(user_id, member);
+    }
+    Ok(RumaResponse(joined_members_v3::Response::new(joined)))
+}

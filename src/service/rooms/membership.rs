@@ -1,0 +1,90 @@
+//! Membership changes (join, leave, invite, kick, ban, unban) by local users, and what state a
+//! user may read.
+
+use std::collections::HashMap;
+
+use ruma::{OwnedEventId, RoomId, UserId};
+use serde_json::json;
+
+use super::timeline::{LocalEvent, Signer};
+use crate::{Error, Result, service::Services};
+
+impl Services {
+    /// Sends `target`'s new `membership` in `room_id`, as `sender`. The room version's auth
+    /// rules decide whether `sender` may (join an invite-only room, kick, ban, …).
+    pub async fn set_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Err(Error::not_found(
+                "This server knows no such room (joining rooms on other servers needs federation, which is not built yet).",
+            ));
+        }
+        if target.server_name() != self.server_name {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::Unknown,
+                "Users of other servers need federation, which culvert does not have yet.",
+            ));
+        }
+        if membership == "invite" && !self.users.is_active(target)? {
+            return Err(Error::not_found(format!(
+                "No user {target} on this server."
+            )));
+        }
+        let mut content = json!({ "membership": membership });
+        if let Some(reason) = reason {
+            content["reason"] = json!(reason);
+        }
+        if membership == "join" {
+            for field in ["displayname", "avatar_url"] {
+                if let Some(value) = self.users.profile_field(target, field)? {
+                    content[field] = value;
+                }
+            }
+        }
+        let signer = Signer {
+            server_name: &self.server_name,
+            key: self.globals.signing_key(),
+        };
+        let state_key = target.as_str();
+        let event = LocalEvent {
+            event_type: "m.room.member",
+            state_key: Some(state_key),
+            content,
+            redacts: None,
+        };
+        self.timeline.append(room_id, sender, event, &signer).await
+    }
+
+    /// The state `user_id` may read: the current state while joined; the state as it was when
+    /// they left (or were kicked or banned) afterwards; nothing otherwise.
+    pub fn visible_state(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        let not_member = || Error::forbidden("You are not a member of this room.");
+        let membership = self
+            .timeline
+            .membership(room_id, user_id)?
+            .ok_or_else(not_member)?;
+        match membership.membership.as_str() {
+            "join" => self.timeline.current_state(room_id),
+            "leave" | "ban" => {
+                let mut state = self.timeline.state_before(&membership.event_id)?;
+                state.insert(
+                    ("m.room.member".to_owned(), user_id.to_string()),
+                    membership.event_id,
+                );
+                Ok(state)
+            }
+            _ => Err(not_member()),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Membership over HTTP: invite, join, leave, kick, ban, unban; joined rooms and members; reading
+//! state as a member and after leaving.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Session, TestServer, assert_error};
+
+async fn create(server: &TestServer, who: &Session, body: Value) -> String {
+    let (status, response) = server
+        .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    response["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn post(
+    server: &TestServer,
+    who: &Session,
+    path: String,
+    body: Value,
+) -> (StatusCode, Value) {
+    server.post(&path, Some(&who.token), body).await
+}
+
+async fn joined_rooms(server: &TestServer, who: &Session) -> Vec<String> {
+    let (status, body) = server
+        .get("/_matrix/client/v3/joined_rooms", Some(&who.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    body["joined_rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn invite_join_leave_and_state_after_leaving() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    server
+        .put(
+            "/_matrix/client/v3/profile/@bob:test.local/displayname",
+            Some(&bob.token),
+            json!({ "displayname": "Bobby" }),
+        )
+        .await;
+    let room = create(&server, &alice, json!({ "name": "Private" })).await;
+    let base = format!("/_matrix/client/v3/rooms/{room}");
+
+    // Invite-only: Bob cannot walk in, nor read the state.
+    assert_error(
+        &post(&server, &bob, format!("{base}/join"), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server.get(&format!("{base}/state"), Some(&bob.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    let (status, _) = post(
+        &server,
+        &alice,
+        format!("{base}/invite"),
+        json!({ "user_id": "@bob:test.local" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Joining through /join/{roomIdOrAlias} works too.
+    let (status, body) = post(
+        &server,
+        &bob,
+        format!("/_matrix/client/v3/join/{room}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room);
+    assert_eq!(joined_rooms(&server, &bob).await, vec![room.clone()]);
+
+    let (status, members) = server
+        .get(&format!("{base}/joined_members"), Some(&bob.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        members["joined"]["@bob:test.local"]["display_name"],
+        "Bobby"
+    );
+    assert_eq!(members["joined"].as_object().unwrap().len(), 2);
+
+    // Reading state as a member: all of it, one event, its content.
+    let (status, state) = server.get(&format!("{base}/state"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Private")
+    );
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["event_id"].is_string() && e["room_id"] == room.as_str())
+    );
+    let (_, name) = server
+        .get(&format!("{base}/state/m.room.name/"), Some(&bob.token))
+        .await;
+    assert_eq!(name, json!({ "name": "Private" }));
+    let (_, name_event) = server
+        .get(
+            &format!("{base}/state/m.room.name?format=event"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(name_event["sender"], "@alice:test.local");
+    assert_error(
+        &server
+            .get(&format!("{base}/state/m.room.topic/"), Some(&bob.token))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // Bob leaves: no longer joined; he still sees the state as it was when he left.
+    let (status, _) = post(&server, &bob, format!("{base}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(joined_rooms(&server, &bob).await.is_empty());
+    server
+        .put(
+            &format!("{base}/state/m.room.name/"),
+            Some(&alice.token),
+            json!({ "name": "Renamed" }),
+        )
+        .await;
+    let (_, name) = server
+        .get(&format!("{base}/state/m.room.name/"), Some(&bob.token))
+        .await;
+    assert_eq!(
+        name,
+        json!({ "name": "Private" }),
+        "state frozen at his leave"
+    );
+    let (_, own) = server
+        .get(
+            &format!("{base}/state/m.room.member/@bob:test.local"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(own["membership"], "leave");
+    assert_error(
+        &server
+            .get(&format!("{base}/joined_members"), Some(&bob.token))
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn kick_ban_and_unban_in_a_public_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let base = format!("/_matrix/client/v3/rooms/{room}");
+    let send = |txn: &str| format!("{base}/send/m.room.message/{txn}");
+    let hello = json!({ "msgtype": "m.text", "body": "hi" });
+
+    assert_eq!(
+        post(&server, &bob, format!("{base}/join"), json!({}))
+            .await
+            .0,
+        StatusCode::OK,
+        "public: anyone may join"
+    );
+    assert_eq!(
+        server
+            .put(&send("b1"), Some(&bob.token), hello.clone())
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Bob has no power to kick Alice.
+    assert_error(
+        &post(
+            &server,
+            &bob,
+            format!("{base}/kick"),
+            json!({ "user_id": "@alice:test.local" }),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    let (status, _) = post(
+        &server,
+        &alice,
+        format!("{base}/kick"),
+        json!({ "user_id": "@bob:test.local", "reason": "calm down" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &server
+            .put(&send("b2"), Some(&bob.token), hello.clone())
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &post(
+            &server,
+            &alice,
+            format!("{base}/kick"),
+            json!({ "user_id": "@bob:test.local" }),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    let (status, _) = post(
+        &server,
+        &alice,
+        format!("{base}/ban"),
+        json!({ "user_id": "@bob:test.local" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &post(&server, &bob, format!("{base}/join"), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (status, _) = post(
+        &server,
+        &alice,
+        format!("{base}/unban"),
+        json!({ "user_id": "@bob:test.local" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &post(
+            &server,
+            &alice,
+            format!("{base}/unban"),
+            json!({ "user_id": "@bob:test.local" }),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        post(&server, &bob, format!("{base}/join"), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(joined_rooms(&server, &bob).await, vec![room]);
+}
+
+#[tokio::test]
+async fn membership_refusals() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create(&server, &alice, json!({})).await;
+    let base = format!("/_matrix/client/v3/rooms/{room}");
+    assert_error(
+        &post(
+            &server,
+            &alice,
+            "/_matrix/client/v3/rooms/!unknown:test.local/join".into(),
+            json!({}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &post(
+            &server,
+            &alice,
+            "/_matrix/client/v3/join/%23lounge:test.local".into(),
+            json!({}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+    );
+    assert_error(
+        &post(
+            &server,
+            &alice,
+            format!("{base}/invite"),
+            json!({ "user_id": "@nobody:test.local" }),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &post(
+            &server,
+            &alice,
+            format!("{base}/invite"),
+            json!({ "user_id": "@x:elsewhere.org" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+    );
+    assert_error(
+        &post(&server, &alice, format!("{base}/invite"), json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &server.post(&format!("{base}/leave"), None, json!({})).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+}
