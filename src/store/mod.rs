@@ -310,6 +310,25 @@ impl Store {
             })
     }
 
+    /// Keys within `prefix` at or before `start`, newest first (a reverse scan).
+    pub fn scan_prefix_rev_from<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+        start: &[u8],
+    ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
+        self.inner
+            .db
+            .iterator_cf(
+                self.handle(cf),
+                IteratorMode::From(start, Direction::Reverse),
+            )
+            .take_while(move |item| match item {
+                Ok((key, _)) => key.starts_with(prefix),
+                Err(_) => true,
+            })
+    }
+
     /// Whether the column family holds no key at all (one seek, not a scan).
     pub fn is_empty(&self, cf: Cf) -> Result<bool, rocksdb::Error> {
         match self

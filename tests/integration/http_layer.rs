@@ -71,9 +71,9 @@ async fn unknown_paths_and_methods_are_unrecognized() {
         StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",
     );
-    // /sync is not built yet: it must say so, not pretend.
+    // The public room list is not built yet: it must say so, not pretend.
     assert_error(
-        &server.get("/_matrix/client/v3/sync", None).await,
+        &server.get("/_matrix/client/v3/publicRooms", None).await,
         StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",
     );

@@ -13,3 +13,4 @@ mod registration;
 mod rooms;
 mod server_keys;
 mod session;
+mod sync;

@@ -9,6 +9,7 @@ mod profile;
 mod register;
 mod room;
 mod session;
+mod sync;
 
 use axum::Router;
 use ruma::api::client as c;
@@ -67,4 +68,5 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::membership::unban_user::v3::Request, _, _>(membership::unban)
         .ruma_route::<c::membership::joined_rooms::v3::Request, _, _>(membership::joined_rooms)
         .ruma_route::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members)
+        .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
 }

@@ -8,6 +8,7 @@ pub mod membership;
 pub mod pdu;
 pub mod short;
 pub mod state_store;
+pub mod sync;
 pub mod timeline;
 
 use ruma::RoomVersionId;

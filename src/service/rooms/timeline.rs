@@ -294,6 +294,79 @@ impl Timeline {
         Ok(serde_json::Value::Object(event))
     }
 
+    /// Up to `limit` of the room's events with a stream count at or below `upto`, oldest first,
+    /// and whether older ones exist (one reverse seek).
+    pub fn last_events(
+        &self,
+        room_id: &RoomId,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, OwnedEventId)>, bool)> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let start = keys::join([room_id.as_bytes(), &keys::u64_be(upto)]);
+        let mut events = Vec::with_capacity(limit);
+        let mut more = false;
+        for item in self
+            .store
+            .scan_prefix_rev_from(Cf::Timeline, &prefix, &start)
+        {
+            let (key, value) = item?;
+            if events.len() == limit {
+                more = true;
+                break;
+            }
+            let count = keys::parse_u64_be(&key[prefix.len()..])
+                .ok_or_else(|| Error::internal("corrupt timeline"))?;
+            let short =
+                keys::parse_u64_be(&value).ok_or_else(|| Error::internal("corrupt timeline"))?;
+            let event_id = self
+                .short
+                .event_id(short)?
+                .ok_or_else(|| Error::internal("unknown event"))?;
+            events.push((
+                count,
+                EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
+            ));
+        }
+        events.reverse();
+        Ok((events, more))
+    }
+
+    /// The state of a room after its last event with a stream count at or below `count`.
+    pub fn state_at_count(
+        &self,
+        room_id: &RoomId,
+        count: u64,
+    ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        let (events, _) = self.last_events(room_id, count, 1)?;
+        let Some((_, event_id)) = events.into_iter().next() else {
+            return Ok(HashMap::new());
+        };
+        self.state_after(&event_id)
+    }
+
+    /// The state after an event: the state before it, plus the event if it is a state event.
+    pub fn state_after(
+        &self,
+        event_id: &EventId,
+    ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        let mut state = self.state_before(event_id)?;
+        let pdu = self
+            .pdu_json(event_id)?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        if let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) =
+            (pdu.get("type"), pdu.get("state_key"))
+        {
+            state.insert((kind.clone(), key.clone()), event_id.to_owned());
+        }
+        Ok(state)
+    }
+
+    /// The latest committed stream count.
+    pub fn current_count(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
     /// The room's timeline after stream count `since`, oldest first: `(count, event ID)`.
     pub fn events_since(&self, room_id: &RoomId, since: u64) -> Result<Vec<(u64, OwnedEventId)>> {
         let prefix = keys::prefix(room_id.as_bytes());

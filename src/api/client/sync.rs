@@ -1,0 +1,51 @@
+//! `GET /sync` (v2).
+
+use std::time::Duration;
+
+use axum::{Json, extract};
+use ruma::api::client::sync::sync_events::v3 as sync_v3;
+use serde_json::Value;
+
+use crate::{
+    Error, Result,
+    api::ruma::{Ruma, State},
+    service::rooms::sync::SyncRequest,
+};
+
+/// Default and largest timeline per room, and the longest long-poll.
+const DEFAULT_LIMIT: usize = 10;
+const MAX_LIMIT: usize = 100;
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn sync(
+    extract::State(services): extract::State<State>,
+    request: Ruma<sync_v3::Request>,
+) -> Result<Json<Value>> {
+    let body = &request.body;
+    let since = match &body.since {
+        Some(token) => Some(
+            token
+                .parse::<u64>()
+                .map_err(|_| Error::invalid_param("Unknown sync token."))?,
+        ),
+        None => None,
+    };
+    // Inline filters set the timeline limit; filter IDs are not stored yet and get the defaults.
+    let limit = match &body.filter {
+        Some(sync_v3::Filter::FilterDefinition(filter)) => filter
+            .room
+            .timeline
+            .limit
+            .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT)),
+        _ => None,
+    }
+    .unwrap_or(DEFAULT_LIMIT)
+    .clamp(1, MAX_LIMIT);
+    let options = SyncRequest {
+        since,
+        full_state: body.full_state,
+        timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+        limit,
+    };
+    Ok(Json(services.sync(request.user(), options).await?))
+}

@@ -1,0 +1,314 @@
+//! `/sync` over HTTP: initial and incremental syncs, long-polling, invites, leaves, gaps.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Session, TestServer, assert_error};
+
+async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?{query}"),
+            Some(&who.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn create(server: &TestServer, who: &Session, body: Value) -> String {
+    let (status, response) = server
+        .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    response["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn say(server: &TestServer, who: &Session, room: &str, text: &str) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}");
+    let (status, body) = server
+        .put(
+            &path,
+            Some(&who.token),
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+fn bodies(timeline: &Value) -> Vec<String> {
+    timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn types(events: &Value) -> Vec<String> {
+    let mut types: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    types
+}
+
+#[tokio::test]
+async fn initial_and_incremental_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create(&server, &alice, json!({ "name": "Lounge" })).await;
+    for text in ["one", "two", "three"] {
+        say(&server, &alice, &room, text).await;
+    }
+
+    // Everything fits in the default timeline of 10: create … three, nothing before it.
+    let full = sync(&server, &alice, "").await;
+    let joined = &full["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["events"].as_array().unwrap().len(), 10);
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert_eq!(joined["timeline"]["events"][0]["type"], "m.room.create");
+    assert!(joined["state"]["events"].as_array().unwrap().is_empty());
+    assert!(
+        joined["timeline"]["events"][0].get("room_id").is_none(),
+        "sync events omit room_id"
+    );
+
+    // A small limit: the last three messages, limited, with the state before them.
+    let filter = urlencode(r#"{"room":{"timeline":{"limit":3}}}"#);
+    let small = sync(&server, &alice, &format!("filter={filter}")).await;
+    let joined = &small["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]), vec!["one", "two", "three"]);
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert!(joined["timeline"]["prev_batch"].is_string());
+    assert_eq!(
+        types(&joined["state"]["events"]),
+        vec![
+            "m.room.create",
+            "m.room.guest_access",
+            "m.room.history_visibility",
+            "m.room.join_rules",
+            "m.room.member",
+            "m.room.name",
+            "m.room.power_levels"
+        ]
+    );
+
+    // Incremental: nothing new, then exactly the new message, with no state.
+    let since = full["next_batch"].as_str().unwrap().to_owned();
+    let nothing = sync(&server, &alice, &format!("since={since}&timeout=0")).await;
+    assert!(nothing["rooms"]["join"].as_object().unwrap().is_empty());
+    assert_eq!(nothing["next_batch"], since.as_str());
+    say(&server, &alice, &room, "four").await;
+    let next = sync(&server, &alice, &format!("since={since}")).await;
+    let joined = &next["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]), vec!["four"]);
+    assert_eq!(
+        joined["timeline"]["events"].as_array().unwrap().len(),
+        1,
+        "never a duplicate"
+    );
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert!(joined["state"]["events"].as_array().unwrap().is_empty());
+    assert_ne!(next["next_batch"], since.as_str());
+
+    assert_error(
+        &server
+            .get("/_matrix/client/v3/sync?since=garbage", Some(&alice.token))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &server.get("/_matrix/client/v3/sync", None).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_a_new_event() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    let since = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let started = Instant::now();
+    let waiting = {
+        let http = server.http.clone();
+        let url = format!(
+            "{}/_matrix/client/v3/sync?since={since}&timeout=20000",
+            server.base
+        );
+        let token = bob.token.clone();
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say(&server, &alice, &room, "wake up").await;
+    let woke = waiting.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered on the event, not at the timeout"
+    );
+    assert_eq!(
+        bodies(&woke["rooms"]["join"][&room]["timeline"]),
+        vec!["wake up"]
+    );
+}
+
+#[tokio::test]
+async fn invites_joins_and_leaves_appear_in_the_right_sections() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let since = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let room = create(
+        &server,
+        &alice,
+        json!({ "name": "Secret", "invite": ["@bob:test.local"] }),
+    )
+    .await;
+
+    let invited = sync(&server, &bob, &format!("since={since}")).await;
+    let invite_state = &invited["rooms"]["invite"][&room]["invite_state"]["events"];
+    let names: Vec<&Value> = invite_state
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names[0]["content"]["name"], "Secret");
+    assert!(
+        invite_state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == "@bob:test.local"
+                && e["content"]["membership"] == "invite")
+    );
+    assert!(invited["rooms"]["join"].as_object().unwrap().is_empty());
+
+    // After joining, the room arrives in `join` with everything the client needs.
+    let since = invited["next_batch"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    let joined = sync(&server, &bob, &format!("since={since}")).await;
+    assert!(joined["rooms"]["invite"].as_object().unwrap().is_empty());
+    let room_data = &joined["rooms"]["join"][&room];
+    let mut all = room_data["state"]["events"].as_array().unwrap().clone();
+    all.extend(
+        room_data["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    assert!(
+        all.iter().any(|e| e["type"] == "m.room.name"),
+        "full state on joining"
+    );
+    assert!(all.iter().any(|e| e["type"] == "m.room.member"
+        && e["state_key"] == "@bob:test.local"
+        && e["content"]["membership"] == "join"));
+
+    // Leaving: the room moves to `leave`, with the leave event.
+    let since = joined["next_batch"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    let left = sync(&server, &bob, &format!("since={since}")).await;
+    let timeline = &left["rooms"]["leave"][&room]["timeline"]["events"];
+    assert!(
+        timeline
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave")
+    );
+    assert!(left["rooms"]["join"].as_object().unwrap().is_empty());
+    // And later messages are not his to see.
+    let since = left["next_batch"].as_str().unwrap().to_owned();
+    say(&server, &alice, &room, "gone").await;
+    let after = sync(&server, &bob, &format!("since={since}&timeout=0")).await;
+    assert!(after["rooms"]["join"].as_object().unwrap().is_empty());
+    assert!(after["rooms"]["leave"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn state_changed_inside_a_gap_is_delivered() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create(&server, &alice, json!({})).await;
+    let since = sync(&server, &alice, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    say(&server, &alice, &room, "a").await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&alice.token),
+            json!({ "topic": "changed in the gap" }),
+        )
+        .await;
+    for text in ["b", "c", "d"] {
+        say(&server, &alice, &room, text).await;
+    }
+    let filter = urlencode(r#"{"room":{"timeline":{"limit":2}}}"#);
+    let response = sync(&server, &alice, &format!("since={since}&filter={filter}")).await;
+    let joined = &response["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]), vec!["c", "d"]);
+    assert_eq!(joined["timeline"]["limited"], true);
+    let state = joined["state"]["events"].as_array().unwrap();
+    assert_eq!(state.len(), 1, "only what changed in the gap: {state:?}");
+    assert_eq!(state[0]["content"]["topic"], "changed in the gap");
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
