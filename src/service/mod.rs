@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod devices;
+pub mod filters;
 pub mod globals;
 pub mod ratelimit;
 pub mod registration;
@@ -32,6 +33,7 @@ pub struct Services {
     pub rate_limiter: ratelimit::RateLimiter,
     pub short_ids: Arc<rooms::short::ShortIds>,
     pub timeline: rooms::timeline::Timeline,
+    pub filters: filters::Filters,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -67,6 +69,7 @@ impl Services {
             globals,
             short_ids,
             timeline,
+            filters: filters::Filters::new(store.clone()),
             store,
             config,
         }))

@@ -62,10 +62,12 @@ pub enum Cf {
     UserRooms,
     /// `room_id 0xFF user_id` → membership (`join`, `invite`, `leave`, `ban`, `knock`).
     RoomMembers,
+    /// `user_id 0xFF filter_id` → filter definition (JSON, as uploaded).
+    Filters,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 20] = [
+    pub const ALL: [Cf; 21] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -86,6 +88,7 @@ impl Cf {
         Cf::TxnIds,
         Cf::UserRooms,
         Cf::RoomMembers,
+        Cf::Filters,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +113,7 @@ impl Cf {
             Cf::TxnIds => "txnid_eventid",
             Cf::UserRooms => "user_rooms",
             Cf::RoomMembers => "room_members",
+            Cf::Filters => "filters",
         }
     }
 }

@@ -312,3 +312,62 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn stored_filters_apply_to_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let path = "/_matrix/client/v3/user/@alice:test.local/filter";
+    let (status, created) = server
+        .post(
+            path,
+            Some(&alice.token),
+            json!({ "room": { "timeline": { "limit": 2 } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let filter_id = created["filter_id"].as_str().unwrap().to_owned();
+    let (status, filter) = server
+        .get(&format!("{path}/{filter_id}"), Some(&alice.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(filter["room"]["timeline"]["limit"], 2);
+    assert_error(
+        &server
+            .get(&format!("{path}/{filter_id}"), Some(&bob.token))
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server.post(path, Some(&bob.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server
+            .get(&format!("{path}/999999"), Some(&alice.token))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    let room = create(&server, &alice, json!({})).await;
+    say(&server, &alice, &room, "x").await;
+    let response = sync(&server, &alice, &format!("filter={filter_id}")).await;
+    assert_eq!(
+        response["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_error(
+        &server
+            .get("/_matrix/client/v3/sync?filter=424242", Some(&alice.token))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}

@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod devices;
 mod discovery;
+mod filter;
 mod membership;
 mod profile;
 mod register;
@@ -69,4 +70,6 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::membership::joined_rooms::v3::Request, _, _>(membership::joined_rooms)
         .ruma_route::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members)
         .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
+        .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)
+        .ruma_route::<c::filter::get_filter::v3::Request, _, _>(filter::get)
 }

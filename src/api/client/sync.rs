@@ -30,17 +30,24 @@ pub async fn sync(
         ),
         None => None,
     };
-    // Inline filters set the timeline limit; filter IDs are not stored yet and get the defaults.
-    let limit = match &body.filter {
-        Some(sync_v3::Filter::FilterDefinition(filter)) => filter
-            .room
-            .timeline
-            .limit
-            .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT)),
+    // The filter, inline or by ID, sets the timeline limit (its other fields come later).
+    let stored;
+    let filter = match &body.filter {
+        Some(sync_v3::Filter::FilterDefinition(filter)) => Some(filter),
+        Some(sync_v3::Filter::FilterId(id)) => {
+            stored = services
+                .filters
+                .get(request.user(), id)?
+                .ok_or_else(|| Error::invalid_param("Unknown filter ID."))?;
+            Some(&stored)
+        }
         _ => None,
-    }
-    .unwrap_or(DEFAULT_LIMIT)
-    .clamp(1, MAX_LIMIT);
+    };
+    let limit = filter
+        .and_then(|f| f.room.timeline.limit)
+        .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT))
+        .unwrap_or(DEFAULT_LIMIT)
+        .clamp(1, MAX_LIMIT);
     let options = SyncRequest {
         since,
         full_state: body.full_state,
