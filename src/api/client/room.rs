@@ -2,7 +2,7 @@
 
 use axum::extract;
 use ruma::api::client::{
-    message::send_message_event::v3 as send_v3,
+    message::{get_message_events::v3 as messages_v3, send_message_event::v3 as send_v3},
     room::{Visibility, create_room::v3 as create_v3},
     state::{
         get_state_event_for_key::v3 as get_state_key_v3, get_state_events::v3 as get_state_v3,
@@ -17,6 +17,7 @@ use crate::{
     api::ruma::{Ruma, RumaResponse, State},
     service::rooms::{
         create::{CreateRoom, Preset},
+        history::Direction,
         timeline::{LocalEvent, Signer, txn_key},
     },
 };
@@ -177,4 +178,41 @@ pub async fn get_state_event(
     Ok(RumaResponse(get_state_key_v3::Response::new(
         serde_json::value::to_raw_value(&answer)?,
     )))
+}
+
+/// Most events one `/messages` page returns.
+const MAX_MESSAGES: usize = 1000;
+
+pub async fn messages(
+    extract::State(services): extract::State<State>,
+    request: Ruma<messages_v3::Request>,
+) -> Result<axum::Json<Value>> {
+    let body = &request.body;
+    let token = |t: &Option<String>| -> Result<Option<u64>> {
+        t.as_deref()
+            .map(|t| {
+                t.parse::<u64>()
+                    .map_err(|_| Error::invalid_param("Unknown pagination token."))
+            })
+            .transpose()
+    };
+    let (from, to) = (token(&body.from)?, token(&body.to)?);
+    let direction = match body.dir {
+        ruma::api::Direction::Forward => Direction::Forward,
+        _ => Direction::Backward,
+    };
+    let limit = usize::try_from(u64::from(body.limit))
+        .unwrap_or(MAX_MESSAGES)
+        .clamp(1, MAX_MESSAGES);
+    let page = services.messages(&body.room_id, request.user(), from, to, direction, limit)?;
+    let start = from.unwrap_or_else(|| match direction {
+        Direction::Backward => services.timeline.current_count(),
+        Direction::Forward => 0,
+    });
+    let mut response =
+        serde_json::json!({ "start": start.to_string(), "chunk": page.events, "state": [] });
+    if let Some(end) = page.end {
+        response["end"] = Value::String(end.to_string());
+    }
+    Ok(axum::Json(response))
 }

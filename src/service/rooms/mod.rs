@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod create;
 pub mod event;
+pub mod history;
 pub mod membership;
 pub mod pdu;
 pub mod short;

@@ -362,6 +362,75 @@ impl Timeline {
         Ok(state)
     }
 
+    /// The event holding `(event_type, state_key)` in the state before `event_id`: a few point
+    /// reads, without expanding the whole state.
+    pub fn state_entry_before(
+        &self,
+        event_id: &EventId,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let Some(key) = self.short.existing_state_key(event_type, state_key)? else {
+            return Ok(None);
+        };
+        let short = self
+            .short
+            .existing_event(event_id.as_str())?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        let state = self
+            .store
+            .get(Cf::EventState, &keys::u64_be(short))?
+            .and_then(|b| keys::parse_u64_be(&b))
+            .ok_or_else(|| Error::internal("event without state"))?;
+        if state == 0 {
+            return Ok(None);
+        }
+        let entries = self.states.load(state)?;
+        let Ok(i) = entries.binary_search_by_key(&key, |(k, _)| *k) else {
+            return Ok(None);
+        };
+        let id = self
+            .short
+            .event_id(entries[i].1)?
+            .ok_or_else(|| Error::internal("unknown event"))?;
+        Ok(Some(
+            EventId::parse(&id).map_err(|e| Error::internal(e.to_string()))?,
+        ))
+    }
+
+    /// Events of a room after stream count `from`, oldest first, up to `limit`, stopping before
+    /// `to` (exclusive).
+    pub fn events_after(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        to: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OwnedEventId)>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let start = keys::join([room_id.as_bytes(), &keys::u64_be(from.saturating_add(1))]);
+        let mut events = Vec::new();
+        for item in self.store.scan_prefix_from(Cf::Timeline, &prefix, &start) {
+            let (key, value) = item?;
+            let count = keys::parse_u64_be(&key[prefix.len()..])
+                .ok_or_else(|| Error::internal("corrupt timeline"))?;
+            if events.len() == limit || to.is_some_and(|to| count > to) {
+                break;
+            }
+            let short =
+                keys::parse_u64_be(&value).ok_or_else(|| Error::internal("corrupt timeline"))?;
+            let event_id = self
+                .short
+                .event_id(short)?
+                .ok_or_else(|| Error::internal("unknown event"))?;
+            events.push((
+                count,
+                EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
+            ));
+        }
+        Ok(events)
+    }
+
     /// The latest committed stream count.
     pub fn current_count(&self) -> u64 {
         *self.committed.borrow()

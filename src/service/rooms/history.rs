@@ -1,0 +1,129 @@
+//! Room history: `/messages` pagination, and who may see which past event (history
+//! visibility).
+
+use ruma::{EventId, RoomId, UserId};
+use serde_json::Value;
+
+use crate::{Error, Result, service::Services};
+
+/// Which way `/messages` pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Backward,
+    Forward,
+}
+
+/// One page of history.
+pub struct Page {
+    /// Events in the order requested (newest first when going backward).
+    pub events: Vec<Value>,
+    /// The token to continue from, `None` at the end of the room's history.
+    pub end: Option<u64>,
+}
+
+impl Services {
+    /// Whether `user_id` may see `event_id`, per the history visibility in force when it was sent:
+    /// `world_readable` everyone; `shared` members (currently joined, or up to their leave);
+    /// `invited`/`joined` only members who were invited or joined at the time.
+    pub fn may_see_event(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        event_id: &EventId,
+        count: u64,
+    ) -> Result<bool> {
+        let timeline = &self.timeline;
+        let visibility =
+            match timeline.state_entry_before(event_id, "m.room.history_visibility", "")? {
+                Some(id) => timeline.client_event(room_id, &id)?["content"]["history_visibility"]
+                    .as_str()
+                    .unwrap_or("shared")
+                    .to_owned(),
+                None => "shared".to_owned(),
+            };
+        let membership_then =
+            match timeline.state_entry_before(event_id, "m.room.member", user_id.as_str())? {
+                Some(id) => timeline.client_event(room_id, &id)?["content"]["membership"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                None => String::new(),
+            };
+        // An event about the user's own membership is always theirs to see.
+        let own_membership = {
+            let event = timeline.client_event(room_id, event_id)?;
+            event["type"] == "m.room.member" && event["state_key"] == user_id.as_str()
+        };
+        let now = timeline.membership(room_id, user_id)?;
+        Ok(own_membership
+            || match visibility.as_str() {
+                "world_readable" => true,
+                "invited" => membership_then == "join" || membership_then == "invite",
+                "joined" => membership_then == "join",
+                // shared (and unknown values, which the spec says to treat as shared)
+                _ => match &now {
+                    Some(m) if m.membership == "join" => true,
+                    Some(m) if m.membership == "leave" || m.membership == "ban" => count <= m.count,
+                    _ => false,
+                },
+            })
+    }
+
+    /// A page of a room's history for `user_id`, from stream position `from` (default: the
+    /// newest end going backward, the oldest going forward), up to `limit` visible events.
+    pub fn messages(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        from: Option<u64>,
+        to: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Page> {
+        let membership = self.timeline.membership(room_id, user_id)?;
+        if membership.is_none_or(|m| {
+            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
+        }) {
+            return Err(Error::forbidden("You are not a member of this room."));
+        }
+        let mut events = Vec::new();
+        let mut position = match direction {
+            Direction::Backward => from.unwrap_or_else(|| self.timeline.current_count()),
+            Direction::Forward => from.unwrap_or(0),
+        };
+        // Read in batches until `limit` visible events are found or history ends.
+        loop {
+            let batch = match direction {
+                Direction::Backward => {
+                    let (mut batch, _) = self.timeline.last_events(room_id, position, limit)?;
+                    batch.reverse();
+                    batch.retain(|(count, _)| to.is_none_or(|to| *count > to));
+                    batch
+                }
+                Direction::Forward => self.timeline.events_after(room_id, position, to, limit)?,
+            };
+            let Some((last_count, _)) = batch.last() else {
+                return Ok(Page { events, end: None });
+            };
+            position = match direction {
+                Direction::Backward => last_count.saturating_sub(1),
+                Direction::Forward => *last_count,
+            };
+            for (count, event_id) in &batch {
+                if self.may_see_event(room_id, user_id, event_id, *count)? {
+                    events.push(self.timeline.client_event(room_id, event_id)?);
+                }
+                if events.len() == limit {
+                    let end = match direction {
+                        Direction::Backward => count.saturating_sub(1),
+                        Direction::Forward => *count,
+                    };
+                    return Ok(Page {
+                        events,
+                        end: Some(end),
+                    });
+                }
+            }
+        }
+    }
+}
