@@ -10,6 +10,7 @@ mod http_layer;
 mod membership;
 mod persistence;
 mod profile_and_account_data;
+mod redaction;
 mod registration;
 mod rooms;
 mod server_keys;

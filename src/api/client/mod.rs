@@ -71,6 +71,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members)
         .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
         .ruma_route::<c::message::get_message_events::v3::Request, _, _>(room::messages)
+        .ruma_route::<c::redact::redact_event::v3::Request, _, _>(room::redact)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)
         .ruma_route::<c::filter::get_filter::v3::Request, _, _>(filter::get)
 }

@@ -3,6 +3,7 @@
 use axum::extract;
 use ruma::api::client::{
     message::{get_message_events::v3 as messages_v3, send_message_event::v3 as send_v3},
+    redact::redact_event::v3 as redact_v3,
     room::{Visibility, create_room::v3 as create_v3},
     state::{
         get_state_event_for_key::v3 as get_state_key_v3, get_state_events::v3 as get_state_v3,
@@ -215,4 +216,27 @@ pub async fn messages(
         response["end"] = Value::String(end.to_string());
     }
     Ok(axum::Json(response))
+}
+
+pub async fn redact(
+    extract::State(services): extract::State<State>,
+    request: Ruma<redact_v3::Request>,
+) -> Result<RumaResponse<redact_v3::Response>> {
+    let body = &request.body;
+    let txn = txn_key(
+        request.user(),
+        request.device().as_str(),
+        &body.room_id,
+        body.txn_id.as_str(),
+    );
+    let event_id = services
+        .redact_event(
+            &body.room_id,
+            request.user(),
+            &body.event_id,
+            body.reason.as_deref(),
+            &txn,
+        )
+        .await?;
+    Ok(RumaResponse(redact_v3::Response::new(event_id)))
 }

@@ -7,6 +7,7 @@ pub mod event;
 pub mod history;
 pub mod membership;
 pub mod pdu;
+pub mod redaction;
 pub mod short;
 pub mod state_store;
 pub mod sync;

@@ -284,6 +284,7 @@ impl Timeline {
             "origin_server_ts",
             "state_key",
             "redacts",
+            "unsigned",
         ] {
             if let Some(value) = pdu.get(field) {
                 event.insert(field.to_owned(), value.clone().into());
@@ -291,6 +292,12 @@ impl Timeline {
         }
         event.insert("event_id".into(), event_id.as_str().into());
         event.insert("room_id".into(), room_id.as_str().into());
+        // v11+ keep `redacts` in the content; clients built for older rooms read it at the top.
+        if !event.contains_key("redacts")
+            && let Some(redacts) = event.get("content").and_then(|c| c.get("redacts")).cloned()
+        {
+            event.insert("redacts".into(), redacts);
+        }
         Ok(serde_json::Value::Object(event))
     }
 
@@ -539,6 +546,15 @@ impl Timeline {
         signer: &Signer<'_>,
     ) -> Result<(OwnedRoomId, OwnedEventId)> {
         let rules = rules_of(&room.version)?;
+        // A redaction redacts its target in the same batch.
+        let redact_target = match event.redacts {
+            Some(target) if event.event_type == "m.room.redaction" => Some(
+                self.short
+                    .existing_event(target.as_str())?
+                    .ok_or_else(|| Error::not_found("No such event to redact."))?,
+            ),
+            _ => None,
+        };
         // The compressed state before the event; lookups resolve only the keys they need, so
         // the cost does not grow with the size of the room's state.
         let entries: Vec<StateEntry> = if room.state == 0 {
@@ -686,6 +702,22 @@ impl Timeline {
                 Cf::TxnIds,
                 txn.to_vec(),
                 signed.event_id.as_bytes().to_vec(),
+            );
+        }
+        if let Some(target) = redact_target
+            && let Some(mut stored_target) = self.pdu_by_short(target)?
+        {
+            let because = ruma::canonical_json::RedactedBecause::from_json(stored.pdu.clone());
+            ruma::canonical_json::redact_in_place(
+                &mut stored_target.pdu,
+                &rules.redaction,
+                Some(because),
+            )
+            .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
+            batch.put(
+                Cf::Pdus,
+                keys::u64_be(target),
+                serde_json::to_vec(&stored_target)?,
             );
         }
 

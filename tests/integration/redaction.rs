@@ -1,0 +1,125 @@
+//! Redaction: who may redact, and that the content is gone from storage.
+
+use reqwest::StatusCode;
+use ruma::EventId;
+use serde_json::{Value, json};
+
+use crate::common::{Session, TestServer, assert_error};
+
+async fn say(server: &TestServer, who: &Session, room: &str, text: &str) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}");
+    let (status, body) = server
+        .put(
+            &path,
+            Some(&who.token),
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn redact(
+    server: &TestServer,
+    who: &Session,
+    room: &str,
+    event: &str,
+    txn: &str,
+) -> (StatusCode, Value) {
+    let path = format!("/_matrix/client/v3/rooms/{room}/redact/{event}/{txn}");
+    server
+        .put(&path, Some(&who.token), json!({ "reason": "oops" }))
+        .await
+}
+
+fn stored_content(server: &TestServer, event: &str) -> Value {
+    let pdu = server
+        .services()
+        .timeline
+        .pdu_json(&EventId::parse(event).unwrap())
+        .unwrap()
+        .unwrap();
+    pdu["content"].clone().into()
+}
+
+#[tokio::test]
+async fn redaction_permissions_and_erasure() {
+    for version in ["11", "12"] {
+        let server = TestServer::start().await;
+        let alice = server.register("alice", "pw").await;
+        let bob = server.register("bob", "pw").await;
+        let (_, created) = server
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&alice.token),
+                json!({ "preset": "public_chat", "room_version": version }),
+            )
+            .await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/join"),
+                Some(&bob.token),
+                json!({}),
+            )
+            .await;
+        let alices = say(&server, &alice, &room, "alice-secret").await;
+        let oops = say(&server, &bob, &room, "bob-oops").await;
+        let other = say(&server, &bob, &room, "bob-other").await;
+
+        // Bob may redact his own message, not Alice's.
+        let (status, first) = redact(&server, &bob, &room, &oops, "r1").await;
+        assert_eq!(status, StatusCode::OK, "{version}: {first}");
+        let (_, again) = redact(&server, &bob, &room, &oops, "r1").await;
+        assert_eq!(
+            again["event_id"], first["event_id"],
+            "idempotent per transaction"
+        );
+        assert_eq!(
+            stored_content(&server, &oops),
+            json!({}),
+            "{version}: the content is gone from storage"
+        );
+        assert_error(
+            &redact(&server, &bob, &room, &alices, "r2").await,
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+        assert_eq!(stored_content(&server, &alices)["body"], "alice-secret");
+
+        // Alice (power 100 in v11, creator in v12) may redact Bob's.
+        let (status, _) = redact(&server, &alice, &room, &other, "r3").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(stored_content(&server, &other), json!({}));
+
+        // Clients see the redacted event and the redaction.
+        let (_, page) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"),
+                Some(&bob.token),
+            )
+            .await;
+        let chunk = page["chunk"].as_array().unwrap();
+        let redacted = chunk
+            .iter()
+            .find(|e| e["event_id"] == oops.as_str())
+            .unwrap();
+        assert_eq!(redacted["content"], json!({}));
+        assert!(
+            redacted["unsigned"]["redacted_because"].is_object(),
+            "{redacted}"
+        );
+        let redaction = chunk
+            .iter()
+            .find(|e| e["event_id"] == first["event_id"])
+            .unwrap();
+        assert_eq!(redaction["type"], "m.room.redaction");
+        assert_eq!(redaction["redacts"], oops.as_str());
+
+        assert_error(
+            &redact(&server, &alice, &room, "$doesnotexist", "r4").await,
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        );
+    }
+}
