@@ -34,6 +34,7 @@ pub struct Services {
     pub short_ids: Arc<rooms::short::ShortIds>,
     pub timeline: rooms::timeline::Timeline,
     pub filters: filters::Filters,
+    pub typing: rooms::ephemeral::Typing,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -70,6 +71,7 @@ impl Services {
             short_ids,
             timeline,
             filters: filters::Filters::new(store.clone()),
+            typing: rooms::ephemeral::Typing::default(),
             store,
             config,
         }))

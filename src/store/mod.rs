@@ -64,10 +64,12 @@ pub enum Cf {
     RoomMembers,
     /// `user_id 0xFF filter_id` → filter definition (JSON, as uploaded).
     Filters,
+    /// `room_id 0xFF user_id 0xFF receipt_type 0xFF thread` → `{event_id, ts, count}` JSON.
+    Receipts,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 21] = [
+    pub const ALL: [Cf; 22] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -89,6 +91,7 @@ impl Cf {
         Cf::UserRooms,
         Cf::RoomMembers,
         Cf::Filters,
+        Cf::Receipts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +117,7 @@ impl Cf {
             Cf::UserRooms => "user_rooms",
             Cf::RoomMembers => "room_members",
             Cf::Filters => "filters",
+            Cf::Receipts => "receipts",
         }
     }
 }

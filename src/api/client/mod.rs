@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod devices;
 mod discovery;
+mod ephemeral;
 mod filter;
 mod membership;
 mod profile;
@@ -72,6 +73,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
         .ruma_route::<c::message::get_message_events::v3::Request, _, _>(room::messages)
         .ruma_route::<c::redact::redact_event::v3::Request, _, _>(room::redact)
+        .ruma_route::<c::typing::create_typing_event::v3::Request, _, _>(ephemeral::typing)
+        .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)
         .ruma_route::<c::filter::get_filter::v3::Request, _, _>(filter::get)
 }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod create;
+pub mod ephemeral;
 pub mod event;
 pub mod history;
 pub mod membership;

@@ -7,8 +7,8 @@
 //! (in incremental syncs) the timeline up to the leave. Long-polling waits on the append path's
 //! watch channel, so a new event wakes every waiting client at once.
 //!
-//! Not yet here (later work of the rooms and E2EE issues): filter IDs and most filter fields,
-//! lazy-loading, ephemeral events, account data, presence, to-device, device lists.
+//! Not yet here (later work of the rooms and E2EE issues): most filter fields, lazy-loading,
+//! account data, presence, to-device, device lists.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -75,7 +75,7 @@ impl Services {
                     let initial =
                         request.since.is_none() || changed_membership || request.full_state;
                     if let Some(room) =
-                        self.joined_room(&room_id, since, now, initial, request.limit)?
+                        self.joined_room(user_id, &room_id, since, now, initial, request.limit)?
                     {
                         join.insert(room_id.to_string(), room);
                     }
@@ -109,17 +109,30 @@ impl Services {
     /// A joined room's part of the response, or `None` when nothing changed in it.
     fn joined_room(
         &self,
+        user_id: &UserId,
         room_id: &RoomId,
         since: u64,
         now: u64,
         initial: bool,
         limit: usize,
     ) -> Result<Option<Value>> {
+        let ephemeral_since = (!initial).then_some(since);
+        let mut ephemeral = Vec::new();
+        ephemeral.extend(self.typing_event(room_id, ephemeral_since));
+        ephemeral.extend(self.receipt_event(room_id, user_id, ephemeral_since)?);
         let (mut events, mut limited) = self.timeline.last_events(room_id, now, limit)?;
         if !initial {
             events.retain(|(count, _)| *count > since);
             let Some((oldest, _)) = events.first() else {
-                return Ok(None);
+                if ephemeral.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(json!({
+                    "timeline": { "events": [], "limited": false },
+                    "state": { "events": [] },
+                    "ephemeral": { "events": ephemeral },
+                    "account_data": { "events": [] },
+                })));
             };
             // Limited only if an event the client has not seen precedes the returned ones.
             let (previous, _) = self.timeline.last_events(room_id, oldest - 1, 1)?;
@@ -147,7 +160,7 @@ impl Services {
                 "prev_batch": prev_batch,
             },
             "state": { "events": self.sync_events(room_id, state.values())? },
-            "ephemeral": { "events": [] },
+            "ephemeral": { "events": ephemeral },
             "account_data": { "events": [] },
         })))
     }

@@ -467,6 +467,25 @@ impl Timeline {
         Ok(events)
     }
 
+    /// Writes `batch` with the next stream count, which `build` may use in its keys. Counts are
+    /// taken and written under one lock, so they become visible in order; the new count is
+    /// then announced to waiting `/sync`s.
+    pub async fn commit_counted(
+        &self,
+        mut batch: Batch,
+        build: impl FnOnce(&mut Batch, u64) -> Result<()>,
+    ) -> Result<u64> {
+        let mut stream = self.stream.lock().await;
+        let count = *stream + 1;
+        build(&mut batch, count)?;
+        batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
+        self.store.write(batch)?;
+        *stream = count;
+        drop(stream);
+        self.committed.send_replace(count);
+        Ok(count)
+    }
+
     /// Creates a room: signs and stores its `m.room.create` event. Returns the room ID (derived
     /// from the create event in v12; random before).
     pub async fn create_room(
@@ -721,44 +740,44 @@ impl Timeline {
             );
         }
 
-        let mut stream = self.stream.lock().await;
-        let count = *stream + 1;
-        batch.put(
-            Cf::Timeline,
-            keys::join([signed.room_id.as_bytes(), &keys::u64_be(count)]),
-            keys::u64_be(short_event),
-        );
-        batch.put(
-            Cf::EventCount,
-            keys::u64_be(short_event),
-            keys::u64_be(count),
-        );
-        if event.event_type == "m.room.member"
-            && let Some(target) = event.state_key
-        {
-            let membership = membership_of(&stored.pdu);
-            let record = Membership {
-                membership: membership.clone(),
-                event_id: stored.event_id.clone(),
-                count,
-            };
-            let room = signed.room_id.as_bytes();
+        let room_id = signed.room_id.clone();
+        let event_type = event.event_type;
+        let state_key = event.state_key;
+        self.commit_counted(batch, |batch, count| {
             batch.put(
-                Cf::UserRooms,
-                keys::join([target.as_bytes(), room]),
-                serde_json::to_vec(&record)?,
+                Cf::Timeline,
+                keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
+                keys::u64_be(short_event),
             );
             batch.put(
-                Cf::RoomMembers,
-                keys::join([room, target.as_bytes()]),
-                membership,
+                Cf::EventCount,
+                keys::u64_be(short_event),
+                keys::u64_be(count),
             );
-        }
-        batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
-        self.store.write(batch)?;
-        *stream = count;
-        drop(stream);
-        self.committed.send_replace(count);
+            if event_type == "m.room.member"
+                && let Some(target) = state_key
+            {
+                let membership = membership_of(&stored.pdu);
+                let record = Membership {
+                    membership: membership.clone(),
+                    event_id: stored.event_id.clone(),
+                    count,
+                };
+                let room = room_id.as_bytes();
+                batch.put(
+                    Cf::UserRooms,
+                    keys::join([target.as_bytes(), room]),
+                    serde_json::to_vec(&record)?,
+                );
+                batch.put(
+                    Cf::RoomMembers,
+                    keys::join([room, target.as_bytes()]),
+                    membership,
+                );
+            }
+            Ok(())
+        })
+        .await?;
         Ok((signed.room_id, signed.event_id))
     }
 }

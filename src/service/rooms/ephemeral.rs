@@ -1,0 +1,180 @@
+//! Ephemeral room data: typing notifications (in memory, with expiry) and read receipts
+//! (stored). Each change takes a stream count, so `/sync` tokens cover them and a change wakes
+//! long-polling clients like a new event does.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Error, Result,
+    service::Services,
+    store::{Batch, Cf, keys},
+    utils,
+};
+
+/// Longest a client may ask to be shown as typing.
+const MAX_TYPING: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct RoomTyping {
+    /// Stream count of the last change.
+    changed: u64,
+    users: HashMap<OwnedUserId, Instant>,
+}
+
+/// Who is typing where.
+#[derive(Default)]
+pub struct Typing {
+    rooms: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Receipt {
+    event_id: String,
+    ts: u64,
+    count: u64,
+}
+
+impl Services {
+    fn require_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let membership = self.timeline.membership(room_id, user_id)?;
+        if membership.is_none_or(|m| m.membership != "join") {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        Ok(())
+    }
+
+    /// Marks `user_id` as typing in `room_id` for `timeout` (or as no longer typing).
+    pub async fn set_typing(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.require_joined(room_id, user_id)?;
+        let count = self
+            .timeline
+            .commit_counted(Batch::new(), |_, _| Ok(()))
+            .await?;
+        let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.entry(room_id.to_owned()).or_default();
+        room.changed = count;
+        match timeout {
+            Some(timeout) => {
+                room.users
+                    .insert(user_id.to_owned(), Instant::now() + timeout.min(MAX_TYPING));
+            }
+            None => {
+                room.users.remove(user_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `m.typing` event for a room, if it changed after `since` (always on a first sync).
+    pub fn typing_event(&self, room_id: &RoomId, since: Option<u64>) -> Option<Value> {
+        let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.get_mut(room_id)?;
+        let now = Instant::now();
+        room.users.retain(|_, until| *until > now);
+        if since.is_some_and(|since| room.changed <= since) {
+            return None;
+        }
+        let mut users: Vec<&str> = room.users.keys().map(|u| u.as_str()).collect();
+        users.sort_unstable();
+        Some(json!({ "type": "m.typing", "content": { "user_ids": users } }))
+    }
+
+    /// Records `user_id`'s receipt of `receipt_type` (`m.read`, `m.read.private`) at `event_id`.
+    pub async fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread: Option<&str>,
+    ) -> Result<()> {
+        self.require_joined(room_id, user_id)?;
+        if !self.may_see_event_in(room_id, user_id, event_id)? {
+            return Err(Error::not_found("No such event in this room."));
+        }
+        let key = keys::join([
+            room_id.as_bytes(),
+            user_id.as_bytes(),
+            receipt_type.as_bytes(),
+            thread.unwrap_or_default().as_bytes(),
+        ]);
+        let event_id = event_id.to_string();
+        self.timeline
+            .commit_counted(Batch::new(), |batch, count| {
+                let receipt = Receipt {
+                    event_id,
+                    ts: utils::now_millis(),
+                    count,
+                };
+                batch.put(Cf::Receipts, key, serde_json::to_vec(&receipt)?);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn may_see_event_in(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        event_id: &EventId,
+    ) -> Result<bool> {
+        let Some(pdu) = self.timeline.pdu_json(event_id)? else {
+            return Ok(false);
+        };
+        let in_room = match pdu.get("room_id") {
+            Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
+            _ => event_id.localpart() == room_id.strip_sigil(),
+        };
+        Ok(in_room && self.may_see_event(room_id, user_id, event_id, u64::MAX)?)
+    }
+
+    /// The `m.receipt` event with the receipts of a room that changed after `since`, as
+    /// `viewer` may see them (private receipts only their own). One prefix scan of the room.
+    pub fn receipt_event(
+        &self,
+        room_id: &RoomId,
+        viewer: &UserId,
+        since: Option<u64>,
+    ) -> Result<Option<Value>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let mut content: Map<String, Value> = Map::new();
+        for item in self.store.scan_prefix(Cf::Receipts, &prefix) {
+            let (key, value) = item?;
+            let receipt: Receipt = serde_json::from_slice(&value)?;
+            if since.is_some_and(|since| receipt.count <= since) {
+                continue;
+            }
+            let mut parts = keys::split(&key[prefix.len()..]);
+            let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Error::internal("corrupt receipt key"));
+            };
+            let user = String::from_utf8_lossy(user).into_owned();
+            let kind = String::from_utf8_lossy(kind).into_owned();
+            if kind == "m.read.private" && user != viewer.as_str() {
+                continue;
+            }
+            let mut data = json!({ "ts": receipt.ts });
+            if !thread.is_empty() {
+                data["thread_id"] = Value::String(String::from_utf8_lossy(thread).into_owned());
+            }
+            let by_type = content.entry(receipt.event_id).or_insert_with(|| json!({}));
+            by_type[&kind][&user] = data;
+        }
+        Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
+    }
+}

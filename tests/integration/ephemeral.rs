@@ -1,0 +1,183 @@
+//! Typing notifications and read receipts, delivered through `/sync`.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Session, TestServer, assert_error};
+
+async fn sync(server: &TestServer, who: &Session, since: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+            Some(&who.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn ephemeral<'a>(response: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    response["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+async fn room_with_two(server: &TestServer) -> (Session, Session, String) {
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (_, created) = server
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "public_chat" }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    (alice, bob, room)
+}
+
+#[tokio::test]
+async fn typing_reaches_other_members() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = room_with_two(&server).await;
+    let (_, first) = server
+        .get("/_matrix/client/v3/sync", Some(&bob.token))
+        .await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let typing = format!("/_matrix/client/v3/rooms/{room}/typing/@alice:test.local");
+
+    let (status, _) = server
+        .put(
+            &typing,
+            Some(&alice.token),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = sync(&server, &bob, &since).await;
+    assert_eq!(
+        ephemeral(&response, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!(["@alice:test.local"])
+    );
+
+    let since = response["next_batch"].as_str().unwrap().to_owned();
+    server
+        .put(&typing, Some(&alice.token), json!({ "typing": false }))
+        .await;
+    let response = sync(&server, &bob, &since).await;
+    assert_eq!(
+        ephemeral(&response, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!([])
+    );
+    // Nothing changed since: no typing event at all.
+    let since = response["next_batch"].as_str().unwrap().to_owned();
+    assert!(
+        sync(&server, &bob, &since).await["rooms"]["join"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_error(
+        &server
+            .put(
+                &typing,
+                Some(&bob.token),
+                json!({ "typing": true, "timeout": 1000 }),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let carol = server.register("carol", "pw").await;
+    assert_error(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/typing/@carol:test.local"),
+                Some(&carol.token),
+                json!({ "typing": true, "timeout": 1000 }),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn read_receipts_public_and_private() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = room_with_two(&server).await;
+    let (_, sent) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "read me" }),
+        )
+        .await;
+    let event = sent["event_id"].as_str().unwrap().to_owned();
+    let (_, first) = server
+        .get("/_matrix/client/v3/sync", Some(&alice.token))
+        .await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    let receipt = |kind: &str| format!("/_matrix/client/v3/rooms/{room}/receipt/{kind}/{event}");
+    assert_eq!(
+        server
+            .post(&receipt("m.read"), Some(&bob.token), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let response = sync(&server, &alice, &since).await;
+    let receipts = ephemeral(&response, &room, "m.receipt").expect("a receipt event");
+    assert!(
+        receipts["content"][&event]["m.read"]["@bob:test.local"]["ts"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // A private receipt is only for its owner.
+    let since = response["next_batch"].as_str().unwrap().to_owned();
+    let (_, bob_first) = server
+        .get("/_matrix/client/v3/sync", Some(&bob.token))
+        .await;
+    let bob_since = bob_first["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server
+            .post(&receipt("m.read.private"), Some(&bob.token), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert!(ephemeral(&sync(&server, &alice, &since).await, &room, "m.receipt").is_none());
+    let own = sync(&server, &bob, &bob_since).await;
+    assert!(ephemeral(&own, &room, "m.receipt").unwrap()["content"][&event]["m.read.private"]["@bob:test.local"].is_object());
+
+    assert_error(
+        &server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/$nope"),
+                Some(&bob.token),
+                json!({}),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server
+            .post(&receipt("m.fully_read"), Some(&bob.token), json!({}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}
