@@ -161,6 +161,17 @@ where
         if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
             return Err(Error::not_json("The request body is not valid JSON."));
         }
+        // An empty body on POST/PUT means "no fields" (clients such as matrix-nio send nothing to
+        // `/join`): parse it as `{}`, so endpoints whose fields are all optional accept it and
+        // the others name the missing field. (Endpoints with non-JSON bodies, such as media
+        // upload, will need their own extractor.)
+        let bytes = if bytes.is_empty()
+            && (parts.method == http::Method::POST || parts.method == http::Method::PUT)
+        {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
         let bytes = drop_empty_uia_auth(bytes);
         let http_request = http::Request::from_parts(parts, &bytes[..]);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();

@@ -93,3 +93,32 @@ async fn matrix_nio_registers_with_a_registration_token() {
     }
     server.login_ok("niotoken", "nio-password-1").await;
 }
+
+/// The rooms scenario: two nio clients create, invite, join, talk both ways, change the topic,
+/// redact, type and send a receipt, each observing the other through its own `/sync`.
+#[tokio::test]
+async fn matrix_nio_two_users_in_a_room() {
+    let Some(python) = nio_python() else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON is not usable"
+        );
+        eprintln!(
+            "skipped: set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)"
+        );
+        return;
+    };
+    let server = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_rooms.py");
+    let output = tokio::process::Command::new(python)
+        .args([script, "--homeserver", &server.base])
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("nio rooms: ok"),
+        "nio rooms failed:\n{stdout}\n{stderr}"
+    );
+}

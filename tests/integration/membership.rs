@@ -330,3 +330,36 @@ async fn membership_refusals() {
         "M_MISSING_TOKEN",
     );
 }
+
+#[tokio::test]
+async fn an_empty_body_counts_as_no_fields() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    // As matrix-nio sends it: POST with no body at all.
+    let response = server
+        .http
+        .post(format!("{}/_matrix/client/v3/join/{room}", server.base))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Where a field is required, an empty body names it.
+    let response = server
+        .http
+        .post(format!(
+            "{}/_matrix/client/v3/rooms/{room}/invite",
+            server.base
+        ))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["errcode"],
+        "M_BAD_JSON"
+    );
+}
