@@ -201,3 +201,126 @@ async fn history_visibility_is_enforced() {
         "M_INVALID_PARAM",
     );
 }
+
+#[tokio::test]
+async fn single_events_and_member_lists() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/e1");
+    let (_, sent) = server
+        .put(
+            &path,
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "one" }),
+        )
+        .await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+
+    let (status, event) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["content"]["body"], "one");
+    assert_eq!(event["room_id"], room.as_str());
+    // Not a member: not found, like a missing event.
+    assert_error(
+        &server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"),
+                Some(&carol.token),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/$missing"),
+                Some(&alice.token),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    let (_, first_sync) = server
+        .get("/_matrix/client/v3/sync", Some(&alice.token))
+        .await;
+    let before_bob = first_sync["next_batch"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice.token),
+            json!({ "user_id": "@carol:test.local" }),
+        )
+        .await;
+
+    let members = |query: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/members{query}");
+        let server = &server;
+        let token = alice.token.clone();
+        async move {
+            let (status, body) = server.get(&path, Some(&token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let mut users: Vec<String> = body["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}={}",
+                        e["state_key"].as_str().unwrap(),
+                        e["content"]["membership"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            users.sort();
+            users
+        }
+    };
+    assert_eq!(
+        members("").await,
+        vec![
+            "@alice:test.local=join",
+            "@bob:test.local=join",
+            "@carol:test.local=invite"
+        ]
+    );
+    assert_eq!(
+        members("?membership=join").await,
+        vec!["@alice:test.local=join", "@bob:test.local=join"]
+    );
+    assert_eq!(
+        members("?not_membership=join").await,
+        vec!["@carol:test.local=invite"]
+    );
+    assert_eq!(
+        members(&format!("?at={before_bob}")).await,
+        vec!["@alice:test.local=join"],
+        "as it was at the token"
+    );
+    assert_error(
+        &server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/members"),
+                Some(&carol.token),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}

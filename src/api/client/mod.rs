@@ -73,6 +73,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
         .ruma_route::<c::message::get_message_events::v3::Request, _, _>(room::messages)
         .ruma_route::<c::redact::redact_event::v3::Request, _, _>(room::redact)
+        .ruma_route::<c::room::get_room_event::v3::Request, _, _>(room::get_event)
+        .ruma_route::<c::membership::get_member_events::v3::Request, _, _>(room::members)
         .ruma_route::<c::typing::create_typing_event::v3::Request, _, _>(ephemeral::typing)
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)

@@ -2,8 +2,10 @@
 
 use axum::extract;
 use ruma::api::client::{
+    membership::get_member_events::v3 as members_v3,
     message::{get_message_events::v3 as messages_v3, send_message_event::v3 as send_v3},
     redact::redact_event::v3 as redact_v3,
+    room::get_room_event::v3 as event_v3,
     room::{Visibility, create_room::v3 as create_v3},
     state::{
         get_state_event_for_key::v3 as get_state_key_v3, get_state_events::v3 as get_state_v3,
@@ -239,4 +241,44 @@ pub async fn redact(
         )
         .await?;
     Ok(RumaResponse(redact_v3::Response::new(event_id)))
+}
+
+pub async fn get_event(
+    extract::State(services): extract::State<State>,
+    request: Ruma<event_v3::Request>,
+) -> Result<RumaResponse<event_v3::Response>> {
+    let body = &request.body;
+    let event = services.visible_event(&body.room_id, request.user(), &body.event_id)?;
+    Ok(RumaResponse(event_v3::Response::new(Raw::from_json(
+        serde_json::value::to_raw_value(&event)?,
+    ))))
+}
+
+pub async fn members(
+    extract::State(services): extract::State<State>,
+    request: Ruma<members_v3::Request>,
+) -> Result<RumaResponse<members_v3::Response>> {
+    let body = &request.body;
+    let at = body
+        .at
+        .as_deref()
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| Error::invalid_param("Unknown `at` token."))
+        })
+        .transpose()?;
+    let membership = body.membership.as_ref().map(|m| m.as_str());
+    let not_membership = body.not_membership.as_ref().map(|m| m.as_str());
+    let events = services.member_events(
+        &body.room_id,
+        request.user(),
+        at,
+        membership,
+        not_membership,
+    )?;
+    let chunk = events
+        .iter()
+        .map(|e| serde_json::value::to_raw_value(e).map(Raw::from_json))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RumaResponse(members_v3::Response::new(chunk)))
 }

@@ -127,3 +127,74 @@ impl Services {
         }
     }
 }
+
+impl Services {
+    /// One event of a room in the client format, if `user_id` may see it (otherwise, and for
+    /// events of other rooms, `M_NOT_FOUND`, as the spec asks).
+    pub fn visible_event(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        event_id: &EventId,
+    ) -> Result<Value> {
+        let not_found = || Error::not_found("No such event, or you may not see it.");
+        let count = self.timeline.count_of(event_id)?.ok_or_else(not_found)?;
+        let event = self.timeline.client_event(room_id, event_id)?;
+        let in_room = match self
+            .timeline
+            .pdu_json(event_id)?
+            .and_then(|p| p.get("room_id").cloned())
+        {
+            Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
+            _ => event_id.localpart() == room_id.strip_sigil(),
+        };
+        if !in_room || self.timeline.membership(room_id, user_id)?.is_none() {
+            return Err(not_found());
+        }
+        if !self.may_see_event(room_id, user_id, event_id, count)? {
+            return Err(not_found());
+        }
+        Ok(event)
+    }
+
+    /// The room's member events as `user_id` may see them (the current state while joined,
+    /// frozen at their leave after), or at stream position `at`, filtered by membership.
+    pub fn member_events(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        at: Option<u64>,
+        membership: Option<&str>,
+        not_membership: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let visible = self.visible_state(room_id, user_id)?;
+        let state = match at {
+            // Never later than what the user may see.
+            Some(at) => {
+                let limit = self
+                    .timeline
+                    .membership(room_id, user_id)?
+                    .map(|m| m.membership);
+                if limit.as_deref() == Some("join") {
+                    self.timeline.state_at_count(room_id, at)?
+                } else {
+                    visible
+                }
+            }
+            None => visible,
+        };
+        let mut events = Vec::new();
+        for ((event_type, _), event_id) in &state {
+            if event_type != "m.room.member" {
+                continue;
+            }
+            let event = self.timeline.client_event(room_id, event_id)?;
+            let this = event["content"]["membership"].as_str().unwrap_or_default();
+            if membership.is_some_and(|m| m != this) || not_membership.is_some_and(|m| m == this) {
+                continue;
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+}

@@ -438,6 +438,17 @@ impl Timeline {
         Ok(events)
     }
 
+    /// An event's stream count, if it is stored (one point read after the short id).
+    pub fn count_of(&self, event_id: &EventId) -> Result<Option<u64>> {
+        let Some(short) = self.short.existing_event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get(Cf::EventCount, &keys::u64_be(short))?
+            .and_then(|bytes| keys::parse_u64_be(&bytes)))
+    }
+
     /// The latest committed stream count.
     pub fn current_count(&self) -> u64 {
         *self.committed.borrow()
