@@ -35,6 +35,8 @@ pub struct Services {
     pub timeline: rooms::timeline::Timeline,
     pub filters: filters::Filters,
     pub typing: rooms::ephemeral::Typing,
+    /// Serialises alias creation and removal (check-then-write).
+    pub alias_lock: std::sync::Mutex<()>,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -72,6 +74,7 @@ impl Services {
             timeline,
             filters: filters::Filters::new(store.clone()),
             typing: rooms::ephemeral::Typing::default(),
+            alias_lock: std::sync::Mutex::new(()),
             store,
             config,
         }))

@@ -66,10 +66,14 @@ pub enum Cf {
     Filters,
     /// `room_id 0xFF user_id 0xFF receipt_type 0xFF thread` → `{event_id, ts, count}` JSON.
     Receipts,
+    /// `#alias:server` → `{room_id, creator}` JSON: the room directory's aliases.
+    Aliases,
+    /// `room_id 0xFF #alias:server` → nothing: a room's aliases (prefix scan).
+    RoomAliases,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 22] = [
+    pub const ALL: [Cf; 24] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -92,6 +96,8 @@ impl Cf {
         Cf::RoomMembers,
         Cf::Filters,
         Cf::Receipts,
+        Cf::Aliases,
+        Cf::RoomAliases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +124,8 @@ impl Cf {
             Cf::RoomMembers => "room_members",
             Cf::Filters => "filters",
             Cf::Receipts => "receipts",
+            Cf::Aliases => "alias_roomid",
+            Cf::RoomAliases => "roomid_aliases",
         }
     }
 }

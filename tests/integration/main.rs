@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod common;
 mod devices;
+mod directory;
 mod ephemeral;
 mod history;
 mod http_layer;

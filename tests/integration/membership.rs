@@ -294,8 +294,8 @@ async fn membership_refusals() {
             json!({}),
         )
         .await,
-        StatusCode::BAD_REQUEST,
-        "M_UNKNOWN",
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
     );
     assert_error(
         &post(

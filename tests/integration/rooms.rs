@@ -193,11 +193,11 @@ async fn create_room_refusals() {
             .post(
                 path,
                 Some(&alice.token),
-                json!({ "room_alias_name": "lounge" }),
+                json!({ "room_alias_name": "not valid!" }),
             )
             .await,
         StatusCode::BAD_REQUEST,
-        "M_UNKNOWN",
+        "M_INVALID_PARAM",
     );
     assert_error(
         &server.post(path, Some(&alice.token), json!({ "initial_state": [{ "type": "m.room.topic", "content": "not an object" }] })).await,

@@ -34,18 +34,12 @@ pub async fn join_by_id_or_alias(
     extract::State(services): extract::State<State>,
     request: Ruma<join_or_alias_v3::Request>,
 ) -> Result<RumaResponse<join_or_alias_v3::Response>> {
-    let room_id: OwnedRoomId = request
-        .body
-        .room_id_or_alias
-        .clone()
-        .try_into()
-        .map_err(|_| {
-            Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ruma::api::error::ErrorKind::Unknown,
-                "Room aliases are not supported yet; join by room ID.",
-            )
-        })?;
+    let room_id = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
+        Ok(room_id) => room_id,
+        Err(alias) => services
+            .resolve_alias(&alias)?
+            .ok_or_else(|| Error::not_found("No room has that alias."))?,
+    };
     let user = request.user();
     services
         .set_membership(&room_id, user, user, "join", request.body.reason.as_deref())

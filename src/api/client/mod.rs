@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod devices;
+mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
@@ -75,6 +76,10 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::redact::redact_event::v3::Request, _, _>(room::redact)
         .ruma_route::<c::room::get_room_event::v3::Request, _, _>(room::get_event)
         .ruma_route::<c::membership::get_member_events::v3::Request, _, _>(room::members)
+        .ruma_route::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias)
+        .ruma_route::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias)
+        .ruma_route::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias)
+        .ruma_route::<c::room::aliases::v3::Request, _, _>(directory::room_aliases)
         .ruma_route::<c::typing::create_typing_event::v3::Request, _, _>(ephemeral::typing)
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)

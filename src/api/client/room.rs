@@ -37,14 +37,23 @@ pub async fn create_room(
     request: Ruma<create_v3::Request>,
 ) -> Result<RumaResponse<create_v3::Response>> {
     let body = &request.body;
-    if body.room_alias_name.is_some() {
-        // Honest until the room directory exists: refuse rather than ignore the alias.
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ruma::api::error::ErrorKind::Unknown,
-            "Room aliases are not supported yet; create the room without room_alias_name.",
-        ));
-    }
+    let alias = match &body.room_alias_name {
+        Some(name) if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ':') => {
+            return Err(Error::invalid_param(
+                "room_alias_name must be non-empty, without spaces or colons.",
+            ));
+        }
+        Some(name) if name.len() + services.server_name.as_str().len() + 2 > 255 => {
+            return Err(Error::invalid_param(
+                "The room alias would be longer than 255 bytes.",
+            ));
+        }
+        Some(name) => Some(
+            ruma::RoomAliasId::parse(format!("#{name}:{}", services.server_name))
+                .map_err(|e| Error::invalid_param(format!("Invalid room_alias_name: {e}")))?,
+        ),
+        None => None,
+    };
     let preset = match body.preset.as_ref().map(|p| p.as_str()) {
         Some("private_chat") => Preset::PrivateChat,
         Some("trusted_private_chat") => Preset::TrustedPrivateChat,
@@ -85,6 +94,7 @@ pub async fn create_room(
         topic: body.topic.clone(),
         invite: body.invite.clone(),
         is_direct: body.is_direct,
+        alias,
     };
     let room_id = services.create_room(request.user(), create).await?;
     Ok(RumaResponse(create_v3::Response::new(room_id)))

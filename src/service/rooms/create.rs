@@ -31,6 +31,8 @@ pub struct CreateRoom {
     pub topic: Option<String>,
     pub invite: Vec<OwnedUserId>,
     pub is_direct: bool,
+    /// `room_alias_name`, as the full alias on this server.
+    pub alias: Option<ruma::OwnedRoomAliasId>,
 }
 
 impl Services {
@@ -74,6 +76,15 @@ impl Services {
                     "initial_state contents must be JSON objects.",
                 ));
             }
+        }
+        if let Some(alias) = &request.alias
+            && self.resolve_alias(alias)?.is_some()
+        {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::RoomInUse,
+                "That room alias is already taken.",
+            ));
         }
         let privileged_invitees = request.preset == Preset::TrustedPrivateChat;
         let v12_creators = rules.authorization.explicitly_privilege_room_creators;
@@ -166,7 +177,18 @@ impl Services {
         }
         send("m.room.power_levels", String::new(), power_levels).await?;
 
-        // 4. The preset's rules.
+        // 4. The canonical alias.
+        if let Some(alias) = &request.alias {
+            self.create_alias(alias, &room_id, sender)?;
+            send(
+                "m.room.canonical_alias",
+                String::new(),
+                json!({ "alias": alias }),
+            )
+            .await?;
+        }
+
+        // 5. The preset's rules.
         let (join_rule, guest_access) = if private {
             ("invite", "can_join")
         } else {
@@ -191,7 +213,7 @@ impl Services {
         )
         .await?;
 
-        // 5. initial_state, then name and topic (which win over initial_state).
+        // 6. initial_state, then name and topic (which win over initial_state).
         for (event_type, state_key, content) in request.initial_state {
             let event = LocalEvent {
                 event_type: &event_type,
@@ -210,7 +232,7 @@ impl Services {
             send("m.room.topic", String::new(), json!({ "topic": topic })).await?;
         }
 
-        // 6. Invitations.
+        // 7. Invitations.
         for invitee in &request.invite {
             let mut content = json!({ "membership": "invite" });
             if request.is_direct {

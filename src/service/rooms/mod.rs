@@ -1,6 +1,7 @@
 //! Rooms: events, state and timelines. Being built (see docs/design/rooms.md): PDUs, auth,
 //! short ids, state snapshots and the append path exist; endpoints and sync come next.
 
+pub mod alias;
 pub mod auth;
 pub mod create;
 pub mod ephemeral;
