@@ -162,6 +162,24 @@ impl TestServer {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
+    /// `POST /createRoom` as `who`; returns the room ID.
+    pub async fn create_room(&self, who: &Session, body: Value) -> String {
+        let (status, response) = self
+            .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        response["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Sends a text message as `who` (the text doubles as transaction ID); returns the event ID.
+    pub async fn say(&self, who: &Session, room: &str, text: &str) -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}");
+        let content = serde_json::json!({ "msgtype": "m.text", "body": text });
+        let (status, body) = self.put(&path, Some(&who.token), content).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["event_id"].as_str().expect("event_id").to_owned()
+    }
+
     pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
         self.post(
             "/_matrix/client/v3/login",

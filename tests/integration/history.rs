@@ -7,26 +7,6 @@ use serde_json::{Value, json};
 
 use crate::common::{Session, TestServer, assert_error};
 
-async fn create(server: &TestServer, who: &Session, body: Value) -> String {
-    let (status, response) = server
-        .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{response}");
-    response["room_id"].as_str().unwrap().to_owned()
-}
-
-async fn say(server: &TestServer, who: &Session, room: &str, text: &str) {
-    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}");
-    let (status, body) = server
-        .put(
-            &path,
-            Some(&who.token),
-            json!({ "msgtype": "m.text", "body": text }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 async fn page(server: &TestServer, who: &Session, room: &str, query: &str) -> Value {
     let (status, body) = server
         .get(
@@ -52,9 +32,9 @@ fn messages(chunk: &Value) -> Vec<String> {
 async fn paginate_backward_and_forward_without_gaps_or_duplicates() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let room = create(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     for i in 0..25 {
-        say(&server, &alice, &room, &format!("m{i:02}")).await;
+        server.say(&alice, &room, &format!("m{i:02}")).await;
     }
     let total = 6 + 25; // create, member, power levels, join rules, history visibility, guest access
 
@@ -118,9 +98,9 @@ async fn paginate_backward_and_forward_without_gaps_or_duplicates() {
 async fn sync_prev_batch_continues_into_messages() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let room = create(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     for i in 0..8 {
-        say(&server, &alice, &room, &format!("s{i}")).await;
+        server.say(&alice, &room, &format!("s{i}")).await;
     }
     let (_, sync) = server.get("/_matrix/client/v3/sync?filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A3%7D%7D%7D", Some(&alice.token)).await;
     let timeline = &sync["rooms"]["join"][&room]["timeline"];
@@ -145,8 +125,10 @@ async fn history_visibility_is_enforced() {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
-    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
-    say(&server, &alice, &room, "shared-before").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.say(&alice, &room, "shared-before").await;
     server
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
@@ -154,7 +136,7 @@ async fn history_visibility_is_enforced() {
             json!({ "history_visibility": "joined" }),
         )
         .await;
-    say(&server, &alice, &room, "secret").await;
+    server.say(&alice, &room, "secret").await;
     server
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/join"),
@@ -162,7 +144,7 @@ async fn history_visibility_is_enforced() {
             json!({}),
         )
         .await;
-    say(&server, &alice, &room, "after-bob").await;
+    server.say(&alice, &room, "after-bob").await;
 
     let seen = messages(&page(&server, &bob, &room, "dir=b&limit=100").await);
     assert!(seen.contains(&"after-bob".to_owned()));
@@ -208,7 +190,9 @@ async fn single_events_and_member_lists() {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
-    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/e1");
     let (_, sent) = server
         .put(

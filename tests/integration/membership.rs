@@ -6,14 +6,6 @@ use serde_json::{Value, json};
 
 use crate::common::{Session, TestServer, assert_error};
 
-async fn create(server: &TestServer, who: &Session, body: Value) -> String {
-    let (status, response) = server
-        .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{response}");
-    response["room_id"].as_str().unwrap().to_owned()
-}
-
 async fn post(
     server: &TestServer,
     who: &Session,
@@ -48,7 +40,9 @@ async fn invite_join_leave_and_state_after_leaving() {
             json!({ "displayname": "Bobby" }),
         )
         .await;
-    let room = create(&server, &alice, json!({ "name": "Private" })).await;
+    let room = server
+        .create_room(&alice, json!({ "name": "Private" }))
+        .await;
     let base = format!("/_matrix/client/v3/rooms/{room}");
 
     // Invite-only: Bob cannot walk in, nor read the state.
@@ -169,7 +163,9 @@ async fn kick_ban_and_unban_in_a_public_room() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     let base = format!("/_matrix/client/v3/rooms/{room}");
     let send = |txn: &str| format!("{base}/send/m.room.message/{txn}");
     let hello = json!({ "msgtype": "m.text", "body": "hi" });
@@ -273,7 +269,7 @@ async fn kick_ban_and_unban_in_a_public_room() {
 async fn membership_refusals() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let room = create(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     let base = format!("/_matrix/client/v3/rooms/{room}");
     assert_error(
         &post(
@@ -336,7 +332,9 @@ async fn an_empty_body_counts_as_no_fields() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     // As matrix-nio sends it: POST with no body at all.
     let response = server
         .http

@@ -6,19 +6,6 @@ use serde_json::{Value, json};
 
 use crate::common::{Session, TestServer, assert_error};
 
-async fn say(server: &TestServer, who: &Session, room: &str, text: &str) -> String {
-    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}");
-    let (status, body) = server
-        .put(
-            &path,
-            Some(&who.token),
-            json!({ "msgtype": "m.text", "body": text }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["event_id"].as_str().unwrap().to_owned()
-}
-
 async fn redact(
     server: &TestServer,
     who: &Session,
@@ -63,9 +50,9 @@ async fn redaction_permissions_and_erasure() {
                 json!({}),
             )
             .await;
-        let alices = say(&server, &alice, &room, "alice-secret").await;
-        let oops = say(&server, &bob, &room, "bob-oops").await;
-        let other = say(&server, &bob, &room, "bob-other").await;
+        let alices = server.say(&alice, &room, "alice-secret").await;
+        let oops = server.say(&bob, &room, "bob-oops").await;
+        let other = server.say(&bob, &room, "bob-other").await;
 
         // Bob may redact his own message, not Alice's.
         let (status, first) = redact(&server, &bob, &room, &oops, "r1").await;

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use ruma::{EventId, OwnedEventId, RoomId};
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error};
+use crate::common::{TestServer, assert_error};
 
 /// The current state as `(type, state_key)` → content, read straight from the server's store.
 fn state(server: &TestServer, room_id: &str) -> HashMap<(String, String), Value> {
@@ -27,14 +27,6 @@ fn key(event_type: &str, state_key: &str) -> (String, String) {
     (event_type.to_owned(), state_key.to_owned())
 }
 
-async fn create(server: &TestServer, who: &Session, body: Value) -> String {
-    let (status, response) = server
-        .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{response}");
-    response["room_id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn create_private_room_in_default_version_12() {
     let server = TestServer::start().await;
@@ -46,9 +38,7 @@ async fn create_private_room_in_default_version_12() {
             json!({ "displayname": "Alice" }),
         )
         .await;
-    let room = create(
-        &server,
-        &alice,
+    let room = server.create_room(&alice,
         json!({
             "name": "Lounge", "topic": "Chat",
             "initial_state": [{ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }],
@@ -95,9 +85,7 @@ async fn create_private_room_in_default_version_12() {
 async fn public_room_in_version_11_and_overrides() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let room = create(
-        &server,
-        &alice,
+    let room = server.create_room(&alice,
         json!({ "room_version": "11", "visibility": "public", "power_level_content_override": { "state_default": 0 } }),
     )
     .await;
@@ -120,9 +108,7 @@ async fn trusted_private_chat_with_invite() {
     let alice = server.register("alice", "pw").await;
     server.register("bob", "pw").await;
     for (version, v12) in [("12", true), ("10", false)] {
-        let room = create(
-            &server,
-            &alice,
+        let room = server.create_room(&alice,
             json!({ "room_version": version, "preset": "trusted_private_chat", "invite": ["@bob:test.local"], "is_direct": true }),
         )
         .await;
@@ -235,7 +221,7 @@ async fn send_messages_idempotently_and_only_as_a_member() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let room = create(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     let send = |txn: &str| format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
     let body = json!({ "msgtype": "m.text", "body": "hello" });
 
@@ -259,7 +245,7 @@ async fn send_messages_idempotently_and_only_as_a_member() {
     let timeline = server
         .services()
         .timeline
-        .events_since(&room_id, 0)
+        .events_after(&room_id, 0, None, usize::MAX)
         .unwrap();
     let ids: Vec<&OwnedEventId> = timeline.iter().map(|(_, id)| id).collect();
     let first_id = EventId::parse(first["event_id"].as_str().unwrap()).unwrap();
@@ -311,7 +297,9 @@ async fn state_events_need_power() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let room = create(&server, &alice, json!({ "invite": ["@bob:test.local"] })).await;
+    let room = server
+        .create_room(&alice, json!({ "invite": ["@bob:test.local"] }))
+        .await;
     let (status, body) = server
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/join"),

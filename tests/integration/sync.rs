@@ -18,27 +18,6 @@ async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
     body
 }
 
-async fn create(server: &TestServer, who: &Session, body: Value) -> String {
-    let (status, response) = server
-        .post("/_matrix/client/v3/createRoom", Some(&who.token), body)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{response}");
-    response["room_id"].as_str().unwrap().to_owned()
-}
-
-async fn say(server: &TestServer, who: &Session, room: &str, text: &str) -> String {
-    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}");
-    let (status, body) = server
-        .put(
-            &path,
-            Some(&who.token),
-            json!({ "msgtype": "m.text", "body": text }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["event_id"].as_str().unwrap().to_owned()
-}
-
 fn bodies(timeline: &Value) -> Vec<String> {
     timeline["events"]
         .as_array()
@@ -64,9 +43,11 @@ fn types(events: &Value) -> Vec<String> {
 async fn initial_and_incremental_sync() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let room = create(&server, &alice, json!({ "name": "Lounge" })).await;
+    let room = server
+        .create_room(&alice, json!({ "name": "Lounge" }))
+        .await;
     for text in ["one", "two", "three"] {
-        say(&server, &alice, &room, text).await;
+        server.say(&alice, &room, text).await;
     }
 
     // Everything fits in the default timeline of 10: create … three, nothing before it.
@@ -106,7 +87,7 @@ async fn initial_and_incremental_sync() {
     let nothing = sync(&server, &alice, &format!("since={since}&timeout=0")).await;
     assert!(nothing["rooms"]["join"].as_object().unwrap().is_empty());
     assert_eq!(nothing["next_batch"], since.as_str());
-    say(&server, &alice, &room, "four").await;
+    server.say(&alice, &room, "four").await;
     let next = sync(&server, &alice, &format!("since={since}")).await;
     let joined = &next["rooms"]["join"][&room];
     assert_eq!(bodies(&joined["timeline"]), vec!["four"]);
@@ -138,7 +119,9 @@ async fn long_poll_wakes_on_a_new_event() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let room = create(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     server
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/join"),
@@ -171,7 +154,7 @@ async fn long_poll_wakes_on_a_new_event() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    say(&server, &alice, &room, "wake up").await;
+    server.say(&alice, &room, "wake up").await;
     let woke = waiting.await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -192,12 +175,12 @@ async fn invites_joins_and_leaves_appear_in_the_right_sections() {
         .as_str()
         .unwrap()
         .to_owned();
-    let room = create(
-        &server,
-        &alice,
-        json!({ "name": "Secret", "invite": ["@bob:test.local"] }),
-    )
-    .await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "name": "Secret", "invite": ["@bob:test.local"] }),
+        )
+        .await;
 
     let invited = sync(&server, &bob, &format!("since={since}")).await;
     let invite_state = &invited["rooms"]["invite"][&room]["invite_state"]["events"];
@@ -268,7 +251,7 @@ async fn invites_joins_and_leaves_appear_in_the_right_sections() {
     assert!(left["rooms"]["join"].as_object().unwrap().is_empty());
     // And later messages are not his to see.
     let since = left["next_batch"].as_str().unwrap().to_owned();
-    say(&server, &alice, &room, "gone").await;
+    server.say(&alice, &room, "gone").await;
     let after = sync(&server, &bob, &format!("since={since}&timeout=0")).await;
     assert!(after["rooms"]["join"].as_object().unwrap().is_empty());
     assert!(after["rooms"]["leave"].as_object().unwrap().is_empty());
@@ -278,12 +261,12 @@ async fn invites_joins_and_leaves_appear_in_the_right_sections() {
 async fn state_changed_inside_a_gap_is_delivered() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let room = create(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     let since = sync(&server, &alice, "").await["next_batch"]
         .as_str()
         .unwrap()
         .to_owned();
-    say(&server, &alice, &room, "a").await;
+    server.say(&alice, &room, "a").await;
     server
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
@@ -292,7 +275,7 @@ async fn state_changed_inside_a_gap_is_delivered() {
         )
         .await;
     for text in ["b", "c", "d"] {
-        say(&server, &alice, &room, text).await;
+        server.say(&alice, &room, text).await;
     }
     let filter = urlencode(r#"{"room":{"timeline":{"limit":2}}}"#);
     let response = sync(&server, &alice, &format!("since={since}&filter={filter}")).await;
@@ -353,8 +336,8 @@ async fn stored_filters_apply_to_sync() {
         "M_NOT_FOUND",
     );
 
-    let room = create(&server, &alice, json!({})).await;
-    say(&server, &alice, &room, "x").await;
+    let room = server.create_room(&alice, json!({})).await;
+    server.say(&alice, &room, "x").await;
     let response = sync(&server, &alice, &format!("filter={filter_id}")).await;
     assert_eq!(
         response["rooms"]["join"][&room]["timeline"]["events"]

@@ -322,18 +322,7 @@ impl Timeline {
                 more = true;
                 break;
             }
-            let count = keys::parse_u64_be(&key[prefix.len()..])
-                .ok_or_else(|| Error::internal("corrupt timeline"))?;
-            let short =
-                keys::parse_u64_be(&value).ok_or_else(|| Error::internal("corrupt timeline"))?;
-            let event_id = self
-                .short
-                .event_id(short)?
-                .ok_or_else(|| Error::internal("unknown event"))?;
-            events.push((
-                count,
-                EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
-            ));
+            events.push(self.timeline_entry(prefix.len(), &key, &value)?);
         }
         events.reverse();
         Ok((events, more))
@@ -419,21 +408,11 @@ impl Timeline {
         let mut events = Vec::new();
         for item in self.store.scan_prefix_from(Cf::Timeline, &prefix, &start) {
             let (key, value) = item?;
-            let count = keys::parse_u64_be(&key[prefix.len()..])
-                .ok_or_else(|| Error::internal("corrupt timeline"))?;
-            if events.len() == limit || to.is_some_and(|to| count > to) {
+            let entry = self.timeline_entry(prefix.len(), &key, &value)?;
+            if events.len() == limit || to.is_some_and(|to| entry.0 > to) {
                 break;
             }
-            let short =
-                keys::parse_u64_be(&value).ok_or_else(|| Error::internal("corrupt timeline"))?;
-            let event_id = self
-                .short
-                .event_id(short)?
-                .ok_or_else(|| Error::internal("unknown event"))?;
-            events.push((
-                count,
-                EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
-            ));
+            events.push(entry);
         }
         Ok(events)
     }
@@ -454,28 +433,21 @@ impl Timeline {
         *self.committed.borrow()
     }
 
-    /// The room's timeline after stream count `since`, oldest first: `(count, event ID)`.
-    pub fn events_since(&self, room_id: &RoomId, since: u64) -> Result<Vec<(u64, OwnedEventId)>> {
-        let prefix = keys::prefix(room_id.as_bytes());
-        let mut start = prefix.clone();
-        start.extend_from_slice(&keys::u64_be(since.saturating_add(1)));
-        let mut events = Vec::new();
-        for item in self.store.scan_prefix_from(Cf::Timeline, &prefix, &start) {
-            let (key, value) = item?;
-            let count = keys::parse_u64_be(&key[prefix.len()..])
-                .ok_or_else(|| Error::internal("corrupt timeline"))?;
-            let short =
-                keys::parse_u64_be(&value).ok_or_else(|| Error::internal("corrupt timeline"))?;
-            let event_id = self
-                .short
-                .event_id(short)?
-                .ok_or_else(|| Error::internal("unknown event"))?;
-            events.push((
-                count,
-                EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
-            ));
-        }
-        Ok(events)
+    /// Decodes one `timeline` entry into `(stream count, event ID)`.
+    fn timeline_entry(
+        &self,
+        prefix_len: usize,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(u64, OwnedEventId)> {
+        let corrupt = || Error::internal("corrupt timeline entry");
+        let count = keys::parse_u64_be(&key[prefix_len..]).ok_or_else(corrupt)?;
+        let short = keys::parse_u64_be(value).ok_or_else(corrupt)?;
+        let event_id = self.short.event_id(short)?.ok_or_else(corrupt)?;
+        Ok((
+            count,
+            EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
+        ))
     }
 
     /// Writes `batch` with the next stream count, which `build` may use in its keys. Counts are
@@ -914,7 +886,7 @@ mod tests {
                 .await
                 .unwrap();
 
-            let events = f.timeline.events_since(&room, 0).unwrap();
+            let events = f.timeline.events_after(&room, 0, None, usize::MAX).unwrap();
             assert_eq!(events.len(), 5, "{version}");
             assert!(
                 events.windows(2).all(|w| w[0].0 < w[1].0),
@@ -955,13 +927,21 @@ mod tests {
             assert!(
                 matches!(refused, Err(Error::Matrix { status, .. }) if status == http::StatusCode::FORBIDDEN)
             );
-            assert_eq!(f.timeline.events_since(&room, 0).unwrap().len(), 5);
+            assert_eq!(
+                f.timeline
+                    .events_after(&room, 0, None, usize::MAX)
+                    .unwrap()
+                    .len(),
+                5
+            );
             assert_eq!(*f.timeline.subscribe().borrow(), events.last().unwrap().0);
 
             // Incremental reads start after a count.
             let since = events[2].0;
             assert_eq!(
-                f.timeline.events_since(&room, since).unwrap(),
+                f.timeline
+                    .events_after(&room, since, None, usize::MAX)
+                    .unwrap(),
                 events[3..].to_vec()
             );
         }
@@ -1016,7 +996,7 @@ mod tests {
         for task in tasks {
             sent.push(task.await.unwrap());
         }
-        let events = f.timeline.events_since(&room, 0).unwrap();
+        let events = f.timeline.events_after(&room, 0, None, usize::MAX).unwrap();
         assert_eq!(events.len(), 4 + 32);
         let ids: std::collections::HashSet<_> = events.iter().map(|(_, id)| id.clone()).collect();
         assert!(
@@ -1040,7 +1020,7 @@ mod tests {
     async fn the_timeline_survives_a_restart() {
         let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
         let room = new_room(&f, RoomVersionId::V11).await;
-        let before = f.timeline.events_since(&room, 0).unwrap();
+        let before = f.timeline.events_after(&room, 0, None, usize::MAX).unwrap();
         let Fixture {
             _dir: dir,
             timeline,
@@ -1048,14 +1028,17 @@ mod tests {
         } = f;
         drop(timeline);
         let f = fixture_in(dir, Some(key));
-        assert_eq!(f.timeline.events_since(&room, 0).unwrap(), before);
+        assert_eq!(
+            f.timeline.events_after(&room, 0, None, usize::MAX).unwrap(),
+            before
+        );
         assert_eq!(*f.timeline.subscribe().borrow(), before.last().unwrap().0);
         let s = signer(&f.key);
         f.timeline
             .append(&room, &user(ALICE), message("after restart"), &s)
             .await
             .unwrap();
-        let after = f.timeline.events_since(&room, 0).unwrap();
+        let after = f.timeline.events_after(&room, 0, None, usize::MAX).unwrap();
         assert_eq!(after.len(), before.len() + 1);
         assert!(
             after.last().unwrap().0 > before.last().unwrap().0,
