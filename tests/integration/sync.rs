@@ -354,3 +354,43 @@ async fn stored_filters_apply_to_sync() {
         "M_INVALID_PARAM",
     );
 }
+
+#[tokio::test]
+async fn sync_respects_history_visibility() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&alice.token),
+            json!({ "history_visibility": "joined" }),
+        )
+        .await;
+    server.say(&alice, &room, "before-bob").await;
+    let since = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    server.say(&alice, &room, "after-bob").await;
+
+    for query in [String::new(), format!("since={since}")] {
+        let response = sync(&server, &bob, &query).await;
+        let seen = bodies(&response["rooms"]["join"][&room]["timeline"]);
+        assert_eq!(
+            seen,
+            vec!["after-bob"],
+            "query {query:?}: nothing from before bob joined"
+        );
+    }
+}

@@ -138,6 +138,14 @@ impl Services {
             let (previous, _) = self.timeline.last_events(room_id, oldest - 1, 1)?;
             limited = previous.first().is_some_and(|(count, _)| *count > since);
         }
+        // Only what the user may see, by the history visibility in force at each event.
+        let mut visible = Vec::with_capacity(events.len());
+        for (count, event_id) in events {
+            if self.may_see_event(room_id, user_id, &event_id, count)? {
+                visible.push((count, event_id));
+            }
+        }
+        let events = visible;
         let state = match (initial, events.first()) {
             (true, Some((_, first))) => self.timeline.state_before(first)?,
             (true, None) => self.timeline.current_state(room_id)?,
