@@ -1,10 +1,12 @@
-//! Per-user account data, global (room `None`) or per room.
+//! Per-user account data, global (room `None`) or per room. Each change takes a stream count
+//! (kept beside the content), so `/sync` sends what changed since a token and wakes on changes.
 
 use ruma::{RoomId, UserId};
-use serde_json::value::RawValue;
+use serde_json::{Value, value::RawValue};
 
 use crate::{
     Result,
+    service::Services,
     store::{Batch, Cf, Store, keys},
 };
 
@@ -12,14 +14,20 @@ pub struct AccountData {
     store: Store,
 }
 
+fn key(user_id: &UserId, room_id: Option<&RoomId>, event_type: &str) -> Vec<u8> {
+    let room = room_id.map(|r| r.as_bytes()).unwrap_or_default();
+    keys::join([user_id.as_bytes(), room, event_type.as_bytes()])
+}
+
+/// The prefix of one user's account data for one room (or the global account data).
+fn scope(user_id: &UserId, room_id: Option<&RoomId>) -> Vec<u8> {
+    let room = room_id.map(|r| r.as_bytes()).unwrap_or_default();
+    keys::prefix(&keys::join([user_id.as_bytes(), room]))
+}
+
 impl AccountData {
     pub fn new(store: Store) -> Self {
         Self { store }
-    }
-
-    fn key(user_id: &UserId, room_id: Option<&RoomId>, event_type: &str) -> Vec<u8> {
-        let room = room_id.map(|r| r.as_bytes()).unwrap_or_default();
-        keys::join([user_id.as_bytes(), room, event_type.as_bytes()])
     }
 
     /// The stored content, as the JSON the client uploaded.
@@ -31,27 +39,66 @@ impl AccountData {
     ) -> Result<Option<Box<RawValue>>> {
         match self
             .store
-            .get(Cf::AccountData, &Self::key(user_id, room_id, event_type))?
+            .get(Cf::AccountData, &key(user_id, room_id, event_type))?
         {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
     }
+}
 
-    pub fn set(
+impl Services {
+    /// Stores account data (content and its stream count in one batch) and wakes `/sync`.
+    pub async fn set_account_data(
         &self,
         user_id: &UserId,
         room_id: Option<&RoomId>,
         event_type: &str,
         content: &RawValue,
     ) -> Result<()> {
+        let key = key(user_id, room_id, event_type);
         let mut batch = Batch::new();
-        batch.put(
-            Cf::AccountData,
-            Self::key(user_id, room_id, event_type),
-            content.get().as_bytes(),
-        );
-        self.store.write(batch)?;
+        batch.put(Cf::AccountData, key.clone(), content.get().as_bytes());
+        self.timeline
+            .commit_counted(batch, |batch, count| {
+                batch.put(Cf::AccountDataCounts, key, keys::u64_be(count));
+                Ok(())
+            })
+            .await?;
         Ok(())
+    }
+
+    /// Account data events (`{type, content}`) of one scope changed after `since` (all of them
+    /// without a token). One prefix scan of the user's entries in that scope.
+    pub fn account_data_changes(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        since: Option<u64>,
+    ) -> Result<Vec<Value>> {
+        let prefix = scope(user_id, room_id);
+        let mut events = Vec::new();
+        for item in self.store.scan_prefix(Cf::AccountData, &prefix) {
+            let (key, content) = item?;
+            let event_type = &key[prefix.len()..];
+            if event_type.contains(&keys::SEP) {
+                continue; // a room's entry while listing global ones
+            }
+            if let Some(since) = since {
+                let count = self
+                    .store
+                    .get(Cf::AccountDataCounts, &key)?
+                    .and_then(|b| keys::parse_u64_be(&b))
+                    .unwrap_or(0);
+                if count <= since {
+                    continue;
+                }
+            }
+            events.push(serde_json::json!({
+                "type": String::from_utf8_lossy(event_type),
+                "content": serde_json::from_slice::<Value>(&content)?,
+            }));
+        }
+        Ok(events)
     }
 }

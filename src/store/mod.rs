@@ -70,10 +70,13 @@ pub enum Cf {
     Aliases,
     /// `room_id 0xFF #alias:server` → nothing: a room's aliases (prefix scan).
     RoomAliases,
+    /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
+    /// data's last change (what `/sync` sends since a token).
+    AccountDataCounts,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 24] = [
+    pub const ALL: [Cf; 25] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -98,6 +101,7 @@ impl Cf {
         Cf::Receipts,
         Cf::Aliases,
         Cf::RoomAliases,
+        Cf::AccountDataCounts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +130,7 @@ impl Cf {
             Cf::Receipts => "receipts",
             Cf::Aliases => "alias_roomid",
             Cf::RoomAliases => "roomid_aliases",
+            Cf::AccountDataCounts => "account_data_counts",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Profiles and global account data.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{TestServer, assert_error};
 
@@ -196,5 +196,159 @@ async fn global_account_data() {
         &server.put(path, Some(&me.token), json!("text")).await,
         StatusCode::BAD_REQUEST,
         "M_BAD_JSON",
+    );
+}
+
+#[tokio::test]
+async fn room_account_data_tags_read_markers_and_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let event = server.say(&alice, &room, "hello").await;
+    let user = "/_matrix/client/v3/user/@alice:test.local";
+
+    server
+        .put(
+            &format!("{user}/account_data/m.direct"),
+            Some(&alice.token),
+            json!({ "@bob:test.local": [room] }),
+        )
+        .await;
+    let (_, first) = server
+        .get("/_matrix/client/v3/sync", Some(&alice.token))
+        .await;
+    let global: Vec<&Value> = first["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert!(global.iter().any(|e| e["type"] == "m.direct" && e["content"]["@bob:test.local"][0] == room.as_str()), "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Per-room account data.
+    let room_data = format!("{user}/rooms/{room}/account_data/org.example.pref");
+    assert_error(
+        &server.get(&room_data, Some(&alice.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_eq!(
+        server
+            .put(&room_data, Some(&alice.token), json!({ "pinned": true }))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.get(&room_data, Some(&alice.token)).await.1,
+        json!({ "pinned": true })
+    );
+    assert_error(
+        &server
+            .put(
+                &format!("{user}/rooms/{room}/account_data/m.fully_read"),
+                Some(&alice.token),
+                json!({ "event_id": event }),
+            )
+            .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_BAD_JSON",
+    );
+
+    // Tags.
+    let tags = format!("{user}/rooms/{room}/tags");
+    assert_eq!(
+        server
+            .put(
+                &format!("{tags}/m.favourite"),
+                Some(&alice.token),
+                json!({ "order": 0.5 })
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .put(&format!("{tags}/u.work"), Some(&alice.token), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, listed) = server.get(&tags, Some(&alice.token)).await;
+    assert_eq!(listed["tags"]["m.favourite"]["order"], 0.5);
+    assert!(listed["tags"]["u.work"].is_object());
+    assert_eq!(
+        server
+            .delete(&format!("{tags}/u.work"), Some(&alice.token), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, listed) = server.get(&tags, Some(&alice.token)).await;
+    assert!(listed["tags"].get("u.work").is_none());
+
+    // Read markers: the fully-read marker and a receipt.
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/read_markers"),
+            Some(&alice.token),
+            json!({ "m.fully_read": event, "m.read": event }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The next sync carries exactly the room's changed account data, not the unchanged m.direct.
+    let (_, next) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?since={since}"),
+            Some(&alice.token),
+        )
+        .await;
+    assert!(
+        next["account_data"]["events"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{next}"
+    );
+    let joined = &next["rooms"]["join"][&room];
+    let types: Vec<&str> = joined["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"org.example.pref")
+            && types.contains(&"m.tag")
+            && types.contains(&"m.fully_read"),
+        "{types:?}"
+    );
+    let fully_read = joined["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.fully_read")
+        .unwrap();
+    assert_eq!(fully_read["content"]["event_id"], event.as_str());
+    assert!(
+        joined["ephemeral"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.receipt")
+    );
+
+    let bob = server.register("bob", "pw").await;
+    assert_error(
+        &server.get(&tags, Some(&bob.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server.get(&room_data, Some(&bob.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
     );
 }

@@ -80,6 +80,14 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias)
         .ruma_route::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias)
         .ruma_route::<c::room::aliases::v3::Request, _, _>(directory::room_aliases)
+        .ruma_route::<c::config::get_room_account_data::v3::Request, _, _>(account_data::get_room)
+        .ruma_route::<c::config::set_room_account_data::v3::Request, _, _>(account_data::set_room)
+        .ruma_route::<c::tag::get_tags::v3::Request, _, _>(account_data::get_tags)
+        .ruma_route::<c::tag::create_tag::v3::Request, _, _>(account_data::create_tag)
+        .ruma_route::<c::tag::delete_tag::v3::Request, _, _>(account_data::delete_tag)
+        .ruma_route::<c::read_marker::set_read_marker::v3::Request, _, _>(
+            account_data::read_markers,
+        )
         .ruma_route::<c::typing::create_typing_event::v3::Request, _, _>(ephemeral::typing)
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)

@@ -8,7 +8,7 @@
 //! watch channel, so a new event wakes every waiting client at once.
 //!
 //! Not yet here (later work of the rooms and E2EE issues): most filter fields, lazy-loading,
-//! account data, presence, to-device, device lists.
+//! presence, to-device, device lists.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -95,10 +95,11 @@ impl Services {
                 _ => {}
             }
         }
+        let account_data = self.account_data_changes(user_id, None, request.since)?;
         Ok(json!({
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
-            "account_data": { "events": [] },
+            "account_data": { "events": account_data },
             "presence": { "events": [] },
             "to_device": { "events": [] },
             "device_lists": { "changed": [], "left": [] },
@@ -120,18 +121,19 @@ impl Services {
         let mut ephemeral = Vec::new();
         ephemeral.extend(self.typing_event(room_id, ephemeral_since));
         ephemeral.extend(self.receipt_event(room_id, user_id, ephemeral_since)?);
+        let account_data = self.account_data_changes(user_id, Some(room_id), ephemeral_since)?;
         let (mut events, mut limited) = self.timeline.last_events(room_id, now, limit)?;
         if !initial {
             events.retain(|(count, _)| *count > since);
             let Some((oldest, _)) = events.first() else {
-                if ephemeral.is_empty() {
+                if ephemeral.is_empty() && account_data.is_empty() {
                     return Ok(None);
                 }
                 return Ok(Some(json!({
                     "timeline": { "events": [], "limited": false },
                     "state": { "events": [] },
                     "ephemeral": { "events": ephemeral },
-                    "account_data": { "events": [] },
+                    "account_data": { "events": account_data },
                 })));
             };
             // Limited only if an event the client has not seen precedes the returned ones.
@@ -169,7 +171,7 @@ impl Services {
             },
             "state": { "events": self.sync_events(room_id, state.values())? },
             "ephemeral": { "events": ephemeral },
-            "account_data": { "events": [] },
+            "account_data": { "events": account_data },
         })))
     }
 
@@ -228,4 +230,7 @@ fn has_changes(response: &Value) -> bool {
     ["join", "invite", "leave"]
         .iter()
         .any(|section| rooms[section].as_object().is_some_and(|m| !m.is_empty()))
+        || response["account_data"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
 }
