@@ -394,3 +394,35 @@ async fn sync_respects_history_visibility() {
         );
     }
 }
+
+#[tokio::test]
+async fn room_summary_names_heroes_and_counts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    server.register("bob", "pw").await;
+    server.register("carol", "pw").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "invite": ["@bob:test.local", "@carol:test.local"] }),
+        )
+        .await;
+    let first = sync(&server, &alice, "").await;
+    let summary = &first["rooms"]["join"][&room]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 1);
+    assert_eq!(summary["m.invited_member_count"], 2);
+    assert_eq!(
+        summary["m.heroes"],
+        json!(["@bob:test.local", "@carol:test.local"])
+    );
+
+    // No membership change: no summary; a message alone does not repeat it.
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    server.say(&alice, &room, "hi").await;
+    let next = sync(&server, &alice, &format!("since={since}")).await;
+    assert!(
+        next["rooms"]["join"][&room]
+            .get("summary")
+            .is_none_or(|s| s.as_object().is_some_and(|o| o.is_empty()))
+    );
+}

@@ -163,7 +163,20 @@ impl Services {
         let prev_batch = events
             .first()
             .map(|(count, _)| count.saturating_sub(1).to_string());
+        // The summary when the client may lack it: first sync, or membership changed.
+        let membership_changed = initial
+            || events.iter().any(|(_, id)| {
+                self.timeline
+                    .client_event(room_id, id)
+                    .is_ok_and(|e| e["type"] == "m.room.member")
+            });
+        let summary = if membership_changed {
+            self.room_summary(room_id, user_id)?
+        } else {
+            json!({})
+        };
         Ok(Some(json!({
+            "summary": summary,
             "timeline": {
                 "events": self.sync_events(room_id, events.iter().map(|(_, id)| id))?,
                 "limited": limited,
@@ -173,6 +186,28 @@ impl Services {
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
         })))
+    }
+
+    /// `m.heroes` (up to five other joined or invited members, by user ID) and member counts.
+    fn room_summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
+        let members = self.timeline.members(room_id)?;
+        let count = |m: &str| {
+            members
+                .iter()
+                .filter(|(_, membership)| membership == m)
+                .count()
+        };
+        let heroes: Vec<String> = members
+            .iter()
+            .filter(|(user, m)| user != user_id && (m == "join" || m == "invite"))
+            .map(|(user, _)| user.to_string())
+            .take(5)
+            .collect();
+        Ok(json!({
+            "m.heroes": heroes,
+            "m.joined_member_count": count("join"),
+            "m.invited_member_count": count("invite"),
+        }))
     }
 
     fn left_room(&self, room_id: &RoomId, since: u64, upto: u64, limit: usize) -> Result<Value> {
