@@ -162,6 +162,13 @@ impl TestServer {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
+    /// A GET as `who` that must answer 200; returns the body.
+    pub async fn get_ok(&self, path: &str, who: &Session) -> Value {
+        let (status, body) = self.get(path, Some(&who.token)).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
     /// `POST /createRoom` as `who`; returns the room ID.
     pub async fn create_room(&self, who: &Session, body: Value) -> String {
         let (status, response) = self
@@ -237,4 +244,15 @@ pub fn assert_error(result: &(StatusCode, Value), status: StatusCode, errcode: &
         "error message missing in {}",
         result.1
     );
+}
+
+/// The bodies of the `m.room.message` events in a JSON array of events, in order.
+pub fn message_bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .expect("an array of events")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }

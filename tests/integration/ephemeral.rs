@@ -6,14 +6,12 @@ use serde_json::{Value, json};
 use crate::common::{Session, TestServer, assert_error};
 
 async fn sync(server: &TestServer, who: &Session, since: &str) -> Value {
-    let (status, body) = server
-        .get(
+    server
+        .get_ok(
             &format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
-            Some(&who.token),
+            who,
         )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+        .await
 }
 
 fn ephemeral<'a>(response: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {

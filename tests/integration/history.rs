@@ -5,27 +5,19 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error};
+use crate::common::{Session, TestServer, assert_error, message_bodies};
 
 async fn page(server: &TestServer, who: &Session, room: &str, query: &str) -> Value {
-    let (status, body) = server
-        .get(
+    server
+        .get_ok(
             &format!("/_matrix/client/v3/rooms/{room}/messages?{query}"),
-            Some(&who.token),
+            who,
         )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+        .await
 }
 
-fn messages(chunk: &Value) -> Vec<String> {
-    chunk["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
-        .collect()
+fn messages(page: &Value) -> Vec<String> {
+    message_bodies(&page["chunk"])
 }
 
 #[tokio::test]

@@ -5,27 +5,16 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error};
+use crate::common::{Session, TestServer, assert_error, message_bodies};
 
 async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
-    let (status, body) = server
-        .get(
-            &format!("/_matrix/client/v3/sync?{query}"),
-            Some(&who.token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+    server
+        .get_ok(&format!("/_matrix/client/v3/sync?{query}"), who)
+        .await
 }
 
 fn bodies(timeline: &Value) -> Vec<String> {
-    timeline["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
-        .collect()
+    message_bodies(&timeline["events"])
 }
 
 fn types(events: &Value) -> Vec<String> {

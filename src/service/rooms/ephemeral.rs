@@ -139,7 +139,11 @@ impl Services {
             Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
             _ => event_id.localpart() == room_id.strip_sigil(),
         };
-        Ok(in_room && self.may_see_event(room_id, user_id, event_id, u64::MAX)?)
+        if !in_room {
+            return Ok(false);
+        }
+        let event = self.timeline.client_event(room_id, event_id)?;
+        self.may_see_event(room_id, user_id, &event, u64::MAX)
     }
 
     /// The `m.receipt` event with the receipts of a room that changed after `since`, as

@@ -22,51 +22,50 @@ pub struct Page {
 }
 
 impl Services {
-    /// Whether `user_id` may see `event_id`, per the history visibility in force when it was sent:
-    /// `world_readable` everyone; `shared` members (currently joined, or up to their leave);
-    /// `invited`/`joined` only members who were invited or joined at the time.
+    /// Whether `user_id` may see `event` (in the client format, as `client_event` makes it),
+    /// per the history visibility in force when it was sent: `world_readable` everyone;
+    /// `shared` members (currently joined, or up to their leave); `invited`/`joined` only members
+    /// who were invited or joined at the time. Reads the state before the event once.
     pub fn may_see_event(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
-        event_id: &EventId,
+        event: &Value,
         count: u64,
     ) -> Result<bool> {
+        // An event about the user's own membership is always theirs to see.
+        if event["type"] == "m.room.member" && event["state_key"] == user_id.as_str() {
+            return Ok(true);
+        }
         let timeline = &self.timeline;
-        let visibility =
-            match timeline.state_entry_before(event_id, "m.room.history_visibility", "")? {
-                Some(id) => timeline.client_event(room_id, &id)?["content"]["history_visibility"]
-                    .as_str()
-                    .unwrap_or("shared")
-                    .to_owned(),
-                None => "shared".to_owned(),
-            };
-        let membership_then =
-            match timeline.state_entry_before(event_id, "m.room.member", user_id.as_str())? {
-                Some(id) => timeline.client_event(room_id, &id)?["content"]["membership"]
+        let event_id = event["event_id"]
+            .as_str()
+            .and_then(|id| EventId::parse(id).ok());
+        let event_id = event_id.ok_or_else(|| Error::internal("client event without ID"))?;
+        let before = timeline.state_entries_before(&event_id)?;
+        let content_field = |event_type: &str, state_key: &str, field: &str| -> Result<String> {
+            Ok(match timeline.lookup(&before, event_type, state_key)? {
+                Some(id) => timeline.client_event(room_id, &id)?["content"][field]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
                 None => String::new(),
-            };
-        // An event about the user's own membership is always theirs to see.
-        let own_membership = {
-            let event = timeline.client_event(room_id, event_id)?;
-            event["type"] == "m.room.member" && event["state_key"] == user_id.as_str()
-        };
-        let now = timeline.membership(room_id, user_id)?;
-        Ok(own_membership
-            || match visibility.as_str() {
-                "world_readable" => true,
-                "invited" => membership_then == "join" || membership_then == "invite",
-                "joined" => membership_then == "join",
-                // shared (and unknown values, which the spec says to treat as shared)
-                _ => match &now {
-                    Some(m) if m.membership == "join" => true,
-                    Some(m) if m.membership == "leave" || m.membership == "ban" => count <= m.count,
-                    _ => false,
-                },
             })
+        };
+        let visibility = content_field("m.room.history_visibility", "", "history_visibility")?;
+        Ok(match visibility.as_str() {
+            "world_readable" => true,
+            "invited" | "joined" => {
+                let then = content_field("m.room.member", user_id.as_str(), "membership")?;
+                then == "join" || (visibility == "invited" && then == "invite")
+            }
+            // shared (also when unset, and unknown values, which the spec says to treat so)
+            _ => match timeline.membership(room_id, user_id)? {
+                Some(m) if m.membership == "join" => true,
+                Some(m) if m.membership == "leave" || m.membership == "ban" => count <= m.count,
+                _ => false,
+            },
+        })
     }
 
     /// A page of a room's history for `user_id`, from stream position `from` (default: the
@@ -110,8 +109,9 @@ impl Services {
                 Direction::Forward => *last_count,
             };
             for (count, event_id) in &batch {
-                if self.may_see_event(room_id, user_id, event_id, *count)? {
-                    events.push(self.timeline.client_event(room_id, event_id)?);
+                let event = self.timeline.client_event(room_id, event_id)?;
+                if self.may_see_event(room_id, user_id, &event, *count)? {
+                    events.push(event);
                 }
                 if events.len() == limit {
                     let end = match direction {
@@ -151,7 +151,7 @@ impl Services {
         if !in_room || self.timeline.membership(room_id, user_id)?.is_none() {
             return Err(not_found());
         }
-        if !self.may_see_event(room_id, user_id, event_id, count)? {
+        if !self.may_see_event(room_id, user_id, &event, count)? {
             return Err(not_found());
         }
         Ok(event)

@@ -140,19 +140,21 @@ impl Services {
             let (previous, _) = self.timeline.last_events(room_id, oldest - 1, 1)?;
             limited = previous.first().is_some_and(|(count, _)| *count > since);
         }
-        // Only what the user may see, by the history visibility in force at each event.
+        // Each event is read once, then kept only if the user may see it (by the history
+        // visibility in force when it was sent).
         let mut visible = Vec::with_capacity(events.len());
         for (count, event_id) in events {
-            if self.may_see_event(room_id, user_id, &event_id, count)? {
-                visible.push((count, event_id));
+            let event = self.timeline.client_event(room_id, &event_id)?;
+            if self.may_see_event(room_id, user_id, &event, count)? {
+                visible.push((count, event_id, event));
             }
         }
         let events = visible;
         let state = match (initial, events.first()) {
-            (true, Some((_, first))) => self.timeline.state_before(first)?,
+            (true, Some((_, first, _))) => self.timeline.state_before(first)?,
             (true, None) => self.timeline.current_state(room_id)?,
             // A gap between `since` and the timeline: the state that changed inside it.
-            (false, Some((_, first))) if limited => {
+            (false, Some((_, first, _))) if limited => {
                 let at_since = self.timeline.state_at_count(room_id, since)?;
                 let mut before = self.timeline.state_before(first)?;
                 before.retain(|key, id| at_since.get(key) != Some(id));
@@ -162,14 +164,10 @@ impl Services {
         };
         let prev_batch = events
             .first()
-            .map(|(count, _)| count.saturating_sub(1).to_string());
+            .map(|(count, _, _)| count.saturating_sub(1).to_string());
         // The summary when the client may lack it: first sync, or membership changed.
-        let membership_changed = initial
-            || events.iter().any(|(_, id)| {
-                self.timeline
-                    .client_event(room_id, id)
-                    .is_ok_and(|e| e["type"] == "m.room.member")
-            });
+        let membership_changed =
+            initial || events.iter().any(|(_, _, e)| e["type"] == "m.room.member");
         let summary = if membership_changed {
             self.room_summary(room_id, user_id)?
         } else {
@@ -178,7 +176,7 @@ impl Services {
         Ok(Some(json!({
             "summary": summary,
             "timeline": {
-                "events": self.sync_events(room_id, events.iter().map(|(_, id)| id))?,
+                "events": events.into_iter().map(|(_, _, e)| without_room_id(e)).collect::<Vec<_>>(),
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
@@ -228,14 +226,8 @@ impl Services {
         room_id: &RoomId,
         ids: impl Iterator<Item = &'a OwnedEventId>,
     ) -> Result<Vec<Value>> {
-        ids.map(|id| {
-            let mut event = self.timeline.client_event(room_id, id)?;
-            if let Some(object) = event.as_object_mut() {
-                object.remove("room_id");
-            }
-            Ok(event)
-        })
-        .collect()
+        ids.map(|id| Ok(without_room_id(self.timeline.client_event(room_id, id)?)))
+            .collect()
     }
 
     /// What an invitee may see of a room: a few state events, stripped, and the invite itself.
@@ -258,6 +250,14 @@ impl Services {
         }
         Ok(events)
     }
+}
+
+/// Sync sends events without `room_id` (the room is the key they are listed under).
+fn without_room_id(mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        object.remove("room_id");
+    }
+    event
 }
 
 fn has_changes(response: &Value) -> bool {

@@ -195,16 +195,19 @@ impl Timeline {
         &self,
         event_id: &EventId,
     ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        self.expand_state(self.state_hash_before(event_id)?)
+    }
+
+    /// The short state hash of the state before an event (0: none, before the create event).
+    fn state_hash_before(&self, event_id: &EventId) -> Result<u64> {
         let short = self
             .short
             .existing_event(event_id.as_str())?
             .ok_or_else(|| Error::not_found("No such event."))?;
-        let state = self
-            .store
+        self.store
             .get(Cf::EventState, &keys::u64_be(short))?
             .and_then(|b| keys::parse_u64_be(&b))
-            .ok_or_else(|| Error::internal("event without state"))?;
-        self.expand_state(state)
+            .ok_or_else(|| Error::internal("event without state"))
     }
 
     fn expand_state(&self, state: u64) -> Result<HashMap<(String, String), OwnedEventId>> {
@@ -358,30 +361,25 @@ impl Timeline {
         Ok(state)
     }
 
-    /// The event holding `(event_type, state_key)` in the state before `event_id`: a few point
-    /// reads, without expanding the whole state.
-    pub fn state_entry_before(
+    /// The compressed state before an event (empty before the create event).
+    pub fn state_entries_before(&self, event_id: &EventId) -> Result<Vec<StateEntry>> {
+        match self.state_hash_before(event_id)? {
+            0 => Ok(Vec::new()),
+            state => self.states.load(state),
+        }
+    }
+
+    /// The event holding `(event_type, state_key)` in a compressed state: a point read for the
+    /// state key, a binary search, and a point read for the event ID.
+    pub fn lookup(
         &self,
-        event_id: &EventId,
+        entries: &[StateEntry],
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<OwnedEventId>> {
         let Some(key) = self.short.existing_state_key(event_type, state_key)? else {
             return Ok(None);
         };
-        let short = self
-            .short
-            .existing_event(event_id.as_str())?
-            .ok_or_else(|| Error::not_found("No such event."))?;
-        let state = self
-            .store
-            .get(Cf::EventState, &keys::u64_be(short))?
-            .and_then(|b| keys::parse_u64_be(&b))
-            .ok_or_else(|| Error::internal("event without state"))?;
-        if state == 0 {
-            return Ok(None);
-        }
-        let entries = self.states.load(state)?;
         let Ok(i) = entries.binary_search_by_key(&key, |(k, _)| *k) else {
             return Ok(None);
         };
@@ -564,21 +562,8 @@ impl Timeline {
         } else {
             self.states.load(room.state)?
         };
-        let state_event = |event_type: &str, state_key: &str| -> Result<Option<OwnedEventId>> {
-            let Some(key) = self.short.existing_state_key(event_type, state_key)? else {
-                return Ok(None);
-            };
-            let Ok(i) = entries.binary_search_by_key(&key, |(k, _)| *k) else {
-                return Ok(None);
-            };
-            let id = self
-                .short
-                .event_id(entries[i].1)?
-                .ok_or_else(|| Error::internal("unknown event"))?;
-            Ok(Some(
-                EventId::parse(&id).map_err(|e| Error::internal(e.to_string()))?,
-            ))
-        };
+        let state_event =
+            |event_type: &str, state_key: &str| self.lookup(&entries, event_type, state_key);
         let kind = TimelineEventType::from(event.event_type);
         let raw_content = serde_json::value::to_raw_value(&event.content)?;
         let auth_keys = auth::auth_event_keys(
