@@ -187,8 +187,7 @@ impl Devices {
         let mut batch = Batch::new();
         for device_id in device_ids {
             if let Some(record) = self.get(user_id, device_id)? {
-                batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
-                batch.delete(Cf::Devices, Self::device_key(user_id, device_id));
+                self.delete_device_into(&mut batch, user_id, device_id, &record)?;
             }
         }
         self.store.write(batch)?;
@@ -220,9 +219,27 @@ impl Devices {
             if Some(device_id.as_ref()) == keep {
                 continue;
             }
-            batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
-            batch.delete(Cf::Devices, Self::device_key(user_id, &device_id));
+            self.delete_device_into(batch, user_id, &device_id, &record)?;
         }
+        Ok(())
+    }
+
+    /// Adds the deletion of one device, its token and what is kept per device (the member
+    /// events lazy-loading `/sync` sent it) to `batch`.
+    fn delete_device_into(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        record: &DeviceRecord,
+    ) -> Result<()> {
+        batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
+        let device_key = Self::device_key(user_id, device_id);
+        let prefix = keys::prefix(&device_key);
+        for item in self.store.scan_prefix(Cf::LazyLoadedMembers, &prefix) {
+            batch.delete(Cf::LazyLoadedMembers, item?.0.to_vec());
+        }
+        batch.delete(Cf::Devices, device_key);
         Ok(())
     }
 }

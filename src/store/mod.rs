@@ -8,7 +8,13 @@
 pub mod keys;
 mod migrations;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
@@ -73,10 +79,13 @@ pub enum Cf {
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
     /// data's last change (what `/sync` sends since a token).
     AccountDataCounts,
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF member_user_id` → sync position (u64 BE) ++
+    /// member event ID: the member events lazy-loading `/sync` already sent to a device.
+    LazyLoadedMembers,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 25] = [
+    pub const ALL: [Cf; 26] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -102,6 +111,7 @@ impl Cf {
         Cf::Aliases,
         Cf::RoomAliases,
         Cf::AccountDataCounts,
+        Cf::LazyLoadedMembers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +141,7 @@ impl Cf {
             Cf::Aliases => "alias_roomid",
             Cf::RoomAliases => "roomid_aliases",
             Cf::AccountDataCounts => "account_data_counts",
+            Cf::LazyLoadedMembers => "lazy_loaded_members",
         }
     }
 }
@@ -184,6 +195,35 @@ struct Inner {
     db: DB,
     write_options: WriteOptions,
     _cache: Cache,
+    point_reads: AtomicU64,
+    keys_scanned: AtomicU64,
+}
+
+/// How much reading the store has done since it was opened: what tests use to show that a
+/// request costs a few point reads and short scans, whatever the size of the database.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Point lookups (`get`, `contains`).
+    pub point_reads: u64,
+    /// Keys visited by scans (each seek counts one).
+    pub keys_scanned: u64,
+}
+
+impl ReadStats {
+    /// Everything read, as one number.
+    pub fn total(&self) -> u64 {
+        self.point_reads + self.keys_scanned
+    }
+}
+
+impl std::ops::Sub for ReadStats {
+    type Output = ReadStats;
+    fn sub(self, earlier: ReadStats) -> ReadStats {
+        ReadStats {
+            point_reads: self.point_reads - earlier.point_reads,
+            keys_scanned: self.keys_scanned - earlier.keys_scanned,
+        }
+    }
 }
 
 /// A set of changes applied all at once by [`Store::write`], or not at all.
@@ -263,6 +303,8 @@ impl Store {
                 db,
                 write_options,
                 _cache: cache,
+                point_reads: AtomicU64::new(0),
+                keys_scanned: AtomicU64::new(0),
             }),
         };
         migrations::run(&store, path)?;
@@ -276,11 +318,25 @@ impl Store {
             .expect("every column family in Cf::ALL is opened in Store::open")
     }
 
+    /// Reads done so far (see [`ReadStats`]).
+    pub fn read_stats(&self) -> ReadStats {
+        ReadStats {
+            point_reads: self.inner.point_reads.load(Ordering::Relaxed),
+            keys_scanned: self.inner.keys_scanned.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_scanned(&self) {
+        self.inner.keys_scanned.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
+        self.inner.point_reads.fetch_add(1, Ordering::Relaxed);
         self.inner.db.get_cf(self.handle(cf), key)
     }
 
     pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, rocksdb::Error> {
+        self.inner.point_reads.fetch_add(1, Ordering::Relaxed);
         Ok(self.inner.db.get_pinned_cf(self.handle(cf), key)?.is_some())
     }
 
@@ -325,6 +381,7 @@ impl Store {
                 self.handle(cf),
                 IteratorMode::From(start, Direction::Forward),
             )
+            .inspect(|_| self.count_scanned())
             .take_while(move |item| match item {
                 Ok((key, _)) => key.starts_with(prefix),
                 Err(_) => true,
@@ -344,6 +401,7 @@ impl Store {
                 self.handle(cf),
                 IteratorMode::From(start, Direction::Reverse),
             )
+            .inspect(|_| self.count_scanned())
             .take_while(move |item| match item {
                 Ok((key, _)) => key.starts_with(prefix),
                 Err(_) => true,

@@ -15,6 +15,7 @@ mod profile_and_account_data;
 mod redaction;
 mod registration;
 mod rooms;
+mod scale;
 mod server_keys;
 mod session;
 mod sync;

@@ -336,3 +336,114 @@ async fn state_events_need_power() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn oversized_and_malformed_events_write_nothing() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let room_id = RoomId::parse(&room).unwrap();
+    let count = || {
+        server
+            .services()
+            .timeline
+            .events_after(&room_id, 0, None, usize::MAX)
+            .unwrap()
+            .len()
+    };
+    let before = count();
+
+    // Over the 64 KiB PDU limit (but inside the request size limit): 413 M_TOO_LARGE.
+    let huge = json!({ "msgtype": "m.text", "body": "x".repeat(70 * 1024) });
+    assert_error(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big"),
+                Some(&alice.token),
+                huge.clone(),
+            )
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    assert_error(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/org.example.big/"),
+                Some(&alice.token),
+                huge,
+            )
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    // State content that is not an object, and membership for someone else by state PUT.
+    assert_error(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                Some(&alice.token),
+                json!("just a string"),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@bob:test.local"),
+                Some(&alice.token),
+                json!({ "membership": "join" }),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    // Not JSON at all.
+    let response = server
+        .http
+        .put(format!(
+            "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/nj",
+            server.base
+        ))
+        .bearer_auth(&bob.token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_NOT_JSON");
+    assert_eq!(count(), before, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_rooms_created_at_once_are_distinct() {
+    // A v12 room ID is the hash of its create event: the same user creating rooms with the same
+    // content in the same millisecond must still get separate rooms.
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let alice = server.register("alice", "pw").await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let server = server.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                server
+                    .create_room(&alice, json!({ "room_version": "12" }))
+                    .await
+            })
+        })
+        .collect();
+    let mut rooms = std::collections::HashSet::new();
+    for task in tasks {
+        let room = task.await.unwrap();
+        assert!(
+            state(&server, &room).contains_key(&key("m.room.join_rules", "")),
+            "{room} was created whole"
+        );
+        rooms.insert(room);
+    }
+    assert_eq!(rooms.len(), 8);
+}

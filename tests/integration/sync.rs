@@ -415,3 +415,350 @@ async fn room_summary_names_heroes_and_counts() {
             .is_none_or(|s| s.as_object().is_some_and(|o| o.is_empty()))
     );
 }
+
+/// Joins `who` to a public room.
+async fn join(server: &TestServer, who: &Session, room: &str) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&who.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn with_filter(filter: Value) -> String {
+    format!("filter={}", urlencode(&filter.to_string()))
+}
+
+fn next_batch(response: &Value) -> String {
+    response["next_batch"].as_str().unwrap().to_owned()
+}
+
+fn state_keys_of(events: &Value, event_type: &str) -> Vec<String> {
+    let mut keys: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == event_type)
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn timeline_filters_pick_types_senders_and_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let other = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    join(&server, &bob, &room).await;
+    for (who, text) in [(&alice, "a1"), (&bob, "b1"), (&alice, "a2"), (&bob, "b2")] {
+        server.say(who, &room, text).await;
+    }
+    server.say(&alice, &other, "elsewhere").await;
+
+    // Only messages, not bob's; the limit counts the events that pass, reading past the rest.
+    let filter = json!({ "room": { "timeline": {
+        "types": ["m.room.mess*"], "not_senders": ["@bob:test.local"], "limit": 2
+    } } });
+    let response = sync(&server, &alice, &with_filter(filter)).await;
+    let timeline = &response["rooms"]["join"][&room]["timeline"];
+    assert_eq!(bodies(timeline), vec!["a1", "a2"]);
+    assert!(
+        timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] == "m.room.message"),
+        "{timeline}"
+    );
+
+    // `rooms` and `not_rooms` select rooms in every section.
+    let only = sync(
+        &server,
+        &alice,
+        &with_filter(json!({ "room": { "rooms": [other] } })),
+    )
+    .await;
+    let joined: Vec<&String> = only["rooms"]["join"].as_object().unwrap().keys().collect();
+    assert_eq!(joined, vec![&other]);
+    let not = sync(
+        &server,
+        &alice,
+        &with_filter(json!({ "room": { "rooms": [other, room], "not_rooms": [other] } })),
+    )
+    .await;
+    let joined: Vec<&String> = not["rooms"]["join"].as_object().unwrap().keys().collect();
+    assert_eq!(joined, vec![&room]);
+
+    // State filters, ephemeral filters and event_fields.
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/@alice:test.local"),
+            Some(&alice.token),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    let filter = json!({
+        "event_fields": ["type", "content.body"],
+        "room": {
+            "timeline": { "limit": 1 },
+            "state": { "types": ["m.room.join_rules"] },
+            "ephemeral": { "not_types": ["m.typing"] },
+        },
+    });
+    let response = sync(&server, &alice, &with_filter(filter)).await;
+    let joined = &response["rooms"]["join"][&room];
+    assert_eq!(
+        joined["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["m.room.join_rules"]
+    );
+    assert!(
+        joined["ephemeral"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] != "m.typing")
+    );
+    assert_eq!(
+        joined["timeline"]["events"][0],
+        json!({ "type": "m.room.message", "content": { "body": "b2" } })
+    );
+    let unfiltered = sync(&server, &alice, "").await;
+    assert!(
+        unfiltered["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.typing")
+    );
+}
+
+#[tokio::test]
+async fn lazy_loading_sends_only_the_members_the_timeline_needs_once() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    join(&server, &bob, &room).await;
+    join(&server, &carol, &room).await;
+    server.say(&bob, &room, "from bob").await;
+    server.say(&bob, &room, "bob again").await;
+
+    let lazy = json!({ "room": {
+        "timeline": { "limit": 2 },
+        "state": { "lazy_load_members": true },
+    } });
+    let first = sync(&server, &alice, &with_filter(lazy.clone())).await;
+    let state = &first["rooms"]["join"][&room]["state"]["events"];
+    assert_eq!(
+        state_keys_of(state, "m.room.member"),
+        vec!["@alice:test.local", "@bob:test.local"],
+        "the sender and the syncing user, not carol"
+    );
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create"),
+        "other state is complete"
+    );
+
+    // Bob again: his member event was sent to this device already, carol's is needed now.
+    server.say(&bob, &room, "third").await;
+    server.say(&carol, &room, "hello from carol").await;
+    let since = next_batch(&first);
+    let next = sync(
+        &server,
+        &alice,
+        &format!("since={since}&{}", with_filter(lazy)),
+    )
+    .await;
+    let joined = &next["rooms"]["join"][&room];
+    assert_eq!(
+        bodies(&joined["timeline"]),
+        vec!["third", "hello from carol"]
+    );
+    assert_eq!(
+        state_keys_of(&joined["state"]["events"], "m.room.member"),
+        vec!["@carol:test.local"]
+    );
+
+    // With include_redundant_members, every needed member comes each time.
+    let redundant = json!({ "room": {
+        "timeline": { "limit": 2 },
+        "state": { "lazy_load_members": true, "include_redundant_members": true },
+    } });
+    let again = sync(
+        &server,
+        &alice,
+        &format!("since={since}&{}", with_filter(redundant)),
+    )
+    .await;
+    assert_eq!(
+        state_keys_of(
+            &again["rooms"]["join"][&room]["state"]["events"],
+            "m.room.member"
+        ),
+        vec!["@bob:test.local", "@carol:test.local"]
+    );
+
+    // Another device of alice has seen nothing yet: it gets bob's member event too.
+    let phone = server.login_ok("alice", "pw").await;
+    let other_device = sync(
+        &server,
+        &phone,
+        &with_filter(json!({ "room": { "timeline": { "limit": 2 }, "state": { "lazy_load_members": true } } })),
+    )
+    .await;
+    assert_eq!(
+        state_keys_of(
+            &other_device["rooms"]["join"][&room]["state"]["events"],
+            "m.room.member"
+        ),
+        vec!["@alice:test.local", "@bob:test.local", "@carol:test.local"]
+    );
+}
+
+#[tokio::test]
+async fn full_state_and_state_after() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = server.create_room(&alice, json!({ "name": "Full" })).await;
+    let since = next_batch(&sync(&server, &alice, "").await);
+    server.say(&alice, &room, "new").await;
+
+    // full_state: every state event, but the timeline still starts at `since`.
+    let full = sync(&server, &alice, &format!("since={since}&full_state=true")).await;
+    let joined = &full["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]), vec!["new"]);
+    assert_eq!(joined["timeline"]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        types(&joined["state"]["events"]),
+        vec![
+            "m.room.create",
+            "m.room.guest_access",
+            "m.room.history_visibility",
+            "m.room.join_rules",
+            "m.room.member",
+            "m.room.name",
+            "m.room.power_levels"
+        ]
+    );
+
+    // use_state_after: the state up to the end of the timeline, under `state_after` only.
+    let since = next_batch(&full);
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&alice.token),
+            json!({ "topic": "in the timeline" }),
+        )
+        .await;
+    server.say(&alice, &room, "after the topic").await;
+    let after = sync(
+        &server,
+        &alice,
+        &format!("since={since}&use_state_after=true"),
+    )
+    .await;
+    let joined = &after["rooms"]["join"][&room];
+    assert!(joined.get("state").is_none(), "{joined}");
+    let state_after = joined["state_after"]["events"].as_array().unwrap();
+    assert_eq!(state_after.len(), 1, "{state_after:?}");
+    assert_eq!(state_after[0]["content"]["topic"], "in the timeline");
+    let plain = sync(&server, &alice, &format!("since={since}")).await;
+    assert!(
+        plain["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "without state_after the topic is only in the timeline"
+    );
+}
+
+#[tokio::test]
+async fn include_leave_lists_left_rooms_on_a_first_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Was here" }),
+        )
+        .await;
+    join(&server, &bob, &room).await;
+    server.say(&bob, &room, "bye").await;
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    server.say(&alice, &room, "after bob left").await;
+
+    let plain = sync(&server, &bob, "").await;
+    assert!(plain["rooms"]["leave"].as_object().unwrap().is_empty());
+    let archive = sync(
+        &server,
+        &bob,
+        &with_filter(json!({ "room": { "include_leave": true, "timeline": { "limit": 2 } } })),
+    )
+    .await;
+    let left = &archive["rooms"]["leave"][&room];
+    let timeline = bodies(&left["timeline"]);
+    assert_eq!(timeline, vec!["bye"], "up to the leave, nothing after");
+    assert!(
+        left["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name"),
+        "{left}"
+    );
+}
+
+#[tokio::test]
+async fn account_data_filters_apply() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    for kind in ["org.example.keep", "org.example.drop"] {
+        let (status, _) = server
+            .put(
+                &format!("/_matrix/client/v3/user/@alice:test.local/account_data/{kind}"),
+                Some(&alice.token),
+                json!({ "x": 1 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let response = sync(
+        &server,
+        &alice,
+        &with_filter(json!({ "account_data": { "not_types": ["org.example.drop"] } })),
+    )
+    .await;
+    assert_eq!(
+        types(&response["account_data"]["events"]),
+        vec!["org.example.keep"]
+    );
+}

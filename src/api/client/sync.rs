@@ -9,12 +9,10 @@ use serde_json::Value;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, State},
-    service::rooms::sync::SyncRequest,
+    service::rooms::{sync::SyncRequest, sync_filter::SyncFilter},
 };
 
-/// Default and largest timeline per room, and the longest long-poll.
-const DEFAULT_LIMIT: usize = 10;
-const MAX_LIMIT: usize = 100;
+/// The longest long-poll.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn sync(
@@ -30,29 +28,24 @@ pub async fn sync(
         ),
         None => None,
     };
-    // The filter, inline or by ID, sets the timeline limit (its other fields come later).
-    let stored;
+    // The filter, inline or by ID.
     let filter = match &body.filter {
-        Some(sync_v3::Filter::FilterDefinition(filter)) => Some(filter),
-        Some(sync_v3::Filter::FilterId(id)) => {
-            stored = services
+        Some(sync_v3::Filter::FilterDefinition(filter)) => SyncFilter::new(filter),
+        Some(sync_v3::Filter::FilterId(id)) => SyncFilter::new(
+            &services
                 .filters
                 .get(request.user(), id)?
-                .ok_or_else(|| Error::invalid_param("Unknown filter ID."))?;
-            Some(&stored)
-        }
-        _ => None,
+                .ok_or_else(|| Error::invalid_param("Unknown filter ID."))?,
+        ),
+        _ => SyncFilter::default(),
     };
-    let limit = filter
-        .and_then(|f| f.room.timeline.limit)
-        .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT))
-        .unwrap_or(DEFAULT_LIMIT)
-        .clamp(1, MAX_LIMIT);
     let options = SyncRequest {
         since,
         full_state: body.full_state,
+        use_state_after: body.use_state_after,
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
-        limit,
+        filter,
+        device_id: request.device(),
     };
     Ok(Json(services.sync(request.user(), options).await?))
 }

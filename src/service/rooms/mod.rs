@@ -13,6 +13,7 @@ pub mod redaction;
 pub mod short;
 pub mod state_store;
 pub mod sync;
+pub mod sync_filter;
 pub mod timeline;
 
 use ruma::RoomVersionId;

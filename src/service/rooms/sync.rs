@@ -1,29 +1,51 @@
 //! `/sync` (v2): what changed in a user's rooms since a stream position.
 //!
 //! Tokens are stream counts (decimal). For each room the user has a membership in (one prefix
-//! scan of `user_rooms`), a joined room contributes its new timeline events (one reverse seek),
-//! and the state the client lacks: all of it on a first sync (or after joining), otherwise only
-//! what changed inside a gap the limited timeline skipped. Invites carry stripped state; leaves
-//! (in incremental syncs) the timeline up to the leave. Long-polling waits on the append path's
-//! watch channel, so a new event wakes every waiting client at once.
+//! scan of `user_rooms`), a joined or left room contributes its timeline since the token (a
+//! reverse seek, reading back only as far as the token, the filter's limit or a scan cap), and
+//! the state the client lacks: all of it when the client knows nothing of the room (first sync,
+//! newly joined, `full_state`), otherwise only what changed between the token and the start of
+//! the timeline (or its end, with `use_state_after`). States are compared as compressed short-id
+//! arrays, so only changed entries are ever expanded to events. Invites carry stripped state.
+//! Long-polling waits on the append path's watch channel, so a new event wakes every waiting
+//! client at once.
 //!
-//! Not yet here (later work of the rooms and E2EE issues): most filter fields, lazy-loading,
-//! presence, to-device, device lists.
+//! Filters (`sync_filter`) apply per section; with lazy-loaded members, the member events sent to
+//! each device are remembered (`lazy_loaded_members`) so they are not sent again.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
-use ruma::{OwnedEventId, RoomId, UserId};
+use ruma::{DeviceId, EventId, OwnedEventId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Result, service::Services};
+use super::{
+    state_store::StateEntry,
+    sync_filter::{LazyMembers, SyncFilter},
+    timeline::Membership,
+};
+use crate::{
+    Error, Result,
+    service::Services,
+    store::{Batch, Cf, keys},
+};
+
+/// Timeline events per room when the filter sets no limit.
+pub const DEFAULT_TIMELINE_LIMIT: usize = 10;
+
+/// Most timeline entries read back per room and sync when a filter or history visibility
+/// hides events: the timeline is then `limited`, and `/messages` goes further.
+const MAX_SCAN: usize = 500;
 
 /// Options of one `/sync` request.
-pub struct SyncRequest {
+pub struct SyncRequest<'a> {
     pub since: Option<u64>,
     pub full_state: bool,
+    /// `use_state_after`: state up to the end of the timeline, in `state_after`.
+    pub use_state_after: bool,
     pub timeout: Duration,
-    /// Timeline events per room.
-    pub limit: usize,
+    pub filter: SyncFilter,
+    /// The syncing device: lazy-loaded members are remembered per device.
+    pub device_id: &'a DeviceId,
 }
 
 /// State event types an invitee sees before joining (the spec's recommendation).
@@ -37,45 +59,83 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
+/// Which part of a room's history one sync covers.
+struct Window {
+    /// Timeline events after this count (0: from the newest backwards, as far as the limit).
+    floor: u64,
+    /// Events up to this count (the user's leave, for left rooms).
+    upto: u64,
+    /// The position whose state the client has; `None`: it has none (send all state).
+    state_base: Option<u64>,
+}
+
+/// The timeline of one room in one sync, newest last.
+struct TimelinePart {
+    events: Vec<(u64, OwnedEventId, Value)>,
+    limited: bool,
+    /// Whether events the client has not seen were skipped before the first returned one (a
+    /// gap whose state changes must be sent), or, with nothing returned, at all.
+    gap: bool,
+    prev_batch: u64,
+}
+
 impl Services {
-    /// Answers a `/sync`: immediately when something changed, otherwise after waiting up to
-    /// `timeout` for a new event.
-    pub async fn sync(&self, user_id: &UserId, request: SyncRequest) -> Result<Value> {
+    /// Answers a `/sync`: immediately when something changed (or `full_state` was asked for),
+    /// otherwise after waiting up to `timeout` for a new event.
+    pub async fn sync(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<Value> {
         let mut committed = self.timeline.subscribe();
-        let response = self.sync_once(user_id, &request)?;
-        if request.since.is_none() || request.timeout.is_zero() || has_changes(&response) {
-            return Ok(response);
+        let (response, lazy) = self.sync_once(user_id, &request)?;
+        if request.since.is_none()
+            || request.full_state
+            || request.timeout.is_zero()
+            || has_changes(&response)
+        {
+            return lazy.save_with(self, response);
         }
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
             match tokio::time::timeout_at(deadline, committed.changed()).await {
                 Ok(Ok(())) => {
-                    let response = self.sync_once(user_id, &request)?;
+                    let (response, lazy) = self.sync_once(user_id, &request)?;
                     if has_changes(&response) {
-                        return Ok(response);
+                        return lazy.save_with(self, response);
                     }
                 }
                 // Timed out (or the server is stopping): answer with what there is.
-                _ => return self.sync_once(user_id, &request),
+                _ => {
+                    let (response, lazy) = self.sync_once(user_id, &request)?;
+                    return lazy.save_with(self, response);
+                }
             }
         }
     }
 
-    fn sync_once(&self, user_id: &UserId, request: &SyncRequest) -> Result<Value> {
+    /// One answer, and the lazy-loaded members it sends (remembered only if it is the answer
+    /// actually given).
+    fn sync_once(&self, user_id: &UserId, request: &SyncRequest<'_>) -> Result<(Value, LazyMarks)> {
         let now = self.timeline.current_count();
         let since = request.since.unwrap_or(0).min(now);
+        let filter = &request.filter;
+        let mut lazy = LazyMarks::new(user_id, request.device_id, now);
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
         for (room_id, membership) in self.timeline.rooms_of(user_id)? {
+            if !filter.includes_room(room_id.as_str()) {
+                continue;
+            }
             let changed_membership = request.since.is_none_or(|s| membership.count > s);
             match membership.membership.as_str() {
                 "join" => {
                     // Joined since the last sync: the client knows nothing of the room yet.
-                    let initial =
-                        request.since.is_none() || changed_membership || request.full_state;
+                    let knows_room = request.since.is_some() && !changed_membership;
+                    let window = Window {
+                        floor: if knows_room { since } else { 0 },
+                        upto: now,
+                        state_base: (knows_room && !request.full_state).then_some(since),
+                    };
                     if let Some(room) =
-                        self.joined_room(user_id, &room_id, since, now, initial, request.limit)?
+                        self.joined_room(user_id, &room_id, &window, request, &mut lazy)?
                     {
                         join.insert(room_id.to_string(), room);
                     }
@@ -86,17 +146,22 @@ impl Services {
                         json!({ "invite_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
                     );
                 }
-                "leave" | "ban" if changed_membership && request.since.is_some() => {
-                    leave.insert(
-                        room_id.to_string(),
-                        self.left_room(&room_id, since, membership.count, request.limit)?,
-                    );
+                "leave" | "ban" => {
+                    if let Some(window) = leave_window(&membership, request, filter) {
+                        let room =
+                            self.left_room(user_id, &room_id, &window, request, &mut lazy)?;
+                        leave.insert(room_id.to_string(), room);
+                    }
                 }
                 _ => {}
             }
         }
-        let account_data = self.account_data_changes(user_id, None, request.since)?;
-        Ok(json!({
+        let account_data: Vec<Value> = self
+            .account_data_changes(user_id, None, request.since)?
+            .into_iter()
+            .filter(|e| filter.account_data.matches(e))
+            .collect();
+        let response = json!({
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
             "account_data": { "events": account_data },
@@ -104,7 +169,8 @@ impl Services {
             "to_device": { "events": [] },
             "device_lists": { "changed": [], "left": [] },
             "device_one_time_keys_count": {},
-        }))
+        });
+        Ok((response, lazy))
     }
 
     /// A joined room's part of the response, or `None` when nothing changed in it.
@@ -112,78 +178,243 @@ impl Services {
         &self,
         user_id: &UserId,
         room_id: &RoomId,
-        since: u64,
-        now: u64,
-        initial: bool,
-        limit: usize,
+        window: &Window,
+        request: &SyncRequest<'_>,
+        lazy: &mut LazyMarks,
     ) -> Result<Option<Value>> {
-        let ephemeral_since = (!initial).then_some(since);
+        let filter = &request.filter;
         let mut ephemeral = Vec::new();
-        ephemeral.extend(self.typing_event(room_id, ephemeral_since));
-        ephemeral.extend(self.receipt_event(room_id, user_id, ephemeral_since)?);
-        let account_data = self.account_data_changes(user_id, Some(room_id), ephemeral_since)?;
-        let (mut events, mut limited) = self.timeline.last_events(room_id, now, limit)?;
-        if !initial {
-            events.retain(|(count, _)| *count > since);
-            let Some((oldest, _)) = events.first() else {
-                if ephemeral.is_empty() && account_data.is_empty() {
-                    return Ok(None);
-                }
-                return Ok(Some(json!({
-                    "timeline": { "events": [], "limited": false },
-                    "state": { "events": [] },
-                    "ephemeral": { "events": ephemeral },
-                    "account_data": { "events": account_data },
-                })));
-            };
-            // Limited only if an event the client has not seen precedes the returned ones.
-            let (previous, _) = self.timeline.last_events(room_id, oldest - 1, 1)?;
-            limited = previous.first().is_some_and(|(count, _)| *count > since);
+        if filter.ephemeral.allows_type("m.typing") {
+            ephemeral.extend(self.typing_event(room_id, window.state_base));
         }
-        // Each event is read once, then kept only if the user may see it (by the history
-        // visibility in force when it was sent).
-        let mut visible = Vec::with_capacity(events.len());
-        for (count, event_id) in events {
-            let event = self.timeline.client_event(room_id, &event_id)?;
-            if self.may_see_event(room_id, user_id, &event, count)? {
-                visible.push((count, event_id, event));
-            }
+        if filter.ephemeral.allows_type("m.receipt") {
+            ephemeral.extend(self.receipt_event(room_id, user_id, window.state_base)?);
         }
-        let events = visible;
-        let state = match (initial, events.first()) {
-            (true, Some((_, first, _))) => self.timeline.state_before(first)?,
-            (true, None) => self.timeline.current_state(room_id)?,
-            // A gap between `since` and the timeline: the state that changed inside it.
-            (false, Some((_, first, _))) if limited => {
-                let at_since = self.timeline.state_at_count(room_id, since)?;
-                let mut before = self.timeline.state_before(first)?;
-                before.retain(|key, id| at_since.get(key) != Some(id));
-                before
-            }
-            (false, _) => HashMap::new(),
-        };
-        let prev_batch = events
-            .first()
-            .map(|(count, _, _)| count.saturating_sub(1).to_string());
+        let account_data: Vec<Value> = self
+            .account_data_changes(user_id, Some(room_id), window.state_base)?
+            .into_iter()
+            .filter(|e| filter.room_account_data.matches(e))
+            .collect();
+        let timeline = self.room_timeline(user_id, room_id, window, filter)?;
+        let (state_key, state) =
+            self.room_state(user_id, room_id, window, &timeline, request, lazy)?;
+        let quiet = window.state_base.is_some()
+            && timeline.events.is_empty()
+            && state.is_empty()
+            && ephemeral.is_empty()
+            && account_data.is_empty();
+        if quiet {
+            return Ok(None);
+        }
         // The summary when the client may lack it: first sync, or membership changed.
-        let membership_changed =
-            initial || events.iter().any(|(_, _, e)| e["type"] == "m.room.member");
+        let membership_changed = window.state_base.is_none()
+            || timeline
+                .events
+                .iter()
+                .any(|(_, _, e)| e["type"] == "m.room.member");
         let summary = if membership_changed {
             self.room_summary(room_id, user_id)?
         } else {
             json!({})
         };
-        Ok(Some(json!({
+        let mut room = json!({
             "summary": summary,
-            "timeline": {
-                "events": events.into_iter().map(|(_, _, e)| without_room_id(e)).collect::<Vec<_>>(),
-                "limited": limited,
-                "prev_batch": prev_batch,
-            },
-            "state": { "events": self.sync_events(room_id, state.values())? },
+            "timeline": timeline_json(timeline, filter),
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
-        })))
+        });
+        room[state_key] = json!({ "events": state });
+        Ok(Some(room))
+    }
+
+    /// A left (or banned) room's part: its timeline up to the leave, and the state for it.
+    fn left_room(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        window: &Window,
+        request: &SyncRequest<'_>,
+        lazy: &mut LazyMarks,
+    ) -> Result<Value> {
+        let filter = &request.filter;
+        let timeline = self.room_timeline(user_id, room_id, window, filter)?;
+        let (state_key, state) =
+            self.room_state(user_id, room_id, window, &timeline, request, lazy)?;
+        let account_data: Vec<Value> = self
+            .account_data_changes(user_id, Some(room_id), window.state_base)?
+            .into_iter()
+            .filter(|e| filter.room_account_data.matches(e))
+            .collect();
+        let mut room = json!({
+            "timeline": timeline_json(timeline, filter),
+            "account_data": { "events": account_data },
+        });
+        room[state_key] = json!({ "events": state });
+        Ok(room)
+    }
+
+    /// Reads a room's timeline backwards from `window.upto` to `window.floor`, keeping the
+    /// events the filter passes and the user may see, up to the filter's limit.
+    fn room_timeline(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        window: &Window,
+        filter: &SyncFilter,
+    ) -> Result<TimelinePart> {
+        let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT);
+        let mut kept = Vec::new();
+        let mut scanned = 0;
+        let mut oldest_scanned = None;
+        let mut limited = false;
+        let mut position = window.upto;
+        'read: loop {
+            let (batch, _) = self.timeline.last_events(room_id, position, limit + 1)?;
+            let Some(&(first_count, _)) = batch.first() else {
+                break;
+            };
+            for (count, event_id) in batch.into_iter().rev() {
+                if count <= window.floor {
+                    break 'read;
+                }
+                if kept.len() == limit || scanned == MAX_SCAN {
+                    limited = true;
+                    break 'read;
+                }
+                scanned += 1;
+                oldest_scanned = Some(count);
+                let event = self.timeline.client_event(room_id, &event_id)?;
+                if filter.timeline.matches(&event)
+                    && self.may_see_event(room_id, user_id, &event, count)?
+                {
+                    kept.push((count, event_id, event));
+                }
+            }
+            if first_count <= 1 {
+                break;
+            }
+            position = first_count - 1;
+        }
+        kept.reverse();
+        let gap = match kept.first() {
+            Some((first, _, _)) => limited || oldest_scanned.is_some_and(|o| o < *first),
+            None => scanned > 0,
+        };
+        let prev_batch = match kept.first() {
+            Some((first, _, _)) => first.saturating_sub(1),
+            None => window.upto,
+        };
+        Ok(TimelinePart {
+            events: kept,
+            limited,
+            gap,
+            prev_batch,
+        })
+    }
+
+    /// The room's `state` (or `state_after`) section: which key it goes under, and its events.
+    fn room_state(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        window: &Window,
+        timeline: &TimelinePart,
+        request: &SyncRequest<'_>,
+        lazy: &mut LazyMarks,
+    ) -> Result<(&'static str, Vec<Value>)> {
+        let filter = &request.filter;
+        let state_key = if request.use_state_after {
+            "state_after"
+        } else {
+            "state"
+        };
+        // The state the section describes: at the start of the timeline, or at its end.
+        let target = || -> Result<Vec<StateEntry>> {
+            match (request.use_state_after, timeline.events.first()) {
+                (false, Some((_, first, _))) => self.timeline.state_entries_before(first),
+                _ => self.timeline.state_entries_at_count(room_id, window.upto),
+            }
+        };
+        let (mut entries, target_entries) = match window.state_base {
+            None => {
+                let all = target()?;
+                (all.clone(), all)
+            }
+            Some(base) => {
+                let changed = if request.use_state_after {
+                    !timeline.events.is_empty() || timeline.gap
+                } else {
+                    timeline.gap
+                };
+                if !changed {
+                    (Vec::new(), Vec::new())
+                } else {
+                    let at_base = self.timeline.state_entries_at_count(room_id, base)?;
+                    let now = target()?;
+                    (changed_entries(&at_base, &now), now)
+                }
+            }
+        };
+        let lazy_mode = filter.lazy_members;
+        let mut wanted_members: HashSet<String> = HashSet::new();
+        if let LazyMembers::On { .. } = lazy_mode {
+            for (_, _, event) in &timeline.events {
+                if let Some(sender) = event["sender"].as_str() {
+                    wanted_members.insert(sender.to_owned());
+                }
+            }
+            if window.state_base.is_none() {
+                wanted_members.insert(user_id.to_string());
+            }
+        }
+        let expanded = self.timeline.expand_entries(&entries)?;
+        let mut events = Vec::with_capacity(expanded.len());
+        let mut sent_members: HashSet<String> = HashSet::new();
+        for ((event_type, key), event_id) in &expanded {
+            if !filter.state.allows_type(event_type) {
+                continue;
+            }
+            let lazy_member =
+                matches!(lazy_mode, LazyMembers::On { .. }) && event_type == "m.room.member";
+            if lazy_member && !wanted_members.contains(key) {
+                continue;
+            }
+            let event = self.timeline.client_event(room_id, event_id)?;
+            if !filter.state.matches(&event) {
+                continue;
+            }
+            if lazy_member {
+                sent_members.insert(key.clone());
+                lazy.sent(room_id, key, event_id);
+            }
+            events.push(filter.project(without_room_id(event)));
+        }
+        // Lazy loading: members the timeline needs whose events the delta did not carry, unless
+        // this device already has them.
+        if let LazyMembers::On { redundant } = lazy_mode
+            && filter.state.allows_type("m.room.member")
+        {
+            if target_entries.is_empty() && !wanted_members.is_empty() {
+                entries = target()?;
+            } else {
+                entries = target_entries;
+            }
+            for member in wanted_members.difference(&sent_members) {
+                let Some(event_id) = self.timeline.lookup(&entries, "m.room.member", member)?
+                else {
+                    continue;
+                };
+                if !redundant
+                    && lazy.already_sent(self, room_id, member, &event_id, request.since)?
+                {
+                    continue;
+                }
+                let event = self.timeline.client_event(room_id, &event_id)?;
+                lazy.sent(room_id, member, &event_id);
+                events.push(filter.project(without_room_id(event)));
+            }
+        }
+        Ok((state_key, events))
     }
 
     /// `m.heroes` (up to five other joined or invited members, by user ID) and member counts.
@@ -208,28 +439,6 @@ impl Services {
         }))
     }
 
-    fn left_room(&self, room_id: &RoomId, since: u64, upto: u64, limit: usize) -> Result<Value> {
-        let (mut events, _) = self.timeline.last_events(room_id, upto, limit)?;
-        events.retain(|(count, _)| *count > since);
-        Ok(json!({
-            "timeline": {
-                "events": self.sync_events(room_id, events.iter().map(|(_, id)| id))?,
-                "limited": false,
-            },
-            "state": { "events": [] },
-        }))
-    }
-
-    /// Events in the sync format (the client format without `room_id`).
-    fn sync_events<'a>(
-        &self,
-        room_id: &RoomId,
-        ids: impl Iterator<Item = &'a OwnedEventId>,
-    ) -> Result<Vec<Value>> {
-        ids.map(|id| Ok(without_room_id(self.timeline.client_event(room_id, id)?)))
-            .collect()
-    }
-
     /// What an invitee may see of a room: a few state events, stripped, and the invite itself.
     fn stripped_state(&self, room_id: &RoomId, invite_event: &OwnedEventId) -> Result<Vec<Value>> {
         let state = self.timeline.state_after(invite_event)?;
@@ -252,6 +461,55 @@ impl Services {
     }
 }
 
+/// Whether and how a left room appears: in an incremental sync when the leave is new to the
+/// client; with `include_leave`, on a first or `full_state` sync too (the archive).
+fn leave_window(
+    membership: &Membership,
+    request: &SyncRequest<'_>,
+    filter: &SyncFilter,
+) -> Option<Window> {
+    let new_leave = request.since.is_some_and(|since| membership.count > since);
+    let archive = filter.include_leave && (request.since.is_none() || request.full_state);
+    if new_leave {
+        let since = request.since.unwrap_or(0);
+        return Some(Window {
+            floor: since,
+            upto: membership.count,
+            state_base: (!request.full_state).then_some(since),
+        });
+    }
+    archive.then_some(Window {
+        floor: 0,
+        upto: membership.count,
+        state_base: None,
+    })
+}
+
+/// Entries of `now` that `base` lacks or holds with another event (both sorted by key).
+fn changed_entries(base: &[StateEntry], now: &[StateEntry]) -> Vec<StateEntry> {
+    now.iter()
+        .filter(
+            |(key, event)| match base.binary_search_by_key(key, |(k, _)| *k) {
+                Ok(i) => base[i].1 != *event,
+                Err(_) => true,
+            },
+        )
+        .copied()
+        .collect()
+}
+
+fn timeline_json(timeline: TimelinePart, filter: &SyncFilter) -> Value {
+    json!({
+        "events": timeline
+            .events
+            .into_iter()
+            .map(|(_, _, e)| filter.project(without_room_id(e)))
+            .collect::<Vec<_>>(),
+        "limited": timeline.limited,
+        "prev_batch": timeline.prev_batch.to_string(),
+    })
+}
+
 /// Sync sends events without `room_id` (the room is the key they are listed under).
 fn without_room_id(mut event: Value) -> Value {
     if let Some(object) = event.as_object_mut() {
@@ -262,10 +520,93 @@ fn without_room_id(mut event: Value) -> Value {
 
 fn has_changes(response: &Value) -> bool {
     let rooms = &response["rooms"];
-    ["join", "invite", "leave"]
+    ["join", "invite", "leave", "knock"]
         .iter()
         .any(|section| rooms[section].as_object().is_some_and(|m| !m.is_empty()))
         || response["account_data"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
+}
+
+/// The member events sent to one device under lazy loading, remembered with the sync position
+/// they were sent at: a later sync from that position on knows the device has them, while a
+/// retried sync from an earlier token sends them again.
+struct LazyMarks {
+    prefix: Vec<u8>,
+    next_batch: u64,
+    sent: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl LazyMarks {
+    fn new(user_id: &UserId, device_id: &DeviceId, next_batch: u64) -> Self {
+        Self {
+            prefix: keys::join([user_id.as_bytes(), device_id.as_bytes()]),
+            next_batch,
+            sent: Vec::new(),
+        }
+    }
+
+    fn key(&self, room_id: &RoomId, member: &str) -> Vec<u8> {
+        let mut key = self.prefix.clone();
+        key.push(keys::SEP);
+        key.extend_from_slice(&keys::join([room_id.as_bytes(), member.as_bytes()]));
+        key
+    }
+
+    fn sent(&mut self, room_id: &RoomId, member: &str, event_id: &EventId) {
+        let mut value = keys::u64_be(self.next_batch).to_vec();
+        value.extend_from_slice(event_id.as_bytes());
+        self.sent.push((self.key(room_id, member), value));
+    }
+
+    /// Whether the device already has this member event from a sync it acknowledged.
+    fn already_sent(
+        &self,
+        services: &Services,
+        room_id: &RoomId,
+        member: &str,
+        event_id: &EventId,
+        since: Option<u64>,
+    ) -> Result<bool> {
+        let Some(since) = since else {
+            return Ok(false);
+        };
+        let Some(value) = services
+            .store
+            .get(Cf::LazyLoadedMembers, &self.key(room_id, member))?
+        else {
+            return Ok(false);
+        };
+        if value.len() < 8 {
+            return Err(Error::internal("corrupt lazy-loading record"));
+        }
+        let at = keys::parse_u64_be(&value[..8]).unwrap_or(u64::MAX);
+        Ok(at <= since && &value[8..] == event_id.as_bytes())
+    }
+
+    /// Remembers what `response` sent, then hands it back.
+    fn save_with(self, services: &Services, response: Value) -> Result<Value> {
+        if self.sent.is_empty() {
+            return Ok(response);
+        }
+        let mut batch = Batch::new();
+        for (key, value) in self.sent {
+            batch.put(Cf::LazyLoadedMembers, key, value);
+        }
+        services.store.write(batch)?;
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_entries;
+
+    #[test]
+    fn changed_entries_are_new_or_replaced_keys() {
+        let base = [(1, 10), (2, 20), (4, 40)];
+        let now = [(1, 10), (2, 21), (3, 30), (4, 40)];
+        assert_eq!(changed_entries(&base, &now), vec![(2, 21), (3, 30)]);
+        assert!(changed_entries(&now, &now).is_empty());
+    }
 }

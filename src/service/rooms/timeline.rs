@@ -110,6 +110,10 @@ pub struct Timeline {
     /// The last stream count taken; held while a batch carrying a new count is written.
     stream: Mutex<u64>,
     committed: watch::Sender<u64>,
+    /// The `origin_server_ts` of the last create event made here: each new one is later, so
+    /// two rooms created by one user in the same millisecond do not get the same v12 room ID
+    /// (which is the hash of the create event).
+    last_create_ts: std::sync::atomic::AtomicU64,
 }
 
 fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
@@ -137,6 +141,7 @@ impl Timeline {
             room_locks: StdMutex::new(HashMap::new()),
             stream: Mutex::new(count),
             committed: watch::channel(count).0,
+            last_create_ts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -214,8 +219,16 @@ impl Timeline {
         if state == 0 {
             return Ok(HashMap::new());
         }
-        let mut map = HashMap::new();
-        for (key, event) in self.states.load(state)? {
+        self.expand_entries(&self.states.load(state)?)
+    }
+
+    /// A compressed state as `(event type, state key)` → event ID.
+    pub fn expand_entries(
+        &self,
+        entries: &[StateEntry],
+    ) -> Result<HashMap<(String, String), OwnedEventId>> {
+        let mut map = HashMap::with_capacity(entries.len());
+        for &(key, event) in entries {
             let key = self
                 .short
                 .state_key_of(key)?
@@ -337,11 +350,7 @@ impl Timeline {
         room_id: &RoomId,
         count: u64,
     ) -> Result<HashMap<(String, String), OwnedEventId>> {
-        let (events, _) = self.last_events(room_id, count, 1)?;
-        let Some((_, event_id)) = events.into_iter().next() else {
-            return Ok(HashMap::new());
-        };
-        self.state_after(&event_id)
+        self.expand_entries(&self.state_entries_at_count(room_id, count)?)
     }
 
     /// The state after an event: the state before it, plus the event if it is a state event.
@@ -349,16 +358,7 @@ impl Timeline {
         &self,
         event_id: &EventId,
     ) -> Result<HashMap<(String, String), OwnedEventId>> {
-        let mut state = self.state_before(event_id)?;
-        let pdu = self
-            .pdu_json(event_id)?
-            .ok_or_else(|| Error::not_found("No such event."))?;
-        if let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) =
-            (pdu.get("type"), pdu.get("state_key"))
-        {
-            state.insert((kind.clone(), key.clone()), event_id.to_owned());
-        }
-        Ok(state)
+        self.expand_entries(&self.state_entries_after(event_id)?)
     }
 
     /// The compressed state before an event (empty before the create event).
@@ -366,6 +366,36 @@ impl Timeline {
         match self.state_hash_before(event_id)? {
             0 => Ok(Vec::new()),
             state => self.states.load(state),
+        }
+    }
+
+    /// The compressed state after an event: the state before it, plus the event itself if it
+    /// is a state event.
+    pub fn state_entries_after(&self, event_id: &EventId) -> Result<Vec<StateEntry>> {
+        let mut entries = self.state_entries_before(event_id)?;
+        let pdu = self
+            .pdu_json(event_id)?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        if let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) =
+            (pdu.get("type"), pdu.get("state_key"))
+        {
+            let key = self.short.state_key(kind, key)?;
+            let event = self.short.event(event_id.as_str())?;
+            match entries.binary_search_by_key(&key, |(k, _)| *k) {
+                Ok(i) => entries[i].1 = event,
+                Err(i) => entries.insert(i, (key, event)),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The compressed state after the room's last event with a stream count at or below
+    /// `count` (empty before the room's first event).
+    pub fn state_entries_at_count(&self, room_id: &RoomId, count: u64) -> Result<Vec<StateEntry>> {
+        let (events, _) = self.last_events(room_id, count, 1)?;
+        match events.into_iter().next() {
+            Some((_, event_id)) => self.state_entries_after(&event_id),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -492,7 +522,15 @@ impl Timeline {
             depth: 0,
         };
         let (room_id, event_id) = self
-            .append_with(room_id.as_deref(), empty, sender, event, None, signer)
+            .append_with(
+                room_id.as_deref(),
+                empty,
+                sender,
+                event,
+                None,
+                self.next_create_ts(),
+                signer,
+            )
             .await?;
         Ok((room_id, event_id))
     }
@@ -531,11 +569,39 @@ impl Timeline {
             .room(room_id)?
             .ok_or_else(|| Error::not_found("No such room."))?;
         Ok(self
-            .append_with(Some(room_id), room, sender, event, txn, signer)
+            .append_with(
+                Some(room_id),
+                room,
+                sender,
+                event,
+                txn,
+                utils::now_millis(),
+                signer,
+            )
             .await?
             .1)
     }
 
+    /// A timestamp for a new create event: now, or just after the previous one.
+    fn next_create_ts(&self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = utils::now_millis();
+        let mut last = self.last_create_ts.load(SeqCst);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last_create_ts
+                .compare_exchange(last, next, SeqCst, SeqCst)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    // The event's parts come from several places (the room record, the client, the caller's
+    // transaction and clock); bundling them into a struct would only move the list.
+    #[allow(clippy::too_many_arguments)]
     async fn append_with(
         &self,
         room_id: Option<&RoomId>,
@@ -543,6 +609,7 @@ impl Timeline {
         sender: &UserId,
         event: LocalEvent<'_>,
         txn: Option<&[u8]>,
+        origin_server_ts: u64,
         signer: &Signer<'_>,
     ) -> Result<(OwnedRoomId, OwnedEventId)> {
         let rules = rules_of(&room.version)?;
@@ -624,12 +691,19 @@ impl Timeline {
                     })
                     .collect::<Vec<_>>(),
                 depth: room.depth + 1,
-                origin_server_ts: utils::now_millis(),
+                origin_server_ts,
             },
             &rules,
             signer.server_name,
             signer.key,
         )?;
+        if room_id.is_none() && self.room(&signed.room_id)?.is_some() {
+            // A v12 room ID is the create event's hash: never let a new room take over one.
+            return Err(Error::internal(format!(
+                "a new create event hashes to the existing room {}",
+                signed.room_id
+            )));
+        }
         let pdu = Pdu::from_json(signed.event_id.clone(), &signed.json, &rules)?;
         auth::authorize(
             &rules.authorization,
