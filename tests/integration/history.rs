@@ -300,3 +300,82 @@ async fn single_events_and_member_lists() {
         "M_FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn messages_filters_and_lazy_loaded_members() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for (who, text) in [(&alice, "a1"), (&bob, "b1"), (&alice, "a2"), (&bob, "b2")] {
+        server.say(who, &room, text).await;
+    }
+    let filter = |json: Value| {
+        json.to_string()
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+
+    let only_bob = page(
+        &server,
+        &alice,
+        &room,
+        &format!(
+            "dir=b&limit=10&filter={}",
+            filter(json!({ "types": ["m.room.message"], "senders": ["@bob:test.local"] }))
+        ),
+    )
+    .await;
+    assert_eq!(messages(&only_bob), vec!["b2", "b1"]);
+    assert_eq!(only_bob["chunk"].as_array().unwrap().len(), 2);
+    assert!(only_bob["state"].as_array().unwrap().is_empty());
+
+    // The filter's own limit applies too; lazy loading adds the senders' member events.
+    let lazy = page(
+        &server,
+        &alice,
+        &room,
+        &format!(
+            "dir=b&limit=10&filter={}",
+            filter(json!({ "types": ["m.room.message"], "limit": 3, "lazy_load_members": true }))
+        ),
+    )
+    .await;
+    assert_eq!(messages(&lazy), vec!["b2", "a2", "b1"]);
+    let mut members: Vec<&str> = lazy["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "m.room.member");
+            e["state_key"].as_str().unwrap()
+        })
+        .collect();
+    members.sort();
+    assert_eq!(members, vec!["@alice:test.local", "@bob:test.local"]);
+
+    assert_error(
+        &server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&filter=%7Bnot"),
+                Some(&alice.token),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}

@@ -21,6 +21,7 @@ use crate::{
     service::rooms::{
         create::{CreateRoom, Preset},
         history::Direction,
+        sync_filter::EventMatcher,
         timeline::{LocalEvent, Signer, txn_key},
     },
 };
@@ -217,13 +218,29 @@ pub async fn messages(
     let limit = usize::try_from(u64::from(body.limit))
         .unwrap_or(MAX_MESSAGES)
         .clamp(1, MAX_MESSAGES);
-    let page = services.messages(&body.room_id, request.user(), from, to, direction, limit)?;
+    let filter = EventMatcher::from_room_event_filter(&body.filter);
+    let limit = filter.limit.map_or(limit, |l| l.min(limit));
+    let page = services.messages(
+        &body.room_id,
+        request.user(),
+        from,
+        to,
+        direction,
+        limit,
+        &filter,
+    )?;
+    // Lazy-loading clients get the member events of the page's senders alongside.
+    let state = if body.filter.lazy_load_options.is_disabled() {
+        Vec::new()
+    } else {
+        services.sender_members(&body.room_id, &page.events)?
+    };
     let start = from.unwrap_or_else(|| match direction {
         Direction::Backward => services.timeline.current_count(),
         Direction::Forward => 0,
     });
     let mut response =
-        serde_json::json!({ "start": start.to_string(), "chunk": page.events, "state": [] });
+        serde_json::json!({ "start": start.to_string(), "chunk": page.events, "state": state });
     if let Some(end) = page.end {
         response["end"] = Value::String(end.to_string());
     }

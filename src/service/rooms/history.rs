@@ -1,10 +1,17 @@
 //! Room history: `/messages` pagination, and who may see which past event (history
 //! visibility).
 
+use std::collections::BTreeSet;
+
 use ruma::{EventId, RoomId, UserId};
 use serde_json::Value;
 
+use super::sync_filter::EventMatcher;
 use crate::{Error, Result, service::Services};
+
+/// Most timeline entries one `/messages` request reads: a filter that matches little cannot
+/// make a request walk the whole history; the page then ends early with a token to go on.
+const MAX_SCAN: usize = 2000;
 
 /// Which way `/messages` pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +76,10 @@ impl Services {
     }
 
     /// A page of a room's history for `user_id`, from stream position `from` (default: the
-    /// newest end going backward, the oldest going forward), up to `limit` visible events.
+    /// newest end going backward, the oldest going forward), up to `limit` visible events that
+    /// pass `filter`.
+    // The request's parts, as the endpoint has them.
+    #[allow(clippy::too_many_arguments)]
     pub fn messages(
         &self,
         room_id: &RoomId,
@@ -78,6 +88,7 @@ impl Services {
         to: Option<u64>,
         direction: Direction,
         limit: usize,
+        filter: &EventMatcher,
     ) -> Result<Page> {
         let membership = self.timeline.membership(room_id, user_id)?;
         if membership.is_none_or(|m| {
@@ -86,6 +97,7 @@ impl Services {
             return Err(Error::forbidden("You are not a member of this room."));
         }
         let mut events = Vec::new();
+        let mut scanned = 0;
         let mut position = match direction {
             Direction::Backward => from.unwrap_or_else(|| self.timeline.current_count()),
             Direction::Forward => from.unwrap_or(0),
@@ -109,11 +121,12 @@ impl Services {
                 Direction::Forward => *last_count,
             };
             for (count, event_id) in &batch {
+                scanned += 1;
                 let event = self.timeline.client_event(room_id, event_id)?;
-                if self.may_see_event(room_id, user_id, &event, *count)? {
+                if filter.matches(&event) && self.may_see_event(room_id, user_id, &event, *count)? {
                     events.push(event);
                 }
-                if events.len() == limit {
+                if events.len() == limit || scanned == MAX_SCAN {
                     let end = match direction {
                         Direction::Backward => count.saturating_sub(1),
                         Direction::Forward => *count,
@@ -129,6 +142,29 @@ impl Services {
 }
 
 impl Services {
+    /// The member events of the senders of `events` (client format, one room), as they were
+    /// at the earliest of them: what a client lazy-loading members needs to show a page.
+    pub fn sender_members(&self, room_id: &RoomId, events: &[Value]) -> Result<Vec<Value>> {
+        let senders: BTreeSet<&str> = events.iter().filter_map(|e| e["sender"].as_str()).collect();
+        let earliest = events
+            .iter()
+            .filter_map(|e| e["event_id"].as_str())
+            .filter_map(|id| EventId::parse(id).ok())
+            .filter_map(|id| Some((self.timeline.count_of(&id).ok()??, id)))
+            .min();
+        let Some((_, earliest)) = earliest else {
+            return Ok(Vec::new());
+        };
+        let state = self.timeline.state_entries_after(&earliest)?;
+        let mut members = Vec::with_capacity(senders.len());
+        for sender in senders {
+            if let Some(id) = self.timeline.lookup(&state, "m.room.member", sender)? {
+                members.push(self.timeline.client_event(room_id, &id)?);
+            }
+        }
+        Ok(members)
+    }
+
     /// One event of a room in the client format, if `user_id` may see it (otherwise, and for
     /// events of other rooms, `M_NOT_FOUND`, as the spec asks).
     pub fn visible_event(
