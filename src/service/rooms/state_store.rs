@@ -7,7 +7,7 @@
 //! stored) once they reach [`MAX_CHAIN`] deltas or a delta would be larger than half the state,
 //! so a load reads at most `MAX_CHAIN` records.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::short::ShortIds;
 use crate::{
@@ -21,6 +21,19 @@ pub type StateEntry = (u64, u64);
 
 /// Deltas in a chain before a full snapshot is stored again.
 pub const MAX_CHAIN: u32 = 16;
+
+/// State entries the snapshot cache holds at most (16 bytes each, so about 2 MiB).
+const CACHE_ENTRIES: u64 = 128 * 1024;
+
+/// Weighs a cached snapshot by its number of entries.
+#[derive(Clone)]
+struct EntriesWeighter;
+
+impl quick_cache::Weighter<u64, Arc<Vec<StateEntry>>> for EntriesWeighter {
+    fn weight(&self, _id: &u64, state: &Arc<Vec<StateEntry>>) -> u64 {
+        state.len().max(1) as u64
+    }
+}
 
 struct Record {
     parent: u64,
@@ -84,11 +97,18 @@ impl Record {
 
 pub struct StateStore {
     store: Store,
+    /// Recently loaded or saved snapshots. A snapshot never changes once written, so the cache
+    /// is never stale; it spares the walk down the delta chain on the hot paths (every append
+    /// loads the current state, every history-visibility check the state before an event).
+    cache: quick_cache::sync::Cache<u64, Arc<Vec<StateEntry>>, EntriesWeighter>,
 }
 
 impl StateStore {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            cache: quick_cache::sync::Cache::with_weighter(4096, CACHE_ENTRIES, EntriesWeighter),
+        }
     }
 
     fn record(&self, id: u64) -> Result<Record> {
@@ -101,6 +121,15 @@ impl StateStore {
 
     /// The full state of snapshot `id`, sorted by short state key.
     pub fn load(&self, id: u64) -> Result<Vec<StateEntry>> {
+        if let Some(state) = self.cache.get(&id) {
+            return Ok(state.as_ref().clone());
+        }
+        let state = self.load_uncached(id)?;
+        self.cache.insert(id, Arc::new(state.clone()));
+        Ok(state)
+    }
+
+    fn load_uncached(&self, id: u64) -> Result<Vec<StateEntry>> {
         let mut chain = vec![self.record(id)?];
         while chain.last().expect("non-empty").parent != 0 {
             let parent = chain.last().expect("non-empty").parent;
@@ -169,6 +198,7 @@ impl StateStore {
         batch.put(Cf::StateHashShort, hash.to_vec(), keys::u64_be(id));
         batch.put(Cf::StateDiff, keys::u64_be(id), record.encode());
         self.store.write(batch)?;
+        self.cache.insert(id, Arc::new(state.to_vec()));
         Ok(id)
     }
 }
@@ -207,7 +237,7 @@ mod tests {
         let (_dir, states, short) = stores();
         let root: Vec<StateEntry> = (1..=20).map(|k| (k, 100 + k)).collect();
         let root_id = states.save(&short, None, &root).unwrap();
-        assert_eq!(states.load(root_id).unwrap(), root);
+        assert_eq!(states.load_uncached(root_id).unwrap(), root);
 
         // Change one entry, add one, remove one.
         let mut child = root.clone();
@@ -215,7 +245,7 @@ mod tests {
         child.push((21, 121));
         child.retain(|(k, _)| *k != 7);
         let child_id = states.save(&short, Some((root_id, &root)), &child).unwrap();
-        assert_eq!(states.load(child_id).unwrap(), child);
+        assert_eq!(states.load_uncached(child_id).unwrap(), child);
         assert_eq!(
             states.record(child_id).unwrap().parent,
             root_id,
@@ -223,7 +253,7 @@ mod tests {
         );
         assert_eq!(states.record(child_id).unwrap().added.len(), 2);
         assert_eq!(
-            states.load(root_id).unwrap(),
+            states.load_uncached(root_id).unwrap(),
             root,
             "the parent is untouched"
         );
@@ -248,8 +278,23 @@ mod tests {
             state[(step % 50) as usize].1 = 1000 + step;
             id = states.save(&short, Some((id, &parent)), &state).unwrap();
             assert!(states.record(id).unwrap().depth < MAX_CHAIN);
-            assert_eq!(states.load(id).unwrap(), state, "step {step}");
+            assert_eq!(states.load_uncached(id).unwrap(), state, "step {step}");
         }
+    }
+
+    #[test]
+    fn loads_after_the_first_come_from_the_cache() {
+        let (_dir, states, short) = stores();
+        let root: Vec<StateEntry> = (1..=20).map(|k| (k, k)).collect();
+        let id = states.save(&short, None, &root).unwrap();
+        // A fresh store instance has an empty cache: the first load reads, the second does not.
+        let fresh = StateStore::new(states.store.clone());
+        let before = fresh.store.read_stats();
+        assert_eq!(fresh.load(id).unwrap(), root);
+        let first = fresh.store.read_stats() - before;
+        assert_eq!(first.point_reads, 1);
+        assert_eq!(fresh.load(id).unwrap(), root);
+        assert_eq!(fresh.store.read_stats() - before, first);
     }
 
     #[test]
@@ -260,8 +305,8 @@ mod tests {
         let a_id = states.save(&short, None, &a).unwrap();
         let b_id = states.save(&short, Some((a_id, &a)), &b).unwrap();
         assert_eq!(states.record(b_id).unwrap().parent, 0);
-        assert_eq!(states.load(b_id).unwrap(), b);
+        assert_eq!(states.load_uncached(b_id).unwrap(), b);
         let empty = states.save(&short, Some((a_id, &a)), &[]).unwrap();
-        assert_eq!(states.load(empty).unwrap(), vec![]);
+        assert_eq!(states.load_uncached(empty).unwrap(), vec![]);
     }
 }
