@@ -5,10 +5,12 @@ pub mod account_data;
 pub mod devices;
 pub mod filters;
 pub mod globals;
+pub mod presence;
 pub mod ratelimit;
 pub mod registration;
 pub mod rooms;
 pub mod uiaa;
+pub mod user_directory;
 pub mod users;
 
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub struct Services {
     pub typing: rooms::ephemeral::Typing,
     /// Serialises alias creation and removal (check-then-write).
     pub alias_lock: std::sync::Mutex<()>,
+    /// Last-active times of presence refreshes (see `presence`).
+    pub presence: presence::Presence,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -75,6 +79,7 @@ impl Services {
             filters: filters::Filters::new(store.clone()),
             typing: rooms::ephemeral::Typing::default(),
             alias_lock: std::sync::Mutex::new(()),
+            presence: presence::Presence::default(),
             store,
             config,
         }))

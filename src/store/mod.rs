@@ -73,10 +73,19 @@ pub enum Cf {
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
     /// data's last change (what `/sync` sends since a token).
     AccountDataCounts,
+    /// `user_id` → `PresenceRecord` JSON: state, status message, last active time (ms), stream
+    /// count of its last change. See `service::presence`.
+    Presence,
+    /// stream count (u64 BE) → `user_id`: presence changes in order, one entry per user (the
+    /// previous one is deleted in the same batch), so an incremental `/sync` seeks from its token.
+    PresenceStream,
+    /// `room_id` → nothing: rooms whose current join rule is `public` (the user directory's
+    /// candidates beyond the searcher's own rooms). Kept by the append path.
+    PublicJoinRooms,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 25] = [
+    pub const ALL: [Cf; 28] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -102,6 +111,9 @@ impl Cf {
         Cf::Aliases,
         Cf::RoomAliases,
         Cf::AccountDataCounts,
+        Cf::Presence,
+        Cf::PresenceStream,
+        Cf::PublicJoinRooms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +143,9 @@ impl Cf {
             Cf::Aliases => "alias_roomid",
             Cf::RoomAliases => "roomid_aliases",
             Cf::AccountDataCounts => "account_data_counts",
+            Cf::Presence => "presence",
+            Cf::PresenceStream => "presence_stream",
+            Cf::PublicJoinRooms => "public_join_rooms",
         }
     }
 }

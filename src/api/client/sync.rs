@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, State},
-    service::rooms::sync::SyncRequest,
+    service::{presence::PresenceUpdate, rooms::sync::SyncRequest},
 };
 
 /// Default and largest timeline per room, and the longest long-poll.
@@ -54,5 +54,12 @@ pub async fn sync(
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
         limit,
     };
+    // Presence: `offline` leaves it alone; otherwise a transition wakes others' long-polls.
+    if body.set_presence != ruma::presence::PresenceState::Offline {
+        let state = crate::service::presence::parse_state(&body.set_presence)?;
+        services
+            .set_presence(request.user(), PresenceUpdate::Sync { state })
+            .await?;
+    }
     Ok(Json(services.sync(request.user(), options).await?))
 }

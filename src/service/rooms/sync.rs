@@ -100,7 +100,7 @@ impl Services {
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
             "account_data": { "events": account_data },
-            "presence": { "events": [] },
+            "presence": { "events": self.presence_events(user_id, request.since, now)? },
             "to_device": { "events": [] },
             "device_lists": { "changed": [], "left": [] },
             "device_one_time_keys_count": {},
@@ -266,6 +266,9 @@ fn has_changes(response: &Value) -> bool {
         .iter()
         .any(|section| rooms[section].as_object().is_some_and(|m| !m.is_empty()))
         || response["account_data"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        || response["presence"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
 }
