@@ -66,7 +66,7 @@ impl Services {
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
-        Ok(Arc::new(Self {
+        let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
             devices: devices::Devices::new(store.clone()),
@@ -82,6 +82,8 @@ impl Services {
             presence: presence::Presence::default(),
             store,
             config,
-        }))
+        });
+        services.index_public_join_rooms()?;
+        Ok(services)
     }
 }

@@ -7,9 +7,17 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use crate::{Error, Result, service::Services, store::Cf};
+use crate::{
+    Error, Result,
+    service::Services,
+    store::{Batch, Cf},
+};
+
+/// `global` key set once `public_join_rooms` covers every room (see
+/// [`Services::index_public_join_rooms`]).
+const PUBLIC_JOIN_ROOMS_BUILT: &[u8] = b"public_join_rooms_built";
 
 /// One search result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +28,38 @@ pub struct DirectoryUser {
 }
 
 impl Services {
+    /// Fills `public_join_rooms` for rooms stored before the append path kept it: once per
+    /// database, at start-up (a scan of every room, which only this one-off may do).
+    pub fn index_public_join_rooms(&self) -> Result<()> {
+        if self.store.contains(Cf::Global, PUBLIC_JOIN_ROOMS_BUILT)? {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for item in self.store.scan_prefix(Cf::Rooms, b"") {
+            let (key, _) = item?;
+            let Some(room_id) = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|r| RoomId::parse(r).ok())
+            else {
+                continue;
+            };
+            let state = self.timeline.current_state(&room_id)?;
+            let Some(event_id) = state.get(&("m.room.join_rules".to_owned(), String::new())) else {
+                continue;
+            };
+            let public = self.timeline.pdu_json(event_id)?.is_some_and(|pdu| {
+                matches!(pdu.get("content"), Some(CanonicalJsonValue::Object(content))
+                    if matches!(content.get("join_rule"), Some(CanonicalJsonValue::String(r)) if r == "public"))
+            });
+            if public {
+                batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
+            }
+        }
+        batch.put(Cf::Global, PUBLIC_JOIN_ROOMS_BUILT, Vec::new());
+        self.store.write(batch)?;
+        Ok(())
+    }
+
     /// Users matching `term` (case-insensitively, in their user ID or display name) that
     /// `searcher` may find, best first, at most `limit`; and whether more matched.
     pub fn search_users(

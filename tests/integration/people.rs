@@ -556,3 +556,33 @@ async fn the_user_directory_refuses_bad_requests() {
     let found = search(&server, &alice, json!({ "search_term": "zzz" })).await;
     assert_eq!(found, json!({ "results": [], "limited": false }));
 }
+
+#[tokio::test]
+async fn public_rooms_from_before_the_index_are_found_after_a_restart() {
+    use culvert::store::{Batch, Cf};
+
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let public = server
+        .create_room(&carol, json!({ "preset": "public_chat" }))
+        .await;
+    assert_eq!(
+        found_ids(&search(&server, &alice, json!({ "search_term": "carol" })).await),
+        ["@carol:test.local"]
+    );
+    // Make the database look like one written before `public_join_rooms` existed.
+    let mut batch = Batch::new();
+    batch.delete(Cf::PublicJoinRooms, public.as_bytes());
+    batch.delete(Cf::Global, b"public_join_rooms_built".as_slice());
+    server.services().store.write(batch).unwrap();
+    assert!(
+        found_ids(&search(&server, &alice, json!({ "search_term": "carol" })).await).is_empty()
+    );
+
+    let server = server.restart().await;
+    assert_eq!(
+        found_ids(&search(&server, &alice, json!({ "search_term": "carol" })).await),
+        ["@carol:test.local"]
+    );
+}
