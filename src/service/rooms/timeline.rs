@@ -743,7 +743,7 @@ impl Timeline {
                     membership,
                 );
             }
-            // User directory: which rooms are currently public to join (people.rs reads it).
+            // User directory: which rooms are currently public to join (service::user_directory).
             if event_type == "m.room.join_rules" && state_key == Some("") {
                 let public = matches!(
                     stored.pdu.get("content"),
