@@ -5,10 +5,12 @@ pub mod account_data;
 pub mod devices;
 pub mod filters;
 pub mod globals;
+pub mod presence;
 pub mod ratelimit;
 pub mod registration;
 pub mod rooms;
 pub mod uiaa;
+pub mod user_directory;
 pub mod users;
 
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub struct Services {
     pub typing: rooms::ephemeral::Typing,
     /// Serialises alias creation and removal (check-then-write).
     pub alias_lock: std::sync::Mutex<()>,
+    /// Last-active times of presence refreshes (see `presence`).
+    pub presence: presence::Presence,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -62,7 +66,7 @@ impl Services {
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
-        Ok(Arc::new(Self {
+        let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
             devices: devices::Devices::new(store.clone()),
@@ -75,8 +79,11 @@ impl Services {
             filters: filters::Filters::new(store.clone()),
             typing: rooms::ephemeral::Typing::default(),
             alias_lock: std::sync::Mutex::new(()),
+            presence: presence::Presence::default(),
             store,
             config,
-        }))
+        });
+        services.index_public_join_rooms()?;
+        Ok(services)
     }
 }

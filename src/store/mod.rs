@@ -82,10 +82,19 @@ pub enum Cf {
     /// `user_id 0xFF device_id 0xFF room_id 0xFF member_user_id` → sync position (u64 BE) ++
     /// member event ID: the member events lazy-loading `/sync` already sent to a device.
     LazyLoadedMembers,
+    /// `user_id` → `PresenceRecord` JSON: state, status message, last active time (ms), stream
+    /// count of its last change. See `service::presence`.
+    Presence,
+    /// stream count (u64 BE) → `user_id`: presence changes in order, one entry per user (the
+    /// previous one is deleted in the same batch), so an incremental `/sync` seeks from its token.
+    PresenceStream,
+    /// `room_id` → nothing: rooms whose current join rule is `public` (the user directory's
+    /// candidates beyond the searcher's own rooms). Kept by the append path.
+    PublicJoinRooms,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 26] = [
+    pub const ALL: [Cf; 29] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -112,6 +121,9 @@ impl Cf {
         Cf::RoomAliases,
         Cf::AccountDataCounts,
         Cf::LazyLoadedMembers,
+        Cf::Presence,
+        Cf::PresenceStream,
+        Cf::PublicJoinRooms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +154,9 @@ impl Cf {
             Cf::RoomAliases => "roomid_aliases",
             Cf::AccountDataCounts => "account_data_counts",
             Cf::LazyLoadedMembers => "lazy_loaded_members",
+            Cf::Presence => "presence",
+            Cf::PresenceStream => "presence_stream",
+            Cf::PublicJoinRooms => "public_join_rooms",
         }
     }
 }

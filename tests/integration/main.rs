@@ -10,6 +10,7 @@ mod ephemeral;
 mod history;
 mod http_layer;
 mod membership;
+mod people;
 mod persistence;
 mod profile_and_account_data;
 mod redaction;

@@ -8,11 +8,13 @@ mod discovery;
 mod ephemeral;
 mod filter;
 mod membership;
+mod presence;
 mod profile;
 mod register;
 mod room;
 mod session;
 mod sync;
+mod user_directory;
 
 use axum::Router;
 use ruma::api::client as c;
@@ -92,4 +94,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)
         .ruma_route::<c::filter::get_filter::v3::Request, _, _>(filter::get)
+        // people: presence and the user directory
+        .ruma_route::<c::presence::set_presence::v3::Request, _, _>(presence::set)
+        .ruma_route::<c::presence::get_presence::v3::Request, _, _>(presence::get)
+        .ruma_route::<c::user_directory::search_users::v3::Request, _, _>(user_directory::search)
 }

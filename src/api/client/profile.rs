@@ -13,7 +13,7 @@ use ruma::{
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
-    service::Services,
+    service::{Services, rooms::profile::MEMBER_PROFILE_FIELDS},
 };
 
 /// The spec's limit on a whole profile, in bytes of JSON.
@@ -34,6 +34,13 @@ fn require_own(sender: &UserId, target: &UserId) -> Result<()> {
         return Err(Error::forbidden("You may only change your own profile."));
     }
     Ok(())
+}
+
+/// A new display name or avatar goes to the user's rooms as a new member event.
+async fn propagate_if_member_field(services: &Services, user_id: &UserId, field: &str) {
+    if MEMBER_PROFILE_FIELDS.contains(&field) {
+        services.propagate_profile(user_id).await;
+    }
 }
 
 pub async fn get_profile(
@@ -94,6 +101,7 @@ pub async fn set_field(
     services
         .users
         .set_profile_field(user_id, field.as_str(), Some(&value))?;
+    propagate_if_member_field(&services, user_id, field.as_str()).await;
     Ok(RumaResponse(set_field_v3::Response::new()))
 }
 
@@ -106,5 +114,6 @@ pub async fn delete_field(
     services
         .users
         .set_profile_field(user_id, request.body.field.as_str(), None)?;
+    propagate_if_member_field(&services, user_id, request.body.field.as_str()).await;
     Ok(RumaResponse(delete_field_v3::Response::new()))
 }

@@ -9,7 +9,10 @@ use serde_json::Value;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, State},
-    service::rooms::{sync::SyncRequest, sync_filter::SyncFilter},
+    service::{
+        presence::PresenceUpdate,
+        rooms::{sync::SyncRequest, sync_filter::SyncFilter},
+    },
 };
 
 /// The longest long-poll.
@@ -47,5 +50,12 @@ pub async fn sync(
         filter,
         device_id: request.device(),
     };
+    // Presence: `offline` leaves it alone; otherwise a transition wakes others' long-polls.
+    if body.set_presence != ruma::presence::PresenceState::Offline {
+        let state = crate::service::presence::parse_state(&body.set_presence)?;
+        services
+            .set_presence(request.user(), PresenceUpdate::Sync { state })
+            .await?;
+    }
     Ok(Json(services.sync(request.user(), options).await?))
 }

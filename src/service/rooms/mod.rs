@@ -9,6 +9,7 @@ pub mod event;
 pub mod history;
 pub mod membership;
 pub mod pdu;
+pub mod profile;
 pub mod redaction;
 pub mod short;
 pub mod state_store;

@@ -10,6 +10,7 @@
 //! Long-polling waits on the append path's watch channel, so a new event wakes every waiting
 //! client at once.
 //!
+//! Presence of the people the user shares rooms with comes from `service::presence`.
 //! Filters (`sync_filter`) apply per section; with lazy-loaded members, the member events sent to
 //! each device are remembered (`lazy_loaded_members`) so they are not sent again.
 
@@ -161,11 +162,16 @@ impl Services {
             .into_iter()
             .filter(|e| filter.account_data.matches(e))
             .collect();
+        let presence: Vec<Value> = self
+            .presence_events(user_id, request.since, now)?
+            .into_iter()
+            .filter(|e| filter.presence.matches(e))
+            .collect();
         let response = json!({
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
             "account_data": { "events": account_data },
-            "presence": { "events": [] },
+            "presence": { "events": presence },
             "to_device": { "events": [] },
             "device_lists": { "changed": [], "left": [] },
             "device_one_time_keys_count": {},
@@ -524,6 +530,9 @@ fn has_changes(response: &Value) -> bool {
         .iter()
         .any(|section| rooms[section].as_object().is_some_and(|m| !m.is_empty()))
         || response["account_data"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        || response["presence"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
 }

@@ -817,6 +817,20 @@ impl Timeline {
                     membership,
                 );
             }
+            // User directory: which rooms are currently public to join (service::user_directory).
+            if event_type == "m.room.join_rules" && state_key == Some("") {
+                let public = matches!(
+                    stored.pdu.get("content"),
+                    Some(CanonicalJsonValue::Object(content))
+                        if matches!(content.get("join_rule"), Some(CanonicalJsonValue::String(rule)) if rule == "public")
+                );
+                if public {
+                    batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
+                } else {
+                    batch.delete(Cf::PublicJoinRooms, room_id.as_bytes());
+                }
+            }
+            // End of the user directory block.
             Ok(())
         })
         .await?;
