@@ -247,3 +247,173 @@ async fn systemd_notify_readiness_watchdog_and_stopping() {
     assert!(stopping, "STOPPING=1 was announced");
     assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
 }
+
+#[tokio::test]
+async fn rooms_and_sync_tokens_survive_a_restart() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "name": "Kept", "invite": ["@bob:test.local"] }),
+        )
+        .await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let hello = server.say(&alice, &room, "before").await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{hello}"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let token = server.get_ok("/_matrix/client/v3/sync", &bob).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let server = server.restart().await;
+    server.say(&alice, &room, "after").await;
+
+    // The token from before the restart still works: exactly the new message, nothing twice.
+    let next = server
+        .get_ok(&format!("/_matrix/client/v3/sync?since={token}"), &bob)
+        .await;
+    let timeline = &next["rooms"]["join"][&room]["timeline"]["events"];
+    assert_eq!(crate::common::message_bodies(timeline), vec!["after"]);
+    assert_eq!(timeline.as_array().unwrap().len(), 1, "{timeline}");
+    // History, state and receipts are all there.
+    let page = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            &bob,
+        )
+        .await;
+    assert_eq!(
+        crate::common::message_bodies(&page["chunk"]),
+        vec!["after", "before"]
+    );
+    let name = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            &bob,
+        )
+        .await;
+    assert_eq!(name["name"], "Kept");
+    let first = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+    let receipts = &first["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert!(
+        receipts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.receipt"
+                && e["content"][&hello]["m.read"]["@bob:test.local"].is_object()),
+        "{receipts}"
+    );
+    // And new counts keep rising past the old token.
+    assert!(
+        first["next_batch"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > token.parse::<u64>().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn sigkill_right_after_a_send_loses_no_event() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let mut server = spawn_binary(dir.path(), port).await;
+    let http = reqwest::Client::new();
+    let url = |base: &str, path: &str| format!("{base}{path}");
+    let first: serde_json::Value = http
+        .post(url(&server.base, "/_matrix/client/v3/register"))
+        .json(&json!({ "username": "crash", "password": "pw" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = Session::from_json(
+        &http
+            .post(url(&server.base, "/_matrix/client/v3/register"))
+            .json(&json!({ "username": "crash", "password": "pw", "auth": { "type": "m.login.dummy", "session": first["session"] } }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    let created: serde_json::Value = http
+        .post(url(&server.base, "/_matrix/client/v3/createRoom"))
+        .bearer_auth(&session.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let token: serde_json::Value = http
+        .get(url(&server.base, "/_matrix/client/v3/sync"))
+        .bearer_auth(&session.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["next_batch"].as_str().unwrap().to_owned();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let response = http
+            .put(url(
+                &server.base,
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/k{i}"),
+            ))
+            .bearer_auth(&session.token)
+            .json(&json!({ "msgtype": "m.text", "body": format!("k{i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        sent.push(format!("k{i}"));
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = spawn_binary(dir.path(), port).await;
+    let next: serde_json::Value = http
+        .get(url(
+            &server.base,
+            &format!("/_matrix/client/v3/sync?since={token}"),
+        ))
+        .bearer_auth(&session.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::common::message_bodies(&next["rooms"]["join"][&room]["timeline"]["events"]),
+        sent,
+        "every acknowledged event, once, through the pre-crash token"
+    );
+}
