@@ -91,10 +91,14 @@ pub enum Cf {
     /// `room_id` → nothing: rooms whose current join rule is `public` (the user directory's
     /// candidates beyond the searcher's own rooms). Kept by the append path.
     PublicJoinRooms,
+    /// `room_id 0xFF stream count (u64 BE)` → `user_id 0xFF receipt_type 0xFF thread`: each
+    /// receipt's latest change (the previous entry is deleted in the same batch), so `/sync`
+    /// reads only the receipts that changed since its token.
+    ReceiptStream,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 29] = [
+    pub const ALL: [Cf; 30] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -124,6 +128,7 @@ impl Cf {
         Cf::Presence,
         Cf::PresenceStream,
         Cf::PublicJoinRooms,
+        Cf::ReceiptStream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -157,6 +162,7 @@ impl Cf {
             Cf::Presence => "presence",
             Cf::PresenceStream => "presence_stream",
             Cf::PublicJoinRooms => "public_join_rooms",
+            Cf::ReceiptStream => "receipt_stream",
         }
     }
 }

@@ -179,3 +179,42 @@ async fn read_receipts_public_and_private() {
         "M_INVALID_PARAM",
     );
 }
+
+#[tokio::test]
+async fn a_moved_receipt_is_sent_once_and_only_its_new_place() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = room_with_two(&server).await;
+    let first_event = server.say(&alice, &room, "one").await;
+    let second_event = server.say(&alice, &room, "two").await;
+    let receipt = |event: &str| format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}");
+    let (status, _) = server
+        .post(&receipt(&first_event), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let since = server.get_ok("/_matrix/client/v3/sync", &alice).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Bob reads on: alice's next sync has the receipt at its new place only.
+    let (status, _) = server
+        .post(&receipt(&second_event), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let moved = sync(&server, &alice, &since).await;
+    let content = &ephemeral(&moved, &room, "m.receipt").expect("the moved receipt")["content"];
+    assert!(content[&second_event]["m.read"]["@bob:test.local"].is_object());
+    assert!(content.get(&first_event).is_none(), "{content}");
+    // And not again.
+    let since = moved["next_batch"].as_str().unwrap().to_owned();
+    server.say(&alice, &room, "three").await;
+    let later = sync(&server, &alice, &since).await;
+    assert!(ephemeral(&later, &room, "m.receipt").is_none());
+    // A first sync still has every receipt.
+    let initial = server.get_ok("/_matrix/client/v3/sync", &alice).await;
+    assert!(
+        ephemeral(&initial, &room, "m.receipt").unwrap()["content"][&second_event]["m.read"]
+            ["@bob:test.local"]
+            .is_object()
+    );
+}

@@ -112,14 +112,26 @@ impl Services {
             thread.unwrap_or_default().as_bytes(),
         ]);
         let event_id = event_id.to_string();
+        let room = room_id.as_bytes().to_vec();
+        let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
         self.timeline
             .commit_counted(Batch::new(), |batch, count| {
+                // Under the stream lock: no other change of this receipt is half-way.
+                if let Some(old) = self.store.get(Cf::Receipts, &key)? {
+                    let old: Receipt = serde_json::from_slice(&old)?;
+                    batch.delete(Cf::ReceiptStream, stream_entry(old.count));
+                }
                 let receipt = Receipt {
                     event_id,
                     ts: utils::now_millis(),
                     count,
                 };
-                batch.put(Cf::Receipts, key, serde_json::to_vec(&receipt)?);
+                batch.put(Cf::Receipts, key.clone(), serde_json::to_vec(&receipt)?);
+                batch.put(
+                    Cf::ReceiptStream,
+                    stream_entry(count),
+                    key[room.len() + 1..].to_vec(),
+                );
                 Ok(())
             })
             .await?;
@@ -147,7 +159,9 @@ impl Services {
     }
 
     /// The `m.receipt` event with the receipts of a room that changed after `since`, as
-    /// `viewer` may see them (private receipts only their own). One prefix scan of the room.
+    /// `viewer` may see them (private receipts only their own). A first sync reads all of the
+    /// room's receipts (one prefix scan); a later one only the changes after its token (a seek
+    /// in the room's receipt stream, then a point read each).
     pub fn receipt_event(
         &self,
         room_id: &RoomId,
@@ -155,14 +169,36 @@ impl Services {
         since: Option<u64>,
     ) -> Result<Option<Value>> {
         let prefix = keys::prefix(room_id.as_bytes());
-        let mut content: Map<String, Value> = Map::new();
-        for item in self.store.scan_prefix(Cf::Receipts, &prefix) {
-            let (key, value) = item?;
-            let receipt: Receipt = serde_json::from_slice(&value)?;
-            if since.is_some_and(|since| receipt.count <= since) {
-                continue;
+        let mut receipts: Vec<(Vec<u8>, Receipt)> = Vec::new();
+        match since {
+            None => {
+                for item in self.store.scan_prefix(Cf::Receipts, &prefix) {
+                    let (key, value) = item?;
+                    receipts.push((
+                        key[prefix.len()..].to_vec(),
+                        serde_json::from_slice(&value)?,
+                    ));
+                }
             }
-            let mut parts = keys::split(&key[prefix.len()..]);
+            Some(since) => {
+                let start = keys::join([room_id.as_bytes(), &keys::u64_be(since + 1)]);
+                for item in self
+                    .store
+                    .scan_prefix_from(Cf::ReceiptStream, &prefix, &start)
+                {
+                    let (_, receipt_key) = item?;
+                    let mut key = prefix.clone();
+                    key.extend_from_slice(&receipt_key);
+                    let Some(value) = self.store.get(Cf::Receipts, &key)? else {
+                        continue;
+                    };
+                    receipts.push((receipt_key.to_vec(), serde_json::from_slice(&value)?));
+                }
+            }
+        }
+        let mut content: Map<String, Value> = Map::new();
+        for (key, receipt) in receipts {
+            let mut parts = keys::split(&key);
             let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next())
             else {
                 return Err(Error::internal("corrupt receipt key"));
