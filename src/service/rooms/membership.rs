@@ -88,3 +88,35 @@ impl Services {
         }
     }
 }
+
+impl Services {
+    /// `POST /knock`: asks to join `room_id`. The room version's auth rules decide (knocking
+    /// needs room v7+ and the join rule `knock`, or `knock_restricted` in v10+).
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        self.set_membership(room_id, user_id, user_id, "knock", reason)
+            .await
+    }
+
+    /// `POST /forget`: the room disappears from the user's view. Only once they are out of it
+    /// (left, kicked, banned, or never there: then there is nothing to forget).
+    pub async fn forget_room(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        self.timeline
+            .forget(room_id, user_id, |membership| match membership {
+                Some(m) if !matches!(m.membership.as_str(), "leave" | "ban") => Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!(
+                        "User {user_id} is in room {room_id} ({}): leave it first.",
+                        m.membership
+                    ),
+                )),
+                _ => Ok(()),
+            })
+            .await
+    }
+}

@@ -14,6 +14,7 @@ pub mod short;
 pub mod state_store;
 pub mod sync;
 pub mod timeline;
+pub mod upgrade;
 
 use ruma::RoomVersionId;
 

@@ -67,6 +67,7 @@ impl Services {
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
+        let mut knock = Map::new();
         for (room_id, membership) in self.timeline.rooms_of(user_id)? {
             let changed_membership = request.since.is_none_or(|s| membership.count > s);
             match membership.membership.as_str() {
@@ -86,6 +87,13 @@ impl Services {
                         json!({ "invite_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
                     );
                 }
+                // Knocks: like invites, stripped state and the knock itself.
+                "knock" if changed_membership => {
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({ "knock_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
+                    );
+                }
                 "leave" | "ban" if changed_membership && request.since.is_some() => {
                     leave.insert(
                         room_id.to_string(),
@@ -98,7 +106,7 @@ impl Services {
         let account_data = self.account_data_changes(user_id, None, request.since)?;
         Ok(json!({
             "next_batch": now.to_string(),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": account_data },
             "presence": { "events": [] },
             "to_device": { "events": [] },
@@ -230,7 +238,8 @@ impl Services {
             .collect()
     }
 
-    /// What an invitee may see of a room: a few state events, stripped, and the invite itself.
+    /// What an invitee (or knocker) may see of a room: a few state events, stripped, and the
+    /// invite (or knock) itself.
     fn stripped_state(&self, room_id: &RoomId, invite_event: &OwnedEventId) -> Result<Vec<Value>> {
         let state = self.timeline.state_after(invite_event)?;
         let mut events = Vec::new();
@@ -262,7 +271,7 @@ fn without_room_id(mut event: Value) -> Value {
 
 fn has_changes(response: &Value) -> bool {
     let rooms = &response["rooms"];
-    ["join", "invite", "leave"]
+    ["join", "invite", "leave", "knock"]
         .iter()
         .any(|section| rooms[section].as_object().is_some_and(|m| !m.is_empty()))
         || response["account_data"]["events"]
