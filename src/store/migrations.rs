@@ -82,3 +82,42 @@ pub(super) fn run(store: &Store, path: &Path) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::StoreOptions;
+    use super::*;
+
+    #[test]
+    fn version_1_databases_get_their_timestamp_index() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let room = b"!r:x";
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            // A database as version 1 wrote it: a timeline entry and its PDU, no index.
+            let mut batch = Batch::new();
+            batch.put(
+                Cf::Timeline,
+                keys::join([room, &keys::u64_be(7)]),
+                keys::u64_be(42),
+            );
+            batch.put(
+                Cf::Pdus,
+                keys::u64_be(42),
+                br#"{"event_id":"$e","pdu":{"origin_server_ts":1234}}"#.to_vec(),
+            );
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(1));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut at = keys::u64_be(1234).to_vec();
+        at.extend_from_slice(&keys::u64_be(7));
+        let key = keys::join([room, at.as_slice()]);
+        assert_eq!(
+            store.get(Cf::TimestampEvents, &key).unwrap(),
+            Some(keys::u64_be(42).to_vec())
+        );
+        let version = store.get(Cf::Global, VERSION_KEY).unwrap().unwrap();
+        assert_eq!(keys::parse_u64_be(&version), Some(CURRENT));
+    }
+}

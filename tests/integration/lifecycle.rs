@@ -599,6 +599,26 @@ async fn upgrading_a_room_within_v11_and_out_of_v12() {
         state(&server, &alice, &down, "m.room.power_levels").await["users"][&alice.user_id],
         100
     );
+    // Into v12 with another creator: named in the create event, unlisted in power levels.
+    let bob = server.register("bob", "pw").await;
+    let body = post_ok(
+        &server,
+        &alice,
+        &format!("{V3}/rooms/{new}/upgrade"),
+        json!({ "new_version": "12", "additional_creators": [bob.user_id] }),
+    )
+    .await;
+    let newest = body["replacement_room"].as_str().unwrap().to_owned();
+    let create = create_event(&server, &alice, &newest).await;
+    assert_eq!(
+        create["content"]["additional_creators"],
+        json!([bob.user_id])
+    );
+    assert_eq!(create["content"]["predecessor"]["room_id"], new);
+    let power = state(&server, &alice, &newest, "m.room.power_levels").await;
+    assert!(power["users"].get(&alice.user_id).is_none(), "{power}");
+    assert!(power["users"].get(&bob.user_id).is_none(), "{power}");
+
     assert_error(
         &post(
             &server,
