@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error};
+use crate::common::{Session, TestServer, assert_error, message_bodies};
 
 const V3: &str = "/_matrix/client/v3";
 
@@ -148,6 +148,11 @@ async fn knocks_can_be_rescinded_kicked_and_banned() {
         .await;
 
     // By alias; then Bob changes his mind.
+    let token = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.say(&alice, &room, "before the knock").await;
     let body = post_ok(
         &server,
         &bob,
@@ -157,6 +162,7 @@ async fn knocks_can_be_rescinded_kicked_and_banned() {
     .await;
     assert_eq!(body["room_id"], room);
     assert_eq!(membership_of(&server, &alice, &room, &bob).await, "knock");
+    server.say(&alice, &room, "while knocking").await;
     post_ok(
         &server,
         &bob,
@@ -167,6 +173,30 @@ async fn knocks_can_be_rescinded_kicked_and_banned() {
     assert_eq!(membership_of(&server, &alice, &room, &bob).await, "leave");
     let bob_sync = sync(&server, &bob, "").await;
     assert!(bob_sync["rooms"]["knock"].get(&room).is_none());
+
+    // Having knocked and left is not having been a member: no conversation, no state.
+    let left = sync(&server, &bob, &format!("since={token}&timeout=0")).await;
+    let timeline = &left["rooms"]["leave"][&room]["timeline"]["events"];
+    assert!(message_bodies(timeline).is_empty(), "{timeline}");
+    assert!(
+        timeline
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["state_key"] == bob.user_id && e["content"]["membership"] == "leave"),
+        "{timeline}"
+    );
+    let page = server
+        .get_ok(&format!("{V3}/rooms/{room}/messages?dir=b"), &bob)
+        .await;
+    assert!(message_bodies(&page["chunk"]).is_empty(), "{page}");
+    assert_error(
+        &server
+            .get(&format!("{V3}/rooms/{room}/state"), Some(&bob.token))
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
 
     // Knocks again: the moderator turns him away (a kick).
     post_ok(&server, &bob, &format!("{V3}/knock/{room}"), json!({})).await;

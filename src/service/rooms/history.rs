@@ -62,7 +62,11 @@ impl Services {
             // shared (also when unset, and unknown values, which the spec says to treat so)
             _ => match timeline.membership(room_id, user_id)? {
                 Some(m) if m.membership == "join" => true,
-                Some(m) if m.membership == "leave" || m.membership == "ban" => count <= m.count,
+                // Up to their leave, if they had joined (not a refused invite or a withdrawn
+                // knock).
+                Some(m) if m.membership == "leave" || m.membership == "ban" => {
+                    count <= m.count && self.left_after_joining(user_id, &m)?
+                }
                 _ => false,
             },
         })

@@ -97,7 +97,7 @@ impl Services {
                 "leave" | "ban" if changed_membership && request.since.is_some() => {
                     leave.insert(
                         room_id.to_string(),
-                        self.left_room(&room_id, since, membership.count, request.limit)?,
+                        self.left_room(user_id, &room_id, since, membership.count, request.limit)?,
                     );
                 }
                 _ => {}
@@ -216,12 +216,28 @@ impl Services {
         }))
     }
 
-    fn left_room(&self, room_id: &RoomId, since: u64, upto: u64, limit: usize) -> Result<Value> {
+    fn left_room(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        since: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Value> {
         let (mut events, _) = self.timeline.last_events(room_id, upto, limit)?;
         events.retain(|(count, _)| *count > since);
+        // Only what the user may see: a withdrawn knock or a refused invite shows the user's own
+        // membership events, not the room's conversation.
+        let mut visible = Vec::with_capacity(events.len());
+        for (count, event_id) in &events {
+            let event = self.timeline.client_event(room_id, event_id)?;
+            if self.may_see_event(room_id, user_id, &event, *count)? {
+                visible.push(without_room_id(event));
+            }
+        }
         Ok(json!({
             "timeline": {
-                "events": self.sync_events(room_id, events.iter().map(|(_, id)| id))?,
+                "events": visible,
                 "limited": false,
             },
             "state": { "events": [] },
