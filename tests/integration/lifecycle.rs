@@ -789,3 +789,59 @@ async fn timestamp_to_event_skips_what_the_user_may_not_see() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["event_id"], secret);
 }
+
+#[tokio::test]
+async fn a_moderator_below_the_state_levels_can_still_upgrade() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    // Bob (50) may send the tombstone, but not history visibility or encryption (100).
+    let old = server
+        .create_room(
+            &alice,
+            json!({
+                "room_version": "10",
+                "preset": "public_chat",
+                "power_level_content_override": {
+                    "users": { alice.user_id.clone(): 100, bob.user_id.clone(): 50 },
+                    "events": {
+                        "m.room.tombstone": 50,
+                        "m.room.history_visibility": 100,
+                        "m.room.encryption": 100,
+                    },
+                },
+                "initial_state": [{
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": { "algorithm": "m.megolm.v1.aes-sha2" },
+                }],
+            }),
+        )
+        .await;
+    post_ok(&server, &bob, &format!("{V3}/rooms/{old}/join"), json!({})).await;
+    let body = post_ok(
+        &server,
+        &bob,
+        &format!("{V3}/rooms/{old}/upgrade"),
+        json!({ "new_version": "11" }),
+    )
+    .await;
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    assert_eq!(
+        state(&server, &bob, &new, "m.room.encryption").await["algorithm"],
+        "m.megolm.v1.aes-sha2"
+    );
+    assert_eq!(
+        state(&server, &bob, &new, "m.room.history_visibility").await["history_visibility"],
+        "shared"
+    );
+    // Set up with Bob raised, then the old levels restored.
+    let power = state(&server, &bob, &new, "m.room.power_levels").await;
+    assert_eq!(power["users"][&bob.user_id], 50, "{power}");
+    assert_eq!(power["users"][&alice.user_id], 100, "{power}");
+    // Bob lacked the power to restrict the old room's power levels (100): that step is skipped.
+    assert_eq!(
+        state(&server, &bob, &old, "m.room.tombstone").await["replacement_room"],
+        new
+    );
+}
