@@ -9,15 +9,45 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 1;
+pub const CURRENT: u64 = 2;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
 /// One upgrade step: from `CURRENT - 1` … to its index + 2. Each returns the changes to write.
 type Step = fn(&Store) -> Result<Batch, rocksdb::Error>;
 
-/// Steps in order: `STEPS[0]` upgrades version 1 to 2, and so on. Empty while we are at 1.
-const STEPS: &[Step] = &[];
+/// Steps in order: `STEPS[0]` upgrades version 1 to 2, and so on.
+const STEPS: &[Step] = &[index_timestamps];
+
+/// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
+/// append path wrote it: one pass over every room's timeline, reading each event's
+/// `origin_server_ts`.
+fn index_timestamps(store: &Store) -> Result<Batch, rocksdb::Error> {
+    let mut batch = Batch::new();
+    for item in store.scan_prefix(Cf::Timeline, &[]) {
+        let (key, short) = item?;
+        // `room_id 0xFF count (8 bytes)`.
+        let Some(split) = key.len().checked_sub(9) else {
+            continue;
+        };
+        let (room, count) = (&key[..split], &key[split + 1..]);
+        let Some(pdu) = store.get(Cf::Pdus, &short)? else {
+            continue;
+        };
+        let ts = serde_json::from_slice::<serde_json::Value>(&pdu)
+            .ok()
+            .and_then(|stored| stored["pdu"]["origin_server_ts"].as_u64())
+            .unwrap_or(0);
+        let mut at = keys::u64_be(ts).to_vec();
+        at.extend_from_slice(count);
+        batch.put(
+            Cf::TimestampEvents,
+            keys::join([room, at.as_slice()]),
+            short.to_vec(),
+        );
+    }
+    Ok(batch)
+}
 
 pub(super) fn run(store: &Store, path: &Path) -> Result<(), StoreError> {
     let found = match store.get(Cf::Global, VERSION_KEY)? {
@@ -51,4 +81,43 @@ pub(super) fn run(store: &Store, path: &Path) -> Result<(), StoreError> {
         info!(version = version + 1, "database schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StoreOptions;
+    use super::*;
+
+    #[test]
+    fn version_1_databases_get_their_timestamp_index() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let room = b"!r:x";
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            // A database as version 1 wrote it: a timeline entry and its PDU, no index.
+            let mut batch = Batch::new();
+            batch.put(
+                Cf::Timeline,
+                keys::join([room, &keys::u64_be(7)]),
+                keys::u64_be(42),
+            );
+            batch.put(
+                Cf::Pdus,
+                keys::u64_be(42),
+                br#"{"event_id":"$e","pdu":{"origin_server_ts":1234}}"#.to_vec(),
+            );
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(1));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut at = keys::u64_be(1234).to_vec();
+        at.extend_from_slice(&keys::u64_be(7));
+        let key = keys::join([room, at.as_slice()]);
+        assert_eq!(
+            store.get(Cf::TimestampEvents, &key).unwrap(),
+            Some(keys::u64_be(42).to_vec())
+        );
+        let version = store.get(Cf::Global, VERSION_KEY).unwrap().unwrap();
+        assert_eq!(keys::parse_u64_be(&version), Some(CURRENT));
+    }
 }

@@ -95,10 +95,13 @@ pub enum Cf {
     /// receipt's latest change (the previous entry is deleted in the same batch), so `/sync`
     /// reads only the receipts that changed since its token.
     ReceiptStream,
+    /// `room_id 0xFF origin_server_ts (u64 BE) ++ stream count (u64 BE)` → short event id
+    /// (u64 BE): each room's events by timestamp (`/timestamp_to_event` is one seek).
+    TimestampEvents,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 30] = [
+    pub const ALL: [Cf; 31] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -129,6 +132,7 @@ impl Cf {
         Cf::PresenceStream,
         Cf::PublicJoinRooms,
         Cf::ReceiptStream,
+        Cf::TimestampEvents,
     ];
 
     pub fn name(self) -> &'static str {
@@ -163,6 +167,7 @@ impl Cf {
             Cf::PresenceStream => "presence_stream",
             Cf::PublicJoinRooms => "public_join_rooms",
             Cf::ReceiptStream => "receipt_stream",
+            Cf::TimestampEvents => "roomid_ts_shorteventid",
         }
     }
 }

@@ -9,6 +9,7 @@ mod directory;
 mod ephemeral;
 mod history;
 mod http_layer;
+mod lifecycle;
 mod membership;
 mod people;
 mod persistence;

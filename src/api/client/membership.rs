@@ -89,8 +89,11 @@ pub async fn kick(
     request: Ruma<kick_v3::Request>,
 ) -> Result<RumaResponse<kick_v3::Response>> {
     let body = &request.body;
-    let current = services.timeline.membership(&body.room_id, &body.user_id)?;
-    if !current.is_some_and(|m| m.membership == "join" || m.membership == "invite") {
+    // The room's view (`room_members`): the target may have forgotten the room.
+    let current = services
+        .timeline
+        .member_state(&body.room_id, &body.user_id)?;
+    if !current.is_some_and(|m| m == "join" || m == "invite" || m == "knock") {
         return Err(Error::forbidden("That user is not in the room."));
     }
     services
@@ -127,8 +130,10 @@ pub async fn unban(
     request: Ruma<unban_v3::Request>,
 ) -> Result<RumaResponse<unban_v3::Response>> {
     let body = &request.body;
-    let current = services.timeline.membership(&body.room_id, &body.user_id)?;
-    if current.is_none_or(|m| m.membership != "ban") {
+    let current = services
+        .timeline
+        .member_state(&body.room_id, &body.user_id)?;
+    if current.is_none_or(|m| m != "ban") {
         return Err(Error::forbidden("That user is not banned."));
     }
     services

@@ -7,6 +7,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
+mod lifecycle;
 mod membership;
 mod presence;
 mod profile;
@@ -94,8 +95,15 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)
         .ruma_route::<c::filter::get_filter::v3::Request, _, _>(filter::get)
-        // people: presence and the user directory
+        // Presence and the user directory.
         .ruma_route::<c::presence::set_presence::v3::Request, _, _>(presence::set)
         .ruma_route::<c::presence::get_presence::v3::Request, _, _>(presence::get)
         .ruma_route::<c::user_directory::search_users::v3::Request, _, _>(user_directory::search)
+        // Knocking, forgetting, upgrades, timestamp lookups.
+        .ruma_route::<c::knock::knock_room::v3::Request, _, _>(lifecycle::knock)
+        .ruma_route::<c::membership::forget_room::v3::Request, _, _>(lifecycle::forget)
+        .ruma_route::<c::room::upgrade_room::v3::Request, _, _>(lifecycle::upgrade)
+        .ruma_route::<c::room::get_event_by_timestamp::v1::Request, _, _>(
+            lifecycle::timestamp_to_event,
+        )
 }

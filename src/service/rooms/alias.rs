@@ -109,3 +109,31 @@ impl Services {
         Ok(aliases)
     }
 }
+
+impl Services {
+    /// Points every local alias of `from` at `to` (a room upgrade), in one batch.
+    pub fn move_aliases(&self, from: &RoomId, to: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let _guard = self.alias_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let aliases = self.room_aliases(from)?;
+        let mut batch = Batch::new();
+        for alias in &aliases {
+            let Some(bytes) = self.store.get(Cf::Aliases, alias.as_bytes())? else {
+                continue;
+            };
+            let mut record: AliasRecord = serde_json::from_slice(&bytes)?;
+            record.room_id = to.to_owned();
+            batch.put(Cf::Aliases, alias.as_bytes(), serde_json::to_vec(&record)?);
+            batch.delete(
+                Cf::RoomAliases,
+                keys::join([from.as_bytes(), alias.as_bytes()]),
+            );
+            batch.put(
+                Cf::RoomAliases,
+                keys::join([to.as_bytes(), alias.as_bytes()]),
+                Vec::new(),
+            );
+        }
+        self.store.write(batch)?;
+        Ok(aliases)
+    }
+}

@@ -69,7 +69,11 @@ impl Services {
             // shared (also when unset, and unknown values, which the spec says to treat so)
             _ => match timeline.membership(room_id, user_id)? {
                 Some(m) if m.membership == "join" => true,
-                Some(m) if m.membership == "leave" || m.membership == "ban" => count <= m.count,
+                // Up to their leave, if they had joined (not a refused invite or a withdrawn
+                // knock).
+                Some(m) if m.membership == "leave" || m.membership == "ban" => {
+                    count <= m.count && self.left_after_joining(user_id, &m)?
+                }
                 _ => false,
             },
         })
@@ -232,5 +236,53 @@ impl Services {
             events.push(event);
         }
         Ok(events)
+    }
+}
+
+/// How many events `/timestamp_to_event` inspects before giving up: events the user may not see
+/// (after they left, or before they joined a `joined`-visibility room) are skipped, and a long
+/// run of them must not turn one request into a scan of the room.
+const MAX_TIMESTAMP_CANDIDATES: usize = 1000;
+
+impl Services {
+    /// `/timestamp_to_event`: the event closest to `ts` that `user_id` may see, at or after it
+    /// (`forward`) or at or before it, as `(event ID, origin_server_ts)`.
+    ///
+    /// One seek in the room's timestamp index (`Cf::TimestampEvents`, written by the append
+    /// path). It orders by `origin_server_ts`, so it stays right even when timestamps are not
+    /// monotone in stream order (clock steps, and later events from other servers, whose
+    /// timestamps are their claim).
+    pub fn event_at_timestamp(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        ts: u64,
+        forward: bool,
+    ) -> Result<(ruma::OwnedEventId, u64)> {
+        let membership = self.timeline.membership(room_id, user_id)?;
+        if membership.is_none_or(|m| {
+            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
+        }) {
+            return Err(Error::forbidden("You are not a member of this room."));
+        }
+        let mut inspected = 0;
+        let found = self.timeline.find_by_timestamp(
+            room_id,
+            ts,
+            forward,
+            |event_ts, count, event_id| {
+                inspected += 1;
+                if inspected > MAX_TIMESTAMP_CANDIDATES {
+                    return Err(Error::not_found(
+                        "No event you may see is close enough to that timestamp.",
+                    ));
+                }
+                let event = self.timeline.client_event(room_id, &event_id)?;
+                Ok(self
+                    .may_see_event(room_id, user_id, &event, count)?
+                    .then_some((event_id, event_ts)))
+            },
+        )?;
+        found.ok_or_else(|| Error::not_found("No event found in that direction."))
     }
 }

@@ -76,7 +76,7 @@ impl Services {
             .ok_or_else(not_member)?;
         match membership.membership.as_str() {
             "join" => self.timeline.current_state(room_id),
-            "leave" | "ban" => {
+            "leave" | "ban" if self.left_after_joining(user_id, &membership)? => {
                 let mut state = self.timeline.state_before(&membership.event_id)?;
                 state.insert(
                     ("m.room.member".to_owned(), user_id.to_string()),
@@ -86,5 +86,61 @@ impl Services {
             }
             _ => Err(not_member()),
         }
+    }
+}
+
+impl Services {
+    /// `POST /knock`: asks to join `room_id`. The room version's auth rules decide (knocking
+    /// needs room v7+ and the join rule `knock`, or `knock_restricted` in v10+).
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        self.set_membership(room_id, user_id, user_id, "knock", reason)
+            .await
+    }
+
+    /// `POST /forget`: the room disappears from the user's view. Only once they are out of it
+    /// (left, kicked, banned, or never there: then there is nothing to forget).
+    pub async fn forget_room(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        self.timeline
+            .forget(room_id, user_id, |membership| match membership {
+                Some(m) if !matches!(m.membership.as_str(), "leave" | "ban") => Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!(
+                        "User {user_id} is in room {room_id} ({}): leave it first.",
+                        m.membership
+                    ),
+                )),
+                _ => Ok(()),
+            })
+            .await
+    }
+
+    /// Whether a `leave` or `ban` ended a stay in the room (the user was joined just before it),
+    /// rather than a refused invite, a withdrawn knock, or a ban of an outsider: only then may
+    /// the user still read what they saw as a member. Looks one membership back, so someone who
+    /// left, knocked again and withdrew counts as an outsider (the safe side).
+    pub fn left_after_joining(
+        &self,
+        user_id: &UserId,
+        membership: &super::timeline::Membership,
+    ) -> Result<bool> {
+        let before = self.timeline.state_entries_before(&membership.event_id)?;
+        let Some(previous) = self
+            .timeline
+            .lookup(&before, "m.room.member", user_id.as_str())?
+        else {
+            return Ok(false);
+        };
+        let pdu = self.timeline.pdu_json(&previous)?;
+        Ok(matches!(
+            pdu.as_ref().and_then(|p| p.get("content")),
+            Some(ruma::CanonicalJsonValue::Object(content))
+                if content.get("membership") == Some(&ruma::CanonicalJsonValue::String("join".into()))
+        ))
     }
 }

@@ -16,6 +16,7 @@ pub mod state_store;
 pub mod sync;
 pub mod sync_filter;
 pub mod timeline;
+pub mod upgrade;
 
 use ruma::RoomVersionId;
 

@@ -121,6 +121,7 @@ impl Services {
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
+        let mut knock = Map::new();
         for (room_id, membership) in self.timeline.rooms_of(user_id)? {
             if !filter.includes_room(room_id.as_str()) {
                 continue;
@@ -147,10 +148,20 @@ impl Services {
                         json!({ "invite_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
                     );
                 }
+                // Knocks: like invites, stripped state and the knock itself.
+                "knock" if changed_membership => {
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({ "knock_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
+                    );
+                }
                 "leave" | "ban" => {
                     if let Some(window) = leave_window(&membership, request, filter) {
-                        let room =
-                            self.left_room(user_id, &room_id, &window, request, &mut lazy)?;
+                        // Who never joined (a refused invite, a withdrawn knock) sees no state.
+                        let was_joined = self.left_after_joining(user_id, &membership)?;
+                        let room = self.left_room(
+                            user_id, &room_id, &window, request, was_joined, &mut lazy,
+                        )?;
                         leave.insert(room_id.to_string(), room);
                     }
                 }
@@ -169,7 +180,7 @@ impl Services {
             .collect();
         let response = json!({
             "next_batch": now.to_string(),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": account_data },
             "presence": { "events": presence },
             "to_device": { "events": [] },
@@ -233,19 +244,29 @@ impl Services {
         Ok(Some(room))
     }
 
-    /// A left (or banned) room's part: its timeline up to the leave, and the state for it.
+    /// A left (or banned) room's part: its timeline up to the leave, and the state for it
+    /// (none for a user who was never joined).
     fn left_room(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
         window: &Window,
         request: &SyncRequest<'_>,
+        was_joined: bool,
         lazy: &mut LazyMarks,
     ) -> Result<Value> {
         let filter = &request.filter;
         let timeline = self.room_timeline(user_id, room_id, window, filter)?;
-        let (state_key, state) =
-            self.room_state(user_id, room_id, window, &timeline, request, lazy)?;
+        let (state_key, state) = if was_joined {
+            self.room_state(user_id, room_id, window, &timeline, request, lazy)?
+        } else {
+            let key = if request.use_state_after {
+                "state_after"
+            } else {
+                "state"
+            };
+            (key, Vec::new())
+        };
         let account_data: Vec<Value> = self
             .account_data_changes(user_id, Some(room_id), window.state_base)?
             .into_iter()
@@ -445,7 +466,8 @@ impl Services {
         }))
     }
 
-    /// What an invitee may see of a room: a few state events, stripped, and the invite itself.
+    /// What an invitee (or knocker) may see of a room: a few state events, stripped, and the
+    /// invite (or knock) itself.
     fn stripped_state(&self, room_id: &RoomId, invite_event: &OwnedEventId) -> Result<Vec<Value>> {
         let state = self.timeline.state_after(invite_event)?;
         let mut events = Vec::new();

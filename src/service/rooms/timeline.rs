@@ -59,6 +59,15 @@ pub fn txn_key(user_id: &UserId, device_id: &str, room_id: &RoomId, txn_id: &str
     ])
 }
 
+/// The key of an event in the `TimestampEvents` index: its room, then its `origin_server_ts`
+/// and stream count (fixed width, so the room's events sort by time, ties by stream order).
+pub fn timestamp_key(room_id: &RoomId, ts: u64, count: u64) -> Vec<u8> {
+    let mut at = [0u8; 16];
+    at[..8].copy_from_slice(&keys::u64_be(ts));
+    at[8..].copy_from_slice(&keys::u64_be(count));
+    keys::join([room_id.as_bytes(), &at])
+}
+
 /// Who signs local events.
 pub struct Signer<'a> {
     pub server_name: &'a ServerName,
@@ -254,6 +263,46 @@ impl Timeline {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// A user's membership as the room's state has it (one point read on `room_members`).
+    /// Unlike [`Timeline::membership`], this survives the user forgetting the room.
+    pub fn member_state(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .get(
+                Cf::RoomMembers,
+                &keys::join([room_id.as_bytes(), user_id.as_bytes()]),
+            )?
+            .map(|m| String::from_utf8_lossy(&m).into_owned()))
+    }
+
+    /// Forgets a room for a user: drops their `user_rooms` entry, so the room leaves their
+    /// `/sync`, `/joined_rooms` and history reads. The room's own record of their membership
+    /// (`room_members`, the state) stays; a later membership event writes the entry again.
+    ///
+    /// `check` sees the current membership first and may refuse; both happen under the room's
+    /// lock, so a membership change cannot slip in between.
+    pub async fn forget(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        check: impl FnOnce(Option<&Membership>) -> Result<()>,
+    ) -> Result<()> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let current = self.membership(room_id, user_id)?;
+        check(current.as_ref())?;
+        if current.is_none() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.delete(
+            Cf::UserRooms,
+            keys::join([user_id.as_bytes(), room_id.as_bytes()]),
+        );
+        self.store.write(batch)?;
+        Ok(())
     }
 
     /// Every room a user has a membership in (one prefix scan).
@@ -454,6 +503,57 @@ impl Timeline {
             .store
             .get(Cf::EventCount, &keys::u64_be(short))?
             .and_then(|bytes| keys::parse_u64_be(&bytes)))
+    }
+
+    /// Walks the room's events by `origin_server_ts` from `ts`, forward (oldest first, from the
+    /// first at or after `ts`) or backward (newest first, from the last at or before `ts`),
+    /// calling `visit(ts, stream count, event ID)` until it returns `Some`. One seek, then a
+    /// range read that stops with the visitor.
+    pub fn find_by_timestamp<T>(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        forward: bool,
+        mut visit: impl FnMut(u64, u64, OwnedEventId) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let corrupt = || Error::internal("corrupt timestamp index entry");
+        let mut entry = |key: &[u8], value: &[u8]| -> Result<Option<T>> {
+            let at = key
+                .get(prefix.len()..)
+                .filter(|a| a.len() == 16)
+                .ok_or_else(corrupt)?;
+            let ts = keys::parse_u64_be(&at[..8]).ok_or_else(corrupt)?;
+            let count = keys::parse_u64_be(&at[8..]).ok_or_else(corrupt)?;
+            let short = keys::parse_u64_be(value).ok_or_else(corrupt)?;
+            let event_id = self.short.event_id(short)?.ok_or_else(corrupt)?;
+            let event_id = EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?;
+            visit(ts, count, event_id)
+        };
+        if forward {
+            let start = timestamp_key(room_id, ts, 0);
+            for item in self
+                .store
+                .scan_prefix_from(Cf::TimestampEvents, &prefix, &start)
+            {
+                let (key, value) = item?;
+                if let Some(found) = entry(&key, &value)? {
+                    return Ok(Some(found));
+                }
+            }
+        } else {
+            let start = timestamp_key(room_id, ts, u64::MAX);
+            for item in self
+                .store
+                .scan_prefix_rev_from(Cf::TimestampEvents, &prefix, &start)
+            {
+                let (key, value) = item?;
+                if let Some(found) = entry(&key, &value)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The latest committed stream count.
@@ -783,6 +883,10 @@ impl Timeline {
         }
 
         let room_id = signed.room_id.clone();
+        let origin_server_ts = match stored.pdu.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+            _ => 0,
+        };
         let event_type = event.event_type;
         let state_key = event.state_key;
         self.commit_counted(batch, |batch, count| {
@@ -795,6 +899,12 @@ impl Timeline {
                 Cf::EventCount,
                 keys::u64_be(short_event),
                 keys::u64_be(count),
+            );
+            // The room's timestamp index (`/timestamp_to_event`).
+            batch.put(
+                Cf::TimestampEvents,
+                timestamp_key(&room_id, origin_server_ts, count),
+                keys::u64_be(short_event),
             );
             if event_type == "m.room.member"
                 && let Some(target) = state_key
