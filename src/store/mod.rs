@@ -73,10 +73,13 @@ pub enum Cf {
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
     /// data's last change (what `/sync` sends since a token).
     AccountDataCounts,
+    /// `room_id` → nothing: the rooms this server publishes in its room directory
+    /// (`/publicRooms`).
+    PublicRooms,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 25] = [
+    pub const ALL: [Cf; 26] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -102,6 +105,7 @@ impl Cf {
         Cf::Aliases,
         Cf::RoomAliases,
         Cf::AccountDataCounts,
+        Cf::PublicRooms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +135,7 @@ impl Cf {
             Cf::Aliases => "alias_roomid",
             Cf::RoomAliases => "roomid_aliases",
             Cf::AccountDataCounts => "account_data_counts",
+            Cf::PublicRooms => "public_rooms",
         }
     }
 }

@@ -12,6 +12,7 @@ mod http_layer;
 mod membership;
 mod persistence;
 mod profile_and_account_data;
+mod public_rooms;
 mod redaction;
 mod registration;
 mod rooms;
