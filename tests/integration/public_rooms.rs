@@ -515,4 +515,51 @@ async fn canonical_alias_must_point_to_the_room() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // createRoom's initial_state is held to the same rules: only the alias it creates can point
+    // to the new room.
+    let initial = |name: Option<&str>, alias: &str| {
+        let mut body = json!({
+            "initial_state": [{
+                "type": "m.room.canonical_alias",
+                "state_key": "",
+                "content": { "alias": alias },
+            }],
+        });
+        if let Some(name) = name {
+            body["room_alias_name"] = json!(name);
+        }
+        body
+    };
+    let create = |body: Value| {
+        let server = &server;
+        let token = alice.token.clone();
+        async move {
+            server
+                .post(&format!("{V3}/createRoom"), Some(&token), body)
+                .await
+        }
+    };
+    assert_error(
+        &create(initial(None, "#main:test.local")).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_ALIAS",
+    );
+    assert_error(
+        &create(initial(Some("fresh"), "fresh")).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    // Nothing was created by the refusals: the alias is still free.
+    assert_error(
+        &server
+            .get(&format!("{V3}/directory/room/%23fresh:test.local"), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (status, body) = create(initial(Some("fresh"), "#fresh:test.local")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = create(initial(None, "#far:elsewhere.org")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

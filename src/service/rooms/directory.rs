@@ -5,7 +5,7 @@
 //! prefix scan of its members), never by expanding the whole state: a directory answer
 //! describes every published room.
 
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -362,47 +362,60 @@ impl Services {
     /// server's aliases must exist and point to the room (else `400 M_BAD_ALIAS`). Aliases of
     /// other servers cannot be checked without federation and are accepted.
     pub fn check_canonical_alias(&self, room_id: &RoomId, content: &Value) -> Result<()> {
-        let mut aliases = Vec::new();
-        match content.get("alias") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(alias)) => aliases.push(alias.as_str()),
-            Some(_) => return Err(Error::invalid_param("`alias` must be a room alias.")),
-        }
-        match content.get("alt_aliases") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(alt)) => {
-                for alias in alt {
-                    let alias = alias.as_str().ok_or_else(|| {
-                        Error::invalid_param("`alt_aliases` must be a list of room aliases.")
-                    })?;
-                    aliases.push(alias);
-                }
-            }
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "`alt_aliases` must be a list of room aliases.",
-                ));
-            }
-        }
-        // Every alias is parsed before any is looked up, so a malformed one is always reported
-        // as such.
-        let aliases = aliases
-            .into_iter()
-            .map(|alias| {
-                RoomAliasId::parse(alias)
-                    .map_err(|e| Error::invalid_param(format!("{alias} is not a room alias: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for alias in aliases {
-            if alias.server_name() != self.server_name {
-                continue;
-            }
-            if self.resolve_alias(&alias)?.as_deref() != Some(room_id) {
+        for alias in canonical_aliases(content)? {
+            if alias.server_name() == self.server_name
+                && self.resolve_alias(&alias)?.as_deref() != Some(room_id)
+            {
                 return Err(bad_alias(format!("{alias} does not point to this room.")));
             }
         }
         Ok(())
     }
+
+    /// The same check for an `m.room.canonical_alias` in createRoom's `initial_state`, before
+    /// the room exists: the only alias of this server that will point to it is `new_alias`
+    /// (`room_alias_name`), which createRoom creates first.
+    pub fn check_initial_canonical_alias(
+        &self,
+        content: &Value,
+        new_alias: Option<&RoomAliasId>,
+    ) -> Result<()> {
+        for alias in canonical_aliases(content)? {
+            if alias.server_name() == self.server_name && Some(&*alias) != new_alias {
+                return Err(bad_alias(format!("{alias} does not point to this room.")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The aliases an `m.room.canonical_alias` content names (`alias`, then `alt_aliases`), each
+/// checked to be a room alias (`400 M_INVALID_PARAM` otherwise). All are parsed before any is
+/// looked up, so a malformed one is always reported as such.
+fn canonical_aliases(content: &Value) -> Result<Vec<OwnedRoomAliasId>> {
+    let not_a_list = || Error::invalid_param("`alt_aliases` must be a list of room aliases.");
+    let mut aliases = Vec::new();
+    match content.get("alias") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(alias)) => aliases.push(alias.as_str()),
+        Some(_) => return Err(Error::invalid_param("`alias` must be a room alias.")),
+    }
+    match content.get("alt_aliases") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(alt)) => {
+            for alias in alt {
+                aliases.push(alias.as_str().ok_or_else(not_a_list)?);
+            }
+        }
+        Some(_) => return Err(not_a_list()),
+    }
+    aliases
+        .into_iter()
+        .map(|alias| {
+            RoomAliasId::parse(alias)
+                .map_err(|e| Error::invalid_param(format!("{alias} is not a room alias: {e}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
