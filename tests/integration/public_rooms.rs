@@ -199,7 +199,7 @@ async fn public_rooms_lists_filters_and_paginates() {
     // Most members first, then by room ID; unpublished rooms are not listed; no token needed.
     let (status, page) = server.get(&format!("{V3}/publicRooms"), None).await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let mut quiet = vec![cheese.clone(), space.clone()];
+    let mut quiet = [cheese.clone(), space.clone()];
     quiet.sort();
     let all = vec![busy.clone(), quiet[0].clone(), quiet[1].clone()];
     assert_eq!(room_ids(&page), all);
