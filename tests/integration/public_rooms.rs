@@ -434,6 +434,25 @@ async fn room_summaries() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["world_readable"], true);
 
+    // Knocking opens it too; restricted rules name the rooms whose members may join.
+    let knock = server.create_room(&alice, json!({})).await;
+    hidden(server.get(&summary(&knock), None).await);
+    set_state(
+        &server,
+        &alice,
+        &knock,
+        "m.room.join_rules",
+        json!({
+            "join_rule": "knock_restricted",
+            "allow": [{ "type": "m.room_membership", "room_id": public }],
+        }),
+    )
+    .await;
+    let (status, body) = server.get(&summary(&knock), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["join_rule"], "knock_restricted");
+    assert_eq!(body["allowed_room_ids"], json!([public]));
+
     // Unknown rooms and aliases; a bad token.
     hidden(server.get(&summary("!nowhere:test.local"), None).await);
     hidden(server.get(&summary("%23nowhere:test.local"), None).await);
