@@ -98,10 +98,13 @@ pub enum Cf {
     /// `room_id 0xFF origin_server_ts (u64 BE) ++ stream count (u64 BE)` → short event id
     /// (u64 BE): each room's events by timestamp (`/timestamp_to_event` is one seek).
     TimestampEvents,
+    /// `room_id` → nothing: the rooms this server publishes in its room directory
+    /// (`/publicRooms`).
+    PublicRooms,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 31] = [
+    pub const ALL: [Cf; 32] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -133,6 +136,7 @@ impl Cf {
         Cf::PublicJoinRooms,
         Cf::ReceiptStream,
         Cf::TimestampEvents,
+        Cf::PublicRooms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -168,6 +172,7 @@ impl Cf {
             Cf::PublicJoinRooms => "public_join_rooms",
             Cf::ReceiptStream => "receipt_stream",
             Cf::TimestampEvents => "roomid_ts_shorteventid",
+            Cf::PublicRooms => "public_rooms",
         }
     }
 }

@@ -71,9 +71,11 @@ async fn unknown_paths_and_methods_are_unrecognized() {
         StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",
     );
-    // The public room list is not built yet: it must say so, not pretend.
+    // Third-party networks are not built yet: they must say so, not pretend.
     assert_error(
-        &server.get("/_matrix/client/v3/publicRooms", None).await,
+        &server
+            .get("/_matrix/client/v3/thirdparty/protocols", None)
+            .await,
         StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",
     );

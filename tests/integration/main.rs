@@ -14,6 +14,7 @@ mod membership;
 mod people;
 mod persistence;
 mod profile_and_account_data;
+mod public_rooms;
 mod redaction;
 mod registration;
 mod rooms;

@@ -106,4 +106,15 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::room::get_event_by_timestamp::v1::Request, _, _>(
             lifecycle::timestamp_to_event,
         )
+        .ruma_route::<c::directory::get_room_visibility::v3::Request, _, _>(
+            directory::get_visibility,
+        )
+        .ruma_route::<c::directory::set_room_visibility::v3::Request, _, _>(
+            directory::set_visibility,
+        )
+        .ruma_route::<c::directory::get_public_rooms::v3::Request, _, _>(directory::public_rooms)
+        .ruma_route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
+            directory::public_rooms_filtered,
+        )
+        .ruma_route::<c::room::get_summary::v1::Request, _, _>(directory::room_summary)
 }

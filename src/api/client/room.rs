@@ -98,6 +98,9 @@ pub async fn create_room(
         alias,
     };
     let room_id = services.create_room(request.user(), create).await?;
+    if body.visibility == Visibility::Public {
+        services.publish(&room_id, true)?;
+    }
     Ok(RumaResponse(create_v3::Response::new(room_id)))
 }
 
@@ -143,6 +146,9 @@ pub async fn send_state(
     let body = &request.body;
     let event_type = body.event_type.to_string();
     let content = Value::Object(object(body.body.json(), "The event content")?);
+    if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
+        services.check_canonical_alias(&body.room_id, &content)?;
+    }
     let signer = Signer {
         server_name: &services.server_name,
         key: services.globals.signing_key(),

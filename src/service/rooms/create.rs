@@ -70,11 +70,14 @@ impl Services {
                 )));
             }
         }
-        for (_, _, content) in &request.initial_state {
+        for (event_type, state_key, content) in &request.initial_state {
             if !content.is_object() {
                 return Err(Error::bad_json(
                     "initial_state contents must be JSON objects.",
                 ));
+            }
+            if event_type == "m.room.canonical_alias" && state_key.is_empty() {
+                self.check_initial_canonical_alias(content, request.alias.as_deref())?;
             }
         }
         if let Some(alias) = &request.alias

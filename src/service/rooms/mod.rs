@@ -4,6 +4,7 @@
 pub mod alias;
 pub mod auth;
 pub mod create;
+pub mod directory;
 pub mod ephemeral;
 pub mod event;
 pub mod history;

@@ -410,6 +410,15 @@ impl Timeline {
         self.expand_entries(&self.state_entries_after(event_id)?)
     }
 
+    /// A room's compressed current state, for point reads with [`Timeline::lookup`] (cheaper
+    /// than [`Timeline::current_state`], which resolves every entry).
+    pub fn current_state_entries(&self, room: &RoomRecord) -> Result<Vec<StateEntry>> {
+        match room.state {
+            0 => Ok(Vec::new()),
+            state => self.states.load(state),
+        }
+    }
+
     /// The compressed state before an event (empty before the create event).
     pub fn state_entries_before(&self, event_id: &EventId) -> Result<Vec<StateEntry>> {
         match self.state_hash_before(event_id)? {
