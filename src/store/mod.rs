@@ -73,10 +73,14 @@ pub enum Cf {
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
     /// data's last change (what `/sync` sends since a token).
     AccountDataCounts,
+    /// short event id (u64 BE) → the short ids (u64 BE each, sorted) of every event in its full
+    /// auth chain: a cache for state resolution (`service::rooms::state_res`). An event's auth
+    /// chain never changes, so entries are never invalidated.
+    AuthChains,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 25] = [
+    pub const ALL: [Cf; 26] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -102,6 +106,7 @@ impl Cf {
         Cf::Aliases,
         Cf::RoomAliases,
         Cf::AccountDataCounts,
+        Cf::AuthChains,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +136,7 @@ impl Cf {
             Cf::Aliases => "alias_roomid",
             Cf::RoomAliases => "roomid_aliases",
             Cf::AccountDataCounts => "account_data_counts",
+            Cf::AuthChains => "shorteventid_authchain",
         }
     }
 }

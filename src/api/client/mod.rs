@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod context;
 mod devices;
 mod directory;
 mod discovery;
@@ -92,4 +93,5 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::receipt)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(filter::create)
         .ruma_route::<c::filter::get_filter::v3::Request, _, _>(filter::get)
+        .ruma_route::<c::context::get_context::v3::Request, _, _>(context::get_context)
 }

@@ -3,14 +3,17 @@
 
 pub mod alias;
 pub mod auth;
+pub mod context;
 pub mod create;
 pub mod ephemeral;
 pub mod event;
+pub mod event_filter;
 pub mod history;
 pub mod membership;
 pub mod pdu;
 pub mod redaction;
 pub mod short;
+pub mod state_res;
 pub mod state_store;
 pub mod sync;
 pub mod timeline;
