@@ -361,6 +361,31 @@ async fn unknown_invisible_and_foreign_events_are_not_found() {
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
+    // Unless the room is world-readable: then anyone may look (peeking).
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&alice.token),
+            json!({ "history_visibility": "world_readable" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let public = server.say(&alice, &room, "public").await;
+    let peek = context(&server, &carol, &room, &public, "").await;
+    assert_eq!(peek["event"]["content"]["body"], "public");
+    assert_eq!(
+        bodies(&peek["events_before"]),
+        Vec::<String>::new(),
+        "earlier history was not world-readable"
+    );
+    assert_error(
+        &server
+            .get(&path(&room, &hello, ""), Some(&carol.token))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
     // Unknown events, and events of another room.
     assert_error(
         &server

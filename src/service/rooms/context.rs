@@ -44,7 +44,9 @@ impl Services {
     /// Up to `limit` events around `event_id` (split by [`split_limit`]) that `user_id` may see
     /// and that pass `filter`. The event itself is always returned (the filter does not apply
     /// to it); if it does not exist in the room or the user may not see it, `M_NOT_FOUND`, as
-    /// for `/event` (so non-members learn nothing either).
+    /// for `/event`. Visibility is history visibility alone: non-members see the events of a
+    /// `world_readable` room (peeking) and nothing of other rooms, without learning whether the
+    /// event exists.
     pub fn context(
         &self,
         room_id: &RoomId,
@@ -53,11 +55,15 @@ impl Services {
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<Context> {
-        let event = self.visible_event(room_id, user_id, event_id)?;
-        let count = self
-            .timeline
-            .count_of(event_id)?
-            .ok_or_else(|| Error::not_found("No such event, or you may not see it."))?;
+        let not_found = || Error::not_found("No such event, or you may not see it.");
+        let count = self.timeline.count_of(event_id)?.ok_or_else(not_found)?;
+        if !self.event_in_room(room_id, event_id)? {
+            return Err(not_found());
+        }
+        let event = self.timeline.client_event(room_id, event_id)?;
+        if !self.may_see_event(room_id, user_id, &event, count)? {
+            return Err(not_found());
+        }
         let limit = match filter.limit {
             Some(l) => limit.min(usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
             None => limit,
