@@ -567,6 +567,11 @@ mod tests {
                 .unwrap();
             assert_eq!(resolved[&key("m.room.topic", "")], winner, "{version}");
             assert_eq!(
+                f.timeline.current_state(&room).unwrap(),
+                resolved,
+                "{version}: the room's current state is the resolved one"
+            );
+            assert_eq!(
                 f.timeline
                     .state_at_extremities(&version, &[b.clone(), a.clone()])
                     .unwrap(),

@@ -801,9 +801,8 @@ impl Timeline {
 
     /// Appends a local event whose `prev_events` are `prev_events` instead of the room's
     /// forward extremities, making a fork: the room's extremities become the old ones minus
-    /// `prev_events`, plus the new event. Stands in for federation in tests. (The room record's
-    /// current state becomes the state after the new event; the next append resolves the
-    /// forks anyway.)
+    /// `prev_events`, plus the new event, and the room's current state the resolution of the
+    /// states after them. Stands in for federation in tests.
     #[cfg(test)]
     pub(crate) async fn append_after(
         &self,
@@ -840,6 +839,10 @@ impl Timeline {
             .cloned()
             .chain([event_id.clone()])
             .collect();
+        if record.extremities.len() > 1 {
+            let resolved = self.state_at_extremities(&record.version, &record.extremities)?;
+            record.state = self.save_state(record.state, &resolved)?;
+        }
         let mut batch = Batch::new();
         batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
         self.store.write(batch)?;
