@@ -713,6 +713,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_merge_of_some_branches_leaves_the_others_as_extremities() {
+        let version = RoomVersionId::V12;
+        let f = Fixture::new();
+        let (room, _, fork) = f.room(&version).await;
+        let mut tips = Vec::new();
+        for (topic, name) in [
+            ("A", "m.room.topic"),
+            ("B", "m.room.topic"),
+            ("C", "m.room.name"),
+        ] {
+            tips.push(
+                f.state_after(
+                    &room,
+                    &fork,
+                    ALICE,
+                    name,
+                    "",
+                    json!({ "topic": topic, "name": topic }),
+                )
+                .await,
+            );
+        }
+        assert_eq!(
+            f.timeline.room(&room).unwrap().unwrap().extremities.len(),
+            3
+        );
+
+        // Merge A and B only: C stays a forward extremity.
+        let merge = f
+            .timeline
+            .append_after(&room, &user(ALICE), message("ab"), &tips[..2], &f.signer())
+            .await
+            .unwrap();
+        let expected = f
+            .timeline
+            .state_at_extremities(&version, &tips[..2])
+            .unwrap();
+        assert_eq!(f.timeline.state_before(&merge).unwrap(), expected);
+        assert!(
+            !expected.contains_key(&key("m.room.name", "")),
+            "C is not merged yet"
+        );
+        let mut extremities = f.timeline.room(&room).unwrap().unwrap().extremities;
+        extremities.sort();
+        let mut left = vec![tips[2].clone(), merge.clone()];
+        left.sort();
+        assert_eq!(extremities, left);
+
+        // The next event merges the rest: C's name joins the state. The topic conflicts again
+        // (C's branch still has the one from before the fork), and, as between A and B, the
+        // later (origin_server_ts, event ID) wins: normally the merged one, but events sent
+        // within one millisecond fall back to the event ID.
+        let last = f.merge(&room).await;
+        let state = f.timeline.state_before(&last).unwrap();
+        assert_eq!(state[&key("m.room.name", "")], tips[2]);
+        let merged_topic = expected[&key("m.room.topic", "")].clone();
+        let winner = std::cmp::max(
+            (f.ts(&merged_topic), merged_topic.clone()),
+            (f.ts(&fork), fork.clone()),
+        )
+        .1;
+        assert_eq!(state[&key("m.room.topic", "")], winner);
+        assert_eq!(
+            f.timeline.room(&room).unwrap().unwrap().extremities,
+            vec![last]
+        );
+    }
+
+    #[tokio::test]
     async fn identical_or_single_states_need_no_resolution() {
         let f = Fixture::new();
         let (room, _, topic) = f.room(&RoomVersionId::V12).await;
