@@ -615,7 +615,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // On the multi-threaded runtime, as the server runs: the merge resolves in `block_in_place`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ban_on_one_branch_beats_the_banned_users_events_on_the_other() {
         for version in VERSIONS {
             let f = Fixture::new();

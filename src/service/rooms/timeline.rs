@@ -761,9 +761,15 @@ impl Timeline {
 /// Forks: the parts of the append path that state resolution (`state_res.rs`) needs.
 impl Timeline {
     /// `room` with its state set to the resolution of the states after its extremities,
-    /// stored as a snapshot (a delta against the current state).
+    /// stored as a snapshot (a delta against the current state). State resolution is
+    /// CPU-bound and synchronous: on a multi-threaded runtime it tells tokio so
+    /// (`block_in_place`), so a large conflict does not stall the other tasks of its worker.
     fn merge_forks(&self, mut room: RoomRecord) -> Result<RoomRecord> {
-        let resolved = self.state_at_extremities(&room.version, &room.extremities)?;
+        let resolve = || self.state_at_extremities(&room.version, &room.extremities);
+        let resolved = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(resolve),
+            _ => resolve(),
+        }?;
         room.state = self.save_state(room.state, &resolved)?;
         Ok(room)
     }
