@@ -101,10 +101,14 @@ pub enum Cf {
     /// `room_id` → nothing: the rooms this server publishes in its room directory
     /// (`/publicRooms`).
     PublicRooms,
+    /// short event id (u64 BE) → the short ids (u64 BE each, sorted) of every event in its full
+    /// auth chain: a cache for state resolution (`service::rooms::state_res`). An event's auth
+    /// chain never changes, so entries are never invalidated.
+    AuthChains,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 32] = [
+    pub const ALL: [Cf; 33] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -137,6 +141,7 @@ impl Cf {
         Cf::ReceiptStream,
         Cf::TimestampEvents,
         Cf::PublicRooms,
+        Cf::AuthChains,
     ];
 
     pub fn name(self) -> &'static str {
@@ -173,6 +178,7 @@ impl Cf {
             Cf::ReceiptStream => "receipt_stream",
             Cf::TimestampEvents => "roomid_ts_shorteventid",
             Cf::PublicRooms => "public_rooms",
+            Cf::AuthChains => "shorteventid_authchain",
         }
     }
 }

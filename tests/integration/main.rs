@@ -4,6 +4,7 @@ mod account;
 mod cli;
 mod clients;
 mod common;
+mod context;
 mod devices;
 mod directory;
 mod ephemeral;

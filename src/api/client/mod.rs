@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod context;
 mod devices;
 mod directory;
 mod discovery;
@@ -117,4 +118,5 @@ pub fn routes(router: Router<State>) -> Router<State> {
             directory::public_rooms_filtered,
         )
         .ruma_route::<c::room::get_summary::v1::Request, _, _>(directory::room_summary)
+        .ruma_route::<c::context::get_context::v3::Request, _, _>(context::get_context)
 }

@@ -180,21 +180,30 @@ impl Services {
         let not_found = || Error::not_found("No such event, or you may not see it.");
         let count = self.timeline.count_of(event_id)?.ok_or_else(not_found)?;
         let event = self.timeline.client_event(room_id, event_id)?;
-        let in_room = match self
-            .timeline
-            .pdu_json(event_id)?
-            .and_then(|p| p.get("room_id").cloned())
+        if !self.event_in_room(room_id, event_id)?
+            || self.timeline.membership(room_id, user_id)?.is_none()
         {
-            Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
-            _ => event_id.localpart() == room_id.strip_sigil(),
-        };
-        if !in_room || self.timeline.membership(room_id, user_id)?.is_none() {
             return Err(not_found());
         }
         if !self.may_see_event(room_id, user_id, &event, count)? {
             return Err(not_found());
         }
         Ok(event)
+    }
+
+    /// Whether a stored event belongs to `room_id` (a v12 create event names no room: its ID
+    /// is the room's).
+    pub fn event_in_room(&self, room_id: &RoomId, event_id: &EventId) -> Result<bool> {
+        Ok(
+            match self
+                .timeline
+                .pdu_json(event_id)?
+                .and_then(|p| p.get("room_id").cloned())
+            {
+                Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
+                _ => event_id.localpart() == room_id.strip_sigil(),
+            },
+        )
     }
 
     /// The room's member events as `user_id` may see them (the current state while joined,

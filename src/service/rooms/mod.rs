@@ -3,6 +3,7 @@
 
 pub mod alias;
 pub mod auth;
+pub mod context;
 pub mod create;
 pub mod directory;
 pub mod ephemeral;
@@ -13,6 +14,7 @@ pub mod pdu;
 pub mod profile;
 pub mod redaction;
 pub mod short;
+pub mod state_res;
 pub mod state_store;
 pub mod sync;
 pub mod sync_filter;

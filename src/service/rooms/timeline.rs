@@ -722,6 +722,14 @@ impl Timeline {
         signer: &Signer<'_>,
     ) -> Result<(OwnedRoomId, OwnedEventId)> {
         let rules = rules_of(&room.version)?;
+        // Forks (state_res.rs): with several forward extremities, which only federation (or a
+        // test) creates, the state before the new event is the resolution of the states after
+        // each of them. With one extremity, the usual case, this costs nothing.
+        let room = if room.extremities.len() > 1 {
+            self.merge_forks(room)?
+        } else {
+            room
+        };
         // A redaction redacts its target in the same batch.
         let redact_target = match event.redacts {
             Some(target) if event.event_type == "m.room.redaction" => Some(
@@ -954,6 +962,112 @@ impl Timeline {
         })
         .await?;
         Ok((signed.room_id, signed.event_id))
+    }
+}
+
+/// Forks: the parts of the append path that state resolution (`state_res.rs`) needs.
+impl Timeline {
+    /// `room` with its state set to the resolution of the states after its extremities,
+    /// stored as a snapshot (a delta against the current state). State resolution is
+    /// CPU-bound and synchronous: on a multi-threaded runtime it tells tokio so
+    /// (`block_in_place`), so a large conflict does not stall the other tasks of its worker.
+    fn merge_forks(&self, mut room: RoomRecord) -> Result<RoomRecord> {
+        let resolve = || self.state_at_extremities(&room.version, &room.extremities);
+        let resolved = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(resolve),
+            _ => resolve(),
+        }?;
+        room.state = self.save_state(room.state, &resolved)?;
+        Ok(room)
+    }
+
+    /// The storage state resolution reads directly (its auth-chain cache).
+    pub(crate) fn storage(&self) -> (&Store, &ShortIds) {
+        (&self.store, &self.short)
+    }
+
+    /// Stores a state map as a snapshot, as a delta against `parent` (a short state hash, 0 for
+    /// none) where that pays, and returns its short state hash.
+    pub(crate) fn save_state(
+        &self,
+        parent: u64,
+        state: &HashMap<(String, String), OwnedEventId>,
+    ) -> Result<u64> {
+        let mut entries = Vec::with_capacity(state.len());
+        for ((kind, key), id) in state {
+            entries.push((
+                self.short.state_key(kind, key)?,
+                self.short.event(id.as_str())?,
+            ));
+        }
+        entries.sort_unstable();
+        let parent_entries = match parent {
+            0 => None,
+            id => Some(self.states.load(id)?),
+        };
+        self.states.save(
+            &self.short,
+            parent_entries.as_deref().map(|e| (parent, e)),
+            &entries,
+        )
+    }
+
+    /// Appends a local event whose `prev_events` are `prev_events` instead of the room's
+    /// forward extremities, making a fork: the room's extremities become the old ones minus
+    /// `prev_events`, plus the new event, and the room's current state the resolution of the
+    /// states after them. Stands in for federation in tests.
+    #[cfg(test)]
+    pub(crate) async fn append_after(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+        prev_events: &[OwnedEventId],
+        signer: &Signer<'_>,
+    ) -> Result<OwnedEventId> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("No such room."))?;
+        let state = match prev_events {
+            [one] => self.save_state(room.state, &self.state_after(one)?)?,
+            _ => room.state,
+        };
+        let forked = RoomRecord {
+            extremities: prev_events.to_vec(),
+            state,
+            ..room.clone()
+        };
+        let (_, event_id) = self
+            .append_with(
+                Some(room_id),
+                forked,
+                sender,
+                event,
+                None,
+                utils::now_millis(),
+                signer,
+            )
+            .await?;
+        let mut record = self
+            .room(room_id)?
+            .ok_or_else(|| Error::internal("room vanished"))?;
+        record.extremities = room
+            .extremities
+            .iter()
+            .filter(|e| !prev_events.contains(e))
+            .cloned()
+            .chain([event_id.clone()])
+            .collect();
+        if record.extremities.len() > 1 {
+            let resolved = self.state_at_extremities(&record.version, &record.extremities)?;
+            record.state = self.save_state(record.state, &resolved)?;
+        }
+        let mut batch = Batch::new();
+        batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
+        self.store.write(batch)?;
+        Ok(event_id)
     }
 }
 
