@@ -187,6 +187,29 @@ impl TestServer {
         body["event_id"].as_str().expect("event_id").to_owned()
     }
 
+    /// `POST /rooms/{room}/join` as `who`, which must answer 200.
+    pub async fn join(&self, who: &Session, room: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/join"),
+                Some(&who.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// The rooms `who` is joined to (`/joined_rooms`).
+    pub async fn joined_rooms(&self, who: &Session) -> Vec<String> {
+        let body = self.get_ok("/_matrix/client/v3/joined_rooms", who).await;
+        body["joined_rooms"]
+            .as_array()
+            .expect("joined_rooms")
+            .iter()
+            .map(|r| r.as_str().expect("room ID").to_owned())
+            .collect()
+    }
+
     pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
         self.post(
             "/_matrix/client/v3/login",
@@ -255,4 +278,22 @@ pub fn message_bodies(events: &Value) -> Vec<String> {
         .filter(|e| e["type"] == "m.room.message")
         .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+/// Percent-encodes everything but unreserved characters (for IDs and JSON in paths and queries).
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A sync response's `next_batch`.
+pub fn next_batch(response: &Value) -> String {
+    response["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned()
 }

@@ -4,22 +4,13 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error, message_bodies};
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use crate::common::{Session, TestServer, assert_error, message_bodies, urlencode};
 
 fn path(room: &str, event: &str, query: &str) -> String {
     format!(
         "/_matrix/client/v3/rooms/{}/context/{}?{query}",
-        encode(room),
-        encode(event)
+        urlencode(room),
+        urlencode(event)
     )
 }
 
@@ -39,17 +30,6 @@ fn bodies(events: &Value) -> Vec<String> {
 
 fn names(range: impl Iterator<Item = usize>) -> Vec<String> {
     range.map(|i| format!("m{i:02}")).collect()
-}
-
-async fn join(server: &TestServer, who: &Session, room: &str) {
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&who.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
@@ -161,8 +141,8 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat", "topic": "t" }))
         .await;
-    join(&server, &bob, &room).await;
-    join(&server, &carol, &room).await;
+    server.join(&bob, &room).await;
+    server.join(&carol, &room).await;
     server.say(&alice, &room, "a1").await;
     server.say(&bob, &room, "b1").await;
     let (status, body) = server
@@ -187,7 +167,7 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
 
     // senders + types: only Bob's messages around the target; the target itself is never
     // filtered out.
-    let filter = encode(r#"{"senders":["@bob:test.local"],"types":["m.room.message"]}"#);
+    let filter = urlencode(r#"{"senders":["@bob:test.local"],"types":["m.room.message"]}"#);
     let bobs = context(&server, &alice, &room, &target, &format!("filter={filter}")).await;
     assert_eq!(bodies(&bobs["events_before"]), vec!["pic", "b1"]);
     assert_eq!(bodies(&bobs["events_after"]), vec!["b2"]);
@@ -202,7 +182,7 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
     assert_eq!(bobs["state"], json!([]));
 
     // Wildcards and not_types; not_senders.
-    let filter = encode(
+    let filter = urlencode(
         r#"{"types":["org.example.*","m.room.message"],"not_senders":["@alice:test.local"]}"#,
     );
     let custom = context(&server, &alice, &room, &target, &format!("filter={filter}")).await;
@@ -216,7 +196,7 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
         kinds[..3],
         ["m.room.message", "org.example.custom", "m.room.message"]
     );
-    let filter = encode(r#"{"not_types":["m.room.message"]}"#);
+    let filter = urlencode(r#"{"not_types":["m.room.message"]}"#);
     let no_messages = context(&server, &alice, &room, &target, &format!("filter={filter}")).await;
     assert!(
         no_messages["events_before"]
@@ -230,13 +210,13 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
     assert_eq!(no_messages["event"]["content"]["body"], "target");
 
     // contains_url.
-    let filter = encode(r#"{"contains_url":true}"#);
+    let filter = urlencode(r#"{"contains_url":true}"#);
     let with_url = context(&server, &alice, &room, &target, &format!("filter={filter}")).await;
     assert_eq!(bodies(&with_url["events_before"]), vec!["pic"]);
     assert_eq!(with_url["events_after"], json!([]));
 
     // The filter's own limit caps the total too.
-    let filter = encode(r#"{"limit":2}"#);
+    let filter = urlencode(r#"{"limit":2}"#);
     let capped = context(&server, &alice, &room, &target, &format!("filter={filter}")).await;
     assert_eq!(capped["events_before"].as_array().unwrap().len(), 1);
     assert_eq!(bodies(&capped["events_after"]), vec!["a2"]);
@@ -265,7 +245,7 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
             .iter()
             .any(|e| e["type"] == "m.room.topic")
     );
-    let filter = encode(r#"{"lazy_load_members":true}"#);
+    let filter = urlencode(r#"{"lazy_load_members":true}"#);
     let lazy = context(
         &server,
         &alice,
@@ -284,7 +264,7 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
             .any(|e| e["type"] == "m.room.topic"),
         "lazy-loading leaves other state alone"
     );
-    let filter = encode(
+    let filter = urlencode(
         r#"{"lazy_load_members":true,"include_redundant_members":true,"senders":["@bob:test.local"]}"#,
     );
     let lazy_bob = context(&server, &alice, &room, &target, &format!("filter={filter}")).await;
@@ -300,7 +280,7 @@ async fn filters_apply_to_the_surrounding_events_and_state() {
             &path(
                 &room,
                 &target,
-                &format!("filter={}", encode(r#"{"types":"x"}"#)),
+                &format!("filter={}", urlencode(r#"{"types":"x"}"#)),
             ),
             Some(&alice.token),
         )
@@ -331,7 +311,7 @@ async fn unknown_invisible_and_foreign_events_are_not_found() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let secret = server.say(&alice, &room, "secret").await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     let hello = server.say(&bob, &room, "hello").await;
 
     // The target must be visible: the secret predates Bob's join.

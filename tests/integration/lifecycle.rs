@@ -24,16 +24,6 @@ async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
     server.get_ok(&format!("{V3}/sync?{query}"), who).await
 }
 
-async fn joined_rooms(server: &TestServer, who: &Session) -> Vec<String> {
-    let body = server.get_ok(&format!("{V3}/joined_rooms"), who).await;
-    body["joined_rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The content of a room's current state event, as `who` sees it.
 async fn state(server: &TestServer, who: &Session, room: &str, event_type: &str) -> Value {
     server
@@ -129,7 +119,7 @@ async fn knock_then_invite_and_join_with_sync() {
     )
     .await;
     post_ok(&server, &bob, &format!("{V3}/rooms/{room}/join"), json!({})).await;
-    assert_eq!(joined_rooms(&server, &bob).await, vec![room.clone()]);
+    assert_eq!(server.joined_rooms(&bob).await, vec![room.clone()]);
     let later = sync(&server, &bob, &format!("since={bob_token}&timeout=0")).await;
     assert!(later["rooms"]["join"].get(&room).is_some());
     assert!(later["rooms"]["knock"].get(&room).is_none());
@@ -361,7 +351,7 @@ async fn forgotten_rooms_disappear_until_rejoined() {
             );
         }
     }
-    assert!(joined_rooms(&server, &bob).await.is_empty());
+    assert!(server.joined_rooms(&bob).await.is_empty());
     for path in [
         format!("{V3}/rooms/{room}/messages?dir=b"),
         format!("{V3}/rooms/{room}/state"),
@@ -377,7 +367,7 @@ async fn forgotten_rooms_disappear_until_rejoined() {
 
     // Joining again brings it all back.
     post_ok(&server, &bob, &format!("{V3}/rooms/{room}/join"), json!({})).await;
-    assert_eq!(joined_rooms(&server, &bob).await, vec![room.clone()]);
+    assert_eq!(server.joined_rooms(&bob).await, vec![room.clone()]);
     let again = sync(&server, &bob, "").await;
     assert!(again["rooms"]["join"].get(&room).is_some());
     server
@@ -507,7 +497,7 @@ async fn upgrading_a_room_to_v12() {
         StatusCode::BAD_REQUEST,
         "M_BAD_JSON",
     );
-    assert_eq!(joined_rooms(&server, &alice).await, vec![old.clone()]);
+    assert_eq!(server.joined_rooms(&alice).await, vec![old.clone()]);
 
     let body = post_ok(&server, &alice, &upgrade, json!({ "new_version": "12" })).await;
     let new = body["replacement_room"]

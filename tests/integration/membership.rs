@@ -15,19 +15,6 @@ async fn post(
     server.post(&path, Some(&who.token), body).await
 }
 
-async fn joined_rooms(server: &TestServer, who: &Session) -> Vec<String> {
-    let (status, body) = server
-        .get("/_matrix/client/v3/joined_rooms", Some(&who.token))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    body["joined_rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn invite_join_leave_and_state_after_leaving() {
     let server = TestServer::start().await;
@@ -75,7 +62,7 @@ async fn invite_join_leave_and_state_after_leaving() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["room_id"], room);
-    assert_eq!(joined_rooms(&server, &bob).await, vec![room.clone()]);
+    assert_eq!(server.joined_rooms(&bob).await, vec![room.clone()]);
 
     let (status, members) = server
         .get(&format!("{base}/joined_members"), Some(&bob.token))
@@ -126,7 +113,7 @@ async fn invite_join_leave_and_state_after_leaving() {
     // Bob leaves: no longer joined; he still sees the state as it was when he left.
     let (status, _) = post(&server, &bob, format!("{base}/leave"), json!({})).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(joined_rooms(&server, &bob).await.is_empty());
+    assert!(server.joined_rooms(&bob).await.is_empty());
     server
         .put(
             &format!("{base}/state/m.room.name/"),
@@ -262,7 +249,7 @@ async fn kick_ban_and_unban_in_a_public_room() {
             .0,
         StatusCode::OK
     );
-    assert_eq!(joined_rooms(&server, &bob).await, vec![room]);
+    assert_eq!(server.joined_rooms(&bob).await, vec![room]);
 }
 
 #[tokio::test]

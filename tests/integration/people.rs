@@ -6,21 +6,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error};
+use crate::common::{Session, TestServer, assert_error, next_batch};
 
 fn presence_path(user: &str) -> String {
     format!("/_matrix/client/v3/presence/{user}/status")
-}
-
-async fn join(server: &TestServer, who: &Session, room: &str) {
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&who.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 async fn sync_since(server: &TestServer, who: &Session, since: Option<&str>, extra: &str) -> Value {
@@ -29,10 +18,6 @@ async fn sync_since(server: &TestServer, who: &Session, since: Option<&str>, ext
         None => format!("/_matrix/client/v3/sync?timeout=0{extra}"),
     };
     server.get_ok(&path, who).await
-}
-
-fn next_batch(response: &Value) -> String {
-    response["next_batch"].as_str().unwrap().to_owned()
 }
 
 /// The `m.presence` event of `user` in a sync response, if any.
@@ -81,7 +66,7 @@ async fn presence_can_be_set_for_oneself_and_read_by_room_mates() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     let seen = server.get_ok(&presence_path(&alice.user_id), &bob).await;
     assert_eq!(seen["presence"], "online");
     assert_eq!(seen["status_msg"], "Writing tests");
@@ -159,7 +144,7 @@ async fn sync_carries_presence_of_room_mates_only() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     set_presence(
         &server,
         &alice,
@@ -264,7 +249,7 @@ async fn a_presence_change_wakes_a_long_poll() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     set_presence(&server, &alice, json!({ "presence": "online" })).await;
     let since = next_batch(&sync_since(&server, &bob, None, "").await);
 
@@ -300,8 +285,8 @@ async fn profile_changes_reach_member_events() {
     let left = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
-    join(&server, &bob, &left).await;
+    server.join(&bob, &room).await;
+    server.join(&bob, &left).await;
     server
         .post(
             &format!("/_matrix/client/v3/rooms/{left}/leave"),
@@ -440,11 +425,11 @@ async fn the_user_directory_finds_room_mates_and_public_room_members() {
             json!({ "preset": "private_chat", "invite": [bob.user_id] }),
         )
         .await;
-    join(&server, &bob, &private).await;
+    server.join(&bob, &private).await;
     let public = server
         .create_room(&carol, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &eve, &public).await;
+    server.join(&eve, &public).await;
     server
         .create_room(&dave, json!({ "preset": "private_chat" }))
         .await;

@@ -12,17 +12,6 @@ fn visibility_path(room: &str) -> String {
     format!("{V3}/directory/list/room/{room}")
 }
 
-async fn join(server: &TestServer, who: &Session, room: &str) {
-    let (status, body) = server
-        .post(
-            &format!("{V3}/rooms/{room}/join"),
-            Some(&who.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 async fn set_state(server: &TestServer, who: &Session, room: &str, kind: &str, content: Value) {
     let (status, body) = server
         .put(
@@ -82,7 +71,7 @@ async fn room_visibility_in_the_directory() {
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
-    join(&server, &bob, &public).await;
+    server.join(&bob, &public).await;
     assert_error(
         &server
             .put(
@@ -183,7 +172,7 @@ async fn public_rooms_lists_filters_and_paginates() {
     let busy = server
         .create_room(&alice, json!({ "visibility": "public", "name": "Busy" }))
         .await;
-    join(&server, &bob, &busy).await;
+    server.join(&bob, &busy).await;
     let hidden = server
         .create_room(&alice, json!({ "name": "Cheese secrets" }))
         .await;

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use ruma::{EventId, OwnedEventId, RoomId};
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, assert_error};
+use crate::common::{TestServer, assert_error, urlencode};
 
 /// The current state as `(type, state_key)` → content, read straight from the server's store.
 fn state(server: &TestServer, room_id: &str) -> HashMap<(String, String), Value> {
@@ -530,9 +530,9 @@ async fn concurrent_senders_over_http_make_one_chain_without_losses() {
     let mut total = 0;
     for _ in 0..4 {
         let query = if since.is_empty() {
-            format!("filter={}", urlencoding(filter))
+            format!("filter={}", urlencode(filter))
         } else {
-            format!("since={since}&timeout=0&filter={}", urlencoding(filter))
+            format!("since={since}&timeout=0&filter={}", urlencode(filter))
         };
         let body = server
             .get_ok(&format!("/_matrix/client/v3/sync?{query}"), &viewer)
@@ -548,13 +548,4 @@ async fn concurrent_senders_over_http_make_one_chain_without_losses() {
         }
     }
     assert_eq!(total, seen.len(), "no event twice");
-}
-
-fn urlencoding(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

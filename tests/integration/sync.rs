@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error, message_bodies};
+use crate::common::{Session, TestServer, assert_error, message_bodies, next_batch, urlencode};
 
 async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
     server
@@ -276,15 +276,6 @@ async fn state_changed_inside_a_gap_is_delivered() {
     assert_eq!(state[0]["content"]["topic"], "changed in the gap");
 }
 
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn stored_filters_apply_to_sync() {
     let server = TestServer::start().await;
@@ -417,23 +408,9 @@ async fn room_summary_names_heroes_and_counts() {
 }
 
 /// Joins `who` to a public room.
-async fn join(server: &TestServer, who: &Session, room: &str) {
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&who.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
 
 fn with_filter(filter: Value) -> String {
     format!("filter={}", urlencode(&filter.to_string()))
-}
-
-fn next_batch(response: &Value) -> String {
-    response["next_batch"].as_str().unwrap().to_owned()
 }
 
 fn state_keys_of(events: &Value, event_type: &str) -> Vec<String> {
@@ -459,7 +436,7 @@ async fn timeline_filters_pick_types_senders_and_rooms() {
     let other = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     for (who, text) in [(&alice, "a1"), (&bob, "b1"), (&alice, "a2"), (&bob, "b2")] {
         server.say(who, &room, text).await;
     }
@@ -556,8 +533,8 @@ async fn lazy_loading_sends_only_the_members_the_timeline_needs_once() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
-    join(&server, &carol, &room).await;
+    server.join(&bob, &room).await;
+    server.join(&carol, &room).await;
     server.say(&bob, &room, "from bob").await;
     server.say(&bob, &room, "bob again").await;
 
@@ -705,7 +682,7 @@ async fn include_leave_lists_left_rooms_on_a_first_sync() {
             json!({ "preset": "public_chat", "name": "Was here" }),
         )
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     server.say(&bob, &room, "bye").await;
     server
         .post(

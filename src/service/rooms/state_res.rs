@@ -372,7 +372,7 @@ mod tests {
                 .append(
                     room,
                     &user(sender),
-                    state_event(kind, key, content),
+                    LocalEvent::state(kind, key, content),
                     &self.signer(),
                 )
                 .await
@@ -393,7 +393,7 @@ mod tests {
                 .append_after(
                     room,
                     &user(sender),
-                    state_event(kind, key, content),
+                    LocalEvent::state(kind, key, content),
                     std::slice::from_ref(prev),
                     &self.signer(),
                 )
@@ -461,7 +461,12 @@ mod tests {
         /// A message by Alice on top of the room: with several extremities, the merge.
         async fn merge(&self, room: &OwnedRoomId) -> OwnedEventId {
             self.timeline
-                .append(room, &user(ALICE), message("merge"), &self.signer())
+                .append(
+                    room,
+                    &user(ALICE),
+                    LocalEvent::text("merge"),
+                    &self.signer(),
+                )
                 .await
                 .unwrap()
         }
@@ -493,28 +498,6 @@ mod tests {
 
     fn user(id: &str) -> OwnedUserId {
         UserId::parse(id).unwrap()
-    }
-
-    fn state_event(
-        event_type: &'static str,
-        state_key: &'static str,
-        content: serde_json::Value,
-    ) -> LocalEvent<'static> {
-        LocalEvent {
-            event_type,
-            state_key: Some(state_key),
-            content,
-            redacts: None,
-        }
-    }
-
-    fn message(body: &str) -> LocalEvent<'static> {
-        LocalEvent {
-            event_type: "m.room.message",
-            state_key: None,
-            content: json!({ "msgtype": "m.text", "body": body }),
-            redacts: None,
-        }
     }
 
     fn key(kind: &str, state_key: &str) -> (String, String) {
@@ -665,7 +648,12 @@ mod tests {
             // Bob is banned in the merged room.
             let refused = f
                 .timeline
-                .append(&room, &user(BOB), message("still here?"), &f.signer())
+                .append(
+                    &room,
+                    &user(BOB),
+                    LocalEvent::text("still here?"),
+                    &f.signer(),
+                )
                 .await;
             assert!(
                 matches!(refused, Err(Error::Matrix { status, .. }) if status == http::StatusCode::FORBIDDEN),
@@ -744,7 +732,13 @@ mod tests {
         // Merge A and B only: C stays a forward extremity.
         let merge = f
             .timeline
-            .append_after(&room, &user(ALICE), message("ab"), &tips[..2], &f.signer())
+            .append_after(
+                &room,
+                &user(ALICE),
+                LocalEvent::text("ab"),
+                &tips[..2],
+                &f.signer(),
+            )
             .await
             .unwrap();
         let expected = f

@@ -82,6 +82,29 @@ pub struct LocalEvent<'a> {
     pub redacts: Option<&'a EventId>,
 }
 
+impl<'a> LocalEvent<'a> {
+    /// A state event.
+    pub fn state(event_type: &'a str, state_key: &'a str, content: serde_json::Value) -> Self {
+        Self {
+            event_type,
+            state_key: Some(state_key),
+            content,
+            redacts: None,
+        }
+    }
+
+    /// A text message (what most tests send).
+    #[cfg(test)]
+    pub fn text(body: &str) -> Self {
+        Self {
+            event_type: "m.room.message",
+            state_key: None,
+            content: serde_json::json!({ "msgtype": "m.text", "body": body }),
+            redacts: None,
+        }
+    }
+}
+
 /// What the `pdus` column family holds for each event.
 #[derive(Serialize, Deserialize)]
 struct StoredPdu {
@@ -1111,28 +1134,6 @@ mod tests {
         UserId::parse(id).unwrap()
     }
 
-    fn state(
-        event_type: &'static str,
-        state_key: &'static str,
-        content: serde_json::Value,
-    ) -> LocalEvent<'static> {
-        LocalEvent {
-            event_type,
-            state_key: Some(state_key),
-            content,
-            redacts: None,
-        }
-    }
-
-    fn message(body: &str) -> LocalEvent<'static> {
-        LocalEvent {
-            event_type: "m.room.message",
-            state_key: None,
-            content: json!({ "msgtype": "m.text", "body": body }),
-            redacts: None,
-        }
-    }
-
     async fn new_room(f: &Fixture, version: RoomVersionId) -> OwnedRoomId {
         let s = signer(&f.key);
         let rules = version.rules().unwrap();
@@ -1154,7 +1155,7 @@ mod tests {
             .append(
                 &room,
                 &user(ALICE),
-                state("m.room.member", ALICE, json!({ "membership": "join" })),
+                LocalEvent::state("m.room.member", ALICE, json!({ "membership": "join" })),
                 &s,
             )
             .await
@@ -1163,7 +1164,7 @@ mod tests {
             .append(
                 &room,
                 &user(ALICE),
-                state("m.room.power_levels", "", json!({ "users": users })),
+                LocalEvent::state("m.room.power_levels", "", json!({ "users": users })),
                 &s,
             )
             .await
@@ -1172,7 +1173,7 @@ mod tests {
             .append(
                 &room,
                 &user(ALICE),
-                state("m.room.join_rules", "", json!({ "join_rule": "invite" })),
+                LocalEvent::state("m.room.join_rules", "", json!({ "join_rule": "invite" })),
                 &s,
             )
             .await
@@ -1188,7 +1189,7 @@ mod tests {
             let room = new_room(&f, version.clone()).await;
             let hello = f
                 .timeline
-                .append(&room, &user(ALICE), message("hello"), &s)
+                .append(&room, &user(ALICE), LocalEvent::text("hello"), &s)
                 .await
                 .unwrap();
 
@@ -1228,7 +1229,7 @@ mod tests {
             // Refused events leave no trace.
             let refused = f
                 .timeline
-                .append(&room, &user(BOB), message("intruder"), &s)
+                .append(&room, &user(BOB), LocalEvent::text("intruder"), &s)
                 .await;
             assert!(
                 matches!(refused, Err(Error::Matrix { status, .. }) if status == http::StatusCode::FORBIDDEN)
@@ -1272,7 +1273,7 @@ mod tests {
         let missing = RoomId::parse("!nope:example.org").unwrap();
         let result = f
             .timeline
-            .append(&missing, &user(ALICE), message("x"), &s)
+            .append(&missing, &user(ALICE), LocalEvent::text("x"), &s)
             .await;
         assert!(
             matches!(result, Err(Error::Matrix { status, .. }) if status == http::StatusCode::NOT_FOUND)
@@ -1292,7 +1293,7 @@ mod tests {
                 tokio::spawn(async move {
                     let s = signer(&key);
                     timeline
-                        .append(&room, &user(ALICE), message(&format!("m{i}")), &s)
+                        .append(&room, &user(ALICE), LocalEvent::text(&format!("m{i}")), &s)
                         .await
                         .unwrap()
                 })
@@ -1341,7 +1342,7 @@ mod tests {
         assert_eq!(*f.timeline.subscribe().borrow(), before.last().unwrap().0);
         let s = signer(&f.key);
         f.timeline
-            .append(&room, &user(ALICE), message("after restart"), &s)
+            .append(&room, &user(ALICE), LocalEvent::text("after restart"), &s)
             .await
             .unwrap();
         let after = f.timeline.events_after(&room, 0, None, usize::MAX).unwrap();
