@@ -22,7 +22,7 @@ use crate::{
         create::{CreateRoom, Preset},
         history::Direction,
         sync_filter::EventMatcher,
-        timeline::{LocalEvent, Signer, txn_key},
+        timeline::{LocalEvent, txn_key},
     },
 };
 
@@ -122,10 +122,6 @@ pub async fn send_message(
         &body.room_id,
         body.txn_id.as_str(),
     );
-    let signer = Signer {
-        server_name: &services.server_name,
-        key: services.globals.signing_key(),
-    };
     let event = LocalEvent {
         event_type: &event_type,
         state_key: None,
@@ -134,7 +130,13 @@ pub async fn send_message(
     };
     let event_id = services
         .timeline
-        .append_once(&body.room_id, request.user(), event, Some(&txn), &signer)
+        .append_once(
+            &body.room_id,
+            request.user(),
+            event,
+            Some(&txn),
+            &services.signer(),
+        )
         .await?;
     Ok(RumaResponse(send_v3::Response::new(event_id)))
 }
@@ -149,19 +151,14 @@ pub async fn send_state(
     if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
         services.check_canonical_alias(&body.room_id, &content)?;
     }
-    let signer = Signer {
-        server_name: &services.server_name,
-        key: services.globals.signing_key(),
-    };
-    let event = LocalEvent {
-        event_type: &event_type,
-        state_key: Some(&body.state_key),
-        content,
-        redacts: None,
-    };
     let event_id = services
-        .timeline
-        .append(&body.room_id, request.user(), event, &signer)
+        .send_state_event(
+            &body.room_id,
+            request.user(),
+            &event_type,
+            &body.state_key,
+            content,
+        )
         .await?;
     Ok(RumaResponse(state_v3::Response::new(event_id)))
 }

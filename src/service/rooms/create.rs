@@ -3,10 +3,7 @@
 use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 use serde_json::{Map, Value, json};
 
-use super::{
-    SUPPORTED_ROOM_VERSIONS,
-    timeline::{LocalEvent, Signer},
-};
+use super::SUPPORTED_ROOM_VERSIONS;
 use crate::{Error, Result, service::Services};
 
 /// Which preset a room is created with.
@@ -113,25 +110,16 @@ impl Services {
             }
             create.insert("additional_creators".into(), Value::Array(creators));
         }
-        let signer = Signer {
-            server_name: &self.server_name,
-            key: self.globals.signing_key(),
-        };
+        let signer = self.signer();
         let (room_id, _) = self
             .timeline
             .create_room(&version, sender, Value::Object(create), &signer)
             .await?;
         let send = |event_type: &'static str, state_key: String, content: Value| {
             let room_id = room_id.clone();
-            let signer = &signer;
             async move {
-                let event = LocalEvent {
-                    event_type,
-                    state_key: Some(&state_key),
-                    content,
-                    redacts: None,
-                };
-                self.timeline.append(&room_id, sender, event, signer).await
+                self.send_state_event(&room_id, sender, event_type, &state_key, content)
+                    .await
             }
         };
 
@@ -218,14 +206,7 @@ impl Services {
 
         // 6. initial_state, then name and topic (which win over initial_state).
         for (event_type, state_key, content) in request.initial_state {
-            let event = LocalEvent {
-                event_type: &event_type,
-                state_key: Some(&state_key),
-                content,
-                redacts: None,
-            };
-            self.timeline
-                .append(&room_id, sender, event, &signer)
+            self.send_state_event(&room_id, sender, &event_type, &state_key, content)
                 .await?;
         }
         if let Some(name) = request.name {

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use ruma::{OwnedEventId, RoomId, UserId};
 use serde_json::json;
 
-use super::timeline::{LocalEvent, Signer};
 use crate::{Error, Result, service::Services};
 
 impl Services {
@@ -48,18 +47,8 @@ impl Services {
                 }
             }
         }
-        let signer = Signer {
-            server_name: &self.server_name,
-            key: self.globals.signing_key(),
-        };
-        let state_key = target.as_str();
-        let event = LocalEvent {
-            event_type: "m.room.member",
-            state_key: Some(state_key),
-            content,
-            redacts: None,
-        };
-        self.timeline.append(room_id, sender, event, &signer).await
+        self.send_state_event(room_id, sender, "m.room.member", target.as_str(), content)
+            .await
     }
 
     /// The state `user_id` may read: the current state while joined; the state as it was when

@@ -21,7 +21,36 @@ pub mod sync_filter;
 pub mod timeline;
 pub mod upgrade;
 
-use ruma::RoomVersionId;
+use ruma::{OwnedEventId, RoomId, RoomVersionId, UserId};
+use serde_json::Value;
+
+use crate::{Result, service::Services};
+use timeline::{LocalEvent, Signer};
+
+impl Services {
+    /// This server's signing identity, for the events it builds.
+    pub fn signer(&self) -> Signer<'_> {
+        Signer {
+            server_name: &self.server_name,
+            key: self.globals.signing_key(),
+        }
+    }
+
+    /// Signs, authorises and appends a state event sent by a local user.
+    pub async fn send_state_event(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        state_key: &str,
+        content: Value,
+    ) -> Result<OwnedEventId> {
+        let event = LocalEvent::state(event_type, state_key, content);
+        self.timeline
+            .append(room_id, sender, event, &self.signer())
+            .await
+    }
+}
 
 /// The room versions culvert understands, oldest first.
 pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 12] = [

@@ -5,7 +5,6 @@
 use ruma::{CanonicalJsonValue, RoomId, UserId};
 use serde_json::Value;
 
-use super::timeline::{LocalEvent, Signer};
 use crate::{Result, service::Services};
 
 /// The profile fields that member events carry.
@@ -71,18 +70,7 @@ impl Services {
         if content == before {
             return Ok(());
         }
-        let signer = Signer {
-            server_name: &self.server_name,
-            key: self.globals.signing_key(),
-        };
-        let event = LocalEvent {
-            event_type: "m.room.member",
-            state_key: Some(user_id.as_str()),
-            content,
-            redacts: None,
-        };
-        self.timeline
-            .append(room_id, user_id, event, &signer)
+        self.send_state_event(room_id, user_id, "m.room.member", user_id.as_str(), content)
             .await?;
         Ok(())
     }

@@ -4,7 +4,7 @@
 use ruma::{EventId, OwnedEventId, RoomId, UserId};
 use serde_json::json;
 
-use super::timeline::{LocalEvent, Signer};
+use super::timeline::LocalEvent;
 use crate::{Error, Result, service::Services};
 
 impl Services {
@@ -98,10 +98,6 @@ impl Services {
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
-        let signer = Signer {
-            server_name: &self.server_name,
-            key: self.globals.signing_key(),
-        };
         let event = LocalEvent {
             event_type: "m.room.redaction",
             state_key: None,
@@ -109,7 +105,7 @@ impl Services {
             redacts: Some(target),
         };
         self.timeline
-            .append_once(room_id, sender, event, Some(txn), &signer)
+            .append_once(room_id, sender, event, Some(txn), &self.signer())
             .await
     }
 }

@@ -7,7 +7,6 @@ use serde_json::{Map, Value, json};
 use super::{
     SUPPORTED_ROOM_VERSIONS,
     create::{CreateRoom, Preset},
-    timeline::{LocalEvent, Signer},
 };
 use crate::{Error, Result, service::Services};
 
@@ -216,21 +215,11 @@ impl Services {
                 },
             )
             .await?;
-        let signer = Signer {
-            server_name: &self.server_name,
-            key: self.globals.signing_key(),
-        };
         let send = |room: &RoomId, event_type: &'static str, state_key: String, content: Value| {
             let room = room.to_owned();
-            let signer = &signer;
             async move {
-                let event = LocalEvent {
-                    event_type,
-                    state_key: Some(&state_key),
-                    content,
-                    redacts: None,
-                };
-                self.timeline.append(&room, sender, event, signer).await
+                self.send_state_event(&room, sender, event_type, &state_key, content)
+                    .await
             }
         };
 
