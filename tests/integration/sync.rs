@@ -407,8 +407,7 @@ async fn room_summary_names_heroes_and_counts() {
     );
 }
 
-/// Joins `who` to a public room.
-
+/// A sync query parameter carrying an inline filter.
 fn with_filter(filter: Value) -> String {
     format!("filter={}", urlencode(&filter.to_string()))
 }
