@@ -101,7 +101,7 @@ mod tests {
                 .iter()
                 .map(|id| EventRef {
                     event_id: id,
-                    pdu: &self.events[id].1,
+                    pdu: Some(&self.events[id].1),
                 })
                 .collect();
             let prev_refs: Vec<EventRef<'_>> = self
@@ -109,7 +109,7 @@ mod tests {
                 .iter()
                 .map(|id| EventRef {
                     event_id: id,
-                    pdu: &self.events[id].1,
+                    pdu: Some(&self.events[id].1),
                 })
                 .collect();
             let CanonicalJsonValue::Object(content) =

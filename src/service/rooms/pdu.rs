@@ -16,10 +16,11 @@ use crate::{Error, Result};
 pub const MAX_PDU_SIZE: usize = 65_535;
 
 /// An event referred to from `prev_events` or `auth_events`. Room versions 1 and 2 refer to
-/// events with their reference hash too, so the referenced PDU is needed.
+/// events with their reference hash too, so there the referenced PDU is needed; later versions
+/// need only the ID (and callers need not load the PDU).
 pub struct EventRef<'a> {
     pub event_id: &'a EventId,
-    pub pdu: &'a CanonicalJsonObject,
+    pub pdu: Option<&'a CanonicalJsonObject>,
 }
 
 /// What a new event is made of, before hashing and signing.
@@ -62,7 +63,10 @@ fn references(refs: &[EventRef<'_>], rules: &RoomVersionRules) -> Result<Canonic
         .iter()
         .map(|r| match rules.events_reference_format {
             EventsReferenceFormatVersion::V1 => {
-                let hash = ruma::signatures::reference_hash(r.pdu, rules)
+                let pdu = r.pdu.ok_or_else(|| {
+                    Error::internal("rooms v1 and v2 refer to events by hash: the PDU is needed")
+                })?;
+                let hash = ruma::signatures::reference_hash(pdu, rules)
                     .map_err(|e| Error::internal(format!("reference hash: {e}")))?;
                 let hashes = CanonicalJsonObject::from([("sha256".to_owned(), string(hash))]);
                 Ok(CanonicalJsonValue::Array(vec![
@@ -260,7 +264,7 @@ mod tests {
 
             let create_ref = [EventRef {
                 event_id: &create.event_id,
-                pdu: &create.json,
+                pdu: Some(&create.json),
             }];
 
             let auth_refs: &[EventRef<'_>] = if rules.event_format.allow_room_create_in_auth_events

@@ -49,6 +49,20 @@ fn membership_of(pdu: &CanonicalJsonObject) -> String {
     }
 }
 
+/// `prev_events` or `auth_events` references: IDs, with their PDUs where loaded.
+fn event_refs<'a>(
+    ids: &'a [OwnedEventId],
+    pdus: &'a [Option<CanonicalJsonObject>],
+) -> Vec<EventRef<'a>> {
+    ids.iter()
+        .zip(pdus)
+        .map(|(event_id, pdu)| EventRef {
+            event_id,
+            pdu: pdu.as_ref(),
+        })
+        .collect()
+}
+
 /// The key under which a client transaction (`PUT /send/{type}/{txnId}`) is remembered.
 pub fn txn_key(user_id: &UserId, device_id: &str, room_id: &RoomId, txn_id: &str) -> Vec<u8> {
     keys::join([
@@ -786,23 +800,23 @@ impl Timeline {
                 auth_ids.push(id);
             }
         }
-        let load = |id: &OwnedEventId| -> Result<CanonicalJsonObject> {
-            self.pdu_json(id)?
-                .ok_or_else(|| Error::internal(format!("missing event {id}")))
+        // Rooms v1 and v2 refer to events by reference hash, which needs their PDUs; later
+        // versions need only the IDs, so nothing is loaded for them.
+        let needs_pdus = rules.events_reference_format
+            == ruma::room_version_rules::EventsReferenceFormatVersion::V1;
+        let load = |ids: &[OwnedEventId]| -> Result<Vec<Option<CanonicalJsonObject>>> {
+            ids.iter()
+                .map(|id| match needs_pdus {
+                    true => self
+                        .pdu_json(id)?
+                        .map(Some)
+                        .ok_or_else(|| Error::internal(format!("missing event {id}"))),
+                    false => Ok(None),
+                })
+                .collect()
         };
-        let auth_json = auth_ids.iter().map(load).collect::<Result<Vec<_>>>()?;
-        let prev_json = room
-            .extremities
-            .iter()
-            .map(load)
-            .collect::<Result<Vec<_>>>()?;
-        let refs = |ids: &'_ [OwnedEventId],
-                    json: &'_ [CanonicalJsonObject]|
-         -> Vec<(OwnedEventId, CanonicalJsonObject)> {
-            ids.iter().cloned().zip(json.iter().cloned()).collect()
-        };
-        let auth_pairs = refs(&auth_ids, &auth_json);
-        let prev_pairs = refs(&room.extremities, &prev_json);
+        let auth_json = load(&auth_ids)?;
+        let prev_json = load(&room.extremities)?;
         let CanonicalJsonValue::Object(content) = CanonicalJsonValue::try_from(event.content)
             .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?
         else {
@@ -816,20 +830,8 @@ impl Timeline {
                 state_key: event.state_key,
                 content,
                 redacts: event.redacts,
-                prev_events: &prev_pairs
-                    .iter()
-                    .map(|(id, json)| EventRef {
-                        event_id: id,
-                        pdu: json,
-                    })
-                    .collect::<Vec<_>>(),
-                auth_events: &auth_pairs
-                    .iter()
-                    .map(|(id, json)| EventRef {
-                        event_id: id,
-                        pdu: json,
-                    })
-                    .collect::<Vec<_>>(),
+                prev_events: &event_refs(&room.extremities, &prev_json),
+                auth_events: &event_refs(&auth_ids, &auth_json),
                 depth: room.depth + 1,
                 origin_server_ts,
             },
