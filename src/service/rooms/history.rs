@@ -49,22 +49,20 @@ impl Services {
             .as_str()
             .and_then(|id| EventId::parse(id).ok());
         let event_id = event_id.ok_or_else(|| Error::internal("client event without ID"))?;
-        let before = timeline.state_entries_before(&event_id)?;
-        let content_field = |event_type: &str, state_key: &str, field: &str| -> Result<String> {
-            Ok(match timeline.lookup(&before, event_type, state_key)? {
-                Some(id) => timeline.client_event(room_id, &id)?["content"][field]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                None => String::new(),
-            })
-        };
-        let visibility = content_field("m.room.history_visibility", "", "history_visibility")?;
-        Ok(match visibility.as_str() {
+        let state = timeline.state_hash_before(&event_id)?;
+        let visibility = timeline.history_visibility_at(state)?;
+        Ok(match &*visibility {
             "world_readable" => true,
             "invited" | "joined" => {
-                let then = content_field("m.room.member", user_id.as_str(), "membership")?;
-                then == "join" || (visibility == "invited" && then == "invite")
+                let before = timeline.state_entries(state)?;
+                let then = match timeline.lookup(&before, "m.room.member", user_id.as_str())? {
+                    Some(id) => timeline.client_event(room_id, &id)?["content"]["membership"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    None => String::new(),
+                };
+                then == "join" || (&*visibility == "invited" && then == "invite")
             }
             // shared (also when unset, and unknown values, which the spec says to treat so)
             _ => match timeline.membership(room_id, user_id)? {

@@ -160,6 +160,9 @@ pub struct Timeline {
     /// two rooms created by one user in the same millisecond do not get the same v12 room ID
     /// (which is the hash of the create event).
     last_create_ts: std::sync::atomic::AtomicU64,
+    /// The history visibility in force at a state snapshot. A snapshot never changes, and
+    /// redaction keeps `history_visibility`, so an entry is never stale.
+    visibility: quick_cache::sync::Cache<u64, Arc<str>>,
 }
 
 fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
@@ -188,6 +191,7 @@ impl Timeline {
             stream: Mutex::new(count),
             committed: watch::channel(count).0,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
+            visibility: quick_cache::sync::Cache::new(4096),
         })
     }
 
@@ -250,7 +254,7 @@ impl Timeline {
     }
 
     /// The short state hash of the state before an event (0: none, before the create event).
-    fn state_hash_before(&self, event_id: &EventId) -> Result<u64> {
+    pub fn state_hash_before(&self, event_id: &EventId) -> Result<u64> {
         let short = self
             .short
             .existing_event(event_id.as_str())?
@@ -458,10 +462,41 @@ impl Timeline {
 
     /// The compressed state before an event (empty before the create event).
     pub fn state_entries_before(&self, event_id: &EventId) -> Result<Vec<StateEntry>> {
-        match self.state_hash_before(event_id)? {
+        self.state_entries(self.state_hash_before(event_id)?)
+    }
+
+    /// The compressed state of a snapshot (0: the empty state before a room's first event).
+    pub fn state_entries(&self, state: u64) -> Result<Vec<StateEntry>> {
+        match state {
             0 => Ok(Vec::new()),
             state => self.states.load(state),
         }
+    }
+
+    /// The `history_visibility` in force at a state snapshot (empty when unset).
+    pub fn history_visibility_at(&self, state: u64) -> Result<Arc<str>> {
+        if let Some(visibility) = self.visibility.get(&state) {
+            return Ok(visibility);
+        }
+        let entries = self.state_entries(state)?;
+        let value = match self.lookup(&entries, "m.room.history_visibility", "")? {
+            Some(id) => match self
+                .pdu_json(&id)?
+                .and_then(|pdu| pdu.get("content").cloned())
+            {
+                Some(CanonicalJsonValue::Object(content)) => {
+                    match content.get("history_visibility") {
+                        Some(CanonicalJsonValue::String(v)) => v.clone(),
+                        _ => String::new(),
+                    }
+                }
+                _ => String::new(),
+            },
+            None => String::new(),
+        };
+        let value: Arc<str> = value.into();
+        self.visibility.insert(state, value.clone());
+        Ok(value)
     }
 
     /// The compressed state after an event: the state before it, plus the event itself if it
