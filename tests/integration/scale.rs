@@ -172,3 +172,30 @@ async fn hot_paths_cost_the_same_on_a_big_database() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_quiet_room_costs_an_incremental_sync_one_seek() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let mut rooms = Vec::new();
+    for _ in 0..20 {
+        let room = server.create_room(&alice, json!({})).await;
+        for i in 0..15 {
+            server.say(&alice, &room, &format!("m{i}")).await;
+        }
+        rooms.push(room);
+    }
+    let since = crate::common::next_batch(&server.get_ok("/_matrix/client/v3/sync", &alice).await);
+    server.say(&alice, &rooms[0], "news").await;
+    let (cost, body) = measured(
+        &server,
+        server.get_ok(&format!("/_matrix/client/v3/sync?since={since}"), &alice),
+    )
+    .await;
+    assert_eq!(body["rooms"]["join"].as_object().unwrap().len(), 1);
+    // 19 quiet rooms: a seek (and one ID read) each, not a page of their timelines.
+    assert!(
+        cost.total() < 19 * 3 + 60,
+        "an incremental sync over 20 rooms, one with news, read {cost:?}"
+    );
+}
