@@ -225,7 +225,7 @@ impl Devices {
     }
 
     /// Adds the deletion of one device, its token and what is kept per device (the member
-    /// events lazy-loading `/sync` sent it) to `batch`.
+    /// events lazy-loading `/sync` sent it, its encryption keys and to-device queue) to `batch`.
     fn delete_device_into(
         &self,
         batch: &mut Batch,
@@ -239,6 +239,8 @@ impl Devices {
         for item in self.store.scan_prefix(Cf::LazyLoadedMembers, &prefix) {
             batch.delete(Cf::LazyLoadedMembers, item?.0.to_vec());
         }
+        // Its keys and to-device queue go with it (E2EE).
+        crate::service::e2ee::delete_device_into(&self.store, batch, user_id, device_id)?;
         batch.delete(Cf::Devices, device_key);
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod devices;
+pub mod e2ee;
 pub mod filters;
 pub mod globals;
 pub mod presence;
@@ -41,6 +42,8 @@ pub struct Services {
     pub alias_lock: std::sync::Mutex<()>,
     /// Last-active times of presence refreshes (see `presence`).
     pub presence: presence::Presence,
+    /// End-to-end encryption: the lock around one-time key claims (see `e2ee`).
+    pub e2ee: e2ee::E2ee,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -80,6 +83,7 @@ impl Services {
             typing: rooms::ephemeral::Typing::default(),
             alias_lock: std::sync::Mutex::new(()),
             presence: presence::Presence::default(),
+            e2ee: e2ee::E2ee::default(),
             store,
             config,
         });

@@ -105,10 +105,25 @@ pub enum Cf {
     /// auth chain: a cache for state resolution (`service::rooms::state_res`). An event's auth
     /// chain never changes, so entries are never invalidated.
     AuthChains,
+    /// `user_id 0xFF device_id` → the device's signed identity keys (JSON, as uploaded minus
+    /// `unsigned`). See `service::e2ee`.
+    DeviceKeys,
+    /// `user_id 0xFF device_id 0xFF algorithm 0xFF key_id` → one-time key (JSON): unclaimed
+    /// one-time keys; claiming deletes the entry.
+    OneTimeKeys,
+    /// `user_id 0xFF device_id 0xFF algorithm` → `{key_id, key, used}` JSON: the device's
+    /// fallback key per algorithm (handed out when no one-time key is left, then marked used).
+    FallbackKeys,
+    /// `user_id 0xFF device_id 0xFF stream count (u64 BE)` → `{type, sender, content}` JSON: the
+    /// device's queue of to-device messages, deleted once a sync acknowledges them.
+    ToDevice,
+    /// `sender_user_id 0xFF sender_device_id 0xFF txn_id` → nothing: `PUT /sendToDevice`
+    /// idempotency.
+    ToDeviceTxn,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 33] = [
+    pub const ALL: [Cf; 38] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -142,6 +157,11 @@ impl Cf {
         Cf::TimestampEvents,
         Cf::PublicRooms,
         Cf::AuthChains,
+        Cf::DeviceKeys,
+        Cf::OneTimeKeys,
+        Cf::FallbackKeys,
+        Cf::ToDevice,
+        Cf::ToDeviceTxn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -179,6 +199,11 @@ impl Cf {
             Cf::TimestampEvents => "roomid_ts_shorteventid",
             Cf::PublicRooms => "public_rooms",
             Cf::AuthChains => "shorteventid_authchain",
+            Cf::DeviceKeys => "device_keys",
+            Cf::OneTimeKeys => "one_time_keys",
+            Cf::FallbackKeys => "fallback_keys",
+            Cf::ToDevice => "to_device",
+            Cf::ToDeviceTxn => "to_device_txn",
         }
     }
 }

@@ -7,6 +7,7 @@ mod common;
 mod context;
 mod devices;
 mod directory;
+mod e2ee;
 mod ephemeral;
 mod history;
 mod http_layer;

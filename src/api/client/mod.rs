@@ -8,6 +8,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
+mod keys;
 mod lifecycle;
 mod membership;
 mod presence;
@@ -16,6 +17,7 @@ mod register;
 mod room;
 mod session;
 mod sync;
+mod to_device;
 mod user_directory;
 
 use axum::Router;
@@ -119,4 +121,9 @@ pub fn routes(router: Router<State>) -> Router<State> {
         )
         .ruma_route::<c::room::get_summary::v1::Request, _, _>(directory::room_summary)
         .ruma_route::<c::context::get_context::v3::Request, _, _>(context::get_context)
+        // End-to-end encryption: device, one-time and fallback keys; to-device messages.
+        .ruma_route::<c::keys::upload_keys::v3::Request, _, _>(keys::upload)
+        .ruma_route::<c::keys::get_keys::v3::Request, _, _>(keys::query)
+        .ruma_route::<c::keys::claim_keys::v3::Request, _, _>(keys::claim)
+        .ruma_route::<c::to_device::send_event_to_device::v3::Request, _, _>(to_device::send)
 }

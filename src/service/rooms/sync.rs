@@ -85,6 +85,10 @@ impl Services {
     /// otherwise after waiting up to `timeout` for a new event.
     pub async fn sync(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<Value> {
         let mut committed = self.timeline.subscribe();
+        // E2EE: a token at or past the response that carried to-device messages acknowledges them.
+        if let Some(since) = request.since {
+            self.acknowledge_to_device(user_id, request.device_id, since)?;
+        }
         let (response, lazy) = self.sync_once(user_id, &request)?;
         if request.since.is_none()
             || request.full_state
@@ -183,9 +187,14 @@ impl Services {
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": account_data },
             "presence": { "events": presence },
-            "to_device": { "events": [] },
+            // E2EE (service::e2ee): the device's to-device queue and key counts.
+            "to_device": {
+                "events": self.to_device_events(user_id, request.device_id, request.since, now)?,
+            },
             "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
+            "device_one_time_keys_count": self.one_time_key_counts(user_id, request.device_id)?,
+            "device_unused_fallback_key_types":
+                self.unused_fallback_key_types(user_id, request.device_id)?,
         });
         Ok((response, lazy))
     }
@@ -568,6 +577,9 @@ fn has_changes(response: &Value) -> bool {
             .as_array()
             .is_some_and(|e| !e.is_empty())
         || response["presence"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        || response["to_device"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
 }

@@ -1,0 +1,534 @@
+//! End-to-end encryption support. The server never decrypts anything: it stores the keys
+//! devices publish (identity keys, one-time keys, fallback keys), hands them out to other
+//! devices (`/keys/query`, `/keys/claim`) and relays to-device messages, which wait in a
+//! per-device queue until a `/sync` acknowledges them.
+//!
+//! One-time keys are handed out exactly once: uploads and claims check and write under one lock
+//! (`E2ee::keys_lock`), so two concurrent claims never read the same key. To-device messages
+//! take a stream count (`Timeline::commit_counted`), so a queued message wakes long-polling
+//! syncs, and a sync token says which messages the client has received: a sync from token `S`
+//! first deletes the device's messages with a count up to `S` (the client got them, since it
+//! holds a token at or past the response that carried them), then sends those after `S`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use ruma::{
+    CanonicalJsonValue, DeviceId, OwnedDeviceId, OwnedUserId, SigningKeyAlgorithm, UserId,
+    serde::{Base64, base64::Standard},
+    signatures::{to_canonical_json_string_for_signing, verify_canonical_json_bytes},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Error, Result,
+    service::Services,
+    store::{Batch, Cf, Store, keys},
+};
+
+/// The algorithm clients expect a count for even when they hold none of its keys.
+const SIGNED_CURVE25519: &str = "signed_curve25519";
+
+/// State of the end-to-end encryption service that is not in the database.
+#[derive(Default)]
+pub struct E2ee {
+    /// Serialises the check-then-write of one-time and fallback keys (uploads and claims).
+    keys_lock: Mutex<()>,
+}
+
+impl E2ee {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.keys_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A device's fallback key for one algorithm.
+#[derive(Serialize, Deserialize)]
+struct FallbackKey {
+    key_id: String,
+    key: Value,
+    used: bool,
+}
+
+/// What one `/keys/upload` carries, as JSON.
+pub struct KeyUpload {
+    pub device_keys: Option<Value>,
+    /// `algorithm:key_id` → key.
+    pub one_time_keys: Vec<(String, Value)>,
+    /// `algorithm:key_id` → key.
+    pub fallback_keys: Vec<(String, Value)>,
+}
+
+/// One to-device message to send: recipient, device (`None`: all their devices), content.
+pub struct ToDeviceMessage {
+    pub user_id: OwnedUserId,
+    pub device_id: Option<OwnedDeviceId>,
+    pub content: Value,
+}
+
+/// `algorithm:key_id` split in two.
+fn split_key_id(id: &str) -> Result<(&str, &str)> {
+    match id.split_once(':') {
+        Some((algorithm, key_id)) if !algorithm.is_empty() && !key_id.is_empty() => {
+            Ok((algorithm, key_id))
+        }
+        _ => Err(Error::bad_json(format!(
+            "Key ID {id} is not of the form algorithm:key_id."
+        ))),
+    }
+}
+
+/// A one-time or fallback key is a string (unsigned curve25519) or an object (signed).
+fn check_key_shape(id: &str, key: &Value) -> Result<()> {
+    if key.is_object() || key.is_string() {
+        Ok(())
+    } else {
+        Err(Error::bad_json(format!(
+            "Key {id} must be a string or an object."
+        )))
+    }
+}
+
+/// Checks that `device_keys` belong to the uploading device and carry a valid signature by the
+/// device's own ed25519 key.
+fn check_device_keys(user_id: &UserId, device_id: &DeviceId, device_keys: &Value) -> Result<()> {
+    let object = device_keys
+        .as_object()
+        .ok_or_else(|| Error::bad_json("device_keys must be an object."))?;
+    let field = |name: &str| {
+        object.get(name).and_then(Value::as_str).ok_or_else(|| {
+            Error::bad_json(format!("device_keys.{name} is missing or not a string."))
+        })
+    };
+    if field("user_id")? != user_id.as_str() {
+        return Err(Error::invalid_param(
+            "device_keys.user_id is not the user of the access token.",
+        ));
+    }
+    if field("device_id")? != device_id.as_str() {
+        return Err(Error::invalid_param(
+            "device_keys.device_id is not the device of the access token.",
+        ));
+    }
+    if !object.get("algorithms").is_some_and(Value::is_array) {
+        return Err(Error::bad_json("device_keys.algorithms must be an array."));
+    }
+    let key_id = format!("ed25519:{device_id}");
+    let public_key = object
+        .get("keys")
+        .and_then(|keys| keys.get(&key_id))
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::bad_json(format!("device_keys.keys lacks {key_id}.")))?;
+    let public_key = Base64::<Standard, Vec<u8>>::parse(public_key)
+        .map_err(|_| Error::bad_json(format!("device_keys.keys.{key_id} is not base64.")))?;
+    let signature = object
+        .get("signatures")
+        .and_then(|s| s.get(user_id.as_str()))
+        .and_then(|s| s.get(&key_id))
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid_param(format!("device_keys is not signed with {key_id}.")))?;
+    let signature = Base64::<Standard, Vec<u8>>::parse(signature)
+        .map_err(|_| Error::invalid_param("The signature of device_keys is not base64."))?;
+    let Ok(CanonicalJsonValue::Object(canonical)) =
+        CanonicalJsonValue::try_from(device_keys.clone())
+    else {
+        return Err(Error::bad_json("device_keys is not canonical JSON."));
+    };
+    let signed = to_canonical_json_string_for_signing(&canonical)
+        .map_err(|_| Error::bad_json("device_keys is not canonical JSON."))?;
+    verify_canonical_json_bytes(
+        &SigningKeyAlgorithm::Ed25519,
+        public_key.as_bytes(),
+        signature.as_bytes(),
+        signed.as_bytes(),
+    )
+    .map_err(|_| Error::invalid_param(format!("The {key_id} signature of device_keys is invalid.")))
+}
+
+/// Adds the deletion of everything end-to-end encryption keeps for one device (identity keys,
+/// one-time and fallback keys, to-device queue and transaction IDs) to `batch`.
+pub fn delete_device_into(
+    store: &Store,
+    batch: &mut Batch,
+    user_id: &UserId,
+    device_id: &DeviceId,
+) -> Result<()> {
+    let device_key = keys::join([user_id.as_bytes(), device_id.as_bytes()]);
+    batch.delete(Cf::DeviceKeys, device_key.clone());
+    let prefix = keys::prefix(&device_key);
+    for cf in [
+        Cf::OneTimeKeys,
+        Cf::FallbackKeys,
+        Cf::ToDevice,
+        Cf::ToDeviceTxn,
+    ] {
+        for item in store.scan_prefix(cf, &prefix) {
+            batch.delete(cf, item?.0.to_vec());
+        }
+    }
+    Ok(())
+}
+
+impl Services {
+    fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.server_name
+    }
+
+    /// `/keys/upload`: stores the device's identity keys, one-time and fallback keys; answers
+    /// the device's one-time key count per algorithm.
+    pub fn upload_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        upload: KeyUpload,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut batch = Batch::new();
+        if let Some(mut device_keys) = upload.device_keys {
+            check_device_keys(user_id, device_id, &device_keys)?;
+            // `unsigned` is for the server to fill in (the display name), not to store.
+            if let Some(object) = device_keys.as_object_mut() {
+                object.remove("unsigned");
+            }
+            batch.put(
+                Cf::DeviceKeys,
+                keys::join([user_id.as_bytes(), device_id.as_bytes()]),
+                serde_json::to_vec(&device_keys)?,
+            );
+        }
+        for (id, key) in upload.one_time_keys.iter().chain(&upload.fallback_keys) {
+            split_key_id(id)?;
+            check_key_shape(id, key)?;
+        }
+        let guard = self.e2ee.lock();
+        for (id, key) in &upload.one_time_keys {
+            let (algorithm, key_id) = split_key_id(id)?;
+            let store_key = keys::join([
+                user_id.as_bytes(),
+                device_id.as_bytes(),
+                algorithm.as_bytes(),
+                key_id.as_bytes(),
+            ]);
+            match self.store.get(Cf::OneTimeKeys, &store_key)? {
+                // A client retrying an upload sends the same keys again: fine.
+                Some(old) if serde_json::from_slice::<Value>(&old)? == *key => {}
+                Some(_) => {
+                    return Err(Error::invalid_param(format!(
+                        "One-time key {id} was already uploaded with different content."
+                    )));
+                }
+                None => batch.put(Cf::OneTimeKeys, store_key, serde_json::to_vec(key)?),
+            }
+        }
+        for (id, key) in &upload.fallback_keys {
+            let (algorithm, key_id) = split_key_id(id)?;
+            let store_key = keys::join([
+                user_id.as_bytes(),
+                device_id.as_bytes(),
+                algorithm.as_bytes(),
+            ]);
+            if let Some(old) = self.store.get(Cf::FallbackKeys, &store_key)? {
+                let old: FallbackKey = serde_json::from_slice(&old)?;
+                // The same key again keeps its `used` mark; a new one replaces it, unused.
+                if old.key_id == key_id && old.key == *key {
+                    continue;
+                }
+            }
+            let record = FallbackKey {
+                key_id: key_id.to_owned(),
+                key: key.clone(),
+                used: false,
+            };
+            batch.put(Cf::FallbackKeys, store_key, serde_json::to_vec(&record)?);
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        drop(guard);
+        self.one_time_key_counts(user_id, device_id)
+    }
+
+    /// The device's unclaimed one-time keys per algorithm (one prefix scan).
+    pub fn one_time_key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<BTreeMap<String, u64>> {
+        let prefix = keys::prefix(&keys::join([user_id.as_bytes(), device_id.as_bytes()]));
+        let mut counts = BTreeMap::from([(SIGNED_CURVE25519.to_owned(), 0)]);
+        for item in self.store.scan_prefix(Cf::OneTimeKeys, &prefix) {
+            let (key, _) = item?;
+            let rest = &key[prefix.len()..];
+            let algorithm = keys::split(rest).next().unwrap_or_default();
+            *counts
+                .entry(String::from_utf8_lossy(algorithm).into_owned())
+                .or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The algorithms of the device's fallback keys that were not handed out yet.
+    pub fn unused_fallback_key_types(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Vec<String>> {
+        let prefix = keys::prefix(&keys::join([user_id.as_bytes(), device_id.as_bytes()]));
+        let mut types = Vec::new();
+        for item in self.store.scan_prefix(Cf::FallbackKeys, &prefix) {
+            let (key, value) = item?;
+            let record: FallbackKey = serde_json::from_slice(&value)?;
+            if !record.used {
+                types.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+            }
+        }
+        Ok(types)
+    }
+
+    /// `/keys/query`: the identity keys of the listed devices (all of a user's devices when
+    /// none are listed). Users of other servers are reported in `failures` until federation.
+    pub fn query_keys(
+        &self,
+        requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<Value> {
+        let mut device_keys = Map::new();
+        let mut failures = Map::new();
+        for (user_id, devices) in requested {
+            if !self.is_local(user_id) {
+                failures.insert(
+                    user_id.server_name().to_string(),
+                    json!({ "status": 503, "message": "Federation is not supported yet." }),
+                );
+                continue;
+            }
+            let mut found = Vec::new();
+            if devices.is_empty() {
+                let prefix = keys::prefix(user_id.as_bytes());
+                for item in self.store.scan_prefix(Cf::DeviceKeys, &prefix) {
+                    let (key, value) = item?;
+                    let device_id: OwnedDeviceId = String::from_utf8_lossy(&key[prefix.len()..])
+                        .as_ref()
+                        .into();
+                    found.push((device_id, value));
+                }
+            } else {
+                for device_id in devices {
+                    let key = keys::join([user_id.as_bytes(), device_id.as_bytes()]);
+                    if let Some(value) = self.store.get(Cf::DeviceKeys, &key)? {
+                        found.push((device_id.clone(), value.into_boxed_slice()));
+                    }
+                }
+            }
+            let mut user_devices = Map::new();
+            for (device_id, value) in found {
+                let mut keys: Value = serde_json::from_slice(&value)?;
+                if let Some(name) = self
+                    .devices
+                    .get(user_id, &device_id)?
+                    .and_then(|record| record.display_name)
+                {
+                    keys["unsigned"] = json!({ "device_display_name": name });
+                }
+                user_devices.insert(device_id.to_string(), keys);
+            }
+            device_keys.insert(user_id.to_string(), Value::Object(user_devices));
+        }
+        // Cross-signing keys come with cross-signing support.
+        Ok(json!({
+            "device_keys": device_keys,
+            "failures": failures,
+            "master_keys": {},
+            "self_signing_keys": {},
+            "user_signing_keys": {},
+        }))
+    }
+
+    /// `/keys/claim`: one one-time key per listed device and algorithm, each handed out once;
+    /// when a device has none left, its fallback key (marked used, not deleted).
+    pub fn claim_keys(
+        &self,
+        requested: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
+    ) -> Result<Value> {
+        let mut claimed = Map::new();
+        let mut failures = Map::new();
+        let mut batch = Batch::new();
+        let guard = self.e2ee.lock();
+        for (user_id, devices) in requested {
+            if !self.is_local(user_id) {
+                failures.insert(
+                    user_id.server_name().to_string(),
+                    json!({ "status": 503, "message": "Federation is not supported yet." }),
+                );
+                continue;
+            }
+            let mut user_keys = Map::new();
+            for (device_id, algorithm) in devices {
+                let device_part = keys::join([
+                    user_id.as_bytes(),
+                    device_id.as_bytes(),
+                    algorithm.as_bytes(),
+                ]);
+                let prefix = keys::prefix(&device_part);
+                let one_time = self.store.scan_prefix(Cf::OneTimeKeys, &prefix).next();
+                let (key_id, key) = match one_time {
+                    Some(item) => {
+                        let (store_key, value) = item?;
+                        batch.delete(Cf::OneTimeKeys, store_key.to_vec());
+                        let key_id =
+                            String::from_utf8_lossy(&store_key[prefix.len()..]).into_owned();
+                        (key_id, serde_json::from_slice::<Value>(&value)?)
+                    }
+                    None => {
+                        let Some(value) = self.store.get(Cf::FallbackKeys, &device_part)? else {
+                            continue;
+                        };
+                        let mut record: FallbackKey = serde_json::from_slice(&value)?;
+                        if !record.used {
+                            record.used = true;
+                            batch.put(
+                                Cf::FallbackKeys,
+                                device_part.clone(),
+                                serde_json::to_vec(&record)?,
+                            );
+                        }
+                        (record.key_id, record.key)
+                    }
+                };
+                user_keys.insert(
+                    device_id.to_string(),
+                    json!({ format!("{algorithm}:{key_id}"): key }),
+                );
+            }
+            if !user_keys.is_empty() {
+                claimed.insert(user_id.to_string(), Value::Object(user_keys));
+            }
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        drop(guard);
+        Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+    }
+
+    /// `PUT /sendToDevice`: queues `messages` for their (local) recipients' devices, once per
+    /// sender device and transaction ID.
+    pub async fn send_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &DeviceId,
+        event_type: &str,
+        txn_id: &str,
+        messages: Vec<ToDeviceMessage>,
+    ) -> Result<()> {
+        let txn_key = keys::join([
+            sender.as_bytes(),
+            sender_device.as_bytes(),
+            txn_id.as_bytes(),
+        ]);
+        if self.store.contains(Cf::ToDeviceTxn, &txn_key)? {
+            return Ok(());
+        }
+        let mut queued = Vec::new();
+        for message in messages {
+            if !self.is_local(&message.user_id) {
+                tracing::warn!(
+                    recipient = %message.user_id,
+                    "to-device message for another server dropped: federation is not supported yet"
+                );
+                continue;
+            }
+            let devices = match message.device_id {
+                None => self
+                    .devices
+                    .list(&message.user_id)?
+                    .into_iter()
+                    .map(|(device_id, _)| device_id)
+                    .collect(),
+                Some(device_id) => {
+                    if self.devices.get(&message.user_id, &device_id)?.is_some() {
+                        vec![device_id]
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
+            let value = serde_json::to_vec(&json!({
+                "type": event_type,
+                "sender": sender,
+                "content": message.content,
+            }))?;
+            for device_id in devices {
+                queued.push((
+                    keys::join([message.user_id.as_bytes(), device_id.as_bytes()]),
+                    value.clone(),
+                ));
+            }
+        }
+        self.timeline
+            .commit_counted(Batch::new(), |batch, count| {
+                // Under the stream lock: a concurrent retry of the same transaction is done.
+                if self.store.contains(Cf::ToDeviceTxn, &txn_key)? {
+                    return Ok(());
+                }
+                batch.put(Cf::ToDeviceTxn, txn_key.clone(), Vec::new());
+                for (device_key, value) in queued {
+                    let mut key = keys::prefix(&device_key);
+                    key.extend_from_slice(&keys::u64_be(count));
+                    batch.put(Cf::ToDevice, key, value);
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The device's queued to-device messages after `since`, up to the sync position `upto`.
+    pub fn to_device_events(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Result<Vec<Value>> {
+        let prefix = keys::prefix(&keys::join([user_id.as_bytes(), device_id.as_bytes()]));
+        let mut start = prefix.clone();
+        start.extend_from_slice(&keys::u64_be(since.map_or(0, |s| s.saturating_add(1))));
+        let mut events = Vec::new();
+        for item in self.store.scan_prefix_from(Cf::ToDevice, &prefix, &start) {
+            let (key, value) = item?;
+            let count = keys::parse_u64_be(&key[prefix.len()..])
+                .ok_or_else(|| Error::internal("corrupt to-device key"))?;
+            if count > upto {
+                break;
+            }
+            events.push(serde_json::from_slice(&value)?);
+        }
+        Ok(events)
+    }
+
+    /// Deletes the device's to-device messages up to `since`: a sync from `since` shows that
+    /// the client received the response that carried them.
+    pub fn acknowledge_to_device(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        since: u64,
+    ) -> Result<()> {
+        let upto = since.min(self.timeline.current_count());
+        let prefix = keys::prefix(&keys::join([user_id.as_bytes(), device_id.as_bytes()]));
+        let mut batch = Batch::new();
+        for item in self.store.scan_prefix(Cf::ToDevice, &prefix) {
+            let (key, _) = item?;
+            match keys::parse_u64_be(&key[prefix.len()..]) {
+                Some(count) if count <= upto => batch.delete(Cf::ToDevice, key.to_vec()),
+                _ => break,
+            }
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        Ok(())
+    }
+}
