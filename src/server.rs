@@ -29,6 +29,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let services = Services::open(config)?;
     services.announce_bootstrap_token()?;
+    expire_presence_periodically(&services);
 
     let listener = TcpListener::bind(addr)
         .await
@@ -52,6 +53,25 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         shutdown,
         task,
     })
+}
+
+/// Every 30 seconds, users whose clients stopped syncing go offline. The task holds the
+/// services weakly, so it ends with the server.
+fn expire_presence_periodically(services: &Arc<Services>) {
+    let services = Arc::downgrade(services);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(30));
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(services) = services.upgrade() else {
+                return;
+            };
+            if let Err(e) = services.expire_presence(crate::utils::now_millis()).await {
+                tracing::warn!("expiring presence failed: {e}");
+            }
+        }
+    });
 }
 
 /// Tells systemd (when started as a `Type=notify` service) that start-up is done, and keeps its

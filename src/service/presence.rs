@@ -27,6 +27,10 @@ use crate::{
 /// How long after their last activity an online user still counts as `currently_active`.
 const ACTIVE_WINDOW_MS: u64 = 5 * 60 * 1000;
 
+/// A user whose clients have not synced (or set presence) for this long goes offline: clients
+/// long-poll `/sync` about every 30 seconds while they run.
+pub const GONE_AFTER_MS: u64 = 2 * 60 * 1000;
+
 /// What the `presence` column family holds for each user.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PresenceRecord {
@@ -40,10 +44,12 @@ pub struct PresenceRecord {
     pub count: u64,
 }
 
-/// Last-active times newer than the stored records (refreshes that took no stream count).
+/// Last-active times newer than the stored records (refreshes that took no stream count), and
+/// when each user's clients were last heard from (any presence update but `offline`).
 #[derive(Default)]
 pub struct Presence {
     last_active: Mutex<HashMap<OwnedUserId, u64>>,
+    last_seen: Mutex<HashMap<OwnedUserId, u64>>,
 }
 
 impl Presence {
@@ -54,6 +60,16 @@ impl Presence {
 
     fn last_active(&self, user_id: &UserId) -> Option<u64> {
         let map = self.last_active.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(user_id).copied()
+    }
+
+    fn seen(&self, user_id: &UserId, now: u64) {
+        let mut map = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(user_id.to_owned(), now);
+    }
+
+    fn last_seen(&self, user_id: &UserId) -> Option<u64> {
+        let map = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         map.get(user_id).copied()
     }
 }
@@ -106,6 +122,9 @@ impl Services {
             }
         };
         let active = state == "online";
+        if state != "offline" {
+            self.presence.seen(user_id, now);
+        }
         let changed = current
             .as_ref()
             .is_none_or(|r| r.state != state || r.status_msg != status_msg);
@@ -146,6 +165,36 @@ impl Services {
             self.presence.touch(user_id, now);
         }
         Ok(())
+    }
+
+    /// Sets offline every user who is not offline but whose clients have not been heard from
+    /// since `now - GONE_AFTER_MS` (as if they had set it: others' syncs are told). Called
+    /// periodically by the server; reads every presence record, which is no hot path.
+    pub async fn expire_presence(&self, now: u64) -> Result<usize> {
+        let mut gone = Vec::new();
+        for item in self.store.scan_prefix(Cf::Presence, b"") {
+            let (key, value) = item?;
+            let record: PresenceRecord = serde_json::from_slice(&value)?;
+            if record.state == "offline" {
+                continue;
+            }
+            let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&key).as_ref()) else {
+                continue;
+            };
+            let heard = self
+                .presence
+                .last_seen(&user_id)
+                .unwrap_or(record.last_active_ts)
+                .max(record.last_active_ts);
+            if now.saturating_sub(heard) > GONE_AFTER_MS {
+                gone.push(user_id);
+            }
+        }
+        for user_id in &gone {
+            self.set_presence(user_id, PresenceUpdate::Sync { state: "offline" })
+                .await?;
+        }
+        Ok(gone.len())
     }
 
     fn last_active_ts(&self, user_id: &UserId, record: Option<&PresenceRecord>) -> Option<u64> {

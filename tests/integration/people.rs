@@ -571,3 +571,37 @@ async fn public_rooms_from_before_the_index_are_found_after_a_restart() {
         ["@carol:test.local"]
     );
 }
+
+#[tokio::test]
+async fn users_whose_clients_stop_syncing_go_offline() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    // Both sync (and so come online).
+    sync_since(&server, &alice, None, "").await;
+    let since = next_batch(&sync_since(&server, &bob, None, "").await);
+    let services = server.services();
+    let now = culvert::utils::now_millis();
+
+    // Shortly after, nobody is gone.
+    assert_eq!(services.expire_presence(now + 1000).await.unwrap(), 0);
+    // Long after, alice's client has not been heard from: offline, and bob's sync says so.
+    let later = now + culvert::service::presence::GONE_AFTER_MS + 1000;
+    assert_eq!(services.expire_presence(later).await.unwrap(), 2);
+    let response = sync_since(&server, &bob, Some(&since), "&set_presence=offline").await;
+    assert_eq!(
+        presence_of(&response, "@alice:test.local").expect("alice's presence")["content"]["presence"],
+        "offline"
+    );
+    // A new sync brings her back online.
+    sync_since(&server, &alice, None, "").await;
+    let (status, body) = server
+        .get(&presence_path("@alice:test.local"), Some(&bob.token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["presence"], "online");
+}
