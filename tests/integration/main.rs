@@ -13,6 +13,7 @@ mod history;
 mod http_layer;
 mod lifecycle;
 mod membership;
+mod packaging;
 mod people;
 mod persistence;
 mod profile_and_account_data;
