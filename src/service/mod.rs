@@ -2,6 +2,8 @@
 //! `crate::api` call into these; these call into `crate::store`.
 
 pub mod account_data;
+pub mod cross_signing;
+pub mod device_lists;
 pub mod devices;
 pub mod e2ee;
 pub mod filters;

@@ -120,10 +120,20 @@ pub enum Cf {
     /// `sender_user_id 0xFF sender_device_id 0xFF txn_id` → nothing: `PUT /sendToDevice`
     /// idempotency.
     ToDeviceTxn,
+    /// `user_id 0xFF usage` (`master`, `self_signing`, `user_signing`) → the user's cross-signing
+    /// key (JSON as uploaded, with signatures uploaded later merged into `signatures`).
+    CrossSigningKeys,
+    /// stream count (u64 BE) ++ `user_id` → nothing: device-list changes in order, one entry per
+    /// user (the previous one is deleted in the same batch), so `/sync` and `/keys/changes` seek
+    /// from a token. See `service::device_lists`.
+    DeviceListStream,
+    /// `user_id` → stream count (u64 BE) of the user's latest device-list change (the entry of
+    /// `device_list_stream` to delete at the next change).
+    DeviceListCounts,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 38] = [
+    pub const ALL: [Cf; 41] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -162,6 +172,9 @@ impl Cf {
         Cf::FallbackKeys,
         Cf::ToDevice,
         Cf::ToDeviceTxn,
+        Cf::CrossSigningKeys,
+        Cf::DeviceListStream,
+        Cf::DeviceListCounts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -204,6 +217,9 @@ impl Cf {
             Cf::FallbackKeys => "fallback_keys",
             Cf::ToDevice => "to_device",
             Cf::ToDeviceTxn => "to_device_txn",
+            Cf::CrossSigningKeys => "cross_signing_keys",
+            Cf::DeviceListStream => "device_list_stream",
+            Cf::DeviceListCounts => "device_list_counts",
         }
     }
 }

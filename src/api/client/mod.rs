@@ -126,4 +126,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::keys::get_keys::v3::Request, _, _>(keys::query)
         .ruma_route::<c::keys::claim_keys::v3::Request, _, _>(keys::claim)
         .ruma_route::<c::to_device::send_event_to_device::v3::Request, _, _>(to_device::send)
+        // Cross-signing and device list tracking.
+        .ruma_route::<c::keys::upload_signing_keys::v3::Request, _, _>(keys::upload_signing_keys)
+        .ruma_route::<c::keys::upload_signatures::v3::Request, _, _>(keys::upload_signatures)
+        .ruma_route::<c::keys::get_key_changes::v3::Request, _, _>(keys::changes)
 }

@@ -191,7 +191,7 @@ impl Services {
             "to_device": {
                 "events": self.to_device_events(user_id, request.device_id, request.since, now)?,
             },
-            "device_lists": { "changed": [], "left": [] },
+            "device_lists": self.sync_device_lists(user_id, request.since, now)?,
             "device_one_time_keys_count": self.one_time_key_counts(user_id, request.device_id)?,
             "device_unused_fallback_key_types":
                 self.unused_fallback_key_types(user_id, request.device_id)?,
@@ -582,6 +582,7 @@ fn has_changes(response: &Value) -> bool {
         || response["to_device"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
+        || crate::service::device_lists::has_changes(&response["device_lists"])
 }
 
 /// The member events sent to one device under lazy loading, remembered with the sync position
