@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
@@ -85,20 +85,6 @@ impl Services {
         Ok(())
     }
 
-    /// Sync's `device_lists`: empty on an initial sync (the client queries everyone it needs).
-    pub fn sync_device_lists(
-        &self,
-        user_id: &UserId,
-        since: Option<u64>,
-        upto: u64,
-    ) -> Result<Value> {
-        let Some(since) = since else {
-            return Ok(json!({ "changed": [], "left": [] }));
-        };
-        let changes = self.device_list_changes(user_id, since, upto)?;
-        Ok(json!({ "changed": changes.changed, "left": changes.left }))
-    }
-
     /// Records, under one new stream count, a device-list change of each of `users`.
     pub async fn announce_device_list_change(&self, users: &[&UserId]) -> Result<u64> {
         let store = self.store.clone();
@@ -113,24 +99,169 @@ impl Services {
             .await
     }
 
+    /// Sync's `device_lists`: empty on an initial sync (the client queries everyone it needs).
+    ///
+    /// Joins and leaves are read off the member events of the response's rooms (`rooms`, as
+    /// built for this response): the rooms with nothing new cost nothing here. A room the user
+    /// joined or left in the window costs one scan of its members.
+    pub fn sync_device_lists(
+        &self,
+        user_id: &UserId,
+        since: Option<u64>,
+        upto: u64,
+        rooms: &Value,
+    ) -> Result<Value> {
+        let Some(since) = since else {
+            return Ok(json!({ "changed": [], "left": [] }));
+        };
+        let mut joined_now = BTreeSet::new();
+        let mut left_candidates = BTreeSet::new();
+        let own_change = |room_id: &RoomId| -> Result<bool> {
+            Ok(self
+                .timeline
+                .membership(room_id, user_id)?
+                .is_some_and(|m| m.count > since && m.count <= upto))
+        };
+        for (section, joined) in [("join", true), ("leave", false)] {
+            let Some(section) = rooms[section].as_object() else {
+                continue;
+            };
+            for (room_id, room) in section {
+                let Ok(room_id) = RoomId::parse(room_id) else {
+                    continue;
+                };
+                if own_change(&room_id)? {
+                    // Joined: every member is new to the client; left: maybe none is shared.
+                    for (member, state) in self.timeline.members(&room_id)? {
+                        if state == "join" && member != user_id {
+                            if joined {
+                                joined_now.insert(member);
+                            } else {
+                                left_candidates.insert(member);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if !joined {
+                    continue;
+                }
+                let events = ["timeline", "state", "state_after"]
+                    .iter()
+                    .filter_map(|part| room[part]["events"].as_array())
+                    .flatten();
+                for event in events {
+                    if event["type"] != "m.room.member" {
+                        continue;
+                    }
+                    let Some(member) = event["state_key"]
+                        .as_str()
+                        .and_then(|u| UserId::parse(u).ok())
+                    else {
+                        continue;
+                    };
+                    if member == user_id {
+                        continue;
+                    }
+                    match event["content"]["membership"].as_str() {
+                        Some("join") => {
+                            joined_now.insert(member);
+                        }
+                        Some("leave" | "ban") => {
+                            left_candidates.insert(member);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let changes = self.collect_changes(user_id, since, upto, joined_now, left_candidates)?;
+        Ok(json!({ "changed": changes.changed, "left": changes.left }))
+    }
+
     /// Users whose devices `user_id` should re-query because of what happened after `since` up
-    /// to `upto`: recorded changes of users sharing a joined room with them (and their own),
-    /// users who joined a shared room; and in `left` those who no longer share any room.
+    /// to `upto` (`/keys/changes`): as [`Services::sync_device_lists`], but finding membership
+    /// changes by looking at every room of the user (one seek each, members of the rooms with
+    /// news).
     pub fn device_list_changes(
         &self,
         user_id: &UserId,
         since: u64,
         upto: u64,
     ) -> Result<DeviceListChanges> {
-        let mut result = DeviceListChanges::default();
-        let rooms = self.timeline.rooms_of(user_id)?;
-        let joined: Vec<OwnedRoomId> = rooms
-            .iter()
-            .filter(|(_, m)| m.membership == "join")
-            .map(|(room_id, _)| room_id.clone())
-            .collect();
+        let mut joined_now = BTreeSet::new();
+        let mut left_candidates = BTreeSet::new();
+        for (room_id, membership) in self.timeline.rooms_of(user_id)? {
+            let (newest, _) = self.timeline.last_events(&room_id, upto, 1)?;
+            if newest.first().is_none_or(|(count, _)| *count <= since) {
+                continue;
+            }
+            let own_change = membership.count > since && membership.count <= upto;
+            match membership.membership.as_str() {
+                "join" => {
+                    for (member, state) in self.timeline.members(&room_id)? {
+                        if member == user_id {
+                            continue;
+                        }
+                        let moved = own_change
+                            || self
+                                .timeline
+                                .membership(&room_id, &member)?
+                                .is_some_and(|m| m.count > since && m.count <= upto);
+                        if !moved {
+                            continue;
+                        }
+                        if state == "join" {
+                            joined_now.insert(member);
+                        } else if !own_change {
+                            left_candidates.insert(member);
+                        }
+                    }
+                }
+                "leave" | "ban" if own_change => {
+                    for (member, state) in self.timeline.members(&room_id)? {
+                        if state == "join" && member != user_id {
+                            left_candidates.insert(member);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.collect_changes(user_id, since, upto, joined_now, left_candidates)
+    }
 
-        // Recorded changes: one seek in the stream.
+    /// Adds the recorded changes (`device_list_stream` after `since`, one seek) of users who
+    /// share a joined room with `user_id` (or are them) to `joined_now`; keeps in `left` the
+    /// candidates who share no joined room any more. The user's rooms are read only when
+    /// needed.
+    fn collect_changes(
+        &self,
+        user_id: &UserId,
+        since: u64,
+        upto: u64,
+        joined_now: BTreeSet<OwnedUserId>,
+        left_candidates: BTreeSet<OwnedUserId>,
+    ) -> Result<DeviceListChanges> {
+        let mut result = DeviceListChanges {
+            changed: joined_now,
+            left: BTreeSet::new(),
+        };
+        let mut joined: Option<Vec<OwnedRoomId>> = None;
+        let mut joined_rooms = |services: &Services| -> Result<Vec<OwnedRoomId>> {
+            if joined.is_none() {
+                joined = Some(
+                    services
+                        .timeline
+                        .rooms_of(user_id)?
+                        .into_iter()
+                        .filter(|(_, m)| m.membership == "join")
+                        .map(|(room_id, _)| room_id)
+                        .collect(),
+                );
+            }
+            Ok(joined.clone().unwrap_or_default())
+        };
         let start = keys::u64_be(since.saturating_add(1));
         for item in self
             .store
@@ -146,53 +277,17 @@ impl Services {
                 .ok()
                 .and_then(|u| UserId::parse(u).ok())
                 .ok_or_else(|| Error::internal("corrupt device_list_stream key"))?;
-            if user == user_id || self.shares_joined_room(&joined, &user)? {
+            if result.changed.contains(&user) {
+                continue;
+            }
+            if user == user_id || self.shares_joined_room(&joined_rooms(self)?, &user)? {
                 result.changed.insert(user);
             }
         }
-
-        // Memberships that moved in the window. A room with nothing after `since` is skipped
-        // with one seek.
-        let mut left_candidates = BTreeSet::new();
-        for (room_id, membership) in &rooms {
-            let (newest, _) = self.timeline.last_events(room_id, upto, 1)?;
-            if newest.first().is_none_or(|(count, _)| *count <= since) {
-                continue;
-            }
-            let own_change = membership.count > since && membership.count <= upto;
-            match membership.membership.as_str() {
-                "join" => {
-                    for (member, state) in self.timeline.members(room_id)? {
-                        if member == user_id {
-                            continue;
-                        }
-                        let moved = own_change
-                            || self
-                                .timeline
-                                .membership(room_id, &member)?
-                                .is_some_and(|m| m.count > since && m.count <= upto);
-                        if !moved {
-                            continue;
-                        }
-                        if state == "join" {
-                            result.changed.insert(member);
-                        } else if !own_change {
-                            left_candidates.insert(member);
-                        }
-                    }
-                }
-                "leave" | "ban" if own_change => {
-                    for (member, state) in self.timeline.members(room_id)? {
-                        if state == "join" && member != user_id {
-                            left_candidates.insert(member);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
         for member in left_candidates {
-            if !result.changed.contains(&member) && !self.shares_joined_room(&joined, &member)? {
+            if !result.changed.contains(&member)
+                && !self.shares_joined_room(&joined_rooms(self)?, &member)?
+            {
                 result.left.insert(member);
             }
         }
