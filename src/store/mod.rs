@@ -130,10 +130,16 @@ pub enum Cf {
     /// `user_id` → stream count (u64 BE) of the user's latest device-list change (the entry of
     /// `device_list_stream` to delete at the next change).
     DeviceListCounts,
+    /// `user_id 0xFF version (u64 BE)` → `{algorithm, auth_data, etag, count, deleted}` JSON: the
+    /// user's key backup versions (a deleted one stays as a tombstone). See `service::key_backup`.
+    BackupVersions,
+    /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id` → the backed-up session
+    /// (`{first_message_index, forwarded_count, is_verified, session_data}` JSON).
+    BackupSessions,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 41] = [
+    pub const ALL: [Cf; 43] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -175,6 +181,8 @@ impl Cf {
         Cf::CrossSigningKeys,
         Cf::DeviceListStream,
         Cf::DeviceListCounts,
+        Cf::BackupVersions,
+        Cf::BackupSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -220,6 +228,8 @@ impl Cf {
             Cf::CrossSigningKeys => "cross_signing_keys",
             Cf::DeviceListStream => "device_list_stream",
             Cf::DeviceListCounts => "device_list_counts",
+            Cf::BackupVersions => "backup_versions",
+            Cf::BackupSessions => "backup_sessions",
         }
     }
 }
