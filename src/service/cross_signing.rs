@@ -4,7 +4,9 @@
 //! Keys are stored as uploaded in `cross_signing_keys`; a signature uploaded later is verified
 //! against the signer's public key and merged into the stored target's `signatures` (of a
 //! device's identity keys in `device_keys`, or of a master key here), so `/keys/query` serves
-//! them as they are. Every change is announced as a device-list change of the key's owner.
+//! them (a master key's third-party signatures only to their signer). Every change is
+//! announced as a device-list change of the key's owner (of the signer, for a signature of
+//! another user's master key).
 
 use ruma::{
     CanonicalJsonValue, DeviceId, OwnedUserId, SigningKeyAlgorithm, UserId,
@@ -359,8 +361,15 @@ impl Services {
                 mine.insert(id, Value::String(signature));
             }
             batch.put(cf, store_key, serde_json::to_vec(&stored)?);
-            if !changed.contains(&target) {
-                changed.push(target);
+            // A signature of another user's master key is shown only to its signer (see
+            // `query_signing_keys`), so it is the signer's change.
+            let announced = if target == user_id {
+                target
+            } else {
+                user_id.to_owned()
+            };
+            if !changed.contains(&announced) {
+                changed.push(announced);
             }
         }
         if !batch.is_empty() {
@@ -397,7 +406,8 @@ impl Services {
     }
 
     /// The cross-signing keys `/keys/query` shows `requester` of `user_id`: master and
-    /// self-signing keys of anyone, the user-signing key only of themself.
+    /// self-signing keys of anyone, the user-signing key only of themself; on the master key,
+    /// only the signatures by its owner and by the requester.
     pub fn query_signing_keys(
         &self,
         requester: &UserId,
@@ -408,8 +418,17 @@ impl Services {
         } else {
             None
         };
+        // Signatures of someone's master key by third parties (their user-signing keys) are
+        // private to each signer: keep only the owner's and the requester's.
+        let master = self.cross_signing_key(user_id, MASTER)?.map(|mut key| {
+            if let Some(signatures) = key.get_mut("signatures").and_then(Value::as_object_mut) {
+                signatures
+                    .retain(|signer, _| signer == user_id.as_str() || signer == requester.as_str());
+            }
+            key
+        });
         Ok([
-            ("master_keys", self.cross_signing_key(user_id, MASTER)?),
+            ("master_keys", master),
             (
                 "self_signing_keys",
                 self.cross_signing_key(user_id, SELF_SIGNING)?,

@@ -787,7 +787,12 @@ async fn signatures_are_verified_and_merged_into_queried_keys() {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (alice_device, alice_pair) = device_keys_with_pair(&alice);
-    upload_ok(&server, &alice, json!({ "device_keys": alice_device })).await;
+    upload_ok(
+        &server,
+        &alice,
+        json!({ "device_keys": alice_device.clone() }),
+    )
+    .await;
     let alice_keys = CrossSigning::new();
     let bob_keys = CrossSigning::new();
     for (who, keys) in [(&alice, &alice_keys), (&bob, &bob_keys)] {
@@ -843,15 +848,23 @@ async fn signatures_are_verified_and_merged_into_queried_keys() {
     assert!(device["signatures"][&alice.user_id][&device_key_id].is_string());
     let alice_master = &seen["master_keys"][&alice.user_id];
     assert!(alice_master["signatures"][&alice.user_id][&device_key_id].is_string());
-    assert!(seen["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&usk_id].is_string());
+    // Alice's signature of bob's master key is hers: bob does not see it, she does.
+    assert!(
+        seen["master_keys"][&bob.user_id]["signatures"][&alice.user_id].is_null(),
+        "{seen}"
+    );
+    let own = query(&server, &alice, &[&bob]).await;
+    assert!(own["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&usk_id].is_string());
 
     // Re-uploading the same device keys keeps the cross-signing signature.
-    upload_ok(
-        &server,
-        &alice,
-        json!({ "device_keys": query(&server, &alice, &[&alice]).await["device_keys"][&alice.user_id][&alice.device_id].clone() }),
-    )
-    .await;
+    upload_ok(&server, &alice, json!({ "device_keys": alice_device })).await;
+    let again = query(&server, &bob, &[&alice]).await;
+    assert!(
+        again["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id]
+            [&ssk_id]
+            .is_string(),
+        "{again}"
+    );
 
     // Failures: a forged signature, a key that is not stored, a changed object, and a signer
     // who may not sign that key (bob's master key signed by alice's self-signing key).
