@@ -350,11 +350,9 @@ impl Services {
             let mine = signatures
                 .as_object_mut()
                 .and_then(|s| {
-                    Some(
-                        s.entry(user_id.to_string())
-                            .or_insert_with(|| json!({}))
-                            .as_object_mut()?,
-                    )
+                    s.entry(user_id.to_string())
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
                 })
                 .ok_or_else(|| Error::internal("corrupt stored signatures"))?;
             for (id, signature) in accepted {

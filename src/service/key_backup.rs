@@ -421,3 +421,37 @@ impl Services {
         Ok(json!({ "etag": record.etag.to_string(), "count": record.count }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(verified: bool, index: u64, forwards: u64) -> Value {
+        json!({
+            "is_verified": verified,
+            "first_message_index": index,
+            "forwarded_count": forwards,
+            "session_data": {},
+        })
+    }
+
+    #[test]
+    fn the_better_session_follows_the_spec_order() {
+        // Verified beats everything else.
+        assert!(is_better(&copy(true, 9, 9), &copy(false, 0, 0)));
+        assert!(!is_better(&copy(false, 0, 0), &copy(true, 9, 9)));
+        // Then the lower first message index, then the fewer forwards.
+        assert!(is_better(&copy(false, 1, 9), &copy(false, 2, 0)));
+        assert!(is_better(&copy(true, 2, 0), &copy(true, 2, 1)));
+        // A tie keeps the stored copy.
+        assert!(!is_better(&copy(false, 2, 1), &copy(false, 2, 1)));
+    }
+
+    #[test]
+    fn only_canonical_version_numbers_name_a_version() {
+        assert_eq!(parse_version("12"), Some(12));
+        assert_eq!(parse_version("012"), None);
+        assert_eq!(parse_version("x"), None);
+        assert_eq!(parse_version(""), None);
+    }
+}

@@ -982,7 +982,10 @@ async fn device_list_changes_reach_users_sharing_a_room() {
     .await;
     upload_ok(&server, &dave, json!({ "device_keys": device_keys(&dave) })).await;
     let response = sync(&server, &bob, Some(&t0)).await;
-    assert_eq!(changed_users(&response, "changed"), [alice.user_id.clone()]);
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [alice.user_id.as_str()]
+    );
     let t1 = next_batch(&response);
     let changes = key_changes(&server, &bob, &t0, &t1).await;
     assert_eq!(changes["changed"], json!([alice.user_id]), "{changes}");
@@ -995,7 +998,10 @@ async fn device_list_changes_reach_users_sharing_a_room() {
     // Carol joins: her devices are new to bob.
     server.join(&carol, &room).await;
     let response = sync(&server, &bob, Some(&t1)).await;
-    assert_eq!(changed_users(&response, "changed"), [carol.user_id.clone()]);
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [carol.user_id.as_str()]
+    );
     let t2 = next_batch(&response);
 
     // Cross-signing keys are a change too.
@@ -1009,7 +1015,10 @@ async fn device_list_changes_reach_users_sharing_a_room() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let response = sync(&server, &bob, Some(&t2)).await;
-    assert_eq!(changed_users(&response, "changed"), [carol.user_id.clone()]);
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [carol.user_id.as_str()]
+    );
     let t3 = next_batch(&response);
 
     // Carol leaves: she no longer shares a room with bob.
@@ -1022,7 +1031,7 @@ async fn device_list_changes_reach_users_sharing_a_room() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let response = sync(&server, &bob, Some(&t3)).await;
-    assert_eq!(changed_users(&response, "left"), [carol.user_id.clone()]);
+    assert_eq!(changed_users(&response, "left"), [carol.user_id.as_str()]);
     let t4 = next_batch(&response);
     let changes = key_changes(&server, &bob, &t3, &t4).await;
     assert_eq!(changes["left"], json!([carol.user_id]), "{changes}");
@@ -1048,7 +1057,10 @@ async fn device_list_changes_reach_users_sharing_a_room() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let response = sync(&server, &bob, Some(&t5)).await;
-    assert_eq!(changed_users(&response, "changed"), [alice.user_id.clone()]);
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [alice.user_id.as_str()]
+    );
     // Alice sees her own change.
     let own = sync(&server, &alice, Some(&t5)).await;
     assert!(
@@ -1093,5 +1105,8 @@ async fn a_device_list_change_wakes_a_long_poll() {
     let started = std::time::Instant::now();
     let (response, ()) = tokio::join!(poll, upload);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert_eq!(changed_users(&response, "changed"), [alice.user_id.clone()]);
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [alice.user_id.as_str()]
+    );
 }
