@@ -801,6 +801,7 @@ async fn signatures_are_verified_and_merged_into_queried_keys() {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+    let before = next_batch(&sync(&server, &alice, None).await);
     let ssk_id = format!("ed25519:{}", alice_keys.self_signing.1);
     let usk_id = format!("ed25519:{}", alice_keys.user_signing.1);
     let device_key_id = format!("ed25519:{}", alice.device_id);
@@ -838,6 +839,15 @@ async fn signatures_are_verified_and_merged_into_queried_keys() {
         .await;
     assert_eq!(status, StatusCode::OK, "{response}");
     assert_eq!(response["failures"], json!({}), "{response}");
+    // Announced as alice's change (the signature of bob's key is hers), not bob's.
+    let path = format!(
+        "/_matrix/client/v3/keys/changes?from={before}&to={}",
+        u64::MAX
+    );
+    assert_eq!(
+        server.get_ok(&path, &alice).await["changed"],
+        json!([alice.user_id])
+    );
 
     let seen = query(&server, &bob, &[&alice, &bob]).await;
     let device = &seen["device_keys"][&alice.user_id][&alice.device_id];
@@ -1003,6 +1013,8 @@ async fn device_list_changes_reach_users_sharing_a_room() {
         [carol.user_id.as_str()]
     );
     let t2 = next_batch(&response);
+    let changes = key_changes(&server, &bob, &t1, &t2).await;
+    assert_eq!(changes["changed"], json!([carol.user_id]), "{changes}");
 
     // Cross-signing keys are a change too.
     let keys = CrossSigning::new();
