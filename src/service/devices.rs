@@ -182,7 +182,15 @@ impl Devices {
     }
 
     /// Deletes the given devices and their access tokens in one batch. Missing ones are skipped.
-    pub async fn delete_many(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+    ///
+    /// Returns whether any device was deleted: the caller announces that as a device-list
+    /// change (see `Services::delete_devices`), which needs a stream count this service
+    /// does not own.
+    pub async fn delete_many(
+        &self,
+        user_id: &UserId,
+        device_ids: &[OwnedDeviceId],
+    ) -> Result<bool> {
         let _guard = self.write_lock.lock().await;
         let mut batch = Batch::new();
         for device_id in device_ids {
@@ -190,22 +198,25 @@ impl Devices {
                 self.delete_device_into(&mut batch, user_id, device_id, &record)?;
             }
         }
+        let deleted = !batch.is_empty();
         self.store.write(batch)?;
-        Ok(())
+        Ok(deleted)
     }
 
     /// Deletes one device (the one a request came from, for `/logout`).
-    pub async fn delete(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+    pub async fn delete(&self, user_id: &UserId, device_id: &DeviceId) -> Result<bool> {
         self.delete_many(user_id, &[device_id.to_owned()]).await
     }
 
     /// Deletes all of a user's devices except `keep`.
-    pub async fn delete_all(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+    /// Returns whether any device was deleted (see [`Devices::delete_many`]).
+    pub async fn delete_all(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<bool> {
         let _guard = self.write_lock.lock().await;
         let mut batch = Batch::new();
         self.delete_all_into(&mut batch, user_id, keep)?;
+        let deleted = !batch.is_empty();
         self.store.write(batch)?;
-        Ok(())
+        Ok(deleted)
     }
 
     /// Adds the deletion of all of a user's devices (except `keep`) to `batch`.

@@ -148,6 +148,36 @@ fn check_device_keys(user_id: &UserId, device_id: &DeviceId, device_keys: &Value
     .map_err(|_| Error::invalid_param(format!("The {key_id} signature of device_keys is invalid.")))
 }
 
+/// Keeps in `keys` the signatures of `old` that `keys` lacks (those added by cross-signing).
+fn merge_signatures(keys: &mut Value, old: Option<&Value>) {
+    let Some(old) = old
+        .and_then(|o| o.get("signatures"))
+        .and_then(Value::as_object)
+    else {
+        return;
+    };
+    let Some(object) = keys.as_object_mut() else {
+        return;
+    };
+    let signatures = object.entry("signatures").or_insert_with(|| json!({}));
+    let Some(signatures) = signatures.as_object_mut() else {
+        return;
+    };
+    for (signer, sigs) in old {
+        let Some(sigs) = sigs.as_object() else {
+            continue;
+        };
+        let entry = signatures
+            .entry(signer.clone())
+            .or_insert_with(|| json!({}));
+        if let Some(entry) = entry.as_object_mut() {
+            for (id, sig) in sigs {
+                entry.entry(id.clone()).or_insert_with(|| sig.clone());
+            }
+        }
+    }
+}
+
 /// Adds the deletion of everything end-to-end encryption keeps for one device (identity keys,
 /// one-time and fallback keys, to-device queue and transaction IDs) to `batch`.
 pub fn delete_device_into(
@@ -179,29 +209,59 @@ impl Services {
 
     /// `/keys/upload`: stores the device's identity keys, one-time and fallback keys; answers
     /// the device's one-time key count per algorithm.
-    pub fn upload_keys(
+    ///
+    /// New or changed identity keys are a device-list change (they take a stream count); the
+    /// same keys again keep the signatures others added since (cross-signing).
+    pub async fn upload_keys(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         upload: KeyUpload,
     ) -> Result<BTreeMap<String, u64>> {
-        let mut batch = Batch::new();
+        for (id, key) in upload.one_time_keys.iter().chain(&upload.fallback_keys) {
+            split_key_id(id)?;
+            check_key_shape(id, key)?;
+        }
         if let Some(mut device_keys) = upload.device_keys {
             check_device_keys(user_id, device_id, &device_keys)?;
             // `unsigned` is for the server to fill in (the display name), not to store.
             if let Some(object) = device_keys.as_object_mut() {
                 object.remove("unsigned");
             }
-            batch.put(
-                Cf::DeviceKeys,
-                keys::join([user_id.as_bytes(), device_id.as_bytes()]),
-                serde_json::to_vec(&device_keys)?,
-            );
+            let store_key = keys::join([user_id.as_bytes(), device_id.as_bytes()]);
+            let old: Option<Value> = match self.store.get(Cf::DeviceKeys, &store_key)? {
+                Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+                None => None,
+            };
+            let unchanged = old.as_ref().is_some_and(|old| {
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    v.as_object_mut().map(|m| m.remove("signatures"));
+                    v
+                };
+                strip(old) == strip(&device_keys)
+            });
+            if unchanged {
+                merge_signatures(&mut device_keys, old.as_ref());
+                if old.as_ref() != Some(&device_keys) {
+                    self.store.put(
+                        Cf::DeviceKeys,
+                        &store_key,
+                        &serde_json::to_vec(&device_keys)?,
+                    )?;
+                }
+            } else {
+                let value = serde_json::to_vec(&device_keys)?;
+                let store = self.store.clone();
+                self.timeline
+                    .commit_counted(Batch::new(), |batch, count| {
+                        batch.put(Cf::DeviceKeys, store_key, value);
+                        crate::service::device_lists::change_into(&store, batch, count, user_id)
+                    })
+                    .await?;
+            }
         }
-        for (id, key) in upload.one_time_keys.iter().chain(&upload.fallback_keys) {
-            split_key_id(id)?;
-            check_key_shape(id, key)?;
-        }
+        let mut batch = Batch::new();
         let guard = self.e2ee.lock();
         for (id, key) in &upload.one_time_keys {
             let (algorithm, key_id) = split_key_id(id)?;
@@ -291,10 +351,12 @@ impl Services {
     /// none are listed). Users of other servers are reported in `failures` until federation.
     pub fn query_keys(
         &self,
+        requester: &UserId,
         requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<Value> {
         let mut device_keys = Map::new();
         let mut failures = Map::new();
+        let mut signing_keys: [Map<String, Value>; 3] = Default::default();
         for (user_id, devices) in requested {
             if !self.is_local(user_id) {
                 failures.insert(
@@ -334,14 +396,23 @@ impl Services {
                 user_devices.insert(device_id.to_string(), keys);
             }
             device_keys.insert(user_id.to_string(), Value::Object(user_devices));
+            for (i, (_, key)) in self
+                .query_signing_keys(requester, user_id)?
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(key) = key {
+                    signing_keys[i].insert(user_id.to_string(), key);
+                }
+            }
         }
-        // Cross-signing keys come with cross-signing support.
+        let [master, self_signing, user_signing] = signing_keys;
         Ok(json!({
             "device_keys": device_keys,
             "failures": failures,
-            "master_keys": {},
-            "self_signing_keys": {},
-            "user_signing_keys": {},
+            "master_keys": master,
+            "self_signing_keys": self_signing,
+            "user_signing_keys": user_signing,
         }))
     }
 

@@ -2,10 +2,13 @@
 //! `crate::api` call into these; these call into `crate::store`.
 
 pub mod account_data;
+pub mod cross_signing;
+pub mod device_lists;
 pub mod devices;
 pub mod e2ee;
 pub mod filters;
 pub mod globals;
+pub mod key_backup;
 pub mod presence;
 pub mod ratelimit;
 pub mod registration;
@@ -44,6 +47,8 @@ pub struct Services {
     pub presence: presence::Presence,
     /// End-to-end encryption: the lock around one-time key claims (see `e2ee`).
     pub e2ee: e2ee::E2ee,
+    /// Server-side key backup: the lock around a version's sessions (see `key_backup`).
+    pub key_backup: key_backup::KeyBackup,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -84,6 +89,7 @@ impl Services {
             alias_lock: std::sync::Mutex::new(()),
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
+            key_backup: key_backup::KeyBackup::default(),
             store,
             config,
         });

@@ -120,10 +120,26 @@ pub enum Cf {
     /// `sender_user_id 0xFF sender_device_id 0xFF txn_id` → nothing: `PUT /sendToDevice`
     /// idempotency.
     ToDeviceTxn,
+    /// `user_id 0xFF usage` (`master`, `self_signing`, `user_signing`) → the user's cross-signing
+    /// key (JSON as uploaded, with signatures uploaded later merged into `signatures`).
+    CrossSigningKeys,
+    /// stream count (u64 BE) ++ `user_id` → nothing: device-list changes in order, one entry per
+    /// user (the previous one is deleted in the same batch), so `/sync` and `/keys/changes` seek
+    /// from a token. See `service::device_lists`.
+    DeviceListStream,
+    /// `user_id` → stream count (u64 BE) of the user's latest device-list change (the entry of
+    /// `device_list_stream` to delete at the next change).
+    DeviceListCounts,
+    /// `user_id 0xFF version (u64 BE)` → `{algorithm, auth_data, etag, count, deleted}` JSON: the
+    /// user's key backup versions (a deleted one stays as a tombstone). See `service::key_backup`.
+    BackupVersions,
+    /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id` → the backed-up session
+    /// (`{first_message_index, forwarded_count, is_verified, session_data}` JSON).
+    BackupSessions,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 38] = [
+    pub const ALL: [Cf; 43] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -162,6 +178,11 @@ impl Cf {
         Cf::FallbackKeys,
         Cf::ToDevice,
         Cf::ToDeviceTxn,
+        Cf::CrossSigningKeys,
+        Cf::DeviceListStream,
+        Cf::DeviceListCounts,
+        Cf::BackupVersions,
+        Cf::BackupSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -204,6 +225,11 @@ impl Cf {
             Cf::FallbackKeys => "fallback_keys",
             Cf::ToDevice => "to_device",
             Cf::ToDeviceTxn => "to_device_txn",
+            Cf::CrossSigningKeys => "cross_signing_keys",
+            Cf::DeviceListStream => "device_list_stream",
+            Cf::DeviceListCounts => "device_list_counts",
+            Cf::BackupVersions => "backup_versions",
+            Cf::BackupSessions => "backup_sessions",
         }
     }
 }

@@ -576,3 +576,549 @@ async fn deleting_a_device_deletes_its_keys_and_queue() {
         ["from bob"]
     );
 }
+
+// ---- Cross-signing and device list tracking ----
+
+const SIGNING_UPLOAD: &str = "/_matrix/client/v3/keys/device_signing/upload";
+const SIGNATURES_UPLOAD: &str = "/_matrix/client/v3/keys/signatures/upload";
+
+/// An ed25519 key pair whose key ID (`version`) is its own public key, as cross-signing keys
+/// are named; and that public key.
+fn cross_signing_pair() -> (Ed25519KeyPair, String) {
+    let der = Ed25519KeyPair::generate();
+    let probe = Ed25519KeyPair::from_der(&der, "probe".to_owned()).unwrap();
+    let public = Base64::<Standard, _>::new(probe.public_key().to_vec()).encode();
+    (
+        Ed25519KeyPair::from_der(&der, public.clone()).unwrap(),
+        public,
+    )
+}
+
+/// Signs `value` as `user_id` with `pair` (adding to its `signatures`).
+fn signed(user_id: &str, pair: &Ed25519KeyPair, value: Value) -> Value {
+    let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(value).unwrap()
+    else {
+        unreachable!()
+    };
+    sign_json(user_id, pair, &mut object).unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
+fn cross_signing_key(user_id: &str, usage: &str, public: &str) -> Value {
+    json!({
+        "user_id": user_id,
+        "usage": [usage],
+        "keys": { format!("ed25519:{public}"): public },
+    })
+}
+
+/// A user's three cross-signing key pairs and the upload body with the keys, the self-signing
+/// and user-signing keys signed by the master key.
+struct CrossSigning {
+    master: (Ed25519KeyPair, String),
+    self_signing: (Ed25519KeyPair, String),
+    user_signing: (Ed25519KeyPair, String),
+}
+
+impl CrossSigning {
+    fn new() -> Self {
+        Self {
+            master: cross_signing_pair(),
+            self_signing: cross_signing_pair(),
+            user_signing: cross_signing_pair(),
+        }
+    }
+
+    fn body(&self, user_id: &str) -> Value {
+        json!({
+            "master_key": cross_signing_key(user_id, "master", &self.master.1),
+            "self_signing_key": signed(
+                user_id,
+                &self.master.0,
+                cross_signing_key(user_id, "self_signing", &self.self_signing.1),
+            ),
+            "user_signing_key": signed(
+                user_id,
+                &self.master.0,
+                cross_signing_key(user_id, "user_signing", &self.user_signing.1),
+            ),
+        })
+    }
+}
+
+/// Device keys for `who` with the device's key pair (to sign with it later).
+fn device_keys_with_pair(who: &Session) -> (Value, Ed25519KeyPair) {
+    let der = Ed25519KeyPair::generate();
+    let pair = Ed25519KeyPair::from_der(&der, who.device_id.clone()).unwrap();
+    let public = Base64::<Standard, _>::new(pair.public_key().to_vec()).encode();
+    let keys = json!({
+        "user_id": who.user_id,
+        "device_id": who.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{}", who.device_id): "Y3VydmUyNTUxOXB1YmxpY2tleWZvcnRlc3Rpbmdvbmx5",
+            format!("ed25519:{}", who.device_id): public,
+        },
+    });
+    (signed(&who.user_id, &pair, keys), pair)
+}
+
+async fn query(server: &TestServer, who: &Session, users: &[&Session]) -> Value {
+    let wanted: serde_json::Map<String, Value> = users
+        .iter()
+        .map(|u| (u.user_id.clone(), json!([])))
+        .collect();
+    let (status, response) = server
+        .post(QUERY, Some(&who.token), json!({ "device_keys": wanted }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    response
+}
+
+fn password_auth(who: &Session, session: &str) -> Value {
+    json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": who.user_id },
+        "password": "pw",
+        "session": session,
+    })
+}
+
+#[tokio::test]
+async fn cross_signing_keys_are_uploaded_checked_and_queried() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+
+    // Failures first: no master key to sign with; a key signed by something else; a key of
+    // someone else. Nothing is stored by a refused upload.
+    let keys = CrossSigning::new();
+    let mut body = keys.body(&alice.user_id);
+    let ssk_only = json!({ "self_signing_key": body["self_signing_key"].clone() });
+    assert_error(
+        &server
+            .post(SIGNING_UPLOAD, Some(&alice.token), ssk_only)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let other = CrossSigning::new();
+    body["self_signing_key"] = signed(
+        &alice.user_id,
+        &other.master.0,
+        cross_signing_key(&alice.user_id, "self_signing", &keys.self_signing.1),
+    );
+    assert_error(
+        &server.post(SIGNING_UPLOAD, Some(&alice.token), body).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &server
+            .post(SIGNING_UPLOAD, Some(&bob.token), keys.body(&alice.user_id))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let response = query(&server, &alice, &[&alice]).await;
+    assert_eq!(response["master_keys"], json!({}), "{response}");
+
+    // The first upload needs no user-interactive auth.
+    let (status, response) = server
+        .post(
+            SIGNING_UPLOAD,
+            Some(&alice.token),
+            keys.body(&alice.user_id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+
+    let own = query(&server, &alice, &[&alice]).await;
+    let expected = keys.body(&alice.user_id);
+    assert_eq!(own["master_keys"][&alice.user_id], expected["master_key"]);
+    assert_eq!(
+        own["self_signing_keys"][&alice.user_id],
+        expected["self_signing_key"]
+    );
+    assert_eq!(
+        own["user_signing_keys"][&alice.user_id],
+        expected["user_signing_key"]
+    );
+    // Others see the master and self-signing keys, never the user-signing key.
+    let seen = query(&server, &bob, &[&alice]).await;
+    assert_eq!(seen["master_keys"][&alice.user_id], expected["master_key"]);
+    assert!(seen["self_signing_keys"][&alice.user_id].is_object());
+    assert_eq!(seen["user_signing_keys"], json!({}), "{seen}");
+
+    // Replacing keys needs the password.
+    let fresh = CrossSigning::new();
+    let result = server
+        .post(
+            SIGNING_UPLOAD,
+            Some(&alice.token),
+            fresh.body(&alice.user_id),
+        )
+        .await;
+    assert_eq!(result.0, StatusCode::UNAUTHORIZED, "{}", result.1);
+    let session = result.1["session"].as_str().unwrap().to_owned();
+    let mut body = fresh.body(&alice.user_id);
+    body["auth"] = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": alice.user_id },
+        "password": "wrong",
+        "session": session,
+    });
+    let result = server.post(SIGNING_UPLOAD, Some(&alice.token), body).await;
+    assert_eq!(result.0, StatusCode::UNAUTHORIZED, "{}", result.1);
+    let mut body = fresh.body(&alice.user_id);
+    body["auth"] = password_auth(&alice, &session);
+    let (status, response) = server.post(SIGNING_UPLOAD, Some(&alice.token), body).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let own = query(&server, &alice, &[&alice]).await;
+    assert_eq!(
+        own["master_keys"][&alice.user_id],
+        fresh.body(&alice.user_id)["master_key"]
+    );
+}
+
+#[tokio::test]
+async fn signatures_are_verified_and_merged_into_queried_keys() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (alice_device, alice_pair) = device_keys_with_pair(&alice);
+    upload_ok(
+        &server,
+        &alice,
+        json!({ "device_keys": alice_device.clone() }),
+    )
+    .await;
+    let alice_keys = CrossSigning::new();
+    let bob_keys = CrossSigning::new();
+    for (who, keys) in [(&alice, &alice_keys), (&bob, &bob_keys)] {
+        let (status, body) = server
+            .post(SIGNING_UPLOAD, Some(&who.token), keys.body(&who.user_id))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let before = next_batch(&sync(&server, &alice, None).await);
+    let ssk_id = format!("ed25519:{}", alice_keys.self_signing.1);
+    let usk_id = format!("ed25519:{}", alice_keys.user_signing.1);
+    let device_key_id = format!("ed25519:{}", alice.device_id);
+
+    // Alice's device signed by her self-signing key; her master key signed by her device; bob's
+    // master key signed by her user-signing key.
+    let device_signed = signed(&alice.user_id, &alice_keys.self_signing.0, {
+        let mut d = query(&server, &alice, &[&alice]).await["device_keys"][&alice.user_id]
+            [&alice.device_id]
+            .clone();
+        d.as_object_mut().unwrap().remove("signatures");
+        d.as_object_mut().unwrap().remove("unsigned");
+        d
+    });
+    let master = alice_keys.body(&alice.user_id)["master_key"].clone();
+    let master_signed = signed(&alice.user_id, &alice_pair, master);
+    let bob_master = bob_keys.body(&bob.user_id)["master_key"].clone();
+    let bob_master_signed = signed(
+        &alice.user_id,
+        &alice_keys.user_signing.0,
+        bob_master.clone(),
+    );
+    let (status, response) = server
+        .post(
+            SIGNATURES_UPLOAD,
+            Some(&alice.token),
+            json!({
+                &alice.user_id: {
+                    &alice.device_id: device_signed,
+                    &alice_keys.master.1: master_signed,
+                },
+                &bob.user_id: { &bob_keys.master.1: bob_master_signed },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["failures"], json!({}), "{response}");
+    // Announced as alice's change (the signature of bob's key is hers), not bob's.
+    let path = format!(
+        "/_matrix/client/v3/keys/changes?from={before}&to={}",
+        u64::MAX
+    );
+    assert_eq!(
+        server.get_ok(&path, &alice).await["changed"],
+        json!([alice.user_id])
+    );
+
+    let seen = query(&server, &bob, &[&alice, &bob]).await;
+    let device = &seen["device_keys"][&alice.user_id][&alice.device_id];
+    assert!(
+        device["signatures"][&alice.user_id][&ssk_id].is_string(),
+        "{seen}"
+    );
+    assert!(device["signatures"][&alice.user_id][&device_key_id].is_string());
+    let alice_master = &seen["master_keys"][&alice.user_id];
+    assert!(alice_master["signatures"][&alice.user_id][&device_key_id].is_string());
+    // Alice's signature of bob's master key is hers: bob does not see it, she does.
+    assert!(
+        seen["master_keys"][&bob.user_id]["signatures"][&alice.user_id].is_null(),
+        "{seen}"
+    );
+    let own = query(&server, &alice, &[&bob]).await;
+    assert!(own["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&usk_id].is_string());
+
+    // Re-uploading the same device keys keeps the cross-signing signature.
+    upload_ok(&server, &alice, json!({ "device_keys": alice_device })).await;
+    let again = query(&server, &bob, &[&alice]).await;
+    assert!(
+        again["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id]
+            [&ssk_id]
+            .is_string(),
+        "{again}"
+    );
+
+    // Failures: a forged signature, a key that is not stored, a changed object, and a signer
+    // who may not sign that key (bob's master key signed by alice's self-signing key).
+    let forger = cross_signing_pair().0;
+    let forged = {
+        let mut d = device["signatures"].clone();
+        d = json!({ &alice.user_id: { &ssk_id: d[&alice.user_id][&ssk_id].clone() } });
+        let mut keys = device.clone();
+        keys["signatures"] = d;
+        keys["signatures"][&alice.user_id][&ssk_id] =
+            signed(&alice.user_id, &forger, json!({ "other": "thing" }))["signatures"]
+                [&alice.user_id]
+                .as_object()
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .clone();
+        keys.as_object_mut().unwrap().remove("unsigned");
+        keys
+    };
+    let mut changed = device.clone();
+    changed["algorithms"] = json!(["m.other"]);
+    let wrong_signer = signed(&alice.user_id, &alice_keys.self_signing.0, bob_master);
+    let (status, response) = server
+        .post(
+            SIGNATURES_UPLOAD,
+            Some(&alice.token),
+            json!({
+                &alice.user_id: {
+                    &alice.device_id: forged,
+                    "NOSUCHDEVICE": device_signed_for("NOSUCHDEVICE", &alice, &alice_keys),
+                },
+                &bob.user_id: { &bob_keys.master.1: wrong_signer },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let failures = &response["failures"];
+    assert_eq!(
+        failures[&alice.user_id][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
+        "{response}"
+    );
+    assert_eq!(
+        failures[&alice.user_id]["NOSUCHDEVICE"]["errcode"],
+        "M_NOT_FOUND"
+    );
+    assert_eq!(
+        failures[&bob.user_id][&bob_keys.master.1]["errcode"],
+        "M_INVALID_SIGNATURE"
+    );
+    let (_, response) = server
+        .post(
+            SIGNATURES_UPLOAD,
+            Some(&alice.token),
+            json!({ &alice.user_id: { &alice.device_id: signed(&alice.user_id, &alice_keys.self_signing.0, {
+                let mut c = changed.clone();
+                c.as_object_mut().unwrap().remove("signatures");
+                c.as_object_mut().unwrap().remove("unsigned");
+                c
+            }) } }),
+        )
+        .await;
+    assert_eq!(
+        response["failures"][&alice.user_id][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
+        "{response}"
+    );
+}
+
+fn device_signed_for(device_id: &str, who: &Session, keys: &CrossSigning) -> Value {
+    let mut d = device_keys_signed_as(&who.user_id, device_id, device_id);
+    d.as_object_mut().unwrap().remove("signatures");
+    signed(&who.user_id, &keys.self_signing.0, d)
+}
+
+fn changed_users(response: &Value, section: &str) -> Vec<String> {
+    let mut users: Vec<String> = response["device_lists"][section]
+        .as_array()
+        .unwrap_or_else(|| panic!("device_lists.{section} in {response}"))
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    users
+}
+
+async fn key_changes(server: &TestServer, who: &Session, from: &str, to: &str) -> Value {
+    server
+        .get_ok(
+            &format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"),
+            who,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn device_list_changes_reach_users_sharing_a_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let dave = server.register("dave", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+
+    let t0 = next_batch(&sync(&server, &bob, None).await);
+    // Alice's new device keys; dave (no shared room) uploads too.
+    upload_ok(
+        &server,
+        &alice,
+        json!({ "device_keys": device_keys(&alice) }),
+    )
+    .await;
+    upload_ok(&server, &dave, json!({ "device_keys": device_keys(&dave) })).await;
+    let response = sync(&server, &bob, Some(&t0)).await;
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [alice.user_id.as_str()]
+    );
+    let t1 = next_batch(&response);
+    let changes = key_changes(&server, &bob, &t0, &t1).await;
+    assert_eq!(changes["changed"], json!([alice.user_id]), "{changes}");
+    assert_eq!(changes["left"], json!([]));
+    // Nothing new: nothing reported.
+    let response = sync(&server, &bob, Some(&t1)).await;
+    assert_eq!(changed_users(&response, "changed"), Vec::<String>::new());
+    let t1 = next_batch(&response);
+
+    // Carol joins: her devices are new to bob.
+    server.join(&carol, &room).await;
+    let response = sync(&server, &bob, Some(&t1)).await;
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [carol.user_id.as_str()]
+    );
+    let t2 = next_batch(&response);
+    let changes = key_changes(&server, &bob, &t1, &t2).await;
+    assert_eq!(changes["changed"], json!([carol.user_id]), "{changes}");
+
+    // Cross-signing keys are a change too.
+    let keys = CrossSigning::new();
+    let (status, body) = server
+        .post(
+            SIGNING_UPLOAD,
+            Some(&carol.token),
+            keys.body(&carol.user_id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = sync(&server, &bob, Some(&t2)).await;
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [carol.user_id.as_str()]
+    );
+    let t3 = next_batch(&response);
+
+    // Carol leaves: she no longer shares a room with bob.
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&carol.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = sync(&server, &bob, Some(&t3)).await;
+    assert_eq!(changed_users(&response, "left"), [carol.user_id.as_str()]);
+    let t4 = next_batch(&response);
+    let changes = key_changes(&server, &bob, &t3, &t4).await;
+    assert_eq!(changes["left"], json!([carol.user_id]), "{changes}");
+    // A change of someone who left is no longer reported.
+    upload_ok(
+        &server,
+        &carol,
+        json!({ "device_keys": device_keys(&carol) }),
+    )
+    .await;
+    let response = sync(&server, &bob, Some(&t4)).await;
+    assert_eq!(changed_users(&response, "changed"), Vec::<String>::new());
+    let t5 = next_batch(&response);
+
+    // Deleting a device is a change (alice's second device, behind the password).
+    let alice2 = server.login_ok("alice", "pw").await;
+    let path = format!("/_matrix/client/v3/devices/{}", alice2.device_id);
+    let (status, uia) = server.delete(&path, Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+    let auth = password_auth(&alice, uia["session"].as_str().unwrap());
+    let (status, body) = server
+        .delete(&path, Some(&alice.token), json!({ "auth": auth }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = sync(&server, &bob, Some(&t5)).await;
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [alice.user_id.as_str()]
+    );
+    // Alice sees her own change.
+    let own = sync(&server, &alice, Some(&t5)).await;
+    assert!(
+        changed_users(&own, "changed").contains(&alice.user_id),
+        "{own}"
+    );
+
+    // Bad tokens.
+    assert_error(
+        &server
+            .get(
+                "/_matrix/client/v3/keys/changes?from=nope&to=1",
+                Some(&bob.token),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}
+
+#[tokio::test]
+async fn a_device_list_change_wakes_a_long_poll() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let since = next_batch(&sync(&server, &bob, None).await);
+    let path = format!("/_matrix/client/v3/sync?since={since}&timeout=20000");
+    let poll = server.get_ok(&path, &bob);
+    let upload = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        upload_ok(
+            &server,
+            &alice,
+            json!({ "device_keys": device_keys(&alice) }),
+        )
+        .await;
+    };
+    let started = std::time::Instant::now();
+    let (response, ()) = tokio::join!(poll, upload);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(
+        changed_users(&response, "changed"),
+        [alice.user_id.as_str()]
+    );
+}

@@ -8,6 +8,7 @@ mod context;
 mod devices;
 mod directory;
 mod e2ee;
+mod e2ee_backup;
 mod ephemeral;
 mod history;
 mod http_layer;

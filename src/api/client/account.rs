@@ -52,6 +52,10 @@ pub async fn change_password(
             }
         })
         .await?;
+    if logout_devices {
+        // The other devices are gone: a device-list change (see `Services::delete_devices`).
+        services.announce_device_list_change(&[user_id]).await?;
+    }
     tracing::info!(user = %user_id, logout_devices, "password changed");
     Ok(RumaResponse(password_v3::Response::new()))
 }
@@ -71,6 +75,8 @@ pub async fn deactivate(
         .users
         .deactivate(user_id, &services.devices)
         .await?;
+    // Its devices are gone: a device-list change (see `Services::delete_devices`).
+    services.announce_device_list_change(&[user_id]).await?;
     tracing::info!(user = %user_id, "account deactivated");
     Ok(RumaResponse(deactivate_v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,

@@ -90,8 +90,7 @@ pub async fn delete(
         .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
     services
-        .devices
-        .delete_many(user_id, std::slice::from_ref(device_id))
+        .delete_devices(user_id, std::slice::from_ref(device_id))
         .await?;
     Ok(RumaResponse(delete_v3::Response::new()))
 }
@@ -106,8 +105,7 @@ pub async fn delete_many(
         .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
     services
-        .devices
-        .delete_many(user_id, &request.body.devices)
+        .delete_devices(user_id, &request.body.devices)
         .await?;
     Ok(RumaResponse(delete_many_v3::Response::new()))
 }

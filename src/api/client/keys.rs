@@ -1,17 +1,20 @@
-//! `/keys/upload`, `/keys/query` and `/keys/claim`: end-to-end encryption keys.
+//! `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`, and cross-signing
+//! (`/keys/device_signing/upload`, `/keys/signatures/upload`): end-to-end encryption keys.
 
 use std::collections::BTreeMap;
 
 use axum::{Json, extract};
 use ruma::api::client::keys::{
-    claim_keys::v3 as claim_v3, get_keys::v3 as query_v3, upload_keys::v3 as upload_v3,
+    claim_keys::v3 as claim_v3, get_key_changes::v3 as changes_v3, get_keys::v3 as query_v3,
+    upload_keys::v3 as upload_v3, upload_signatures::v3 as signatures_v3,
+    upload_signing_keys::v3 as signing_v3,
 };
 use serde_json::{Value, json};
 
 use crate::{
     Error, Result,
     api::ruma::{Ruma, State},
-    service::e2ee::KeyUpload,
+    service::{cross_signing::SigningKeysUpload, e2ee::KeyUpload},
 };
 
 /// Raw JSON from the request as a value (ruma kept it unparsed).
@@ -40,7 +43,9 @@ pub async fn upload(
         one_time_keys: keys(&body.one_time_keys)?,
         fallback_keys: keys(&body.fallback_keys)?,
     };
-    let counts = services.upload_keys(request.user(), request.device(), upload)?;
+    let counts = services
+        .upload_keys(request.user(), request.device(), upload)
+        .await?;
     Ok(Json(json!({ "one_time_key_counts": counts })))
 }
 
@@ -48,7 +53,9 @@ pub async fn query(
     extract::State(services): extract::State<State>,
     request: Ruma<query_v3::Request>,
 ) -> Result<Json<Value>> {
-    Ok(Json(services.query_keys(&request.body.device_keys)?))
+    Ok(Json(
+        services.query_keys(request.user(), &request.body.device_keys)?,
+    ))
 }
 
 pub async fn claim(
@@ -68,4 +75,67 @@ pub async fn claim(
         })
         .collect();
     Ok(Json(services.claim_keys(&requested)?))
+}
+
+/// `POST /keys/device_signing/upload`. Replacing existing cross-signing keys needs the
+/// account's password (user-interactive auth); the first upload, when the user has no master
+/// key yet, does not (as the spec allows, so clients can bootstrap cross-signing silently).
+pub async fn upload_signing_keys(
+    extract::State(services): extract::State<State>,
+    request: Ruma<signing_v3::Request>,
+) -> Result<Json<Value>> {
+    let user_id = request.user();
+    let body = &request.body;
+    let raw = |key: &Option<ruma::serde::Raw<_>>| -> Result<Option<Value>> {
+        key.as_ref()
+            .map(|k: &ruma::serde::Raw<_>| raw_value(k.json()))
+            .transpose()
+    };
+    let upload = SigningKeysUpload {
+        master_key: raw(&body.master_key)?,
+        self_signing_key: raw(&body.self_signing_key)?,
+        user_signing_key: raw(&body.user_signing_key)?,
+    };
+    if services.has_master_key(user_id)? {
+        let purpose = format!("device_signing_upload:{user_id}");
+        services
+            .confirm_password(&purpose, body.auth.as_ref(), user_id)
+            .await?;
+    }
+    services.upload_signing_keys(user_id, upload).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /keys/signatures/upload`.
+pub async fn upload_signatures(
+    extract::State(services): extract::State<State>,
+    request: Ruma<signatures_v3::Request>,
+) -> Result<Json<Value>> {
+    let mut signed = Vec::new();
+    for (user_id, keys) in &request.body.signed_keys {
+        for (key_id, object) in keys.iter() {
+            signed.push((user_id.clone(), key_id.to_owned(), raw_value(object)?));
+        }
+    }
+    Ok(Json(
+        services.upload_signatures(request.user(), signed).await?,
+    ))
+}
+
+/// `GET /keys/changes?from=&to=`: tokens are sync tokens (stream positions).
+pub async fn changes(
+    extract::State(services): extract::State<State>,
+    request: Ruma<changes_v3::Request>,
+) -> Result<Json<Value>> {
+    let parse = |token: &str| {
+        token
+            .parse::<u64>()
+            .map_err(|_| Error::invalid_param(format!("Unknown token {token}.")))
+    };
+    let from = parse(&request.body.from)?;
+    let to = parse(&request.body.to)?.min(services.timeline.current_count());
+    let changes = services.device_list_changes(request.user(), from, to)?;
+    Ok(Json(
+        json!({ "changed": changes.changed, "left": changes.left }),
+    ))
 }

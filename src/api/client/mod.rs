@@ -8,6 +8,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
+mod key_backup;
 mod keys;
 mod lifecycle;
 mod membership;
@@ -126,4 +127,43 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::keys::get_keys::v3::Request, _, _>(keys::query)
         .ruma_route::<c::keys::claim_keys::v3::Request, _, _>(keys::claim)
         .ruma_route::<c::to_device::send_event_to_device::v3::Request, _, _>(to_device::send)
+        // Cross-signing and device list tracking.
+        .ruma_route::<c::keys::upload_signing_keys::v3::Request, _, _>(keys::upload_signing_keys)
+        .ruma_route::<c::keys::upload_signatures::v3::Request, _, _>(keys::upload_signatures)
+        .ruma_route::<c::keys::get_key_changes::v3::Request, _, _>(keys::changes)
+        // Server-side key backup.
+        .ruma_route::<c::backup::create_backup_version::v3::Request, _, _>(
+            key_backup::create_version,
+        )
+        .ruma_route::<c::backup::get_latest_backup_info::v3::Request, _, _>(
+            key_backup::latest_version,
+        )
+        .ruma_route::<c::backup::get_backup_info::v3::Request, _, _>(key_backup::get_version)
+        .ruma_route::<c::backup::update_backup_version::v3::Request, _, _>(
+            key_backup::update_version,
+        )
+        .ruma_route::<c::backup::delete_backup_version::v3::Request, _, _>(
+            key_backup::delete_version,
+        )
+        .ruma_route::<c::backup::add_backup_keys::v3::Request, _, _>(key_backup::put_keys)
+        .ruma_route::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(
+            key_backup::put_room_keys,
+        )
+        .ruma_route::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(
+            key_backup::put_session_key,
+        )
+        .ruma_route::<c::backup::get_backup_keys::v3::Request, _, _>(key_backup::get_keys)
+        .ruma_route::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(
+            key_backup::get_room_keys,
+        )
+        .ruma_route::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(
+            key_backup::get_session_key,
+        )
+        .ruma_route::<c::backup::delete_backup_keys::v3::Request, _, _>(key_backup::delete_keys)
+        .ruma_route::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(
+            key_backup::delete_room_keys,
+        )
+        .ruma_route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(
+            key_backup::delete_session_key,
+        )
 }

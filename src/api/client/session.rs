@@ -101,8 +101,7 @@ pub async fn logout(
     request: Ruma<logout_v3::Request>,
 ) -> Result<RumaResponse<logout_v3::Response>> {
     services
-        .devices
-        .delete(request.user(), request.device())
+        .delete_devices(request.user(), &[request.device().to_owned()])
         .await?;
     Ok(RumaResponse(logout_v3::Response::new()))
 }
@@ -111,6 +110,6 @@ pub async fn logout_all(
     extract::State(services): extract::State<State>,
     request: Ruma<logout_all_v3::Request>,
 ) -> Result<RumaResponse<logout_all_v3::Response>> {
-    services.devices.delete_all(request.user(), None).await?;
+    services.delete_all_devices(request.user(), None).await?;
     Ok(RumaResponse(logout_all_v3::Response::new()))
 }

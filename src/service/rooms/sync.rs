@@ -182,7 +182,7 @@ impl Services {
             .into_iter()
             .filter(|e| filter.presence.matches(e))
             .collect();
-        let response = json!({
+        let mut response = json!({
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": account_data },
@@ -191,11 +191,14 @@ impl Services {
             "to_device": {
                 "events": self.to_device_events(user_id, request.device_id, request.since, now)?,
             },
-            "device_lists": { "changed": [], "left": [] },
+            "device_lists": {},
             "device_one_time_keys_count": self.one_time_key_counts(user_id, request.device_id)?,
             "device_unused_fallback_key_types":
                 self.unused_fallback_key_types(user_id, request.device_id)?,
         });
+        // E2EE (service::device_lists): whose devices to re-query, read off this response's rooms.
+        response["device_lists"] =
+            self.sync_device_lists(user_id, request.since, now, &response["rooms"])?;
         Ok((response, lazy))
     }
 
@@ -582,6 +585,7 @@ fn has_changes(response: &Value) -> bool {
         || response["to_device"]["events"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
+        || crate::service::device_lists::has_changes(&response["device_lists"])
 }
 
 /// The member events sent to one device under lazy loading, remembered with the sync position

@@ -1,0 +1,309 @@
+//! Device list tracking: which users' devices or cross-signing keys changed, so that clients
+//! know whose keys to query again (`/keys/changes`, sync's `device_lists`).
+//!
+//! A change of user U (a device's identity keys uploaded or changed, a device deleted,
+//! cross-signing keys or signatures changed) takes a stream count and is recorded in
+//! `device_list_stream` (count ++ user), one entry per user: the previous entry, found through
+//! `device_list_counts`, is deleted in the same batch, so a reader seeks from its token and
+//! reads each changed user once.
+//!
+//! Joins and leaves are not recorded there: they are member events, so a sync computes them
+//! from the memberships of the rooms it looks at (a user who joined a shared room since the
+//! token is `changed`: the client never tracked their devices in that room; one who left and no
+//! longer shares a room is `left`).
+
+use std::collections::BTreeSet;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::{
+    Error, Result,
+    service::Services,
+    store::{Batch, Cf, Store, keys},
+};
+
+/// Adds to `batch` the device-list change of `user_id` at stream position `count`.
+pub fn change_into(store: &Store, batch: &mut Batch, count: u64, user_id: &UserId) -> Result<()> {
+    if let Some(previous) = store.get(Cf::DeviceListCounts, user_id.as_bytes())? {
+        let mut key = previous;
+        key.extend_from_slice(user_id.as_bytes());
+        batch.delete(Cf::DeviceListStream, key);
+    }
+    let mut key = keys::u64_be(count).to_vec();
+    key.extend_from_slice(user_id.as_bytes());
+    batch.put(Cf::DeviceListStream, key, Vec::new());
+    batch.put(
+        Cf::DeviceListCounts,
+        user_id.as_bytes(),
+        keys::u64_be(count),
+    );
+    Ok(())
+}
+
+/// What changed for one viewer between two positions.
+#[derive(Default)]
+pub struct DeviceListChanges {
+    pub changed: BTreeSet<OwnedUserId>,
+    pub left: BTreeSet<OwnedUserId>,
+}
+
+/// Whether sync's `device_lists` section has anything (then a long-polling sync answers).
+pub fn has_changes(device_lists: &Value) -> bool {
+    ["changed", "left"]
+        .iter()
+        .any(|k| device_lists[k].as_array().is_some_and(|a| !a.is_empty()))
+}
+
+impl Services {
+    /// Deletes devices (with their keys and to-device queues) and announces the change.
+    ///
+    /// `Devices::delete_many` writes its batch without a stream count (the device service
+    /// does not own the stream), so the announcement is a second, counted commit right after:
+    /// a crash in between loses only the announcement, and clients re-query keys anyway when
+    /// a device they knew fails to answer.
+    pub async fn delete_devices(
+        &self,
+        user_id: &UserId,
+        device_ids: &[ruma::OwnedDeviceId],
+    ) -> Result<()> {
+        if self.devices.delete_many(user_id, device_ids).await? {
+            self.announce_device_list_change(&[user_id]).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes all of a user's devices except `keep`, announcing it (see `delete_devices`).
+    pub async fn delete_all_devices(
+        &self,
+        user_id: &UserId,
+        keep: Option<&ruma::DeviceId>,
+    ) -> Result<()> {
+        if self.devices.delete_all(user_id, keep).await? {
+            self.announce_device_list_change(&[user_id]).await?;
+        }
+        Ok(())
+    }
+
+    /// Records, under one new stream count, a device-list change of each of `users`.
+    pub async fn announce_device_list_change(&self, users: &[&UserId]) -> Result<u64> {
+        let store = self.store.clone();
+        self.timeline
+            .commit_counted(Batch::new(), |batch, count| {
+                // Under the stream lock: `device_list_counts` cannot move concurrently.
+                for user in users {
+                    change_into(&store, batch, count, user)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Sync's `device_lists`: empty on an initial sync (the client queries everyone it needs).
+    ///
+    /// Joins and leaves are read off the member events of the response's rooms (`rooms`, as
+    /// built for this response): the rooms with nothing new cost nothing here. A room the user
+    /// joined or left in the window costs one scan of its members.
+    pub fn sync_device_lists(
+        &self,
+        user_id: &UserId,
+        since: Option<u64>,
+        upto: u64,
+        rooms: &Value,
+    ) -> Result<Value> {
+        let Some(since) = since else {
+            return Ok(json!({ "changed": [], "left": [] }));
+        };
+        let mut joined_now = BTreeSet::new();
+        let mut left_candidates = BTreeSet::new();
+        let own_change = |room_id: &RoomId| -> Result<bool> {
+            Ok(self
+                .timeline
+                .membership(room_id, user_id)?
+                .is_some_and(|m| m.count > since && m.count <= upto))
+        };
+        for (section, joined) in [("join", true), ("leave", false)] {
+            let Some(section) = rooms[section].as_object() else {
+                continue;
+            };
+            for (room_id, room) in section {
+                let Ok(room_id) = RoomId::parse(room_id) else {
+                    continue;
+                };
+                if own_change(&room_id)? {
+                    // Joined: every member is new to the client; left: maybe none is shared.
+                    for (member, state) in self.timeline.members(&room_id)? {
+                        if state == "join" && member != user_id {
+                            if joined {
+                                joined_now.insert(member);
+                            } else {
+                                left_candidates.insert(member);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if !joined {
+                    continue;
+                }
+                let events = ["timeline", "state", "state_after"]
+                    .iter()
+                    .filter_map(|part| room[part]["events"].as_array())
+                    .flatten();
+                for event in events {
+                    if event["type"] != "m.room.member" {
+                        continue;
+                    }
+                    let Some(member) = event["state_key"]
+                        .as_str()
+                        .and_then(|u| UserId::parse(u).ok())
+                    else {
+                        continue;
+                    };
+                    if member == user_id {
+                        continue;
+                    }
+                    match event["content"]["membership"].as_str() {
+                        Some("join") => {
+                            joined_now.insert(member);
+                        }
+                        Some("leave" | "ban") => {
+                            left_candidates.insert(member);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let changes = self.collect_changes(user_id, since, upto, joined_now, left_candidates)?;
+        Ok(json!({ "changed": changes.changed, "left": changes.left }))
+    }
+
+    /// Users whose devices `user_id` should re-query because of what happened after `since` up
+    /// to `upto` (`/keys/changes`): as [`Services::sync_device_lists`], but finding membership
+    /// changes by looking at every room of the user (one seek each, members of the rooms with
+    /// news).
+    pub fn device_list_changes(
+        &self,
+        user_id: &UserId,
+        since: u64,
+        upto: u64,
+    ) -> Result<DeviceListChanges> {
+        let mut joined_now = BTreeSet::new();
+        let mut left_candidates = BTreeSet::new();
+        for (room_id, membership) in self.timeline.rooms_of(user_id)? {
+            let (newest, _) = self.timeline.last_events(&room_id, upto, 1)?;
+            if newest.first().is_none_or(|(count, _)| *count <= since) {
+                continue;
+            }
+            let own_change = membership.count > since && membership.count <= upto;
+            match membership.membership.as_str() {
+                "join" => {
+                    for (member, state) in self.timeline.members(&room_id)? {
+                        if member == user_id {
+                            continue;
+                        }
+                        let moved = own_change
+                            || self
+                                .timeline
+                                .membership(&room_id, &member)?
+                                .is_some_and(|m| m.count > since && m.count <= upto);
+                        if !moved {
+                            continue;
+                        }
+                        if state == "join" {
+                            joined_now.insert(member);
+                        } else if !own_change {
+                            left_candidates.insert(member);
+                        }
+                    }
+                }
+                "leave" | "ban" if own_change => {
+                    for (member, state) in self.timeline.members(&room_id)? {
+                        if state == "join" && member != user_id {
+                            left_candidates.insert(member);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.collect_changes(user_id, since, upto, joined_now, left_candidates)
+    }
+
+    /// Adds the recorded changes (`device_list_stream` after `since`, one seek) of users who
+    /// share a joined room with `user_id` (or are them) to `joined_now`; keeps in `left` the
+    /// candidates who share no joined room any more. The user's rooms are read only when
+    /// needed.
+    fn collect_changes(
+        &self,
+        user_id: &UserId,
+        since: u64,
+        upto: u64,
+        joined_now: BTreeSet<OwnedUserId>,
+        left_candidates: BTreeSet<OwnedUserId>,
+    ) -> Result<DeviceListChanges> {
+        let mut result = DeviceListChanges {
+            changed: joined_now,
+            left: BTreeSet::new(),
+        };
+        let mut joined: Option<Vec<OwnedRoomId>> = None;
+        let mut joined_rooms = |services: &Services| -> Result<Vec<OwnedRoomId>> {
+            if joined.is_none() {
+                joined = Some(
+                    services
+                        .timeline
+                        .rooms_of(user_id)?
+                        .into_iter()
+                        .filter(|(_, m)| m.membership == "join")
+                        .map(|(room_id, _)| room_id)
+                        .collect(),
+                );
+            }
+            Ok(joined.clone().unwrap_or_default())
+        };
+        let start = keys::u64_be(since.saturating_add(1));
+        for item in self
+            .store
+            .scan_prefix_from(Cf::DeviceListStream, b"", &start)
+        {
+            let (key, _) = item?;
+            let count = keys::parse_u64_be(key.get(..8).unwrap_or_default())
+                .ok_or_else(|| Error::internal("corrupt device_list_stream key"))?;
+            if count > upto {
+                break;
+            }
+            let user = std::str::from_utf8(&key[8..])
+                .ok()
+                .and_then(|u| UserId::parse(u).ok())
+                .ok_or_else(|| Error::internal("corrupt device_list_stream key"))?;
+            if result.changed.contains(&user) {
+                continue;
+            }
+            if user == user_id || self.shares_joined_room(&joined_rooms(self)?, &user)? {
+                result.changed.insert(user);
+            }
+        }
+        for member in left_candidates {
+            if !result.changed.contains(&member)
+                && !self.shares_joined_room(&joined_rooms(self)?, &member)?
+            {
+                result.left.insert(member);
+            }
+        }
+        Ok(result)
+    }
+
+    fn shares_joined_room(&self, rooms: &[OwnedRoomId], target: &UserId) -> Result<bool> {
+        for room_id in rooms {
+            if self
+                .timeline
+                .membership(room_id, target)?
+                .is_some_and(|m| m.membership == "join")
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
