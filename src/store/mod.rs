@@ -136,10 +136,12 @@ pub enum Cf {
     /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id` → the backed-up session
     /// (`{first_message_index, forwarded_count, is_verified, session_data}` JSON).
     BackupSessions,
+    /// `user_id` → `{device_id, device_data}`: the user's dehydrated device (MSC3814).
+    DehydratedDevices,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 43] = [
+    pub const ALL: [Cf; 44] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -183,6 +185,7 @@ impl Cf {
         Cf::DeviceListCounts,
         Cf::BackupVersions,
         Cf::BackupSessions,
+        Cf::DehydratedDevices,
     ];
 
     pub fn name(self) -> &'static str {
@@ -230,6 +233,7 @@ impl Cf {
             Cf::DeviceListCounts => "device_list_counts",
             Cf::BackupVersions => "backup_versions",
             Cf::BackupSessions => "backup_sessions",
+            Cf::DehydratedDevices => "dehydrated_devices",
         }
     }
 }

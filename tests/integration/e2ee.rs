@@ -1122,3 +1122,113 @@ async fn a_device_list_change_wakes_a_long_poll() {
         [alice.user_id.as_str()]
     );
 }
+
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+#[tokio::test]
+async fn a_dehydrated_device_receives_messages_while_nobody_is_online() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let body = |device_id: &str| {
+        json!({
+            "device_id": device_id,
+            "initial_device_display_name": "Dehydrated",
+            "device_data": { "algorithm": "org.matrix.msc3814.v1.olm", "device_pickle": "opaque" },
+            "device_keys": device_keys_signed_as(&alice.user_id, device_id, device_id),
+            "one_time_keys": one_time_keys(device_id, 2),
+            "fallback_keys": {},
+        })
+    };
+    assert_error(
+        &server.get(DEHYDRATED, Some(&alice.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (status, created) = server
+        .put(DEHYDRATED, Some(&alice.token), body("DEHY1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["device_id"], "DEHY1");
+    let fetched = server.get_ok(DEHYDRATED, &alice).await;
+    assert_eq!(fetched["device_id"], "DEHY1");
+    assert_eq!(fetched["device_data"]["device_pickle"], "opaque");
+    // Its keys are there for others to find and claim.
+    let keys = query(&server, &bob, &[&alice]).await;
+    assert!(
+        keys["device_keys"][&alice.user_id]["DEHY1"].is_object(),
+        "{keys}"
+    );
+
+    // Bob's message to all of alice's devices waits for the dehydrated one.
+    send_to_device(
+        &server,
+        &bob,
+        "t1",
+        json!({ &alice.user_id: { "*": { "body": "while away" } } }),
+    )
+    .await;
+    let events_path = format!("{DEHYDRATED}/DEHY1/events");
+    let (status, page) = server
+        .post(&events_path, Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["events"][0]["content"]["body"], "while away");
+    let next = page["next_batch"].as_str().expect("next_batch").to_owned();
+    // The next page acknowledges the first: nothing more.
+    let (_, page) = server
+        .post(
+            &events_path,
+            Some(&alice.token),
+            json!({ "next_batch": next }),
+        )
+        .await;
+    assert_eq!(page["events"], json!([]));
+    assert_error(
+        &server
+            .post(
+                &format!("{DEHYDRATED}/OTHER/events"),
+                Some(&alice.token),
+                json!({}),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server.post(&events_path, Some(&bob.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    // A new dehydrated device replaces the old one, keys and all; badly signed keys are refused
+    // and leave nothing behind.
+    let (status, _) = server
+        .put(DEHYDRATED, Some(&alice.token), body("DEHY2"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let keys = query(&server, &bob, &[&alice]).await;
+    assert!(
+        keys["device_keys"][&alice.user_id].get("DEHY1").is_none(),
+        "{keys}"
+    );
+    let mut forged = body("DEHY3");
+    forged["device_keys"] = device_keys_signed_as(&alice.user_id, "DEHY3", "ELSEWHERE");
+    let (status, _) = server.put(DEHYDRATED, Some(&alice.token), forged).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        server.get_ok(DEHYDRATED, &alice).await["device_id"],
+        "DEHY2"
+    );
+
+    let (status, deleted) = server
+        .delete(DEHYDRATED, Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["device_id"], "DEHY2");
+    assert_error(
+        &server.get(DEHYDRATED, Some(&alice.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+}

@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod context;
+mod dehydrated;
 mod devices;
 mod directory;
 mod discovery;
@@ -166,4 +167,15 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(
             key_backup::delete_session_key,
         )
+        // Dehydrated devices (MSC3814).
+        .ruma_route::<c::dehydrated_device::put_dehydrated_device::unstable::Request, _, _>(
+            dehydrated::put,
+        )
+        .ruma_route::<c::dehydrated_device::get_dehydrated_device::unstable::Request, _, _>(
+            dehydrated::get,
+        )
+        .ruma_route::<c::dehydrated_device::delete_dehydrated_device::unstable::Request, _, _>(
+            dehydrated::delete,
+        )
+        .ruma_route::<c::dehydrated_device::get_events::unstable::Request, _, _>(dehydrated::events)
 }
