@@ -141,8 +141,9 @@ fn js_clients_dir() -> Option<PathBuf> {
 /// The E2EE acceptance scenario with matrix-js-sdk and its Rust crypto (vodozemac in wasm):
 /// two users decrypt each other in an encrypted room, a later device of one receives the keys of
 /// newer messages, cross-signing bootstrapped by one is seen by the other, and a key backup is
-/// restored on a fresh device that then decrypts old messages. Each step is asserted by the
-/// script (`tests/clients/js/e2ee.mjs`).
+/// restored on a fresh device that then decrypts old messages; finally secret storage (account
+/// data) carries the cross-signing and backup keys to a device that knows only the recovery key.
+/// Each step is asserted by the script (`tests/clients/js/e2ee.mjs`).
 #[tokio::test]
 async fn matrix_js_sdk_end_to_end_encryption() {
     let Some(dir) = js_clients_dir() else {

@@ -81,6 +81,14 @@ async function login(username, label) {
 }
 
 const clients = [];
+/** Alice's secret storage key once step 5 made it; what a user would type in as recovery key. */
+let recoveryKey = null;
+const cryptoCallbacks = {
+  getSecretStorageKey: async ({ keys }) => {
+    const keyId = Object.keys(keys)[0];
+    return recoveryKey && keyId ? [keyId, recoveryKey.privateKey] : null;
+  },
+};
 
 /** A started client with Rust crypto in memory, synced once. */
 async function startClient(session) {
@@ -89,6 +97,7 @@ async function startClient(session) {
     userId: session.user_id,
     deviceId: session.device_id,
     accessToken: session.access_token,
+    cryptoCallbacks,
   });
   await client.initRustCrypto({ useIndexedDB: false });
   if (!pushRulesBuilt) {
@@ -259,6 +268,42 @@ async function main() {
   assert(restored.imported >= 2, `restored keys: ${JSON.stringify(restored)}`);
   await waitForDecrypted(fresh, roomId, "hello from bob");
   await waitForDecrypted(fresh, roomId, "hello from alice");
+
+  // 5. Secret storage, as Element sets up "recovery": the cross-signing keys and a new backup key
+  // go into account data, encrypted; a device that only knows the recovery key gets both.
+  step("alice sets up secret storage with her cross-signing keys and a new key backup");
+  recoveryKey = await alice.getCrypto().createRecoveryKeyFromPassphrase();
+  await alice.getCrypto().bootstrapSecretStorage({
+    createSecretStorageKey: async () => recoveryKey,
+    setupNewSecretStorage: true,
+    setupNewKeyBackup: true,
+  });
+  assert(await alice.getCrypto().isSecretStorageReady(), "alice's secret storage is ready");
+  const version2 = await waitFor("the new backup to become active", async () => {
+    const active = await alice.getCrypto().getActiveSessionBackupVersion();
+    return active && active !== version ? active : null;
+  });
+  await waitFor("alice's room keys in the new backup", async () => {
+    const info = await api("GET", "/room_keys/version", aliceSession.access_token);
+    return info.status === 200 && info.body.version === version2 && info.body.count >= 2;
+  });
+
+  step("a device of alice with only the recovery key restores cross-signing and the backup");
+  const recovered = await startClient(await login("jsalice", "jsalice js recovered"));
+  // Finds the private keys in secret storage, caches them and signs this device with them.
+  await recovered.getCrypto().bootstrapCrossSigning({});
+  await waitFor("the recovered device's cross-signing to be ready", () =>
+    recovered.getCrypto().isCrossSigningReady());
+  assert(await recovered.getCrypto().getCrossSigningKeyId() === masterId, "the same master key");
+  await recovered.getCrypto().loadSessionBackupPrivateKeyFromSecretStorage();
+  const restored2 = await recovered.getCrypto().restoreKeyBackup();
+  assert(restored2.imported >= 2, `restored from secret storage: ${JSON.stringify(restored2)}`);
+  await waitForDecrypted(recovered, roomId, "hello from bob");
+  await waitFor("bob to see the recovered device signed by alice", async () => {
+    await bob.getCrypto().getUserDeviceInfo([alice.getUserId()], true);
+    const status = await bob.getCrypto().getDeviceVerificationStatus(alice.getUserId(), recovered.getDeviceId());
+    return status?.signedByOwner;
+  });
 
   console.log("js e2ee: ok");
 }
