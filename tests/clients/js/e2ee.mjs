@@ -92,7 +92,29 @@ const cryptoCallbacks = {
 
 /** A started client with Rust crypto in memory, synced once. */
 async function startClient(session) {
+  // Watches the client's traffic: the syncs that announce a change of its own user's keys, and
+  // its /keys/query requests, to know when the query it makes after such a sync has finished.
+  const keyQueries = { started: 0, finished: 0, ownChanges: 0, startedAtOwnChange: 0 };
+  const fetchFn = async (url, init) => {
+    const isQuery = String(url).includes("/keys/query");
+    if (isQuery) keyQueries.started += 1;
+    try {
+      const response = await fetch(url, init);
+      if (String(url).includes("/sync") && response.ok) {
+        // Read before the SDK sees the response, so the query it triggers is counted after.
+        const body = await response.clone().json();
+        if (body.device_lists?.changed?.includes(session.user_id)) {
+          keyQueries.ownChanges += 1;
+          keyQueries.startedAtOwnChange = keyQueries.started;
+        }
+      }
+      return response;
+    } finally {
+      if (isQuery) keyQueries.finished += 1;
+    }
+  };
   const client = sdk.createClient({
+    fetchFn,
     baseUrl,
     userId: session.user_id,
     deviceId: session.device_id,
@@ -117,6 +139,7 @@ async function startClient(session) {
   client.startClient({ initialSyncLimit: 50 });
   await prepared;
   clients.push(client);
+  client.keyQueries = keyQueries;
   return client;
 }
 
@@ -218,14 +241,29 @@ async function main() {
       }
     },
   });
+  const ownChangesBefore = alice.keyQueries.ownChanges;
   await bootstrap();
   const firstMasterId = await alice.getCrypto().getCrossSigningKeyId();
   assert(firstMasterId, "alice has a master key id after the first bootstrap");
-  // The upload announces a change of alice's own keys, and her client re-queries them. A reset
-  // while that query is in flight sees its answer (the first keys, correctly) after having made
-  // new private keys, and drops those as not matching ("Removed some or all of our private cross
-  // signing keys" in the Rust crypto): a client-side race, so let that query finish first.
-  await new Promise((resolve) => setTimeout(resolve, 2000));
+  // The upload announces a change of alice's own keys (device_lists.changed in her sync) and her
+  // client re-queries them. A reset while that query is in flight sees its answer (the first
+  // keys, correctly) after having made new private keys, and drops those as not matching
+  // ("Removed some or all of our private cross signing keys" in the Rust crypto): a client-side
+  // race, so wait for that query, then give the client a moment to process its answer.
+  const q = alice.keyQueries;
+  await waitFor("alice's sync to announce her new keys and her client to re-query them", () =>
+    q.ownChanges > ownChangesBefore && q.started > q.startedAtOwnChange && q.finished === q.started);
+  // The upload of the keys and of the device's signature may be announced in two syncs; wait
+  // until no query has been in flight for a while (the answer is processed after it arrives).
+  let quietSince = Date.now();
+  let seen = q.started;
+  await waitFor("alice's key queries to settle", () => {
+    if (q.started !== seen || q.finished !== q.started) {
+      seen = q.started;
+      quietSince = Date.now();
+    }
+    return Date.now() - quietSince >= 700;
+  });
   step("alice resets cross-signing, which needs her password (user-interactive auth)");
   await bootstrap();
   assert(passwordAsked === 1, `the replacement, and only it, asked for the password (${passwordAsked})`);
