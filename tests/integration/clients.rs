@@ -122,3 +122,68 @@ async fn matrix_nio_two_users_in_a_room() {
         "nio rooms failed:\n{stdout}\n{stderr}"
     );
 }
+
+/// The directory of the matrix-js-sdk scripts, when their dependencies are installed there
+/// (`scripts/test` links `node_modules` in from its cache) and `node` runs.
+fn js_clients_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/js"));
+    let installed = dir
+        .join("node_modules/matrix-js-sdk/package.json")
+        .is_file();
+    let node_runs = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    (installed && node_runs).then_some(dir)
+}
+
+/// The E2EE acceptance scenario with matrix-js-sdk and its Rust crypto (vodozemac in wasm):
+/// two users decrypt each other in an encrypted room, a later device of one receives the keys of
+/// newer messages, cross-signing bootstrapped by one is seen by the other, and a key backup is
+/// restored on a fresh device that then decrypts old messages; finally secret storage (account
+/// data) carries the cross-signing and backup keys to a device that knows only the recovery key.
+/// Each step is asserted by the script (`tests/clients/js/e2ee.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_end_to_end_encryption() {
+    let Some(dir) = js_clients_dir() else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but node or tests/clients/js/node_modules is missing"
+        );
+        eprintln!(
+            "skipped: run `npm ci --prefix tests/clients/js` (scripts/test does) with node >= 20"
+        );
+        return;
+    };
+    let server = TestServer::start().await;
+    let output = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .args(["e2ee.mjs", "--homeserver", &server.base])
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("js e2ee: ok"),
+        "js e2ee failed:\n{stdout}\n{stderr}"
+    );
+    // The server saw what the clients did: alice's cross-signing keys and her backup.
+    let alice = server.login_ok("jsalice", "js-e2ee-password-1").await;
+    let (_, keys) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            serde_json::json!({ "device_keys": { "@jsalice:test.local": [] } }),
+        )
+        .await;
+    assert!(
+        keys["master_keys"]["@jsalice:test.local"].is_object(),
+        "{keys}"
+    );
+    let backup = server
+        .get_ok("/_matrix/client/v3/room_keys/version", &alice)
+        .await;
+    assert!(backup["count"].as_u64().unwrap_or(0) >= 2, "{backup}");
+}
