@@ -11,6 +11,7 @@ pub mod filters;
 pub mod globals;
 pub mod key_backup;
 pub mod presence;
+pub mod push_rules;
 pub mod ratelimit;
 pub mod registration;
 pub mod rooms;
@@ -44,6 +45,8 @@ pub struct Services {
     pub typing: rooms::ephemeral::Typing,
     /// Serialises alias creation and removal (check-then-write).
     pub alias_lock: std::sync::Mutex<()>,
+    /// Serialises changes of push rules (read, change, write back).
+    pub push_rules_lock: tokio::sync::Mutex<()>,
     /// Last-active times of presence refreshes (see `presence`).
     pub presence: presence::Presence,
     /// End-to-end encryption: the lock around one-time key claims (see `e2ee`).
@@ -88,6 +91,7 @@ impl Services {
             filters: filters::Filters::new(store.clone()),
             typing: rooms::ephemeral::Typing::default(),
             alias_lock: std::sync::Mutex::new(()),
+            push_rules_lock: tokio::sync::Mutex::new(()),
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),

@@ -19,6 +19,7 @@ mod people;
 mod persistence;
 mod profile_and_account_data;
 mod public_rooms;
+mod push_rules;
 mod redaction;
 mod registration;
 mod rooms;

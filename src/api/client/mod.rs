@@ -15,6 +15,7 @@ mod lifecycle;
 mod membership;
 mod presence;
 mod profile;
+mod push_rules;
 mod register;
 mod room;
 mod session;
@@ -178,4 +179,15 @@ pub fn routes(router: Router<State>) -> Router<State> {
             dehydrated::delete,
         )
         .ruma_route::<c::dehydrated_device::get_events::unstable::Request, _, _>(dehydrated::events)
+        // Push rules.
+        .ruma_route::<c::push::get_pushrules_all::v3::Request, _, _>(push_rules::all)
+        .ruma_route::<c::push::get_pushrules_global_scope::v3::Request, _, _>(push_rules::global)
+        .ruma_route::<c::push::get_pushrule::v3::Request, _, _>(push_rules::get)
+        .ruma_route::<c::push::set_pushrule::v3::Request, _, _>(push_rules::set)
+        .ruma_route::<c::push::delete_pushrule::v3::Request, _, _>(push_rules::delete)
+        .ruma_route::<c::push::get_pushrule_enabled::v3::Request, _, _>(push_rules::get_enabled)
+        .ruma_route::<c::push::set_pushrule_enabled::v3::Request, _, _>(push_rules::set_enabled)
+        .ruma_route::<c::push::get_pushrule_actions::v3::Request, _, _>(push_rules::get_actions)
+        .ruma_route::<c::push::set_pushrule_actions::v3::Request, _, _>(push_rules::set_actions)
+        .ruma_route::<c::push::get_pushers::v3::Request, _, _>(push_rules::pushers)
 }

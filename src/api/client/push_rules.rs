@@ -1,0 +1,132 @@
+//! Push rules: `/pushrules/` and its per-rule endpoints; `/pushers` (none can be registered
+//! yet, so the list is empty).
+
+use axum::{Json, extract};
+use ruma::api::client::push::{
+    delete_pushrule::v3 as delete_v3, get_pushers::v3 as pushers_v3,
+    get_pushrule::v3 as get_rule_v3, get_pushrule_actions::v3 as get_actions_v3,
+    get_pushrule_enabled::v3 as get_enabled_v3, get_pushrules_all::v3 as all_v3,
+    get_pushrules_global_scope::v3 as global_v3, set_pushrule::v3 as set_rule_v3,
+    set_pushrule_actions::v3 as set_actions_v3, set_pushrule_enabled::v3 as set_enabled_v3,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    Result,
+    api::ruma::{Ruma, RumaResponse, State},
+};
+
+pub async fn all(
+    extract::State(services): extract::State<State>,
+    request: Ruma<all_v3::Request>,
+) -> Result<RumaResponse<all_v3::Response>> {
+    Ok(RumaResponse(all_v3::Response::new(
+        services.push_rules(request.user())?,
+    )))
+}
+
+pub async fn global(
+    extract::State(services): extract::State<State>,
+    request: Ruma<global_v3::Request>,
+) -> Result<RumaResponse<global_v3::Response>> {
+    Ok(RumaResponse(global_v3::Response::new(
+        services.push_rules(request.user())?,
+    )))
+}
+
+pub async fn get(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_rule_v3::Request>,
+) -> Result<RumaResponse<get_rule_v3::Response>> {
+    let body = &request.body;
+    let rule = services.push_rule(request.user(), body.kind.clone(), &body.rule_id)?;
+    Ok(RumaResponse(get_rule_v3::Response::new(rule.into())))
+}
+
+pub async fn set(
+    extract::State(services): extract::State<State>,
+    request: Ruma<set_rule_v3::Request>,
+) -> Result<RumaResponse<set_rule_v3::Response>> {
+    let user = request.user().to_owned();
+    let body = request.body;
+    services
+        .set_push_rule(
+            &user,
+            body.rule,
+            body.before.as_deref(),
+            body.after.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(set_rule_v3::Response::new()))
+}
+
+pub async fn delete(
+    extract::State(services): extract::State<State>,
+    request: Ruma<delete_v3::Request>,
+) -> Result<RumaResponse<delete_v3::Response>> {
+    let body = &request.body;
+    services
+        .delete_push_rule(request.user(), body.kind.clone(), &body.rule_id)
+        .await?;
+    Ok(RumaResponse(delete_v3::Response::new()))
+}
+
+pub async fn get_enabled(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_enabled_v3::Request>,
+) -> Result<RumaResponse<get_enabled_v3::Response>> {
+    let body = &request.body;
+    let rule = services.push_rule(request.user(), body.kind.clone(), &body.rule_id)?;
+    Ok(RumaResponse(get_enabled_v3::Response::new(rule.enabled())))
+}
+
+pub async fn set_enabled(
+    extract::State(services): extract::State<State>,
+    request: Ruma<set_enabled_v3::Request>,
+) -> Result<RumaResponse<set_enabled_v3::Response>> {
+    let body = &request.body;
+    services
+        .set_push_rule_enabled(
+            request.user(),
+            body.kind.clone(),
+            &body.rule_id,
+            body.enabled,
+        )
+        .await?;
+    Ok(RumaResponse(set_enabled_v3::Response::new()))
+}
+
+pub async fn get_actions(
+    extract::State(services): extract::State<State>,
+    request: Ruma<get_actions_v3::Request>,
+) -> Result<RumaResponse<get_actions_v3::Response>> {
+    let body = &request.body;
+    let rule = services.push_rule(request.user(), body.kind.clone(), &body.rule_id)?;
+    Ok(RumaResponse(get_actions_v3::Response::new(
+        rule.actions().to_vec(),
+    )))
+}
+
+pub async fn set_actions(
+    extract::State(services): extract::State<State>,
+    request: Ruma<set_actions_v3::Request>,
+) -> Result<RumaResponse<set_actions_v3::Response>> {
+    let body = &request.body;
+    services
+        .set_push_rule_actions(
+            request.user(),
+            body.kind.clone(),
+            &body.rule_id,
+            body.actions.clone(),
+        )
+        .await?;
+    Ok(RumaResponse(set_actions_v3::Response::new()))
+}
+
+/// No pusher can be registered yet (`/pushers/set` is not built), so there are none.
+pub async fn pushers(
+    extract::State(_services): extract::State<State>,
+    _request: Ruma<pushers_v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(json!({ "pushers": [] })))
+}
