@@ -228,11 +228,7 @@ impl super::Services {
         password: String,
     ) -> Result<bool> {
         let hash = self.users.active_password_hash(&user_id)?;
-        tokio::task::spawn_blocking(move || {
-            super::users::password_matches(hash.as_deref(), &password)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("password check task failed: {e}")))
+        super::users::password_matches_bounded(hash, password).await
     }
 }
 

@@ -296,6 +296,36 @@ pub fn user_in_use() -> Error {
 static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| hash_password(&utils::random_string(16)).unwrap_or_default());
 
+/// Argon2 computations at once: each takes 19 MiB and a core for tens of milliseconds, so more
+/// at once (a burst of logins or registrations) would only raise memory, never throughput.
+static ARGON2_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cores)
+});
+
+/// Runs Argon2 work on a blocking thread, at most one per core at a time.
+async fn with_argon2_slot<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let _slot = ARGON2_SLOTS
+        .acquire()
+        .await
+        .map_err(|e| Error::internal(format!("argon2 slots closed: {e}")))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))
+}
+
+/// [`hash_password`] off the async threads, bounded (see [`ARGON2_SLOTS`]).
+pub async fn hash_password_bounded(password: String) -> Result<String> {
+    with_argon2_slot(move || hash_password(&password)).await?
+}
+
+/// [`password_matches`] off the async threads, bounded (see [`ARGON2_SLOTS`]).
+pub async fn password_matches_bounded(hash: Option<String>, password: String) -> Result<bool> {
+    with_argon2_slot(move || password_matches(hash.as_deref(), &password)).await
+}
+
 /// Hashes a password with Argon2id and a random salt. CPU-heavy: call from a blocking thread.
 pub fn hash_password(password: &str) -> Result<String> {
     let mut salt = [0u8; 16];

@@ -36,9 +36,7 @@ pub async fn change_password(
         .await?;
 
     let new_password = request.body.new_password.clone();
-    let hash = tokio::task::spawn_blocking(move || users::hash_password(&new_password))
-        .await
-        .map_err(|e| Error::internal(format!("hashing task failed: {e}")))??;
+    let hash = users::hash_password_bounded(new_password).await?;
     let logout_devices = request.body.logout_devices;
     services
         .users

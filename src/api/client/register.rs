@@ -63,11 +63,7 @@ pub async fn register(
     };
 
     let password_hash = match body.password.filter(|_| !guest) {
-        Some(password) => Some(
-            tokio::task::spawn_blocking(move || users::hash_password(&password))
-                .await
-                .map_err(|e| Error::internal(format!("hashing task failed: {e}")))??,
-        ),
+        Some(password) => Some(users::hash_password_bounded(password).await?),
         None => None,
     };
     let bootstrap =
