@@ -130,7 +130,7 @@ impl Report<'_> {
         const H: f64 = 440.0;
         const LEFT: f64 = 70.0;
         const RIGHT: f64 = 20.0;
-        const TOP: f64 = 50.0;
+        const TOP: f64 = 66.0;
         const BOTTOM: f64 = 55.0;
         const COLORS: [&str; 6] = [
             "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
@@ -187,7 +187,12 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            r##"<text x="{LEFT}" y="40" fill="#555">{}</text>"##,
+            r##"<text x="{LEFT}" y="38" fill="#555">{}</text>"##,
+            xml(self.url)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{LEFT}" y="54" fill="#555">{}</text>"##,
             xml(&self.headline())
         );
         // Grid and axes.
@@ -279,14 +284,13 @@ impl Report<'_> {
             "sync_p50_ms",
             "page_p50_ms",
             "server_rss_peak_mib",
-            "server_cpu_percent",
         ];
         let parts: Vec<String> = wanted
             .iter()
             .filter_map(|w| medians.iter().find(|(n, _)| n == w))
             .map(|(n, v)| format!("{n} {}", number(*v)))
             .collect();
-        format!("{} — medians: {}", self.url, parts.join(", "))
+        format!("medians: {}", parts.join(", "))
     }
 }
 
