@@ -20,6 +20,7 @@ FIGURES = {
         ("errors", "", "lower"),
         ("server_rss_peak_mib", "MiB", "lower"),
         ("server_cpu_seconds", "s CPU", "lower"),
+        ("bench_tool_cpu_seconds", "s CPU", "info"),
     ],
     "deliver": [
         ("deliver_p50_ms", "ms", "lower"),

@@ -59,6 +59,8 @@ pub struct ProcMonitor {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Vec<ProcSample>>,
     started: Instant,
+    /// The tool's own CPU ticks at the start: on a small machine it competes with the server.
+    own_ticks: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -114,6 +116,7 @@ impl ProcMonitor {
             stop,
             task,
             started,
+            own_ticks: read_proc(std::process::id()).map(|p| p.1),
         }
     }
 
@@ -121,13 +124,17 @@ impl ProcMonitor {
     pub async fn finish(self) -> (Vec<(String, f64)>, Vec<ProcSample>) {
         let _ = self.stop.send(true);
         let wall = self.started.elapsed().as_secs_f64();
+        let own = self
+            .own_ticks
+            .zip(read_proc(std::process::id()))
+            .map(|(before, now)| (now.1 - before) as f64 / USER_HZ);
         let samples = self.task.await.unwrap_or_default();
         let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
             return (Vec::new(), samples);
         };
         let rss: Vec<f64> = samples.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
         let cpu = (last.cpu_ticks - first.cpu_ticks) as f64 / USER_HZ;
-        let figures = vec![
+        let mut figures = vec![
             (
                 "server_rss_peak_mib".into(),
                 rss.iter().copied().fold(0.0, f64::max),
@@ -136,6 +143,9 @@ impl ProcMonitor {
             ("server_cpu_seconds".into(), cpu),
             ("server_cpu_percent".into(), 100.0 * cpu / wall.max(1e-9)),
         ];
+        if let Some(own) = own {
+            figures.push(("bench_tool_cpu_seconds".into(), own));
+        }
         (figures, samples)
     }
 }
