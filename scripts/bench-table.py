@@ -86,9 +86,14 @@ def main():
         nums = re.findall(r"\d+", name)
         return (ORDER.index(kind) if kind in ORDER else 99, int(nums[0]) if nums else 0, name)
 
+    # culvert, then its variants (e.g. culvert-mmap128k: run with CULVERT_LABEL), then the baseline.
+    labels = {label for by_server in reports.values() for label in by_server}
+    ours_labels = ["culvert"] + sorted(l for l in labels if l.startswith("culvert-"))
     lines = [
-        f"| scenario | figure | culvert | {baseline} | culvert/{baseline} | better |",
-        "|---|---|---:|---:|---:|---|",
+        "| scenario | figure | "
+        + " | ".join(ours_labels)
+        + f" | {baseline} | culvert/{baseline} | better |",
+        "|---|---|" + "---:|" * (len(ours_labels) + 2) + "---|",
     ]
     for name in sorted(reports, key=key):
         by_server = reports[name]
@@ -96,20 +101,23 @@ def main():
         kind = any_report["scenario"]
         first = True
         for figure, unit, better in FIGURES.get(kind, []):
-            ours = by_server.get("culvert", {}).get("median", {}).get(figure)
+            ours = [by_server.get(l, {}).get("median", {}).get(figure) for l in ours_labels]
             theirs = by_server.get(baseline, {}).get("median", {}).get(figure)
-            if ours is None and theirs is None:
+            if all(v is None for v in ours) and theirs is None:
                 continue
+            # The ratio is of the first culvert column that has the figure.
+            mine = next((v for v in ours if v is not None), None)
             ratio = "–"
             # A ratio means something only for two positive figures (delivery measured from
             # the send's 200 can be negative: the sync answered before the sender's response).
-            if ours is not None and theirs is not None and ours > 0 and theirs > 0:
-                ratio = f"{ours / theirs:.2f}×"
+            if mine is not None and theirs is not None and mine > 0 and theirs > 0:
+                ratio = f"{mine / theirs:.2f}×"
             label = f"**{name}**<br>`{kind} {params(any_report)}`" if first else ""
             first = False
             unit = f" ({unit})" if unit else ""
+            cells = " | ".join(fmt(v) for v in ours)
             lines.append(
-                f"| {label} | {figure}{unit} | {fmt(ours)} | {fmt(theirs)} | {ratio} | {better} |"
+                f"| {label} | {figure}{unit} | {cells} | {fmt(theirs)} | {ratio} | {better} |"
             )
     print("\n".join(lines))
 
