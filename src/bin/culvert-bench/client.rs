@@ -217,10 +217,10 @@ impl Server {
                 .as_array()
                 .map(|s| s.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            if stages.iter().all(|s| doable(s)) {
-                if let Some(next) = stages.iter().find(|s| !completed.contains(s)) {
-                    return Ok((*next).to_owned());
-                }
+            if stages.iter().all(|s| doable(s))
+                && let Some(next) = stages.iter().find(|s| !completed.contains(s))
+            {
+                return Ok((*next).to_owned());
             }
         }
         Err(format!(

@@ -144,10 +144,10 @@ async fn run(cli: Cli) -> Result<()> {
     if !(1..=20).contains(&cli.runs) || !(1..=256).contains(&cli.setup_concurrency) {
         return Err("--runs must be 1..=20 and --setup-concurrency 1..=256".into());
     }
-    if let Some(pid) = cli.pid {
-        if measure::read_proc(pid).is_none() {
-            return Err(format!("--pid {pid}: cannot read /proc/{pid}/status and stat").into());
-        }
+    if let Some(pid) = cli.pid
+        && measure::read_proc(pid).is_none()
+    {
+        return Err(format!("--pid {pid}: cannot read /proc/{pid}/status and stat").into());
     }
     let server = Server::new(
         &cli.url,
