@@ -414,9 +414,17 @@ impl Deliver {
         // its first long-poll.
         let wait_ready = Instant::now() + Duration::from_secs(300);
         while ready.load(Ordering::Relaxed) < self.receivers.len() {
-            if Instant::now() > wait_ready || set.len() < self.receivers.len() {
-                let _ = stop.send(true);
-                return Err("deliver: the receivers' initial syncs did not complete".into());
+            // A receiver that ended already failed (they run until told to stop).
+            if let Some(ended) = set.try_join_next() {
+                let why = match ended {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "ended early".into(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(format!("deliver: a receiver's sync failed: {why}").into());
+            }
+            if Instant::now() > wait_ready {
+                return Err("deliver: the receivers' initial syncs took over 5 minutes".into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
