@@ -86,7 +86,7 @@ def main():
         nums = re.findall(r"\d+", name)
         return (ORDER.index(kind) if kind in ORDER else 99, int(nums[0]) if nums else 0, name)
 
-    # culvert, then its variants (e.g. culvert-mmap128k: run with CULVERT_LABEL), then the baseline.
+    # culvert, then its variants (e.g. culvert-mmap128k: run with BENCH_CULVERT_LABEL), then the baseline.
     labels = {label for by_server in reports.values() for label in by_server}
     ours_labels = ["culvert"] + sorted(l for l in labels if l.startswith("culvert-"))
     lines = [
