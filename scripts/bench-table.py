@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Markdown comparison table from culvert-bench JSON files: DIR/<scenario>.<server>.json.
+
+Usage: scripts/bench-table.py DIR [BASELINE_LABEL] (default baseline: synapse). One row per
+figure that matters, the median of each server, and the culvert/baseline ratio.
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+# Per scenario kind: (figure, unit, which way is better).
+FIGURES = {
+    "send": [
+        ("events_per_s", "events/s", "higher"),
+        ("send_p50_ms", "ms", "lower"),
+        ("send_p95_ms", "ms", "lower"),
+        ("send_p99_ms", "ms", "lower"),
+        ("errors", "", "lower"),
+        ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_cpu_seconds", "s CPU", "lower"),
+        ("bench_tool_cpu_seconds", "s CPU", "info"),
+    ],
+    "deliver": [
+        ("deliver_p50_ms", "ms", "lower"),
+        ("deliver_p99_ms", "ms", "lower"),
+        ("deliver_from_request_p50_ms", "ms", "lower"),
+        ("send_p50_ms", "ms", "lower"),
+        ("lost", "", "lower"),
+        ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_cpu_percent", "% of a core", "lower"),
+    ],
+    "initial-sync": [
+        ("sync_p50_ms", "ms", "lower"),
+        ("sync_bytes", "bytes", "lower"),
+        ("rooms_seen", "", "same"),
+        ("server_rss_peak_mib", "MiB", "lower"),
+    ],
+    "idle": [
+        ("server_rss_before_clients_mib", "MiB", "lower"),
+        ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_mean_mib", "MiB", "lower"),
+        ("server_cpu_percent", "% of a core", "lower"),
+        ("connected", "", "same"),
+    ],
+    "history": [
+        ("total_ms", "ms", "lower"),
+        ("events_per_s", "events/s", "higher"),
+        ("page_p50_ms", "ms", "lower"),
+        ("page_p99_ms", "ms", "lower"),
+        ("messages_seen", "", "same"),
+        ("server_rss_peak_mib", "MiB", "lower"),
+    ],
+}
+ORDER = ["send", "deliver", "initial-sync", "idle", "history"]
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if abs(v) >= 100 or float(v).is_integer():
+        return f"{v:,.0f}"
+    return f"{v:.2f}"
+
+
+def params(report):
+    return " ".join(
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in report.get("params", {}).items()
+        if v is not None
+    )
+
+
+def main():
+    out = Path(sys.argv[1])
+    baseline = sys.argv[2] if len(sys.argv) > 2 else "synapse"
+    reports = {}
+    for path in out.glob("*.json"):
+        m = re.fullmatch(r"(.+)\.([a-z0-9_-]+)\.json", path.name)
+        if m:
+            reports.setdefault(m.group(1), {})[m.group(2)] = json.loads(path.read_text())
+
+    def key(name):
+        kind = next((k for k in ORDER if name.startswith(k)), name)
+        nums = re.findall(r"\d+", name)
+        return (ORDER.index(kind) if kind in ORDER else 99, int(nums[0]) if nums else 0, name)
+
+    # culvert, then its variants (e.g. culvert-mmap128k: run with BENCH_CULVERT_LABEL), then the baseline.
+    labels = {label for by_server in reports.values() for label in by_server}
+    ours_labels = ["culvert"] + sorted(l for l in labels if l.startswith("culvert-"))
+    lines = [
+        "| scenario | figure | "
+        + " | ".join(ours_labels)
+        + f" | {baseline} | culvert/{baseline} | better |",
+        "|---|---|" + "---:|" * (len(ours_labels) + 2) + "---|",
+    ]
+    for name in sorted(reports, key=key):
+        by_server = reports[name]
+        any_report = next(iter(by_server.values()))
+        kind = any_report["scenario"]
+        first = True
+        for figure, unit, better in FIGURES.get(kind, []):
+            ours = [by_server.get(l, {}).get("median", {}).get(figure) for l in ours_labels]
+            theirs = by_server.get(baseline, {}).get("median", {}).get(figure)
+            if all(v is None for v in ours) and theirs is None:
+                continue
+            # The ratio is of the first culvert column that has the figure.
+            mine = next((v for v in ours if v is not None), None)
+            ratio = "–"
+            # A ratio means something only for two positive figures (delivery measured from
+            # the send's 200 can be negative: the sync answered before the sender's response).
+            if mine is not None and theirs is not None and mine > 0 and theirs > 0:
+                ratio = f"{mine / theirs:.2f}×"
+            label = f"**{name}**<br>`{kind} {params(any_report)}`" if first else ""
+            first = False
+            unit = f" ({unit})" if unit else ""
+            cells = " | ".join(fmt(v) for v in ours)
+            lines.append(
+                f"| {label} | {figure}{unit} | {cells} | {fmt(theirs)} | {ratio} | {better} |"
+            )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
