@@ -280,30 +280,17 @@ impl Services {
             if result.changed.contains(&user) {
                 continue;
             }
-            if user == user_id || self.shares_joined_room(&joined_rooms(self)?, &user)? {
+            if user == user_id || self.shares_room(&joined_rooms(self)?, &user)? {
                 result.changed.insert(user);
             }
         }
         for member in left_candidates {
             if !result.changed.contains(&member)
-                && !self.shares_joined_room(&joined_rooms(self)?, &member)?
+                && !self.shares_room(&joined_rooms(self)?, &member)?
             {
                 result.left.insert(member);
             }
         }
         Ok(result)
-    }
-
-    fn shares_joined_room(&self, rooms: &[OwnedRoomId], target: &UserId) -> Result<bool> {
-        for room_id in rooms {
-            if self
-                .timeline
-                .membership(room_id, target)?
-                .is_some_and(|m| m.membership == "join")
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 }

@@ -245,7 +245,8 @@ impl Services {
             .collect())
     }
 
-    fn shares_room(&self, rooms: &[OwnedRoomId], target: &UserId) -> Result<bool> {
+    /// Whether `target` is joined to one of `rooms` (a point read per room, until one is).
+    pub(crate) fn shares_room(&self, rooms: &[OwnedRoomId], target: &UserId) -> Result<bool> {
         for room_id in rooms {
             if self
                 .timeline
