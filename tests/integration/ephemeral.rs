@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error};
+use crate::common::{Session, TestServer, assert_error, next_batch};
 
 async fn sync(server: &TestServer, who: &Session, since: &str) -> Value {
     server
@@ -191,10 +191,7 @@ async fn a_moved_receipt_is_sent_once_and_only_its_new_place() {
         .post(&receipt(&first_event), Some(&bob.token), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let since = server.get_ok("/_matrix/client/v3/sync", &alice).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&server.get_ok("/_matrix/client/v3/sync", &alice).await);
 
     // Bob reads on: alice's next sync has the receipt at its new place only.
     let (status, _) = server

@@ -309,14 +309,7 @@ async fn messages_filters_and_lazy_loaded_members() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    let (status, _) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    server.join(&bob, &room).await;
     for (who, text) in [(&alice, "a1"), (&bob, "b1"), (&alice, "a2"), (&bob, "b2")] {
         server.say(who, &room, text).await;
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer, assert_error, message_bodies};
+use crate::common::{Session, TestServer, assert_error, message_bodies, next_batch};
 
 const V3: &str = "/_matrix/client/v3";
 
@@ -52,10 +52,7 @@ async fn knock_then_invite_and_join_with_sync() {
             json!({ "room_version": "10", "name": "Door", "initial_state": knock_rules() }),
         )
         .await;
-    let alice_token = sync(&server, &alice, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alice_token = next_batch(&sync(&server, &alice, "").await);
 
     let body = post_ok(
         &server,
@@ -138,10 +135,7 @@ async fn knocks_can_be_rescinded_kicked_and_banned() {
         .await;
 
     // By alias; then Bob changes his mind.
-    let token = sync(&server, &bob, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = next_batch(&sync(&server, &bob, "").await);
     server.say(&alice, &room, "before the knock").await;
     let body = post_ok(
         &server,
@@ -308,10 +302,7 @@ async fn forgotten_rooms_disappear_until_rejoined() {
         StatusCode::BAD_REQUEST,
         "M_UNKNOWN",
     );
-    let token = sync(&server, &bob, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = next_batch(&sync(&server, &bob, "").await);
     post_ok(
         &server,
         &bob,

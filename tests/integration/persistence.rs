@@ -8,7 +8,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{Session, TestServer, test_config};
+use crate::common::{Session, TestServer, next_batch, test_config};
 
 #[tokio::test]
 async fn restart_keeps_accounts_devices_and_account_data() {
@@ -259,14 +259,7 @@ async fn rooms_and_sync_tokens_survive_a_restart() {
             json!({ "name": "Kept", "invite": ["@bob:test.local"] }),
         )
         .await;
-    let (status, _) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    server.join(&bob, &room).await;
     let hello = server.say(&alice, &room, "before").await;
     let (status, _) = server
         .post(
@@ -276,10 +269,7 @@ async fn rooms_and_sync_tokens_survive_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let token = server.get_ok("/_matrix/client/v3/sync", &bob).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = next_batch(&server.get_ok("/_matrix/client/v3/sync", &bob).await);
 
     let server = server.restart().await;
     server.say(&alice, &room, "after").await;

@@ -300,14 +300,7 @@ async fn state_events_need_power() {
     let room = server
         .create_room(&alice, json!({ "invite": ["@bob:test.local"] }))
         .await;
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    server.join(&bob, &room).await;
 
     let topic = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/");
     let (status, body) = server
@@ -458,14 +451,7 @@ async fn concurrent_senders_over_http_make_one_chain_without_losses() {
     let mut senders = vec![alice];
     for name in ["bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
         let who = server.register(name, "pw").await;
-        let (status, _) = server
-            .post(
-                &format!("/_matrix/client/v3/rooms/{room}/join"),
-                Some(&who.token),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
+        server.join(&who, &room).await;
         senders.push(who);
     }
     let tasks: Vec<_> = senders

@@ -6,7 +6,7 @@ use culvert::store::ReadStats;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Session, TestServer};
+use crate::common::{Session, TestServer, next_batch};
 
 /// Other users' rooms added between the two measurements, and messages added to the measured
 /// room.
@@ -33,10 +33,7 @@ async fn measured<F: std::future::Future<Output = Value>>(
 }
 
 async fn costs(server: &TestServer, room: &str, bob: &Session, joiner: &Session) -> Costs {
-    let since = server.get_ok("/_matrix/client/v3/sync", bob).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&server.get_ok("/_matrix/client/v3/sync", bob).await);
     let (send, _) = measured(server, async {
         json!(
             server
@@ -68,15 +65,8 @@ async fn costs(server: &TestServer, room: &str, bob: &Session, joiner: &Session)
     .await;
     assert_eq!(body["chunk"].as_array().map(Vec::len), Some(10));
     let (join, _) = measured(server, async {
-        let (status, body) = server
-            .post(
-                &format!("/_matrix/client/v3/rooms/{room}/join"),
-                Some(&joiner.token),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
+        server.join(joiner, room).await;
+        Value::Null
     })
     .await;
     Costs {

@@ -118,10 +118,7 @@ async fn long_poll_wakes_on_a_new_event() {
             json!({}),
         )
         .await;
-    let since = sync(&server, &bob, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&sync(&server, &bob, "").await);
 
     let started = Instant::now();
     let waiting = {
@@ -160,10 +157,7 @@ async fn invites_joins_and_leaves_appear_in_the_right_sections() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let since = sync(&server, &bob, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&sync(&server, &bob, "").await);
     let room = server
         .create_room(
             &alice,
@@ -251,10 +245,7 @@ async fn state_changed_inside_a_gap_is_delivered() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let room = server.create_room(&alice, json!({})).await;
-    let since = sync(&server, &alice, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&sync(&server, &alice, "").await);
     server.say(&alice, &room, "a").await;
     server
         .put(
@@ -351,10 +342,7 @@ async fn sync_respects_history_visibility() {
         )
         .await;
     server.say(&alice, &room, "before-bob").await;
-    let since = sync(&server, &bob, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&sync(&server, &bob, "").await);
     server
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/join"),
