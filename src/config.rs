@@ -48,7 +48,7 @@ pub struct Config {
     pub address: IpAddr,
     #[serde(default = "default_port")]
     pub port: u16,
-    /// TLS served directly by culvert (used by the federation work; accepted now).
+    /// TLS served directly by culvert, for client and federation traffic (reloaded on SIGHUP).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Largest request body accepted, in bytes.
@@ -83,6 +83,15 @@ pub struct Config {
     pub db_cache_capacity_mb: f64,
     #[serde(default = "default_rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,
+    /// Extra CA certificates (PEM files) trusted for federation TLS, besides the webpki roots.
+    #[serde(default)]
+    pub federation_extra_ca_certs: Vec<PathBuf>,
+    /// Accept any TLS certificate from other servers. Tests only: logs a loud warning.
+    #[serde(default)]
+    pub allow_invalid_tls_certificates: bool,
+    /// Servers never federated with (exact server names), in either direction.
+    #[serde(default)]
+    pub federation_denylist: Vec<OwnedServerName>,
     /// Rate limits for login and registration (culvert's own table).
     #[serde(default)]
     pub rate_limits: RateLimitConfig,
@@ -278,6 +287,19 @@ impl Config {
     }
 
     /// Conduit keys present in the config that culvert accepts but does not act on.
+    /// Whether federation with `server` is refused by `federation_denylist`.
+    pub fn is_server_denied(&self, server: &ruma::ServerName) -> bool {
+        self.federation_denylist
+            .iter()
+            .any(|denied| denied == server)
+    }
+
+    /// The SSRF guard for outbound connections. (Interim: the media branch brings the
+    /// configurable `ip_range_denylist`; until it lands, every address is allowed.)
+    pub fn outbound_ip_guard(&self) -> Result<crate::service::federation::IpGuard, String> {
+        Ok(std::sync::Arc::new(|_| true))
+    }
+
     pub fn unused_conduit_keys(&self) -> Vec<&'static str> {
         let set = [
             (

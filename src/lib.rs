@@ -11,6 +11,7 @@ mod error;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod utils;
 
 pub use error::{Error, Result};

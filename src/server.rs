@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use crate::{
@@ -39,14 +40,35 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))?;
     let app = api::router(services.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = shutdown_rx.await;
+    let stopped = async {
+        let _ = shutdown_rx.await;
+    };
+    let tls = services.config.tls.clone();
+    let task = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)
+                .map_err(StartError::Other)?
+                // axum gives the peer address (`ConnectInfo<SocketAddr>`) to any listener
+                // wrapped this way; the closure itself does nothing.
+                .tap_io(|_| {});
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
-    tracing::info!(%addr, server_name = %services.server_name, "culvert is listening");
+        }
+    };
+    let scheme = if services.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, server_name = %services.server_name, "culvert is listening");
     Ok(RunningServer {
         addr,
         services,

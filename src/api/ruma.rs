@@ -208,7 +208,7 @@ fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> 
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with `M_TOO_LARGE`.
-async fn read_body(
+pub(crate) async fn read_body(
     parts: &http::request::Parts,
     body: Body,
     limit: usize,
@@ -256,7 +256,7 @@ fn drop_empty_uia_auth(bytes: bytes::Bytes) -> bytes::Bytes {
         .unwrap_or(bytes)
 }
 
-fn request_error(error: FromHttpRequestError) -> Error {
+pub(crate) fn request_error(error: FromHttpRequestError) -> Error {
     match error {
         FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
             Error::bad_json(format!("Invalid request body: {e}"))

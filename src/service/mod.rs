@@ -7,6 +7,7 @@ pub mod dehydrated;
 pub mod device_lists;
 pub mod devices;
 pub mod e2ee;
+pub mod federation;
 pub mod filters;
 pub mod globals;
 pub mod key_backup;
@@ -53,6 +54,8 @@ pub struct Services {
     pub e2ee: e2ee::E2ee,
     /// Server-side key backup: the lock around a version's sessions (see `key_backup`).
     pub key_backup: key_backup::KeyBackup,
+    /// Federation's outbound side: resolver, HTTP client, remote key cache.
+    pub federation: federation::Federation,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -78,6 +81,8 @@ impl Services {
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
+        let federation =
+            federation::Federation::new(&config, store.clone()).map_err(StartError::Other)?;
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -95,6 +100,7 @@ impl Services {
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),
+            federation,
             store,
             config,
         });

@@ -138,10 +138,19 @@ pub enum Cf {
     BackupSessions,
     /// `user_id` → `{device_id, device_data}`: the user's dehydrated device (MSC3814).
     DehydratedDevices,
+    /// `server_name` → its signing keys as cached (`service::federation::server_keys`, JSON:
+    /// key ID → key and validity, plus the last self-signed key document).
+    ServerKeys,
+    /// `destination 0xFF seq (u64 BE)` → one queued PDU (`{"pdu": event_id}`) or EDU (JSON), to
+    /// send to that server in order (`service::federation::sender`).
+    FederationOutbox,
+    /// `origin 0xFF txn_id` → the answer given to that inbound `/send` transaction, so a
+    /// repeated transaction is answered the same without being processed again.
+    FederationTxns,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 44] = [
+    pub const ALL: [Cf; 47] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -186,6 +195,9 @@ impl Cf {
         Cf::BackupVersions,
         Cf::BackupSessions,
         Cf::DehydratedDevices,
+        Cf::ServerKeys,
+        Cf::FederationOutbox,
+        Cf::FederationTxns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -234,6 +246,9 @@ impl Cf {
             Cf::BackupVersions => "backup_versions",
             Cf::BackupSessions => "backup_sessions",
             Cf::DehydratedDevices => "dehydrated_devices",
+            Cf::ServerKeys => "server_keys",
+            Cf::FederationOutbox => "federation_outbox",
+            Cf::FederationTxns => "federation_txns",
         }
     }
 }

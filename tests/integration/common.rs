@@ -28,12 +28,17 @@ pub fn test_config(dir: &std::path::Path, extra: &str) -> String {
     } else {
         "allow_registration = true"
     };
+    // A federating server (`federating_config`) names itself and its port.
+    let name_and_port = if extra.contains("server_name =") {
+        String::new()
+    } else {
+        format!("server_name = \"{SERVER_NAME}\"\nport = 0")
+    };
     format!(
         r#"[global]
-server_name = "{SERVER_NAME}"
 database_path = "{}"
 address = "127.0.0.1"
-port = 0
+{name_and_port}
 {registration}
 {extra}
 "#,
@@ -61,10 +66,19 @@ impl TestServer {
     async fn start_in(db_path: PathBuf, dir: Option<Arc<TempDir>>, extra_config: String) -> Self {
         let config = Config::from_toml_str(&test_config(&db_path, &extra_config))
             .expect("test config is valid");
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let server = culvert::server::start(config).await.expect("server starts");
         Self {
-            base: format!("http://{}", server.addr),
-            http: reqwest::Client::new(),
+            base: format!("{scheme}://{}", server.addr),
+            // Federating test servers present self-signed certificates.
+            http: reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .expect("test HTTP client"),
             db_path,
             _dir: dir,
             extra_config,
@@ -296,4 +310,46 @@ pub fn next_batch(response: &Value) -> String {
         .as_str()
         .expect("next_batch")
         .to_owned()
+}
+
+/// Config lines for a server that federates over TLS on loopback: a fresh self-signed
+/// certificate in `dir`, the server name `localhost:<port>` on a free port, any peer
+/// certificate accepted, keys fetched directly (no notaries).
+pub fn federating_config(dir: &std::path::Path, extra: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let cert_path = dir.join("tls-cert.pem");
+    let key_path = dir.join("tls-key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    format!(
+        r#"server_name = "localhost:{port}"
+port = {port}
+allow_federation = true
+allow_invalid_tls_certificates = true
+trusted_servers = []
+rate_limits = {{ enabled = false }}
+tls = {{ certs = "{}", key = "{}" }}
+{extra}"#,
+        cert_path.display(),
+        key_path.display()
+    )
+}
+
+impl TestServer {
+    /// A server federating over TLS on loopback (see [`federating_config`]).
+    pub async fn start_federating(extra: &str) -> Self {
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        let config = federating_config(dir.path(), extra);
+        Self::start_in(dir.path().join("db"), Some(dir), config).await
+    }
+
+    /// This server's name (`localhost:<port>` for federating servers).
+    pub fn server_name(&self) -> String {
+        self.services().server_name.to_string()
+    }
 }

@@ -11,6 +11,7 @@ mod directory;
 mod e2ee;
 mod e2ee_backup;
 mod ephemeral;
+mod federation;
 mod history;
 mod http_layer;
 mod lifecycle;

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// How long other servers may cache the key before asking again.
-const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+pub const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 pub async fn server_keys(
     extract::State(services): extract::State<State>,

@@ -1,13 +1,26 @@
-//! Server-server (federation) API handlers. Only the key endpoint exists so far; the rest of
-//! federation is the federation issue's work and answers 404 `M_UNRECOGNIZED` until then.
+//! Server-server (federation) API handlers: where other homeservers' requests enter. Signed
+//! requests go through the [`auth::Fed`] extractor, which checks the `X-Matrix` signature.
 
+pub mod auth;
+mod discovery;
 mod keys;
+mod query;
 
 use axum::Router;
 use ruma::api::federation as f;
 
+pub use keys::KEY_VALIDITY;
+
 use super::ruma::{RouterExt, State};
 
 pub fn routes(router: Router<State>) -> Router<State> {
-    router.ruma_route::<f::discovery::get_server_keys::v2::Request, _, _>(keys::server_keys)
+    router
+        .ruma_route::<f::discovery::get_server_keys::v2::Request, _, _>(keys::server_keys)
+        .ruma_route::<f::discovery::get_server_version::v1::Request, _, _>(discovery::version)
+        .ruma_route::<f::discovery::get_remote_server_keys::v2::Request, _, _>(discovery::query_one)
+        .ruma_route::<f::discovery::get_remote_server_keys_batch::v2::Request, _, _>(
+            discovery::query_batch,
+        )
+        .ruma_route::<f::query::get_profile_information::v1::Request, _, _>(query::profile)
+        .ruma_route::<f::query::get_room_information::v1::Request, _, _>(query::directory)
 }
