@@ -30,6 +30,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let services = Services::open(config)?;
     services.announce_bootstrap_token()?;
+    services.start_federation_sender()?;
     expire_presence_periodically(&services);
 
     let listener = TcpListener::bind(addr)

@@ -201,3 +201,124 @@ async fn federation_is_refused_when_disabled() {
         .await;
     assert_error(&result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
 }
+
+/// Waits until `who`'s sync shows `text` in `room` (the other server delivers asynchronously).
+async fn wait_for_message(
+    server: &TestServer,
+    who: &crate::common::Session,
+    room: &str,
+    text: &str,
+) {
+    let mut since: Option<String> = None;
+    for _ in 0..40 {
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=500&since={since}"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let body = server.get_ok(&path, who).await;
+        let events = &body["rooms"]["join"][room]["timeline"]["events"];
+        if crate::common::message_bodies(events)
+            .iter()
+            .any(|b| b == text)
+        {
+            return;
+        }
+        since = Some(crate::common::next_batch(&body));
+    }
+    panic!("{text:?} never reached {} in {room}", who.user_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = a
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Across", "room_alias_name": "across" }),
+        )
+        .await;
+    a.say(&alice, &room, "before bob").await;
+
+    // Bob joins through A, by alias (B asks A for the alias).
+    let alias = format!("#across:{}", a.server_name());
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                crate::common::urlencode(&alias)
+            ),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room);
+    assert!(b.joined_rooms(&bob).await.contains(&room));
+
+    // B knows the room's state: its name, and both members.
+    let name = b
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            &bob,
+        )
+        .await;
+    assert_eq!(name["name"], "Across");
+    let members = b
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+            &bob,
+        )
+        .await;
+    assert!(members["joined"][&alice.user_id].is_object(), "{members}");
+    assert!(members["joined"][&bob.user_id].is_object(), "{members}");
+
+    // A sees Bob's join, as it was sent to A.
+    let members = a
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+            &alice,
+        )
+        .await;
+    assert!(members["joined"][&bob.user_id].is_object(), "{members}");
+
+    // Messages both ways.
+    a.say(&alice, &room, "hello from A").await;
+    wait_for_message(&b, &bob, &room, "hello from A").await;
+    b.say(&bob, &room, "hello from B").await;
+    wait_for_message(&a, &alice, &room, "hello from B").await;
+
+    // A state change on B reaches A.
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&bob.token),
+            json!({ "topic": "set on B" }),
+        )
+        .await;
+    // Bob has no power to set the topic in a public_chat room: refused locally.
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&alice.token),
+            json!({ "topic": "set on A" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..40 {
+        let (status, topic) = b
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                Some(&bob.token),
+            )
+            .await;
+        if status == StatusCode::OK && topic["topic"] == "set on A" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the topic never reached B");
+}

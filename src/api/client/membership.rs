@@ -25,7 +25,7 @@ pub async fn join_by_id(
     let room_id = &request.body.room_id;
     let user = request.user();
     services
-        .set_membership(room_id, user, user, "join", request.body.reason.as_deref())
+        .join_room(room_id, user, &[], request.body.reason.as_deref())
         .await?;
     Ok(RumaResponse(join_v3::Response::new(room_id.clone())))
 }
@@ -34,15 +34,17 @@ pub async fn join_by_id_or_alias(
     extract::State(services): extract::State<State>,
     request: Ruma<join_or_alias_v3::Request>,
 ) -> Result<RumaResponse<join_or_alias_v3::Response>> {
-    let room_id = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
-        Ok(room_id) => room_id,
-        Err(alias) => services
-            .resolve_alias(&alias)?
-            .ok_or_else(|| Error::not_found("No room has that alias."))?,
+    let (room_id, via) = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
+        Ok(room_id) => (room_id, request.body.via.clone()),
+        Err(alias) => {
+            let (room_id, servers) = services.resolve_alias_anywhere(&alias).await?;
+            let via = request.body.via.iter().cloned().chain(servers).collect();
+            (room_id, via)
+        }
     };
     let user = request.user();
     services
-        .set_membership(&room_id, user, user, "join", request.body.reason.as_deref())
+        .join_room(&room_id, user, &via, request.body.reason.as_deref())
         .await?;
     Ok(RumaResponse(join_or_alias_v3::Response::new(room_id)))
 }

@@ -3,8 +3,11 @@
 
 pub mod auth;
 mod discovery;
+mod event;
 mod keys;
+mod membership;
 mod query;
+mod send;
 
 use axum::Router;
 use ruma::api::federation as f;
@@ -23,4 +26,9 @@ pub fn routes(router: Router<State>) -> Router<State> {
         )
         .ruma_route::<f::query::get_profile_information::v1::Request, _, _>(query::profile)
         .ruma_route::<f::query::get_room_information::v1::Request, _, _>(query::directory)
+        .ruma_route::<f::membership::prepare_join_event::v1::Request, _, _>(membership::make_join)
+        .ruma_route::<f::membership::create_join_event::v2::Request, _, _>(membership::send_join)
+        .ruma_route::<f::transactions::send_transaction_message::v1::Request, _, _>(send::send)
+        .ruma_route::<f::event::get_event::v1::Request, _, _>(event::event)
+        .ruma_route::<f::event::get_missing_events::v1::Request, _, _>(event::missing_events)
 }

@@ -6,7 +6,13 @@
 //!   cached; the verification of inbound request signatures.
 
 pub mod client;
+pub mod edus;
+pub mod inbound;
+pub mod membership;
+pub mod pdu_check;
 pub mod resolve;
+pub mod sender;
+pub mod serve;
 pub mod server_keys;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};

@@ -87,6 +87,18 @@ pub fn build(
     server_name: &ServerName,
     key: &Ed25519KeyPair,
 ) -> Result<SignedPdu> {
+    let room_id = new.room_id.map(ToOwned::to_owned);
+    let json = assemble(new, rules, Some(server_name))?;
+    finish(json, room_id.as_deref(), rules, server_name, key)
+}
+
+/// The unsigned PDU: every field but `hashes` and `signatures` (the form `make_join` hands
+/// to another server). `event_id_server` gives rooms v1 and v2 their random event ID.
+pub fn assemble(
+    new: NewEvent<'_>,
+    rules: &RoomVersionRules,
+    event_id_server: Option<&ServerName>,
+) -> Result<CanonicalJsonObject> {
     let derives_room_id = rules.room_id_format == RoomIdFormatVersion::V2;
     let is_create = new.event_type == "m.room.create" && new.state_key == Some("");
     let mut content = new.content;
@@ -117,12 +129,37 @@ pub fn build(
     json.insert("content".into(), CanonicalJsonValue::Object(content));
 
     // Rooms v1 and v2 carry a random event ID inside the (signed) PDU.
-    let random_id =
-        (rules.event_id_format == EventIdFormatVersion::V1).then(|| EventId::new_v1(server_name));
-    if let Some(id) = &random_id {
-        json.insert("event_id".into(), string(id.as_str()));
+    if rules.event_id_format == EventIdFormatVersion::V1
+        && let Some(server_name) = event_id_server
+    {
+        json.insert(
+            "event_id".into(),
+            string(EventId::new_v1(server_name).as_str()),
+        );
     }
+    Ok(json)
+}
 
+/// Hashes and signs an assembled PDU (ours, or a `make_join` template filled in here) and
+/// works out its IDs. `room_id` is `None` only for a v12 create event.
+pub fn finish(
+    mut json: CanonicalJsonObject,
+    room_id: Option<&RoomId>,
+    rules: &RoomVersionRules,
+    server_name: &ServerName,
+    key: &Ed25519KeyPair,
+) -> Result<SignedPdu> {
+    let derives_room_id = rules.room_id_format == RoomIdFormatVersion::V2;
+    let is_create = matches!(json.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create")
+        && matches!(json.get("state_key"), Some(CanonicalJsonValue::String(k)) if k.is_empty());
+    let random_id = match json.get("event_id") {
+        Some(CanonicalJsonValue::String(id))
+            if rules.event_id_format == EventIdFormatVersion::V1 =>
+        {
+            Some(EventId::parse(id).map_err(|e| Error::bad_json(format!("Bad event_id: {e}")))?)
+        }
+        _ => None,
+    };
     if CanonicalJsonValue::Object(json.clone()).to_string().len() > MAX_PDU_SIZE {
         return Err(Error::too_large(
             "The event is larger than the 65535-byte PDU limit.",
@@ -145,7 +182,7 @@ pub fn build(
             EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))?
         }
     };
-    let room_id = match new.room_id {
+    let room_id = match room_id {
         Some(room_id) if !(derives_room_id && is_create) => room_id.to_owned(),
         _ => RoomId::new_v2(event_id.localpart()).map_err(|e| Error::internal(e.to_string()))?,
     };

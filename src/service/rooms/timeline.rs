@@ -8,14 +8,18 @@
 //! become visible in order: a `/sync` that saw count N has seen every count below N. Each commit
 //! is announced on a watch channel that long-polling `/sync` will wait on.
 
+mod remote;
+
+pub use remote::{Appended, referenced_ids};
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex as StdMutex},
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
-    RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId, RoomVersionId, ServerName, UserId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     signatures::Ed25519KeyPair,
@@ -121,9 +125,9 @@ impl<'a> LocalEvent<'a> {
 
 /// What the `pdus` column family holds for each event.
 #[derive(Serialize, Deserialize)]
-struct StoredPdu {
-    event_id: OwnedEventId,
-    pdu: CanonicalJsonObject,
+pub(crate) struct StoredPdu {
+    pub(crate) event_id: OwnedEventId,
+    pub(crate) pdu: CanonicalJsonObject,
 }
 
 /// A user's membership in a room, as the `user_rooms` index keeps it.
@@ -163,6 +167,27 @@ pub struct Timeline {
     /// The history visibility in force at a state snapshot. A snapshot never changes, and
     /// redaction keeps `history_visibility`, so an entry is never stale.
     visibility: quick_cache::sync::Cache<u64, Arc<str>>,
+    /// Set when federation is on: then new events are queued for the other servers in their
+    /// room, and the senders woken through `outbound`.
+    federating: std::sync::atomic::AtomicBool,
+    outbound: StdMutex<Option<tokio::sync::mpsc::UnboundedSender<OwnedServerName>>>,
+}
+
+/// Queues `event_id` for each destination, in the federation outbox, under stream count
+/// `count` (which orders each destination's queue).
+pub(crate) fn queue_for_servers(
+    batch: &mut Batch,
+    count: u64,
+    destinations: &[OwnedServerName],
+    event_id: &EventId,
+) {
+    for destination in destinations {
+        batch.put(
+            Cf::FederationOutbox,
+            keys::join([destination.as_bytes(), &keys::u64_be(count)]),
+            serde_json::json!({ "pdu": event_id }).to_string(),
+        );
+    }
 }
 
 fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
@@ -192,7 +217,47 @@ impl Timeline {
             committed: watch::channel(count).0,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             visibility: quick_cache::sync::Cache::new(4096),
+            federating: std::sync::atomic::AtomicBool::new(false),
+            outbound: StdMutex::new(None),
         })
+    }
+
+    /// Turns on queueing for federation; `wakeup` receives each destination with new items.
+    pub fn start_federating(&self, wakeup: tokio::sync::mpsc::UnboundedSender<OwnedServerName>) {
+        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(wakeup);
+        self.federating
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The other servers with joined members in a room: where its new events go. Empty (and
+    /// free) when federation is off.
+    pub(crate) fn remote_destinations(
+        &self,
+        room_id: &RoomId,
+        own: &ServerName,
+    ) -> Result<Vec<OwnedServerName>> {
+        if !self.federating.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for (user_id, membership) in self.members(room_id)? {
+            if membership == "join" && user_id.server_name() != own {
+                servers.insert(user_id.server_name().to_owned());
+            }
+        }
+        Ok(servers.into_iter().collect())
+    }
+
+    /// Tells the federation sender that these destinations have new items.
+    pub(crate) fn wake_senders(&self, destinations: &[OwnedServerName]) {
+        if destinations.is_empty() {
+            return;
+        }
+        if let Some(wakeup) = &*self.outbound.lock().unwrap_or_else(|p| p.into_inner()) {
+            for destination in destinations {
+                let _ = wakeup.send(destination.clone());
+            }
+        }
     }
 
     /// The latest committed stream count, to wait on for new events.
@@ -780,6 +845,33 @@ impl Timeline {
         }
     }
 
+    /// The current state events a new event must cite as its `auth_events`, looked up in the
+    /// state `entries`.
+    pub(crate) fn auth_event_ids(
+        &self,
+        rules: &RoomVersionRules,
+        entries: &[StateEntry],
+        sender: &UserId,
+        event: &LocalEvent<'_>,
+    ) -> Result<Vec<OwnedEventId>> {
+        let kind = TimelineEventType::from(event.event_type);
+        let raw_content = serde_json::value::to_raw_value(&event.content)?;
+        let auth_keys = auth::auth_event_keys(
+            &rules.authorization,
+            &kind,
+            sender,
+            event.state_key,
+            &raw_content,
+        )?;
+        let mut auth_ids = Vec::with_capacity(auth_keys.len());
+        for (event_type, state_key) in &auth_keys {
+            if let Some(id) = self.lookup(entries, &event_type.to_string(), state_key)? {
+                auth_ids.push(id);
+            }
+        }
+        Ok(auth_ids)
+    }
+
     // The event's parts come from several places (the room record, the client, the caller's
     // transaction and clock); bundling them into a struct would only move the list.
     #[allow(clippy::too_many_arguments)]
@@ -820,21 +912,7 @@ impl Timeline {
         };
         let state_event =
             |event_type: &str, state_key: &str| self.lookup(&entries, event_type, state_key);
-        let kind = TimelineEventType::from(event.event_type);
-        let raw_content = serde_json::value::to_raw_value(&event.content)?;
-        let auth_keys = auth::auth_event_keys(
-            &rules.authorization,
-            &kind,
-            sender,
-            event.state_key,
-            &raw_content,
-        )?;
-        let mut auth_ids = Vec::with_capacity(auth_keys.len());
-        for (event_type, state_key) in &auth_keys {
-            if let Some(id) = state_event(&event_type.to_string(), state_key)? {
-                auth_ids.push(id);
-            }
-        }
+        let auth_ids = self.auth_event_ids(&rules, &entries, sender, &event)?;
         // Rooms v1 and v2 refer to events by reference hash, which needs their PDUs; later
         // versions need only the IDs, so nothing is loaded for them.
         let needs_pdus = rules.events_reference_format
@@ -959,69 +1037,93 @@ impl Timeline {
             );
         }
 
+        let destinations = self.remote_destinations(&signed.room_id, signer.server_name)?;
         let room_id = signed.room_id.clone();
+        self.commit_counted(batch, |batch, count| {
+            self.index_event(batch, count, &room_id, short_event, &stored)?;
+            queue_for_servers(batch, count, &destinations, &stored.event_id);
+            Ok(())
+        })
+        .await?;
+        self.wake_senders(&destinations);
+        Ok((signed.room_id, signed.event_id))
+    }
+
+    /// The index entries of a new timeline event, written with stream count `count`: the
+    /// room's timeline, the event's count, the timestamp index, membership indexes and the
+    /// public-rooms set.
+    pub(crate) fn index_event(
+        &self,
+        batch: &mut Batch,
+        count: u64,
+        room_id: &RoomId,
+        short_event: u64,
+        stored: &StoredPdu,
+    ) -> Result<()> {
         let origin_server_ts = match stored.pdu.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
             _ => 0,
         };
-        let event_type = event.event_type;
-        let state_key = event.state_key;
-        self.commit_counted(batch, |batch, count| {
+        let event_type = match stored.pdu.get("type") {
+            Some(CanonicalJsonValue::String(t)) => t.as_str(),
+            _ => "",
+        };
+        let state_key = match stored.pdu.get("state_key") {
+            Some(CanonicalJsonValue::String(k)) => Some(k.as_str()),
+            _ => None,
+        };
+        batch.put(
+            Cf::Timeline,
+            keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
+            keys::u64_be(short_event),
+        );
+        batch.put(
+            Cf::EventCount,
+            keys::u64_be(short_event),
+            keys::u64_be(count),
+        );
+        // The room's timestamp index (`/timestamp_to_event`).
+        batch.put(
+            Cf::TimestampEvents,
+            timestamp_key(&room_id, origin_server_ts, count),
+            keys::u64_be(short_event),
+        );
+        if event_type == "m.room.member"
+            && let Some(target) = state_key
+        {
+            let membership = membership_of(&stored.pdu);
+            let record = Membership {
+                membership: membership.clone(),
+                event_id: stored.event_id.clone(),
+                count,
+            };
+            let room = room_id.as_bytes();
             batch.put(
-                Cf::Timeline,
-                keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
-                keys::u64_be(short_event),
+                Cf::UserRooms,
+                keys::join([target.as_bytes(), room]),
+                serde_json::to_vec(&record)?,
             );
             batch.put(
-                Cf::EventCount,
-                keys::u64_be(short_event),
-                keys::u64_be(count),
+                Cf::RoomMembers,
+                keys::join([room, target.as_bytes()]),
+                membership,
             );
-            // The room's timestamp index (`/timestamp_to_event`).
-            batch.put(
-                Cf::TimestampEvents,
-                timestamp_key(&room_id, origin_server_ts, count),
-                keys::u64_be(short_event),
+        }
+        // User directory: which rooms are currently public to join (service::user_directory).
+        if event_type == "m.room.join_rules" && state_key == Some("") {
+            let public = matches!(
+                stored.pdu.get("content"),
+                Some(CanonicalJsonValue::Object(content))
+                    if matches!(content.get("join_rule"), Some(CanonicalJsonValue::String(rule)) if rule == "public")
             );
-            if event_type == "m.room.member"
-                && let Some(target) = state_key
-            {
-                let membership = membership_of(&stored.pdu);
-                let record = Membership {
-                    membership: membership.clone(),
-                    event_id: stored.event_id.clone(),
-                    count,
-                };
-                let room = room_id.as_bytes();
-                batch.put(
-                    Cf::UserRooms,
-                    keys::join([target.as_bytes(), room]),
-                    serde_json::to_vec(&record)?,
-                );
-                batch.put(
-                    Cf::RoomMembers,
-                    keys::join([room, target.as_bytes()]),
-                    membership,
-                );
+            if public {
+                batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
+            } else {
+                batch.delete(Cf::PublicJoinRooms, room_id.as_bytes());
             }
-            // User directory: which rooms are currently public to join (service::user_directory).
-            if event_type == "m.room.join_rules" && state_key == Some("") {
-                let public = matches!(
-                    stored.pdu.get("content"),
-                    Some(CanonicalJsonValue::Object(content))
-                        if matches!(content.get("join_rule"), Some(CanonicalJsonValue::String(rule)) if rule == "public")
-                );
-                if public {
-                    batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
-                } else {
-                    batch.delete(Cf::PublicJoinRooms, room_id.as_bytes());
-                }
-            }
-            // End of the user directory block.
-            Ok(())
-        })
-        .await?;
-        Ok((signed.room_id, signed.event_id))
+        }
+        // End of the user directory block.
+        Ok(())
     }
 }
 

@@ -1,0 +1,39 @@
+//! `make_join` / `send_join` (v2): another server's user joining a room that lives here.
+
+use axum::extract;
+use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+
+use crate::{
+    Error, Result,
+    api::{
+        ruma::{RumaResponse, State},
+        server::auth::Fed,
+    },
+};
+
+pub async fn make_join(
+    extract::State(services): extract::State<State>,
+    request: Fed<prepare_join_event::v1::Request>,
+) -> Result<RumaResponse<prepare_join_event::v1::Response>> {
+    let body = &request.body;
+    let (version, template) =
+        services.make_join_template(&request.origin, &body.room_id, &body.user_id, &body.ver)?;
+    let event =
+        serde_json::value::to_raw_value(&template).map_err(|e| Error::internal(e.to_string()))?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(version);
+    Ok(RumaResponse(response))
+}
+
+pub async fn send_join(
+    extract::State(services): extract::State<State>,
+    request: Fed<create_join_event::v2::Request>,
+) -> Result<RumaResponse<create_join_event::v2::Response>> {
+    let body = &request.body;
+    let room_state = services
+        .accept_send_join(&request.origin, &body.room_id, &body.event_id, &body.pdu)
+        .await?;
+    Ok(RumaResponse(create_join_event::v2::Response::new(
+        room_state,
+    )))
+}

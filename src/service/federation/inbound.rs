@@ -1,0 +1,191 @@
+//! Inbound transactions (`PUT /_matrix/federation/v1/send/{txnId}`): each PDU checked
+//! (format, signatures, hash — `pdu_check`; auth and soft-fail — `rooms::timeline::remote`)
+//! and appended; missing `prev_events` fetched with `/get_missing_events` first. A transaction
+//! is processed once per origin: a repeat gets the first answer back.
+//!
+//! Rooms are processed one after the other within a transaction, but each room holds only its
+//! own lock, so a slow room in one transaction does not stall other transactions' rooms.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, ServerName, UInt,
+    api::federation::event::get_missing_events,
+};
+use serde_json::value::RawValue;
+
+use crate::{
+    Error, Result,
+    service::{Services, rooms::timeline::Appended},
+    store::{Cf, keys},
+};
+
+/// How many missing events one gap may fetch.
+const MAX_MISSING: u32 = 50;
+/// At most this many PDUs and EDUs per transaction, as the spec allows.
+pub const MAX_TXN_PDUS: usize = 50;
+pub const MAX_TXN_EDUS: usize = 100;
+
+pub type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
+
+fn room_of(pdu: &CanonicalJsonObject) -> Option<&str> {
+    match pdu.get("room_id") {
+        Some(CanonicalJsonValue::String(r)) => Some(r),
+        _ => None,
+    }
+}
+
+impl Services {
+    /// Handles one inbound transaction's PDUs; answers per PDU, as `/send` does.
+    pub async fn handle_transaction_pdus(
+        &self,
+        origin: &ServerName,
+        txn_id: &str,
+        pdus: &[Box<RawValue>],
+    ) -> Result<PduResults> {
+        if pdus.len() > MAX_TXN_PDUS {
+            return Err(Error::bad_json(format!(
+                "A transaction carries at most {MAX_TXN_PDUS} PDUs."
+            )));
+        }
+        let txn_key = keys::join([origin.as_bytes(), txn_id.as_bytes()]);
+        if let Some(previous) = self.store.get(Cf::FederationTxns, &txn_key)? {
+            let answered: BTreeMap<OwnedEventId, Option<String>> =
+                serde_json::from_slice(&previous)?;
+            return Ok(answered
+                .into_iter()
+                .map(|(id, error)| (id, error.map_or(Ok(()), Err)))
+                .collect());
+        }
+        let mut results = PduResults::new();
+        for raw in pdus {
+            let Ok(pdu) = serde_json::from_str::<CanonicalJsonObject>(raw.get()) else {
+                tracing::info!(%origin, "dropping a PDU that is not a JSON object");
+                continue;
+            };
+            let Some(room_id) = room_of(&pdu).and_then(|r| RoomId::parse(r).ok()) else {
+                tracing::info!(%origin, "dropping a PDU without a room ID");
+                continue;
+            };
+            match self.receive_pdu(origin, &room_id, pdu).await {
+                Ok((event_id, outcome)) => {
+                    let result = match outcome {
+                        Appended::New | Appended::Known => Ok(()),
+                        Appended::SoftFailed => Ok(()),
+                        Appended::MissingPrevious(_) => {
+                            Err("prev_events could not be fetched".to_owned())
+                        }
+                    };
+                    results.insert(event_id, result);
+                }
+                Err((Some(event_id), e)) => {
+                    tracing::info!(%origin, %event_id, "refused a PDU: {e}");
+                    results.insert(event_id, Err(e.to_string()));
+                }
+                Err((None, e)) => tracing::info!(%origin, "refused a PDU: {e}"),
+            }
+        }
+        let answered: BTreeMap<&OwnedEventId, Option<&String>> = results
+            .iter()
+            .map(|(id, r)| (id, r.as_ref().err()))
+            .collect();
+        self.store.put(
+            Cf::FederationTxns,
+            &txn_key,
+            &serde_json::to_vec(&answered)?,
+        )?;
+        Ok(results)
+    }
+
+    /// One PDU of a transaction: checked, its gap filled from `origin`, appended.
+    async fn receive_pdu(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        pdu: CanonicalJsonObject,
+    ) -> Result<(OwnedEventId, Appended), (Option<OwnedEventId>, Error)> {
+        let room = self
+            .timeline
+            .room(room_id)
+            .map_err(|e| (None, e))?
+            .ok_or_else(|| (None, Error::not_found("This server is not in that room.")))?;
+        let (event_id, pdu) = self
+            .check_incoming_pdu(&room.version, pdu)
+            .await
+            .map_err(|e| (None, e))?;
+        let with_id = |e: Error| (Some(event_id.clone()), e);
+        if self.config.is_server_denied(origin) {
+            return Err(with_id(Error::forbidden("Denied.")));
+        }
+        let outcome = self
+            .timeline
+            .append_remote(room_id, &event_id, pdu.clone())
+            .await
+            .map_err(with_id)?;
+        let Appended::MissingPrevious(missing) = outcome else {
+            return Ok((event_id, outcome));
+        };
+        self.fill_gap(origin, room_id, &room.version, &event_id, &missing)
+            .await
+            .map_err(with_id)?;
+        let outcome = self
+            .timeline
+            .append_remote(room_id, &event_id, pdu)
+            .await
+            .map_err(with_id)?;
+        Ok((event_id, outcome))
+    }
+
+    /// Fetches the events between the room's forward extremities and `latest` from `origin`
+    /// (`/get_missing_events`) and appends them oldest first.
+    async fn fill_gap(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        latest: &EventId,
+        missing: &[OwnedEventId],
+    ) -> Result<()> {
+        let room = self
+            .timeline
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let mut request = get_missing_events::v1::Request::new(
+            room_id.to_owned(),
+            room.extremities.clone(),
+            vec![latest.to_owned()],
+        );
+        request.limit = UInt::from(MAX_MISSING);
+        let response = self.send_federation_request(origin, request).await?;
+        let mut fetched = Vec::with_capacity(response.events.len());
+        for raw in &response.events {
+            let pdu: CanonicalJsonObject = serde_json::from_str(raw.get())
+                .map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))?;
+            if room_of(&pdu) != Some(room_id.as_str()) {
+                continue;
+            }
+            let (id, pdu) = self.check_incoming_pdu(version, pdu).await?;
+            let depth = match pdu.get("depth") {
+                Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
+                _ => 0,
+            };
+            fetched.push((depth, id, pdu));
+        }
+        // Oldest first, so each one's prev_events are there when it is appended.
+        fetched.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, id, pdu) in fetched {
+            match self.timeline.append_remote(room_id, &id, pdu).await {
+                Ok(_) => {}
+                Err(e) => tracing::info!(%id, "a fetched missing event was refused: {e}"),
+            }
+        }
+        let still_missing: Vec<&OwnedEventId> = missing
+            .iter()
+            .filter(|id| !self.timeline.has_state_for(id).unwrap_or(false))
+            .collect();
+        if !still_missing.is_empty() {
+            tracing::info!(%room_id, ?still_missing, "a gap in the room could not be filled");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! Joining rooms across servers, both ways:
+//! - as the *resident* server: `make_join` hands a remote user's server an event template,
+//!   `send_join` takes the signed join, appends it and answers with the room's state and auth
+//!   chain;
+//! - as the *joining* server: a local user joins a room that lives elsewhere — `make_join`,
+//!   sign, `send_join`, check everything that comes back, and set the room up here.
+
+use std::collections::BTreeSet;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomAliasId, RoomId, RoomVersionId, ServerName, UserId,
+    api::{
+        error::ErrorKind,
+        federation::{
+            membership::{create_join_event, prepare_join_event},
+            query::get_room_information,
+        },
+    },
+};
+use serde_json::value::RawValue;
+
+use super::pdu_check::{event_id_of, rules_of};
+use crate::{
+    Error, Result,
+    service::{
+        Services,
+        rooms::timeline::{Appended, LocalEvent},
+    },
+};
+
+/// Room versions this server can join.
+pub fn supported_versions() -> Vec<RoomVersionId> {
+    use RoomVersionId::*;
+    vec![V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12]
+}
+
+fn raw(object: &CanonicalJsonObject) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(object).map_err(|e| Error::internal(e.to_string()))
+}
+
+fn parse_object(raw: &RawValue) -> Result<CanonicalJsonObject> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))
+}
+
+fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
+    match pdu.get(name) {
+        Some(CanonicalJsonValue::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn membership_of(pdu: &CanonicalJsonObject) -> Option<&str> {
+    match pdu.get("content") {
+        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+            Some(CanonicalJsonValue::String(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Services {
+    /// Whether this server takes part in a room: it has it, and a local user is joined.
+    pub fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Ok(false);
+        }
+        Ok(self
+            .timeline
+            .members(room_id)?
+            .iter()
+            .any(|(user, m)| m == "join" && user.server_name() == self.server_name))
+    }
+
+    /// `make_join` as the resident server.
+    pub fn make_join_template(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        if user_id.server_name() != origin {
+            return Err(Error::forbidden("You can only join your own users."));
+        }
+        if !self.is_resident(room_id)? {
+            return Err(Error::not_found("This server is not in that room."));
+        }
+        let room = self
+            .timeline
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        if !versions.contains(&room.version) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::IncompatibleRoomVersion(
+                    ruma::api::error::IncompatibleRoomVersionErrorData::new(room.version.clone()),
+                ),
+                format!(
+                    "The room is version {}, which your server does not support.",
+                    room.version
+                ),
+            ));
+        }
+        let (version, template) = self.timeline.event_template(
+            room_id,
+            user_id,
+            LocalEvent::state(
+                "m.room.member",
+                user_id.as_str(),
+                serde_json::json!({ "membership": "join" }),
+            ),
+        )?;
+        // Refuse early what the auth rules would refuse at send_join: a join needs a public
+        // room, an invite, or an existing membership.
+        let entries = self.timeline.current_state_entries(&room)?;
+        let public = match self.timeline.lookup(&entries, "m.room.join_rules", "")? {
+            Some(id) => self.timeline.pdu_json(&id)?.is_some_and(|pdu| {
+                matches!(pdu.get("content"), Some(CanonicalJsonValue::Object(c))
+                    if matches!(c.get("join_rule"), Some(CanonicalJsonValue::String(r)) if r == "public"))
+            }),
+            None => false,
+        };
+        let membership = self.timeline.member_state(room_id, user_id)?;
+        if !public && !matches!(membership.as_deref(), Some("invite" | "join")) {
+            return Err(Error::forbidden("You are not invited to this room."));
+        }
+        Ok((version, template))
+    }
+
+    /// `send_join` (v2) as the resident server: checks and appends the join, then answers with
+    /// the state before it and the auth chain.
+    pub async fn accept_send_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: &RawValue,
+    ) -> Result<create_join_event::v2::RoomState> {
+        if !self.is_resident(room_id)? {
+            return Err(Error::not_found("This server is not in that room."));
+        }
+        let room = self
+            .timeline
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let (checked_id, pdu) = self
+            .check_incoming_pdu(&room.version, parse_object(pdu)?)
+            .await?;
+        if checked_id != event_id {
+            return Err(Error::bad_json("The event ID does not match the event."));
+        }
+        let sender = field(&pdu, "sender")
+            .and_then(|s| UserId::parse(s).ok())
+            .ok_or_else(|| Error::bad_json("The event has no valid sender."))?;
+        if field(&pdu, "type") != Some("m.room.member")
+            || field(&pdu, "state_key") != Some(sender.as_str())
+            || membership_of(&pdu) != Some("join")
+            || field(&pdu, "room_id") != Some(room_id.as_str())
+        {
+            return Err(Error::bad_json("That is not a join event for this room."));
+        }
+        if sender.server_name() != origin {
+            return Err(Error::forbidden("You can only join your own users."));
+        }
+        match self
+            .timeline
+            .append_remote(room_id, event_id, pdu.clone())
+            .await?
+        {
+            Appended::New | Appended::Known => {}
+            Appended::SoftFailed => {
+                return Err(Error::forbidden(
+                    "The join is not allowed by the room's state.",
+                ));
+            }
+            Appended::MissingPrevious(_) => {
+                return Err(Error::bad_json(
+                    "The join refers to events this server does not have.",
+                ));
+            }
+        }
+        self.federation_sender_wake_room(room_id, Some(origin), event_id)
+            .await?;
+        let state_ids: Vec<OwnedEventId> = self
+            .timeline
+            .expand_entries(&self.timeline.state_entries_before(event_id)?)?
+            .into_values()
+            .collect();
+        let chain = self.timeline.auth_chain(
+            &room.version,
+            state_ids
+                .iter()
+                .map(|id| &**id)
+                .chain(std::iter::once(event_id)),
+        )?;
+        let mut response = create_join_event::v2::RoomState::new();
+        for id in &state_ids {
+            if let Some(pdu) = self.timeline.pdu_json(id)? {
+                response.state.push(raw(&pdu)?);
+            }
+        }
+        for id in &chain {
+            if let Some(pdu) = self.timeline.pdu_json(id)? {
+                response.auth_chain.push(raw(&pdu)?);
+            }
+        }
+        response.event = Some(raw(&pdu)?);
+        response.servers_in_room = Some(
+            self.servers_in_room(room_id)?
+                .into_iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        Ok(response)
+    }
+
+    /// A local user joins `room_id`: locally when this server takes part in the room, else
+    /// through one of `via` (then the room ID's own server, for rooms before v12).
+    pub async fn join_room(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<()> {
+        if self.is_resident(room_id)? || !self.federation.enabled {
+            self.set_membership(room_id, user_id, user_id, "join", reason)
+                .await?;
+            return Ok(());
+        }
+        let mut candidates: Vec<OwnedServerName> = Vec::new();
+        for server in via
+            .iter()
+            .cloned()
+            .chain(room_id.server_name().map(ToOwned::to_owned))
+        {
+            if server != self.server_name && !candidates.contains(&server) {
+                candidates.push(server);
+            }
+        }
+        if candidates.is_empty() {
+            // Nobody to ask: it is a local room we are not in (or nothing at all).
+            self.set_membership(room_id, user_id, user_id, "join", reason)
+                .await?;
+            return Ok(());
+        }
+        let mut last_error = Error::not_found("No server could let you join that room.");
+        for server in candidates {
+            match self.join_through(&server, room_id, user_id, reason).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(%room_id, %server, "joining through this server failed: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn join_through(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut request =
+            prepare_join_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+        request.ver = supported_versions();
+        let response = self.send_federation_request(server, request).await?;
+        let version = response.room_version.unwrap_or(RoomVersionId::V1);
+        let rules = rules_of(&version)?;
+        let mut template = parse_object(&response.event)?;
+        // The template must be our user's join in that room; the rest is the resident's view.
+        if field(&template, "sender") != Some(user_id.as_str())
+            || field(&template, "state_key") != Some(user_id.as_str())
+            || field(&template, "type") != Some("m.room.member")
+            || field(&template, "room_id") != Some(room_id.as_str())
+        {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                ErrorKind::Unknown,
+                format!("{server} sent a join template for something else"),
+            ));
+        }
+        let mut content = match template.remove("content") {
+            Some(CanonicalJsonValue::Object(c)) => c,
+            _ => CanonicalJsonObject::new(),
+        };
+        content.insert(
+            "membership".into(),
+            CanonicalJsonValue::String("join".into()),
+        );
+        if let Some(reason) = reason {
+            content.insert("reason".into(), CanonicalJsonValue::String(reason.into()));
+        }
+        for (field_name, value) in self.users.profile(user_id)? {
+            if field_name == "displayname" || field_name == "avatar_url" {
+                if let Ok(v) = CanonicalJsonValue::try_from(value) {
+                    content.insert(field_name, v);
+                }
+            }
+        }
+        template.insert("content".into(), CanonicalJsonValue::Object(content));
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(crate::utils::now_millis()).unwrap_or_default(),
+            ),
+        );
+        template.remove("signatures");
+        template.remove("hashes");
+        template.remove("unsigned");
+        if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
+            template.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(EventId::new_v1(&self.server_name).to_string()),
+            );
+        } else {
+            template.remove("event_id");
+        }
+        let signed = crate::service::rooms::pdu::finish(
+            template,
+            Some(room_id),
+            &rules,
+            &self.server_name,
+            self.globals.signing_key(),
+        )?;
+        let request = create_join_event::v2::Request::new(
+            room_id.to_owned(),
+            signed.event_id.clone(),
+            raw(&signed.json)?,
+        );
+        let response = self.send_federation_request(server, request).await?;
+        let room_state = response.room_state;
+
+        // The join as the resident server has it (it may have added its signature).
+        let join = match &room_state.event {
+            Some(event) => {
+                let event = parse_object(event)?;
+                if event_id_of(&event, &rules)? == signed.event_id {
+                    event
+                } else {
+                    signed.json
+                }
+            }
+            None => signed.json,
+        };
+        let mut state = Vec::with_capacity(room_state.state.len());
+        let mut seen = BTreeSet::new();
+        for pdu in &room_state.state {
+            let (id, pdu) = self
+                .check_incoming_pdu(&version, parse_object(pdu)?)
+                .await?;
+            if field(&pdu, "room_id").is_some_and(|r| r != room_id.as_str()) {
+                return Err(Error::forbidden(format!("{id} belongs to another room")));
+            }
+            if seen.insert(id.clone()) {
+                state.push((id, pdu));
+            }
+        }
+        let mut auth_chain = Vec::with_capacity(room_state.auth_chain.len());
+        for pdu in &room_state.auth_chain {
+            let (id, pdu) = self
+                .check_incoming_pdu(&version, parse_object(pdu)?)
+                .await?;
+            if seen.insert(id.clone()) {
+                auth_chain.push((id, pdu));
+            }
+        }
+        self.timeline
+            .join_remote_room(
+                room_id,
+                &version,
+                state,
+                auth_chain,
+                (signed.event_id, join),
+            )
+            .await
+    }
+
+    /// The room an alias names: ours from the store, another server's by asking it.
+    pub async fn resolve_alias_anywhere(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        if alias.server_name() == self.server_name {
+            let room_id = self
+                .resolve_alias(alias)?
+                .ok_or_else(|| Error::not_found("No room has that alias."))?;
+            let servers = self.servers_in_room(&room_id)?;
+            return Ok((room_id, servers));
+        }
+        let response = self
+            .send_federation_request(
+                alias.server_name(),
+                get_room_information::v1::Request::new(alias.to_owned()),
+            )
+            .await?;
+        Ok((response.room_id, response.servers))
+    }
+}

@@ -1,0 +1,529 @@
+//! Events made by other servers entering a room: the auth steps (4–6) of the spec's checks on
+//! receipt of a PDU, and the state they leave behind. The PDUs arrive here already checked for
+//! format, signatures and hashes (`federation::pdu_check`).
+//!
+//! - [`Timeline::append_remote`]: a new event whose `prev_events` are known. Authorised
+//!   against its own auth events and against the state before it (the resolution of the states
+//!   after its `prev_events` when they are several); refused if either fails. Then checked
+//!   against the room's current state: failing that it is *soft-failed* — stored, so others
+//!   can refer to it, but never shown to clients nor made a forward extremity.
+//! - [`Timeline::join_remote_room`]: the room as another server's `send_join` describes it
+//!   (the state before our join and its auth chain), then our join on top.
+//! - [`Timeline::event_template`]: the unsigned event `make_join` hands to another server.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, UserId,
+    events::StateEventType,
+};
+
+use super::{LocalEvent, RoomRecord, StoredPdu, Timeline, rules_of};
+use crate::{
+    Error, Result,
+    service::rooms::{
+        auth,
+        event::Pdu,
+        pdu::{self, NewEvent},
+        state_res::State,
+    },
+    store::{Batch, Cf, keys},
+    utils,
+};
+
+/// What became of a remote event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Part of the room now, visible to clients.
+    New,
+    /// Stored but not shown: it is not allowed by the room's current state.
+    SoftFailed,
+    /// Seen before; nothing was done.
+    Known,
+    /// Some `prev_events` are unknown here: fetch them first.
+    MissingPrevious(Vec<OwnedEventId>),
+}
+
+/// The event IDs in a PDU's `prev_events` or `auth_events` (plain IDs from v3 on, `[id,
+/// hashes]` pairs in v1 and v2).
+pub fn referenced_ids(pdu: &CanonicalJsonObject, field: &str) -> Vec<OwnedEventId> {
+    let Some(CanonicalJsonValue::Array(items)) = pdu.get(field) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            CanonicalJsonValue::String(id) => EventId::parse(id).ok(),
+            CanonicalJsonValue::Array(pair) => match pair.first() {
+                Some(CanonicalJsonValue::String(id)) => EventId::parse(id).ok(),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn string_field<'a>(pdu: &'a CanonicalJsonObject, field: &str) -> Option<&'a str> {
+    match pdu.get(field) {
+        Some(CanonicalJsonValue::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
+    match pdu.get("depth") {
+        Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The `(type, state_key)` of a state event.
+fn state_key_of(pdu: &CanonicalJsonObject) -> Option<(String, String)> {
+    Some((
+        string_field(pdu, "type")?.to_owned(),
+        string_field(pdu, "state_key")?.to_owned(),
+    ))
+}
+
+impl Timeline {
+    /// Whether an event is part of a room's graph here (stored with the state before it), as
+    /// opposed to unknown or an outlier.
+    pub fn has_state_for(&self, event_id: &EventId) -> Result<bool> {
+        Ok(match self.short.existing_event(event_id.as_str())? {
+            Some(short) => self
+                .store
+                .get(Cf::EventState, &keys::u64_be(short))?
+                .is_some(),
+            None => false,
+        })
+    }
+
+    /// The unsigned event a remote user's server fills in and signs (`make_join`,
+    /// `make_leave`, `make_knock`): current extremities, the auth events the current state
+    /// gives, the next depth.
+    pub fn event_template(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+    ) -> Result<(ruma::RoomVersionId, CanonicalJsonObject)> {
+        let room = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let rules = rules_of(&room.version)?;
+        let entries = if room.state == 0 {
+            Vec::new()
+        } else {
+            self.states.load(room.state)?
+        };
+        let auth_ids = self.auth_event_ids(&rules, &entries, sender, &event)?;
+        let needs_pdus = rules.events_reference_format
+            == ruma::room_version_rules::EventsReferenceFormatVersion::V1;
+        let load = |ids: &[OwnedEventId]| -> Result<Vec<Option<CanonicalJsonObject>>> {
+            ids.iter()
+                .map(|id| match needs_pdus {
+                    true => self.pdu_json(id),
+                    false => Ok(None),
+                })
+                .collect()
+        };
+        let auth_json = load(&auth_ids)?;
+        let prev_json = load(&room.extremities)?;
+        let CanonicalJsonValue::Object(content) = CanonicalJsonValue::try_from(event.content)
+            .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?
+        else {
+            return Err(Error::bad_json("Event content must be a JSON object."));
+        };
+        let template = pdu::assemble(
+            NewEvent {
+                room_id: Some(room_id),
+                sender,
+                event_type: event.event_type,
+                state_key: event.state_key,
+                content,
+                redacts: None,
+                prev_events: &super::event_refs(&room.extremities, &prev_json),
+                auth_events: &super::event_refs(&auth_ids, &auth_json),
+                depth: room.depth + 1,
+                origin_server_ts: utils::now_millis(),
+            },
+            &rules,
+            None,
+        )?;
+        Ok((room.version, template))
+    }
+
+    /// Appends an event from another server (see the module note). The PDU must already have
+    /// passed the signature and hash checks.
+    pub async fn append_remote(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: CanonicalJsonObject,
+    ) -> Result<Appended> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        if self.has_state_for(event_id)? {
+            return Ok(Appended::Known);
+        }
+        let room = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let rules = rules_of(&room.version)?;
+        let prevs = referenced_ids(&pdu, "prev_events");
+        let mut missing = Vec::new();
+        for prev in &prevs {
+            if !self.has_state_for(prev)? {
+                missing.push(prev.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Appended::MissingPrevious(missing));
+        }
+        let event = Pdu::from_json(event_id.to_owned(), &pdu, &rules)?;
+
+        // 4. Allowed by its own auth events?
+        let mut auth_state: HashMap<(String, String), Arc<Pdu>> = HashMap::new();
+        for id in referenced_ids(&pdu, "auth_events") {
+            let json = self
+                .pdu_json(&id)?
+                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is unknown here.")))?;
+            let key = state_key_of(&json)
+                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is not state.")))?;
+            let auth_event = self
+                .load_pdu(&id, &rules)
+                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is unreadable.")))?;
+            auth_state.insert(key, auth_event);
+        }
+        // From v12 the create event is not cited: the room ID names it.
+        if rules.authorization.room_create_event_id_as_room_id {
+            let create_id = EventId::parse(format!("${}", &room_id.as_str()[1..]))
+                .map_err(|e| Error::internal(e.to_string()))?;
+            if let Some(create) = self.load_pdu(&create_id, &rules) {
+                auth_state.insert(("m.room.create".to_owned(), String::new()), create);
+            }
+        }
+        let load = |id: &EventId| self.load_pdu(id, &rules);
+        auth::authorize(&rules.authorization, &event, load, |kind, key| {
+            auth_state.get(&(kind.to_string(), key.to_owned())).cloned()
+        })?;
+
+        // 5. Allowed by the state before it?
+        let state_before: State = match prevs.as_slice() {
+            [one] => self.state_after(one)?,
+            many => self.resolve_blocking(&room.version, many)?,
+        };
+        let in_state = |state: &State, kind: &StateEventType, key: &str| {
+            state
+                .get(&(kind.to_string(), key.to_owned()))
+                .and_then(|id| self.load_pdu(id, &rules))
+        };
+        auth::authorize(&rules.authorization, &event, load, |kind, key| {
+            in_state(&state_before, kind, key)
+        })?;
+
+        // 6. Allowed by the current state? If not, soft-fail.
+        let current: State = self.expand_entries(&if room.state == 0 {
+            Vec::new()
+        } else {
+            self.states.load(room.state)?
+        })?;
+        let soft_failed = auth::authorize(&rules.authorization, &event, load, |kind, key| {
+            in_state(&current, kind, key)
+        })
+        .is_err();
+
+        let short_event = self.short.event(event_id.as_str())?;
+        let before = self.save_state(room.state, &state_before)?;
+        let stored = StoredPdu {
+            event_id: event_id.to_owned(),
+            pdu,
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Pdus,
+            keys::u64_be(short_event),
+            serde_json::to_vec(&stored)?,
+        );
+        batch.put(
+            Cf::EventState,
+            keys::u64_be(short_event),
+            keys::u64_be(before),
+        );
+        if soft_failed {
+            tracing::info!(%event_id, %room_id, "soft-failed: not allowed by the current state");
+            self.store.write(batch)?;
+            return Ok(Appended::SoftFailed);
+        }
+        // The state after it, and the room's new current state.
+        let mut after = state_before;
+        if let Some(key) = state_key_of(&stored.pdu) {
+            after.insert(key, event_id.to_owned());
+        }
+        let extremities: Vec<OwnedEventId> = room
+            .extremities
+            .iter()
+            .filter(|e| !prevs.contains(e))
+            .cloned()
+            .chain([event_id.to_owned()])
+            .collect();
+        let new_state = if extremities.len() == 1 {
+            self.save_state(before, &after)?
+        } else {
+            // Resolution reads the event's PDU and state from the store: write them first.
+            // (Alone they are harmless: an event without a timeline entry is not shown.)
+            self.store.write(std::mem::take(&mut batch))?;
+            let resolved = self.resolve_blocking(&room.version, &extremities)?;
+            self.save_state(room.state, &resolved)?
+        };
+        self.redact_target_in(&mut batch, &stored, &rules)?;
+        let record = RoomRecord {
+            version: room.version.clone(),
+            state: new_state,
+            extremities,
+            depth: room.depth.max(depth_of(&stored.pdu)),
+        };
+        batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
+        self.commit_counted(batch, |batch, count| {
+            self.index_event(batch, count, room_id, short_event, &stored)
+        })
+        .await?;
+        Ok(Appended::New)
+    }
+
+    /// The resolution of the states after `events`, off the async worker when it can be.
+    fn resolve_blocking(
+        &self,
+        version: &ruma::RoomVersionId,
+        events: &[OwnedEventId],
+    ) -> Result<State> {
+        let resolve = || self.state_at_extremities(version, events);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(resolve),
+            _ => resolve(),
+        }
+    }
+
+    /// A redaction from another server redacts its target, when known, in the same batch.
+    /// (Whether the sender may redact it was part of the auth checks.)
+    fn redact_target_in(
+        &self,
+        batch: &mut Batch,
+        redaction: &StoredPdu,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<()> {
+        if string_field(&redaction.pdu, "type") != Some("m.room.redaction") {
+            return Ok(());
+        }
+        let target = if rules.redaction.content_field_redacts {
+            match redaction.pdu.get("content") {
+                Some(CanonicalJsonValue::Object(content)) => match content.get("redacts") {
+                    Some(CanonicalJsonValue::String(id)) => Some(id.clone()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        } else {
+            string_field(&redaction.pdu, "redacts").map(ToOwned::to_owned)
+        };
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let Some(short) = self.short.existing_event(&target)? else {
+            return Ok(());
+        };
+        let Some(mut stored_target) = self.pdu_by_short(short)? else {
+            return Ok(());
+        };
+        // Another server may redact only events of its own users (or with power, which the
+        // auth rules checked); a redaction of a foreign event by a plain user is not applied.
+        let redactor = string_field(&redaction.pdu, "sender").unwrap_or_default();
+        let author = string_field(&stored_target.pdu, "sender").unwrap_or_default();
+        let same_server = UserId::parse(redactor)
+            .ok()
+            .zip(UserId::parse(author).ok())
+            .is_some_and(|(a, b)| a.server_name() == b.server_name());
+        if !same_server && !self.may_redact_others(&redaction.pdu, rules)? {
+            return Ok(());
+        }
+        let because = ruma::canonical_json::RedactedBecause::from_json(redaction.pdu.clone());
+        ruma::canonical_json::redact_in_place(
+            &mut stored_target.pdu,
+            &rules.redaction,
+            Some(because),
+        )
+        .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
+        batch.put(
+            Cf::Pdus,
+            keys::u64_be(short),
+            serde_json::to_vec(&stored_target)?,
+        );
+        Ok(())
+    }
+
+    /// Whether the redaction's sender has the `redact` power level in the room's current state.
+    fn may_redact_others(
+        &self,
+        redaction: &CanonicalJsonObject,
+        _rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<bool> {
+        let (Some(room_id), Some(sender)) = (
+            string_field(redaction, "room_id"),
+            string_field(redaction, "sender"),
+        ) else {
+            return Ok(false);
+        };
+        let Ok(room_id) = RoomId::parse(room_id) else {
+            return Ok(false);
+        };
+        let Some(room) = self.room(&room_id)? else {
+            return Ok(false);
+        };
+        let entries = self.states.load(room.state)?;
+        let Some(levels_id) = self.lookup(&entries, "m.room.power_levels", "")? else {
+            return Ok(false);
+        };
+        let Some(levels) = self.pdu_json(&levels_id)? else {
+            return Ok(false);
+        };
+        let content = match levels.get("content") {
+            Some(CanonicalJsonValue::Object(c)) => c.clone(),
+            _ => return Ok(false),
+        };
+        let int = |v: Option<&CanonicalJsonValue>, default: i64| match v {
+            Some(CanonicalJsonValue::Integer(i)) => i64::from(*i),
+            _ => default,
+        };
+        let needed = int(content.get("redact"), 50);
+        let user_level = match content.get("users") {
+            Some(CanonicalJsonValue::Object(users)) => {
+                int(users.get(sender), int(content.get("users_default"), 0))
+            }
+            _ => int(content.get("users_default"), 0),
+        };
+        Ok(user_level >= needed)
+    }
+
+    /// Sets up a room this server joins through another: stores the state before our join and
+    /// its auth chain (as outliers), then our join event on top of that state, and indexes the
+    /// members so that the room's traffic reaches them. The join must already be signed by the
+    /// resident server where the room version asks for it, and every PDU checked.
+    pub async fn join_remote_room(
+        &self,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        state: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        join: (OwnedEventId, CanonicalJsonObject),
+    ) -> Result<()> {
+        let rules = rules_of(version)?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+
+        // Outliers first: the PDUs the state and the auth rules refer to.
+        let mut outliers = Batch::new();
+        let mut state_map = State::new();
+        let mut members = Vec::new();
+        for (event_id, pdu) in auth_chain.iter().chain(&state) {
+            let short = self.short.event(event_id.as_str())?;
+            let stored = StoredPdu {
+                event_id: event_id.clone(),
+                pdu: pdu.clone(),
+            };
+            outliers.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
+        }
+        for (event_id, pdu) in &state {
+            if let Some(key) = state_key_of(pdu) {
+                if key.0 == "m.room.member" {
+                    let membership = match pdu.get("content") {
+                        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+                            Some(CanonicalJsonValue::String(m)) => m.clone(),
+                            _ => String::new(),
+                        },
+                        _ => String::new(),
+                    };
+                    members.push((key.1.clone(), membership, event_id.clone()));
+                }
+                state_map.insert(key, event_id.clone());
+            }
+        }
+        let (join_id, join_pdu) = join;
+        let join_short = self.short.event(join_id.as_str())?;
+        let join_stored = StoredPdu {
+            event_id: join_id.clone(),
+            pdu: join_pdu,
+        };
+        outliers.put(
+            Cf::Pdus,
+            keys::u64_be(join_short),
+            serde_json::to_vec(&join_stored)?,
+        );
+        self.store.write(outliers)?;
+
+        // Our join must be allowed by the state the resident server gave.
+        let event = Pdu::from_json(join_id.clone(), &join_stored.pdu, &rules)?;
+        auth::authorize(
+            &rules.authorization,
+            &event,
+            |id: &EventId| self.load_pdu(id, &rules),
+            |kind, key| {
+                state_map
+                    .get(&(kind.to_string(), key.to_owned()))
+                    .and_then(|id| self.load_pdu(id, &rules))
+            },
+        )?;
+
+        let before = self.save_state(0, &state_map)?;
+        let mut after = state_map;
+        if let Some(key) = state_key_of(&join_stored.pdu) {
+            after.insert(key, join_id.clone());
+        }
+        let after_hash = self.save_state(before, &after)?;
+        let record = RoomRecord {
+            version: version.clone(),
+            state: after_hash,
+            extremities: vec![join_id.clone()],
+            depth: depth_of(&join_stored.pdu),
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::EventState,
+            keys::u64_be(join_short),
+            keys::u64_be(before),
+        );
+        batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
+        let public = after
+            .get(&("m.room.join_rules".to_owned(), String::new()))
+            .and_then(|id| self.pdu_json(id).ok().flatten())
+            .is_some_and(|rules_event| {
+                matches!(rules_event.get("content"), Some(CanonicalJsonValue::Object(c))
+                    if matches!(c.get("join_rule"), Some(CanonicalJsonValue::String(r)) if r == "public"))
+            });
+        if public {
+            batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
+        }
+        self.commit_counted(batch, |batch, count| {
+            // The members the state names, as the indexes of local events would have them.
+            for (user, membership, event_id) in &members {
+                let record = super::Membership {
+                    membership: membership.clone(),
+                    event_id: event_id.clone(),
+                    count,
+                };
+                batch.put(
+                    Cf::UserRooms,
+                    keys::join([user.as_bytes(), room_id.as_bytes()]),
+                    serde_json::to_vec(&record)?,
+                );
+                batch.put(
+                    Cf::RoomMembers,
+                    keys::join([room_id.as_bytes(), user.as_bytes()]),
+                    membership.clone(),
+                );
+            }
+            self.index_event(batch, count, room_id, join_short, &join_stored)
+        })
+        .await?;
+        Ok(())
+    }
+}
