@@ -28,4 +28,5 @@ mod rooms;
 mod scale;
 mod server_keys;
 mod session;
+mod synapse;
 mod sync;

@@ -1,0 +1,418 @@
+//! Interop with a real Synapse (from PyPI) federating with culvert over TLS on loopback.
+//!
+//! The Synapse comes from the Python named by `SYNAPSE_PYTHON` (scripts/test installs
+//! matrix-synapse into a cached virtualenv and sets it). Without it the tests are skipped with
+//! a message, unless `REQUIRE_SYNAPSE=1`.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::common::{Session, TestServer, message_bodies, next_batch, urlencode};
+
+/// A Synapse process serving client and federation traffic over TLS.
+pub struct Synapse {
+    pub base: String,
+    pub server_name: String,
+    http: reqwest::Client,
+    child: Child,
+    dir: TempDir,
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn synapse_python() -> Option<PathBuf> {
+    let python = PathBuf::from(std::env::var_os("SYNAPSE_PYTHON")?);
+    let ok = Command::new(&python)
+        .args(["-c", "import synapse"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
+}
+
+/// The Synapse to test against, or `None` (skip) when there is none and none is required.
+pub fn available() -> Option<PathBuf> {
+    let python = synapse_python();
+    if python.is_none() {
+        assert!(
+            std::env::var("REQUIRE_SYNAPSE").is_err(),
+            "REQUIRE_SYNAPSE is set but SYNAPSE_PYTHON does not point at a Python with Synapse"
+        );
+        eprintln!("skipped: no Synapse (set SYNAPSE_PYTHON to a Python with matrix-synapse)");
+    }
+    python
+}
+
+impl Synapse {
+    pub async fn start(python: &std::path::Path) -> Self {
+        let dir = TempDir::new().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server_name = format!("localhost:{port}");
+        let cert =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+        let unlimited = "{per_second: 10000, burst_count: 10000}";
+        let config = format!(
+            r#"server_name: "{server_name}"
+pid_file: {d}/homeserver.pid
+listeners:
+  - port: {port}
+    type: http
+    tls: true
+    bind_addresses: ['127.0.0.1']
+    resources:
+      - names: [client, federation]
+        compress: false
+tls_certificate_path: {d}/tls.crt
+tls_private_key_path: {d}/tls.key
+federation_verify_certificates: false
+ip_range_whitelist: ['127.0.0.0/8', '::1/128']
+trusted_key_servers: []
+suppress_key_server_warning: true
+database:
+  name: sqlite3
+  args:
+    database: {d}/homeserver.db
+log_config: {d}/log.yaml
+media_store_path: {d}/media
+signing_key_path: {d}/signing.key
+enable_registration: true
+enable_registration_without_verification: true
+report_stats: false
+bcrypt_rounds: 4
+presence:
+  enabled: true
+rc_message: {unlimited}
+rc_registration: {unlimited}
+rc_login:
+  address: {unlimited}
+  account: {unlimited}
+  failed_attempts: {unlimited}
+rc_joins:
+  local: {unlimited}
+  remote: {unlimited}
+rc_joins_per_room: {unlimited}
+rc_invites:
+  per_room: {unlimited}
+  per_user: {unlimited}
+  per_issuer: {unlimited}
+rc_federation:
+  window_size: 1000
+  sleep_limit: 1000
+  sleep_delay: 1
+  reject_limit: 1000
+  concurrent: 100
+federation_rr_transactions_per_room_per_second: 1000
+"#
+        );
+        std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
+        std::fs::write(
+            dir.path().join("log.yaml"),
+            format!(
+                "version: 1\nformatters:\n  precise:\n    format: '%(asctime)s - %(name)s - %(levelname)s - %(message)s'\nhandlers:\n  file:\n    class: logging.FileHandler\n    formatter: precise\n    filename: {d}/homeserver.log\nroot:\n  level: INFO\n  handlers: [file]\ndisable_existing_loggers: false\n"
+            ),
+        )
+        .unwrap();
+        let config_path = dir.path().join("homeserver.yaml");
+        let status = Command::new(python)
+            .args(["-m", "synapse.app.homeserver", "--config-path"])
+            .arg(&config_path)
+            .arg("--generate-keys")
+            .stdout(Stdio::null())
+            .status()
+            .expect("synapse runs");
+        assert!(status.success(), "synapse --generate-keys failed");
+        let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
+        let child = Command::new(python)
+            .args(["-m", "synapse.app.homeserver", "--config-path"])
+            .arg(&config_path)
+            .stdout(stdout.try_clone().unwrap())
+            .stderr(stdout)
+            .spawn()
+            .expect("synapse starts");
+        let synapse = Synapse {
+            base: format!("https://127.0.0.1:{port}"),
+            server_name,
+            http: reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap(),
+            child,
+            dir,
+        };
+        for _ in 0..300 {
+            if let Ok(r) = synapse
+                .http
+                .get(format!("{}/_matrix/client/versions", synapse.base))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return synapse;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Synapse did not start: {}", synapse.log_tail());
+    }
+
+    /// The end of Synapse's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("homeserver.log"))
+            .or_else(|_| std::fs::read_to_string(self.dir.path().join("stdout")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request to Synapse");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn register(&self, name: &str) -> Session {
+        let (status, body) = self
+            .request(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                Some(json!({ "username": name, "password": "synapse-password-1",
+                             "auth": { "type": "m.login.dummy" } })),
+            )
+            .await;
+        if status == StatusCode::UNAUTHORIZED {
+            // First round of user-interactive auth: answer with its session.
+            let session = body["session"].as_str().unwrap_or_default().to_owned();
+            let (status, body) = self
+                .request(
+                    reqwest::Method::POST,
+                    "/_matrix/client/v3/register",
+                    None,
+                    Some(json!({ "username": name, "password": "synapse-password-1",
+                                 "auth": { "type": "m.login.dummy", "session": session } })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "Synapse registration: {body}");
+            return Session::from_json(&body);
+        }
+        assert_eq!(status, StatusCode::OK, "Synapse registration: {body}");
+        Session::from_json(&body)
+    }
+
+    pub async fn post(&self, path: &str, who: &Session, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, path, Some(&who.token), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, who: &Session, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::PUT, path, Some(&who.token), Some(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str, who: &Session) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, Some(&who.token), None)
+            .await
+    }
+
+    pub async fn say(&self, who: &Session, room: &str, text: &str) -> String {
+        let txn = format!("t{}", rand_suffix());
+        let (status, body) = self
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+                who,
+                json!({ "msgtype": "m.text", "body": text }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "Synapse send: {body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Polls `check` on a Synapse user's sync until it holds (federation is asynchronous).
+async fn synapse_sees(
+    synapse: &Synapse,
+    who: &Session,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    let mut since: Option<String> = None;
+    for _ in 0..60 {
+        let path = match &since {
+            Some(s) => format!("/_matrix/client/v3/sync?timeout=500&since={s}"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let (status, body) = synapse.get(&path, who).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if check(&body) {
+            return;
+        }
+        since = body["next_batch"].as_str().map(ToOwned::to_owned);
+    }
+    panic!("Synapse never saw {what}\n{}", synapse.log_tail());
+}
+
+/// Polls a culvert user's sync until `check` holds.
+async fn culvert_sees(
+    server: &TestServer,
+    who: &Session,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    let mut since: Option<String> = None;
+    for _ in 0..60 {
+        let path = match &since {
+            Some(s) => format!("/_matrix/client/v3/sync?timeout=500&since={s}"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let body = server.get_ok(&path, who).await;
+        if check(&body) {
+            return;
+        }
+        since = Some(next_batch(&body));
+    }
+    panic!("culvert never saw {what}");
+}
+
+fn timeline_has(body: &Value, room: &str, text: &str) -> bool {
+    let events = &body["rooms"]["join"][room]["timeline"]["events"];
+    events.is_array() && message_bodies(events).iter().any(|b| b == text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_joins_a_culvert_room_and_they_talk() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+    let room = culvert
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "room_alias_name": "meet", "name": "Meeting" }),
+        )
+        .await;
+    culvert.say(&alice, &room, "before sam").await;
+
+    // Sam joins through culvert, by alias.
+    let alias = format!("#meet:{}", culvert.server_name());
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/join/{}", urlencode(&alias)),
+            &sam,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    assert_eq!(body["room_id"], room);
+
+    // Both ways.
+    culvert.say(&alice, &room, "hello synapse").await;
+    synapse_sees(&synapse, &sam, "alice's message", |b| {
+        timeline_has(b, &room, "hello synapse")
+    })
+    .await;
+    synapse.say(&sam, &room, "hello culvert").await;
+    culvert_sees(&culvert, &alice, "sam's message", |b| {
+        timeline_has(b, &room, "hello culvert")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_culvert_user_joins_synapse_rooms_by_alias_and_by_id() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+    for (version, alias_name) in [("12", "v12room"), ("11", "v11room")] {
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                &sam,
+                json!({ "preset": "public_chat", "room_version": version,
+                        "room_alias_name": alias_name, "name": format!("Synapse v{version}") }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let room = body["room_id"].as_str().unwrap().to_owned();
+        synapse.say(&sam, &room, "history before alice").await;
+
+        let target = if version == "12" {
+            urlencode(&format!("#{alias_name}:{}", synapse.server_name))
+        } else {
+            format!("{room}?via={}", urlencode(&synapse.server_name))
+        };
+        let (status, body) = culvert
+            .post(
+                &format!("/_matrix/client/v3/join/{target}"),
+                Some(&alice.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+        assert_eq!(body["room_id"], room);
+
+        let name = culvert
+            .get_ok(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+                &alice,
+            )
+            .await;
+        assert_eq!(name["name"], format!("Synapse v{version}"));
+
+        synapse
+            .say(&sam, &room, &format!("hi alice in v{version}"))
+            .await;
+        culvert_sees(&culvert, &alice, "sam's message", |b| {
+            timeline_has(b, &room, &format!("hi alice in v{version}"))
+        })
+        .await;
+        culvert
+            .say(&alice, &room, &format!("hi sam in v{version}"))
+            .await;
+        synapse_sees(&synapse, &sam, "alice's message", |b| {
+            timeline_has(b, &room, &format!("hi sam in v{version}"))
+        })
+        .await;
+    }
+}
