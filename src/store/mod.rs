@@ -147,10 +147,13 @@ pub enum Cf {
     /// `origin 0xFF txn_id` → the answer given to that inbound `/send` transaction, so a
     /// repeated transaction is answered the same without being processed again.
     FederationTxns,
+    /// `user_id 0xFF room_id` → an invite of a local user to a room on another server that
+    /// this server is not in (`service::federation::invite::RemoteInvite`, JSON).
+    RemoteInvites,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 47] = [
+    pub const ALL: [Cf; 48] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -198,6 +201,7 @@ impl Cf {
         Cf::ServerKeys,
         Cf::FederationOutbox,
         Cf::FederationTxns,
+        Cf::RemoteInvites,
     ];
 
     pub fn name(self) -> &'static str {
@@ -249,6 +253,7 @@ impl Cf {
             Cf::ServerKeys => "server_keys",
             Cf::FederationOutbox => "federation_outbox",
             Cf::FederationTxns => "federation_txns",
+            Cf::RemoteInvites => "remote_invites",
         }
     }
 }

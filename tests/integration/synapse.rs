@@ -100,6 +100,9 @@ report_stats: false
 bcrypt_rounds: 4
 presence:
   enabled: true
+# Repeated identical syncs (the tests poll) must not be answered from a cache.
+caches:
+  sync_response_cache_duration: 0
 rc_message: {unlimited}
 rc_registration: {unlimited}
 rc_login:
@@ -415,4 +418,276 @@ async fn a_culvert_user_joins_synapse_rooms_by_alias_and_by_id() {
         })
         .await;
     }
+}
+
+/// The content of a state event as a user of Synapse reads it, once it got there.
+async fn synapse_state(
+    synapse: &Synapse,
+    who: &Session,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> Value {
+    let (status, body) = synapse
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/{kind}/{}",
+                urlencode(key)
+            ),
+            who,
+        )
+        .await;
+    if status == StatusCode::OK {
+        body
+    } else {
+        Value::Null
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+
+    // Alice invites Sam to a private room; Sam sees the invite and joins.
+    let room = culvert
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "name": "Private" }),
+        )
+        .await;
+    let (status, body) = culvert
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice.token),
+            json!({ "user_id": sam.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    synapse_sees(&synapse, &sam, "the invite", |b| {
+        b["rooms"]["invite"][&room]["invite_state"]["events"].is_array()
+    })
+    .await;
+    let (status, body) = synapse
+        .post(&format!("/_matrix/client/v3/join/{room}"), &sam, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    eventually("culvert sees Sam joined", || async {
+        let members = culvert
+            .get_ok(
+                &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+                &alice,
+            )
+            .await;
+        members["joined"][&sam.user_id].is_object()
+    })
+    .await;
+
+    // State changes from culvert reach Synapse: name, topic, power levels.
+    for (kind, content) in [
+        ("m.room.name", json!({ "name": "Renamed on culvert" })),
+        ("m.room.topic", json!({ "topic": "topic from culvert" })),
+    ] {
+        let (status, body) = culvert
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/{kind}/"),
+                Some(&alice.token),
+                content.clone(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        eventually(&format!("{kind} reaches Synapse"), || async {
+            synapse_state(&synapse, &sam, &room, kind, "").await == content
+        })
+        .await;
+    }
+    let mut levels = culvert
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"),
+            &alice,
+        )
+        .await;
+    levels["users"][&sam.user_id] = json!(50);
+    let (status, body) = culvert
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"),
+            Some(&alice.token),
+            levels,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("power levels reach Synapse", || async {
+        synapse_state(&synapse, &sam, &room, "m.room.power_levels", "").await["users"][&sam.user_id]
+            == 50
+    })
+    .await;
+    // With power 50 Sam may set the topic now; the change reaches culvert.
+    eventually("Sam may set the topic", || async {
+        let (status, _) = synapse
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                &sam,
+                json!({ "topic": "topic from synapse" }),
+            )
+            .await;
+        status == StatusCode::OK
+    })
+    .await;
+    eventually("Synapse's topic reaches culvert", || async {
+        let (status, topic) = culvert
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                Some(&alice.token),
+            )
+            .await;
+        status == StatusCode::OK && topic["topic"] == "topic from synapse"
+    })
+    .await;
+
+    // Redactions both ways.
+    let sams = synapse.say(&sam, &room, "redact me, alice").await;
+    culvert_sees(&culvert, &alice, "sam's message", |b| {
+        timeline_has(b, &room, "redact me, alice")
+    })
+    .await;
+    let (status, body) = culvert
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{sams}/r1"),
+            Some(&alice.token),
+            json!({ "reason": "test" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Synapse applies culvert's redaction", || async {
+        let (status, event) = synapse
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{sams}"),
+                &sam,
+            )
+            .await;
+        status == StatusCode::OK && event["content"] == json!({})
+    })
+    .await;
+    let alices = culvert.say(&alice, &room, "redact me, sam").await;
+    eventually("Synapse has alice's message", || async {
+        synapse
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{alices}"),
+                &sam,
+            )
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    let (status, body) = synapse
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{alices}/r2"),
+            &sam,
+            json!({}),
+        )
+        .await;
+    // Sam has power 50, the default redact level: allowed.
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("culvert applies Synapse's redaction", || async {
+        let (status, event) = culvert
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{alices}"),
+                Some(&alice.token),
+            )
+            .await;
+        status == StatusCode::OK && event["content"] == json!({})
+    })
+    .await;
+
+    // Sam invites Alice to a room on Synapse; she sees it and joins through the invite.
+    let (status, body) = synapse
+        .post(
+            "/_matrix/client/v3/createRoom",
+            &sam,
+            json!({ "preset": "private_chat", "name": "Sam's", "invite": [alice.user_id] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    let sams_room = body["room_id"].as_str().unwrap().to_owned();
+    culvert_sees(&culvert, &alice, "Sam's invite", |b| {
+        b["rooms"]["invite"][&sams_room]["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["name"] == "Sam's"))
+    })
+    .await;
+    let (status, body) = culvert
+        .post(
+            &format!("/_matrix/client/v3/rooms/{sams_room}/join"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    synapse.say(&sam, &sams_room, "welcome alice").await;
+    culvert_sees(&culvert, &alice, "the welcome", |b| {
+        timeline_has(b, &sams_room, "welcome alice")
+    })
+    .await;
+
+    // Sam kicks Alice: culvert sees her leave.
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{sams_room}/kick"),
+            &sam,
+            json!({ "user_id": alice.user_id, "reason": "bye" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("culvert sees the kick", || async {
+        !culvert.joined_rooms(&alice).await.contains(&sams_room)
+    })
+    .await;
+
+    // Alice bans Sam from her room: Synapse sees the ban.
+    let (status, body) = culvert
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&alice.token),
+            json!({ "user_id": sam.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Synapse sees the ban", || async {
+        // A banned user's room is in the archive, with the ban as its last state.
+        let filter = urlencode(r#"{"room":{"include_leave":true}}"#);
+        let (_, body) = synapse
+            .get(
+                &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+                &sam,
+            )
+            .await;
+        body["rooms"]["leave"][&room]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == sam.user_id
+                        && e["content"]["membership"] == "ban"
+                })
+            })
+    })
+    .await;
 }

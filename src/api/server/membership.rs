@@ -1,7 +1,10 @@
-//! `make_join` / `send_join` (v2): another server's user joining a room that lives here.
+//! Other servers' users and this server's rooms: `make_join` / `send_join` (v2),
+//! `make_leave` / `send_leave` (v2), and invites of local users (`invite` v2).
 
 use axum::extract;
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 
 use crate::{
     Error, Result,
@@ -36,4 +39,48 @@ pub async fn send_join(
     Ok(RumaResponse(create_join_event::v2::Response::new(
         room_state,
     )))
+}
+
+pub async fn make_leave(
+    extract::State(services): extract::State<State>,
+    request: Fed<prepare_leave_event::v1::Request>,
+) -> Result<RumaResponse<prepare_leave_event::v1::Response>> {
+    let body = &request.body;
+    let (version, template) =
+        services.make_leave_template(&request.origin, &body.room_id, &body.user_id)?;
+    let event =
+        serde_json::value::to_raw_value(&template).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(RumaResponse(prepare_leave_event::v1::Response::new(
+        Some(version),
+        event,
+    )))
+}
+
+pub async fn send_leave(
+    extract::State(services): extract::State<State>,
+    request: Fed<create_leave_event::v2::Request>,
+) -> Result<RumaResponse<create_leave_event::v2::Response>> {
+    let body = &request.body;
+    services
+        .accept_membership_event(
+            &request.origin,
+            &body.room_id,
+            &body.event_id,
+            &body.pdu,
+            "leave",
+        )
+        .await?;
+    Ok(RumaResponse(create_leave_event::v2::Response::new()))
+}
+
+pub async fn invite(
+    extract::State(services): extract::State<State>,
+    request: Fed<create_invite::v2::Request>,
+) -> Result<RumaResponse<create_invite::v2::Response>> {
+    let signed = services
+        .accept_remote_invite(&request.origin, &request.body)
+        .await?;
+    let event =
+        serde_json::value::to_raw_value(&signed).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(RumaResponse(create_invite::v2::Response::new(event)))
 }

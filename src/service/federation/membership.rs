@@ -138,50 +138,12 @@ impl Services {
         event_id: &EventId,
         pdu: &RawValue,
     ) -> Result<create_join_event::v2::RoomState> {
-        if !self.is_resident(room_id)? {
-            return Err(Error::not_found("This server is not in that room."));
-        }
         let room = self
             .timeline
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room."))?;
-        let (checked_id, pdu) = self
-            .check_incoming_pdu(&room.version, parse_object(pdu)?)
-            .await?;
-        if checked_id != event_id {
-            return Err(Error::bad_json("The event ID does not match the event."));
-        }
-        let sender = field(&pdu, "sender")
-            .and_then(|s| UserId::parse(s).ok())
-            .ok_or_else(|| Error::bad_json("The event has no valid sender."))?;
-        if field(&pdu, "type") != Some("m.room.member")
-            || field(&pdu, "state_key") != Some(sender.as_str())
-            || membership_of(&pdu) != Some("join")
-            || field(&pdu, "room_id") != Some(room_id.as_str())
-        {
-            return Err(Error::bad_json("That is not a join event for this room."));
-        }
-        if sender.server_name() != origin {
-            return Err(Error::forbidden("You can only join your own users."));
-        }
-        match self
-            .timeline
-            .append_remote(room_id, event_id, pdu.clone())
-            .await?
-        {
-            Appended::New | Appended::Known => {}
-            Appended::SoftFailed => {
-                return Err(Error::forbidden(
-                    "The join is not allowed by the room's state.",
-                ));
-            }
-            Appended::MissingPrevious(_) => {
-                return Err(Error::bad_json(
-                    "The join refers to events this server does not have.",
-                ));
-            }
-        }
-        self.federation_sender_wake_room(room_id, Some(origin), event_id)
+        let pdu = self
+            .accept_membership_event(origin, room_id, event_id, pdu, "join")
             .await?;
         let state_ids: Vec<OwnedEventId> = self
             .timeline
@@ -216,6 +178,91 @@ impl Services {
         Ok(response)
     }
 
+    /// A remote user's signed `membership` event (`send_join`, `send_leave`) as the resident
+    /// server: checked like any PDU, appended, and passed on to the room's other servers.
+    pub async fn accept_membership_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: &RawValue,
+        membership: &str,
+    ) -> Result<CanonicalJsonObject> {
+        if !self.is_resident(room_id)? {
+            return Err(Error::not_found("This server is not in that room."));
+        }
+        let room = self
+            .timeline
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let (checked_id, pdu) = self
+            .check_incoming_pdu(&room.version, parse_object(pdu)?)
+            .await?;
+        if checked_id != event_id {
+            return Err(Error::bad_json("The event ID does not match the event."));
+        }
+        let sender = field(&pdu, "sender")
+            .and_then(|s| UserId::parse(s).ok())
+            .ok_or_else(|| Error::bad_json("The event has no valid sender."))?;
+        if field(&pdu, "type") != Some("m.room.member")
+            || field(&pdu, "state_key") != Some(sender.as_str())
+            || membership_of(&pdu) != Some(membership)
+            || field(&pdu, "room_id") != Some(room_id.as_str())
+        {
+            return Err(Error::bad_json(format!(
+                "That is not a {membership} event for this room."
+            )));
+        }
+        if sender.server_name() != origin {
+            return Err(Error::forbidden("Only your own users' membership."));
+        }
+        match self
+            .timeline
+            .append_remote(room_id, event_id, pdu.clone())
+            .await?
+        {
+            Appended::New | Appended::Known => {}
+            Appended::SoftFailed => {
+                return Err(Error::forbidden(
+                    "The event is not allowed by the room's state.",
+                ));
+            }
+            Appended::MissingPrevious(_) => {
+                return Err(Error::bad_json(
+                    "The event refers to events this server does not have.",
+                ));
+            }
+        }
+        self.federation_sender_wake_room(room_id, Some(origin), event_id)
+            .await?;
+        Ok(pdu)
+    }
+
+    /// `make_leave` as the resident server: the template of a remote user's leave (to refuse an
+    /// invite, or leave).
+    pub fn make_leave_template(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        if user_id.server_name() != origin {
+            return Err(Error::forbidden("Only your own users can leave."));
+        }
+        if !self.is_resident(room_id)? {
+            return Err(Error::not_found("This server is not in that room."));
+        }
+        self.timeline.event_template(
+            room_id,
+            user_id,
+            LocalEvent::state(
+                "m.room.member",
+                user_id.as_str(),
+                serde_json::json!({ "membership": "leave" }),
+            ),
+        )
+    }
+
     /// A local user joins `room_id`: locally when this server takes part in the room, else
     /// through one of `via` (then the room ID's own server, for rooms before v12).
     pub async fn join_room(
@@ -231,9 +278,14 @@ impl Services {
             return Ok(());
         }
         let mut candidates: Vec<OwnedServerName> = Vec::new();
+        let invited_through = self
+            .remote_invite(user_id, room_id)?
+            .map(|invite| invite.servers)
+            .unwrap_or_default();
         for server in via
             .iter()
             .cloned()
+            .chain(invited_through)
             .chain(room_id.server_name().map(ToOwned::to_owned))
         {
             if server != self.server_name && !candidates.contains(&server) {
@@ -249,7 +301,7 @@ impl Services {
         let mut last_error = Error::not_found("No server could let you join that room.");
         for server in candidates {
             match self.join_through(&server, room_id, user_id, reason).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.drop_remote_invite(user_id, room_id),
                 Err(e) => {
                     tracing::info!(%room_id, %server, "joining through this server failed: {e}");
                     last_error = e;

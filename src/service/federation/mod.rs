@@ -8,6 +8,7 @@
 pub mod client;
 pub mod edus;
 pub mod inbound;
+pub mod invite;
 pub mod membership;
 pub mod pdu_check;
 pub mod resolve;

@@ -20,18 +20,32 @@ impl Services {
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
         if self.timeline.room(room_id)?.is_none() {
-            return Err(Error::not_found(
-                "This server knows no such room (joining rooms on other servers needs federation, which is not built yet).",
-            ));
+            // Refusing an invite to a room that lives elsewhere.
+            if membership == "leave"
+                && sender == target
+                && self.remote_invite(target, room_id)?.is_some()
+            {
+                self.reject_remote_invite(room_id, target).await?;
+                return self
+                    .timeline
+                    .membership(room_id, target)?
+                    .map(|m| m.event_id)
+                    .ok_or_else(|| Error::internal("the rejection left no membership"));
+            }
+            return Err(Error::not_found("This server knows no such room."));
         }
-        if target.server_name() != self.server_name {
+        let remote_target = target.server_name() != self.server_name;
+        if remote_target && !self.federation.enabled {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 ruma::api::error::ErrorKind::Unknown,
-                "Users of other servers need federation, which culvert does not have yet.",
+                "Users of other servers need federation, which is disabled here.",
             ));
         }
-        if membership == "invite" && !self.users.is_active(target)? {
+        if remote_target && matches!(membership, "join" | "knock") {
+            return Err(Error::forbidden("Only the user's own server can do that."));
+        }
+        if membership == "invite" && !remote_target && !self.users.is_active(target)? {
             return Err(Error::not_found(format!(
                 "No user {target} on this server."
             )));
@@ -47,8 +61,13 @@ impl Services {
                 }
             }
         }
-        self.send_state_event(room_id, sender, "m.room.member", target.as_str(), content)
-            .await
+        let event_id = self
+            .send_state_event(room_id, sender, "m.room.member", target.as_str(), content)
+            .await?;
+        if membership == "invite" && remote_target {
+            self.send_remote_invite(room_id, &event_id).await?;
+        }
+        Ok(event_id)
     }
 
     /// The state `user_id` may read: the current state while joined; the state as it was when

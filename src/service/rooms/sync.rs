@@ -147,9 +147,14 @@ impl Services {
                     }
                 }
                 "invite" if changed_membership => {
+                    // An invite to a room on another server: its state as that server gave it.
+                    let events = match self.remote_invite(user_id, &room_id)? {
+                        Some(remote) => self.remote_invite_state(&remote),
+                        None => self.stripped_state(&room_id, &membership.event_id)?,
+                    };
                     invite.insert(
                         room_id.to_string(),
-                        json!({ "invite_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
+                        json!({ "invite_state": { "events": events } }),
                     );
                 }
                 // Knocks: like invites, stripped state and the knock itself.

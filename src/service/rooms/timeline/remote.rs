@@ -98,6 +98,24 @@ impl Timeline {
         })
     }
 
+    /// Replaces a stored PDU by another copy of the same event (more signatures).
+    pub fn replace_pdu(&self, event_id: &EventId, pdu: CanonicalJsonObject) -> Result<()> {
+        let short = self
+            .short
+            .existing_event(event_id.as_str())?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        let stored = StoredPdu {
+            event_id: event_id.to_owned(),
+            pdu,
+        };
+        self.store.put(
+            Cf::Pdus,
+            &keys::u64_be(short),
+            &serde_json::to_vec(&stored)?,
+        )?;
+        Ok(())
+    }
+
     /// The unsigned event a remote user's server fills in and signs (`make_join`,
     /// `make_leave`, `make_knock`): current extremities, the auth events the current state
     /// gives, the next depth.

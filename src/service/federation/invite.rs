@@ -1,0 +1,343 @@
+//! Invites across servers (`PUT /_matrix/federation/v2/invite`), both ways, and rejecting an
+//! invite to a room this server is not in (`make_leave` / `send_leave`).
+//!
+//! An invite from another server to a room we are not in arrives with the invite event and a
+//! few of the room's state events; both are kept in `remote_invites` (the room itself is not
+//! known here until the user joins), and the user's `user_rooms` entry says "invite", so
+//! `/sync` shows it like any other.
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
+    RoomVersionId, ServerName, UserId,
+    api::federation::membership::{
+        RawStrippedState, create_invite, create_leave_event, prepare_leave_event,
+    },
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::pdu_check::{event_id_of, rules_of};
+use crate::{
+    Error, Result,
+    service::{Services, rooms::timeline::Membership},
+    store::{Batch, Cf, keys},
+};
+
+/// State event types an invitee's server is shown (the spec's recommendation).
+const INVITE_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// An invite to a room on another server (`remote_invites`, JSON).
+#[derive(Serialize, Deserialize)]
+pub struct RemoteInvite {
+    pub event_id: OwnedEventId,
+    pub room_version: RoomVersionId,
+    /// The invite event, signed by both servers.
+    pub event: CanonicalJsonObject,
+    /// What the inviting server showed of the room: stripped events or full PDUs.
+    pub room_state: Vec<serde_json::Value>,
+    /// Servers that can let the user in (the inviter's first).
+    pub servers: Vec<OwnedServerName>,
+}
+
+fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
+    match pdu.get(name) {
+        Some(CanonicalJsonValue::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn raw(object: &CanonicalJsonObject) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(object).map_err(|e| Error::internal(e.to_string()))
+}
+
+fn remote_invite_key(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
+    keys::join([user_id.as_bytes(), room_id.as_bytes()])
+}
+
+impl Services {
+    pub fn remote_invite(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<RemoteInvite>> {
+        Ok(
+            match self
+                .store
+                .get(Cf::RemoteInvites, &remote_invite_key(user_id, room_id))?
+            {
+                Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+                None => None,
+            },
+        )
+    }
+
+    /// The invite state a client sees for a remote invite: the room's stripped state as the
+    /// inviting server gave it, and the invite itself.
+    pub fn remote_invite_state(&self, invite: &RemoteInvite) -> Vec<serde_json::Value> {
+        let strip = |e: &serde_json::Value| {
+            serde_json::json!({
+                "type": e["type"], "state_key": e["state_key"],
+                "content": e["content"], "sender": e["sender"],
+            })
+        };
+        let mut events: Vec<serde_json::Value> = invite.room_state.iter().map(strip).collect();
+        events.push(strip(
+            &serde_json::to_value(&invite.event).unwrap_or_default(),
+        ));
+        events
+    }
+
+    /// Sends a local invite of a remote user to the user's server, which signs it too; our copy
+    /// gains its signature.
+    pub async fn send_remote_invite(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
+        let room = self
+            .timeline
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let pdu = self
+            .timeline
+            .pdu_json(event_id)?
+            .ok_or_else(|| Error::internal("the invite vanished"))?;
+        let target = field(&pdu, "state_key")
+            .and_then(|u| UserId::parse(u).ok())
+            .ok_or_else(|| Error::internal("an invite without a target"))?;
+        let entries = self.timeline.current_state_entries(&room)?;
+        let mut invite_state = Vec::new();
+        for kind in INVITE_STATE {
+            if let Some(id) = self.timeline.lookup(&entries, kind, "")?
+                && let Some(state_pdu) = self.timeline.pdu_json(&id)?
+            {
+                invite_state.push(RawStrippedState::Pdu(raw(&state_pdu)?));
+            }
+        }
+        let request = create_invite::v2::Request::new(
+            room_id.to_owned(),
+            event_id.to_owned(),
+            room.version.clone(),
+            raw(&pdu)?,
+            invite_state,
+        );
+        let response = self
+            .send_federation_request(target.server_name(), request)
+            .await?;
+        let signed: CanonicalJsonObject = serde_json::from_str(response.event.get())
+            .map_err(|e| Error::bad_json(format!("The invitee's server sent back no PDU: {e}")))?;
+        let rules = rules_of(&room.version)?;
+        if event_id_of(&signed, &rules)? != event_id {
+            return Err(Error::forbidden(
+                "The invitee's server sent back a different event.",
+            ));
+        }
+        self.timeline.replace_pdu(event_id, signed)
+    }
+
+    /// An invite from `origin` for a local user: checked, countersigned, kept.
+    pub async fn accept_remote_invite(
+        &self,
+        origin: &ServerName,
+        request: &create_invite::v2::Request,
+    ) -> Result<CanonicalJsonObject> {
+        let version = &request.room_version;
+        let rules = rules_of(version)?;
+        let pdu: CanonicalJsonObject = serde_json::from_str(request.event.get())
+            .map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))?;
+        let (event_id, mut pdu) = self.check_incoming_pdu(version, pdu).await?;
+        if event_id != request.event_id {
+            return Err(Error::bad_json("The event ID does not match the event."));
+        }
+        let target = field(&pdu, "state_key")
+            .and_then(|u| UserId::parse(u).ok())
+            .ok_or_else(|| Error::bad_json("The invite has no valid target."))?;
+        let is_invite = matches!(pdu.get("content"), Some(CanonicalJsonValue::Object(c))
+            if matches!(c.get("membership"), Some(CanonicalJsonValue::String(m)) if m == "invite"));
+        if field(&pdu, "type") != Some("m.room.member")
+            || !is_invite
+            || field(&pdu, "room_id") != Some(request.room_id.as_str())
+        {
+            return Err(Error::bad_json("That is not an invite to this room."));
+        }
+        let sender = field(&pdu, "sender")
+            .and_then(|u| UserId::parse(u).ok())
+            .ok_or_else(|| Error::bad_json("The invite has no valid sender."))?;
+        if sender.server_name() != origin {
+            return Err(Error::forbidden("The inviter is not on your server."));
+        }
+        if target.server_name() != self.server_name || !self.users.is_active(&target)? {
+            return Err(Error::not_found("No such user here."));
+        }
+        ruma::signatures::sign_event(
+            self.server_name.as_str(),
+            self.globals.signing_key(),
+            &mut pdu,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::internal(format!("countersigning the invite failed: {e}")))?;
+        // In a room we take part in, the invite also arrives through /send like any event.
+        if self.is_resident(&request.room_id)? {
+            return Ok(pdu);
+        }
+        let room_state = request
+            .invite_room_state
+            .iter()
+            .filter_map(|state| match state {
+                #[allow(deprecated)]
+                RawStrippedState::Stripped(raw) => serde_json::from_str(raw.json().get()).ok(),
+                RawStrippedState::Pdu(raw) => serde_json::from_str(raw.get()).ok(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .collect();
+        let mut servers = vec![origin.to_owned()];
+        if let Some(room_server) = request.room_id.server_name()
+            && room_server != origin
+        {
+            servers.push(room_server.to_owned());
+        }
+        let invite = RemoteInvite {
+            event_id: event_id.clone(),
+            room_version: version.clone(),
+            event: pdu.clone(),
+            room_state,
+            servers,
+        };
+        let room_id = request.room_id.clone();
+        let batch = Batch::new();
+        let stored = serde_json::to_vec(&invite)?;
+        self.timeline
+            .commit_counted(batch, |batch, count| {
+                batch.put(
+                    Cf::RemoteInvites,
+                    remote_invite_key(&target, &room_id),
+                    stored,
+                );
+                let membership = Membership {
+                    membership: "invite".to_owned(),
+                    event_id: event_id.clone(),
+                    count,
+                };
+                batch.put(
+                    Cf::UserRooms,
+                    keys::join([target.as_bytes(), room_id.as_bytes()]),
+                    serde_json::to_vec(&membership)?,
+                );
+                Ok(())
+            })
+            .await?;
+        Ok(pdu)
+    }
+
+    /// Rejects an invite to a room this server is not in: `make_leave` and `send_leave`
+    /// through the inviting server, then the user's membership is "leave" here whatever the
+    /// remote answered (nobody should be stuck with an invite they cannot refuse).
+    pub async fn reject_remote_invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let invite = self
+            .remote_invite(user_id, room_id)?
+            .ok_or_else(|| Error::not_found("No invite to that room."))?;
+        let mut leave_id = invite.event_id.clone();
+        for server in &invite.servers {
+            match self
+                .send_leave_through(server, room_id, user_id, &invite.room_version)
+                .await
+            {
+                Ok(id) => {
+                    leave_id = id;
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(%room_id, %server, "rejecting the invite remotely failed: {e}")
+                }
+            }
+        }
+        let room_id = room_id.to_owned();
+        self.timeline
+            .commit_counted(Batch::new(), |batch, count| {
+                batch.delete(Cf::RemoteInvites, remote_invite_key(user_id, &room_id));
+                let membership = Membership {
+                    membership: "leave".to_owned(),
+                    event_id: leave_id,
+                    count,
+                };
+                batch.put(
+                    Cf::UserRooms,
+                    keys::join([user_id.as_bytes(), room_id.as_bytes()]),
+                    serde_json::to_vec(&membership)?,
+                );
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a remote invite once the user joined the room.
+    pub fn drop_remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete(Cf::RemoteInvites, remote_invite_key(user_id, room_id));
+        Ok(self.store.write(batch)?)
+    }
+
+    async fn send_leave_through(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        version: &RoomVersionId,
+    ) -> Result<OwnedEventId> {
+        let response = self
+            .send_federation_request(
+                server,
+                prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned()),
+            )
+            .await?;
+        let version = response.room_version.unwrap_or_else(|| version.clone());
+        let rules = rules_of(&version)?;
+        let mut template: CanonicalJsonObject = serde_json::from_str(response.event.get())
+            .map_err(|e| Error::bad_json(format!("Not an event template: {e}")))?;
+        if field(&template, "state_key") != Some(user_id.as_str())
+            || field(&template, "sender") != Some(user_id.as_str())
+        {
+            return Err(Error::bad_json("The leave template is for someone else."));
+        }
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(crate::utils::now_millis()).unwrap_or_default(),
+            ),
+        );
+        for stray in ["signatures", "hashes", "unsigned"] {
+            template.remove(stray);
+        }
+        if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
+            template.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(EventId::new_v1(&self.server_name).to_string()),
+            );
+        } else {
+            template.remove("event_id");
+        }
+        let signed = crate::service::rooms::pdu::finish(
+            template,
+            Some(room_id),
+            &rules,
+            &self.server_name,
+            self.globals.signing_key(),
+        )?;
+        self.send_federation_request(
+            server,
+            create_leave_event::v2::Request::new(
+                room_id.to_owned(),
+                signed.event_id.clone(),
+                raw(&signed.json)?,
+            ),
+        )
+        .await?;
+        Ok(signed.event_id)
+    }
+}
