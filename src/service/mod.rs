@@ -10,6 +10,8 @@ pub mod e2ee;
 pub mod filters;
 pub mod globals;
 pub mod key_backup;
+pub mod media;
+pub mod outbound_guard;
 pub mod presence;
 pub mod push_rules;
 pub mod ratelimit;
@@ -53,6 +55,8 @@ pub struct Services {
     pub e2ee: e2ee::E2ee,
     /// Server-side key backup: the lock around a version's sessions (see `key_backup`).
     pub key_backup: key_backup::KeyBackup,
+    /// The media repository: files, thumbnails, URL previews (see `media`).
+    pub media: media::Media,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -78,6 +82,7 @@ impl Services {
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
+        let media = media::Media::open(&config, store.clone()).map_err(StartError::Other)?;
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -95,6 +100,7 @@ impl Services {
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),
+            media,
             store,
             config,
         });

@@ -138,10 +138,22 @@ pub enum Cf {
     BackupSessions,
     /// `user_id` → `{device_id, device_data}`: the user's dehydrated device (MSC3814).
     DehydratedDevices,
+    /// `server_name 0xFF media_id` → [`crate::service::media::MediaRecord`] JSON: content hash
+    /// (none while a `/create` upload is pending), content type, file name, size, uploader,
+    /// created, expiry of a pending ID, legacy-frozen and quarantine flags.
+    Media,
+    /// hex SHA-256 of a stored file → reference count (u64 BE): media records and thumbnails
+    /// using it. The file is removed when the count reaches zero.
+    MediaFiles,
+    /// `server_name 0xFF media_id 0xFF "{width}x{height}-{method}"` →
+    /// [`crate::service::media::ThumbnailRecord`] JSON: hash, content type, size, dimensions.
+    MediaThumbnails,
+    /// URL → `{ts, preview}` JSON: cached `/preview_url` answers.
+    UrlPreviews,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 44] = [
+    pub const ALL: [Cf; 48] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -186,6 +198,10 @@ impl Cf {
         Cf::BackupVersions,
         Cf::BackupSessions,
         Cf::DehydratedDevices,
+        Cf::Media,
+        Cf::MediaFiles,
+        Cf::MediaThumbnails,
+        Cf::UrlPreviews,
     ];
 
     pub fn name(self) -> &'static str {
@@ -234,6 +250,10 @@ impl Cf {
             Cf::BackupVersions => "backup_versions",
             Cf::BackupSessions => "backup_sessions",
             Cf::DehydratedDevices => "dehydrated_devices",
+            Cf::Media => "media",
+            Cf::MediaFiles => "media_files",
+            Cf::MediaThumbnails => "media_thumbnails",
+            Cf::UrlPreviews => "url_previews",
         }
     }
 }
