@@ -297,3 +297,12 @@ pub fn next_batch(response: &Value) -> String {
         .expect("next_batch")
         .to_owned()
 }
+
+impl TestServer {
+    /// Stops the server gracefully and starts a new one on the same database with other
+    /// `[global]` config lines.
+    pub async fn restart_with(mut self, extra: &str) -> Self {
+        self.extra_config = extra.to_owned();
+        self.restart().await
+    }
+}

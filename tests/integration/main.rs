@@ -14,6 +14,7 @@ mod ephemeral;
 mod history;
 mod http_layer;
 mod lifecycle;
+mod media;
 mod membership;
 mod packaging;
 mod people;

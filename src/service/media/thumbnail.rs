@@ -120,7 +120,8 @@ fn too_large() -> Error {
 fn decode_error(e: ImageError) -> Error {
     match e {
         ImageError::Limits(_) => too_large(),
-        ImageError::IoError(e) => Error::internal(format!("reading media for a thumbnail: {e}")),
+        // The file opened; decoders report truncated or garbled data as I/O errors too
+        // (unexpected end of file), so these are the image's fault, not the disk's.
         other => cannot_thumbnail(other),
     }
 }
