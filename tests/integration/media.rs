@@ -287,15 +287,18 @@ async fn range_requests() {
 
 #[tokio::test]
 async fn uploads_over_the_limit_are_refused_and_leave_nothing() {
-    let server =
-        TestServer::start_with("max_upload_size = 1000\nrate_limits = { enabled = false }").await;
+    // Uploads stream to disk with their own limit, independent of the (smaller) JSON one.
+    let server = TestServer::start_with(
+        "max_upload_size = 10000\nmax_request_size = 4096\nrate_limits = { enabled = false }",
+    )
+    .await;
     let alice = server.register("alice", "password-1").await;
     let config = get(&server, &format!("{V1}/config"), Some(&alice.token)).await;
-    assert_eq!(config.json()["m.upload.size"], 1000);
+    assert_eq!(config.json()["m.upload.size"], 10000);
     let legacy = get(&server, &format!("{LEGACY}/config"), Some(&alice.token)).await;
-    assert_eq!(legacy.json()["m.upload.size"], 1000);
+    assert_eq!(legacy.json()["m.upload.size"], 10000);
 
-    let answer = upload_raw(&server, &alice, vec![7; 1001], "text/plain", None).await;
+    let answer = upload_raw(&server, &alice, vec![7; 10001], "text/plain", None).await;
     assert_error(
         &answer.error(),
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -304,7 +307,7 @@ async fn uploads_over_the_limit_are_refused_and_leave_nothing() {
 
     // Without a Content-Length (chunked), the stream is cut at the limit.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..10).map(|_| Ok(vec![1u8; 400])).collect();
+        (0..10).map(|_| Ok(vec![1u8; 4000])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let answer = send(
         server
@@ -326,7 +329,7 @@ async fn uploads_over_the_limit_are_refused_and_leave_nothing() {
     assert!(store.is_empty(culvert::store::Cf::MediaFiles).unwrap());
 
     // Exactly at the limit is fine.
-    upload(&server, &alice, vec![7; 1000], "text/plain", None).await;
+    upload(&server, &alice, vec![7; 10000], "text/plain", None).await;
     assert_eq!(stored_files(&server), 1);
 }
 
@@ -783,6 +786,19 @@ async fn spawn_web_site() -> String {
         .route(
             "/redirect",
             get(|| async { (StatusCode::FOUND, [(h::LOCATION, "/page")]) }),
+        )
+        .route(
+            "/to-private",
+            get(|| async { (StatusCode::FOUND, [(h::LOCATION, "http://10.0.0.1/")]) }),
+        )
+        .route(
+            "/to-metadata",
+            get(|| async {
+                (
+                    StatusCode::FOUND,
+                    [(h::LOCATION, "http://metadata.internal.invalid/")],
+                )
+            }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -906,4 +922,37 @@ async fn url_previews_of_an_allowed_site_carry_open_graph_and_the_image() {
 async fn got_len(server: &TestServer, who: &Session, preview: &Value) -> usize {
     let mxc = split_mxc(preview["og:image"].as_str().unwrap());
     download(server, who, &mxc).await.body.len()
+}
+
+#[tokio::test]
+async fn url_previews_never_follow_redirects_into_denied_ranges() {
+    let site = spawn_web_site().await;
+    // Loopback allowed (the test site lives there), the 10/8 network not.
+    let server = TestServer::start_with(
+        "url_preview_enabled = true\nip_range_denylist = [\"10.0.0.0/8\"]\nrate_limits = { enabled = false }",
+    )
+    .await;
+    let alice = server.register("alice", "password-1").await;
+    let got = get(
+        &server,
+        &preview_path(&format!("{site}/page")),
+        Some(&alice.token),
+    )
+    .await;
+    assert_eq!(got.json()["og:title"], "A & B's page");
+    let got = get(
+        &server,
+        &preview_path(&format!("{site}/to-private")),
+        Some(&alice.token),
+    )
+    .await;
+    assert_error(&got.error(), StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    // A name that does not resolve is a gateway error, not a refusal.
+    let got = get(
+        &server,
+        &preview_path(&format!("{site}/to-metadata")),
+        Some(&alice.token),
+    )
+    .await;
+    assert_error(&got.error(), StatusCode::BAD_GATEWAY, "M_UNKNOWN");
 }

@@ -206,12 +206,14 @@ fn guard_refused(e: GuardError) -> Error {
     Error::forbidden(format!("This URL may not be previewed: {e}"))
 }
 
-/// A guard refusal somewhere in reqwest's error chain is 403; anything else 502 (504 for a
-/// timeout).
+/// A guard refusal somewhere in reqwest's error chain is 403; anything else (a name that
+/// does not resolve, a refused connection) 502, a timeout 504.
 fn fetch_error(e: reqwest::Error) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
-        if let Some(guard) = err.downcast_ref::<GuardError>() {
+        if let Some(guard) = err.downcast_ref::<GuardError>()
+            && matches!(guard, GuardError::Denied(_) | GuardError::AllDenied(_))
+        {
             return Error::forbidden(format!("This URL may not be previewed: {guard}"));
         }
         source = err.source();
