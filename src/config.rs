@@ -437,6 +437,42 @@ mod tests {
     }
 
     #[test]
+    fn media_keys_and_conduits_media_table() {
+        let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
+        let config = Config::from_toml_str(base).unwrap();
+        assert_eq!(config.media_path(), PathBuf::from("/x/media"));
+        assert_eq!(config.max_upload_size, 50 * 1024 * 1024);
+        assert!(!config.url_preview_enabled && !config.freeze_legacy_media);
+        assert!(config.ip_range_denylist.iter().any(|r| r == "127.0.0.0/8"));
+        // Conduit's form of the table.
+        let config = Config::from_toml_str(&format!(
+            "{base}[global.media]\nbackend = \"filesystem\"\npath = \"/srv/media\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.media_path(), PathBuf::from("/srv/media"));
+        let config = Config::from_toml_str(&format!(
+            "{base}[global.media]\nbackend = \"filesystem\"\n[global.media.directory_structure]\ndepth = 2\nlength = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.unused_conduit_keys(),
+            vec!["media.directory_structure"]
+        );
+        let config = Config::from_toml_str(&format!("{base}ip_range_denylist = []\n")).unwrap();
+        assert!(config.ip_range_denylist.is_empty());
+        for (line, key) in [
+            ("ip_range_denylist = [\"10.0.0.0/99\"]", "ip_range_denylist"),
+            ("media = { backend = \"s3\" }", "media.backend"),
+            ("max_upload_size = -1", "max_upload_size"),
+        ] {
+            let err = Config::from_toml_str(&format!("{base}{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
         for (line, key) in [
