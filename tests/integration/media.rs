@@ -956,3 +956,60 @@ async fn url_previews_never_follow_redirects_into_denied_ranges() {
     .await;
     assert_error(&got.error(), StatusCode::BAD_GATEWAY, "M_UNKNOWN");
 }
+
+#[tokio::test]
+async fn remote_media_stored_by_the_service_is_served_like_local_media() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "password-1").await;
+    let media = &server.services().media;
+    let remote = <&ruma::ServerName>::try_from("remote.example").unwrap();
+    let png = image_bytes(200, 100, image::ImageFormat::Png);
+    let file = media.receive_bytes(png.clone()).await.unwrap();
+    media
+        .store_remote(
+            remote,
+            "abcdef",
+            file,
+            Some("image/png".into()),
+            Some("r.png".into()),
+        )
+        .unwrap();
+    let again = media.receive_bytes(png.clone()).await.unwrap();
+    assert!(
+        media
+            .store_remote(remote, "abcdef", again, None, None)
+            .is_err()
+    );
+    assert_eq!(stored_files(&server), 1);
+
+    let mxc = ("remote.example".to_owned(), "abcdef".to_owned());
+    let got = download(&server, &alice, &mxc).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.body == png);
+    assert_eq!(
+        got.header("content-disposition"),
+        "inline; filename=\"r.png\""
+    );
+    let got = get(
+        &server,
+        &format!("{V1}/thumbnail/remote.example/abcdef?width=32&height=32&method=crop"),
+        Some(&alice.token),
+    )
+    .await;
+    assert_eq!(dimensions(&got.body), (32, 32));
+    // Remote media not stored here is not found (fetching it is the federation's job).
+    let got = get(
+        &server,
+        &format!("{V1}/download/remote.example/other"),
+        Some(&alice.token),
+    )
+    .await;
+    assert_error(&got.error(), StatusCode::NOT_FOUND, "M_NOT_FOUND");
+
+    // Clients learn that authenticated media is served here.
+    let (_, versions) = server.get("/_matrix/client/versions", None).await;
+    assert_eq!(
+        versions["unstable_features"]["org.matrix.msc3916.stable"],
+        true
+    );
+}

@@ -300,6 +300,43 @@ impl Media {
         Ok(self.mxc(&media_id))
     }
 
+    /// Stores media fetched from another server (over federation) under that server's name
+    /// and media ID, so the download and thumbnail paths serve it like local media. 409
+    /// `M_CANNOT_OVERWRITE_MEDIA` when it is stored already (a concurrent fetch won).
+    pub fn store_remote(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        file: ReceivedFile,
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Result<()> {
+        let record = MediaRecord {
+            sha256: Some(file.sha256.clone()),
+            content_type,
+            filename,
+            size: file.size,
+            uploader: None,
+            created_ts: utils::now_millis(),
+            unused_expires_ts: None,
+            authenticated_only: self.freeze_legacy,
+            quarantined: false,
+        };
+        let key = Self::media_key(server, media_id);
+        let value = serde_json::to_vec(&record)?;
+        self.commit(&file, |batch| {
+            if self.store.get(Cf::Media, &key)?.is_some() {
+                return Err(Error::new(
+                    StatusCode::CONFLICT,
+                    ErrorKind::CannotOverwriteMedia,
+                    "This remote media is stored already.",
+                ));
+            }
+            batch.put(Cf::Media, key.clone(), value);
+            Ok(())
+        })
+    }
+
     /// `POST /create`: reserves a media ID for `uploader`; returns it and when it expires.
     pub fn create_pending(&self, uploader: &UserId) -> Result<(OwnedMxcUri, u64)> {
         let media_id = Self::new_media_id();
