@@ -12,7 +12,8 @@
 //!
 //! A reqwest client is only guarded when it uses the resolver, calls `check_url` for the first
 //! URL and every redirect target (see [`OutboundGuard::redirect_policy`]) and has no proxy
-//! (`ClientBuilder::no_proxy`): a proxy would resolve names itself.
+//! (`ClientBuilder::no_proxy`): a proxy would resolve names itself. [`OutboundGuard::apply`]
+//! does all but the first `check_url` to a `ClientBuilder`.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -138,6 +139,19 @@ impl OutboundGuard {
                 Err(e) => attempt.error(e),
             }
         })
+    }
+
+    /// Puts the whole guard on a reqwest client: the resolver, the redirect policy (at most
+    /// `max_redirects`) and no proxy. Callers still [`check_url`](Self::check_url) the first URL.
+    pub fn apply(
+        &self,
+        builder: reqwest::ClientBuilder,
+        max_redirects: usize,
+    ) -> reqwest::ClientBuilder {
+        builder
+            .dns_resolver(self.resolver())
+            .redirect(self.redirect_policy(max_redirects))
+            .no_proxy()
     }
 
     /// The resolver to give `reqwest::ClientBuilder::dns_resolver`.

@@ -579,6 +579,36 @@ async fn asynchronous_upload() {
         StatusCode::CONFLICT,
         "M_CANNOT_OVERWRITE_MEDIA",
     );
+    // At most MAX_PENDING_PER_USER IDs waiting per user; a completed one frees its place.
+    let create = || {
+        send(
+            server
+                .http
+                .post(format!("{}/_matrix/media/v1/create", server.base))
+                .bearer_auth(&bob.token),
+        )
+    };
+    for _ in 0..culvert::service::media::MAX_PENDING_PER_USER {
+        assert_eq!(create().await.status, StatusCode::OK);
+    }
+    let got = create().await;
+    assert_error(
+        &got.error(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "M_LIMIT_EXCEEDED",
+    );
+    assert_eq!(
+        send(
+            server
+                .http
+                .post(format!("{}/_matrix/media/v1/create", server.base))
+                .bearer_auth(&alice.token)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+
     // Unknown IDs and IDs of other servers.
     let got = send(put(
         &alice,

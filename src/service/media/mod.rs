@@ -14,6 +14,7 @@ pub mod preview;
 pub mod thumbnail;
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Mutex,
     time::Duration,
@@ -22,7 +23,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::StatusCode;
-use ruma::{OwnedMxcUri, ServerName, UserId, api::error::ErrorKind};
+use ruma::{OwnedMxcUri, OwnedUserId, ServerName, UserId, api::error::ErrorKind};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
@@ -39,6 +40,8 @@ pub use thumbnail::Method;
 const UNUSED_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest a download waits for a pending upload (clients ask with `timeout_ms`).
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Most `/create` media IDs a user may have waiting for their upload (429 beyond).
+pub const MAX_PENDING_PER_USER: usize = 50;
 
 /// What is stored about one piece of media (`media` column family).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,6 +118,9 @@ pub struct Media {
     tmp_dir: PathBuf,
     /// Serialises reference counts with the file renames and removals they govern.
     files_lock: Mutex<()>,
+    /// Each user's media IDs from `/create` still waiting for content, with their expiry. In
+    /// memory: it only enforces [`MAX_PENDING_PER_USER`], and a restart forgiving it is fine.
+    pending: Mutex<HashMap<OwnedUserId, Vec<(String, u64)>>>,
     /// Decoding images is CPU- and memory-heavy: a few at a time.
     thumbnail_permits: tokio::sync::Semaphore,
     server_name: ruma::OwnedServerName,
@@ -140,6 +146,7 @@ impl Media {
             dir,
             tmp_dir,
             files_lock: Mutex::new(()),
+            pending: Mutex::default(),
             thumbnail_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -342,6 +349,18 @@ impl Media {
         let media_id = Self::new_media_id();
         let now = utils::now_millis();
         let expires = now + UNUSED_EXPIRY.as_millis() as u64;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = pending.entry(uploader.to_owned()).or_default();
+            mine.retain(|(_, expiry)| *expiry > now);
+            if mine.len() >= MAX_PENDING_PER_USER {
+                let next_free = mine.iter().map(|(_, e)| *e).min().unwrap_or(now);
+                return Err(Error::limit_exceeded(Duration::from_millis(
+                    next_free.saturating_sub(now),
+                )));
+            }
+            mine.push((media_id.clone(), expires));
+        }
         let record = MediaRecord {
             sha256: None,
             content_type: None,
@@ -420,7 +439,15 @@ impl Media {
             record.unused_expires_ts = None;
             batch.put(Cf::Media, key, serde_json::to_vec(&record)?);
             Ok(())
-        })
+        })?;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = pending.get_mut(user) {
+            mine.retain(|(id, _)| id != media_id);
+            if mine.is_empty() {
+                pending.remove(user);
+            }
+        }
+        Ok(())
     }
 
     /// The content of a media ID, waiting up to `wait` for a pending upload. 404 when unknown,

@@ -45,12 +45,9 @@ impl Previewer {
         .map_err(|e| format!("TLS set-up: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let client = reqwest::Client::builder()
+        let client = guard
+            .apply(reqwest::Client::builder(), MAX_REDIRECTS)
             .use_preconfigured_tls(tls)
-            .dns_resolver(guard.resolver())
-            .redirect(guard.redirect_policy(MAX_REDIRECTS))
-            // A proxy would resolve names itself, around the guard.
-            .no_proxy()
             .timeout(FETCH_TIMEOUT)
             .user_agent(concat!(
                 "culvert/",
