@@ -398,6 +398,20 @@ async fn thumbnails_from_png_jpeg_webp_and_gif() {
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.body == small);
 
+    // A tall narrow image is cropped, never stretched: 40 wide stays 40 wide.
+    let narrow = image_bytes(40, 500, image::ImageFormat::Png);
+    let mxc = upload(&server, &alice, narrow, "image/png", None).await;
+    let got = get(
+        &server,
+        &format!(
+            "{V1}/thumbnail/{}/{}?width=96&height=96&method=crop",
+            mxc.0, mxc.1
+        ),
+        Some(&alice.token),
+    )
+    .await;
+    assert_eq!(dimensions(&got.body), (40, 96));
+
     // Bad parameters.
     let got = get(
         &server,

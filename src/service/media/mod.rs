@@ -486,16 +486,12 @@ impl Media {
         }
     }
 
-    fn thumbnail_key(
-        server: &ServerName,
-        media_id: &str,
-        size: thumbnail::Size,
-    ) -> Result<Vec<u8>> {
-        Ok(keys::join([
+    fn thumbnail_key(server: &ServerName, media_id: &str, size: thumbnail::Size) -> Vec<u8> {
+        keys::join([
             server.as_bytes(),
             media_id.as_bytes(),
             format!("{}x{}-{}", size.width, size.height, size.method.as_str()).as_bytes(),
-        ]))
+        ])
     }
 
     /// A thumbnail of a media ID for the requested size, snapped to the spec's standard sizes;
@@ -511,7 +507,7 @@ impl Media {
     ) -> Result<StoredThumbnail> {
         let content = self.content(server, media_id, wait).await?;
         let size = thumbnail::Size::standard(width, height, method);
-        let key = Self::thumbnail_key(server, media_id, size)?;
+        let key = Self::thumbnail_key(server, media_id, size);
         if let Some(record) = self.stored_thumbnail(&key)? {
             return Ok(record);
         }

@@ -157,7 +157,12 @@ pub fn make(path: &Path, size: Size) -> Result<Made> {
         return Ok(Made::Original { width, height });
     }
     let thumb = match size.method {
-        Method::Crop => image.resize_to_fill(size.width, size.height, FilterType::Triangle),
+        // Never upscaled: a side shorter than the crop is kept, the other cropped to match.
+        Method::Crop => image.resize_to_fill(
+            size.width.min(width),
+            size.height.min(height),
+            FilterType::Triangle,
+        ),
         Method::Scale => image.resize(size.width, size.height, FilterType::Triangle),
     };
     let mut bytes = Vec::new();
