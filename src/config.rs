@@ -95,6 +95,28 @@ pub struct Config {
     /// Rate limits for login and registration (culvert's own table).
     #[serde(default)]
     pub rate_limits: RateLimitConfig,
+    /// Largest media upload accepted, in bytes (`M_TOO_LARGE` above it). Uploads stream to disk,
+    /// so this is independent of `max_request_size`.
+    #[serde(default = "default_max_upload_size")]
+    pub max_upload_size: u64,
+    /// When true, media uploaded from now on is served only by the authenticated
+    /// `/_matrix/client/v1/media/*` endpoints; the legacy `/_matrix/media/v3/*` ones answer 404
+    /// for it (the spec's transition to authenticated media). Older media stays reachable.
+    #[serde(default)]
+    pub freeze_legacy_media: bool,
+    /// Whether `/preview_url` fetches pages for clients. Off by default: it makes the server
+    /// fetch arbitrary URLs.
+    #[serde(default)]
+    pub url_preview_enabled: bool,
+    /// Largest page or image `/preview_url` downloads, in bytes.
+    #[serde(default = "default_url_preview_max_size")]
+    pub url_preview_max_size: u64,
+    /// Addresses (CIDR) the server never connects to when it fetches URLs on someone's behalf
+    /// (URL previews, later federation): by default every loopback, private, link-local,
+    /// CGNAT, unique-local, multicast, documentation and otherwise non-public range. `[]`
+    /// allows everything. See `service::outbound_guard`.
+    #[serde(default = "crate::service::outbound_guard::default_denylist")]
+    pub ip_range_denylist: Vec<String>,
 
     // ---- Accepted for compatibility with Conduit configs; not acted on (yet). ----
     #[serde(default)]
@@ -129,8 +151,9 @@ pub struct Config {
     pub turn_secret: Option<String>,
     #[serde(default)]
     pub turn_ttl: Option<u64>,
+    /// Where media files live (Conduit's `[global.media]` table).
     #[serde(default)]
-    pub media: Option<toml::Value>,
+    pub media: MediaConfig,
     #[serde(default)]
     pub emergency_password: Option<String>,
 }
@@ -152,6 +175,36 @@ pub struct WellKnownConfig {
     pub client: Option<String>,
     /// Delegated federation endpoint, e.g. "matrix.example.org:443".
     pub server: Option<String>,
+}
+
+/// Conduit's `[global.media]` table: `backend = "filesystem"` and an optional `path` (default
+/// `<database_path>/media`). Conduit's `directory_structure` and `retention` are accepted and
+/// ignored (culvert names files by content hash).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    #[serde(default = "default_media_backend")]
+    pub backend: String,
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub directory_structure: Option<toml::Value>,
+    #[serde(default)]
+    pub retention: Option<toml::Value>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_media_backend(),
+            path: None,
+            directory_structure: None,
+            retention: None,
+        }
+    }
+}
+
+fn default_media_backend() -> String {
+    "filesystem".to_owned()
 }
 
 /// Token buckets for the endpoints people guess passwords and names on.
@@ -191,6 +244,12 @@ fn default_port() -> u16 {
 fn default_max_request_size() -> u32 {
     20 * 1024 * 1024
 }
+fn default_max_upload_size() -> u64 {
+    50 * 1024 * 1024
+}
+fn default_url_preview_max_size() -> u64 {
+    10 * 1024 * 1024
+}
 fn default_true() -> bool {
     true
 }
@@ -216,6 +275,14 @@ fn default_rocksdb_max_open_files() -> i32 {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The directory media files are stored in.
+    pub fn media_path(&self) -> PathBuf {
+        self.media
+            .path
+            .clone()
+            .unwrap_or_else(|| self.database_path.join("media"))
+    }
+
     /// Loads the configuration from `file` (or the embedded default when `None`) and the
     /// environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -280,6 +347,17 @@ impl Config {
                 "invalid configuration key `max_request_size`: must be at least 4096 bytes".into(),
             ));
         }
+        if self.media.backend != "filesystem" {
+            return Err(ConfigError(format!(
+                "invalid configuration key `media.backend`: culvert only supports \"filesystem\", not {:?}",
+                self.media.backend
+            )));
+        }
+        if let Err(e) = crate::service::outbound_guard::parse_denylist(&self.ip_range_denylist) {
+            return Err(ConfigError(format!(
+                "invalid configuration key `ip_range_denylist`: {e}"
+            )));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError(format!("invalid configuration key `log`: {e}")));
         }
@@ -294,10 +372,10 @@ impl Config {
             .any(|denied| denied == server)
     }
 
-    /// The SSRF guard for outbound connections. (Interim: the media branch brings the
-    /// configurable `ip_range_denylist`; until it lands, every address is allowed.)
+    /// The SSRF guard of federation's connections: `ip_range_denylist` as a predicate.
     pub fn outbound_ip_guard(&self) -> Result<crate::service::federation::IpGuard, String> {
-        Ok(std::sync::Arc::new(|_| true))
+        let guard = crate::service::outbound_guard::OutboundGuard::new(&self.ip_range_denylist)?;
+        Ok(std::sync::Arc::new(move |ip| !guard.is_denied(ip)))
     }
 
     pub fn unused_conduit_keys(&self) -> Vec<&'static str> {
@@ -336,7 +414,11 @@ impl Config {
             ("turn_uris", self.turn_uris.is_some()),
             ("turn_secret", self.turn_secret.is_some()),
             ("turn_ttl", self.turn_ttl.is_some()),
-            ("media", self.media.is_some()),
+            (
+                "media.directory_structure",
+                self.media.directory_structure.is_some(),
+            ),
+            ("media.retention", self.media.retention.is_some()),
             ("emergency_password", self.emergency_password.is_some()),
         ];
         set.into_iter()
@@ -374,6 +456,42 @@ mod tests {
         assert_eq!(config.database_path, PathBuf::from("./culvert-data"));
         assert_eq!(config.default_room_version, RoomVersionId::V12);
         assert!(config.rate_limits.enabled);
+    }
+
+    #[test]
+    fn media_keys_and_conduits_media_table() {
+        let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
+        let config = Config::from_toml_str(base).unwrap();
+        assert_eq!(config.media_path(), PathBuf::from("/x/media"));
+        assert_eq!(config.max_upload_size, 50 * 1024 * 1024);
+        assert!(!config.url_preview_enabled && !config.freeze_legacy_media);
+        assert!(config.ip_range_denylist.iter().any(|r| r == "127.0.0.0/8"));
+        // Conduit's form of the table.
+        let config = Config::from_toml_str(&format!(
+            "{base}[global.media]\nbackend = \"filesystem\"\npath = \"/srv/media\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.media_path(), PathBuf::from("/srv/media"));
+        let config = Config::from_toml_str(&format!(
+            "{base}[global.media]\nbackend = \"filesystem\"\n[global.media.directory_structure]\ndepth = 2\nlength = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.unused_conduit_keys(),
+            vec!["media.directory_structure"]
+        );
+        let config = Config::from_toml_str(&format!("{base}ip_range_denylist = []\n")).unwrap();
+        assert!(config.ip_range_denylist.is_empty());
+        for (line, key) in [
+            ("ip_range_denylist = [\"10.0.0.0/99\"]", "ip_range_denylist"),
+            ("media = { backend = \"s3\" }", "media.backend"),
+            ("max_upload_size = -1", "max_upload_size"),
+        ] {
+            let err = Config::from_toml_str(&format!("{base}{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -187,7 +187,7 @@ where
 
 /// The access token from `Authorization: Bearer …`, or the deprecated `access_token` query
 /// parameter.
-fn access_token(parts: &http::request::Parts) -> Option<String> {
+pub(crate) fn access_token(parts: &http::request::Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
         return value
             .to_str()

@@ -11,6 +11,8 @@ pub mod federation;
 pub mod filters;
 pub mod globals;
 pub mod key_backup;
+pub mod media;
+pub mod outbound_guard;
 pub mod presence;
 pub mod push_rules;
 pub mod ratelimit;
@@ -56,6 +58,8 @@ pub struct Services {
     pub key_backup: key_backup::KeyBackup,
     /// Federation's outbound side: resolver, HTTP client, remote key cache.
     pub federation: federation::Federation,
+    /// The media repository: files, thumbnails, URL previews (see `media`).
+    pub media: media::Media,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -83,6 +87,7 @@ impl Services {
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
         let federation =
             federation::Federation::new(&config, store.clone()).map_err(StartError::Other)?;
+        let media = media::Media::open(&config, store.clone()).map_err(StartError::Other)?;
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -101,6 +106,7 @@ impl Services {
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),
             federation,
+            media,
             store,
             config,
         });

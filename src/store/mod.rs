@@ -150,10 +150,22 @@ pub enum Cf {
     /// `user_id 0xFF room_id` → an invite of a local user to a room on another server that
     /// this server is not in (`service::federation::invite::RemoteInvite`, JSON).
     RemoteInvites,
+    /// `server_name 0xFF media_id` → [`crate::service::media::MediaRecord`] JSON: content hash
+    /// (none while a `/create` upload is pending), content type, file name, size, uploader,
+    /// created, expiry of a pending ID, legacy-frozen and quarantine flags.
+    Media,
+    /// hex SHA-256 of a stored file → reference count (u64 BE): media records and thumbnails
+    /// using it. The file is removed when the count reaches zero.
+    MediaFiles,
+    /// `server_name 0xFF media_id 0xFF "{width}x{height}-{method}"` →
+    /// [`crate::service::media::ThumbnailRecord`] JSON: hash, content type, size, dimensions.
+    MediaThumbnails,
+    /// URL → `{ts, preview}` JSON: cached `/preview_url` answers.
+    UrlPreviews,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 48] = [
+    pub const ALL: [Cf; 52] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -202,6 +214,10 @@ impl Cf {
         Cf::FederationOutbox,
         Cf::FederationTxns,
         Cf::RemoteInvites,
+        Cf::Media,
+        Cf::MediaFiles,
+        Cf::MediaThumbnails,
+        Cf::UrlPreviews,
     ];
 
     pub fn name(self) -> &'static str {
@@ -254,6 +270,10 @@ impl Cf {
             Cf::FederationOutbox => "federation_outbox",
             Cf::FederationTxns => "federation_txns",
             Cf::RemoteInvites => "remote_invites",
+            Cf::Media => "media",
+            Cf::MediaFiles => "media_files",
+            Cf::MediaThumbnails => "media_thumbnails",
+            Cf::UrlPreviews => "url_previews",
         }
     }
 }

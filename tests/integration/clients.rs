@@ -123,6 +123,35 @@ async fn matrix_nio_two_users_in_a_room() {
     );
 }
 
+/// The media scenario: a nio client uploads an image, downloads it (authenticated media) and
+/// its cropped and scaled thumbnails; the script checks bytes, names and dimensions.
+#[tokio::test]
+async fn matrix_nio_uploads_and_downloads_media() {
+    let Some(python) = nio_python() else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON is not usable"
+        );
+        eprintln!(
+            "skipped: set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)"
+        );
+        return;
+    };
+    let server = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_media.py");
+    let output = tokio::process::Command::new(python)
+        .args([script, "--homeserver", &server.base])
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("nio media: ok"),
+        "nio media failed:\n{stdout}\n{stderr}"
+    );
+}
+
 /// The directory of the matrix-js-sdk scripts, when their dependencies are installed there
 /// (`scripts/test` links `node_modules` in from its cache) and `node` runs.
 fn js_clients_dir() -> Option<PathBuf> {

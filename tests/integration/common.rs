@@ -314,7 +314,8 @@ pub fn next_batch(response: &Value) -> String {
 
 /// Config lines for a server that federates over TLS on loopback: a fresh self-signed
 /// certificate in `dir`, the server name `localhost:<port>` on a free port, any peer
-/// certificate accepted, keys fetched directly (no notaries).
+/// certificate accepted, loopback peers allowed (`ip_range_denylist = []`), keys fetched
+/// directly (no notaries).
 pub fn federating_config(dir: &std::path::Path, extra: &str) -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -326,11 +327,17 @@ pub fn federating_config(dir: &std::path::Path, extra: &str) -> String {
     let key_path = dir.join("tls-key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let denylist = if extra.contains("ip_range_denylist") {
+        ""
+    } else {
+        "ip_range_denylist = []"
+    };
     format!(
         r#"server_name = "localhost:{port}"
 port = {port}
 allow_federation = true
 allow_invalid_tls_certificates = true
+{denylist}
 trusted_servers = []
 rate_limits = {{ enabled = false }}
 tls = {{ certs = "{}", key = "{}" }}
@@ -351,5 +358,14 @@ impl TestServer {
     /// This server's name (`localhost:<port>` for federating servers).
     pub fn server_name(&self) -> String {
         self.services().server_name.to_string()
+    }
+}
+
+impl TestServer {
+    /// Stops the server gracefully and starts a new one on the same database with other
+    /// `[global]` config lines.
+    pub async fn restart_with(mut self, extra: &str) -> Self {
+        self.extra_config = extra.to_owned();
+        self.restart().await
     }
 }

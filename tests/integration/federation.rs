@@ -190,6 +190,26 @@ async fn the_notary_hands_on_keys_it_countersigned() {
     assert_eq!(body["server"]["name"], "culvert");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_denylist_keeps_federation_off_loopback() {
+    // No `ip_range_denylist = []`: the default list, which denies loopback.
+    let a =
+        TestServer::start_federating("ip_range_denylist = [\"127.0.0.0/8\", \"::1/128\"]").await;
+    let b = TestServer::start_federating("").await;
+    let error = a
+        .services()
+        .send_federation_request(
+            &name(&b),
+            get_profile_information::v1::Request::new(
+                UserId::parse(format!("@x:{}", b.server_name())).unwrap(),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("ip_range_denylist"), "{error}");
+    assert_eq!(error.status(), None, "no request reached B");
+}
+
 #[tokio::test]
 async fn federation_is_refused_when_disabled() {
     let server = TestServer::start().await;

@@ -15,6 +15,7 @@ mod federation;
 mod history;
 mod http_layer;
 mod lifecycle;
+mod media;
 mod membership;
 mod packaging;
 mod people;

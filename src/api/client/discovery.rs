@@ -33,7 +33,9 @@ pub async fn versions(
     let mut response = get_supported_versions::Response::new(
         SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     );
-    response.unstable_features = BTreeMap::new();
+    // Authenticated media (a v1.11 feature) without claiming the rest of v1.11: clients such
+    // as Element switch to `/_matrix/client/v1/media` on this flag.
+    response.unstable_features = BTreeMap::from([("org.matrix.msc3916.stable".to_owned(), true)]);
     RumaResponse(response)
 }
 

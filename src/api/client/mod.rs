@@ -12,6 +12,7 @@ mod filter;
 mod key_backup;
 mod keys;
 mod lifecycle;
+mod media;
 mod membership;
 mod presence;
 mod profile;
@@ -190,4 +191,6 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::push::get_pushrule_actions::v3::Request, _, _>(push_rules::get_actions)
         .ruma_route::<c::push::set_pushrule_actions::v3::Request, _, _>(push_rules::set_actions)
         .ruma_route::<c::push::get_pushers::v3::Request, _, _>(push_rules::pushers)
+        // The content repository (plain axum handlers: bodies are files, not JSON).
+        .merge(media::routes())
 }
