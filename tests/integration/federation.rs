@@ -9,7 +9,7 @@ use ruma::{
 };
 use serde_json::json;
 
-use crate::common::{TestServer, assert_error};
+use crate::common::{TestServer, assert_error, next_batch};
 
 fn name(server: &TestServer) -> ruma::OwnedServerName {
     ServerName::parse(server.server_name()).unwrap()
@@ -341,4 +341,174 @@ async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the topic never reached B");
+}
+
+/// A room on A that a user of B joined: the set-up of the tests that feed B crafted events.
+async fn shared_room(
+    a: &TestServer,
+    b: &TestServer,
+) -> (crate::common::Session, crate::common::Session, String) {
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = a
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{room}?via={}", a.server_name()),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    (alice, bob, room)
+}
+
+/// An event of `sender` in `room` as A would make it (A's current extremities and auth
+/// events), signed by A's key. `tamper` changes it after signing.
+fn crafted_event(
+    a: &TestServer,
+    room: &str,
+    sender: &str,
+    text: &str,
+    tamper: impl FnOnce(&mut ruma::CanonicalJsonObject),
+) -> (String, Box<serde_json::value::RawValue>) {
+    use culvert::service::rooms::{pdu, timeline::LocalEvent};
+    let room_id = ruma::RoomId::parse(room).unwrap();
+    let sender = UserId::parse(sender).unwrap();
+    let services = a.services();
+    let (version, template) = services
+        .timeline
+        .event_template(
+            &room_id,
+            &sender,
+            LocalEvent {
+                event_type: "m.room.message",
+                state_key: None,
+                content: json!({ "msgtype": "m.text", "body": text }),
+                redacts: None,
+            },
+        )
+        .unwrap();
+    let signed = pdu::finish(
+        template,
+        Some(&room_id),
+        &version.rules().unwrap(),
+        &services.server_name,
+        services.globals.signing_key(),
+    )
+    .unwrap();
+    let mut json = signed.json;
+    tamper(&mut json);
+    (
+        signed.event_id.to_string(),
+        serde_json::value::to_raw_value(&json).unwrap(),
+    )
+}
+
+/// Sends `pdus` to B as one transaction signed by A; B's answer per PDU.
+async fn send_to(
+    a: &TestServer,
+    b: &TestServer,
+    txn: &str,
+    pdus: Vec<Box<serde_json::value::RawValue>>,
+) -> std::collections::BTreeMap<ruma::OwnedEventId, Result<(), String>> {
+    use ruma::api::federation::transactions::send_transaction_message;
+    let mut request = send_transaction_message::v1::Request::new(
+        ruma::OwnedTransactionId::from(txn),
+        name(a),
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    );
+    request.pdus = pdus;
+    a.services()
+        .send_federation_request(&name(b), request)
+        .await
+        .expect("B answers the transaction")
+        .pdus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_and_unauthorised_events_never_reach_clients() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    let since = next_batch(&b.get_ok("/_matrix/client/v3/sync?timeout=0", &bob).await);
+
+    // 1. A forged signature: the event is refused.
+    let (forged_id, forged) = crafted_event(&a, &room, &alice.user_id, "forged", |pdu| {
+        let signatures = pdu.get_mut("signatures").unwrap();
+        let ruma::CanonicalJsonValue::Object(by_server) = signatures else { panic!() };
+        for (_, sigs) in by_server.iter_mut() {
+            let ruma::CanonicalJsonValue::Object(sigs) = sigs else { panic!() };
+            for (_, sig) in sigs.iter_mut() {
+                *sig = ruma::CanonicalJsonValue::String(
+                    Base64::<Standard, Vec<u8>>::new(vec![1u8; 64]).encode(),
+                );
+            }
+        }
+    });
+    // 2. Content changed after hashing: the signature (over the redacted form) still holds,
+    //    the hash does not; the event is kept redacted.
+    let (tampered_id, tampered) = crafted_event(&a, &room, &alice.user_id, "original", |pdu| {
+        let ruma::CanonicalJsonValue::Object(content) = pdu.get_mut("content").unwrap() else {
+            panic!()
+        };
+        content.insert("body".into(), ruma::CanonicalJsonValue::String("tampered".into()));
+    });
+    let results = send_to(&a, &b, "security-1", vec![forged, tampered]).await;
+    let forged_id = ruma::EventId::parse(&forged_id).unwrap();
+    let tampered_id = ruma::EventId::parse(&tampered_id).unwrap();
+    assert!(
+        results.get(&forged_id).is_none_or(|r| r.is_err()),
+        "the forged event was accepted: {results:?}"
+    );
+    assert_eq!(results.get(&tampered_id), Some(&Ok(())), "{results:?}");
+
+    // 3. A user who is not in the room: signed correctly by A, refused by the auth rules.
+    let (intruder_id, intruder) = crafted_event(
+        &a,
+        &room,
+        &format!("@mallory:{}", a.server_name()),
+        "intruder",
+        |_| {},
+    );
+    let results = send_to(&a, &b, "security-2", vec![intruder]).await;
+    let intruder_id = ruma::EventId::parse(&intruder_id).unwrap();
+    assert!(
+        matches!(results.get(&intruder_id), Some(Err(_))),
+        "the intruder's event was accepted: {results:?}"
+    );
+
+    // A real message after them, so the sync below has something to wait for.
+    a.say(&alice, &room, "genuine").await;
+    wait_for_message(&b, &bob, &room, "genuine").await;
+    let body = b
+        .get_ok(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"), &bob)
+        .await;
+    let events = &body["rooms"]["join"][&room]["timeline"]["events"];
+    let texts = crate::common::message_bodies(events);
+    assert!(!texts.iter().any(|t| t == "forged" || t == "intruder" || t == "tampered"), "{texts:?}");
+    // The tampered event is there, redacted.
+    let (status, event) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{tampered_id}"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["content"], json!({}));
+    // The forged and the intruder's events are unknown to B's clients.
+    for id in [&forged_id, &intruder_id] {
+        let (status, _) = b
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{id}"),
+                Some(&bob.token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}");
+    }
+
+    // A repeated transaction is answered the same and not processed again.
+    let again = send_to(&a, &b, "security-2", vec![]).await;
+    assert!(matches!(again.get(&intruder_id), Some(Err(_))), "{again:?}");
 }
