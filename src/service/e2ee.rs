@@ -348,7 +348,8 @@ impl Services {
     }
 
     /// `/keys/query`: the identity keys of the listed devices (all of a user's devices when
-    /// none are listed). Users of other servers are reported in `failures` until federation.
+    /// none are listed). Users of other servers are reported in `failures` (federation asks their
+    /// servers: `federation::remote_keys`).
     pub fn query_keys(
         &self,
         requester: &UserId,
@@ -361,7 +362,7 @@ impl Services {
             if !self.is_local(user_id) {
                 failures.insert(
                     user_id.server_name().to_string(),
-                    json!({ "status": 503, "message": "Federation is not supported yet." }),
+                    json!({ "status": 503, "message": "Federation is disabled on this server." }),
                 );
                 continue;
             }
@@ -430,7 +431,7 @@ impl Services {
             if !self.is_local(user_id) {
                 failures.insert(
                     user_id.server_name().to_string(),
-                    json!({ "status": 503, "message": "Federation is not supported yet." }),
+                    json!({ "status": 503, "message": "Federation is disabled on this server." }),
                 );
                 continue;
             }

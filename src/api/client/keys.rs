@@ -54,7 +54,9 @@ pub async fn query(
     request: Ruma<query_v3::Request>,
 ) -> Result<Json<Value>> {
     Ok(Json(
-        services.query_keys(request.user(), &request.body.device_keys)?,
+        services
+            .query_keys_anywhere(request.user(), &request.body.device_keys)
+            .await?,
     ))
 }
 
@@ -74,7 +76,7 @@ pub async fn claim(
             (user_id.clone(), devices)
         })
         .collect();
-    Ok(Json(services.claim_keys(&requested)?))
+    Ok(Json(services.claim_keys_anywhere(&requested).await?))
 }
 
 /// `POST /keys/device_signing/upload`. Replacing existing cross-signing keys needs the

@@ -10,6 +10,7 @@ pub mod edus;
 pub mod inbound;
 pub mod invite;
 pub mod membership;
+pub mod remote_keys;
 pub mod pdu_check;
 pub mod resolve;
 pub mod sender;
