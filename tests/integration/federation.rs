@@ -437,9 +437,13 @@ async fn forged_tampered_and_unauthorised_events_never_reach_clients() {
     // 1. A forged signature: the event is refused.
     let (forged_id, forged) = crafted_event(&a, &room, &alice.user_id, "forged", |pdu| {
         let signatures = pdu.get_mut("signatures").unwrap();
-        let ruma::CanonicalJsonValue::Object(by_server) = signatures else { panic!() };
+        let ruma::CanonicalJsonValue::Object(by_server) = signatures else {
+            panic!()
+        };
         for (_, sigs) in by_server.iter_mut() {
-            let ruma::CanonicalJsonValue::Object(sigs) = sigs else { panic!() };
+            let ruma::CanonicalJsonValue::Object(sigs) = sigs else {
+                panic!()
+            };
             for (_, sig) in sigs.iter_mut() {
                 *sig = ruma::CanonicalJsonValue::String(
                     Base64::<Standard, Vec<u8>>::new(vec![1u8; 64]).encode(),
@@ -453,7 +457,10 @@ async fn forged_tampered_and_unauthorised_events_never_reach_clients() {
         let ruma::CanonicalJsonValue::Object(content) = pdu.get_mut("content").unwrap() else {
             panic!()
         };
-        content.insert("body".into(), ruma::CanonicalJsonValue::String("tampered".into()));
+        content.insert(
+            "body".into(),
+            ruma::CanonicalJsonValue::String("tampered".into()),
+        );
     });
     let results = send_to(&a, &b, "security-1", vec![forged, tampered]).await;
     let forged_id = ruma::EventId::parse(&forged_id).unwrap();
@@ -483,11 +490,19 @@ async fn forged_tampered_and_unauthorised_events_never_reach_clients() {
     a.say(&alice, &room, "genuine").await;
     wait_for_message(&b, &bob, &room, "genuine").await;
     let body = b
-        .get_ok(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"), &bob)
+        .get_ok(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            &bob,
+        )
         .await;
     let events = &body["rooms"]["join"][&room]["timeline"]["events"];
     let texts = crate::common::message_bodies(events);
-    assert!(!texts.iter().any(|t| t == "forged" || t == "intruder" || t == "tampered"), "{texts:?}");
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t == "forged" || t == "intruder" || t == "tampered"),
+        "{texts:?}"
+    );
     // The tampered event is there, redacted.
     let (status, event) = b
         .get(
