@@ -421,6 +421,28 @@ async fn a_culvert_user_joins_synapse_rooms_by_alias_and_by_id() {
             .await;
         assert_eq!(name["name"], format!("Synapse v{version}"));
 
+        // History from before the join: fetched from Synapse when Alice pages back.
+        let (status, page) = culvert
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+                Some(&alice.token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let history = message_bodies(&page["chunk"]);
+        assert!(
+            history.iter().any(|b| b == "history before alice"),
+            "no backfilled history: {history:?}"
+        );
+        assert!(
+            page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == "m.room.create"),
+            "the history goes back to the room's creation: {page}"
+        );
+
         synapse
             .say(&sam, &room, &format!("hi alice in v{version}"))
             .await;

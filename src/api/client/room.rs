@@ -223,15 +223,26 @@ pub async fn messages(
         .clamp(1, MAX_MESSAGES);
     let filter = EventMatcher::from_room_event_filter(&body.filter);
     let limit = filter.limit.map_or(limit, |l| l.min(limit));
-    let page = services.messages(
-        &body.room_id,
-        request.user(),
-        from,
-        to,
-        direction,
-        limit,
-        &filter,
-    )?;
+    let read_page = || {
+        services.messages(
+            &body.room_id,
+            request.user(),
+            from,
+            to,
+            direction,
+            limit,
+            &filter,
+        )
+    };
+    let mut page = read_page()?;
+    // Paged back to the start of what this server has: fetch earlier history from the room's
+    // other servers, if any, and read again.
+    if direction == Direction::Backward
+        && page.end.is_none()
+        && services.backfill_room(&body.room_id).await? > 0
+    {
+        page = read_page()?;
+    }
     // Lazy-loading clients get the member events of the page's senders alongside.
     let state = if body.filter.lazy_load_options.is_disabled() {
         Vec::new()

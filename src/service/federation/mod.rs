@@ -5,6 +5,7 @@
 //! - [`server_keys`]: other servers' signing keys, fetched directly or through notaries and
 //!   cached; the verification of inbound request signatures.
 
+pub mod backfill;
 pub mod client;
 pub mod edus;
 pub mod inbound;

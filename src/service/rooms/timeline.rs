@@ -41,6 +41,9 @@ use crate::{
 };
 
 const STREAM_KEY: &[u8] = b"stream_count";
+/// The stream starts here (or jumps here once, on a database from before backfill): the counts
+/// below a room's first event are for its backfilled history.
+pub const BACKFILL_HEADROOM: u64 = 1 << 32;
 
 /// The `membership` of an `m.room.member` PDU.
 fn membership_of(pdu: &CanonicalJsonObject) -> String {
@@ -207,7 +210,10 @@ impl Timeline {
                 keys::parse_u64_be(&bytes).ok_or_else(|| Error::internal("corrupt stream count"))?
             }
             None => 0,
-        };
+        }
+        // Room history fetched from other servers (backfill) takes the counts just below a
+        // room's oldest: new events start high enough to leave that room.
+        .max(BACKFILL_HEADROOM);
         Ok(Self {
             states: StateStore::new(store.clone()),
             store,

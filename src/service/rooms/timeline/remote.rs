@@ -98,6 +98,113 @@ impl Timeline {
         })
     }
 
+    /// The oldest event of a room's timeline here, with its count.
+    pub fn oldest_event(&self, room_id: &RoomId) -> Result<Option<(u64, OwnedEventId)>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        match self.store.scan_prefix(Cf::Timeline, &prefix).next() {
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(Some(self.timeline_entry(prefix.len(), &key, &value)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Puts history fetched from another server (`/backfill`) before the room's oldest event:
+    /// each event newest first takes the next count down. They are history, not news: no
+    /// membership index changes, nothing for `/sync` to wake up for. Events whose auth events
+    /// are unknown here, or which their auth events do not allow, are left out. The state
+    /// before each is taken to be the state before the oldest event known (what clients use
+    /// it for, history visibility, rarely changes). Returns how many were added.
+    pub async fn insert_backfilled(
+        &self,
+        room_id: &RoomId,
+        mut events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    ) -> Result<usize> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let Some(room) = self.room(room_id)? else {
+            return Ok(0);
+        };
+        let rules = rules_of(&room.version)?;
+        let Some((mut count, oldest)) = self.oldest_event(room_id)? else {
+            return Ok(0);
+        };
+        let oldest_short = self
+            .short
+            .existing_event(oldest.as_str())?
+            .ok_or_else(|| Error::internal("the oldest event has no short ID"))?;
+        let state_before = self
+            .store
+            .get(Cf::EventState, &keys::u64_be(oldest_short))?
+            .ok_or_else(|| Error::internal("the oldest event has no state"))?;
+        events.sort_by_key(|(_, pdu)| std::cmp::Reverse(depth_of(pdu)));
+        let mut batch = Batch::new();
+        let mut added = 0;
+        for (event_id, pdu) in events {
+            if self.count_of(&event_id)?.is_some() || count <= 1 {
+                continue;
+            }
+            let Ok(event) = Pdu::from_json(event_id.clone(), &pdu, &rules) else {
+                continue;
+            };
+            let mut auth_state: HashMap<(String, String), Arc<Pdu>> = HashMap::new();
+            let mut complete = true;
+            for id in referenced_ids(&pdu, "auth_events") {
+                match (self.pdu_json(&id)?, self.load_pdu(&id, &rules)) {
+                    (Some(json), Some(auth_event)) => {
+                        if let Some(key) = state_key_of(&json) {
+                            auth_state.insert(key, auth_event);
+                        }
+                    }
+                    _ => complete = false,
+                }
+            }
+            if rules.authorization.room_create_event_id_as_room_id {
+                let create_id = EventId::parse(format!("${}", &room_id.as_str()[1..]))
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                if let Some(create) = self.load_pdu(&create_id, &rules) {
+                    auth_state.insert(("m.room.create".to_owned(), String::new()), create);
+                }
+            }
+            let allowed = complete
+                && auth::authorize(
+                    &rules.authorization,
+                    &event,
+                    |id: &EventId| self.load_pdu(id, &rules),
+                    |kind, key| auth_state.get(&(kind.to_string(), key.to_owned())).cloned(),
+                )
+                .is_ok();
+            if !allowed {
+                tracing::info!(%event_id, %room_id, "backfilled event left out: not authorised by known auth events");
+                continue;
+            }
+            count -= 1;
+            let short = self.short.event(event_id.as_str())?;
+            let origin_server_ts = match pdu.get("origin_server_ts") {
+                Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+                _ => 0,
+            };
+            let stored = StoredPdu { event_id, pdu };
+            batch.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
+            batch.put(Cf::EventState, keys::u64_be(short), state_before.clone());
+            batch.put(
+                Cf::Timeline,
+                keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
+                keys::u64_be(short),
+            );
+            batch.put(Cf::EventCount, keys::u64_be(short), keys::u64_be(count));
+            batch.put(
+                Cf::TimestampEvents,
+                super::timestamp_key(room_id, origin_server_ts, count),
+                keys::u64_be(short),
+            );
+            added += 1;
+        }
+        self.store.write(batch)?;
+        Ok(added)
+    }
+
     /// Replaces a stored PDU by another copy of the same event (more signatures).
     pub fn replace_pdu(&self, event_id: &EventId, pdu: CanonicalJsonObject) -> Result<()> {
         let short = self
