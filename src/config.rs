@@ -86,6 +86,11 @@ pub struct Config {
     /// Rate limits for login and registration (culvert's own table).
     #[serde(default)]
     pub rate_limits: RateLimitConfig,
+    /// Application-service registration files (the standard YAML: `id`, `url`, `as_token`,
+    /// `hs_token`, `sender_localpart`, `namespaces`, …), loaded at start-up. A file that does not
+    /// parse or validate stops start-up with a message naming it.
+    #[serde(default)]
+    pub app_service_config_files: Vec<PathBuf>,
 
     // ---- Accepted for compatibility with Conduit configs; not acted on (yet). ----
     #[serde(default)]

@@ -30,6 +30,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let services = Services::open(config)?;
     services.announce_bootstrap_token()?;
     expire_presence_periodically(&services);
+    services.start_appservice_senders();
 
     let listener = TcpListener::bind(addr)
         .await

@@ -530,6 +530,19 @@ impl Services {
                 "sender": sender,
                 "content": message.content,
             }))?;
+            for device_id in &devices {
+                // Appservices that asked for their users' to-device messages (MSC4203).
+                self.push_to_device(
+                    &message.user_id,
+                    json!({
+                        "type": event_type,
+                        "sender": sender,
+                        "to_user_id": message.user_id,
+                        "to_device_id": device_id,
+                        "content": message.content,
+                    }),
+                )?;
+            }
             for device_id in devices {
                 queued.push((
                     keys::join([message.user_id.as_bytes(), device_id.as_bytes()]),

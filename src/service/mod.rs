@@ -2,6 +2,7 @@
 //! `crate::api` call into these; these call into `crate::store`.
 
 pub mod account_data;
+pub mod appservice;
 pub mod cross_signing;
 pub mod dehydrated;
 pub mod device_lists;
@@ -53,6 +54,8 @@ pub struct Services {
     pub e2ee: e2ee::E2ee,
     /// Server-side key backup: the lock around a version's sessions (see `key_backup`).
     pub key_backup: key_backup::KeyBackup,
+    /// Application services: registrations, namespaces, the push queue (see `appservice`).
+    pub appservices: Arc<appservice::Appservices>,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -78,6 +81,15 @@ impl Services {
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
+        let appservices = Arc::new(
+            appservice::Appservices::load(
+                store.clone(),
+                &config.server_name,
+                &config.app_service_config_files,
+            )
+            .map_err(StartError::Other)?,
+        );
+        timeline.set_appservices(appservices.clone());
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -95,6 +107,7 @@ impl Services {
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),
+            appservices,
             store,
             config,
         });

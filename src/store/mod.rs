@@ -138,10 +138,21 @@ pub enum Cf {
     BackupSessions,
     /// `user_id` → `{device_id, device_data}`: the user's dehydrated device (MSC3814).
     DehydratedDevices,
+    /// `appservice_id` → `{source, registration}` JSON: every registered application service
+    /// (registration files are the source of truth; see `service::appservice`).
+    Appservices,
+    /// `appservice_id 0xFF stream count (u64 BE) ++ sequence (u64 BE)` → queued item JSON
+    /// (`{"pdu": short event id}`, `{"edu": event}` or `{"to_device": event}`): what is still
+    /// to be pushed to the appservice, in order. PDU entries are written in the event's batch.
+    AppserviceQueue,
+    /// `appservice_id` → `{next_txn_id, pending}` JSON: the next transaction ID, and the
+    /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
+    /// crash the same transaction is sent again with the same content.
+    AppserviceTxns,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 44] = [
+    pub const ALL: [Cf; 47] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -186,6 +197,9 @@ impl Cf {
         Cf::BackupVersions,
         Cf::BackupSessions,
         Cf::DehydratedDevices,
+        Cf::Appservices,
+        Cf::AppserviceQueue,
+        Cf::AppserviceTxns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -234,6 +248,9 @@ impl Cf {
             Cf::BackupVersions => "backup_versions",
             Cf::BackupSessions => "backup_sessions",
             Cf::DehydratedDevices => "dehydrated_devices",
+            Cf::Appservices => "appservices",
+            Cf::AppserviceQueue => "appservice_queue",
+            Cf::AppserviceTxns => "appservice_txns",
         }
     }
 }

@@ -37,7 +37,8 @@ pub async fn join_by_id_or_alias(
     let room_id = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
         Ok(room_id) => room_id,
         Err(alias) => services
-            .resolve_alias(&alias)?
+            .resolve_alias_with_appservices(&alias)
+            .await?
             .ok_or_else(|| Error::not_found("No room has that alias."))?,
     };
     let user = request.user();
@@ -72,6 +73,10 @@ pub async fn invite(
     };
     let room_id = &request.body.room_id;
     let reason = recipient.reason.as_deref();
+    // A bridged user the bridge has not created yet: ask it first.
+    services
+        .query_appservices_for_user(&recipient.user_id)
+        .await?;
     services
         .set_membership(
             room_id,

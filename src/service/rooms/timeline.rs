@@ -163,6 +163,29 @@ pub struct Timeline {
     /// The history visibility in force at a state snapshot. A snapshot never changes, and
     /// redaction keeps `history_visibility`, so an entry is never stale.
     visibility: quick_cache::sync::Cache<u64, Arc<str>>,
+    /// Application services: the append path queues each event for those interested in it,
+    /// in the event's own batch (`service::appservice::queue`).
+    appservices: std::sync::OnceLock<Arc<crate::service::appservice::Appservices>>,
+}
+
+tokio::task_local! {
+    /// An `origin_server_ts` chosen by an appservice (timestamp massaging, the `ts` query
+    /// parameter) for the events appended inside [`with_origin_ts`].
+    static ORIGIN_TS: u64;
+}
+
+/// Runs `future` with its appended events stamped `ts` instead of now (`None`: now).
+pub async fn with_origin_ts<F: std::future::Future>(ts: Option<u64>, future: F) -> F::Output {
+    match ts {
+        Some(ts) => ORIGIN_TS.scope(ts, future).await,
+        None => future.await,
+    }
+}
+
+fn origin_ts_now() -> u64 {
+    ORIGIN_TS
+        .try_with(|ts| *ts)
+        .unwrap_or_else(|_| utils::now_millis())
 }
 
 fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
@@ -192,7 +215,13 @@ impl Timeline {
             committed: watch::channel(count).0,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             visibility: quick_cache::sync::Cache::new(4096),
+            appservices: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the append path to the application services (once, at start-up).
+    pub fn set_appservices(&self, appservices: Arc<crate::service::appservice::Appservices>) {
+        let _ = self.appservices.set(appservices);
     }
 
     /// The latest committed stream count, to wait on for new events.
@@ -756,7 +785,7 @@ impl Timeline {
                 sender,
                 event,
                 txn,
-                utils::now_millis(),
+                origin_ts_now(),
                 signer,
             )
             .await?
@@ -966,7 +995,21 @@ impl Timeline {
         };
         let event_type = event.event_type;
         let state_key = event.state_key;
+        // Application services interested in the event, worked out before the stream lock.
+        let appservice_targets = match self.appservices.get() {
+            Some(appservices) => {
+                appservices.interested_in_event(&room_id, sender, event_type, state_key)?
+            }
+            None => Vec::new(),
+        };
         self.commit_counted(batch, |batch, count| {
+            crate::service::appservice::Appservices::queue_pdu(
+                batch,
+                &appservice_targets,
+                count,
+                &room_id,
+                short_event,
+            )?;
             batch.put(
                 Cf::Timeline,
                 keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
@@ -1021,6 +1064,7 @@ impl Timeline {
             Ok(())
         })
         .await?;
+        crate::service::appservice::Appservices::wake(&appservice_targets);
         Ok((signed.room_id, signed.event_id))
     }
 }
