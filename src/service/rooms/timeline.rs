@@ -1065,6 +1065,12 @@ impl Timeline {
         })
         .await?;
         crate::service::appservice::Appservices::wake(&appservice_targets);
+        // Who is interested in the room may have changed with its members.
+        if event_type == "m.room.member"
+            && let Some(appservices) = self.appservices.get()
+        {
+            appservices.forget_room_interest(&signed.room_id);
+        }
         Ok((signed.room_id, signed.event_id))
     }
 }
