@@ -147,13 +147,21 @@ impl Appservice {
                 return Err(format!("`url` {url:?} must be http or https"));
             }
         }
+        // The sender is an account of this server like any other: a valid new localpart.
+        if reg.sender_localpart.contains(':') {
+            return Err(format!(
+                "`sender_localpart` {:?} must be a localpart, not a user ID",
+                reg.sender_localpart
+            ));
+        }
         let sender =
-            UserId::parse(format!("@{}:{server_name}", reg.sender_localpart)).map_err(|e| {
-                format!(
-                    "`sender_localpart` {:?} is invalid: {e}",
-                    reg.sender_localpart
-                )
-            })?;
+            crate::service::users::Users::parse_new_localpart(&reg.sender_localpart, server_name)
+                .map_err(|e| {
+                    format!(
+                        "`sender_localpart` {:?} is invalid: {e}",
+                        reg.sender_localpart
+                    )
+                })?;
         Ok(Self {
             users: compile(&reg.namespaces.users, "users")?,
             aliases: compile(&reg.namespaces.aliases, "aliases")?,
