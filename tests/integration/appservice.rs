@@ -196,6 +196,7 @@ namespaces:
 rate_limited: false
 protocols: [irc]
 receive_ephemeral: true
+org.matrix.msc3202: true
 "#
     )
 }
@@ -725,6 +726,147 @@ async fn the_queue_survives_a_restart_and_resends_the_same_transaction() {
         .filter(|m| *m == "before-restart")
         .count();
     assert_eq!(count, 1, "accepted once");
+}
+
+// ---- ephemeral events, to-device messages and keys for encrypted bridges ----
+
+/// Every accepted transaction's `field` entries (arrays) or objects, flattened.
+fn accepted_field(fake: &Fake, field: &str) -> Vec<Value> {
+    fake.accepted()
+        .iter()
+        .flat_map(|a| match &a.body[field] {
+            Value::Array(items) => items.clone(),
+            Value::Null => Vec::new(),
+            other => vec![other.clone()],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ephemeral_events_to_device_messages_and_key_counts_reach_the_bridge() {
+    let Setup { server, fake, _dir } = setup().await;
+    let (alice, room) = bridged_room(&server).await;
+    let last = server.say(&alice, &room, "read me").await;
+
+    // A read receipt and a presence change in the bridged room (MSC2409).
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/presence/{}/status",
+                urlencode(&alice.user_id)
+            ),
+            Some(&alice.token),
+            json!({ "presence": "online", "status_msg": "bridging" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("a receipt and a presence update", || {
+        let edus = accepted_field(&fake, "ephemeral");
+        edus.iter().any(|e| {
+            e["type"] == "m.receipt"
+                && e["room_id"] == room.as_str()
+                && e["content"][&last].is_object()
+        }) && edus.iter().any(|e| {
+            e["type"] == "m.presence"
+                && e["sender"] == alice.user_id.as_str()
+                && e["content"]["status_msg"] == "bridging"
+        })
+    })
+    .await;
+
+    // The bridged user's device (an encrypted bridge logs its users in).
+    let (status, login) = server
+        .post(
+            "/_matrix/client/v3/login",
+            Some(AS_TOKEN),
+            json!({
+                "type": "m.login.application_service",
+                "identifier": { "type": "m.id.user", "user": "irc_bob" },
+                "device_id": "BRIDGEDEV",
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+
+    // To-device messages for it (MSC4203).
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/td1",
+            Some(&alice.token),
+            json!({ "messages": { "@irc_bob:test.local": { "BRIDGEDEV": { "action": "request" } } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("the to-device message", || {
+        accepted_field(&fake, "de.sorunome.msc2409.to_device")
+            .iter()
+            .any(|m| {
+                m["type"] == "m.room_key_request"
+                    && m["sender"] == alice.user_id.as_str()
+                    && m["to_user_id"] == "@irc_bob:test.local"
+                    && m["to_device_id"] == "BRIDGEDEV"
+                    && m["content"]["action"] == "request"
+            })
+    })
+    .await;
+
+    // One-time key counts (MSC3202): uploaded through device masquerading, then claimed.
+    let upload = format!(
+        "{}&org.matrix.msc3202.device_id=BRIDGEDEV",
+        as_user("/_matrix/client/v3/keys/upload", "@irc_bob:test.local")
+    );
+    let (status, body) = server
+        .post(
+            &upload,
+            Some(AS_TOKEN),
+            json!({ "one_time_keys": { "signed_curve25519:AAAA": { "key": "k1", "signatures": {} } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 1);
+    let counts_are = |n: u64| {
+        let fake = fake.clone();
+        move || {
+            accepted_field(&fake, "org.matrix.msc3202.device_one_time_keys_count")
+                .last()
+                .is_some_and(|c| c["@irc_bob:test.local"]["BRIDGEDEV"]["signed_curve25519"] == n)
+        }
+    };
+    eventually("a key count of 1", counts_are(1)).await;
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            Some(&alice.token),
+            json!({ "one_time_keys": { "@irc_bob:test.local": { "BRIDGEDEV": "signed_curve25519" } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("a key count of 0", counts_are(0)).await;
+
+    // Device-list changes of users sharing a room with the bridge (MSC3202).
+    let second = server.login_ok("alice", "pw-alice-1").await;
+    let (status, _) = server
+        .post("/_matrix/client/v3/logout", Some(&second.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("alice's device-list change", || {
+        accepted_field(&fake, "org.matrix.msc3202.device_lists")
+            .iter()
+            .any(|d| {
+                d["changed"]
+                    .as_array()
+                    .is_some_and(|c| c.contains(&json!(alice.user_id)))
+            })
+    })
+    .await;
 }
 
 // ---- ping, queries, third-party lookups, timestamps ----

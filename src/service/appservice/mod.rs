@@ -157,11 +157,11 @@ impl Appservice {
         let sender =
             crate::service::users::Users::parse_new_localpart(&reg.sender_localpart, server_name)
                 .map_err(|e| {
-                    format!(
-                        "`sender_localpart` {:?} is invalid: {e}",
-                        reg.sender_localpart
-                    )
-                })?;
+                format!(
+                    "`sender_localpart` {:?} is invalid: {e}",
+                    reg.sender_localpart
+                )
+            })?;
         Ok(Self {
             users: compile(&reg.namespaces.users, "users")?,
             aliases: compile(&reg.namespaces.aliases, "aliases")?,
@@ -506,7 +506,11 @@ impl Appservices {
 
     /// Per appservice of `list`: whether it is interested in every event of the room, by the
     /// room's ID, one of its aliases, or a joined or invited member in its user namespace.
-    fn room_interest(&self, list: &[Arc<Appservice>], room_id: &RoomId) -> Result<Arc<Vec<bool>>> {
+    pub(crate) fn room_interest(
+        &self,
+        list: &[Arc<Appservice>],
+        room_id: &RoomId,
+    ) -> Result<Arc<Vec<bool>>> {
         if let Some(hit) = self
             .interest
             .lock()
@@ -621,6 +625,13 @@ impl Appservices {
             .filter(|(i, s)| s.receive_ephemeral() && s.url().is_some() && flags[*i])
             .map(|(_, s)| s.clone())
             .collect())
+    }
+
+    /// Whether any appservice (with a URL) asked for ephemeral events.
+    pub fn any_receive_ephemeral(&self) -> bool {
+        self.list()
+            .iter()
+            .any(|s| s.receive_ephemeral() && s.url().is_some())
     }
 
     /// The appservices (with a URL) owning `user_id`, for its to-device messages and presence.

@@ -47,6 +47,11 @@ enum QueueItem {
     Edu(Value),
     /// A to-device message (MSC4203), as sent.
     ToDevice(Value),
+    /// A device whose one-time or fallback keys changed (MSC3202): its counts are read when
+    /// the transaction is built.
+    Keys { user_id: String, device_id: String },
+    /// A user whose device list changed (MSC3202).
+    DeviceList { user_id: String },
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -142,6 +147,79 @@ impl Services {
         )
     }
 
+    /// Queues an ephemeral event for `targets`.
+    pub fn push_edu_to(&self, targets: &[Arc<Appservice>], event: Value) -> Result<()> {
+        self.appservices.queue_other(
+            targets,
+            self.timeline.current_count(),
+            &QueueItem::Edu(event),
+        )
+    }
+
+    /// MSC3202: queues the new one-time/fallback key counts of a device of an appservice's user.
+    pub fn push_key_counts(&self, user_id: &UserId, device_id: &ruma::DeviceId) -> Result<()> {
+        let targets: Vec<_> = self
+            .appservices
+            .interested_in_user(user_id)
+            .into_iter()
+            .filter(|s| s.file.msc3202 == Some(true))
+            .collect();
+        self.appservices.queue_other(
+            &targets,
+            self.timeline.current_count(),
+            &QueueItem::Keys {
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+            },
+        )
+    }
+
+    /// MSC3202: queues device-list changes for the appservices that own the users or share a
+    /// room with them.
+    pub fn push_device_list_changes(&self, users: &[&UserId]) -> Result<()> {
+        let list = self.appservices.list();
+        if !list
+            .iter()
+            .any(|s| s.file.msc3202 == Some(true) && s.url().is_some())
+        {
+            return Ok(());
+        }
+        for user in users {
+            let mut targets = self.appservices.interested_in_user(user);
+            for item in self
+                .store
+                .scan_prefix(Cf::UserRooms, &keys::prefix(user.as_bytes()))
+            {
+                let (key, value) = item?;
+                let joined = serde_json::from_slice::<Value>(&value)
+                    .is_ok_and(|m| m["membership"] == "join");
+                let room = String::from_utf8_lossy(&key[user.as_str().len() + 1..]).into_owned();
+                let (true, Ok(room)) = (joined, RoomId::parse(&room)) else {
+                    continue;
+                };
+                let list = self.appservices.list();
+                let flags = self.appservices.room_interest(&list, &room)?;
+                targets.extend(
+                    list.iter()
+                        .zip(flags.iter())
+                        .filter(|(s, f)| **f && s.url().is_some())
+                        .map(|(s, _)| s.clone()),
+                );
+            }
+            targets.retain(|s| s.file.msc3202 == Some(true));
+            targets.sort_by(|a, b| a.id().cmp(b.id()));
+            targets.dedup_by(|a, b| a.id() == b.id());
+            self.appservices.queue_other(
+                &targets,
+                self.timeline.current_count(),
+                &QueueItem::DeviceList {
+                    user_id: user.to_string(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Queues a to-device message for the appservices that own its recipient and asked for
     /// to-device messages (MSC4203).
     pub fn push_to_device(&self, recipient: &UserId, event: Value) -> Result<()> {
@@ -172,6 +250,8 @@ impl Services {
         let prefix = keys::prefix(id.as_bytes());
         let mut queue_keys = Vec::new();
         let (mut events, mut ephemeral, mut to_device) = (Vec::new(), Vec::new(), Vec::new());
+        let mut changed: Vec<String> = Vec::new();
+        let mut key_devices: Vec<(String, String)> = Vec::new();
         for item in self
             .store
             .scan_prefix(Cf::AppserviceQueue, &prefix)
@@ -195,6 +275,16 @@ impl Services {
                 }
                 Ok(QueueItem::Edu(event)) => ephemeral.push(event),
                 Ok(QueueItem::ToDevice(event)) => to_device.push(event),
+                Ok(QueueItem::DeviceList { user_id }) => {
+                    if !changed.contains(&user_id) {
+                        changed.push(user_id);
+                    }
+                }
+                Ok(QueueItem::Keys { user_id, device_id }) => {
+                    if !key_devices.contains(&(user_id.clone(), device_id.clone())) {
+                        key_devices.push((user_id, device_id));
+                    }
+                }
                 Err(e) => tracing::warn!(appservice = id, "skipping a corrupt queue entry: {e}"),
             }
         }
@@ -209,6 +299,36 @@ impl Services {
         }
         if !to_device.is_empty() {
             body["de.sorunome.msc2409.to_device"] = Value::Array(to_device);
+        }
+        if !changed.is_empty() {
+            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed, "left": [] });
+        }
+        if !key_devices.is_empty() {
+            // Counts as they are now (later changes are queued again, so nothing is missed).
+            let mut counts = serde_json::Map::new();
+            let mut fallback = serde_json::Map::new();
+            for (user, device) in key_devices {
+                let (Ok(user_id), device_id) = (
+                    UserId::parse(&user),
+                    ruma::OwnedDeviceId::from(device.as_str()),
+                ) else {
+                    continue;
+                };
+                let count = self.one_time_key_counts(&user_id, &device_id)?;
+                let types = self.unused_fallback_key_types(&user_id, &device_id)?;
+                counts
+                    .entry(user.clone())
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .map(|m| m.insert(device.clone(), json!(count)));
+                fallback
+                    .entry(user)
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .map(|m| m.insert(device, json!(types)));
+            }
+            body["org.matrix.msc3202.device_one_time_keys_count"] = Value::Object(counts);
+            body["org.matrix.msc3202.device_unused_fallback_key_types"] = Value::Object(fallback);
         }
         let txn_id = state.next_txn_id.max(1);
         state.pending = Some(PendingTxn {
