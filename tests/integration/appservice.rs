@@ -362,6 +362,69 @@ async fn invalid_registration_files_refuse_start_up_naming_file_and_problem() {
     assert!(error.contains("/nonexistent/reg.yaml"), "{error}");
 }
 
+/// `culvert check-config` validates the registration files too.
+#[test]
+fn check_config_validates_registration_files() {
+    let dir = TempDir::new().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        registration("one", "http://127.0.0.1:1", "as1", "hs1", "bot1"),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        registration("two", "http://127.0.0.1:1", "as2", "as2", "bot2"),
+    )
+    .unwrap();
+    let run = |files: &[&std::path::Path]| {
+        let list: Vec<String> = files
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
+        let config = dir.path().join("culvert.toml");
+        std::fs::write(
+            &config,
+            crate::common::test_config(
+                &dir.path().join("db"),
+                &format!("app_service_config_files = [{}]", list.join(", ")),
+            ),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_culvert"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
+                command.env_remove(key);
+            }
+        }
+        let output = command
+            .args(["--config", config.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run(&[&good]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("application service \"one\": registration valid"),
+        "{out}"
+    );
+    let (ok, out) = run(&[&good, &bad]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("bad.yaml") && out.contains("must differ"),
+        "{out}"
+    );
+}
+
 // ---- namespaces, exclusivity, registration and login ----
 
 #[tokio::test]

@@ -256,6 +256,25 @@ pub fn parse_yaml(text: &str) -> Result<RegistrationFile, String> {
     serde_yaml_ng::from_str::<RegistrationFile>(text).map_err(|e| format!("invalid YAML: {e}"))
 }
 
+/// Reads, parses and validates the registration files (also across files: IDs and tokens
+/// unique). Errors name the file and the problem.
+pub fn check_files(
+    server_name: &ServerName,
+    files: &[impl AsRef<Path>],
+) -> Result<Vec<Arc<Appservice>>, String> {
+    let mut loaded: Vec<Arc<Appservice>> = Vec::new();
+    for path in files {
+        let path = path.as_ref();
+        let file = parse_file(path)?;
+        let service = Appservice::new(file, Source::File, server_name)
+            .map_err(|e| format!("appservice registration {}: {e}", path.display()))?;
+        check_unique(&loaded, &service)
+            .map_err(|e| format!("appservice registration {}: {e}", path.display()))?;
+        loaded.push(Arc::new(service));
+    }
+    Ok(loaded)
+}
+
 /// Every registered appservice, in memory.
 pub struct Appservices {
     store: Store,
@@ -305,16 +324,7 @@ impl Appservices {
             spawn_requests: Mutex::new(Vec::new()),
             started: AtomicBool::new(false),
         };
-        let mut loaded = Vec::new();
-        for path in files {
-            let path = path.as_ref();
-            let file = parse_file(path)?;
-            let service = Appservice::new(file, Source::File, server_name)
-                .map_err(|e| format!("appservice registration {}: {e}", path.display()))?;
-            check_unique(&loaded, &service)
-                .map_err(|e| format!("appservice registration {}: {e}", path.display()))?;
-            loaded.push(Arc::new(service));
-        }
+        let mut loaded = check_files(server_name, files)?;
         // Registrations from the API survive restarts; file ones are replaced by the files.
         let mut batch = Batch::new();
         let stored: Vec<_> = this

@@ -37,8 +37,11 @@ impl Services {
     /// Asks the appservices whose user namespace holds `user_id` whether it exists (they create
     /// it, as a bridge does for a ghost, before answering). True when the user exists here now.
     pub async fn query_appservices_for_user(&self, user_id: &UserId) -> Result<bool> {
-        if user_id.server_name() != self.server_name || self.users.exists(user_id)? {
-            return Ok(self.users.exists(user_id)?);
+        if user_id.server_name() != self.server_name {
+            return Ok(false);
+        }
+        if self.users.exists(user_id)? {
+            return Ok(true);
         }
         let candidates: Vec<_> = self
             .appservices
