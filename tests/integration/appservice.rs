@@ -845,6 +845,32 @@ async fn ephemeral_events_to_device_messages_and_key_counts_reach_the_bridge() {
     })
     .await;
 
+    // Private receipts go only to the appservice owning their user: alice's not, irc_bob's yes.
+    for (path_user, token) in [
+        (None, alice.token.as_str()),
+        (Some("@irc_bob:test.local"), AS_TOKEN),
+    ] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read.private/{last}");
+        let path = match path_user {
+            Some(user) => as_user(&path, user),
+            None => path,
+        };
+        let (status, body) = server.post(&path, Some(token), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    eventually("irc_bob's private receipt", || {
+        accepted_field(&fake, "ephemeral")
+            .iter()
+            .any(|e| e["content"][&last]["m.read.private"]["@irc_bob:test.local"].is_object())
+    })
+    .await;
+    assert!(
+        !accepted_field(&fake, "ephemeral")
+            .iter()
+            .any(|e| e["content"][&last]["m.read.private"][&alice.user_id].is_object()),
+        "alice's private receipt is hers"
+    );
+
     // The bridged user's device (an encrypted bridge logs its users in).
     let (status, login) = server
         .post(
@@ -1005,6 +1031,17 @@ async fn ping_reaches_the_appservice_or_says_why_not() {
         )
         .await;
     assert_error(&down, StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED");
+    // A user query to an appservice that does not answer: 408, as the spec says.
+    let timeout = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/profile/{}",
+                urlencode("@down_someone:test.local")
+            ),
+            Some(&alice.token),
+        )
+        .await;
+    assert_error(&timeout, StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN");
 }
 
 #[tokio::test]

@@ -696,8 +696,9 @@ impl crate::service::Services {
                     Err(e) => return Err(e),
                 }
             } else {
+                // Bridges (mautrix) recognise this wording and register their bot then.
                 return Err(Error::forbidden(format!(
-                    "The application service has not registered {user_id}."
+                    "Application service has not registered this user ({user_id})."
                 )));
             }
         }

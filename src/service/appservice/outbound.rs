@@ -16,6 +16,25 @@ use crate::{Error, Result, service::Services};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
+const QUERY_ATTEMPTS: u32 = 3;
+
+enum QueryOutcome {
+    /// The appservice answered 200: the entity should exist now.
+    Yes,
+    /// It answered, but does not know the entity.
+    No,
+    /// It did not answer (connection failure or timeout), several times.
+    Unreachable,
+}
+
+/// 408: the appservice that might provide the user or alias did not answer.
+fn query_timeout() -> Error {
+    Error::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorKind::Unknown,
+        "The application service responsible for this did not answer.",
+    )
+}
 
 fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -34,8 +53,36 @@ fn endpoint(service: &Appservice, path: &str) -> Option<String> {
 }
 
 impl Services {
+    /// One user or alias query (`path` under `/_matrix/app/v1/`), tried a few times when the
+    /// appservice does not answer at all, as the spec asks.
+    async fn query_appservice(&self, service: &Appservice, path: &str) -> QueryOutcome {
+        let Some(url) = endpoint(service, path) else {
+            return QueryOutcome::No;
+        };
+        for attempt in 0..QUERY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+            }
+            let answer = self
+                .appservices
+                .http
+                .get(&url)
+                .bearer_auth(&service.registration().hs_token)
+                .timeout(QUERY_TIMEOUT)
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() => return QueryOutcome::Yes,
+                Ok(_) => return QueryOutcome::No,
+                Err(e) => tracing::warn!(appservice = service.id(), "query {path} failed: {e}"),
+            }
+        }
+        QueryOutcome::Unreachable
+    }
+
     /// Asks the appservices whose user namespace holds `user_id` whether it exists (they create
-    /// it, as a bridge does for a ghost, before answering). True when the user exists here now.
+    /// it, as a bridge does for a ghost, before answering). True when the user exists here now;
+    /// 408 when no appservice that might know it answered.
     pub async fn query_appservices_for_user(&self, user_id: &UserId) -> Result<bool> {
         if user_id.server_name() != self.server_name {
             return Ok(false);
@@ -47,37 +94,32 @@ impl Services {
             .appservices
             .list()
             .iter()
-            .filter(|s| s.is_user_match(user_id))
+            .filter(|s| s.is_user_match(user_id) && s.url().is_some())
             .cloned()
             .collect();
+        let mut answered = candidates.is_empty();
         for service in candidates {
             let path = format!("/_matrix/app/v1/users/{}", percent_encode(user_id.as_str()));
-            let Some(url) = endpoint(&service, &path) else {
-                continue;
-            };
-            let answer = self
-                .appservices
-                .http
-                .get(url)
-                .bearer_auth(&service.registration().hs_token)
-                .timeout(QUERY_TIMEOUT)
-                .send()
-                .await;
-            match answer {
-                Ok(r) if r.status().is_success() => {
+            match self.query_appservice(&service, &path).await {
+                QueryOutcome::Yes => {
+                    answered = true;
                     if self.users.exists(user_id)? {
                         return Ok(true);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(appservice = service.id(), "user query failed: {e}"),
+                QueryOutcome::No => answered = true,
+                QueryOutcome::Unreachable => {}
             }
+        }
+        if !answered {
+            return Err(query_timeout());
         }
         Ok(false)
     }
 
     /// The room `alias` points to, asking the appservices whose alias namespace holds it when
-    /// it is unknown (they create the room and the alias before answering).
+    /// it is unknown (they create the room and the alias before answering); 408 when none of
+    /// them answered.
     pub async fn resolve_alias_with_appservices(
         &self,
         alias: &RoomAliasId,
@@ -89,31 +131,25 @@ impl Services {
             .appservices
             .list()
             .iter()
-            .filter(|s| s.is_alias_match(alias.as_str()))
+            .filter(|s| s.is_alias_match(alias.as_str()) && s.url().is_some())
             .cloned()
             .collect();
+        let mut answered = candidates.is_empty();
         for service in candidates {
             let path = format!("/_matrix/app/v1/rooms/{}", percent_encode(alias.as_str()));
-            let Some(url) = endpoint(&service, &path) else {
-                continue;
-            };
-            let answer = self
-                .appservices
-                .http
-                .get(url)
-                .bearer_auth(&service.registration().hs_token)
-                .timeout(QUERY_TIMEOUT)
-                .send()
-                .await;
-            match answer {
-                Ok(r) if r.status().is_success() => {
+            match self.query_appservice(&service, &path).await {
+                QueryOutcome::Yes => {
+                    answered = true;
                     if let Some(room) = self.resolve_alias(alias)? {
                         return Ok(Some(room));
                     }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(appservice = service.id(), "alias query failed: {e}"),
+                QueryOutcome::No => answered = true,
+                QueryOutcome::Unreachable => {}
             }
+        }
+        if !answered {
+            return Err(query_timeout());
         }
         Ok(None)
     }

@@ -139,7 +139,21 @@ impl Services {
     /// Queues an ephemeral event of a room (typing, receipt) for the appservices that asked for
     /// ephemeral events and are interested in the room.
     pub fn push_room_edu(&self, room_id: &RoomId, event: Value) -> Result<()> {
-        let targets = self.appservices.interested_in_room(room_id)?;
+        self.push_room_edu_for(room_id, event, None)
+    }
+
+    /// Like [`Services::push_room_edu`], limited to the appservices whose namespace holds
+    /// `owner` when it is given (private read receipts).
+    pub fn push_room_edu_for(
+        &self,
+        room_id: &RoomId,
+        event: Value,
+        owner: Option<&UserId>,
+    ) -> Result<()> {
+        let mut targets = self.appservices.interested_in_room(room_id)?;
+        if let Some(owner) = owner {
+            targets.retain(|s| s.is_user_match(owner));
+        }
         self.appservices.queue_other(
             &targets,
             self.timeline.current_count(),

@@ -119,7 +119,7 @@ impl Services {
         ]);
         let event_id = event_id.to_string();
         let now = utils::now_millis();
-        if receipt_type != "m.read.private" {
+        {
             let mut receipt = json!({ "ts": now });
             if let Some(thread) = thread {
                 receipt["thread_id"] = json!(thread);
@@ -129,7 +129,9 @@ impl Services {
                 "room_id": room_id,
                 "content": { &event_id: { receipt_type: { user_id.as_str(): receipt } } },
             });
-            self.push_room_edu(room_id, edu)?;
+            // Private receipts go only to the appservices owning the user.
+            let only_for = (receipt_type == "m.read.private").then_some(user_id);
+            self.push_room_edu_for(room_id, edu, only_for)?;
         }
         let room = room_id.as_bytes().to_vec();
         let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
