@@ -839,4 +839,49 @@ org.matrix.msc3202: true
         let no_token = GOOD.replace("hs_token: hs-secret\n", "");
         assert!(parse_yaml(&no_token).unwrap_err().contains("hs_token"));
     }
+
+    #[test]
+    fn the_registry_registers_lists_and_unregisters_and_files_win_over_the_database() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            &crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let file = dir.path().join("irc.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let registry = Appservices::load(store.clone(), &server(), &[&file]).unwrap();
+        assert_eq!(registry.list().len(), 1);
+        assert!(registry.by_as_token("as-secret").is_some());
+        assert!(registry.by_as_token("hs-secret").is_none());
+        let ghost = UserId::parse("@irc_x:example.org").unwrap();
+        assert!(registry.check_user_exclusive(&ghost, None).is_err());
+
+        // A second one at run time; its tokens must not clash with the first one's.
+        let clash = parse_yaml(&GOOD.replace("id: irc", "id: other")).unwrap();
+        assert!(registry.register(clash).is_err());
+        let other = parse_yaml(
+            &GOOD
+                .replace("id: irc", "id: other")
+                .replace("as-secret", "as-2")
+                .replace("hs-secret", "hs-2")
+                .replace("sender_localpart: ircbot", "sender_localpart: otherbot"),
+        )
+        .unwrap();
+        registry.register(other).unwrap();
+        assert_eq!(registry.list().len(), 2);
+        drop(registry);
+
+        // After a restart: the API registration is back, the file one read from the file.
+        let registry = Appservices::load(store.clone(), &server(), &[&file]).unwrap();
+        let mut ids: Vec<String> = registry.list().iter().map(|s| s.id().to_owned()).collect();
+        ids.sort();
+        assert_eq!(ids, ["irc", "other"]);
+        assert!(registry.unregister("other").unwrap());
+        assert!(!registry.unregister("other").unwrap());
+        drop(registry);
+        // A file no longer listed is gone from the database too.
+        let registry = Appservices::load(store, &server(), &[] as &[&Path]).unwrap();
+        assert!(registry.list().is_empty());
+    }
 }
