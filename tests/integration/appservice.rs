@@ -295,7 +295,9 @@ async fn start_error(files: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn invalid_registration_files_refuse_start_up_naming_file_and_problem() {
     let good = registration("one", "http://127.0.0.1:1", "as1", "hs1", "bot1");
-    let cases: Vec<(Vec<(&str, String)>, &str, &str)> = vec![
+    // (files, the file the error must name, the problem it must name)
+    type Case<'a> = (Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("bad.yaml", "id: [unclosed".into())],
             "bad.yaml",
@@ -1313,13 +1315,12 @@ async fn sync_until_message(
             None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
         };
         let response = server.get_ok(&path, who).await;
-        if let Some(events) = response["rooms"]["join"][room]["timeline"]["events"].as_array() {
-            if let Some(event) = events
+        if let Some(events) = response["rooms"]["join"][room]["timeline"]["events"].as_array()
+            && let Some(event) = events
                 .iter()
                 .find(|e| e["sender"] == sender && e["content"]["body"] == body)
-            {
-                return event.clone();
-            }
+        {
+            return event.clone();
         }
         since = response["next_batch"].as_str().map(str::to_owned);
     }
