@@ -527,6 +527,15 @@ async fn exclusive_namespaces_belong_to_the_appservice() {
         )
         .await;
     assert_eq!(as_room.0, StatusCode::OK, "{}", as_room.1);
+    // But not outside its namespace.
+    let outside = server
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(AS_TOKEN),
+            json!({ "room_alias_name": "not_irc" }),
+        )
+        .await;
+    assert_error(&outside, StatusCode::BAD_REQUEST, "M_EXCLUSIVE");
     // Other names are still free for everyone.
     let (status, _) = server
         .put(

@@ -486,12 +486,20 @@ impl Appservices {
         }
     }
 
-    /// `M_EXCLUSIVE` unless `actor` may create `alias`.
+    /// `M_EXCLUSIVE` unless `actor` may create `alias`: an appservice only in its own alias
+    /// namespace, anyone else only outside exclusive ones.
     pub fn check_alias_exclusive(
         &self,
         alias: &RoomAliasId,
         actor: Option<&Appservice>,
     ) -> Result<()> {
+        if let Some(service) = actor
+            && !service.is_alias_match(alias.as_str())
+        {
+            return Err(exclusive(
+                "This room alias is not in the application service's namespace.",
+            ));
+        }
         match self.exclusive_alias_owner(alias) {
             Some(owner) if actor.is_none_or(|a| a.id() != owner.id()) => Err(exclusive(
                 "This room alias is reserved by an application service.",
