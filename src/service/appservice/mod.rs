@@ -696,7 +696,19 @@ impl crate::service::Services {
                 user_id
             }
         };
-        if !registering && !self.users.exists(&user_id)? {
+        let record = if registering {
+            None
+        } else {
+            self.users.get(&user_id)?
+        };
+        if record.as_ref().is_some_and(|r| r.deactivated) {
+            return Err(Error::new(
+                http::StatusCode::FORBIDDEN,
+                ruma::api::error::ErrorKind::UserDeactivated,
+                format!("{user_id} is deactivated."),
+            ));
+        }
+        if !registering && record.is_none() {
             if user_id == service.sender {
                 match self.users.create_for_appservice(&user_id, |_| {}).await {
                     Ok(_) => tracing::info!(user = %user_id, "created an appservice sender"),
