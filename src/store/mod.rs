@@ -142,8 +142,11 @@ pub enum Cf {
     /// (registration files are the source of truth; see `service::appservice`).
     Appservices,
     /// `appservice_id 0xFF stream count (u64 BE) ++ sequence (u64 BE)` → queued item JSON
-    /// (`{"pdu": short event id}`, `{"edu": event}` or `{"to_device": event}`): what is still
-    /// to be pushed to the appservice, in order. PDU entries are written in the event's batch.
+    /// (`{"pdu": {room_id, short}}`, `{"edu": event}`, `{"to_device": event}`,
+    /// `{"keys": {user_id, device_id}}`, `{"device_list": {user_id}}`): what is still to be
+    /// pushed to the appservice, in order. Room events use sequence 0 and are written in the
+    /// event's own batch; the others take the current stream count and a start-up-seeded
+    /// sequence.
     AppserviceQueue,
     /// `appservice_id` → `{next_txn_id, pending}` JSON: the next transaction ID, and the
     /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
