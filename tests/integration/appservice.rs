@@ -595,6 +595,40 @@ async fn masquerading_with_user_id_and_device_id() {
     assert_error(&bad, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
 }
 
+/// `rate_limited: false`: the appservice's requests skip the rate limits others meet.
+#[tokio::test]
+async fn appservices_without_rate_limits_are_not_limited() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("fake.yaml");
+    std::fs::write(
+        &path,
+        registration("fake", "null", AS_TOKEN, HS_TOKEN, "fakebot"),
+    )
+    .unwrap();
+    let server = TestServer::start_with(&format!(
+        "rate_limits = {{ enabled = true, register_per_minute = 1, register_burst = 1 }}\n\
+         app_service_config_files = [{:?}]",
+        path.display().to_string()
+    ))
+    .await;
+    for i in 0..5 {
+        let (status, body) = as_register(&server, &format!("irc_user{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Ordinary clients do meet the limit.
+    let mut limited = false;
+    for i in 0..3 {
+        let (status, _) = server
+            .get(
+                &format!("/_matrix/client/v3/register/available?username=someone{i}"),
+                None,
+            )
+            .await;
+        limited |= status == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(limited);
+}
+
 // ---- pushing transactions ----
 
 /// A room of alice's with the bridged user @irc_bob joined; returns (alice, room).
