@@ -107,6 +107,14 @@ pub fn main() -> ExitCode {
                 println!("database_path = {}", config.database_path.display());
                 println!("listening on {}:{}", config.address, config.port);
                 println!("allow_registration = {}", config.allow_registration);
+                let appservices = crate::service::appservice::check_files(
+                    &config.server_name,
+                    &config.app_service_config_files,
+                )
+                .map_err(StartError::Other)?;
+                for service in &appservices {
+                    println!("application service {:?}: registration valid", service.id());
+                }
                 for key in config.unused_conduit_keys() {
                     println!(
                         "note: `{key}` is accepted for Conduit compatibility but has no effect"

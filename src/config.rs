@@ -117,6 +117,11 @@ pub struct Config {
     /// allows everything. See `service::outbound_guard`.
     #[serde(default = "crate::service::outbound_guard::default_denylist")]
     pub ip_range_denylist: Vec<String>,
+    /// Application-service registration files (the standard YAML: `id`, `url`, `as_token`,
+    /// `hs_token`, `sender_localpart`, `namespaces`, …), loaded at start-up. A file that does not
+    /// parse or validate stops start-up with a message naming it.
+    #[serde(default)]
+    pub app_service_config_files: Vec<PathBuf>,
 
     // ---- Accepted for compatibility with Conduit configs; not acted on (yet). ----
     #[serde(default)]

@@ -32,6 +32,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     services.announce_bootstrap_token()?;
     services.start_federation_sender()?;
     expire_presence_periodically(&services);
+    services.start_appservice_senders();
 
     let listener = TcpListener::bind(addr)
         .await

@@ -32,7 +32,13 @@ use ruma::{
     },
 };
 
-use crate::{Error, service::Services};
+use crate::{
+    Error,
+    service::{
+        Services,
+        appservice::{Appservice, AppserviceIdentity},
+    },
+};
 
 pub type State = Arc<Services>;
 
@@ -62,8 +68,8 @@ impl AuthRequirement for AccessToken {
 impl AuthRequirement for AccessTokenOptional {
     const KIND: AuthKind = AuthKind::Optional;
 }
-// Application services (their own tokens) come with the appservice work; until then an
-// appservice-capable endpoint is treated as the ordinary client endpoint it also is.
+// Any endpoint accepts an appservice's `as_token` (see `appservice_identity`); the endpoints
+// only appservices may call check `Ruma::appservice` themselves.
 impl AuthRequirement for AppserviceToken {
     const KIND: AuthKind = AuthKind::Required;
 }
@@ -96,6 +102,9 @@ pub struct Ruma<T> {
     pub sender_user: Option<OwnedUserId>,
     pub sender_device: Option<OwnedDeviceId>,
     pub client_ip: Option<IpAddr>,
+    /// Set when the request came with an application service's `as_token`; `sender_user` is
+    /// then the user it acts as (its sender, or the `user_id` it masquerades as).
+    pub appservice: Option<Arc<Appservice>>,
 }
 
 impl<T> Ruma<T> {
@@ -114,11 +123,20 @@ impl<T> Ruma<T> {
     pub fn ip_key(&self) -> String {
         self.client_ip.map(|ip| ip.to_string()).unwrap_or_default()
     }
+    /// Whether rate limits apply: not to appservices registered with `rate_limited: false`.
+    pub fn rate_limited(&self) -> bool {
+        self.appservice.as_ref().is_none_or(|s| s.rate_limited())
+    }
+    /// `origin_server_ts` to use for `ts` (timestamp massaging): honoured for appservices only.
+    pub fn massaged_ts(&self, ts: Option<ruma::MilliSecondsSinceUnixEpoch>) -> Option<u64> {
+        self.appservice.as_ref()?;
+        ts.map(|ts| u64::from(ts.get()))
+    }
 }
 
 impl<T> FromRequest<State> for Ruma<T>
 where
-    T: IncomingRequest + Send,
+    T: IncomingRequest + Send + 'static,
     T::Authentication: AuthRequirement,
 {
     type Rejection = Error;
@@ -145,12 +163,20 @@ where
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip());
 
+        let mut appservice = None;
         let (sender_user, sender_device) = match T::Authentication::KIND {
             AuthKind::None => (None, None),
             kind => match access_token(&parts) {
-                Some(token) => match services.devices.authenticate(&token)? {
-                    Some(session) => (Some(session.user_id), Some(session.device_id)),
-                    None => return Err(Error::unknown_token()),
+                Some(token) => match services.appservices.by_as_token(&token) {
+                    Some(service) => {
+                        let identity = appservice_identity::<T>(services, &service, &parts).await?;
+                        appservice = Some(service);
+                        (Some(identity.user_id), Some(identity.device_id))
+                    }
+                    None => match services.devices.authenticate(&token)? {
+                        Some(session) => (Some(session.user_id), Some(session.device_id)),
+                        None => return Err(Error::unknown_token()),
+                    },
                 },
                 None if kind == AuthKind::Required => return Err(Error::missing_token()),
                 None => (None, None),
@@ -181,8 +207,40 @@ where
             sender_user,
             sender_device,
             client_ip,
+            appservice,
         })
     }
+}
+
+/// Whom a request with an `as_token` acts as: the `user_id` query parameter (identity
+/// assertion) and `device_id` (MSC3202's `org.matrix.msc3202.device_id`, or the stable name).
+/// `/register` only names the appservice, so its user need not exist yet.
+async fn appservice_identity<T: 'static>(
+    services: &Services,
+    service: &Appservice,
+    parts: &http::request::Parts,
+) -> Result<AppserviceIdentity, Error> {
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded_pairs(q).collect())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let registering = std::any::TypeId::of::<T>()
+        == std::any::TypeId::of::<ruma::api::client::account::register::v3::Request>();
+    services
+        .appservice_identity(
+            service,
+            param("user_id"),
+            param("org.matrix.msc3202.device_id").or(param("device_id")),
+            registering,
+        )
+        .await
 }
 
 /// The access token from `Authorization: Bearer …`, or the deprecated `access_token` query

@@ -194,6 +194,7 @@ impl Services {
                 device_lists::change_into(&store, batch, count, user_id)
             })
             .await?;
+        self.push_device_list_changes(&[user_id])?;
         Ok(())
     }
 
@@ -381,6 +382,8 @@ impl Services {
                     Ok(())
                 })
                 .await?;
+            let users: Vec<&UserId> = changed.iter().map(|u| u.as_ref()).collect();
+            self.push_device_list_changes(&users)?;
         }
         Ok(json!({ "failures": failures }))
     }

@@ -88,7 +88,8 @@ impl Services {
     /// Records, under one new stream count, a device-list change of each of `users`.
     pub async fn announce_device_list_change(&self, users: &[&UserId]) -> Result<u64> {
         let store = self.store.clone();
-        self.timeline
+        let count = self
+            .timeline
             .commit_counted(Batch::new(), |batch, count| {
                 // Under the stream lock: `device_list_counts` cannot move concurrently.
                 for user in users {
@@ -96,7 +97,9 @@ impl Services {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        self.push_device_list_changes(users)?;
+        Ok(count)
     }
 
     /// Sync's `device_lists`: empty on an initial sync (the client queries everyone it needs).

@@ -259,6 +259,7 @@ impl Services {
                         crate::service::device_lists::change_into(&store, batch, count, user_id)
                     })
                     .await?;
+                self.push_device_list_changes(&[user_id])?;
             }
         }
         let mut batch = Batch::new();
@@ -303,10 +304,14 @@ impl Services {
             };
             batch.put(Cf::FallbackKeys, store_key, serde_json::to_vec(&record)?);
         }
-        if !batch.is_empty() {
+        let keys_changed = !batch.is_empty();
+        if keys_changed {
             self.store.write(batch)?;
         }
         drop(guard);
+        if keys_changed {
+            self.push_key_counts(user_id, device_id)?;
+        }
         self.one_time_key_counts(user_id, device_id)
     }
 
@@ -426,6 +431,7 @@ impl Services {
         let mut claimed = Map::new();
         let mut failures = Map::new();
         let mut batch = Batch::new();
+        let mut claimed_devices = Vec::new();
         let guard = self.e2ee.lock();
         for (user_id, devices) in requested {
             if !self.is_local(user_id) {
@@ -472,6 +478,7 @@ impl Services {
                     device_id.to_string(),
                     json!({ format!("{algorithm}:{key_id}"): key }),
                 );
+                claimed_devices.push((user_id, device_id));
             }
             if !user_keys.is_empty() {
                 claimed.insert(user_id.to_string(), Value::Object(user_keys));
@@ -481,6 +488,10 @@ impl Services {
             self.store.write(batch)?;
         }
         drop(guard);
+        // MSC3202: bridges learn their devices' new counts.
+        for (user_id, device_id) in claimed_devices {
+            self.push_key_counts(user_id, device_id)?;
+        }
         Ok(json!({ "one_time_keys": claimed, "failures": failures }))
     }
 
@@ -531,6 +542,19 @@ impl Services {
                 "sender": sender,
                 "content": message.content,
             }))?;
+            for device_id in &devices {
+                // Appservices that asked for their users' to-device messages (MSC4203).
+                self.push_to_device(
+                    &message.user_id,
+                    json!({
+                        "type": event_type,
+                        "sender": sender,
+                        "to_user_id": message.user_id,
+                        "to_device_id": device_id,
+                        "content": message.content,
+                    }),
+                )?;
+            }
             for device_id in devices {
                 queued.push((
                     keys::join([message.user_id.as_bytes(), device_id.as_bytes()]),

@@ -2,6 +2,7 @@
 //! `crate::api` call into these; these call into `crate::store`.
 
 pub mod account_data;
+pub mod appservice;
 pub mod cross_signing;
 pub mod dehydrated;
 pub mod device_lists;
@@ -60,6 +61,8 @@ pub struct Services {
     pub federation: federation::Federation,
     /// The media repository: files, thumbnails, URL previews (see `media`).
     pub media: media::Media,
+    /// Application services: registrations, namespaces, the push queue (see `appservice`).
+    pub appservices: Arc<appservice::Appservices>,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -88,6 +91,15 @@ impl Services {
         let federation =
             federation::Federation::new(&config, store.clone()).map_err(StartError::Other)?;
         let media = media::Media::open(&config, store.clone()).map_err(StartError::Other)?;
+        let appservices = Arc::new(
+            appservice::Appservices::load(
+                store.clone(),
+                &config.server_name,
+                &config.app_service_config_files,
+            )
+            .map_err(StartError::Other)?,
+        );
+        timeline.set_appservices(appservices.clone());
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -107,6 +119,7 @@ impl Services {
             key_backup: key_backup::KeyBackup::default(),
             federation,
             media,
+            appservices,
             store,
             config,
         });

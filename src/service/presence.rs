@@ -164,7 +164,29 @@ impl Services {
         if active {
             self.presence.touch(user_id, now);
         }
+        self.push_presence(user_id)?;
         Ok(())
+    }
+
+    /// Queues a presence change for the appservices that asked for ephemeral events and own
+    /// the user or share a room with it (MSC2409).
+    fn push_presence(&self, user_id: &UserId) -> Result<()> {
+        if !self.appservices.any_receive_ephemeral() {
+            return Ok(());
+        }
+        let mut targets = self.appservices.interested_in_user(user_id);
+        for room in self.joined_rooms(user_id)? {
+            targets.extend(self.appservices.interested_in_room(&room)?);
+        }
+        targets.retain(|s| s.receive_ephemeral());
+        targets.sort_by(|a, b| a.id().cmp(b.id()));
+        targets.dedup_by(|a, b| a.id() == b.id());
+        let event = json!({
+            "type": "m.presence",
+            "sender": user_id,
+            "content": self.presence_content(user_id)?,
+        });
+        self.push_edu_to(&targets, event)
     }
 
     /// Sets offline every user who is not offline but whose clients have not been heard from

@@ -146,11 +146,35 @@ impl Users {
         guest: bool,
         extra: impl FnOnce(&mut Batch),
     ) -> Result<UserRecord> {
+        self.create_inner(user_id, password_hash, admin, guest, true, extra)
+            .await
+    }
+
+    /// Creates an account for an application service (its sender or a user in its namespace):
+    /// no password, and never made admin for being the first account.
+    pub async fn create_for_appservice(
+        &self,
+        user_id: &UserId,
+        extra: impl FnOnce(&mut Batch),
+    ) -> Result<UserRecord> {
+        self.create_inner(user_id, None, false, false, false, extra)
+            .await
+    }
+
+    async fn create_inner(
+        &self,
+        user_id: &UserId,
+        password_hash: Option<String>,
+        admin: bool,
+        guest: bool,
+        first_may_be_admin: bool,
+        extra: impl FnOnce(&mut Batch),
+    ) -> Result<UserRecord> {
         let _guard = self.write_lock.lock().await;
         if self.exists(user_id)? {
             return Err(user_in_use());
         }
-        let first = self.none_exist()?;
+        let first = first_may_be_admin && self.none_exist()?;
         let record = UserRecord {
             password_hash,
             admin: admin || first,

@@ -162,10 +162,24 @@ pub enum Cf {
     MediaThumbnails,
     /// URL → `{ts, preview}` JSON: cached `/preview_url` answers.
     UrlPreviews,
+    /// `appservice_id` → `{source, registration}` JSON: every registered application service
+    /// (registration files are the source of truth; see `service::appservice`).
+    Appservices,
+    /// `appservice_id 0xFF stream count (u64 BE) ++ sequence (u64 BE)` → queued item JSON
+    /// (`{"pdu": {room_id, short}}`, `{"edu": event}`, `{"to_device": event}`,
+    /// `{"keys": {user_id, device_id}}`, `{"device_list": {user_id}}`): what is still to be
+    /// pushed to the appservice, in order. Room events use sequence 0 and are written in the
+    /// event's own batch; the others take the current stream count and a start-up-seeded
+    /// sequence.
+    AppserviceQueue,
+    /// `appservice_id` → `{next_txn_id, pending}` JSON: the next transaction ID, and the
+    /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
+    /// crash the same transaction is sent again with the same content.
+    AppserviceTxns,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 52] = [
+    pub const ALL: [Cf; 55] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -218,6 +232,9 @@ impl Cf {
         Cf::MediaFiles,
         Cf::MediaThumbnails,
         Cf::UrlPreviews,
+        Cf::Appservices,
+        Cf::AppserviceQueue,
+        Cf::AppserviceTxns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -274,6 +291,9 @@ impl Cf {
             Cf::MediaFiles => "media_files",
             Cf::MediaThumbnails => "media_thumbnails",
             Cf::UrlPreviews => "url_previews",
+            Cf::Appservices => "appservices",
+            Cf::AppserviceQueue => "appservice_queue",
+            Cf::AppserviceTxns => "appservice_txns",
         }
     }
 }

@@ -369,3 +369,25 @@ impl TestServer {
         self.restart().await
     }
 }
+
+impl TestServer {
+    /// Like [`TestServer::restart`], but listening on the same port again, for clients that
+    /// keep the server's URL (an appservice bridge).
+    pub async fn restart_same_port(mut self) -> Self {
+        let server = self.server.take().expect("running");
+        let port = server.addr.port();
+        server.stop().await.expect("clean stop");
+        let text = test_config(&self.db_path, &self.extra_config)
+            .replace("port = 0", &format!("port = {port}"));
+        let config = Config::from_toml_str(&text).expect("test config is valid");
+        let server = culvert::server::start(config).await.expect("server starts");
+        Self {
+            base: format!("http://{}", server.addr),
+            http: reqwest::Client::new(),
+            db_path: self.db_path.clone(),
+            _dir: self._dir.clone(),
+            extra_config: self.extra_config.clone(),
+            server: Some(server),
+        }
+    }
+}

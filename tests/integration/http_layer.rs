@@ -71,10 +71,10 @@ async fn unknown_paths_and_methods_are_unrecognized() {
         StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",
     );
-    // Third-party networks are not built yet: they must say so, not pretend.
+    // Paths next to built ones are no exception.
     assert_error(
         &server
-            .get("/_matrix/client/v3/thirdparty/protocols", None)
+            .get("/_matrix/client/v3/thirdparty/no/such/lookup", None)
             .await,
         StatusCode::NOT_FOUND,
         "M_UNRECOGNIZED",

@@ -10,7 +10,10 @@ async fn login_flows_and_password_login() {
     let server = TestServer::start().await;
     let (status, body) = server.get("/_matrix/client/v3/login", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["flows"], json!([{ "type": "m.login.password" }]));
+    assert_eq!(
+        body["flows"],
+        json!([{ "type": "m.login.password" }, { "type": "m.login.application_service" }])
+    );
 
     let registered = server.register("alice", "correct horse").await;
     // By localpart, by full user ID, and through the deprecated `user` field.

@@ -39,6 +39,9 @@ pub async fn create_alias(
             "You must be in the room to give it an alias.",
         ));
     }
+    services
+        .appservices
+        .check_alias_exclusive(&body.room_alias, request.appservice.as_deref())?;
     services.create_alias(&body.room_alias, &body.room_id, request.user())?;
     Ok(RumaResponse(create_v3::Response::new()))
 }
@@ -48,7 +51,8 @@ pub async fn get_alias(
     request: Ruma<get_v3::Request>,
 ) -> Result<RumaResponse<get_v3::Response>> {
     let room_id = services
-        .resolve_alias(&request.body.room_alias)?
+        .resolve_alias_with_appservices(&request.body.room_alias)
+        .await?
         .ok_or_else(|| Error::not_found("No room has that alias."))?;
     Ok(RumaResponse(get_v3::Response::new(
         room_id,

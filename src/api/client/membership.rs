@@ -36,6 +36,15 @@ pub async fn join_by_id_or_alias(
 ) -> Result<RumaResponse<join_or_alias_v3::Response>> {
     let (room_id, via) = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
         Ok(room_id) => (room_id, request.body.via.clone()),
+        // Ours (asking the appservices whose namespace it is in, when unknown), or another
+        // server's (asking that server).
+        Err(alias) if alias.server_name() == services.server_name => {
+            let room_id = services
+                .resolve_alias_with_appservices(&alias)
+                .await?
+                .ok_or_else(|| Error::not_found("No room has that alias."))?;
+            (room_id, request.body.via.clone())
+        }
         Err(alias) => {
             let (room_id, servers) = services.resolve_alias_anywhere(&alias).await?;
             let via = request.body.via.iter().cloned().chain(servers).collect();
@@ -74,6 +83,10 @@ pub async fn invite(
     };
     let room_id = &request.body.room_id;
     let reason = recipient.reason.as_deref();
+    // A bridged user the bridge has not created yet: ask it first.
+    services
+        .query_appservices_for_user(&recipient.user_id)
+        .await?;
     services
         .set_membership(
             room_id,

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod appservice;
 mod context;
 mod dehydrated;
 mod devices;
@@ -193,4 +194,24 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::push::get_pushers::v3::Request, _, _>(push_rules::pushers)
         // The content repository (plain axum handlers: bodies are files, not JSON).
         .merge(media::routes())
+        // Application services (ping, per-network directory) and third-party lookups.
+        .ruma_route::<c::appservice::request_ping::v1::Request, _, _>(appservice::ping)
+        .ruma_route::<c::appservice::set_room_visibility::v3::Request, _, _>(
+            appservice::set_network_visibility,
+        )
+        .ruma_route::<c::thirdparty::get_protocols::v3::Request, _, _>(appservice::protocols)
+        .ruma_route::<c::thirdparty::get_protocol::v3::Request, _, _>(appservice::protocol)
+        .ruma_route::<c::thirdparty::get_location_for_protocol::v3::Request, _, _>(
+            appservice::location_for_protocol,
+        )
+        .ruma_route::<c::thirdparty::get_user_for_protocol::v3::Request, _, _>(
+            appservice::user_for_protocol,
+        )
+        .ruma_route::<c::thirdparty::get_location_for_room_alias::v3::Request, _, _>(
+            appservice::location_for_alias,
+        )
+        .ruma_route::<c::thirdparty::get_user_for_user_id::v3::Request, _, _>(
+            appservice::user_for_user_id,
+        )
+    // End of the application-service routes.
 }

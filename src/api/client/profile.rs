@@ -48,6 +48,7 @@ pub async fn get_profile(
     request: Ruma<get_profile_v3::Request>,
 ) -> Result<RumaResponse<get_profile_v3::Response>> {
     let user_id = &request.body.user_id;
+    services.query_appservices_for_user(user_id).await?;
     require_known_user(&services, user_id)?;
     let mut profile = UserProfile::new();
     for (field, value) in services.users.profile(user_id)? {
@@ -63,6 +64,7 @@ pub async fn get_field(
     request: Ruma<get_field_v3::Request>,
 ) -> Result<RumaResponse<get_field_v3::Response>> {
     let user_id = &request.body.user_id;
+    services.query_appservices_for_user(user_id).await?;
     require_known_user(&services, user_id)?;
     let field = request.body.field.as_str();
     let value = services

@@ -1,16 +1,18 @@
 //! Registration: `/register`, `/register/available`, registration token validity.
 
 use axum::extract;
+use ruma::UserId;
 use ruma::api::client::account::{
     check_registration_token_validity::v1 as token_validity_v1,
     get_username_availability::v3 as available_v3,
-    register::{RegistrationKind, v3 as register_v3},
+    register::{LoginType, RegistrationKind, v3 as register_v3},
 };
 
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
     service::{
+        appservice::Appservice,
         devices::Devices,
         globals::Globals,
         ratelimit::Action,
@@ -24,12 +26,20 @@ pub async fn register(
     extract::State(services): extract::State<State>,
     request: Ruma<register_v3::Request>,
 ) -> Result<RumaResponse<register_v3::Response>> {
-    services
-        .rate_limiter
-        .check(Action::Register, &request.ip_key())
-        .map_err(Error::limit_exceeded)?;
+    if request.rate_limited() {
+        services
+            .rate_limiter
+            .check(Action::Register, &request.ip_key())
+            .map_err(Error::limit_exceeded)?;
+    }
+    if let Some(service) = request.appservice.clone() {
+        return register_for_appservice(&services, &service, request).await;
+    }
     let client_ip = request.client_ip;
     let body = request.body;
+    if body.login_type == Some(LoginType::ApplicationService) {
+        return Err(Error::missing_token());
+    }
     let guest = body.kind == RegistrationKind::Guest;
 
     let user_id = if guest {
@@ -56,6 +66,8 @@ pub async fn register(
         if services.users.exists(&user_id)? {
             return Err(users::user_in_use());
         }
+        // Names in an appservice's exclusive namespace are the appservice's to register.
+        services.appservices.check_user_exclusive(&user_id, None)?;
         services
             .user_interactive_auth("register", &flows, body.auth.as_ref(), None)
             .await?;
@@ -98,6 +110,52 @@ pub async fn register(
     Ok(RumaResponse(response))
 }
 
+/// `m.login.application_service`: an appservice registers a user of its namespace; no
+/// user-interactive auth, no password, open even when registration is closed.
+async fn register_for_appservice(
+    services: &State,
+    service: &Appservice,
+    request: Ruma<register_v3::Request>,
+) -> Result<RumaResponse<register_v3::Response>> {
+    let client_ip = request.client_ip;
+    let body = request.body;
+    let localpart = body
+        .username
+        .as_deref()
+        .ok_or_else(|| Error::bad_json("An appservice must name the user to register."))?;
+    // Bridges send either the localpart or the whole user ID.
+    let user_id = match UserId::parse(localpart) {
+        Ok(full) if full.server_name() == services.server_name => full,
+        _ => Users::parse_new_localpart(localpart, &services.server_name)?,
+    };
+    services
+        .appservices
+        .check_user_exclusive(&user_id, Some(service))?;
+    let mut session = None;
+    services
+        .users
+        .create_for_appservice(&user_id, |batch| {
+            if !body.inhibit_login {
+                session = Some(Devices::new_device_into(
+                    batch,
+                    &user_id,
+                    body.device_id.clone(),
+                    body.initial_device_display_name.clone(),
+                    client_ip,
+                ));
+            }
+        })
+        .await?;
+    tracing::info!(user = %user_id, appservice = service.id(), "appservice registered a user");
+    let mut response = register_v3::Response::new(user_id);
+    if let Some(session) = session {
+        let (device_id, access_token) = session?;
+        response.device_id = Some(device_id);
+        response.access_token = Some(access_token);
+    }
+    Ok(RumaResponse(response))
+}
+
 pub async fn available(
     extract::State(services): extract::State<State>,
     request: Ruma<available_v3::Request>,
@@ -110,6 +168,9 @@ pub async fn available(
     if services.users.exists(&user_id)? {
         return Err(users::user_in_use());
     }
+    services
+        .appservices
+        .check_user_exclusive(&user_id, request.appservice.as_deref())?;
     Ok(RumaResponse(available_v3::Response::new(true)))
 }
 

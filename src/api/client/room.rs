@@ -22,7 +22,7 @@ use crate::{
         create::{CreateRoom, Preset},
         history::Direction,
         sync_filter::EventMatcher,
-        timeline::{LocalEvent, txn_key},
+        timeline::{LocalEvent, txn_key, with_origin_ts},
     },
 };
 
@@ -55,6 +55,14 @@ pub async fn create_room(
         ),
         None => None,
     };
+    if let Some(alias) = &alias {
+        services
+            .appservices
+            .check_alias_exclusive(alias, request.appservice.as_deref())?;
+    }
+    for invitee in &body.invite {
+        services.query_appservices_for_user(invitee).await?;
+    }
     let preset = match body.preset.as_ref().map(|p| p.as_str()) {
         Some("private_chat") => Preset::PrivateChat,
         Some("trusted_private_chat") => Preset::TrustedPrivateChat,
@@ -128,16 +136,19 @@ pub async fn send_message(
         content,
         redacts: None,
     };
-    let event_id = services
-        .timeline
-        .append_once(
+    // Timestamp massaging: an appservice may date a bridged message with `ts`.
+    let ts = request.massaged_ts(body.timestamp);
+    let event_id = with_origin_ts(
+        ts,
+        services.timeline.append_once(
             &body.room_id,
             request.user(),
             event,
             Some(&txn),
             &services.signer(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(RumaResponse(send_v3::Response::new(event_id)))
 }
 
@@ -151,15 +162,18 @@ pub async fn send_state(
     if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
         services.check_canonical_alias(&body.room_id, &content)?;
     }
-    let event_id = services
-        .send_state_event(
+    let ts = request.massaged_ts(body.timestamp);
+    let event_id = with_origin_ts(
+        ts,
+        services.send_state_event(
             &body.room_id,
             request.user(),
             &event_type,
             &body.state_key,
             content,
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(RumaResponse(state_v3::Response::new(event_id)))
 }
 

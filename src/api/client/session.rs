@@ -3,7 +3,9 @@
 use axum::extract;
 use ruma::api::client::{
     session::{
-        get_login_types::v3::{self as login_types_v3, LoginType, PasswordLoginType},
+        get_login_types::v3::{
+            self as login_types_v3, ApplicationServiceLoginType, LoginType, PasswordLoginType,
+        },
         login::v3::{self as login_v3, LoginInfo},
         logout::v3 as logout_v3,
         logout_all::v3 as logout_all_v3,
@@ -20,21 +22,65 @@ use crate::{
 pub async fn login_types(
     _: Ruma<login_types_v3::Request>,
 ) -> RumaResponse<login_types_v3::Response> {
-    RumaResponse(login_types_v3::Response::new(vec![LoginType::Password(
-        PasswordLoginType::new(),
-    )]))
+    RumaResponse(login_types_v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ]))
 }
 
 pub async fn login(
     extract::State(services): extract::State<State>,
     request: Ruma<login_v3::Request>,
 ) -> Result<RumaResponse<login_v3::Response>> {
-    services
-        .rate_limiter
-        .check(Action::Login, &request.ip_key())
-        .map_err(Error::limit_exceeded)?;
+    if request.rate_limited() {
+        services
+            .rate_limiter
+            .check(Action::Login, &request.ip_key())
+            .map_err(Error::limit_exceeded)?;
+    }
     let client_ip = request.client_ip;
+    let appservice = request.appservice;
     let body = request.body;
+
+    if let LoginInfo::ApplicationService(info) = &body.login_info {
+        // `m.login.application_service`: a user of the appservice's namespace, no password.
+        let Some(service) = appservice else {
+            return Err(Error::missing_token());
+        };
+        #[allow(deprecated)]
+        let name = match (&info.identifier, &info.user) {
+            (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+            (None, Some(user)) => user.clone(),
+            _ => return Err(Error::bad_json("Only m.id.user identifiers are supported.")),
+        };
+        let user_id = Users::parse_existing(&name, &services.server_name)
+            .map_err(|_| Error::forbidden("Invalid user ID."))?;
+        if !service.is_user_match(&user_id) {
+            return Err(Error::new(
+                http::StatusCode::FORBIDDEN,
+                ruma::api::error::ErrorKind::Exclusive,
+                "This user is not in the application service's namespace.",
+            ));
+        }
+        if !services.users.is_active(&user_id)? {
+            return Err(Error::forbidden("No such user, or it is deactivated."));
+        }
+        let (device_id, access_token) = services
+            .devices
+            .create_session(
+                &user_id,
+                body.device_id.clone(),
+                body.initial_device_display_name.clone(),
+                client_ip,
+            )
+            .await?;
+        tracing::info!(user = %user_id, device = %device_id, appservice = service.id(), "appservice login");
+        return Ok(RumaResponse(login_v3::Response::new(
+            user_id,
+            access_token,
+            device_id,
+        )));
+    }
 
     let LoginInfo::Password(password) = &body.login_info else {
         return Err(Error::new(

@@ -65,6 +65,8 @@ impl Services {
             Vec::new(),
         );
         self.store.write(batch)?;
+        // Appservices may now be interested in the room by this alias.
+        self.appservices.forget_room_interest(room_id);
         Ok(())
     }
 
@@ -91,6 +93,7 @@ impl Services {
             keys::join([record.room_id.as_bytes(), alias.as_bytes()]),
         );
         self.store.write(batch)?;
+        self.appservices.forget_room_interest(&record.room_id);
         Ok(())
     }
 
@@ -134,6 +137,8 @@ impl Services {
             );
         }
         self.store.write(batch)?;
+        self.appservices.forget_room_interest(from);
+        self.appservices.forget_room_interest(to);
         Ok(aliases)
     }
 }

@@ -75,6 +75,12 @@ impl Services {
                 room.users.remove(user_id);
             }
         }
+        drop(rooms);
+        // Application services that asked for ephemeral events (MSC2409).
+        if let Some(mut event) = self.typing_event(room_id, None) {
+            event["room_id"] = json!(room_id);
+            self.push_room_edu(room_id, event)?;
+        }
         Ok(())
     }
 
@@ -112,6 +118,21 @@ impl Services {
             thread.unwrap_or_default().as_bytes(),
         ]);
         let event_id = event_id.to_string();
+        let now = utils::now_millis();
+        {
+            let mut receipt = json!({ "ts": now });
+            if let Some(thread) = thread {
+                receipt["thread_id"] = json!(thread);
+            }
+            let edu = json!({
+                "type": "m.receipt",
+                "room_id": room_id,
+                "content": { &event_id: { receipt_type: { user_id.as_str(): receipt } } },
+            });
+            // Private receipts go only to the appservices owning the user.
+            let only_for = (receipt_type == "m.read.private").then_some(user_id);
+            self.push_room_edu_for(room_id, edu, only_for)?;
+        }
         let room = room_id.as_bytes().to_vec();
         let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
         self.timeline
@@ -123,7 +144,7 @@ impl Services {
                 }
                 let receipt = Receipt {
                     event_id,
-                    ts: utils::now_millis(),
+                    ts: now,
                     count,
                 };
                 batch.put(Cf::Receipts, key.clone(), serde_json::to_vec(&receipt)?);

@@ -174,6 +174,29 @@ pub struct Timeline {
     /// room, and the senders woken through `outbound`.
     federating: std::sync::atomic::AtomicBool,
     outbound: StdMutex<Option<tokio::sync::mpsc::UnboundedSender<OwnedServerName>>>,
+    /// Application services: the append path queues each event for those interested in it,
+    /// in the event's own batch (`service::appservice::queue`).
+    appservices: std::sync::OnceLock<Arc<crate::service::appservice::Appservices>>,
+}
+
+tokio::task_local! {
+    /// An `origin_server_ts` chosen by an appservice (timestamp massaging, the `ts` query
+    /// parameter) for the events appended inside [`with_origin_ts`].
+    static ORIGIN_TS: u64;
+}
+
+/// Runs `future` with its appended events stamped `ts` instead of now (`None`: now).
+pub async fn with_origin_ts<F: std::future::Future>(ts: Option<u64>, future: F) -> F::Output {
+    match ts {
+        Some(ts) => ORIGIN_TS.scope(ts, future).await,
+        None => future.await,
+    }
+}
+
+fn origin_ts_now() -> u64 {
+    ORIGIN_TS
+        .try_with(|ts| *ts)
+        .unwrap_or_else(|_| utils::now_millis())
 }
 
 /// Queues `event_id` for each destination, in the federation outbox, under stream count
@@ -225,7 +248,46 @@ impl Timeline {
             visibility: quick_cache::sync::Cache::new(4096),
             federating: std::sync::atomic::AtomicBool::new(false),
             outbound: StdMutex::new(None),
+            appservices: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the append path to the application services (once, at start-up).
+    pub fn set_appservices(&self, appservices: Arc<crate::service::appservice::Appservices>) {
+        let _ = self.appservices.set(appservices);
+    }
+
+    /// The application services interested in an event: worked out before the stream lock,
+    /// so that its batch can carry their queue entries (`service::appservice::queue`).
+    pub(crate) fn appservice_targets(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        state_key: Option<&str>,
+    ) -> Result<Vec<Arc<crate::service::appservice::Appservice>>> {
+        match self.appservices.get() {
+            Some(appservices) => {
+                appservices.interested_in_event(room_id, sender, event_type, state_key)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// After an event is committed: wakes the appservices it was queued for, and forgets who
+    /// is interested in the room when its members changed.
+    pub(crate) fn after_appservice_queueing(
+        &self,
+        targets: &[Arc<crate::service::appservice::Appservice>],
+        room_id: &RoomId,
+        event_type: &str,
+    ) {
+        crate::service::appservice::Appservices::wake(targets);
+        if event_type == "m.room.member"
+            && let Some(appservices) = self.appservices.get()
+        {
+            appservices.forget_room_interest(room_id);
+        }
     }
 
     /// Turns on queueing for federation; `wakeup` receives each destination with new items.
@@ -827,7 +889,7 @@ impl Timeline {
                 sender,
                 event,
                 txn,
-                utils::now_millis(),
+                origin_ts_now(),
                 signer,
             )
             .await?
@@ -1045,13 +1107,23 @@ impl Timeline {
 
         let destinations = self.remote_destinations(&signed.room_id, signer.server_name)?;
         let room_id = signed.room_id.clone();
+        let appservice_targets =
+            self.appservice_targets(&room_id, sender, event.event_type, event.state_key)?;
         self.commit_counted(batch, |batch, count| {
+            crate::service::appservice::Appservices::queue_pdu(
+                batch,
+                &appservice_targets,
+                count,
+                &room_id,
+                short_event,
+            )?;
             self.index_event(batch, count, &room_id, short_event, &stored)?;
             queue_for_servers(batch, count, &destinations, &stored.event_id);
             Ok(())
         })
         .await?;
         self.wake_senders(&destinations);
+        self.after_appservice_queueing(&appservice_targets, &room_id, event.event_type);
         Ok((signed.room_id, signed.event_id))
     }
 

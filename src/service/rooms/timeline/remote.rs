@@ -409,10 +409,30 @@ impl Timeline {
             depth: room.depth.max(depth_of(&stored.pdu)),
         };
         batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
+        // Bridges see other servers' events like local ones.
+        let event_type = string_field(&stored.pdu, "type")
+            .unwrap_or_default()
+            .to_owned();
+        let sender = UserId::parse(string_field(&stored.pdu, "sender").unwrap_or_default())
+            .map_err(|e| Error::bad_json(format!("Bad sender: {e}")))?;
+        let appservice_targets = self.appservice_targets(
+            room_id,
+            &sender,
+            &event_type,
+            string_field(&stored.pdu, "state_key"),
+        )?;
         self.commit_counted(batch, |batch, count| {
+            crate::service::appservice::Appservices::queue_pdu(
+                batch,
+                &appservice_targets,
+                count,
+                room_id,
+                short_event,
+            )?;
             self.index_event(batch, count, room_id, short_event, &stored)
         })
         .await?;
+        self.after_appservice_queueing(&appservice_targets, room_id, &event_type);
         Ok(Appended::New)
     }
 
