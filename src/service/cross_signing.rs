@@ -194,6 +194,7 @@ impl Services {
                 device_lists::change_into(&store, batch, count, user_id)
             })
             .await?;
+        self.federate_signing_keys(user_id).await;
         Ok(())
     }
 
@@ -381,6 +382,9 @@ impl Services {
                     Ok(())
                 })
                 .await?;
+            for user in changed {
+                self.federate_signing_keys(user).await;
+            }
         }
         Ok(json!({ "failures": failures }))
     }

@@ -69,6 +69,9 @@ impl Services {
     ) -> Result<()> {
         if self.devices.delete_many(user_id, device_ids).await? {
             self.announce_device_list_change(&[user_id]).await?;
+            for device_id in device_ids {
+                self.federate_device_change(user_id, device_id, true).await;
+            }
         }
         Ok(())
     }

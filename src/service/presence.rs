@@ -164,6 +164,7 @@ impl Services {
         if active {
             self.presence.touch(user_id, now);
         }
+        self.federate_presence(user_id).await;
         Ok(())
     }
 
@@ -181,6 +182,10 @@ impl Services {
             let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&key).as_ref()) else {
                 continue;
             };
+            // Remote users' servers tell when they go offline.
+            if user_id.server_name() != self.server_name {
+                continue;
+            }
             let heard = self
                 .presence
                 .last_seen(&user_id)
