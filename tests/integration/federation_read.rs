@@ -233,8 +233,7 @@ async fn typing_receipts_and_presence_cross_both_ways() {
     set_presence(&a, &alice, "unavailable", "on A, away").await;
     wait_sync(&b, &bob, "Alice's presence", |body| {
         presence_of(body, &alice.user_id).is_some_and(|e| {
-            e["content"]["presence"] == "unavailable"
-                && e["content"]["status_msg"] == "on A, away"
+            e["content"]["presence"] == "unavailable" && e["content"]["status_msg"] == "on A, away"
         })
     })
     .await;
@@ -317,9 +316,7 @@ async fn to_device_messages_and_device_list_changes_cross() {
     assert_eq!(events[0]["content"]["body"], "psst");
 
     // A device list change on B: Alice's incremental sync lists Bob as changed.
-    let first = a
-        .get_ok("/_matrix/client/v3/sync?timeout=0", &alice)
-        .await;
+    let first = a.get_ok("/_matrix/client/v3/sync?timeout=0", &alice).await;
     let mut since = next_batch(&first);
     upload_keys(&b, &bob, json!({ "device_keys": device_keys(&bob) })).await;
     for _ in 0..40 {
@@ -403,11 +400,8 @@ async fn room_reads_return_state_history_and_auth_chains() {
     assert_eq!(response.auth_chain.len(), got_chain);
 
     // /backfill from the message: it first, then what came before, newest first.
-    let mut request = get_backfill::v1::Request::new(
-        room_id.clone(),
-        vec![message_id.clone()],
-        UInt::from(3u32),
-    );
+    let mut request =
+        get_backfill::v1::Request::new(room_id.clone(), vec![message_id.clone()], UInt::from(3u32));
     request.limit = UInt::from(3u32);
     let response = b_services
         .send_federation_request(&a_name, request)
@@ -419,7 +413,11 @@ async fn room_reads_return_state_history_and_auth_chains() {
     let depths: Vec<u64> = response
         .pdus
         .iter()
-        .map(|p| serde_json::from_str::<Value>(p.get()).unwrap()["depth"].as_u64().unwrap())
+        .map(|p| {
+            serde_json::from_str::<Value>(p.get()).unwrap()["depth"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
     // The second is the message's prev_event.
@@ -591,8 +589,7 @@ async fn devices_and_keys_of_a_user_are_served_to_other_servers() {
         .expect("user/keys/claim");
     let claimed = serde_json::to_value(&claimed.one_time_keys).unwrap();
     assert_eq!(
-        claimed[&bob.user_id][&bob.device_id]["signed_curve25519:AAAA"]["key"],
-        "otk-a",
+        claimed[&bob.user_id][&bob.device_id]["signed_curve25519:AAAA"]["key"], "otk-a",
         "{claimed}"
     );
     // Handed out once: the next claim finds nothing.
@@ -600,7 +597,12 @@ async fn devices_and_keys_of_a_user_are_served_to_other_servers() {
         .send_federation_request(&b_name, claim_keys::v1::Request::new(claims))
         .await
         .expect("user/keys/claim");
-    assert!(again.one_time_keys.get(&bob_id).is_none_or(|d| d.is_empty()));
+    assert!(
+        again
+            .one_time_keys
+            .get(&bob_id)
+            .is_none_or(|d| d.is_empty())
+    );
 
     // Another server's user, or an unknown one: not answered.
     let other = UserId::parse(format!("@carol:{}", a.server_name())).unwrap();
@@ -656,9 +658,7 @@ async fn a_server_acl_shuts_out_the_denied_server() {
     // Nor does Bob's typing.
     set_typing(&b, &bob, &room, true).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let body = a
-        .get_ok("/_matrix/client/v3/sync?timeout=0", &alice)
-        .await;
+    let body = a.get_ok("/_matrix/client/v3/sync?timeout=0", &alice).await;
     assert!(
         ephemeral_of(&body, &room, "m.typing")
             .iter()
@@ -680,4 +680,127 @@ async fn a_server_acl_shuts_out_the_denied_server() {
         .await
         .unwrap_err();
     assert_eq!(error.status(), Some(StatusCode::FORBIDDEN));
+}
+
+fn edu(value: Value) -> ruma::serde::Raw<ruma::api::federation::transactions::edu::Edu> {
+    ruma::serde::Raw::from_json(serde_json::value::to_raw_value(&value).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_edus_are_checked_against_their_origin() {
+    let Pair {
+        a,
+        b,
+        alice,
+        bob,
+        room,
+    } = pair().await;
+    let a_services = a.services();
+    let b_name = name(&b);
+
+    // A to-device message delivered twice under one message ID arrives once.
+    let to_device = edu(json!({
+        "edu_type": "m.direct_to_device",
+        "content": {
+            "sender": bob.user_id,
+            "type": "m.test",
+            "message_id": "msg-1",
+            "messages": { &alice.user_id: { "*": { "body": "once" } } },
+        },
+    }));
+    a_services
+        .handle_transaction_edus(&b_name, std::slice::from_ref(&to_device))
+        .await;
+    a_services
+        .handle_transaction_edus(&b_name, std::slice::from_ref(&to_device))
+        .await;
+    // One claiming to come from a user of another server (A's own) is dropped.
+    let spoofed = edu(json!({
+        "edu_type": "m.direct_to_device",
+        "content": {
+            "sender": alice.user_id,
+            "type": "m.test",
+            "message_id": "msg-2",
+            "messages": { &alice.user_id: { "*": { "body": "spoofed" } } },
+        },
+    }));
+    a_services
+        .handle_transaction_edus(&b_name, &[spoofed])
+        .await;
+    let body = a.get_ok("/_matrix/client/v3/sync?timeout=0", &alice).await;
+    let bodies: Vec<&str> = body["to_device"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["once"], "{body}");
+    let since = next_batch(&body);
+
+    // Typing for a user of B who is not in the room, for a user of another server, and from
+    // a server with nobody in the room: all dropped. Garbage EDUs too.
+    let stranger = format!("@stranger:{}", b.server_name());
+    a_services
+        .handle_transaction_edus(
+            &b_name,
+            &[
+                edu(json!({ "edu_type": "m.typing",
+                    "content": { "room_id": room, "user_id": stranger, "typing": true } })),
+                edu(json!({ "edu_type": "m.typing",
+                    "content": { "room_id": room, "user_id": alice.user_id, "typing": true } })),
+                edu(json!({ "edu_type": "m.typing", "content": "nonsense" })),
+                edu(json!({ "edu_type": "m.receipt", "content": [1, 2] })),
+                edu(json!({ "edu_type": "m.presence", "content": { "push": "no" } })),
+                edu(json!({ "no_type": true })),
+            ],
+        )
+        .await;
+    let elsewhere = ServerName::parse("elsewhere.example").unwrap();
+    a_services
+        .handle_transaction_edus(
+            &elsewhere,
+            &[edu(json!({ "edu_type": "m.typing",
+                "content": { "room_id": room, "user_id": "@x:elsewhere.example", "typing": true } }))],
+        )
+        .await;
+    // Presence of a user of another server than the origin is dropped too.
+    a_services
+        .handle_transaction_edus(
+            &b_name,
+            &[edu(json!({ "edu_type": "m.presence",
+                "content": { "push": [{ "user_id": alice.user_id, "presence": "unavailable",
+                    "last_active_ago": 5 }] } }))],
+        )
+        .await;
+    let body = a
+        .get_ok(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            &alice,
+        )
+        .await;
+    assert!(ephemeral_of(&body, &room, "m.typing").is_empty(), "{body}");
+    assert!(
+        presence_of(&body, &alice.user_id)
+            .is_none_or(|e| e["content"]["presence"] != "unavailable")
+    );
+
+    // A genuine one from B for Bob is accepted.
+    a_services
+        .handle_transaction_edus(
+            &b_name,
+            &[edu(json!({ "edu_type": "m.typing",
+                "content": { "room_id": room, "user_id": bob.user_id, "typing": true } }))],
+        )
+        .await;
+    let body = a
+        .get_ok(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            &alice,
+        )
+        .await;
+    assert_eq!(
+        ephemeral_of(&body, &room, "m.typing")[0]["content"]["user_ids"],
+        json!([bob.user_id]),
+        "{body}"
+    );
 }
