@@ -7,14 +7,18 @@ use std::collections::BTreeMap;
 
 use reqwest::StatusCode;
 use ruma::{
-    CanonicalJsonValue, EventId, OwnedServerName, RoomId, ServerName, UInt, UserId,
-    api::federation::{
-        authorization::get_event_authorization,
-        backfill::get_backfill,
-        device::get_devices,
-        directory::get_public_rooms,
-        event::{get_room_state, get_room_state_ids},
-        keys::{claim_keys, get_keys},
+    CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedServerName, RoomId, ServerName,
+    UInt, UserId,
+    api::{
+        Direction,
+        federation::{
+            authorization::get_event_authorization,
+            backfill::get_backfill,
+            device::get_devices,
+            directory::get_public_rooms,
+            event::{get_event_by_timestamp, get_room_state, get_room_state_ids},
+            keys::{claim_keys, get_keys},
+        },
     },
     serde::{Base64, base64::Standard},
     signatures::{Ed25519KeyPair, sign_json},
@@ -456,6 +460,46 @@ async fn room_reads_return_state_history_and_auth_chains() {
         assert!(types.iter().any(|t| t == kind), "{types:?}");
     }
 
+    // /timestamp_to_event: the message, found from just before it going forward... and an
+    // event that does not exist is 404, not 500.
+    let ts = match stored.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap(),
+        _ => panic!("no origin_server_ts"),
+    };
+    let response = b_services
+        .send_federation_request(
+            &a_name,
+            get_event_by_timestamp::v1::Request::new(
+                room_id.clone(),
+                MilliSecondsSinceUnixEpoch(UInt::new(ts + 60_000).unwrap()),
+                Direction::Backward,
+            ),
+        )
+        .await
+        .expect("timestamp_to_event");
+    assert_eq!(response.event_id, message_id);
+    let error = b_services
+        .send_federation_request(
+            &a_name,
+            get_event_by_timestamp::v1::Request::new(
+                room_id.clone(),
+                MilliSecondsSinceUnixEpoch(UInt::new(ts + 60_000).unwrap()),
+                Direction::Forward,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(StatusCode::NOT_FOUND));
+    let unknown = EventId::parse(format!("$nothing:{}", a.server_name())).unwrap();
+    let error = b_services
+        .send_federation_request(
+            &a_name,
+            get_event_authorization::v1::Request::new(room_id.clone(), unknown),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(StatusCode::NOT_FOUND));
+
     // A room B's users are not in: 403 for each.
     let private = a
         .create_room(&alice, json!({ "preset": "private_chat" }))
@@ -802,5 +846,67 @@ async fn inbound_edus_are_checked_against_their_origin() {
         ephemeral_of(&body, &room, "m.typing")[0]["content"]["user_ids"],
         json!([bob.user_id]),
         "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_redacts_what_the_server_may_not_see() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = a
+        .create_room(
+            &alice,
+            json!({
+                "preset": "public_chat",
+                "room_alias_name": "hidden",
+                "initial_state": [{
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": { "history_visibility": "joined" },
+                }],
+            }),
+        )
+        .await;
+    a.say(&alice, &room, "before bob").await;
+    let alias = format!("#hidden:{}", a.server_name());
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", urlencode(&alias)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = a.say(&alice, &room, "after bob").await;
+    let response = b
+        .services()
+        .send_federation_request(
+            &name(&a),
+            get_backfill::v1::Request::new(
+                RoomId::parse(&room).unwrap(),
+                vec![EventId::parse(after).unwrap()],
+                UInt::from(50u32),
+            ),
+        )
+        .await
+        .expect("backfill");
+    let pdus: Vec<Value> = response
+        .pdus
+        .iter()
+        .map(|p| serde_json::from_str(p.get()).unwrap())
+        .collect();
+    let bodies: Vec<&str> = pdus
+        .iter()
+        .filter_map(|p| p["content"]["body"].as_str())
+        .collect();
+    assert!(bodies.contains(&"after bob"), "{bodies:?}");
+    assert!(!bodies.contains(&"before bob"), "{bodies:?}");
+    // The hidden message is there, redacted: the graph has no hole.
+    assert!(
+        pdus.iter()
+            .any(|p| p["type"] == "m.room.message" && p["content"] == json!({})),
+        "{pdus:?}"
     );
 }

@@ -1,8 +1,9 @@
 //! What other servers may read here: single events, the events between two points of a
 //! room's graph, the state at an event, backfill, auth chains, the event closest to a time.
 //! A server may read a room's events while one of its users is joined to it and the room's
-//! server ACL (`m.room.server_acl`) allows it; events it may not see under the room's history
-//! visibility (`invited`/`joined` before any of its users was there) are left out.
+//! server ACL (`m.room.server_acl`) allows it. Timeline events it may not see under the room's
+//! history visibility (`invited`/`joined` before any of its users was there) are backfilled
+//! redacted and never found by `/timestamp_to_event`.
 
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 
@@ -152,10 +153,9 @@ impl Services {
         event_id: &EventId,
     ) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
         self.check_server_may_read(server, room_id)?;
-        let pdu = self.room_event(room_id, event_id)?;
-        if !self.server_may_see(server, event_id, &pdu, &mut HashMap::new())? {
-            return Err(Error::forbidden("Your server may not see that event."));
-        }
+        // State and auth events are what a server in the room needs to check events; history
+        // visibility applies to the timeline (backfill), not to them.
+        self.room_event(room_id, event_id)?;
         let room = self
             .timeline
             .room(room_id)?
@@ -204,10 +204,9 @@ impl Services {
         event_id: &EventId,
     ) -> Result<Vec<CanonicalJsonObject>> {
         self.check_server_may_read(server, room_id)?;
-        let pdu = self.room_event(room_id, event_id)?;
-        if !self.server_may_see(server, event_id, &pdu, &mut HashMap::new())? {
-            return Err(Error::forbidden("Your server may not see that event."));
-        }
+        // State and auth events are what a server in the room needs to check events; history
+        // visibility applies to the timeline (backfill), not to them.
+        self.room_event(room_id, event_id)?;
         let room = self
             .timeline
             .room(room_id)?
@@ -222,7 +221,7 @@ impl Services {
     }
 
     /// `/backfill`: the events `from` and those before them (through `prev_events`), newest
-    /// (deepest) first, at most `limit`; events the server may not see are left out.
+    /// (deepest) first, at most `limit`; events the server may not see come redacted.
     pub fn backfill_for_server(
         &self,
         server: &ServerName,
@@ -267,6 +266,19 @@ impl Services {
             }
             if self.server_may_see(server, &id, &pdu, &mut cache)? {
                 events.push(pdu);
+            } else {
+                // Redacted rather than left out, so the server's copy of the graph has no hole.
+                let room = self
+                    .timeline
+                    .room(room_id)?
+                    .ok_or_else(|| Error::not_found("Unknown room."))?;
+                let rules = room
+                    .version
+                    .rules()
+                    .ok_or_else(|| Error::internal("unsupported room version"))?;
+                let redacted = ruma::canonical_json::redact(pdu, &rules.redaction, None)
+                    .map_err(|e| Error::internal(format!("cannot redact {id}: {e}")))?;
+                events.push(redacted);
             }
         }
         Ok(events)
