@@ -322,7 +322,17 @@ async fn to_device_messages_and_device_list_changes_cross() {
     // A device list change on B: Alice's incremental sync lists Bob as changed.
     let first = a.get_ok("/_matrix/client/v3/sync?timeout=0", &alice).await;
     let mut since = next_batch(&first);
-    upload_keys(&b, &bob, json!({ "device_keys": device_keys(&bob) })).await;
+    let bob_keys = device_keys(&bob);
+    upload_keys(
+        &b,
+        &bob,
+        json!({
+            "device_keys": bob_keys,
+            "one_time_keys": { "signed_curve25519:BOB1": { "key": "otk-bob", "signatures": {} } },
+        }),
+    )
+    .await;
+    let mut seen = false;
     for _ in 0..40 {
         let body = a
             .get_ok(
@@ -334,11 +344,50 @@ async fn to_device_messages_and_device_list_changes_cross() {
             .as_array()
             .is_some_and(|c| c.contains(&json!(bob.user_id)))
         {
-            return;
+            seen = true;
+            break;
         }
         since = next_batch(&body);
     }
-    panic!("Bob's device list change never reached Alice's sync");
+    assert!(seen, "Bob's device list change never reached Alice's sync");
+
+    // Alice's client then queries Bob's keys through A, which asks B; and claims a key.
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            json!({ "device_keys": { &bob.user_id: [] } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["device_keys"][&bob.user_id][&bob.device_id]["keys"], bob_keys["keys"],
+        "{body}"
+    );
+    assert_eq!(body["failures"], json!({}), "{body}");
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            Some(&alice.token),
+            json!({ "one_time_keys": { &bob.user_id: { &bob.device_id: "signed_curve25519" } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["one_time_keys"][&bob.user_id][&bob.device_id]["signed_curve25519:BOB1"]["key"],
+        "otk-bob",
+        "{body}"
+    );
+    // A server that cannot be reached is a failure, not an error.
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            json!({ "device_keys": { "@nobody:127.0.0.1:9": [] }, "timeout": 3000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["failures"]["127.0.0.1:9"].is_object(), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ pub mod edus;
 pub mod inbound;
 pub mod membership;
 pub mod pdu_check;
+pub mod remote_keys;
 pub mod resolve;
 pub mod sender;
 pub mod serve;
