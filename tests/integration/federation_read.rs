@@ -759,6 +759,23 @@ async fn a_server_acl_shuts_out_the_denied_server() {
         "{body}"
     );
 
+    // A new user of B cannot join through A any more (B, already in the room, would not
+    // need to; asked directly, A's make_join refuses).
+    let carol = UserId::parse(format!("@carol:{}", b.server_name())).unwrap();
+    let error = b
+        .services()
+        .send_federation_request(
+            &name(&a),
+            ruma::api::federation::membership::prepare_join_event::v1::Request::new(
+                RoomId::parse(&room).unwrap(),
+                carol,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(StatusCode::FORBIDDEN));
+    assert!(error.to_string().contains("ACL"), "{error}");
+
     // And B's reads of the room are refused.
     let latest = a.say(&alice, &room, "after, on A").await;
     let error = b
