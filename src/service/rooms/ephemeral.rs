@@ -63,21 +63,20 @@ impl Services {
             .timeline
             .commit_counted(Batch::new(), |_, _| Ok(()))
             .await?;
-        {
-            let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
-            let room = rooms.entry(room_id.to_owned()).or_default();
-            room.changed = count;
-            match timeout {
-                Some(timeout) => {
-                    room.users
-                        .insert(user_id.to_owned(), Instant::now() + timeout.min(MAX_TYPING));
-                }
-                None => {
-                    room.users.remove(user_id);
-                }
+        // Before the typing map's lock is taken (it is not held across an await).
+        self.federate_typing(room_id, user_id, timeout).await;
+        let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.entry(room_id.to_owned()).or_default();
+        room.changed = count;
+        match timeout {
+            Some(timeout) => {
+                room.users
+                    .insert(user_id.to_owned(), Instant::now() + timeout.min(MAX_TYPING));
+            }
+            None => {
+                room.users.remove(user_id);
             }
         }
-        self.federate_typing(room_id, user_id, timeout).await;
         Ok(())
     }
 
@@ -114,7 +113,8 @@ impl Services {
             receipt_type.as_bytes(),
             thread.unwrap_or_default().as_bytes(),
         ]);
-        let event_id_string = event_id.to_string();
+        let target = event_id.to_owned();
+        let event_id = event_id.to_string();
         let room = room_id.as_bytes().to_vec();
         let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
         self.timeline
@@ -125,7 +125,7 @@ impl Services {
                     batch.delete(Cf::ReceiptStream, stream_entry(old.count));
                 }
                 let receipt = Receipt {
-                    event_id: event_id_string,
+                    event_id,
                     ts: utils::now_millis(),
                     count,
                 };
@@ -138,7 +138,7 @@ impl Services {
                 Ok(())
             })
             .await?;
-        self.federate_receipt(room_id, user_id, receipt_type, event_id, thread)
+        self.federate_receipt(room_id, user_id, receipt_type, &target, thread)
             .await;
         Ok(())
     }
