@@ -195,6 +195,7 @@ impl Services {
             })
             .await?;
         self.push_device_list_changes(&[user_id])?;
+        self.federate_signing_keys(user_id).await;
         Ok(())
     }
 
@@ -384,6 +385,9 @@ impl Services {
                 .await?;
             let users: Vec<&UserId> = changed.iter().map(|u| u.as_ref()).collect();
             self.push_device_list_changes(&users)?;
+            for user in changed {
+                self.federate_signing_keys(user).await;
+            }
         }
         Ok(json!({ "failures": failures }))
     }

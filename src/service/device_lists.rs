@@ -69,6 +69,9 @@ impl Services {
     ) -> Result<()> {
         if self.devices.delete_many(user_id, device_ids).await? {
             self.announce_device_list_change(&[user_id]).await?;
+            for device_id in device_ids {
+                self.federate_device_change(user_id, device_id, true).await;
+            }
         }
         Ok(())
     }
@@ -79,8 +82,15 @@ impl Services {
         user_id: &UserId,
         keep: Option<&ruma::DeviceId>,
     ) -> Result<()> {
+        // Listed first, to tell other servers which devices went.
+        let before = self.devices.list(user_id)?;
         if self.devices.delete_all(user_id, keep).await? {
             self.announce_device_list_change(&[user_id]).await?;
+            for (device_id, _) in before {
+                if Some(&*device_id) != keep {
+                    self.federate_device_change(user_id, &device_id, true).await;
+                }
+            }
         }
         Ok(())
     }

@@ -260,6 +260,7 @@ impl Services {
                     })
                     .await?;
                 self.push_device_list_changes(&[user_id])?;
+                self.federate_device_change(user_id, device_id, false).await;
             }
         }
         let mut batch = Batch::new();
@@ -514,12 +515,10 @@ impl Services {
             return Ok(());
         }
         let mut queued = Vec::new();
+        let mut remote = Vec::new();
         for message in messages {
             if !self.is_local(&message.user_id) {
-                tracing::warn!(
-                    recipient = %message.user_id,
-                    "to-device message for another server dropped: federation is not supported yet"
-                );
+                remote.push(message);
                 continue;
             }
             let devices = match message.device_id {
@@ -577,6 +576,12 @@ impl Services {
                 Ok(())
             })
             .await?;
+        if !remote.is_empty() {
+            // Unique per sender device and transaction, so the receiver drops a repeat.
+            let message_id = format!("{sender_device}-{txn_id}");
+            self.federate_to_device(sender, &message_id, event_type, remote)
+                .await;
+        }
         Ok(())
     }
 

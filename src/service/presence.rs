@@ -165,6 +165,7 @@ impl Services {
             self.presence.touch(user_id, now);
         }
         self.push_presence(user_id)?;
+        self.federate_presence(user_id).await;
         Ok(())
     }
 
@@ -203,6 +204,10 @@ impl Services {
             let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&key).as_ref()) else {
                 continue;
             };
+            // Remote users' servers tell when they go offline.
+            if user_id.server_name() != self.server_name {
+                continue;
+            }
             let heard = self
                 .presence
                 .last_seen(&user_id)

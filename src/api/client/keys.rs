@@ -53,9 +53,13 @@ pub async fn query(
     extract::State(services): extract::State<State>,
     request: Ruma<query_v3::Request>,
 ) -> Result<Json<Value>> {
+    let timeout = request
+        .body
+        .timeout
+        .unwrap_or(crate::service::federation::remote_keys::DEFAULT_TIMEOUT);
     Ok(Json(
         services
-            .query_keys_anywhere(request.user(), &request.body.device_keys)
+            .query_keys_anywhere(request.user(), &request.body.device_keys, timeout)
             .await?,
     ))
 }
@@ -76,7 +80,13 @@ pub async fn claim(
             (user_id.clone(), devices)
         })
         .collect();
-    Ok(Json(services.claim_keys_anywhere(&requested).await?))
+    let timeout = request
+        .body
+        .timeout
+        .unwrap_or(crate::service::federation::remote_keys::DEFAULT_TIMEOUT);
+    Ok(Json(
+        services.claim_keys_anywhere(&requested, timeout).await?,
+    ))
 }
 
 /// `POST /keys/device_signing/upload`. Replacing existing cross-signing keys needs the

@@ -35,7 +35,13 @@ pub async fn get(
     request: Ruma<get_v3::Request>,
 ) -> Result<RumaResponse<get_v3::Response>> {
     let target = &request.body.user_id;
-    if target.server_name() != services.server_name || !services.users.is_active(target)? {
+    // Users of other servers: what their server told us (federation), if anything.
+    let known = if target.server_name() == services.server_name {
+        services.users.is_active(target)?
+    } else {
+        services.presence_record(target)?.is_some()
+    };
+    if !known {
         return Err(Error::not_found("No presence for that user."));
     }
     if !services.may_see_presence(request.user(), target)? {

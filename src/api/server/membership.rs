@@ -14,11 +14,23 @@ use crate::{
     },
 };
 
+/// The room's server ACL applies to joins through it too.
+fn check_acl(services: &State, room_id: &ruma::RoomId, origin: &ruma::ServerName) -> Result<()> {
+    if services.server_acl_allows(room_id, origin)? {
+        Ok(())
+    } else {
+        Err(Error::forbidden(
+            "The room's server ACL denies your server.",
+        ))
+    }
+}
+
 pub async fn make_join(
     extract::State(services): extract::State<State>,
     request: Fed<prepare_join_event::v1::Request>,
 ) -> Result<RumaResponse<prepare_join_event::v1::Response>> {
     let body = &request.body;
+    check_acl(&services, &body.room_id, &request.origin)?;
     let (version, template) =
         services.make_join_template(&request.origin, &body.room_id, &body.user_id, &body.ver)?;
     let event =
@@ -33,6 +45,7 @@ pub async fn send_join(
     request: Fed<create_join_event::v2::Request>,
 ) -> Result<RumaResponse<create_join_event::v2::Response>> {
     let body = &request.body;
+    check_acl(&services, &body.room_id, &request.origin)?;
     let room_state = services
         .accept_send_join(&request.origin, &body.room_id, &body.event_id, &body.pdu)
         .await?;

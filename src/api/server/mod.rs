@@ -7,7 +7,9 @@ mod event;
 mod keys;
 mod membership;
 mod query;
+mod read;
 mod send;
+mod user;
 
 use axum::Router;
 use ruma::api::federation as f;
@@ -34,4 +36,19 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<f::transactions::send_transaction_message::v1::Request, _, _>(send::send)
         .ruma_route::<f::event::get_event::v1::Request, _, _>(event::event)
         .ruma_route::<f::event::get_missing_events::v1::Request, _, _>(event::missing_events)
+        // Reads of rooms, devices, keys and the directory (fedread).
+        .ruma_route::<f::event::get_room_state::v1::Request, _, _>(read::state)
+        .ruma_route::<f::event::get_room_state_ids::v1::Request, _, _>(read::state_ids)
+        .ruma_route::<f::backfill::get_backfill::v1::Request, _, _>(read::backfill)
+        .ruma_route::<f::authorization::get_event_authorization::v1::Request, _, _>(
+            read::event_auth,
+        )
+        .ruma_route::<f::event::get_event_by_timestamp::v1::Request, _, _>(read::timestamp_to_event)
+        .ruma_route::<f::device::get_devices::v1::Request, _, _>(user::devices)
+        .ruma_route::<f::keys::get_keys::v1::Request, _, _>(user::keys_query)
+        .ruma_route::<f::keys::claim_keys::v1::Request, _, _>(user::keys_claim)
+        .ruma_route::<f::directory::get_public_rooms::v1::Request, _, _>(user::public_rooms)
+        .ruma_route::<f::directory::get_public_rooms_filtered::v1::Request, _, _>(
+            user::public_rooms_filtered,
+        )
 }

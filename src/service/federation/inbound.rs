@@ -117,6 +117,12 @@ impl Services {
         if self.config.is_server_denied(origin) {
             return Err(with_id(Error::forbidden("Denied.")));
         }
+        // The room's m.room.server_acl (fedread hook).
+        if !self.server_acl_allows(room_id, origin).map_err(with_id)? {
+            return Err(with_id(Error::forbidden(
+                "The room's server ACL denies your server.",
+            )));
+        }
         let outcome = self
             .timeline
             .append_remote(room_id, &event_id, pdu.clone())

@@ -17,6 +17,7 @@ pub mod resolve;
 pub mod sender;
 pub mod serve;
 pub mod server_keys;
+pub mod user_keys;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 

@@ -1,119 +1,43 @@
-//! End-to-end encryption keys of other servers' users, for local clients: `/keys/query` and
-//! `/keys/claim` split the request by server, answer the local part here and ask each other
-//! server (`/user/keys/query`, `/user/keys/claim`) for its users, all servers at once. A
-//! server that fails is named in `failures`; the answer still carries everyone else's keys.
+//! A local client's `/keys/query` and `/keys/claim` for users of other servers: asked of each
+//! user's server (`/user/keys/query`, `/user/keys/claim`), all servers at once, each within
+//! the client's timeout; a server that fails or is too slow is listed in `failures`. Answers
+//! are not cached: device-list EDUs only mark users as changed, so clients always re-query.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ruma::{
     OneTimeKeyAlgorithm, OwnedDeviceId, OwnedServerName, OwnedUserId, UserId,
     api::federation::keys::{claim_keys, get_keys},
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use tokio::task::JoinSet;
 
 use crate::{Result, service::Services};
 
-fn failure(e: impl std::fmt::Display) -> Value {
-    json!({ "status": 503, "message": e.to_string() })
+/// The timeout when the client gives none (the spec's default).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Answer = std::result::Result<Value, String>;
+
+fn failure(message: String) -> Value {
+    json!({ "status": 503, "message": message })
 }
 
-fn to_json(value: &impl serde::Serialize) -> Value {
-    serde_json::to_value(value).unwrap_or_default()
-}
-
-fn merge_into(target: &mut Value, field: &str, extra: Value) {
-    if let (Some(target), Value::Object(extra)) =
-        (target.get_mut(field).and_then(Value::as_object_mut), extra)
-    {
-        target.extend(extra);
-    }
+/// Keeps only the entries of a server's answer about that server's users.
+fn own_users(server: &ruma::ServerName, map: &Value) -> Map<String, Value> {
+    map.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(user, _)| {
+                    UserId::parse(user.as_str()).is_ok_and(|u| u.server_name() == server)
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Services {
-    /// `/keys/query` for local and remote users.
-    pub async fn query_keys_anywhere(
-        &self,
-        requester: &UserId,
-        requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
-    ) -> Result<Value> {
-        let (local, remote) = self.split_by_server(requested);
-        let mut answer = self.query_keys(requester, &local)?;
-        if remote.is_empty() {
-            return Ok(answer);
-        }
-        let queries = remote.into_iter().map(|(server, users)| async move {
-            let result = self
-                .send_federation_request(&server, get_keys::v1::Request::new(users))
-                .await;
-            (server, result)
-        });
-        for (server, result) in futures_util::future::join_all(queries).await {
-            match result {
-                Ok(response) => {
-                    merge_into(&mut answer, "device_keys", to_json(&response.device_keys));
-                    merge_into(&mut answer, "master_keys", to_json(&response.master_keys));
-                    merge_into(
-                        &mut answer,
-                        "self_signing_keys",
-                        to_json(&response.self_signing_keys),
-                    );
-                }
-                Err(e) => {
-                    if let Some(failures) = answer["failures"].as_object_mut() {
-                        failures.insert(server.to_string(), failure(e));
-                    }
-                }
-            }
-        }
-        Ok(answer)
-    }
-
-    /// `/keys/claim` for local and remote users.
-    pub async fn claim_keys_anywhere(
-        &self,
-        requested: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
-    ) -> Result<Value> {
-        let (local, remote) = self.split_by_server(requested);
-        let mut answer = self.claim_keys(&local)?;
-        if remote.is_empty() {
-            return Ok(answer);
-        }
-        let claims = remote.into_iter().map(|(server, users)| async move {
-            let users = users
-                .into_iter()
-                .map(|(user, devices)| {
-                    let devices = devices
-                        .into_iter()
-                        .map(|(device, algorithm)| {
-                            (device, OneTimeKeyAlgorithm::from(algorithm.as_str()))
-                        })
-                        .collect();
-                    (user, devices)
-                })
-                .collect();
-            let result = self
-                .send_federation_request(&server, claim_keys::v1::Request::new(users))
-                .await;
-            (server, result)
-        });
-        for (server, result) in futures_util::future::join_all(claims).await {
-            match result {
-                Ok(response) => {
-                    let keys = serde_json::to_value(&response.one_time_keys).unwrap_or_default();
-                    merge_into(&mut answer, "one_time_keys", keys);
-                }
-                Err(e) => {
-                    if let Some(failures) = answer["failures"].as_object_mut() {
-                        failures.insert(server.to_string(), failure(e));
-                    }
-                }
-            }
-        }
-        Ok(answer)
-    }
-
-    /// The local users of a request, and the others grouped by server.
-    #[allow(clippy::type_complexity)]
     fn split_by_server<T: Clone>(
         &self,
         requested: &BTreeMap<OwnedUserId, T>,
@@ -134,5 +58,117 @@ impl Services {
             }
         }
         (local, remote)
+    }
+
+    /// `/keys/query` for any users: local ones from the store, others from their servers.
+    pub async fn query_keys_anywhere(
+        self: &Arc<Self>,
+        requester: &UserId,
+        requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let (local, remote) = self.split_by_server(requested);
+        let mut answer = self.query_keys(requester, &local)?;
+        let mut tasks: JoinSet<(OwnedServerName, Answer)> = JoinSet::new();
+        for (server, users) in remote {
+            let services = self.clone();
+            tasks.spawn(async move {
+                let request = get_keys::v1::Request::new(users);
+                let sent = tokio::time::timeout(
+                    timeout,
+                    services.send_federation_request(&server, request),
+                )
+                .await;
+                let result = match sent {
+                    Ok(Ok(response)) => (|| {
+                        Ok(json!({
+                            "device_keys": serde_json::to_value(&response.device_keys)?,
+                            "master_keys": serde_json::to_value(&response.master_keys)?,
+                            "self_signing_keys": serde_json::to_value(&response.self_signing_keys)?,
+                        }))
+                    })()
+                    .map_err(|e: serde_json::Error| e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                };
+                (server, result)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((server, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(response) => {
+                    for field in ["device_keys", "master_keys", "self_signing_keys"] {
+                        if let Some(target) = answer[field].as_object_mut() {
+                            target.extend(own_users(&server, &response[field]));
+                        }
+                    }
+                }
+                Err(message) => {
+                    answer["failures"][server.as_str()] = failure(message);
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// `/keys/claim` for any users: local ones here, others from their servers.
+    pub async fn claim_keys_anywhere(
+        self: &Arc<Self>,
+        requested: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let (local, remote) = self.split_by_server(requested);
+        let mut answer = self.claim_keys(&local)?;
+        let mut tasks: JoinSet<(OwnedServerName, Answer)> = JoinSet::new();
+        for (server, users) in remote {
+            let services = self.clone();
+            tasks.spawn(async move {
+                let claims = users
+                    .into_iter()
+                    .map(|(user, devices)| {
+                        let devices = devices
+                            .into_iter()
+                            .map(|(device, algorithm)| {
+                                (device, OneTimeKeyAlgorithm::from(algorithm.as_str()))
+                            })
+                            .collect();
+                        (user, devices)
+                    })
+                    .collect();
+                let request = claim_keys::v1::Request::new(claims);
+                let sent = tokio::time::timeout(
+                    timeout,
+                    services.send_federation_request(&server, request),
+                )
+                .await;
+                let result = match sent {
+                    Ok(Ok(response)) => serde_json::to_value(&response.one_time_keys)
+                        .map(|keys| json!({ "one_time_keys": keys }))
+                        .map_err(|e| e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                };
+                (server, result)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((server, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(response) => {
+                    if let Some(target) = answer["one_time_keys"].as_object_mut() {
+                        target.extend(own_users(&server, &response["one_time_keys"]));
+                    }
+                }
+                Err(message) => {
+                    answer["failures"][server.as_str()] = failure(message);
+                }
+            }
+        }
+        Ok(answer)
     }
 }

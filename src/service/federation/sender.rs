@@ -113,6 +113,45 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Queues an EDU (`{"edu_type": …, "content": …}`) for each of `destinations` (this
+    /// server itself is skipped) under a stream count of its own, so it keeps its place among
+    /// the PDUs queued for the same destinations, and wakes their senders. Nothing is queued
+    /// when federation is off.
+    pub async fn queue_edu(
+        &self,
+        destinations: &[OwnedServerName],
+        edu: serde_json::Value,
+    ) -> Result<()> {
+        if !self.federation.enabled {
+            return Ok(());
+        }
+        let destinations: Vec<OwnedServerName> = destinations
+            .iter()
+            .filter(|d| **d != self.server_name)
+            .cloned()
+            .collect();
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&Queued::Edu { edu })?;
+        self.timeline
+            .commit_counted(Batch::new(), |batch, count| {
+                for destination in &destinations {
+                    batch.put(
+                        Cf::FederationOutbox,
+                        keys::join([destination.as_bytes(), &keys::u64_be(count)]),
+                        value.clone(),
+                    );
+                }
+                Ok(())
+            })
+            .await?;
+        self.timeline.wake_senders(&destinations);
+        Ok(())
+    }
+}
+
 /// The task of one destination: sends its queue in order until it is empty, then waits.
 async fn drain(services: Weak<Services>, destination: OwnedServerName, notify: Arc<Notify>) {
     let mut backoff: Option<Duration> = None;

@@ -63,6 +63,8 @@ impl Services {
             .timeline
             .commit_counted(Batch::new(), |_, _| Ok(()))
             .await?;
+        // Before the typing map's lock is taken (it is not held across an await).
+        self.federate_typing(room_id, user_id, timeout).await;
         let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = rooms.entry(room_id.to_owned()).or_default();
         room.changed = count;
@@ -117,6 +119,7 @@ impl Services {
             receipt_type.as_bytes(),
             thread.unwrap_or_default().as_bytes(),
         ]);
+        let target = event_id.to_owned();
         let event_id = event_id.to_string();
         let now = utils::now_millis();
         {
@@ -156,6 +159,8 @@ impl Services {
                 Ok(())
             })
             .await?;
+        self.federate_receipt(room_id, user_id, receipt_type, &target, thread)
+            .await;
         Ok(())
     }
 
