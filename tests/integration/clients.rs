@@ -154,7 +154,7 @@ async fn matrix_nio_uploads_and_downloads_media() {
 
 /// The directory of the matrix-js-sdk scripts, when their dependencies are installed there
 /// (`scripts/test` links `node_modules` in from its cache) and `node` runs.
-fn js_clients_dir() -> Option<PathBuf> {
+pub fn js_clients_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/js"));
     let installed = dir
         .join("node_modules/matrix-js-sdk/package.json")

@@ -967,3 +967,41 @@ async fn eventually_synapse_has(
         synapse.log_tail()
     );
 }
+
+/// matrix-js-sdk with its Rust crypto: a culvert user and a Synapse user in an encrypted room
+/// decrypt each other's messages (keys queried and claimed, room keys sent to-device, all over
+/// federation); the culvert user's room is on culvert, so Synapse joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_encryption_across_culvert_and_synapse_with_matrix_js_sdk() {
+    let Some(python) = available() else { return };
+    let Some(dir) = crate::clients::js_clients_dir() else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but node or tests/clients/js/node_modules is missing"
+        );
+        eprintln!("skipped: no matrix-js-sdk (npm ci --prefix tests/clients/js)");
+        return;
+    };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let output = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+        .args([
+            "e2ee_federated.mjs",
+            "--homeserver-a",
+            &culvert.base,
+            "--homeserver-b",
+            &synapse.base,
+        ])
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("js federated e2ee: ok"),
+        "federated e2ee failed:\n{stdout}\n{stderr}\n{}",
+        synapse.log_tail()
+    );
+}

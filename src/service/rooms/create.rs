@@ -55,11 +55,14 @@ impl Services {
         let rules = version.rules().expect("supported versions have rules");
         for invitee in &request.invite {
             if invitee.server_name() != self.server_name {
-                return Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    ruma::api::error::ErrorKind::Unknown,
-                    "Inviting users of other servers needs federation, which culvert does not have yet.",
-                ));
+                if !self.federation.enabled {
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        ruma::api::error::ErrorKind::Unknown,
+                        "Inviting users of other servers needs federation, which is disabled here.",
+                    ));
+                }
+                continue;
             }
             if !self.users.is_active(invitee)? {
                 return Err(Error::not_found(format!(
@@ -222,7 +225,14 @@ impl Services {
             if request.is_direct {
                 content["is_direct"] = json!(true);
             }
-            send("m.room.member", invitee.to_string(), content).await?;
+            let invite = send("m.room.member", invitee.to_string(), content).await?;
+            // The invitee's server hears of it through `/invite`; a refusal there does not undo
+            // the room (as with any invite, the room stays and the invite can be retried).
+            if invitee.server_name() != self.server_name
+                && let Err(e) = self.send_remote_invite(&room_id, &invite).await
+            {
+                tracing::info!(room = %room_id, %invitee, "the invitee's server refused the invite: {e}");
+            }
         }
         tracing::info!(room = %room_id, %version, creator = %sender, "room created");
         Ok(room_id)
