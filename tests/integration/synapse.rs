@@ -1005,3 +1005,199 @@ async fn end_to_end_encryption_across_culvert_and_synapse_with_matrix_js_sdk() {
         synapse.log_tail()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_receipts_presence_and_profiles_cross_both_ways() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+    let room = culvert
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "room_alias_name": "chat" }),
+        )
+        .await;
+    let (status, body) = synapse
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                urlencode(&format!("#chat:{}", culvert.server_name()))
+            ),
+            &sam,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let alices = culvert.say(&alice, &room, "read me").await;
+    let sams = synapse.say(&sam, &room, "read me too").await;
+    culvert_sees(&culvert, &alice, "sam's message", |b| {
+        timeline_has(b, &room, "read me too")
+    })
+    .await;
+
+    let typing_of = |b: &Value, user: &str| {
+        b["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.typing"
+                        && e["content"]["user_ids"]
+                            .as_array()
+                            .is_some_and(|ids| ids.iter().any(|id| id == user))
+                })
+            })
+    };
+    let receipt_of = |b: &Value, event: &str, user: &str| {
+        b["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.receipt" && e["content"][event]["m.read"][user].is_object()
+                })
+            })
+    };
+
+    // Typing, both ways.
+    let (status, _) = culvert
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id),
+            Some(&alice.token),
+            json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    synapse_sees(&synapse, &sam, "alice typing", |b| {
+        typing_of(b, &alice.user_id)
+    })
+    .await;
+    let (status, _) = synapse
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", sam.user_id),
+            &sam,
+            json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    culvert_sees(&culvert, &alice, "sam typing", |b| {
+        typing_of(b, &sam.user_id)
+    })
+    .await;
+
+    // Read receipts, both ways.
+    let (status, _) = culvert
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{sams}"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    synapse_sees(&synapse, &sam, "alice's receipt", |b| {
+        receipt_of(b, &sams, &alice.user_id)
+    })
+    .await;
+    let (status, _) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{alices}"),
+            &sam,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    culvert_sees(&culvert, &alice, "sam's receipt", |b| {
+        receipt_of(b, &alices, &sam.user_id)
+    })
+    .await;
+
+    // Presence, both ways.
+    let (status, _) = culvert
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", alice.user_id),
+            Some(&alice.token),
+            json!({ "presence": "online", "status_msg": "on culvert" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("Synapse knows alice's presence", || async {
+        let (status, body) = synapse
+            .get(
+                &format!("/_matrix/client/v3/presence/{}/status", alice.user_id),
+                &sam,
+            )
+            .await;
+        status == StatusCode::OK && body["status_msg"] == "on culvert"
+    })
+    .await;
+    let (status, _) = synapse
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", sam.user_id),
+            &sam,
+            json!({ "presence": "online", "status_msg": "on synapse" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("culvert knows sam's presence", || async {
+        let (status, body) = culvert
+            .get(
+                &format!("/_matrix/client/v3/presence/{}/status", sam.user_id),
+                Some(&alice.token),
+            )
+            .await;
+        status == StatusCode::OK && body["status_msg"] == "on synapse"
+    })
+    .await;
+
+    // Profile changes (member events in the shared room), both ways, and profile lookups.
+    let (status, _) = culvert
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+            Some(&alice.token),
+            json!({ "displayname": "Alice of culvert" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("Synapse sees alice's new name in the room", || async {
+        synapse_state(&synapse, &sam, &room, "m.room.member", &alice.user_id).await["displayname"]
+            == "Alice of culvert"
+    })
+    .await;
+    let (status, _) = synapse
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", sam.user_id),
+            &sam,
+            json!({ "displayname": "Sam of synapse" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("culvert sees sam's new name in the room", || async {
+        let (status, member) = culvert
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+                    sam.user_id
+                ),
+                Some(&alice.token),
+            )
+            .await;
+        status == StatusCode::OK && member["displayname"] == "Sam of synapse"
+    })
+    .await;
+    let (status, profile) = synapse
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", alice.user_id),
+            &sam,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!(profile["displayname"], "Alice of culvert");
+    let (status, profile) = culvert
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", sam.user_id),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!(profile["displayname"], "Sam of synapse");
+}

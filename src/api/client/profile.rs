@@ -21,7 +21,12 @@ const MAX_PROFILE_SIZE: usize = 64 * 1024;
 /// The spec's limit on a profile key name, in bytes.
 const MAX_KEY_SIZE: usize = 255;
 
-/// Profiles of local, active accounts; everyone else (remote users come with federation) is 404.
+/// Other servers' users' profiles come from their servers (when federating).
+fn is_remote(services: &Services, user_id: &UserId) -> bool {
+    user_id.server_name() != services.server_name && services.federation.enabled
+}
+
+/// Profiles of local, active accounts; other local names are 404.
 fn require_known_user(services: &Services, user_id: &UserId) -> Result<()> {
     if user_id.server_name() != services.server_name || !services.users.is_active(user_id)? {
         return Err(Error::not_found("No profile for that user."));
@@ -48,10 +53,15 @@ pub async fn get_profile(
     request: Ruma<get_profile_v3::Request>,
 ) -> Result<RumaResponse<get_profile_v3::Response>> {
     let user_id = &request.body.user_id;
-    services.query_appservices_for_user(user_id).await?;
-    require_known_user(&services, user_id)?;
+    let fields = if is_remote(&services, user_id) {
+        services.remote_profile(user_id, None).await?
+    } else {
+        services.query_appservices_for_user(user_id).await?;
+        require_known_user(&services, user_id)?;
+        services.users.profile(user_id)?
+    };
     let mut profile = UserProfile::new();
-    for (field, value) in services.users.profile(user_id)? {
+    for (field, value) in fields {
         profile.set(field, value);
     }
     let mut response = get_profile_v3::Response::new();
@@ -64,13 +74,18 @@ pub async fn get_field(
     request: Ruma<get_field_v3::Request>,
 ) -> Result<RumaResponse<get_field_v3::Response>> {
     let user_id = &request.body.user_id;
-    services.query_appservices_for_user(user_id).await?;
-    require_known_user(&services, user_id)?;
     let field = request.body.field.as_str();
-    let value = services
-        .users
-        .profile_field(user_id, field)?
-        .ok_or_else(|| Error::not_found("That profile field is not set."))?;
+    let value = if is_remote(&services, user_id) {
+        services
+            .remote_profile(user_id, Some(field))
+            .await?
+            .remove(field)
+    } else {
+        services.query_appservices_for_user(user_id).await?;
+        require_known_user(&services, user_id)?;
+        services.users.profile_field(user_id, field)?
+    };
+    let value = value.ok_or_else(|| Error::not_found("That profile field is not set."))?;
     let value = ProfileFieldValue::new(field, value)
         .map_err(|e| Error::internal(format!("stored profile field unreadable: {e}")))?;
     Ok(RumaResponse(get_field_v3::Response::new(value)))
