@@ -424,6 +424,11 @@ impl Store {
         db_opts.set_block_based_table_factory(&table);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_background_jobs(2);
+        // Memtables: small per column family, and at most 32 MiB for all of them together
+        // (RocksDB flushes the biggest when the total reaches it). Uncapped, 50-odd column
+        // families under a write burst kept well over 100 MiB (BENCHMARKS.md).
+        db_opts.set_write_buffer_size(8 << 20);
+        db_opts.set_db_write_buffer_size(32 << 20);
 
         // Column families that a newer culvert created must be opened too, or RocksDB refuses.
         let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
