@@ -349,10 +349,10 @@ impl Services {
             content.insert("reason".into(), CanonicalJsonValue::String(reason.into()));
         }
         for (field_name, value) in self.users.profile(user_id)? {
-            if field_name == "displayname" || field_name == "avatar_url" {
-                if let Ok(v) = CanonicalJsonValue::try_from(value) {
-                    content.insert(field_name, v);
-                }
+            if (field_name == "displayname" || field_name == "avatar_url")
+                && let Ok(v) = CanonicalJsonValue::try_from(value)
+            {
+                content.insert(field_name, v);
             }
         }
         template.insert("content".into(), CanonicalJsonValue::Object(content));

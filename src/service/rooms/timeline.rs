@@ -1163,7 +1163,7 @@ impl Timeline {
         // The room's timestamp index (`/timestamp_to_event`).
         batch.put(
             Cf::TimestampEvents,
-            timestamp_key(&room_id, origin_server_ts, count),
+            timestamp_key(room_id, origin_server_ts, count),
             keys::u64_be(short_event),
         );
         if event_type == "m.room.member"
