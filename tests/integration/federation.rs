@@ -527,3 +527,109 @@ async fn forged_tampered_and_unauthorised_events_never_reach_clients() {
     let again = send_to(&a, &b, "security-2", vec![]).await;
     assert!(matches!(again.get(&intruder_id), Some(Err(_))), "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_redactions_bans_and_history_between_two_culverts() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = a
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "invite": [bob.user_id] }),
+        )
+        .await;
+    for i in 0..30 {
+        a.say(&alice, &room, &format!("history {i}")).await;
+    }
+
+    // Bob sees the invite (with the room's stripped state) and joins through it.
+    let mut invited = false;
+    for _ in 0..40 {
+        let body = b.get_ok("/_matrix/client/v3/sync?timeout=200", &bob).await;
+        if body["rooms"]["invite"][&room]["invite_state"]["events"].is_array() {
+            invited = true;
+            break;
+        }
+    }
+    assert!(invited, "bob never saw the invite");
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // History from before the join: backfilled from A when Bob pages back.
+    let (status, page) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let texts = crate::common::message_bodies(&page["chunk"]);
+    for i in 0..30 {
+        assert!(
+            texts.contains(&format!("history {i}")),
+            "missing history {i}: {texts:?}"
+        );
+    }
+
+    // Redactions both ways.
+    let bobs = b.say(&bob, &room, "bob's words").await;
+    wait_for_message(&a, &alice, &room, "bob's words").await;
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{bobs}/r1"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut redacted = false;
+    for _ in 0..40 {
+        let (_, event) = a
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{bobs}"),
+                Some(&alice.token),
+            )
+            .await;
+        if event["content"] == json!({}) {
+            redacted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(redacted, "A never applied B's redaction");
+
+    // Alice bans Bob: B sees its user banned, and B's messages are no longer accepted.
+    let (status, _) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut banned = false;
+    for _ in 0..40 {
+        if !b.joined_rooms(&bob).await.contains(&room) {
+            banned = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(banned, "B never saw the ban");
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/after-ban"),
+            Some(&bob.token),
+            json!({ "msgtype": "m.text", "body": "after the ban" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
