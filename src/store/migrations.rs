@@ -9,7 +9,7 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 2;
+pub const CURRENT: u64 = 3;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -17,7 +17,7 @@ const VERSION_KEY: &[u8] = b"schema_version";
 type Step = fn(&Store) -> Result<Batch, rocksdb::Error>;
 
 /// Steps in order: `STEPS[0]` upgrades version 1 to 2, and so on.
-const STEPS: &[Step] = &[index_timestamps];
+const STEPS: &[Step] = &[index_timestamps, index_room_servers];
 
 /// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
 /// append path wrote it: one pass over every room's timeline, reading each event's
@@ -45,6 +45,34 @@ fn index_timestamps(store: &Store) -> Result<Batch, rocksdb::Error> {
             keys::join([room, at.as_slice()]),
             short.to_vec(),
         );
+    }
+    Ok(batch)
+}
+
+/// 2 → 3: fills `room_servers` (each room's servers with joined members, counted) from
+/// `room_members`, for rooms stored before the append path kept it: one pass over the members.
+fn index_room_servers(store: &Store) -> Result<Batch, rocksdb::Error> {
+    let mut counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+    for item in store.scan_prefix(Cf::RoomMembers, &[]) {
+        let (key, membership) = item?;
+        if &*membership != b"join" {
+            continue;
+        }
+        // `room_id 0xFF user_id`; the server is what follows the user ID's first colon.
+        let mut parts = keys::split(&key);
+        let (Some(room), Some(user)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(colon) = user.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        *counts
+            .entry(keys::join([room, &user[colon + 1..]]))
+            .or_default() += 1;
+    }
+    let mut batch = Batch::new();
+    for (key, joined) in counts {
+        batch.put(Cf::RoomServers, key, keys::u64_be(joined));
     }
     Ok(batch)
 }
@@ -87,6 +115,46 @@ pub(super) fn run(store: &Store, path: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::super::StoreOptions;
     use super::*;
+
+    #[test]
+    fn version_2_databases_get_their_room_servers_counted() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut batch = Batch::new();
+            for (user, membership) in [
+                ("@a:one.example", "join"),
+                ("@b:one.example", "join"),
+                ("@c:two.example:8448", "join"),
+                ("@d:three.example", "leave"),
+            ] {
+                batch.put(
+                    Cf::RoomMembers,
+                    keys::join([b"!r:one.example".as_slice(), user.as_bytes()]),
+                    membership,
+                );
+            }
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(2));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let count = |server: &str| {
+            store
+                .get(
+                    Cf::RoomServers,
+                    &keys::join([b"!r:one.example".as_slice(), server.as_bytes()]),
+                )
+                .unwrap()
+                .and_then(|v| keys::parse_u64_be(&v))
+        };
+        assert_eq!(count("one.example"), Some(2));
+        assert_eq!(count("two.example:8448"), Some(1));
+        assert_eq!(count("three.example"), None, "nobody of it is joined");
+        assert_eq!(
+            store.get(Cf::Global, VERSION_KEY).unwrap(),
+            Some(keys::u64_be(CURRENT).to_vec())
+        );
+    }
 
     #[test]
     fn version_1_databases_get_their_timestamp_index() {

@@ -176,10 +176,13 @@ pub enum Cf {
     /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
     /// crash the same transaction is sent again with the same content.
     AppserviceTxns,
+    /// `room_id 0xFF server_name` → how many of the server's users are joined (u64 BE), kept by
+    /// the append path with `room_members`: where a room's events go over federation.
+    RoomServers,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 55] = [
+    pub const ALL: [Cf; 56] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -235,6 +238,7 @@ impl Cf {
         Cf::Appservices,
         Cf::AppserviceQueue,
         Cf::AppserviceTxns,
+        Cf::RoomServers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -294,6 +298,7 @@ impl Cf {
             Cf::Appservices => "appservices",
             Cf::AppserviceQueue => "appservice_queue",
             Cf::AppserviceTxns => "appservice_txns",
+            Cf::RoomServers => "room_servers",
         }
     }
 }

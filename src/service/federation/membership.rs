@@ -66,11 +66,7 @@ impl Services {
         if self.timeline.room(room_id)?.is_none() {
             return Ok(false);
         }
-        Ok(self
-            .timeline
-            .members(room_id)?
-            .iter()
-            .any(|(user, m)| m == "join" && user.server_name() == self.server_name))
+        self.timeline.server_in_room(room_id, &self.server_name)
     }
 
     /// `make_join` as the resident server.

@@ -34,11 +34,7 @@ fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
 impl Services {
     /// Whether `server` has a joined user in `room_id`.
     pub fn server_in_room(&self, server: &ServerName, room_id: &RoomId) -> Result<bool> {
-        Ok(self
-            .timeline
-            .members(room_id)?
-            .iter()
-            .any(|(user, m)| m == "join" && user.server_name() == server))
+        self.timeline.server_in_room(room_id, server)
     }
 
     fn check_server_may_read(&self, server: &ServerName, room_id: &RoomId) -> Result<()> {

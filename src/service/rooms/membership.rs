@@ -156,14 +156,13 @@ impl Services {
 /// Which servers take part in a room.
 impl Services {
     /// The servers with at least one joined member in `room_id`, this server first when it is
-    /// one of them (one prefix scan of the room's members).
+    /// one of them (one prefix scan of `room_servers`).
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
-        let mut servers = std::collections::BTreeSet::new();
-        for (user_id, membership) in self.timeline.members(room_id)? {
-            if membership == "join" {
-                servers.insert(user_id.server_name().to_owned());
-            }
-        }
+        let mut servers: std::collections::BTreeSet<_> = self
+            .timeline
+            .servers_of_room(room_id)?
+            .into_iter()
+            .collect();
         let ours = servers.remove(&self.server_name);
         Ok(ours
             .then(|| self.server_name.clone())

@@ -307,13 +307,62 @@ impl Timeline {
         if !self.federating.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(Vec::new());
         }
-        let mut servers = std::collections::BTreeSet::new();
-        for (user_id, membership) in self.members(room_id)? {
-            if membership == "join" && user_id.server_name() != own {
-                servers.insert(user_id.server_name().to_owned());
+        Ok(self
+            .servers_of_room(room_id)?
+            .into_iter()
+            .filter(|server| server != own)
+            .collect())
+    }
+
+    /// The servers with joined members in a room, from `room_servers` (one prefix scan of a
+    /// key per server, however many members the room has).
+    pub fn servers_of_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
+        let prefix = keys::prefix(room_id.as_bytes());
+        let mut servers = Vec::new();
+        for item in self.store.scan_prefix(Cf::RoomServers, &prefix) {
+            let (key, _) = item?;
+            if let Ok(name) = std::str::from_utf8(&key[prefix.len()..])
+                && let Ok(server) = ServerName::parse(name)
+            {
+                servers.push(server);
             }
         }
-        Ok(servers.into_iter().collect())
+        Ok(servers)
+    }
+
+    /// Whether `server` has a joined member in `room_id` (one point read).
+    pub fn server_in_room(&self, room_id: &RoomId, server: &ServerName) -> Result<bool> {
+        Ok(self
+            .store
+            .get(
+                Cf::RoomServers,
+                &keys::join([room_id.as_bytes(), server.as_bytes()]),
+            )?
+            .is_some())
+    }
+
+    /// Adds `delta` to the number of `server`'s joined members in `room_id` (in `batch`); the
+    /// entry goes when it reaches zero.
+    pub(crate) fn count_room_server(
+        &self,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        server: &ServerName,
+        delta: i64,
+    ) -> Result<()> {
+        let key = keys::join([room_id.as_bytes(), server.as_bytes()]);
+        let current = self
+            .store
+            .get(Cf::RoomServers, &key)?
+            .and_then(|v| keys::parse_u64_be(&v))
+            .unwrap_or(0);
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            batch.delete(Cf::RoomServers, key);
+        } else {
+            batch.put(Cf::RoomServers, key, keys::u64_be(next));
+        }
+        Ok(())
     }
 
     /// Tells the federation sender that these destinations have new items.
@@ -1176,6 +1225,22 @@ impl Timeline {
                 count,
             };
             let room = room_id.as_bytes();
+            // The room's servers (`room_servers`): a join or a leave moves its server's count.
+            let was_joined = self
+                .store
+                .get(Cf::RoomMembers, &keys::join([room, target.as_bytes()]))?
+                .is_some_and(|m| m == b"join");
+            let is_joined = membership == "join";
+            if was_joined != is_joined
+                && let Ok(target_id) = UserId::parse(target)
+            {
+                self.count_room_server(
+                    batch,
+                    room_id,
+                    target_id.server_name(),
+                    if is_joined { 1 } else { -1 },
+                )?;
+            }
             batch.put(
                 Cf::UserRooms,
                 keys::join([target.as_bytes(), room]),

@@ -647,6 +647,31 @@ impl Timeline {
         if public {
             batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
         }
+        // The room's servers, counted from the state's joined members (replacing whatever an
+        // earlier stay in the room left).
+        let mut server_counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for (user, membership, _) in &members {
+            if membership == "join"
+                && let Ok(user) = UserId::parse(user)
+            {
+                *server_counts
+                    .entry(user.server_name().to_string())
+                    .or_default() += 1;
+            }
+        }
+        for server in self.servers_of_room(room_id)? {
+            batch.delete(
+                Cf::RoomServers,
+                keys::join([room_id.as_bytes(), server.as_bytes()]),
+            );
+        }
+        for (server, joined) in &server_counts {
+            batch.put(
+                Cf::RoomServers,
+                keys::join([room_id.as_bytes(), server.as_bytes()]),
+                keys::u64_be(*joined),
+            );
+        }
         self.commit_counted(batch, |batch, count| {
             // The members the state names, as the indexes of local events would have them.
             for (user, membership, event_id) in &members {
