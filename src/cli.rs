@@ -36,6 +36,9 @@ enum Command {
     /// Manage accounts (stop the server first: the database is opened directly).
     #[command(subcommand)]
     User(UserCommand),
+    /// Replace the server's signing key (stop the server first). The old key stays published
+    /// in `old_verify_keys`, so what it signed still verifies.
+    RotateSigningKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +126,12 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::User(command) => user_command(config, command).await,
+            Command::RotateSigningKey => {
+                let services = Services::open(config)?;
+                let key_id = services.globals.rotate_signing_key()?;
+                println!("new signing key {key_id}; the old one is kept in old_verify_keys");
+                Ok(())
+            }
         }
     });
     match result {

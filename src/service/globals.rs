@@ -11,6 +11,19 @@ use crate::{
 
 const SIGNING_KEY: &[u8] = b"signing_key";
 const BOOTSTRAP_TOKEN: &[u8] = b"bootstrap_registration_token";
+const OLD_SIGNING_KEYS: &[u8] = b"old_signing_keys";
+
+/// A signing key the server used before a rotation, still published (`old_verify_keys`) so
+/// others can check what it signed then.
+#[derive(Serialize, Deserialize)]
+struct OldSigningKey {
+    /// `ed25519:<version>`.
+    key_id: String,
+    /// Unpadded base64 public key.
+    public_key: String,
+    /// When it stopped being used (ms since the epoch).
+    expired_ts: u64,
+}
 
 /// The stored form of the server's ed25519 key.
 #[derive(Serialize, Deserialize)]
@@ -76,6 +89,22 @@ impl Globals {
             "key".to_owned(),
             CanonicalJsonValue::String(public_key.encode()),
         )]);
+        let mut old_verify_keys = ruma::CanonicalJsonObject::new();
+        for old in self.old_signing_keys()? {
+            old_verify_keys.insert(
+                old.key_id,
+                CanonicalJsonValue::Object(ruma::CanonicalJsonObject::from([
+                    ("key".to_owned(), CanonicalJsonValue::String(old.public_key)),
+                    (
+                        "expired_ts".to_owned(),
+                        CanonicalJsonValue::Integer(
+                            ruma::Int::try_from(old.expired_ts)
+                                .map_err(|e| Error::internal(e.to_string()))?,
+                        ),
+                    ),
+                ])),
+            );
+        }
         let mut keys = ruma::CanonicalJsonObject::from([
             (
                 "server_name".to_owned(),
@@ -87,7 +116,7 @@ impl Globals {
             ),
             (
                 "old_verify_keys".to_owned(),
-                CanonicalJsonValue::Object(Default::default()),
+                CanonicalJsonValue::Object(old_verify_keys),
             ),
             (
                 "valid_until_ts".to_owned(),
@@ -99,6 +128,43 @@ impl Globals {
         ruma::signatures::sign_json(server_name.as_str(), &self.signing_key, &mut keys)
             .map_err(|e| Error::internal(format!("signing the server keys failed: {e}")))?;
         Ok(keys)
+    }
+
+    fn old_signing_keys(&self) -> Result<Vec<OldSigningKey>> {
+        Ok(match self.store.get(Cf::Global, OLD_SIGNING_KEYS)? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => Vec::new(),
+        })
+    }
+
+    /// Replaces the stored signing key by a new one, keeping the current one as an old key
+    /// (published in `old_verify_keys` with the time it expired). The running server keeps
+    /// signing with the key it loaded: the new one is used from the next start (the CLI
+    /// command runs with the server stopped). Returns the new key's ID.
+    pub fn rotate_signing_key(&self) -> Result<String> {
+        use ruma::serde::Base64;
+        let stored: StoredSigningKey = match self.store.get(Cf::Global, SIGNING_KEY)? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => return Err(Error::internal("no signing key to rotate")),
+        };
+        let current = Ed25519KeyPair::from_der(&stored.pkcs8, stored.version.clone())
+            .map_err(|e| Error::internal(format!("stored signing key unreadable: {e}")))?;
+        let mut old = self.old_signing_keys()?;
+        old.push(OldSigningKey {
+            key_id: format!("ed25519:{}", stored.version),
+            public_key: Base64::<ruma::serde::base64::Standard, _>::new(current.public_key())
+                .encode(),
+            expired_ts: utils::now_millis(),
+        });
+        let new = StoredSigningKey {
+            version: utils::random_string(6),
+            pkcs8: Ed25519KeyPair::generate().to_vec(),
+        };
+        let mut batch = Batch::new();
+        batch.put(Cf::Global, SIGNING_KEY, serde_json::to_vec(&new)?);
+        batch.put(Cf::Global, OLD_SIGNING_KEYS, serde_json::to_vec(&old)?);
+        self.store.write(batch)?;
+        Ok(format!("ed25519:{}", new.version))
     }
 
     /// The one-time token that lets the owner register the first account while registration is
