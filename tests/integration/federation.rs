@@ -633,3 +633,74 @@ async fn invites_redactions_bans_and_history_between_two_culverts() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// A self-signed certificate for `localhost` in `dir`: (certificate path, key path).
+fn localhost_certificate(dir: &std::path::Path) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+/// Server name resolution through `/.well-known/matrix/server` (served on port 443 by another
+/// server): a server named plain `localhost` is reached on the port its delegation names.
+/// Needs port 443 (root, or CAP_NET_BIND_SERVICE); skipped with a message without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_is_resolved_through_well_known_delegation() {
+    if std::net::TcpListener::bind("127.0.0.1:443").is_err() {
+        eprintln!("skipped: port 443 cannot be bound here");
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let (cert, key) = localhost_certificate(dir.path());
+    let b_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // B is `localhost`, listening on a port its name does not say.
+    let b = TestServer::start_with(&format!(
+        r#"server_name = "localhost"
+port = {b_port}
+allow_federation = true
+allow_invalid_tls_certificates = true
+ip_range_denylist = []
+trusted_servers = []
+rate_limits = {{ enabled = false }}
+tls = {{ certs = "{cert}", key = "{key}" }}"#
+    ))
+    .await;
+    // The web server of `localhost` (port 443) delegates to it.
+    let _web = TestServer::start_with(&format!(
+        r#"server_name = "web.localhost"
+port = 443
+tls = {{ certs = "{cert}", key = "{key}" }}
+well_known = {{ server = "localhost:{b_port}" }}"#
+    ))
+    .await;
+    let a = TestServer::start_federating("").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let profile = a
+        .services()
+        .send_federation_request(
+            &ServerName::parse("localhost").unwrap(),
+            get_profile_information::v1::Request::new(UserId::parse(&bob.user_id).unwrap()),
+        )
+        .await
+        .expect("A reaches `localhost` through its delegation");
+    assert!(serde_json::to_value(&profile.data).unwrap()["displayname"].is_string());
+    let destination = a
+        .services()
+        .federation
+        .resolver
+        .resolve(&ServerName::parse("localhost").unwrap())
+        .await;
+    assert_eq!(
+        (destination.host.as_str(), destination.port),
+        ("localhost", b_port)
+    );
+}
