@@ -355,6 +355,11 @@ impl TestServer {
         Self::start_in(dir.path().join("db"), Some(dir), config).await
     }
 
+    /// The `[global]` lines this server was started with, besides the defaults.
+    pub fn extra_config(&self) -> &str {
+        &self.extra_config
+    }
+
     /// This server's name (`localhost:<port>` for federating servers).
     pub fn server_name(&self) -> String {
         self.services().server_name.to_string()

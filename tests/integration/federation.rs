@@ -704,3 +704,67 @@ well_known = {{ server = "localhost:{b_port}" }}"#
         ("localhost", b_port)
     );
 }
+
+/// A server that missed many events (its peer dropped its queue, as Synapse does when it
+/// catches up after an outage) fills the gap with rounds of `/get_missing_events` when the
+/// next event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_of_many_events_is_filled_from_the_origin() {
+    use culvert::store::{Batch, Cf, keys};
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    a.say(&alice, &room, "before the gap").await;
+    wait_for_message(&b, &bob, &room, "before the gap").await;
+
+    // A may not talk to B for a while: its messages queue up for B…
+    let lines = a_config_lines(&a);
+    let a = a
+        .restart_with(&format!(
+            "{lines}\nfederation_denylist = [\"{}\"]",
+            b.server_name()
+        ))
+        .await;
+    for i in 0..70 {
+        a.say(&alice, &room, &format!("missed {i}")).await;
+    }
+    // …and the queue is dropped.
+    let services = a.services();
+    let prefix = keys::prefix(b.server_name().as_bytes());
+    let mut batch = Batch::new();
+    for item in services.store.scan_prefix(Cf::FederationOutbox, &prefix) {
+        let (key, _) = item.unwrap();
+        batch.delete(Cf::FederationOutbox, key.to_vec());
+    }
+    services.store.write(batch).unwrap();
+
+    // Talking again: the next message reaches B, which fetches the 70 it missed.
+    let a = a.restart_with(&lines).await;
+    a.say(&alice, &room, "after the gap").await;
+    wait_for_message(&b, &bob, &room, "after the gap").await;
+    let (status, page) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let texts = crate::common::message_bodies(&page["chunk"]);
+    for i in 0..70 {
+        assert!(
+            texts.contains(&format!("missed {i}")),
+            "missed {i} never arrived: {texts:?}"
+        );
+    }
+}
+
+/// The federating config lines a server was started with (its port, name and certificate),
+/// without a `federation_denylist` line added since.
+fn a_config_lines(server: &TestServer) -> String {
+    server
+        .extra_config()
+        .lines()
+        .filter(|l| !l.starts_with("federation_denylist"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

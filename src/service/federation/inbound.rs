@@ -16,12 +16,17 @@ use serde_json::value::RawValue;
 
 use crate::{
     Error, Result,
-    service::{Services, rooms::timeline::Appended},
+    service::{
+        Services,
+        rooms::timeline::{Appended, referenced_ids},
+    },
     store::{Cf, keys},
 };
 
-/// How many missing events one gap may fetch.
+/// How many missing events one `/get_missing_events` round asks for.
 const MAX_MISSING: u32 = 50;
+/// At most this many rounds for one gap (so at most 500 events).
+const MAX_GAP_ROUNDS: usize = 10;
 /// At most this many PDUs and EDUs per transaction, as the spec allows.
 pub const MAX_TXN_PDUS: usize = 50;
 pub const MAX_TXN_EDUS: usize = 100;
@@ -143,7 +148,9 @@ impl Services {
     }
 
     /// Fetches the events between the room's forward extremities and `latest` from `origin`
-    /// (`/get_missing_events`) and appends them oldest first.
+    /// (`/get_missing_events`, newest first, `MAX_MISSING` a round; further rounds go on from
+    /// the oldest fetched while that still refers to unknown events, up to `MAX_GAP_ROUNDS`),
+    /// then appends them oldest first.
     async fn fill_gap(
         &self,
         origin: &ServerName,
@@ -156,30 +163,53 @@ impl Services {
             .timeline
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room."))?;
-        let mut request = get_missing_events::v1::Request::new(
-            room_id.to_owned(),
-            room.extremities.clone(),
-            vec![latest.to_owned()],
-        );
-        request.limit = UInt::from(MAX_MISSING);
-        let response = self.send_federation_request(origin, request).await?;
-        let mut fetched = Vec::with_capacity(response.events.len());
-        for raw in &response.events {
-            let pdu: CanonicalJsonObject = serde_json::from_str(raw.get())
-                .map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))?;
-            if room_of(&pdu) != Some(room_id.as_str()) {
-                continue;
+        let mut fetched: BTreeMap<OwnedEventId, (i64, CanonicalJsonObject)> = BTreeMap::new();
+        let mut from = vec![latest.to_owned()];
+        for _ in 0..MAX_GAP_ROUNDS {
+            let mut request = get_missing_events::v1::Request::new(
+                room_id.to_owned(),
+                room.extremities.clone(),
+                from.clone(),
+            );
+            request.limit = UInt::from(MAX_MISSING);
+            let response = self.send_federation_request(origin, request).await?;
+            let before = fetched.len();
+            for raw in &response.events {
+                let pdu: CanonicalJsonObject = serde_json::from_str(raw.get())
+                    .map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))?;
+                if room_of(&pdu) != Some(room_id.as_str()) {
+                    continue;
+                }
+                let (id, pdu) = self.check_incoming_pdu(version, pdu).await?;
+                let depth = match pdu.get("depth") {
+                    Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
+                    _ => 0,
+                };
+                fetched.insert(id, (depth, pdu));
             }
-            let (id, pdu) = self.check_incoming_pdu(version, pdu).await?;
-            let depth = match pdu.get("depth") {
-                Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
-                _ => 0,
-            };
-            fetched.push((depth, id, pdu));
+            // Still a hole below what came? Go on from the events whose parents are unknown.
+            let mut unconnected = Vec::new();
+            for (id, (_, pdu)) in &fetched {
+                let dangling = referenced_ids(pdu, "prev_events").into_iter().any(|prev| {
+                    !fetched.contains_key(&prev)
+                        && !self.timeline.has_state_for(&prev).unwrap_or(false)
+                });
+                if dangling {
+                    unconnected.push(id.clone());
+                }
+            }
+            if unconnected.is_empty() || fetched.len() == before {
+                break;
+            }
+            from = unconnected;
         }
         // Oldest first, so each one's prev_events are there when it is appended.
-        fetched.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        for (_, id, pdu) in fetched {
+        let mut ordered: Vec<(i64, OwnedEventId, CanonicalJsonObject)> = fetched
+            .into_iter()
+            .map(|(id, (depth, pdu))| (depth, id, pdu))
+            .collect();
+        ordered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, id, pdu) in ordered {
             match self.timeline.append_remote(room_id, &id, pdu).await {
                 Ok(_) => {}
                 Err(e) => tracing::info!(%id, "a fetched missing event was refused: {e}"),
