@@ -3,8 +3,8 @@
 //! and appended; missing `prev_events` fetched with `/get_missing_events` first. A transaction
 //! is processed once per origin: a repeat gets the first answer back.
 //!
-//! Rooms are processed one after the other within a transaction, but each room holds only its
-//! own lock, so a slow room in one transaction does not stall other transactions' rooms.
+//! The rooms of a transaction are processed side by side (each room's PDUs in order, under
+//! that room's lock), so one slow room — a gap to fill — does not stall the others.
 
 use std::collections::BTreeMap;
 
@@ -62,7 +62,9 @@ impl Services {
                 .map(|(id, error)| (id, error.map_or(Ok(()), Err)))
                 .collect());
         }
-        let mut results = PduResults::new();
+        // Rooms side by side, each room's PDUs in order: a room with a gap to fill does not
+        // hold up the others.
+        let mut by_room: BTreeMap<ruma::OwnedRoomId, Vec<CanonicalJsonObject>> = BTreeMap::new();
         for raw in pdus {
             let Ok(pdu) = serde_json::from_str::<CanonicalJsonObject>(raw.get()) else {
                 tracing::info!(%origin, "dropping a PDU that is not a JSON object");
@@ -72,7 +74,22 @@ impl Services {
                 tracing::info!(%origin, "dropping a PDU without a room ID");
                 continue;
             };
-            match self.receive_pdu(origin, &room_id, pdu).await {
+            by_room.entry(room_id).or_default().push(pdu);
+        }
+        let rooms = by_room.into_iter().map(|(room_id, pdus)| async move {
+            let mut results = Vec::with_capacity(pdus.len());
+            for pdu in pdus {
+                results.push(self.receive_pdu(origin, &room_id, pdu).await);
+            }
+            results
+        });
+        let mut results = PduResults::new();
+        for outcome in futures_util::future::join_all(rooms)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            match outcome {
                 Ok((event_id, outcome)) => {
                     let result = match outcome {
                         Appended::New | Appended::Known => Ok(()),
