@@ -230,7 +230,8 @@ async fn wait_for_message(
     text: &str,
 ) {
     let mut since: Option<String> = None;
-    for _ in 0..40 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         let path = match &since {
             Some(since) => format!("/_matrix/client/v3/sync?timeout=500&since={since}"),
             None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
@@ -767,4 +768,65 @@ fn a_config_lines(server: &TestServer) -> String {
         .filter(|l| !l.starts_with("federation_denylist"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A gap deeper than `/get_missing_events` rounds reach: the oldest fetched event is placed
+/// with the state the origin gives (`/state_ids`), so a state change from deep in the gap is
+/// known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_too_deep_to_fetch_takes_the_state_from_the_origin() {
+    use culvert::store::{Batch, Cf, keys};
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    a.say(&alice, &room, "before the gap").await;
+    wait_for_message(&b, &bob, &room, "before the gap").await;
+
+    let lines = a_config_lines(&a);
+    let a = a
+        .restart_with(&format!(
+            "{lines}\nfederation_denylist = [\"{}\"]",
+            b.server_name()
+        ))
+        .await;
+    let (status, _) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&alice.token),
+            json!({ "topic": "set deep in the gap" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..520 {
+        a.say(&alice, &room, &format!("deep {i}")).await;
+    }
+    let services = a.services();
+    let prefix = keys::prefix(b.server_name().as_bytes());
+    let mut batch = Batch::new();
+    for item in services.store.scan_prefix(Cf::FederationOutbox, &prefix) {
+        let (key, _) = item.unwrap();
+        batch.delete(Cf::FederationOutbox, key.to_vec());
+    }
+    services.store.write(batch).unwrap();
+
+    let a = a.restart_with(&lines).await;
+    a.say(&alice, &room, "after the deep gap").await;
+    wait_for_message(&b, &bob, &room, "after the deep gap").await;
+    let topic = b
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            &bob,
+        )
+        .await;
+    assert_eq!(topic["topic"], "set deep in the gap");
+    // The newest of the gap arrived through the rounds.
+    let (_, page) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            Some(&bob.token),
+        )
+        .await;
+    let texts = crate::common::message_bodies(&page["chunk"]);
+    assert!(texts.contains(&"deep 519".to_owned()), "{texts:?}");
+    drop(a);
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, ServerName, UInt,
-    api::federation::event::get_missing_events,
+    api::federation::event::{get_event, get_missing_events, get_room_state_ids},
 };
 use serde_json::value::RawValue;
 
@@ -27,6 +27,8 @@ use crate::{
 const MAX_MISSING: u32 = 50;
 /// At most this many rounds for one gap (so at most 500 events).
 const MAX_GAP_ROUNDS: usize = 10;
+/// At most this many unknown state and auth events fetched to place one event.
+const MAX_STATE_FETCH: usize = 2000;
 /// At most this many PDUs and EDUs per transaction, as the spec allows.
 pub const MAX_TXN_PDUS: usize = 50;
 pub const MAX_TXN_EDUS: usize = 100;
@@ -158,7 +160,15 @@ impl Services {
             .map_err(with_id)?;
         let outcome = self
             .timeline
-            .append_remote(room_id, &event_id, pdu)
+            .append_remote(room_id, &event_id, pdu.clone())
+            .await
+            .map_err(with_id)?;
+        if !matches!(outcome, Appended::MissingPrevious(_)) {
+            return Ok((event_id, outcome));
+        }
+        // The gap is too deep to fetch: take the state before the event from the origin.
+        let outcome = self
+            .append_with_remote_state(origin, room_id, &room.version, &event_id, pdu)
             .await
             .map_err(with_id)?;
         Ok((event_id, outcome))
@@ -227,9 +237,16 @@ impl Services {
             .collect();
         ordered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         for (_, id, pdu) in ordered {
-            match self.timeline.append_remote(room_id, &id, pdu).await {
-                Ok(_) => {}
-                Err(e) => tracing::info!(%id, "a fetched missing event was refused: {e}"),
+            let appended = match self.timeline.append_remote(room_id, &id, pdu.clone()).await {
+                // The oldest fetched still hangs in the air: its state comes from the origin.
+                Ok(Appended::MissingPrevious(_)) => {
+                    self.append_with_remote_state(origin, room_id, version, &id, pdu)
+                        .await
+                }
+                other => other,
+            };
+            if let Err(e) = appended {
+                tracing::info!(%id, "a fetched missing event was refused: {e}");
             }
         }
         let still_missing: Vec<&OwnedEventId> = missing
@@ -240,5 +257,115 @@ impl Services {
             tracing::info!(%room_id, ?still_missing, "a gap in the room could not be filled");
         }
         Ok(())
+    }
+
+    /// Appends an event whose `prev_events` cannot be fetched, with the state before it as
+    /// `origin` describes it: `/state_ids` at each unknown prev event, the events named there
+    /// that are unknown here fetched (`/event`), checked and stored as outliers, the prev event
+    /// itself added when it is state, and the states of several prev events resolved.
+    async fn append_with_remote_state(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        event_id: &EventId,
+        pdu: CanonicalJsonObject,
+    ) -> Result<Appended> {
+        let mut states = Vec::new();
+        for prev in referenced_ids(&pdu, "prev_events") {
+            if self.timeline.has_state_for(&prev)? {
+                states.push(self.timeline.state_after(&prev)?);
+                continue;
+            }
+            let ids = self
+                .send_federation_request(
+                    origin,
+                    get_room_state_ids::v1::Request::new(prev.clone(), room_id.to_owned()),
+                )
+                .await?;
+            let mut wanted: Vec<OwnedEventId> = Vec::new();
+            for id in ids
+                .pdu_ids
+                .iter()
+                .chain(&ids.auth_chain_ids)
+                .chain(std::iter::once(&prev))
+            {
+                if self.timeline.pdu_json(id)?.is_none() && !wanted.contains(id) {
+                    wanted.push(id.clone());
+                }
+            }
+            if wanted.len() > MAX_STATE_FETCH {
+                return Err(Error::bad_json(format!(
+                    "The state at {prev} names more than {MAX_STATE_FETCH} unknown events."
+                )));
+            }
+            let fetched = self.fetch_events(origin, room_id, version, &wanted).await?;
+            self.timeline.store_outliers(&fetched)?;
+            let mut state = crate::service::rooms::state_res::State::new();
+            for id in ids.pdu_ids.iter().chain(std::iter::once(&prev)) {
+                let Some(json) = self.timeline.pdu_json(id)? else {
+                    continue;
+                };
+                if let (
+                    Some(CanonicalJsonValue::String(kind)),
+                    Some(CanonicalJsonValue::String(key)),
+                ) = (json.get("type"), json.get("state_key"))
+                {
+                    state.insert((kind.clone(), key.clone()), id.clone());
+                }
+            }
+            states.push(state);
+        }
+        let state = self.timeline.resolve_state(version, &states)?;
+        self.timeline
+            .append_remote_with_state(room_id, event_id, pdu, state)
+            .await
+    }
+
+    /// Fetches events from `origin` (`/event`), a few at a time, keeping those that pass the
+    /// receipt checks and belong to `room_id`.
+    async fn fetch_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        ids: &[OwnedEventId],
+    ) -> Result<Vec<(OwnedEventId, CanonicalJsonObject)>> {
+        let mut fetched = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(16) {
+            let requests = chunk.iter().map(|id| async move {
+                let response = self
+                    .send_federation_request(origin, get_event::v1::Request::new(id.clone()))
+                    .await?;
+                let pdu: CanonicalJsonObject = serde_json::from_str(response.pdu.get())
+                    .map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))?;
+                let (checked, pdu) = self.check_incoming_pdu(version, pdu).await?;
+                if &checked != id {
+                    return Err(Error::bad_json(format!(
+                        "{origin} sent another event for {id}"
+                    )));
+                }
+                Ok::<_, Error>((checked, pdu))
+            });
+            for result in futures_util::future::join_all(requests).await {
+                match result {
+                    Ok((id, pdu)) => {
+                        let in_room = match pdu.get("room_id") {
+                            Some(CanonicalJsonValue::String(r)) => r == room_id.as_str(),
+                            // A v12 create event names no room: its ID is the room's.
+                            None => id.as_str()[1..] == room_id.as_str()[1..],
+                            _ => false,
+                        };
+                        if in_room {
+                            fetched.push((id, pdu));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(%room_id, %origin, "fetching a state event failed: {e}")
+                    }
+                }
+            }
+        }
+        Ok(fetched)
     }
 }

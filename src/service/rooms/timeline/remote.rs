@@ -286,6 +286,49 @@ impl Timeline {
         event_id: &EventId,
         pdu: CanonicalJsonObject,
     ) -> Result<Appended> {
+        self.append_remote_inner(room_id, event_id, pdu, None).await
+    }
+
+    /// Like [`Timeline::append_remote`] for an event whose `prev_events` are not all known
+    /// here, with the state before it as the origin described it (`/state_ids`; the events
+    /// it names stored as outliers first). The event joins the room as a fork; the room's
+    /// current state is then the resolution of its extremities' states.
+    pub async fn append_remote_with_state(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: CanonicalJsonObject,
+        state_before: State,
+    ) -> Result<Appended> {
+        self.append_remote_inner(room_id, event_id, pdu, Some(state_before))
+            .await
+    }
+
+    /// Stores PDUs that are not part of the room's graph here (state and auth events fetched
+    /// from another server), unless they are known already.
+    pub fn store_outliers(&self, events: &[(OwnedEventId, CanonicalJsonObject)]) -> Result<()> {
+        let mut batch = Batch::new();
+        for (event_id, pdu) in events {
+            if self.pdu_json(event_id)?.is_some() {
+                continue;
+            }
+            let short = self.short.event(event_id.as_str())?;
+            let stored = StoredPdu {
+                event_id: event_id.clone(),
+                pdu: pdu.clone(),
+            };
+            batch.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
+        }
+        Ok(self.store.write(batch)?)
+    }
+
+    async fn append_remote_inner(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: CanonicalJsonObject,
+        given_state: Option<State>,
+    ) -> Result<Appended> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         if self.has_state_for(event_id)? {
@@ -302,7 +345,7 @@ impl Timeline {
                 missing.push(prev.clone());
             }
         }
-        if !missing.is_empty() {
+        if !missing.is_empty() && given_state.is_none() {
             return Ok(Appended::MissingPrevious(missing));
         }
         let event = Pdu::from_json(event_id.to_owned(), &pdu, &rules)?;
@@ -334,9 +377,10 @@ impl Timeline {
         })?;
 
         // 5. Allowed by the state before it?
-        let state_before: State = match prevs.as_slice() {
-            [one] => self.state_after(one)?,
-            many => self.resolve_blocking(&room.version, many)?,
+        let state_before: State = match (given_state, prevs.as_slice()) {
+            (Some(given), _) => given,
+            (None, [one]) => self.state_after(one)?,
+            (None, many) => self.resolve_blocking(&room.version, many)?,
         };
         let in_state = |state: &State, kind: &StateEventType, key: &str| {
             state
