@@ -329,3 +329,125 @@ async fn federation_media_endpoints_answer_multipart_to_signed_requests_only() {
         .await;
     assert_error(&result, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED");
 }
+
+/// A stand-in for an older homeserver over TLS: no federation media endpoint (404
+/// `M_UNRECOGNIZED`) except for `moved`, whose multipart answer names a `Location`; the legacy
+/// download endpoint serves `old`. Returns its server name and the paths it was asked for.
+async fn old_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::{extract::Request, response::IntoResponse};
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let listener = culvert::tls::TlsListener::new(
+        tcp,
+        culvert::config::TlsConfig {
+            certs: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        },
+    )
+    .unwrap();
+    // The certificate is read once, above; the files may go.
+    drop(dir);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let name = format!("localhost:{port}");
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let log = log.clone();
+        let name = name.clone();
+        async move {
+            let asked = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            log.lock().unwrap().push(asked);
+            let path = request.uri().path();
+            if path == format!("/_matrix/media/v3/download/{name}/old") {
+                assert_eq!(request.uri().query(), Some("allow_remote=false"));
+                return (
+                    [
+                        ("content-type", "text/plain"),
+                        ("content-disposition", "attachment; filename=\"old.txt\""),
+                    ],
+                    "from the legacy endpoint",
+                )
+                    .into_response();
+            }
+            if path == "/_matrix/federation/v1/media/download/moved" {
+                let body = format!(
+                    "\r\n--b0undary\r\nContent-Type: application/json\r\n\r\n{{}}\r\n\
+                     --b0undary\r\nLocation: https://{name}/files/moved\r\n\r\n\r\n--b0undary--\r\n"
+                );
+                return (
+                    [("content-type", "multipart/mixed; boundary=b0undary")],
+                    body,
+                )
+                    .into_response();
+            }
+            if path == "/files/moved" {
+                return ([("content-type", "image/gif")], "GIF89a-ish").into_response();
+            }
+            (
+                StatusCode::NOT_FOUND,
+                [("content-type", "application/json")],
+                r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#,
+            )
+                .into_response()
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("localhost:{port}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_servers_are_asked_on_the_legacy_endpoint_and_locations_are_followed() {
+    let (old, seen) = old_server().await;
+    let b = TestServer::start_federating("").await;
+    let bob = b.register("bob", "bob-password-1").await;
+
+    let got = get(
+        &b,
+        &format!("/_matrix/client/v1/media/download/{old}/old"),
+        Some(&bob.token),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.json());
+    assert_eq!(got.body, b"from the legacy endpoint");
+    assert_eq!(got.header("content-type"), "text/plain");
+    assert_eq!(
+        got.header("content-disposition"),
+        "inline; filename=\"old.txt\""
+    );
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [
+            "/_matrix/federation/v1/media/download/old".to_owned(),
+            format!("/_matrix/media/v3/download/{old}/old?allow_remote=false"),
+        ]
+    );
+
+    // A multipart answer naming a Location: the content is fetched from there.
+    let got = get(
+        &b,
+        &format!("/_matrix/client/v1/media/download/{old}/moved"),
+        Some(&bob.token),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.json());
+    assert_eq!(got.body, b"GIF89a-ish");
+    assert_eq!(got.header("content-type"), "image/gif");
+
+    // Neither endpoint has it: 404.
+    let got = get(
+        &b,
+        &format!("/_matrix/client/v1/media/download/{old}/gone"),
+        Some(&bob.token),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.json()["errcode"], "M_NOT_FOUND");
+}

@@ -1410,14 +1410,21 @@ async fn media_crosses_culvert_and_synapse_both_ways() {
     // Synapse served culvert's request for its media and asked culvert's for culvert's.
     let log = std::fs::read_to_string(synapse.dir.path().join("homeserver.log")).unwrap();
     assert!(
-        log.contains(&format!("/_matrix/federation/v1/media/download/{synapse_id}")),
+        log.contains(&format!(
+            "/_matrix/federation/v1/media/download/{synapse_id}"
+        )),
         "culvert did not use Synapse's federation media endpoint"
     );
     assert!(
-        log.contains(&format!("/_matrix/federation/v1/media/download/{culvert_id}")),
+        log.contains(&format!(
+            "/_matrix/federation/v1/media/download/{culvert_id}"
+        )),
         "Synapse did not use culvert's federation media endpoint"
     );
-    assert!(!log.contains(&format!("/_matrix/media/v3/download/{}", synapse.server_name)));
+    assert!(!log.contains(&format!(
+        "/_matrix/media/v3/download/{}",
+        synapse.server_name
+    )));
 
     // Media neither server has: 404 both ways.
     let (status, _, _, _) = download_media(
