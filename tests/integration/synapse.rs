@@ -1201,3 +1201,252 @@ async fn typing_receipts_presence_and_profiles_cross_both_ways() {
     assert_eq!(status, StatusCode::OK, "{profile}");
     assert_eq!(profile["displayname"], "Sam of synapse");
 }
+
+/// Uploads on Synapse (or culvert: same API) and returns the media ID.
+async fn upload_media(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+    filename: &str,
+) -> String {
+    let response = http
+        .post(format!(
+            "{base}/_matrix/media/v3/upload?filename={}",
+            urlencode(filename)
+        ))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .expect("upload sent");
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::OK, "upload: {body}");
+    let mxc = body["content_uri"].as_str().expect("content_uri");
+    mxc.rsplit('/').next().unwrap().to_owned()
+}
+
+/// An authenticated v1 download: status, content type, content disposition and bytes.
+async fn download_media(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> (StatusCode, String, String, Vec<u8>) {
+    let response = http
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("download sent");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
+    let status = response.status();
+    (
+        status,
+        content_type,
+        disposition,
+        response.bytes().await.unwrap().to_vec(),
+    )
+}
+
+fn test_png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 40, 255])
+    });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgba8(image)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_crosses_culvert_and_synapse_both_ways() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+
+    // Synapse's media, downloaded by a culvert user through culvert (federation media
+    // endpoint, multipart answer), then served again from culvert's store.
+    let synapse_image = test_png(300, 200);
+    let synapse_id = upload_media(
+        &synapse.http,
+        &synapse.base,
+        &sam.token,
+        synapse_image.clone(),
+        "image/png",
+        "from-synapse.png",
+    )
+    .await;
+    let path = format!(
+        "/_matrix/client/v1/media/download/{}/{synapse_id}",
+        synapse.server_name
+    );
+    let (status, content_type, disposition, bytes) =
+        download_media(&culvert.http, &culvert.base, &alice.token, &path).await;
+    assert_eq!(status, StatusCode::OK, "{}", synapse.log_tail());
+    assert!(bytes == synapse_image);
+    assert_eq!(content_type, "image/png");
+    assert!(disposition.contains("from-synapse.png"), "{disposition}");
+    let stored = culvert
+        .services()
+        .media
+        .get(
+            &ruma::ServerName::parse(&synapse.server_name).unwrap(),
+            &synapse_id,
+        )
+        .unwrap();
+    assert!(stored.is_some(), "culvert stored Synapse's media");
+    let (status, _, _, thumb) = download_media(
+        &culvert.http,
+        &culvert.base,
+        &alice.token,
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{}/{synapse_id}?width=32&height=32&method=crop",
+            synapse.server_name
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let size = image::ImageReader::new(std::io::Cursor::new(&thumb))
+        .with_guessed_format()
+        .unwrap()
+        .into_dimensions()
+        .unwrap();
+    assert_eq!(size, (32, 32));
+
+    // culvert's media, downloaded by a Synapse user through Synapse (which asks culvert's
+    // federation media endpoint).
+    let text = b"Hello from culvert media\n".to_vec();
+    let culvert_id = upload_media(
+        &culvert.http,
+        &culvert.base,
+        &alice.token,
+        text.clone(),
+        "text/plain",
+        "from-culvert.txt",
+    )
+    .await;
+    let (status, content_type, disposition, bytes) = download_media(
+        &synapse.http,
+        &synapse.base,
+        &sam.token,
+        &format!(
+            "/_matrix/client/v1/media/download/{}/{culvert_id}",
+            culvert.server_name()
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}\n{}",
+        String::from_utf8_lossy(&bytes),
+        synapse.log_tail()
+    );
+    assert!(bytes == text);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert!(disposition.contains("from-culvert.txt"), "{disposition}");
+    let culvert_image = test_png(400, 300);
+    let image_id = upload_media(
+        &culvert.http,
+        &culvert.base,
+        &alice.token,
+        culvert_image.clone(),
+        "image/png",
+        "culvert.png",
+    )
+    .await;
+    let (status, _, _, bytes) = download_media(
+        &synapse.http,
+        &synapse.base,
+        &sam.token,
+        &format!(
+            "/_matrix/client/v1/media/download/{}/{image_id}",
+            culvert.server_name()
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", synapse.log_tail());
+    assert!(bytes == culvert_image);
+    let (status, content_type, _, thumb) = download_media(
+        &synapse.http,
+        &synapse.base,
+        &sam.token,
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{}/{image_id}?width=64&height=64&method=scale",
+            culvert.server_name()
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", synapse.log_tail());
+    assert!(content_type.starts_with("image/"), "{content_type}");
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(&thumb))
+        .with_guessed_format()
+        .unwrap()
+        .into_dimensions()
+        .unwrap();
+    // Synapse picks one of its configured sizes (made from the fetched original): smaller
+    // than the original, same aspect ratio.
+    assert!(w < 400 && w * 3 == h * 4, "{w}x{h}");
+
+    // Both went through the authenticated federation media endpoint (no legacy fallback):
+    // Synapse served culvert's request for its media and asked culvert's for culvert's.
+    let log = std::fs::read_to_string(synapse.dir.path().join("homeserver.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "/_matrix/federation/v1/media/download/{synapse_id}"
+        )),
+        "culvert did not use Synapse's federation media endpoint"
+    );
+    assert!(
+        log.contains(&format!(
+            "/_matrix/federation/v1/media/download/{culvert_id}"
+        )),
+        "Synapse did not use culvert's federation media endpoint"
+    );
+    assert!(!log.contains(&format!(
+        "/_matrix/media/v3/download/{}",
+        synapse.server_name
+    )));
+
+    // Media neither server has: 404 both ways.
+    let (status, _, _, _) = download_media(
+        &culvert.http,
+        &culvert.base,
+        &alice.token,
+        &format!(
+            "/_matrix/client/v1/media/download/{}/nosuchmedia",
+            synapse.server_name
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _, _) = download_media(
+        &synapse.http,
+        &synapse.base,
+        &sam.token,
+        &format!(
+            "/_matrix/client/v1/media/download/{}/nosuchmedia",
+            culvert.server_name()
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

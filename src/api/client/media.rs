@@ -148,6 +148,16 @@ fn wait_from(query: &HashMap<String, String>) -> Result<Duration> {
     }
 }
 
+/// `allow_remote` (legacy endpoints; honoured on the authenticated ones too): whether media
+/// of other servers that is not stored here may be fetched. Defaults to true.
+fn allow_remote(query: &HashMap<String, String>) -> Result<bool> {
+    match query.get("allow_remote").map(String::as_str) {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(Error::invalid_param("allow_remote must be true or false.")),
+    }
+}
+
 /// The upload's content type and (query) file name.
 fn upload_metadata(parts: &Parts) -> (Option<String>, Option<String>) {
     let content_type = parts
@@ -295,8 +305,12 @@ async fn download(
         _ => return Err(Error::invalid_param("Bad media path.")),
     };
     let server = server_name(server)?;
-    let wait = wait_from(&query(parts))?;
-    let content = services.media.content(server, media_id, wait).await?;
+    let query = query(parts);
+    let wait = wait_from(&query)?;
+    // Other servers' media is fetched over federation the first time (see media::remote).
+    let content = services
+        .media_content(server, media_id, wait, allow_remote(&query)?)
+        .await?;
     if !authenticated && !services.media.legacy_allowed(&content.record) {
         return Err(Error::not_found(
             "This media is only served by the authenticated media endpoints.",
@@ -373,6 +387,10 @@ async fn thumbnail(
             .ok_or_else(|| Error::invalid_param("method must be \"crop\" or \"scale\"."))?,
     };
     let wait = wait_from(&query)?;
+    // Thumbnails of other servers' media are made here, from the fetched original.
+    services
+        .ensure_remote_media(server, media_id, wait, allow_remote(&query)?)
+        .await?;
     if !authenticated {
         // The freeze applies to thumbnails too: look at the media record first.
         let record = services

@@ -13,7 +13,7 @@ mod filter;
 mod key_backup;
 mod keys;
 mod lifecycle;
-mod media;
+pub(crate) mod media;
 mod membership;
 mod presence;
 mod profile;

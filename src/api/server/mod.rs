@@ -5,6 +5,7 @@ pub mod auth;
 mod discovery;
 mod event;
 mod keys;
+mod media;
 mod membership;
 mod query;
 mod read;
@@ -50,5 +51,10 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<f::directory::get_public_rooms::v1::Request, _, _>(user::public_rooms)
         .ruma_route::<f::directory::get_public_rooms_filtered::v1::Request, _, _>(
             user::public_rooms_filtered,
+        )
+        // Media (fedmedia): this server's media for other servers, multipart/mixed.
+        .ruma_route::<f::authenticated_media::get_content::v1::Request, _, _>(media::download)
+        .ruma_route::<f::authenticated_media::get_content_thumbnail::v1::Request, _, _>(
+            media::thumbnail,
         )
 }

@@ -115,7 +115,10 @@ impl Services {
             .await
     }
 
-    fn check_destination(&self, destination: &ServerName) -> Result<(), FederationError> {
+    pub(super) fn check_destination(
+        &self,
+        destination: &ServerName,
+    ) -> Result<(), FederationError> {
         if !self.federation.enabled {
             return Err(FederationError::Disabled);
         }
@@ -182,7 +185,7 @@ impl Services {
     }
 }
 
-fn unreachable(destination: &ServerName, message: String) -> FederationError {
+pub(super) fn unreachable(destination: &ServerName, message: String) -> FederationError {
     FederationError::Unreachable {
         destination: destination.to_string(),
         message,
@@ -190,7 +193,7 @@ fn unreachable(destination: &ServerName, message: String) -> FederationError {
 }
 
 /// reqwest's errors hide the cause (TLS, DNS, refused) in their source chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

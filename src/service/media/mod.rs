@@ -11,6 +11,7 @@
 //! name and media ID, so media fetched from other servers (federation) can live here too.
 
 pub mod preview;
+pub mod remote;
 pub mod thumbnail;
 
 use std::{
@@ -127,6 +128,8 @@ pub struct Media {
     pub max_upload_size: u64,
     freeze_legacy: bool,
     pub previews: preview::Previewer,
+    /// One lock per remote media being fetched, so concurrent requests share one fetch.
+    fetches: Mutex<HashMap<Vec<u8>, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Media {
@@ -154,6 +157,7 @@ impl Media {
             max_upload_size: config.max_upload_size,
             freeze_legacy: config.freeze_legacy_media,
             previews: preview::Previewer::new(config)?,
+            fetches: Mutex::default(),
         })
     }
 
@@ -669,6 +673,25 @@ impl Media {
             &serde_json::to_vec(&record)?,
         )?;
         Ok(true)
+    }
+
+    /// The lock that fetches of `server`'s `media_id` share (see `remote`).
+    pub fn fetch_lock(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+    ) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        fetches
+            .entry(Self::media_key(server, media_id))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a fetch's lock once it is over (waiters still hold their clone of it).
+    pub fn fetch_done(&self, server: &ServerName, media_id: &str) {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        fetches.remove(&Self::media_key(server, media_id));
     }
 
     /// The media directory (tests count its files).
