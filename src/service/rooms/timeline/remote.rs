@@ -593,6 +593,46 @@ impl Timeline {
         Ok(user_level >= needed)
     }
 
+    /// Whether a stored event passes the auth rules against the auth events it cites (all of
+    /// which must be stored here).
+    fn allowed_by_own_auth_events(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> bool {
+        let Ok(Some(json)) = self.pdu_json(event_id) else {
+            return false;
+        };
+        let Ok(event) = Pdu::from_json(event_id.to_owned(), &json, rules) else {
+            return false;
+        };
+        let mut auth_state: HashMap<(String, String), Arc<Pdu>> = HashMap::new();
+        for id in referenced_ids(&json, "auth_events") {
+            let (Ok(Some(auth_json)), Some(auth_event)) =
+                (self.pdu_json(&id), self.load_pdu(&id, rules))
+            else {
+                return false;
+            };
+            if let Some(key) = state_key_of(&auth_json) {
+                auth_state.insert(key, auth_event);
+            }
+        }
+        if rules.authorization.room_create_event_id_as_room_id
+            && let Ok(create_id) = EventId::parse(format!("${}", &room_id.as_str()[1..]))
+            && let Some(create) = self.load_pdu(&create_id, rules)
+        {
+            auth_state.insert(("m.room.create".to_owned(), String::new()), create);
+        }
+        auth::authorize(
+            &rules.authorization,
+            &event,
+            |id: &EventId| self.load_pdu(id, rules),
+            |kind, key| auth_state.get(&(kind.to_string(), key.to_owned())).cloned(),
+        )
+        .is_ok()
+    }
+
     /// Sets up a room this server joins through another: stores the state before our join and
     /// its auth chain (as outliers), then our join event on top of that state, and indexes the
     /// members so that the room's traffic reaches them. The join must already be signed by the
@@ -648,6 +688,17 @@ impl Timeline {
             serde_json::to_vec(&join_stored)?,
         );
         self.store.write(outliers)?;
+
+        // Each state event must be allowed by the auth events it cites (the auth chain came
+        // with it); one that is not is left out of the state.
+        state_map.retain(|_, id| {
+            let allowed = self.allowed_by_own_auth_events(room_id, id, &rules);
+            if !allowed {
+                tracing::warn!(%room_id, event_id = %id, "send_join state event refused by its auth events");
+            }
+            allowed
+        });
+        members.retain(|(_, _, id)| state_map.values().any(|kept| kept == id));
 
         // Our join must be allowed by the state the resident server gave.
         let event = Pdu::from_json(join_id.clone(), &join_stored.pdu, &rules)?;
