@@ -701,6 +701,82 @@ async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
     })
     .await;
 
+    // Invited again, Alice rejoins; then Sam bans her: culvert knows her membership is "ban".
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{sams_room}/invite"),
+            &sam,
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice can rejoin Sam's room", || async {
+        culvert
+            .post(
+                &format!("/_matrix/client/v3/rooms/{sams_room}/join"),
+                Some(&alice.token),
+                json!({}),
+            )
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{sams_room}/ban"),
+            &sam,
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("culvert sees the ban", || async {
+        culvert
+            .services()
+            .timeline
+            .member_state(
+                &ruma::RoomId::parse(&sams_room).unwrap(),
+                &ruma::UserId::parse(&alice.user_id).unwrap(),
+            )
+            .unwrap()
+            .as_deref()
+            == Some("ban")
+    })
+    .await;
+
+    // Alice kicks Sam from her room: Synapse sees him leave; invited again, he comes back.
+    let (status, body) = culvert
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            Some(&alice.token),
+            json!({ "user_id": sam.user_id, "reason": "out" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Synapse sees the kick", || async {
+        let (_, rooms) = synapse.get("/_matrix/client/v3/joined_rooms", &sam).await;
+        !rooms["joined_rooms"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|id| id == &json!(room)))
+    })
+    .await;
+    let (status, body) = culvert
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice.token),
+            json!({ "user_id": sam.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Sam can rejoin", || async {
+        synapse
+            .post(&format!("/_matrix/client/v3/join/{room}"), &sam, json!({}))
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+
     // Alice bans Sam from her room: Synapse sees the ban.
     let (status, body) = culvert
         .post(
