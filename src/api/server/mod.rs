@@ -9,6 +9,7 @@ mod membership;
 mod query;
 mod read;
 mod send;
+mod space;
 mod user;
 
 use axum::Router;
@@ -51,4 +52,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<f::directory::get_public_rooms_filtered::v1::Request, _, _>(
             user::public_rooms_filtered,
         )
+        // Knocking and the space hierarchy (fedmisc).
+        .ruma_route::<f::membership::prepare_knock_event::v1::Request, _, _>(membership::make_knock)
+        .ruma_route::<f::membership::create_knock_event::v1::Request, _, _>(membership::send_knock)
+        .ruma_route::<f::space::get_hierarchy::v1::Request, _, _>(space::hierarchy)
 }

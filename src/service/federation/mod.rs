@@ -10,6 +10,7 @@ pub mod client;
 pub mod edus;
 pub mod inbound;
 pub mod invite;
+pub mod knock;
 pub mod membership;
 pub mod pdu_check;
 pub mod profile;
