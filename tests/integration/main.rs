@@ -13,6 +13,7 @@ mod e2ee;
 mod e2ee_backup;
 mod ephemeral;
 mod federation;
+mod federation_misc;
 mod federation_read;
 mod history;
 mod http_layer;
