@@ -204,6 +204,31 @@ async fn restricted_rooms_let_in_members_of_the_allowed_room_only() {
         )
         .await;
 
+    // A local user of A in the space joins too (A vouches through Alice); one who is not
+    // is refused.
+    let dave = a.register("dave", "dave-password-1").await;
+    let erin = a.register("erin", "erin-password-1").await;
+    a.join(&dave, &space).await;
+    a.join(&dave, &restricted).await;
+    let result = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{restricted}/join"),
+            Some(&erin.token),
+            json!({}),
+        )
+        .await;
+    assert_error(&result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let member = a
+        .get_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{restricted}/state/m.room.member/{}",
+                dave.user_id
+            ),
+            &alice,
+        )
+        .await;
+    assert_eq!(member["join_authorised_via_users_server"], alice.user_id);
+
     // Carol is in no allowed room: refused.
     let result = b
         .post(

@@ -152,6 +152,33 @@ impl Services {
         ))
     }
 
+    /// The local user who vouches for a local user's join of a local `restricted` room, when
+    /// one is needed and can be found; otherwise the auth rules have the last word.
+    pub fn local_join_authoriser(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<OwnedUserId>> {
+        let Some(room) = self.timeline.room(room_id)? else {
+            return Ok(None);
+        };
+        let rules = rules_of(&room.version)?;
+        let (rule, allow) = self.join_rule_of(room_id)?;
+        let restricted = (rule == "restricted" && rules.authorization.restricted_join_rule)
+            || (rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);
+        if !restricted
+            || matches!(
+                self.timeline.member_state(room_id, user_id)?.as_deref(),
+                Some("invite" | "join")
+            )
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .restricted_join_authoriser(room_id, user_id, &allow)
+            .ok())
+    }
+
     /// A restricted join authorised by one of our users carries our signature too (the auth
     /// rules require it): added to the PDU before it is checked and appended.
     pub(super) fn countersign_authorised_join(
@@ -285,7 +312,7 @@ impl Services {
         via: &[OwnedServerName],
         reason: Option<&str>,
     ) -> Result<()> {
-        if self.timeline.room(room_id)?.is_some() || !self.federation.enabled {
+        if self.is_resident(room_id)? || !self.federation.enabled {
             self.knock(room_id, user_id, reason).await?;
             return Ok(());
         }
@@ -300,9 +327,9 @@ impl Services {
             }
         }
         if candidates.is_empty() {
-            return Err(Error::not_found(
-                "This server knows no such room and no server to ask was given.",
-            ));
+            // Nobody to ask: a local room nobody here is in, or nothing at all.
+            self.knock(room_id, user_id, reason).await?;
+            return Ok(());
         }
         let mut last_error = Error::not_found("No server could take your knock.");
         for server in candidates {
