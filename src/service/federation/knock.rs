@@ -23,11 +23,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::{
-    invite::RemoteInvite,
-    membership::supported_versions,
-    pdu_check::{event_id_of, rules_of},
-};
+use super::{invite::RemoteInvite, membership::supported_versions, pdu_check::rules_of};
 use crate::{
     Error, Result,
     service::{Services, rooms::timeline::LocalEvent},
@@ -407,10 +403,6 @@ impl Services {
             &self.server_name,
             self.globals.signing_key(),
         )?;
-        debug_assert_eq!(
-            event_id_of(&signed.json, &rules).ok(),
-            Some(signed.event_id.clone())
-        );
         let response = self
             .send_federation_request(
                 server,
