@@ -176,10 +176,15 @@ pub enum Cf {
     /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
     /// crash the same transaction is sent again with the same content.
     AppserviceTxns,
+    /// `token` → `{user_id, expires_at}` JSON (milliseconds since the epoch): OpenID tokens a
+    /// client handed to a third party, which other servers check through
+    /// `/_matrix/federation/v1/openid/userinfo`; they live an hour and are dropped when found
+    /// expired.
+    OpenidTokens,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 55] = [
+    pub const ALL: [Cf; 56] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -235,6 +240,7 @@ impl Cf {
         Cf::Appservices,
         Cf::AppserviceQueue,
         Cf::AppserviceTxns,
+        Cf::OpenidTokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -294,6 +300,7 @@ impl Cf {
             Cf::Appservices => "appservices",
             Cf::AppserviceQueue => "appservice_queue",
             Cf::AppserviceTxns => "appservice_txns",
+            Cf::OpenidTokens => "openid_tokens",
         }
     }
 }

@@ -443,27 +443,65 @@ async fn clients_list_another_servers_public_rooms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openid_userinfo_is_not_served() {
-    // No client `openid/request_token` exists, so there are no tokens to look up: both stay
-    // unrecognised.
+async fn openid_tokens_prove_who_a_user_is_for_an_hour() {
     let a = TestServer::start_federating("").await;
     let alice = a.register("alice", "alice-password-1").await;
+    let bob = a.register("bob", "bob-password-1").await;
+    let path = format!(
+        "/_matrix/client/v3/user/{}/openid/request_token",
+        urlencode(&alice.user_id)
+    );
+    let (status, body) = a.post(&path, Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["matrix_server_name"], a.server_name());
+    assert_eq!(body["expires_in"], 3600);
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(token, alice.token);
+
+    // A third party (no X-Matrix signature) asks who it belongs to.
+    let info = format!("/_matrix/federation/v1/openid/userinfo?access_token={token}");
+    let (status, body) = a.get(&info, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sub"], alice.user_id);
+
+    // Someone else's token, no token, an unknown token, and a token that is not an OpenID one.
+    let result = a.post(&path, Some(&bob.token), json!({})).await;
+    assert_error(&result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let result = a.post(&path, None, json!({})).await;
+    assert_error(&result, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN");
+    for bad in ["nonsense", alice.token.as_str()] {
+        let result = a
+            .get(
+                &format!("/_matrix/federation/v1/openid/userinfo?access_token={bad}"),
+                None,
+            )
+            .await;
+        assert_error(&result, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    }
+    let result = a.get("/_matrix/federation/v1/openid/userinfo", None).await;
+    assert_eq!(result.0, StatusCode::BAD_REQUEST, "{}", result.1);
+
+    // An expired token is refused (and forgotten).
+    let mut batch = culvert::store::Batch::new();
+    batch.put(
+        culvert::store::Cf::OpenidTokens,
+        b"expired-token".as_slice(),
+        serde_json::to_vec(&json!({ "user_id": alice.user_id, "expires_at": 1 })).unwrap(),
+    );
+    a.services().store.write(batch).unwrap();
     let result = a
         .get(
-            "/_matrix/federation/v1/openid/userinfo?access_token=abc",
+            "/_matrix/federation/v1/openid/userinfo?access_token=expired-token",
             None,
         )
         .await;
-    assert_error(&result, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
-    let result = a
-        .post(
-            &format!(
-                "/_matrix/client/v3/user/{}/openid/request_token",
-                urlencode(&alice.user_id)
-            ),
-            Some(&alice.token),
-            json!({}),
-        )
-        .await;
-    assert_error(&result, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
+    assert_error(&result, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    assert!(
+        a.services()
+            .store
+            .get(culvert::store::Cf::OpenidTokens, b"expired-token")
+            .unwrap()
+            .is_none()
+    );
 }

@@ -6,6 +6,7 @@ mod discovery;
 mod event;
 mod keys;
 mod membership;
+mod openid;
 mod query;
 mod read;
 mod send;
@@ -56,4 +57,5 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<f::membership::prepare_knock_event::v1::Request, _, _>(membership::make_knock)
         .ruma_route::<f::membership::create_knock_event::v1::Request, _, _>(membership::send_knock)
         .ruma_route::<f::space::get_hierarchy::v1::Request, _, _>(space::hierarchy)
+        .ruma_route::<f::openid::get_openid_userinfo::v1::Request, _, _>(openid::userinfo)
 }

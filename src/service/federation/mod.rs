@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod invite;
 pub mod knock;
 pub mod membership;
+pub mod openid;
 pub mod pdu_check;
 pub mod profile;
 pub mod remote_keys;
