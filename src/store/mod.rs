@@ -179,10 +179,15 @@ pub enum Cf {
     /// `room_id 0xFF server_name` → how many of the server's users are joined (u64 BE), kept by
     /// the append path with `room_members`: where a room's events go over federation.
     RoomServers,
+    /// `token` → `{user_id, expires_at}` JSON (milliseconds since the epoch): OpenID tokens a
+    /// client handed to a third party, which other servers check through
+    /// `/_matrix/federation/v1/openid/userinfo`; they live an hour and are dropped when found
+    /// expired.
+    OpenidTokens,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 56] = [
+    pub const ALL: [Cf; 57] = [
         Cf::Global,
         Cf::Users,
         Cf::Profile,
@@ -239,6 +244,7 @@ impl Cf {
         Cf::AppserviceQueue,
         Cf::AppserviceTxns,
         Cf::RoomServers,
+        Cf::OpenidTokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -299,6 +305,7 @@ impl Cf {
             Cf::AppserviceQueue => "appservice_queue",
             Cf::AppserviceTxns => "appservice_txns",
             Cf::RoomServers => "room_servers",
+            Cf::OpenidTokens => "openid_tokens",
         }
     }
 }

@@ -1526,3 +1526,163 @@ async fn media_crosses_culvert_and_synapse_both_ways() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_culvert_user_knocks_on_a_synapse_room_and_is_let_in() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+    let (status, body) = synapse
+        .post(
+            "/_matrix/client/v3/createRoom",
+            &sam,
+            json!({
+                "preset": "private_chat", "room_version": "12", "name": "Knock at Synapse",
+                "initial_state": [{
+                    "type": "m.room.join_rules", "state_key": "",
+                    "content": { "join_rule": "knock" }
+                }]
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+
+    // Alice knocks from culvert through Synapse; her /sync shows the knock.
+    let (status, body) = culvert
+        .post(
+            &format!(
+                "/_matrix/client/v3/knock/{}?via={}",
+                urlencode(&room),
+                urlencode(&synapse.server_name)
+            ),
+            Some(&alice.token),
+            json!({ "reason": "may I?" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    culvert_sees(&culvert, &alice, "her knock", |b| {
+        b["rooms"]["knock"][&room]["knock_state"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.room.name" && e["content"]["name"] == "Knock at Synapse"
+                })
+            })
+    })
+    .await;
+
+    // Sam sees the knock, and invites her.
+    eventually("Synapse sees alice's knock", || async {
+        synapse_state(&synapse, &sam, &room, "m.room.member", &alice.user_id).await["membership"]
+            == "knock"
+    })
+    .await;
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            &sam,
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    culvert_sees(&culvert, &alice, "the invite", |b| {
+        b["rooms"]["invite"][&room].is_object()
+    })
+    .await;
+
+    // Alice joins; both servers agree, and they talk.
+    let (status, body) = culvert
+        .post(
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    eventually("Synapse sees alice joined", || async {
+        synapse_state(&synapse, &sam, &room, "m.room.member", &alice.user_id).await["membership"]
+            == "join"
+    })
+    .await;
+    synapse.say(&sam, &room, "welcome in").await;
+    culvert_sees(&culvert, &alice, "sam's welcome", |b| {
+        timeline_has(b, &room, "welcome in")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_lists_culverts_public_rooms_and_reads_its_space() {
+    let Some(python) = available() else { return };
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+    let listed = culvert
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "visibility": "public", "name": "Listed on culvert" }),
+        )
+        .await;
+
+    let (status, body) = synapse
+        .get(
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                urlencode(&culvert.server_name())
+            ),
+            &sam,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    let chunk = body["chunk"].as_array().expect("chunk");
+    assert!(
+        chunk
+            .iter()
+            .any(|r| r["room_id"] == listed.as_str() && r["name"] == "Listed on culvert"),
+        "{body}"
+    );
+
+    // A space on culvert whose child Synapse does not take part in: Synapse asks culvert's
+    // /hierarchy for the child.
+    let space = culvert
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Culvert space",
+                    "creation_content": { "type": "m.space" } }),
+        )
+        .await;
+    let (status, body) = culvert
+        .put(
+            &format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{listed}"),
+            Some(&alice.token),
+            json!({ "via": [culvert.server_name()] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = synapse
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{space}?via={}",
+                urlencode(&culvert.server_name())
+            ),
+            &sam,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    let (status, body) = synapse
+        .get(&format!("/_matrix/client/v1/rooms/{space}/hierarchy"), &sam)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
+    let rooms = body["rooms"].as_array().expect("rooms");
+    assert!(
+        rooms
+            .iter()
+            .any(|r| r["room_id"] == listed.as_str() && r["name"] == "Listed on culvert"),
+        "{body}"
+    );
+}

@@ -109,16 +109,9 @@ pub async fn set_visibility(
     Ok(RumaResponse(set_visibility_v3::Response::new()))
 }
 
-/// Other servers' directories need federation.
-fn require_local(services: &State, server: Option<&ServerName>) -> Result<()> {
-    match server {
-        Some(server) if server != services.server_name => Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ruma::api::error::ErrorKind::Unknown,
-            "Other servers' room directories need federation, which culvert does not have yet.",
-        )),
-        _ => Ok(()),
-    }
+/// The server whose directory is asked for, when it is not this one.
+fn remote<'a>(services: &State, server: Option<&'a ServerName>) -> Option<&'a ServerName> {
+    server.filter(|server| *server != services.server_name)
 }
 
 fn page_json(page: DirectoryPage) -> Result<axum::Json<Value>> {
@@ -140,7 +133,13 @@ pub async fn public_rooms(
     request: Ruma<public_v3::Request>,
 ) -> Result<axum::Json<Value>> {
     let body = request.body;
-    require_local(&services, body.server.as_deref())?;
+    if let Some(server) = remote(&services, body.server.as_deref()) {
+        return Ok(axum::Json(
+            services
+                .remote_public_rooms(server, body.limit, body.since, None, RoomNetwork::Matrix)
+                .await?,
+        ));
+    }
     page_json(services.public_rooms(DirectoryQuery {
         limit: body.limit.map(u64::from),
         since: body.since,
@@ -153,7 +152,19 @@ pub async fn public_rooms_filtered(
     request: Ruma<filtered_v3::Request>,
 ) -> Result<axum::Json<Value>> {
     let body = request.body;
-    require_local(&services, body.server.as_deref())?;
+    if let Some(server) = remote(&services, body.server.as_deref()) {
+        return Ok(axum::Json(
+            services
+                .remote_public_rooms(
+                    server,
+                    body.limit,
+                    body.since,
+                    Some(body.filter),
+                    body.room_network,
+                )
+                .await?,
+        ));
+    }
     let query = DirectoryQuery {
         limit: body.limit.map(u64::from),
         since: body.since,

@@ -21,14 +21,27 @@ pub async fn knock(
     extract::State(services): extract::State<State>,
     request: Ruma<knock_v3::Request>,
 ) -> Result<RumaResponse<knock_v3::Response>> {
-    let room_id = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
-        Ok(room_id) => room_id,
-        Err(alias) => services
-            .resolve_alias(&alias)?
-            .ok_or_else(|| Error::not_found("No room has that alias."))?,
+    let (room_id, via) = match OwnedRoomId::try_from(request.body.room_id_or_alias.clone()) {
+        Ok(room_id) => (room_id, request.body.via.clone()),
+        Err(alias) if alias.server_name() == services.server_name => (
+            services
+                .resolve_alias(&alias)?
+                .ok_or_else(|| Error::not_found("No room has that alias."))?,
+            request.body.via.clone(),
+        ),
+        Err(alias) => {
+            let (room_id, servers) = services.resolve_alias_anywhere(&alias).await?;
+            let via = request.body.via.iter().cloned().chain(servers).collect();
+            (room_id, via)
+        }
     };
     services
-        .knock(&room_id, request.user(), request.body.reason.as_deref())
+        .knock_anywhere(
+            &room_id,
+            request.user(),
+            &via,
+            request.body.reason.as_deref(),
+        )
         .await?;
     Ok(RumaResponse(knock_v3::Response::new(room_id)))
 }

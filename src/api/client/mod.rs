@@ -15,6 +15,7 @@ mod keys;
 mod lifecycle;
 pub(crate) mod media;
 mod membership;
+mod openid;
 mod presence;
 mod profile;
 mod push_rules;
@@ -213,5 +214,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::thirdparty::get_user_for_user_id::v3::Request, _, _>(
             appservice::user_for_user_id,
         )
-    // End of the application-service routes.
+        // End of the application-service routes.
+        // OpenID tokens for third parties (fedmisc).
+        .ruma_route::<c::account::request_openid_token::v3::Request, _, _>(openid::request_token)
 }

@@ -1,9 +1,11 @@
 //! Other servers' users and this server's rooms: `make_join` / `send_join` (v2),
-//! `make_leave` / `send_leave` (v2), and invites of local users (`invite` v2).
+//! `make_leave` / `send_leave` (v2), `make_knock` / `send_knock`, and invites of local users
+//! (`invite` v2).
 
 use axum::extract;
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+    prepare_knock_event, prepare_leave_event,
 };
 
 use crate::{
@@ -96,4 +98,31 @@ pub async fn invite(
     let event =
         serde_json::value::to_raw_value(&signed).map_err(|e| Error::internal(e.to_string()))?;
     Ok(RumaResponse(create_invite::v2::Response::new(event)))
+}
+
+pub async fn make_knock(
+    extract::State(services): extract::State<State>,
+    request: Fed<prepare_knock_event::v1::Request>,
+) -> Result<RumaResponse<prepare_knock_event::v1::Response>> {
+    let body = &request.body;
+    check_acl(&services, &body.room_id, &request.origin)?;
+    let (version, template) =
+        services.make_knock_template(&request.origin, &body.room_id, &body.user_id, &body.ver)?;
+    let event =
+        serde_json::value::to_raw_value(&template).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(
+        version, event,
+    )))
+}
+
+pub async fn send_knock(
+    extract::State(services): extract::State<State>,
+    request: Fed<create_knock_event::v1::Request>,
+) -> Result<RumaResponse<create_knock_event::v1::Response>> {
+    let body = &request.body;
+    check_acl(&services, &body.room_id, &request.origin)?;
+    let state = services
+        .accept_send_knock(&request.origin, &body.room_id, &body.event_id, &body.pdu)
+        .await?;
+    Ok(RumaResponse(create_knock_event::v1::Response::new(state)))
 }

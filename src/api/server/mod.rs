@@ -7,9 +7,11 @@ mod event;
 mod keys;
 mod media;
 mod membership;
+mod openid;
 mod query;
 mod read;
 mod send;
+mod space;
 mod user;
 
 use axum::Router;
@@ -57,4 +59,9 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<f::authenticated_media::get_content_thumbnail::v1::Request, _, _>(
             media::thumbnail,
         )
+        // Knocking and the space hierarchy (fedmisc).
+        .ruma_route::<f::membership::prepare_knock_event::v1::Request, _, _>(membership::make_knock)
+        .ruma_route::<f::membership::create_knock_event::v1::Request, _, _>(membership::send_knock)
+        .ruma_route::<f::space::get_hierarchy::v1::Request, _, _>(space::hierarchy)
+        .ruma_route::<f::openid::get_openid_userinfo::v1::Request, _, _>(openid::userinfo)
 }

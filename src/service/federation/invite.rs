@@ -34,12 +34,13 @@ const INVITE_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-/// An invite to a room on another server (`remote_invites`, JSON).
+/// An invite to a room on another server, or a local user's knock on one (`remote_invites`,
+/// JSON; the user's `user_rooms` entry says which).
 #[derive(Serialize, Deserialize)]
 pub struct RemoteInvite {
     pub event_id: OwnedEventId,
     pub room_version: RoomVersionId,
-    /// The invite event, signed by both servers.
+    /// The invite event, signed by both servers (or the knock, signed by us).
     pub event: CanonicalJsonObject,
     /// What the inviting server showed of the room: stripped events or full PDUs.
     pub room_state: Vec<serde_json::Value>,
@@ -263,6 +264,40 @@ impl Services {
                 let membership = Membership {
                     membership: "leave".to_owned(),
                     event_id: leave_id,
+                    count,
+                };
+                batch.put(
+                    Cf::UserRooms,
+                    keys::join([user_id.as_bytes(), room_id.as_bytes()]),
+                    serde_json::to_vec(&membership)?,
+                );
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a local user's invite or knock (`membership`) for a room this server is not in,
+    /// and sets their `user_rooms` entry so `/sync` shows it.
+    pub(super) async fn keep_remote_membership(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        membership: &str,
+        record: RemoteInvite,
+    ) -> Result<()> {
+        let stored = serde_json::to_vec(&record)?;
+        let room_id = room_id.to_owned();
+        self.timeline
+            .commit_counted(Batch::new(), |batch, count| {
+                batch.put(
+                    Cf::RemoteInvites,
+                    remote_invite_key(user_id, &room_id),
+                    stored,
+                );
+                let membership = Membership {
+                    membership: membership.to_owned(),
+                    event_id: record.event_id.clone(),
                     count,
                 };
                 batch.put(

@@ -99,29 +99,27 @@ impl Services {
                 ),
             ));
         }
+        // Refuse early what the auth rules would refuse at send_join: a join needs a public
+        // room, an invite, an existing membership, or (restricted rooms) one of our users to
+        // vouch for the joiner.
+        let rules = rules_of(&room.version)?;
+        let (join_rule, allow) = self.join_rule_of(room_id)?;
+        let membership = self.timeline.member_state(room_id, user_id)?;
+        let mut content = serde_json::json!({ "membership": "join" });
+        let restricted = (join_rule == "restricted" && rules.authorization.restricted_join_rule)
+            || (join_rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);
+        if join_rule != "public" && !matches!(membership.as_deref(), Some("invite" | "join")) {
+            if !restricted {
+                return Err(Error::forbidden("You are not invited to this room."));
+            }
+            let authoriser = self.restricted_join_authoriser(room_id, user_id, &allow)?;
+            content["join_authorised_via_users_server"] = serde_json::json!(authoriser);
+        }
         let (version, template) = self.timeline.event_template(
             room_id,
             user_id,
-            LocalEvent::state(
-                "m.room.member",
-                user_id.as_str(),
-                serde_json::json!({ "membership": "join" }),
-            ),
+            LocalEvent::state("m.room.member", user_id.as_str(), content),
         )?;
-        // Refuse early what the auth rules would refuse at send_join: a join needs a public
-        // room, an invite, or an existing membership.
-        let entries = self.timeline.current_state_entries(&room)?;
-        let public = match self.timeline.lookup(&entries, "m.room.join_rules", "")? {
-            Some(id) => self.timeline.pdu_json(&id)?.is_some_and(|pdu| {
-                matches!(pdu.get("content"), Some(CanonicalJsonValue::Object(c))
-                    if matches!(c.get("join_rule"), Some(CanonicalJsonValue::String(r)) if r == "public"))
-            }),
-            None => false,
-        };
-        let membership = self.timeline.member_state(room_id, user_id)?;
-        if !public && !matches!(membership.as_deref(), Some("invite" | "join")) {
-            return Err(Error::forbidden("You are not invited to this room."));
-        }
         Ok((version, template))
     }
 
@@ -191,9 +189,11 @@ impl Services {
             .timeline
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room."))?;
-        let (checked_id, pdu) = self
-            .check_incoming_pdu(&room.version, parse_object(pdu)?)
-            .await?;
+        let mut pdu = parse_object(pdu)?;
+        if membership == "join" {
+            self.countersign_authorised_join(&room.version, &mut pdu)?;
+        }
+        let (checked_id, pdu) = self.check_incoming_pdu(&room.version, pdu).await?;
         if checked_id != event_id {
             return Err(Error::bad_json("The event ID does not match the event."));
         }

@@ -54,6 +54,12 @@ impl Services {
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
+        if membership == "join"
+            && sender == target
+            && let Some(authoriser) = self.local_join_authoriser(room_id, target)?
+        {
+            content["join_authorised_via_users_server"] = json!(authoriser);
+        }
         if membership == "join" {
             for field in ["displayname", "avatar_url"] {
                 if let Some(value) = self.users.profile_field(target, field)? {

@@ -159,9 +159,14 @@ impl Services {
                 }
                 // Knocks: like invites, stripped state and the knock itself.
                 "knock" if changed_membership => {
+                    // A knock on a room on another server: its state as that server gave it.
+                    let events = match self.remote_invite(user_id, &room_id)? {
+                        Some(remote) => self.remote_invite_state(&remote),
+                        None => self.stripped_state(&room_id, &membership.event_id)?,
+                    };
                     knock.insert(
                         room_id.to_string(),
-                        json!({ "knock_state": { "events": self.stripped_state(&room_id, &membership.event_id)? } }),
+                        json!({ "knock_state": { "events": events } }),
                     );
                 }
                 "leave" | "ban" => {
