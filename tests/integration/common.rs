@@ -332,13 +332,18 @@ pub fn federating_config(dir: &std::path::Path, extra: &str) -> String {
     } else {
         "ip_range_denylist = []"
     };
+    let notaries = if extra.contains("trusted_servers") {
+        ""
+    } else {
+        "trusted_servers = []"
+    };
     format!(
         r#"server_name = "localhost:{port}"
 port = {port}
 allow_federation = true
 allow_invalid_tls_certificates = true
 {denylist}
-trusted_servers = []
+{notaries}
 rate_limits = {{ enabled = false }}
 tls = {{ certs = "{}", key = "{}" }}
 {extra}"#,
@@ -353,6 +358,13 @@ impl TestServer {
         let dir = Arc::new(TempDir::new().expect("temp dir"));
         let config = federating_config(dir.path(), extra);
         Self::start_in(dir.path().join("db"), Some(dir), config).await
+    }
+
+    /// Stops the server for good (its port is free again afterwards).
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
     }
 
     /// The `[global]` lines this server was started with, besides the defaults.

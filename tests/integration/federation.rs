@@ -830,3 +830,42 @@ async fn a_gap_too_deep_to_fetch_takes_the_state_from_the_origin() {
     assert!(texts.contains(&"deep 519".to_owned()), "{texts:?}");
     drop(a);
 }
+
+/// A server that cannot be reached has its keys vouched for by a `trusted_servers` notary that
+/// fetched them earlier (both signatures checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_a_server_that_is_down_come_from_a_notary() {
+    let b = TestServer::start_federating("").await;
+    let notary = TestServer::start_federating("").await;
+    let b_name = name(&b);
+    let b_key_id = b.services().globals.signing_key_id();
+    let b_public =
+        Base64::<Standard, Vec<u8>>::new(b.services().globals.signing_key().public_key().to_vec())
+            .encode();
+    // The notary learns B's keys (asking it makes it fetch them).
+    let (status, body) = notary
+        .get(&format!("/_matrix/key/v2/query/{b_name}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["server_keys"][0]["server_name"], b_name.as_str());
+    b.stop().await;
+
+    let a =
+        TestServer::start_federating(&format!("trusted_servers = [\"{}\"]", notary.server_name()))
+            .await;
+    let keys = a
+        .services()
+        .server_public_keys(&b_name, std::slice::from_ref(&b_key_id), 0)
+        .await
+        .unwrap();
+    assert_eq!(keys.get(&b_key_id).map(|k| k.encode()), Some(b_public));
+
+    // Without a notary there is nothing to be had.
+    let lonely = TestServer::start_federating("").await;
+    let keys = lonely
+        .services()
+        .server_public_keys(&b_name, std::slice::from_ref(&b_key_id), 0)
+        .await
+        .unwrap();
+    assert!(keys.is_empty());
+}
