@@ -706,30 +706,28 @@ well_known = {{ server = "localhost:{b_port}" }}"#
     );
 }
 
-/// A server that missed many events (its peer dropped its queue, as Synapse does when it
-/// catches up after an outage) fills the gap with rounds of `/get_missing_events` when the
-/// next event arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_of_many_events_is_filled_from_the_origin() {
+/// Makes B miss what `work` does on A: A may not talk to B meanwhile (its events queue up for
+/// B), then A's queue for B is dropped — as Synapse does when it catches up after an outage —
+/// and A talks to B again. Returns A, restarted.
+async fn while_b_misses_it(
+    a: TestServer,
+    b: &TestServer,
+    work: impl AsyncFnOnce(&TestServer),
+) -> TestServer {
     use culvert::store::{Batch, Cf, keys};
-    let a = TestServer::start_federating("").await;
-    let b = TestServer::start_federating("").await;
-    let (alice, bob, room) = shared_room(&a, &b).await;
-    a.say(&alice, &room, "before the gap").await;
-    wait_for_message(&b, &bob, &room, "before the gap").await;
-
-    // A may not talk to B for a while: its messages queue up for B…
-    let lines = a_config_lines(&a);
+    let lines: String = a
+        .extra_config()
+        .lines()
+        .filter(|l| !l.starts_with("federation_denylist"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let a = a
         .restart_with(&format!(
             "{lines}\nfederation_denylist = [\"{}\"]",
             b.server_name()
         ))
         .await;
-    for i in 0..70 {
-        a.say(&alice, &room, &format!("missed {i}")).await;
-    }
-    // …and the queue is dropped.
+    work(&a).await;
     let services = a.services();
     let prefix = keys::prefix(b.server_name().as_bytes());
     let mut batch = Batch::new();
@@ -738,9 +736,27 @@ async fn a_gap_of_many_events_is_filled_from_the_origin() {
         batch.delete(Cf::FederationOutbox, key.to_vec());
     }
     services.store.write(batch).unwrap();
+    a.restart_with(&lines).await
+}
+
+/// A server that missed many events (its peer dropped its queue, as Synapse does when it
+/// catches up after an outage) fills the gap with rounds of `/get_missing_events` when the
+/// next event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_of_many_events_is_filled_from_the_origin() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    a.say(&alice, &room, "before the gap").await;
+    wait_for_message(&b, &bob, &room, "before the gap").await;
+    let a = while_b_misses_it(a, &b, async |a| {
+        for i in 0..70 {
+            a.say(&alice, &room, &format!("missed {i}")).await;
+        }
+    })
+    .await;
 
     // Talking again: the next message reaches B, which fetches the 70 it missed.
-    let a = a.restart_with(&lines).await;
     a.say(&alice, &room, "after the gap").await;
     wait_for_message(&b, &bob, &room, "after the gap").await;
     let (status, page) = b
@@ -759,57 +775,30 @@ async fn a_gap_of_many_events_is_filled_from_the_origin() {
     }
 }
 
-/// The federating config lines a server was started with (its port, name and certificate),
-/// without a `federation_denylist` line added since.
-fn a_config_lines(server: &TestServer) -> String {
-    server
-        .extra_config()
-        .lines()
-        .filter(|l| !l.starts_with("federation_denylist"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// A gap deeper than `/get_missing_events` rounds reach: the oldest fetched event is placed
 /// with the state the origin gives (`/state_ids`), so a state change from deep in the gap is
 /// known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_too_deep_to_fetch_takes_the_state_from_the_origin() {
-    use culvert::store::{Batch, Cf, keys};
     let a = TestServer::start_federating("").await;
     let b = TestServer::start_federating("").await;
     let (alice, bob, room) = shared_room(&a, &b).await;
     a.say(&alice, &room, "before the gap").await;
     wait_for_message(&b, &bob, &room, "before the gap").await;
-
-    let lines = a_config_lines(&a);
-    let a = a
-        .restart_with(&format!(
-            "{lines}\nfederation_denylist = [\"{}\"]",
-            b.server_name()
-        ))
-        .await;
-    let (status, _) = a
-        .put(
-            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
-            Some(&alice.token),
-            json!({ "topic": "set deep in the gap" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    for i in 0..520 {
-        a.say(&alice, &room, &format!("deep {i}")).await;
-    }
-    let services = a.services();
-    let prefix = keys::prefix(b.server_name().as_bytes());
-    let mut batch = Batch::new();
-    for item in services.store.scan_prefix(Cf::FederationOutbox, &prefix) {
-        let (key, _) = item.unwrap();
-        batch.delete(Cf::FederationOutbox, key.to_vec());
-    }
-    services.store.write(batch).unwrap();
-
-    let a = a.restart_with(&lines).await;
+    let a = while_b_misses_it(a, &b, async |a| {
+        let (status, _) = a
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                Some(&alice.token),
+                json!({ "topic": "set deep in the gap" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        for i in 0..520 {
+            a.say(&alice, &room, &format!("deep {i}")).await;
+        }
+    })
+    .await;
     a.say(&alice, &room, "after the deep gap").await;
     wait_for_message(&b, &bob, &room, "after the deep gap").await;
     let topic = b

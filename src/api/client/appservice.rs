@@ -171,35 +171,42 @@ pub async fn protocol(
     Ok(RumaResponse(protocol_v3::Response::new(protocol)))
 }
 
-fn fields(map: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+/// Asks the appservices that declare `protocol` for its `kind` (`location` or `user`) matching
+/// `fields`; an unknown protocol is 404, no answer at all is the spec's 404 too.
+async fn lookup_in_protocol<T: serde::de::DeserializeOwned>(
+    services: &State,
+    kind: &str,
+    protocol: &str,
+    fields: &BTreeMap<String, String>,
+) -> Result<Vec<T>> {
+    if !services
+        .appservices
+        .list()
+        .iter()
+        .any(|s| s.has_protocol(protocol))
+    {
+        return Err(Error::not_found("No such protocol."));
+    }
+    let path = format!("{kind}/{}", encode_segment(protocol));
+    let query: Vec<(String, String)> =
+        fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let answers = services
+        .third_party_query(|s| s.has_protocol(protocol), &path, &query)
+        .await;
+    let found: Vec<T> = parse_lists(answers);
+    if found.is_empty() {
+        return Err(no_results());
+    }
+    Ok(found)
 }
 
 pub async fn location_for_protocol(
     extract::State(services): extract::State<State>,
     request: Ruma<location_protocol_v3::Request>,
 ) -> Result<RumaResponse<location_protocol_v3::Response>> {
-    let name = &request.body.protocol;
-    if !services
-        .appservices
-        .list()
-        .iter()
-        .any(|s| s.has_protocol(name))
-    {
-        return Err(Error::not_found("No such protocol."));
-    }
-    let path = format!("location/{}", encode_segment(name));
-    let answers = services
-        .third_party_query(
-            |s| s.has_protocol(name),
-            &path,
-            &fields(&request.body.fields),
-        )
-        .await;
-    let locations: Vec<Location> = parse_lists(answers);
-    if locations.is_empty() {
-        return Err(no_results());
-    }
+    let body = &request.body;
+    let locations: Vec<Location> =
+        lookup_in_protocol(&services, "location", &body.protocol, &body.fields).await?;
     Ok(RumaResponse(location_protocol_v3::Response::new(locations)))
 }
 
@@ -207,27 +214,9 @@ pub async fn user_for_protocol(
     extract::State(services): extract::State<State>,
     request: Ruma<user_protocol_v3::Request>,
 ) -> Result<RumaResponse<user_protocol_v3::Response>> {
-    let name = &request.body.protocol;
-    if !services
-        .appservices
-        .list()
-        .iter()
-        .any(|s| s.has_protocol(name))
-    {
-        return Err(Error::not_found("No such protocol."));
-    }
-    let path = format!("user/{}", encode_segment(name));
-    let answers = services
-        .third_party_query(
-            |s| s.has_protocol(name),
-            &path,
-            &fields(&request.body.fields),
-        )
-        .await;
-    let users: Vec<User> = parse_lists(answers);
-    if users.is_empty() {
-        return Err(no_results());
-    }
+    let body = &request.body;
+    let users: Vec<User> =
+        lookup_in_protocol(&services, "user", &body.protocol, &body.fields).await?;
     Ok(RumaResponse(user_protocol_v3::Response::new(users)))
 }
 
