@@ -188,8 +188,7 @@ async fn lookup_in_protocol<T: serde::de::DeserializeOwned>(
         return Err(Error::not_found("No such protocol."));
     }
     let path = format!("{kind}/{}", encode_segment(protocol));
-    let query: Vec<(String, String)> =
-        fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let query: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let answers = services
         .third_party_query(|s| s.has_protocol(protocol), &path, &query)
         .await;
