@@ -16,7 +16,10 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::pdu_check::{event_id_of, rules_of};
+use super::{
+    membership::field,
+    pdu_check::{event_id_of, rules_of},
+};
 use crate::{
     Error, Result,
     service::{Services, rooms::timeline::Membership},
@@ -46,13 +49,6 @@ pub struct RemoteInvite {
     pub room_state: Vec<serde_json::Value>,
     /// Servers that can let the user in (the inviter's first).
     pub servers: Vec<OwnedServerName>,
-}
-
-fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
-    match pdu.get(name) {
-        Some(CanonicalJsonValue::String(s)) => Some(s),
-        _ => None,
-    }
 }
 
 fn raw(object: &CanonicalJsonObject) -> Result<Box<RawValue>> {
@@ -333,36 +329,14 @@ impl Services {
             .await?;
         let version = response.room_version.unwrap_or_else(|| version.clone());
         let rules = rules_of(&version)?;
-        let mut template: CanonicalJsonObject = serde_json::from_str(response.event.get())
-            .map_err(|e| Error::bad_json(format!("Not an event template: {e}")))?;
-        if field(&template, "state_key") != Some(user_id.as_str())
-            || field(&template, "sender") != Some(user_id.as_str())
-        {
-            return Err(Error::bad_json("The leave template is for someone else."));
-        }
-        template.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                ruma::Int::try_from(crate::utils::now_millis()).unwrap_or_default(),
-            ),
-        );
-        for stray in ["signatures", "hashes", "unsigned"] {
-            template.remove(stray);
-        }
-        if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
-            template.insert(
-                "event_id".into(),
-                CanonicalJsonValue::String(EventId::new_v1(&self.server_name).to_string()),
-            );
-        } else {
-            template.remove("event_id");
-        }
-        let signed = crate::service::rooms::pdu::finish(
-            template,
-            Some(room_id),
+        let signed = self.sign_membership_template(
+            server,
+            &response.event,
+            room_id,
+            user_id,
             &rules,
-            &self.server_name,
-            self.globals.signing_key(),
+            "leave",
+            None,
         )?;
         self.send_federation_request(
             server,

@@ -40,13 +40,6 @@ const KNOCK_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
-    match pdu.get(name) {
-        Some(CanonicalJsonValue::String(s)) => Some(s),
-        _ => None,
-    }
-}
-
 fn raw(object: &CanonicalJsonObject) -> Result<Box<serde_json::value::RawValue>> {
     serde_json::value::to_raw_value(object).map_err(|e| Error::internal(e.to_string()))
 }
@@ -66,10 +59,6 @@ fn no_knocking(version: &RoomVersionId) -> Error {
     Error::forbidden(format!(
         "The room is version {version}, which does not support knocking."
     ))
-}
-
-fn bad_gateway(message: String) -> Error {
-    Error::new(http::StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message)
 }
 
 impl Services {
@@ -360,48 +349,14 @@ impl Services {
         if !rules.authorization.knocking {
             return Err(no_knocking(&version));
         }
-        let mut template: CanonicalJsonObject = serde_json::from_str(response.event.get())
-            .map_err(|e| bad_gateway(format!("{server} sent no knock template: {e}")))?;
-        if field(&template, "sender") != Some(user_id.as_str())
-            || field(&template, "state_key") != Some(user_id.as_str())
-            || field(&template, "type") != Some("m.room.member")
-            || field(&template, "room_id") != Some(room_id.as_str())
-        {
-            return Err(bad_gateway(format!(
-                "{server} sent a knock template for something else"
-            )));
-        }
-        let mut content = CanonicalJsonObject::new();
-        content.insert(
-            "membership".into(),
-            CanonicalJsonValue::String("knock".into()),
-        );
-        if let Some(reason) = reason {
-            content.insert("reason".into(), CanonicalJsonValue::String(reason.into()));
-        }
-        for (name, value) in self.users.profile(user_id)? {
-            if (name == "displayname" || name == "avatar_url")
-                && let Ok(v) = CanonicalJsonValue::try_from(value)
-            {
-                content.insert(name, v);
-            }
-        }
-        template.insert("content".into(), CanonicalJsonValue::Object(content));
-        template.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                ruma::Int::try_from(crate::utils::now_millis()).unwrap_or_default(),
-            ),
-        );
-        for stray in ["signatures", "hashes", "unsigned", "event_id"] {
-            template.remove(stray);
-        }
-        let signed = crate::service::rooms::pdu::finish(
-            template,
-            Some(room_id),
+        let signed = self.sign_membership_template(
+            server,
+            &response.event,
+            room_id,
+            user_id,
             &rules,
-            &self.server_name,
-            self.globals.signing_key(),
+            "knock",
+            reason,
         )?;
         let response = self
             .send_federation_request(

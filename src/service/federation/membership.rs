@@ -43,7 +43,7 @@ fn parse_object(raw: &RawValue) -> Result<CanonicalJsonObject> {
     serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))
 }
 
-fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
+pub(super) fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
     match pdu.get(name) {
         Some(CanonicalJsonValue::String(s)) => Some(s),
         _ => None,
@@ -320,61 +320,14 @@ impl Services {
         let response = self.send_federation_request(server, request).await?;
         let version = response.room_version.unwrap_or(RoomVersionId::V1);
         let rules = rules_of(&version)?;
-        let mut template = parse_object(&response.event)?;
-        // The template must be our user's join in that room; the rest is the resident's view.
-        if field(&template, "sender") != Some(user_id.as_str())
-            || field(&template, "state_key") != Some(user_id.as_str())
-            || field(&template, "type") != Some("m.room.member")
-            || field(&template, "room_id") != Some(room_id.as_str())
-        {
-            return Err(Error::new(
-                http::StatusCode::BAD_GATEWAY,
-                ErrorKind::Unknown,
-                format!("{server} sent a join template for something else"),
-            ));
-        }
-        let mut content = match template.remove("content") {
-            Some(CanonicalJsonValue::Object(c)) => c,
-            _ => CanonicalJsonObject::new(),
-        };
-        content.insert(
-            "membership".into(),
-            CanonicalJsonValue::String("join".into()),
-        );
-        if let Some(reason) = reason {
-            content.insert("reason".into(), CanonicalJsonValue::String(reason.into()));
-        }
-        for (field_name, value) in self.users.profile(user_id)? {
-            if (field_name == "displayname" || field_name == "avatar_url")
-                && let Ok(v) = CanonicalJsonValue::try_from(value)
-            {
-                content.insert(field_name, v);
-            }
-        }
-        template.insert("content".into(), CanonicalJsonValue::Object(content));
-        template.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                ruma::Int::try_from(crate::utils::now_millis()).unwrap_or_default(),
-            ),
-        );
-        template.remove("signatures");
-        template.remove("hashes");
-        template.remove("unsigned");
-        if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
-            template.insert(
-                "event_id".into(),
-                CanonicalJsonValue::String(EventId::new_v1(&self.server_name).to_string()),
-            );
-        } else {
-            template.remove("event_id");
-        }
-        let signed = crate::service::rooms::pdu::finish(
-            template,
-            Some(room_id),
+        let signed = self.sign_membership_template(
+            server,
+            &response.event,
+            room_id,
+            user_id,
             &rules,
-            &self.server_name,
-            self.globals.signing_key(),
+            "join",
+            reason,
         )?;
         let request = create_join_event::v2::Request::new(
             room_id.to_owned(),
@@ -427,6 +380,81 @@ impl Services {
                 (signed.event_id, join),
             )
             .await
+    }
+
+    /// Our user's membership event made from another server's `make_join` / `make_leave` /
+    /// `make_knock` template: checked to be the user's own member event in the room; its
+    /// content the template's plus `membership`, the reason and (joining or knocking) the
+    /// profile; stamped now, given a fresh event ID where the room version carries one, hashed
+    /// and signed by this server.
+    // The template's context: where it came from, for whom, and what it is to become.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sign_membership_template(
+        &self,
+        server: &ServerName,
+        template: &RawValue,
+        room_id: &RoomId,
+        user_id: &UserId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<crate::service::rooms::pdu::SignedPdu> {
+        let bad_template =
+            |what: String| Error::new(http::StatusCode::BAD_GATEWAY, ErrorKind::Unknown, what);
+        let mut template: CanonicalJsonObject = serde_json::from_str(template.get())
+            .map_err(|e| bad_template(format!("{server} sent no {membership} template: {e}")))?;
+        if field(&template, "sender") != Some(user_id.as_str())
+            || field(&template, "state_key") != Some(user_id.as_str())
+            || field(&template, "type") != Some("m.room.member")
+            || field(&template, "room_id") != Some(room_id.as_str())
+        {
+            return Err(bad_template(format!(
+                "{server} sent a {membership} template for something else"
+            )));
+        }
+        let mut content = match template.remove("content") {
+            Some(CanonicalJsonValue::Object(c)) => c,
+            _ => CanonicalJsonObject::new(),
+        };
+        content.insert(
+            "membership".into(),
+            CanonicalJsonValue::String(membership.into()),
+        );
+        if let Some(reason) = reason {
+            content.insert("reason".into(), CanonicalJsonValue::String(reason.into()));
+        }
+        if membership != "leave" {
+            for (name, value) in self.users.profile(user_id)? {
+                if (name == "displayname" || name == "avatar_url")
+                    && let Ok(v) = CanonicalJsonValue::try_from(value)
+                {
+                    content.insert(name, v);
+                }
+            }
+        }
+        template.insert("content".into(), CanonicalJsonValue::Object(content));
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(crate::utils::now_millis()).unwrap_or_default(),
+            ),
+        );
+        for stray in ["signatures", "hashes", "unsigned", "event_id"] {
+            template.remove(stray);
+        }
+        if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
+            template.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(EventId::new_v1(&self.server_name).to_string()),
+            );
+        }
+        crate::service::rooms::pdu::finish(
+            template,
+            Some(room_id),
+            rules,
+            &self.server_name,
+            self.globals.signing_key(),
+        )
     }
 
     /// The room an alias names: ours from the store, another server's by asking it.
