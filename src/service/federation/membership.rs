@@ -229,7 +229,7 @@ impl Services {
                 ));
             }
         }
-        self.federation_sender_wake_room(room_id, Some(origin), event_id)
+        self.forward_to_room_servers(room_id, Some(origin), event_id)
             .await?;
         Ok(pdu)
     }

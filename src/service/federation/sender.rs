@@ -80,7 +80,7 @@ impl Services {
 
     /// Queues an event that arrived from `origin` for the room's other servers (the resident
     /// server forwards a `send_join`'s join, which only it received).
-    pub async fn federation_sender_wake_room(
+    pub async fn forward_to_room_servers(
         &self,
         room_id: &RoomId,
         origin: Option<&ServerName>,

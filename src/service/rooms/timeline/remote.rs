@@ -148,32 +148,8 @@ impl Timeline {
             let Ok(event) = Pdu::from_json(event_id.clone(), &pdu, &rules) else {
                 continue;
             };
-            let mut auth_state: HashMap<(String, String), Arc<Pdu>> = HashMap::new();
-            let mut complete = true;
-            for id in referenced_ids(&pdu, "auth_events") {
-                match (self.pdu_json(&id)?, self.load_pdu(&id, &rules)) {
-                    (Some(json), Some(auth_event)) => {
-                        if let Some(key) = state_key_of(&json) {
-                            auth_state.insert(key, auth_event);
-                        }
-                    }
-                    _ => complete = false,
-                }
-            }
-            if rules.authorization.room_create_event_id_as_room_id {
-                let create_id = EventId::parse(format!("${}", &room_id.as_str()[1..]))
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                if let Some(create) = self.load_pdu(&create_id, &rules) {
-                    auth_state.insert(("m.room.create".to_owned(), String::new()), create);
-                }
-            }
-            let allowed = complete
-                && auth::authorize(
-                    &rules.authorization,
-                    &event,
-                    |id: &EventId| self.load_pdu(id, &rules),
-                    |kind, key| auth_state.get(&(kind.to_string(), key.to_owned())).cloned(),
-                )
+            let allowed = self
+                .authorize_by_cited_auth_events(room_id, &event, &pdu, &rules)
                 .is_ok();
             if !allowed {
                 tracing::info!(%event_id, %room_id, "backfilled event left out: not authorised by known auth events");
@@ -351,30 +327,8 @@ impl Timeline {
         let event = Pdu::from_json(event_id.to_owned(), &pdu, &rules)?;
 
         // 4. Allowed by its own auth events?
-        let mut auth_state: HashMap<(String, String), Arc<Pdu>> = HashMap::new();
-        for id in referenced_ids(&pdu, "auth_events") {
-            let json = self
-                .pdu_json(&id)?
-                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is unknown here.")))?;
-            let key = state_key_of(&json)
-                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is not state.")))?;
-            let auth_event = self
-                .load_pdu(&id, &rules)
-                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is unreadable.")))?;
-            auth_state.insert(key, auth_event);
-        }
-        // From v12 the create event is not cited: the room ID names it.
-        if rules.authorization.room_create_event_id_as_room_id {
-            let create_id = EventId::parse(format!("${}", &room_id.as_str()[1..]))
-                .map_err(|e| Error::internal(e.to_string()))?;
-            if let Some(create) = self.load_pdu(&create_id, &rules) {
-                auth_state.insert(("m.room.create".to_owned(), String::new()), create);
-            }
-        }
+        self.authorize_by_cited_auth_events(room_id, &event, &pdu, &rules)?;
         let load = |id: &EventId| self.load_pdu(id, &rules);
-        auth::authorize(&rules.authorization, &event, load, |kind, key| {
-            auth_state.get(&(kind.to_string(), key.to_owned())).cloned()
-        })?;
 
         // 5. Allowed by the state before it?
         let state_before: State = match (given_state, prevs.as_slice()) {
@@ -607,16 +561,31 @@ impl Timeline {
         let Ok(event) = Pdu::from_json(event_id.to_owned(), &json, rules) else {
             return false;
         };
+        self.authorize_by_cited_auth_events(room_id, &event, &json, rules)
+            .is_ok()
+    }
+
+    /// Step 4 of the checks on receipt: `event` (`json` its PDU) against the auth rules, with
+    /// the auth events it cites as the state (and, from v12, the create event its room ID
+    /// names). Refused (`M_FORBIDDEN`) when one of them is not stored here.
+    fn authorize_by_cited_auth_events(
+        &self,
+        room_id: &RoomId,
+        event: &Pdu,
+        json: &CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<()> {
         let mut auth_state: HashMap<(String, String), Arc<Pdu>> = HashMap::new();
-        for id in referenced_ids(&json, "auth_events") {
-            let (Ok(Some(auth_json)), Some(auth_event)) =
-                (self.pdu_json(&id), self.load_pdu(&id, rules))
-            else {
-                return false;
-            };
-            if let Some(key) = state_key_of(&auth_json) {
-                auth_state.insert(key, auth_event);
-            }
+        for id in referenced_ids(json, "auth_events") {
+            let auth_json = self
+                .pdu_json(&id)?
+                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is unknown here.")))?;
+            let key = state_key_of(&auth_json)
+                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is not state.")))?;
+            let auth_event = self
+                .load_pdu(&id, rules)
+                .ok_or_else(|| Error::forbidden(format!("Auth event {id} is unreadable.")))?;
+            auth_state.insert(key, auth_event);
         }
         if rules.authorization.room_create_event_id_as_room_id
             && let Ok(create_id) = EventId::parse(format!("${}", &room_id.as_str()[1..]))
@@ -626,11 +595,10 @@ impl Timeline {
         }
         auth::authorize(
             &rules.authorization,
-            &event,
+            event,
             |id: &EventId| self.load_pdu(id, rules),
             |kind, key| auth_state.get(&(kind.to_string(), key.to_owned())).cloned(),
         )
-        .is_ok()
     }
 
     /// Sets up a room this server joins through another: stores the state before our join and
