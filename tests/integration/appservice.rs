@@ -254,15 +254,9 @@ async fn as_register(server: &TestServer, localpart: &str) -> (StatusCode, Value
         .await
 }
 
-/// Polls `check` until it holds (10 s at most).
+/// Polls `check` (a plain closure over what the fake appservice recorded) until it holds.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    crate::common::eventually(what, || std::future::ready(check())).await
 }
 
 fn as_user(path: &str, user: &str) -> String {

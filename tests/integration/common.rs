@@ -408,3 +408,111 @@ impl TestServer {
         }
     }
 }
+
+/// How long a test waits for something that happens asynchronously (another server's
+/// delivery, an appservice transaction) before it fails.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `check` every `every` until it yields a value; `None` once `within` has passed.
+pub async fn poll<T, F, Fut>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Runs `check` every 100 ms until it holds; fails the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let every = std::time::Duration::from_millis(100);
+    let held = poll(PATIENCE, every, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await;
+    if held.is_none() {
+        panic!("timed out after {PATIENCE:?} waiting for {what}");
+    }
+}
+
+/// Follows a sync stream (a `timeout=0` sync, then long-polls of 500 ms from each
+/// `next_batch`) until a response satisfies `found`, and returns that response; `None` after
+/// [`PATIENCE`]. `sync` performs one GET of the path it is given and returns the body, so this
+/// drives culvert and Synapse alike.
+pub async fn follow_sync<F, Fut>(mut sync: F, found: impl Fn(&Value) -> bool) -> Option<Value>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut since: Option<String> = None;
+    while tokio::time::Instant::now() < deadline {
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=500&since={since}"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let body = sync(path).await;
+        if found(&body) {
+            return Some(body);
+        }
+        // A failed sync has no next_batch: start again from a fresh one.
+        since = body["next_batch"].as_str().map(ToOwned::to_owned);
+        if since.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    None
+}
+
+/// Whether a sync response's timeline for `room` carries a message with body `text`.
+pub fn timeline_has(body: &Value, room: &str, text: &str) -> bool {
+    let events = &body["rooms"]["join"][room]["timeline"]["events"];
+    events.is_array() && message_bodies(events).iter().any(|b| b == text)
+}
+
+impl TestServer {
+    /// Syncs `who` until a response satisfies `found` (see [`follow_sync`]); fails the test
+    /// with `what` after [`PATIENCE`].
+    pub async fn sync_until(
+        &self,
+        who: &Session,
+        what: &str,
+        found: impl Fn(&Value) -> bool,
+    ) -> Value {
+        follow_sync(|path| async move { self.get_ok(&path, who).await }, found)
+            .await
+            .unwrap_or_else(|| panic!("{what} never reached {} in its sync", who.user_id))
+    }
+
+    /// Waits until `who`'s sync shows the message `text` in `room`; returns its event ID.
+    pub async fn wait_for_message(&self, who: &Session, room: &str, text: &str) -> String {
+        let body = self
+            .sync_until(who, text, |body| timeline_has(body, room, text))
+            .await;
+        body["rooms"]["join"][room]["timeline"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["content"]["body"] == text)
+            .and_then(|e| e["event_id"].as_str())
+            .expect("the message's event ID")
+            .to_owned()
+    }
+}

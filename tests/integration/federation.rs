@@ -9,7 +9,7 @@ use ruma::{
 };
 use serde_json::json;
 
-use crate::common::{TestServer, assert_error, next_batch};
+use crate::common::{TestServer, assert_error, eventually, next_batch};
 
 fn name(server: &TestServer) -> ruma::OwnedServerName {
     ServerName::parse(server.server_name()).unwrap()
@@ -222,33 +222,6 @@ async fn federation_is_refused_when_disabled() {
     assert_error(&result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
 }
 
-/// Waits until `who`'s sync shows `text` in `room` (the other server delivers asynchronously).
-async fn wait_for_message(
-    server: &TestServer,
-    who: &crate::common::Session,
-    room: &str,
-    text: &str,
-) {
-    let mut since: Option<String> = None;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        let path = match &since {
-            Some(since) => format!("/_matrix/client/v3/sync?timeout=500&since={since}"),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
-        let body = server.get_ok(&path, who).await;
-        let events = &body["rooms"]["join"][room]["timeline"]["events"];
-        if crate::common::message_bodies(events)
-            .iter()
-            .any(|b| b == text)
-        {
-            return;
-        }
-        since = Some(crate::common::next_batch(&body));
-    }
-    panic!("{text:?} never reached {} in {room}", who.user_id);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
     let a = TestServer::start_federating("").await;
@@ -307,9 +280,9 @@ async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
 
     // Messages both ways.
     a.say(&alice, &room, "hello from A").await;
-    wait_for_message(&b, &bob, &room, "hello from A").await;
+    b.wait_for_message(&bob, &room, "hello from A").await;
     b.say(&bob, &room, "hello from B").await;
-    wait_for_message(&a, &alice, &room, "hello from B").await;
+    a.wait_for_message(&alice, &room, "hello from B").await;
 
     // A state change on B reaches A.
     let (status, _) = b
@@ -329,19 +302,16 @@ async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    for _ in 0..40 {
+    eventually("the topic reaching B", || async {
         let (status, topic) = b
             .get(
                 &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
                 Some(&bob.token),
             )
             .await;
-        if status == StatusCode::OK && topic["topic"] == "set on A" {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("the topic never reached B");
+        status == StatusCode::OK && topic["topic"] == "set on A"
+    })
+    .await;
 }
 
 /// A room on A that a user of B joined: the set-up of the tests that feed B crafted events.
@@ -489,7 +459,7 @@ async fn forged_tampered_and_unauthorised_events_never_reach_clients() {
 
     // A real message after them, so the sync below has something to wait for.
     a.say(&alice, &room, "genuine").await;
-    wait_for_message(&b, &bob, &room, "genuine").await;
+    b.wait_for_message(&bob, &room, "genuine").await;
     let body = b
         .get_ok(
             &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
@@ -546,15 +516,10 @@ async fn invites_redactions_bans_and_history_between_two_culverts() {
     }
 
     // Bob sees the invite (with the room's stripped state) and joins through it.
-    let mut invited = false;
-    for _ in 0..40 {
-        let body = b.get_ok("/_matrix/client/v3/sync?timeout=200", &bob).await;
-        if body["rooms"]["invite"][&room]["invite_state"]["events"].is_array() {
-            invited = true;
-            break;
-        }
-    }
-    assert!(invited, "bob never saw the invite");
+    b.sync_until(&bob, "the invite", |body| {
+        body["rooms"]["invite"][&room]["invite_state"]["events"].is_array()
+    })
+    .await;
     let (status, body) = b
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/join"),
@@ -582,7 +547,7 @@ async fn invites_redactions_bans_and_history_between_two_culverts() {
 
     // Redactions both ways.
     let bobs = b.say(&bob, &room, "bob's words").await;
-    wait_for_message(&a, &alice, &room, "bob's words").await;
+    a.wait_for_message(&alice, &room, "bob's words").await;
     let (status, _) = b
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/redact/{bobs}/r1"),
@@ -591,21 +556,16 @@ async fn invites_redactions_bans_and_history_between_two_culverts() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let mut redacted = false;
-    for _ in 0..40 {
+    eventually("A applying B's redaction", || async {
         let (_, event) = a
             .get(
                 &format!("/_matrix/client/v3/rooms/{room}/event/{bobs}"),
                 Some(&alice.token),
             )
             .await;
-        if event["content"] == json!({}) {
-            redacted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(redacted, "A never applied B's redaction");
+        event["content"] == json!({})
+    })
+    .await;
 
     // Alice bans Bob: B sees its user banned, and B's messages are no longer accepted.
     let (status, _) = a
@@ -616,15 +576,10 @@ async fn invites_redactions_bans_and_history_between_two_culverts() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let mut banned = false;
-    for _ in 0..40 {
-        if !b.joined_rooms(&bob).await.contains(&room) {
-            banned = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(banned, "B never saw the ban");
+    eventually("B seeing the ban", || async {
+        !b.joined_rooms(&bob).await.contains(&room)
+    })
+    .await;
     let (status, _) = b
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/after-ban"),
@@ -748,7 +703,7 @@ async fn a_gap_of_many_events_is_filled_from_the_origin() {
     let b = TestServer::start_federating("").await;
     let (alice, bob, room) = shared_room(&a, &b).await;
     a.say(&alice, &room, "before the gap").await;
-    wait_for_message(&b, &bob, &room, "before the gap").await;
+    b.wait_for_message(&bob, &room, "before the gap").await;
     let a = while_b_misses_it(a, &b, async |a| {
         for i in 0..70 {
             a.say(&alice, &room, &format!("missed {i}")).await;
@@ -758,7 +713,7 @@ async fn a_gap_of_many_events_is_filled_from_the_origin() {
 
     // Talking again: the next message reaches B, which fetches the 70 it missed.
     a.say(&alice, &room, "after the gap").await;
-    wait_for_message(&b, &bob, &room, "after the gap").await;
+    b.wait_for_message(&bob, &room, "after the gap").await;
     let (status, page) = b
         .get(
             &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
@@ -784,7 +739,7 @@ async fn a_gap_too_deep_to_fetch_takes_the_state_from_the_origin() {
     let b = TestServer::start_federating("").await;
     let (alice, bob, room) = shared_room(&a, &b).await;
     a.say(&alice, &room, "before the gap").await;
-    wait_for_message(&b, &bob, &room, "before the gap").await;
+    b.wait_for_message(&bob, &room, "before the gap").await;
     let a = while_b_misses_it(a, &b, async |a| {
         let (status, _) = a
             .put(
@@ -800,7 +755,7 @@ async fn a_gap_too_deep_to_fetch_takes_the_state_from_the_origin() {
     })
     .await;
     a.say(&alice, &room, "after the deep gap").await;
-    wait_for_message(&b, &bob, &room, "after the deep gap").await;
+    b.wait_for_message(&bob, &room, "after the deep gap").await;
     let topic = b
         .get_ok(
             &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),

@@ -23,18 +23,13 @@ async fn membership_on(server: &TestServer, who: &Session, room: &str, user: &st
     body["membership"].clone()
 }
 
-/// Polls until `check` holds on what `server` says of `who`'s membership in `room`.
+/// Waits until `server` says `user` has the membership `want` in `room` (asked as `who`).
 async fn wait_membership(server: &TestServer, who: &Session, room: &str, user: &str, want: &str) {
-    for _ in 0..50 {
-        if membership_on(server, who, room, user).await == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{user} never became {want} in {room}: {}",
-        membership_on(server, who, room, user).await
-    );
+    let what = format!("{user} to become {want} in {room}");
+    crate::common::eventually(&what, || async {
+        membership_on(server, who, room, user).await == want
+    })
+    .await;
 }
 
 async fn knock(server: &TestServer, who: &Session, room: &str, via: &str) -> (StatusCode, Value) {

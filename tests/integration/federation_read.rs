@@ -62,66 +62,23 @@ async fn pair() -> Pair {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // A has Bob's join before anything else happens.
-    for _ in 0..50 {
+    crate::common::eventually("A to see Bob's join", || async {
         let members = a
             .get_ok(
                 &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
                 &alice,
             )
             .await;
-        if members["joined"][&bob.user_id].is_object() {
-            return Pair {
-                a,
-                b,
-                alice,
-                bob,
-                room,
-            };
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("A never saw Bob's join");
-}
-
-/// Syncs `who` (first a full sync, then incremental ones) until `found` holds for a response.
-async fn wait_sync(
-    server: &TestServer,
-    who: &Session,
-    what: &str,
-    found: impl Fn(&Value) -> bool,
-) -> Value {
-    let mut since: Option<String> = None;
-    for _ in 0..40 {
-        let path = match &since {
-            Some(since) => format!("/_matrix/client/v3/sync?timeout=500&since={since}"),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
-        let body = server.get_ok(&path, who).await;
-        if found(&body) {
-            return body;
-        }
-        since = Some(next_batch(&body));
-    }
-    panic!("{what} never reached {}", who.user_id);
-}
-
-/// Waits until `who`'s sync shows the message `text` in `room`; returns its event ID.
-async fn wait_message(server: &TestServer, who: &Session, room: &str, text: &str) -> String {
-    let body = wait_sync(server, who, text, |body| {
-        crate::common::message_bodies(&body["rooms"]["join"][room]["timeline"]["events"])
-            .iter()
-            .any(|b| b == text)
+        members["joined"][&bob.user_id].is_object()
     })
     .await;
-    body["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["content"]["body"] == text)
-        .unwrap()["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    Pair {
+        a,
+        b,
+        alice,
+        bob,
+        room,
+    }
 }
 
 fn ephemeral_of<'v>(body: &'v Value, room: &str, kind: &str) -> Vec<&'v Value> {
@@ -187,14 +144,14 @@ async fn typing_receipts_and_presence_cross_both_ways() {
 
     // Typing, A → B and B → A.
     set_typing(&a, &alice, &room, true).await;
-    wait_sync(&b, &bob, "Alice's typing", |body| {
+    b.sync_until(&bob, "Alice's typing", |body| {
         ephemeral_of(body, &room, "m.typing")
             .iter()
             .any(|e| e["content"]["user_ids"] == json!([alice.user_id]))
     })
     .await;
     set_typing(&b, &bob, &room, true).await;
-    wait_sync(&a, &alice, "Bob's typing", |body| {
+    a.sync_until(&alice, "Bob's typing", |body| {
         ephemeral_of(body, &room, "m.typing").iter().any(|e| {
             e["content"]["user_ids"]
                 .as_array()
@@ -204,7 +161,7 @@ async fn typing_receipts_and_presence_cross_both_ways() {
     .await;
     // Stopping is federated too.
     set_typing(&b, &bob, &room, false).await;
-    wait_sync(&a, &alice, "Bob's stop", |body| {
+    a.sync_until(&alice, "Bob's stop", |body| {
         ephemeral_of(body, &room, "m.typing").iter().any(|e| {
             e["content"]["user_ids"]
                 .as_array()
@@ -215,18 +172,18 @@ async fn typing_receipts_and_presence_cross_both_ways() {
 
     // Receipts: both read a message of the other.
     a.say(&alice, &room, "read me, Bob").await;
-    let from_alice = wait_message(&b, &bob, &room, "read me, Bob").await;
+    let from_alice = b.wait_for_message(&bob, &room, "read me, Bob").await;
     send_receipt(&b, &bob, &room, &from_alice).await;
-    wait_sync(&a, &alice, "Bob's receipt", |body| {
+    a.sync_until(&alice, "Bob's receipt", |body| {
         ephemeral_of(body, &room, "m.receipt")
             .iter()
             .any(|e| e["content"][&from_alice]["m.read"][&bob.user_id]["ts"].is_u64())
     })
     .await;
     b.say(&bob, &room, "read me, Alice").await;
-    let from_bob = wait_message(&a, &alice, &room, "read me, Alice").await;
+    let from_bob = a.wait_for_message(&alice, &room, "read me, Alice").await;
     send_receipt(&a, &alice, &room, &from_bob).await;
-    wait_sync(&b, &bob, "Alice's receipt", |body| {
+    b.sync_until(&bob, "Alice's receipt", |body| {
         ephemeral_of(body, &room, "m.receipt")
             .iter()
             .any(|e| e["content"][&from_bob]["m.read"][&alice.user_id]["ts"].is_u64())
@@ -235,14 +192,14 @@ async fn typing_receipts_and_presence_cross_both_ways() {
 
     // Presence both ways (a change of state and status message).
     set_presence(&a, &alice, "unavailable", "on A, away").await;
-    wait_sync(&b, &bob, "Alice's presence", |body| {
+    b.sync_until(&bob, "Alice's presence", |body| {
         presence_of(body, &alice.user_id).is_some_and(|e| {
             e["content"]["presence"] == "unavailable" && e["content"]["status_msg"] == "on A, away"
         })
     })
     .await;
     set_presence(&b, &bob, "online", "on B, here").await;
-    wait_sync(&a, &alice, "Bob's presence", |body| {
+    a.sync_until(&alice, "Bob's presence", |body| {
         presence_of(body, &bob.user_id).is_some_and(|e| {
             e["content"]["presence"] == "online" && e["content"]["status_msg"] == "on B, here"
         })
@@ -307,12 +264,13 @@ async fn to_device_messages_and_device_list_changes_cross() {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let body = wait_sync(&b, &bob, "the to-device message", |body| {
-        body["to_device"]["events"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-    })
-    .await;
+    let body = b
+        .sync_until(&bob, "the to-device message", |body| {
+            body["to_device"]["events"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        })
+        .await;
     let events = body["to_device"]["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{body}");
     assert_eq!(events[0]["sender"], alice.user_id);
@@ -722,7 +680,7 @@ async fn a_server_acl_shuts_out_the_denied_server() {
         room,
     } = pair().await;
     b.say(&bob, &room, "before the ACL").await;
-    wait_message(&a, &alice, &room, "before the ACL").await;
+    a.wait_for_message(&alice, &room, "before the ACL").await;
 
     // Both test servers are on `localhost` (ACLs ignore ports): deny it, which only matters to
     // A for requests from B.

@@ -14,7 +14,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::common::{Session, TestServer, message_bodies, next_batch, urlencode};
+use crate::common::{
+    Session, TestServer, eventually, follow_sync, message_bodies, poll, timeline_has, urlencode,
+};
 
 /// A Synapse process serving client and federation traffic over TLS.
 pub struct Synapse {
@@ -295,47 +297,14 @@ async fn synapse_sees(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) {
-    let mut since: Option<String> = None;
-    for _ in 0..60 {
-        let path = match &since {
-            Some(s) => format!("/_matrix/client/v3/sync?timeout=500&since={s}"),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
+    let sync = |path: String| async move {
         let (status, body) = synapse.get(&path, who).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        if check(&body) {
-            return;
-        }
-        since = body["next_batch"].as_str().map(ToOwned::to_owned);
+        body
+    };
+    if follow_sync(sync, check).await.is_none() {
+        panic!("Synapse never saw {what}\n{}", synapse.log_tail());
     }
-    panic!("Synapse never saw {what}\n{}", synapse.log_tail());
-}
-
-/// Polls a culvert user's sync until `check` holds.
-async fn culvert_sees(
-    server: &TestServer,
-    who: &Session,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) {
-    let mut since: Option<String> = None;
-    for _ in 0..60 {
-        let path = match &since {
-            Some(s) => format!("/_matrix/client/v3/sync?timeout=500&since={s}"),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
-        let body = server.get_ok(&path, who).await;
-        if check(&body) {
-            return;
-        }
-        since = Some(next_batch(&body));
-    }
-    panic!("culvert never saw {what}");
-}
-
-fn timeline_has(body: &Value, room: &str, text: &str) -> bool {
-    let events = &body["rooms"]["join"][room]["timeline"]["events"];
-    events.is_array() && message_bodies(events).iter().any(|b| b == text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,10 +341,11 @@ async fn a_synapse_user_joins_a_culvert_room_and_they_talk() {
     })
     .await;
     synapse.say(&sam, &room, "hello culvert").await;
-    culvert_sees(&culvert, &alice, "sam's message", |b| {
-        timeline_has(b, &room, "hello culvert")
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "sam's message", |b| {
+            timeline_has(b, &room, "hello culvert")
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,10 +416,11 @@ async fn a_culvert_user_joins_synapse_rooms_by_alias_and_by_id() {
         synapse
             .say(&sam, &room, &format!("hi alice in v{version}"))
             .await;
-        culvert_sees(&culvert, &alice, "sam's message", |b| {
-            timeline_has(b, &room, &format!("hi alice in v{version}"))
-        })
-        .await;
+        culvert
+            .sync_until(&alice, "sam's message", |b| {
+                timeline_has(b, &room, &format!("hi alice in v{version}"))
+            })
+            .await;
         culvert
             .say(&alice, &room, &format!("hi sam in v{version}"))
             .await;
@@ -482,20 +453,6 @@ async fn synapse_state(
     } else {
         Value::Null
     }
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,10 +560,11 @@ async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
 
     // Redactions both ways.
     let sams = synapse.say(&sam, &room, "redact me, alice").await;
-    culvert_sees(&culvert, &alice, "sam's message", |b| {
-        timeline_has(b, &room, "redact me, alice")
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "sam's message", |b| {
+            timeline_has(b, &room, "redact me, alice")
+        })
+        .await;
     let (status, body) = culvert
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/redact/{sams}/r1"),
@@ -667,12 +625,13 @@ async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
     let sams_room = body["room_id"].as_str().unwrap().to_owned();
-    culvert_sees(&culvert, &alice, "Sam's invite", |b| {
-        b["rooms"]["invite"][&sams_room]["invite_state"]["events"]
-            .as_array()
-            .is_some_and(|events| events.iter().any(|e| e["content"]["name"] == "Sam's"))
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "Sam's invite", |b| {
+            b["rooms"]["invite"][&sams_room]["invite_state"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["content"]["name"] == "Sam's"))
+        })
+        .await;
     let (status, body) = culvert
         .post(
             &format!("/_matrix/client/v3/rooms/{sams_room}/join"),
@@ -682,10 +641,11 @@ async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
     synapse.say(&sam, &sams_room, "welcome alice").await;
-    culvert_sees(&culvert, &alice, "the welcome", |b| {
-        timeline_has(b, &sams_room, "welcome alice")
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "the welcome", |b| {
+            timeline_has(b, &sams_room, "welcome alice")
+        })
+        .await;
 
     // Sam kicks Alice: culvert sees her leave.
     let (status, body) = synapse
@@ -1023,25 +983,24 @@ async fn eventually_synapse_has(
     texts: impl Iterator<Item = String>,
 ) {
     let wanted: Vec<String> = texts.collect();
-    for _ in 0..120 {
-        let (status, body) = synapse
-            .get(
-                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
-                who,
-            )
-            .await;
-        if status == StatusCode::OK {
-            let got = message_bodies(&body["chunk"]);
-            if wanted.iter().all(|w| got.contains(w)) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
+    let every = Duration::from_millis(500);
+    let all_there = poll(Duration::from_secs(60), every, || async {
+        let (status, body) = synapse.get(&path, who).await;
+        let got = if status == StatusCode::OK {
+            message_bodies(&body["chunk"])
+        } else {
+            Vec::new()
+        };
+        wanted.iter().all(|w| got.contains(w)).then_some(())
+    })
+    .await;
+    if all_there.is_none() {
+        panic!(
+            "Synapse never got all of {wanted:?}\n{}",
+            synapse.log_tail()
+        );
     }
-    panic!(
-        "Synapse never got all of {wanted:?}\n{}",
-        synapse.log_tail()
-    );
 }
 
 /// matrix-js-sdk with its Rust crypto: a culvert user and a Synapse user in an encrypted room
@@ -1108,10 +1067,11 @@ async fn typing_receipts_presence_and_profiles_cross_both_ways() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let alices = culvert.say(&alice, &room, "read me").await;
     let sams = synapse.say(&sam, &room, "read me too").await;
-    culvert_sees(&culvert, &alice, "sam's message", |b| {
-        timeline_has(b, &room, "read me too")
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "sam's message", |b| {
+            timeline_has(b, &room, "read me too")
+        })
+        .await;
 
     let typing_of = |b: &Value, user: &str| {
         b["rooms"]["join"][&room]["ephemeral"]["events"]
@@ -1156,10 +1116,9 @@ async fn typing_receipts_presence_and_profiles_cross_both_ways() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    culvert_sees(&culvert, &alice, "sam typing", |b| {
-        typing_of(b, &sam.user_id)
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "sam typing", |b| typing_of(b, &sam.user_id))
+        .await;
 
     // Read receipts, both ways.
     let (status, _) = culvert
@@ -1182,10 +1141,11 @@ async fn typing_receipts_presence_and_profiles_cross_both_ways() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    culvert_sees(&culvert, &alice, "sam's receipt", |b| {
-        receipt_of(b, &alices, &sam.user_id)
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "sam's receipt", |b| {
+            receipt_of(b, &alices, &sam.user_id)
+        })
+        .await;
 
     // Presence, both ways.
     let (status, _) = culvert
@@ -1563,16 +1523,17 @@ async fn a_culvert_user_knocks_on_a_synapse_room_and_is_let_in() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
-    culvert_sees(&culvert, &alice, "her knock", |b| {
-        b["rooms"]["knock"][&room]["knock_state"]["events"]
-            .as_array()
-            .is_some_and(|events| {
-                events.iter().any(|e| {
-                    e["type"] == "m.room.name" && e["content"]["name"] == "Knock at Synapse"
+    culvert
+        .sync_until(&alice, "her knock", |b| {
+            b["rooms"]["knock"][&room]["knock_state"]["events"]
+                .as_array()
+                .is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["type"] == "m.room.name" && e["content"]["name"] == "Knock at Synapse"
+                    })
                 })
-            })
-    })
-    .await;
+        })
+        .await;
 
     // Sam sees the knock, and invites her.
     eventually("Synapse sees alice's knock", || async {
@@ -1588,10 +1549,11 @@ async fn a_culvert_user_knocks_on_a_synapse_room_and_is_let_in() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.log_tail());
-    culvert_sees(&culvert, &alice, "the invite", |b| {
-        b["rooms"]["invite"][&room].is_object()
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "the invite", |b| {
+            b["rooms"]["invite"][&room].is_object()
+        })
+        .await;
 
     // Alice joins; both servers agree, and they talk.
     let (status, body) = culvert
@@ -1608,10 +1570,11 @@ async fn a_culvert_user_knocks_on_a_synapse_room_and_is_let_in() {
     })
     .await;
     synapse.say(&sam, &room, "welcome in").await;
-    culvert_sees(&culvert, &alice, "sam's welcome", |b| {
-        timeline_has(b, &room, "welcome in")
-    })
-    .await;
+    culvert
+        .sync_until(&alice, "sam's welcome", |b| {
+            timeline_has(b, &room, "welcome in")
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
