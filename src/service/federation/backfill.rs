@@ -7,7 +7,10 @@ use ruma::{
 
 use crate::{
     Result,
-    service::{Services, rooms::timeline::referenced_ids},
+    service::{
+        Services,
+        rooms::{pdu::pdu_in_room, timeline::referenced_ids},
+    },
 };
 
 /// At most this many events per backfill request.
@@ -61,7 +64,7 @@ impl Services {
                     continue;
                 };
                 match self.check_incoming_pdu(&room.version, pdu).await {
-                    Ok((id, pdu)) if belongs_to(&id, &pdu, room_id) => events.push((id, pdu)),
+                    Ok((id, pdu)) if pdu_in_room(&id, &pdu, room_id) => events.push((id, pdu)),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::info!(%room_id, %server, "a backfilled event was refused: {e}")
@@ -74,15 +77,5 @@ impl Services {
             }
         }
         Ok(0)
-    }
-}
-
-/// Whether a PDU is of `room_id`: its `room_id` says so, or it is the create event a v12 room
-/// ID is derived from (which carries no `room_id`).
-fn belongs_to(event_id: &ruma::EventId, pdu: &CanonicalJsonObject, room_id: &RoomId) -> bool {
-    match pdu.get("room_id") {
-        Some(ruma::CanonicalJsonValue::String(r)) => r == room_id.as_str(),
-        None => event_id.as_str()[1..] == room_id.as_str()[1..],
-        _ => false,
     }
 }

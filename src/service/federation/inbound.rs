@@ -18,7 +18,10 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        rooms::timeline::{Appended, referenced_ids},
+        rooms::{
+            pdu::{pdu_in_room, str_field},
+            timeline::{Appended, referenced_ids},
+        },
     },
     store::{Cf, keys},
 };
@@ -34,13 +37,6 @@ pub const MAX_TXN_PDUS: usize = 50;
 pub const MAX_TXN_EDUS: usize = 100;
 
 pub type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
-
-fn room_of(pdu: &CanonicalJsonObject) -> Option<&str> {
-    match pdu.get("room_id") {
-        Some(CanonicalJsonValue::String(r)) => Some(r),
-        _ => None,
-    }
-}
 
 impl Services {
     /// Handles one inbound transaction's PDUs; answers per PDU, as `/send` does.
@@ -72,7 +68,8 @@ impl Services {
                 tracing::info!(%origin, "dropping a PDU that is not a JSON object");
                 continue;
             };
-            let Some(room_id) = room_of(&pdu).and_then(|r| RoomId::parse(r).ok()) else {
+            let Some(room_id) = str_field(&pdu, "room_id").and_then(|r| RoomId::parse(r).ok())
+            else {
                 tracing::info!(%origin, "dropping a PDU without a room ID");
                 continue;
             };
@@ -204,7 +201,7 @@ impl Services {
             for raw in &response.events {
                 let pdu: CanonicalJsonObject = serde_json::from_str(raw.get())
                     .map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))?;
-                if room_of(&pdu) != Some(room_id.as_str()) {
+                if str_field(&pdu, "room_id") != Some(room_id.as_str()) {
                     continue;
                 }
                 let (id, pdu) = self.check_incoming_pdu(version, pdu).await?;
@@ -350,13 +347,7 @@ impl Services {
             for result in futures_util::future::join_all(requests).await {
                 match result {
                     Ok((id, pdu)) => {
-                        let in_room = match pdu.get("room_id") {
-                            Some(CanonicalJsonValue::String(r)) => r == room_id.as_str(),
-                            // A v12 create event names no room: its ID is the room's.
-                            None => id.as_str()[1..] == room_id.as_str()[1..],
-                            _ => false,
-                        };
-                        if in_room {
+                        if pdu_in_room(&id, &pdu, room_id) {
                             fetched.push((id, pdu));
                         }
                     }

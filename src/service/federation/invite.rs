@@ -16,13 +16,13 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{
-    membership::field,
-    pdu_check::{event_id_of, rules_of},
-};
+use super::pdu_check::{event_id_of, rules_of};
 use crate::{
     Error, Result,
-    service::{Services, rooms::timeline::Membership},
+    service::{
+        Services,
+        rooms::{pdu::str_field, timeline::Membership},
+    },
     store::{Batch, Cf, keys},
 };
 
@@ -103,7 +103,7 @@ impl Services {
             .timeline
             .pdu_json(event_id)?
             .ok_or_else(|| Error::internal("the invite vanished"))?;
-        let target = field(&pdu, "state_key")
+        let target = str_field(&pdu, "state_key")
             .and_then(|u| UserId::parse(u).ok())
             .ok_or_else(|| Error::internal("an invite without a target"))?;
         let entries = self.timeline.current_state_entries(&room)?;
@@ -150,18 +150,18 @@ impl Services {
         if event_id != request.event_id {
             return Err(Error::bad_json("The event ID does not match the event."));
         }
-        let target = field(&pdu, "state_key")
+        let target = str_field(&pdu, "state_key")
             .and_then(|u| UserId::parse(u).ok())
             .ok_or_else(|| Error::bad_json("The invite has no valid target."))?;
         let is_invite = matches!(pdu.get("content"), Some(CanonicalJsonValue::Object(c))
             if matches!(c.get("membership"), Some(CanonicalJsonValue::String(m)) if m == "invite"));
-        if field(&pdu, "type") != Some("m.room.member")
+        if str_field(&pdu, "type") != Some("m.room.member")
             || !is_invite
-            || field(&pdu, "room_id") != Some(request.room_id.as_str())
+            || str_field(&pdu, "room_id") != Some(request.room_id.as_str())
         {
             return Err(Error::bad_json("That is not an invite to this room."));
         }
-        let sender = field(&pdu, "sender")
+        let sender = str_field(&pdu, "sender")
             .and_then(|u| UserId::parse(u).ok())
             .ok_or_else(|| Error::bad_json("The invite has no valid sender."))?;
         if sender.server_name() != origin {

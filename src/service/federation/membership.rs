@@ -25,7 +25,10 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        rooms::timeline::{Appended, LocalEvent},
+        rooms::{
+            pdu::str_field,
+            timeline::{Appended, LocalEvent},
+        },
     },
 };
 
@@ -41,13 +44,6 @@ fn raw(object: &CanonicalJsonObject) -> Result<Box<RawValue>> {
 
 fn parse_object(raw: &RawValue) -> Result<CanonicalJsonObject> {
     serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))
-}
-
-pub(super) fn field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
-    match pdu.get(name) {
-        Some(CanonicalJsonValue::String(s)) => Some(s),
-        _ => None,
-    }
 }
 
 fn membership_of(pdu: &CanonicalJsonObject) -> Option<&str> {
@@ -197,13 +193,13 @@ impl Services {
         if checked_id != event_id {
             return Err(Error::bad_json("The event ID does not match the event."));
         }
-        let sender = field(&pdu, "sender")
+        let sender = str_field(&pdu, "sender")
             .and_then(|s| UserId::parse(s).ok())
             .ok_or_else(|| Error::bad_json("The event has no valid sender."))?;
-        if field(&pdu, "type") != Some("m.room.member")
-            || field(&pdu, "state_key") != Some(sender.as_str())
+        if str_field(&pdu, "type") != Some("m.room.member")
+            || str_field(&pdu, "state_key") != Some(sender.as_str())
             || membership_of(&pdu) != Some(membership)
-            || field(&pdu, "room_id") != Some(room_id.as_str())
+            || str_field(&pdu, "room_id") != Some(room_id.as_str())
         {
             return Err(Error::bad_json(format!(
                 "That is not a {membership} event for this room."
@@ -355,7 +351,7 @@ impl Services {
             let (id, pdu) = self
                 .check_incoming_pdu(&version, parse_object(pdu)?)
                 .await?;
-            if field(&pdu, "room_id").is_some_and(|r| r != room_id.as_str()) {
+            if str_field(&pdu, "room_id").is_some_and(|r| r != room_id.as_str()) {
                 return Err(Error::forbidden(format!("{id} belongs to another room")));
             }
             if seen.insert(id.clone()) {
@@ -403,10 +399,10 @@ impl Services {
             |what: String| Error::new(http::StatusCode::BAD_GATEWAY, ErrorKind::Unknown, what);
         let mut template: CanonicalJsonObject = serde_json::from_str(template.get())
             .map_err(|e| bad_template(format!("{server} sent no {membership} template: {e}")))?;
-        if field(&template, "sender") != Some(user_id.as_str())
-            || field(&template, "state_key") != Some(user_id.as_str())
-            || field(&template, "type") != Some("m.room.member")
-            || field(&template, "room_id") != Some(room_id.as_str())
+        if str_field(&template, "sender") != Some(user_id.as_str())
+            || str_field(&template, "state_key") != Some(user_id.as_str())
+            || str_field(&template, "type") != Some("m.room.member")
+            || str_field(&template, "room_id") != Some(room_id.as_str())
         {
             return Err(bad_template(format!(
                 "{server} sent a {membership} template for something else"

@@ -14,22 +14,14 @@ use ruma::{
 
 use crate::{
     Error, Result,
-    service::{Services, rooms::timeline::referenced_ids},
+    service::{
+        Services,
+        rooms::{
+            pdu::{depth_of, str_field},
+            timeline::referenced_ids,
+        },
+    },
 };
-
-fn room_of(pdu: &CanonicalJsonObject) -> Option<&str> {
-    match pdu.get("room_id") {
-        Some(CanonicalJsonValue::String(r)) => Some(r),
-        _ => None,
-    }
-}
-
-fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
-    match pdu.get("depth") {
-        Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(0),
-        _ => 0,
-    }
-}
 
 impl Services {
     /// Whether `server` has a joined user in `room_id`.
@@ -78,7 +70,7 @@ impl Services {
     fn room_event(&self, room_id: &RoomId, event_id: &EventId) -> Result<CanonicalJsonObject> {
         self.timeline
             .pdu_json(event_id)?
-            .filter(|pdu| room_of(pdu) == Some(room_id.as_str()))
+            .filter(|pdu| str_field(pdu, "room_id") == Some(room_id.as_str()))
             .ok_or_else(|| Error::not_found("No such event in this room."))
     }
 
@@ -237,7 +229,7 @@ impl Services {
                 return Ok(());
             }
             if let Some(pdu) = services.timeline.pdu_json(&id)?
-                && room_of(&pdu) == Some(room_id.as_str())
+                && str_field(&pdu, "room_id") == Some(room_id.as_str())
             {
                 queue.push((depth_of(&pdu), id));
             }
@@ -321,7 +313,7 @@ impl Services {
             .timeline
             .pdu_json(event_id)?
             .ok_or_else(|| Error::not_found("No such event."))?;
-        let room_id = room_of(&pdu)
+        let room_id = str_field(&pdu, "room_id")
             .and_then(|r| RoomId::parse(r).ok())
             .ok_or_else(|| Error::not_found("No such event."))?;
         self.check_server_may_read(server, &room_id)?;
@@ -360,7 +352,7 @@ impl Services {
             let Some(pdu) = self.timeline.pdu_json(&id)? else {
                 continue;
             };
-            if room_of(&pdu) != Some(room_id.as_str()) || depth_of(&pdu) < min_depth {
+            if str_field(&pdu, "room_id") != Some(room_id.as_str()) || depth_of(&pdu) < min_depth {
                 continue;
             }
             queue.extend(referenced_ids(&pdu, "prev_events"));

@@ -173,11 +173,7 @@ impl Services {
         let Some(pdu) = self.timeline.pdu_json(event_id)? else {
             return Ok(false);
         };
-        let in_room = match pdu.get("room_id") {
-            Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
-            _ => event_id.localpart() == room_id.strip_sigil(),
-        };
-        if !in_room {
+        if !super::pdu::pdu_in_room(event_id, &pdu, room_id) {
             return Ok(false);
         }
         let event = self.timeline.client_event(room_id, event_id)?;

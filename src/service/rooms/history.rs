@@ -189,19 +189,12 @@ impl Services {
         Ok(event)
     }
 
-    /// Whether a stored event belongs to `room_id` (a v12 create event names no room: its ID
-    /// is the room's).
+    /// Whether a stored event belongs to `room_id` (see [`super::pdu::pdu_in_room`]).
     pub fn event_in_room(&self, room_id: &RoomId, event_id: &EventId) -> Result<bool> {
-        Ok(
-            match self
-                .timeline
-                .pdu_json(event_id)?
-                .and_then(|p| p.get("room_id").cloned())
-            {
-                Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
-                _ => event_id.localpart() == room_id.strip_sigil(),
-            },
-        )
+        Ok(self
+            .timeline
+            .pdu_json(event_id)?
+            .is_some_and(|pdu| super::pdu::pdu_in_room(event_id, &pdu, room_id)))
     }
 
     /// The room's member events as `user_id` may see them (the current state while joined,

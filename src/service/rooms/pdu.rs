@@ -140,6 +140,39 @@ pub fn assemble(
     Ok(json)
 }
 
+/// A string field of a PDU (`room_id`, `sender`, `type`, `state_key`, …), if it is there and
+/// a string.
+pub fn str_field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
+    match pdu.get(name) {
+        Some(CanonicalJsonValue::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// A PDU's `depth` (0 when missing or not a non-negative integer).
+pub fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
+    match pdu.get("depth") {
+        Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The create event's ID in a room whose ID is derived from it (v12 on): the room ID with
+/// the `$` sigil for the `!`.
+pub fn create_event_id_of(room_id: &RoomId) -> Option<OwnedEventId> {
+    EventId::parse(format!("${}", room_id.strip_sigil())).ok()
+}
+
+/// Whether a PDU belongs to `room_id`: its `room_id` says so or, for the create event a v12
+/// room ID is derived from (which carries no `room_id`), its event ID is the room's.
+pub fn pdu_in_room(event_id: &EventId, pdu: &CanonicalJsonObject, room_id: &RoomId) -> bool {
+    match pdu.get("room_id") {
+        Some(CanonicalJsonValue::String(id)) => id == room_id.as_str(),
+        None => event_id.localpart() == room_id.strip_sigil(),
+        Some(_) => false,
+    }
+}
+
 /// Hashes and signs an assembled PDU (ours, or a `make_join` template filled in here) and
 /// works out its IDs. `room_id` is `None` only for a v12 create event.
 pub fn finish(

@@ -70,12 +70,7 @@ impl Services {
     ) -> Result<OwnedEventId> {
         let not_found = || Error::not_found("No such event in this room.");
         let pdu = self.timeline.pdu_json(target)?.ok_or_else(not_found)?;
-        let in_room = match pdu.get("room_id") {
-            Some(ruma::CanonicalJsonValue::String(id)) => id == room_id.as_str(),
-            // A v12 create event carries no room ID: its ID is the room's.
-            _ => target.localpart() == room_id.strip_sigil(),
-        };
-        if !in_room {
+        if !super::pdu::pdu_in_room(target, &pdu, room_id) {
             return Err(not_found());
         }
         let own = matches!(pdu.get("sender"), Some(ruma::CanonicalJsonValue::String(s)) if s == sender.as_str());

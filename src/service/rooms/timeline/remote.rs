@@ -63,25 +63,11 @@ pub fn referenced_ids(pdu: &CanonicalJsonObject, field: &str) -> Vec<OwnedEventI
         .collect()
 }
 
-fn string_field<'a>(pdu: &'a CanonicalJsonObject, field: &str) -> Option<&'a str> {
-    match pdu.get(field) {
-        Some(CanonicalJsonValue::String(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
-    match pdu.get("depth") {
-        Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// The `(type, state_key)` of a state event.
 fn state_key_of(pdu: &CanonicalJsonObject) -> Option<(String, String)> {
     Some((
-        string_field(pdu, "type")?.to_owned(),
-        string_field(pdu, "state_key")?.to_owned(),
+        pdu::str_field(pdu, "type")?.to_owned(),
+        pdu::str_field(pdu, "state_key")?.to_owned(),
     ))
 }
 
@@ -138,7 +124,7 @@ impl Timeline {
             .store
             .get(Cf::EventState, &keys::u64_be(oldest_short))?
             .ok_or_else(|| Error::internal("the oldest event has no state"))?;
-        events.sort_by_key(|(_, pdu)| std::cmp::Reverse(depth_of(pdu)));
+        events.sort_by_key(|(_, pdu)| std::cmp::Reverse(pdu::depth_of(pdu)));
         let mut batch = Batch::new();
         let mut added = 0;
         for (event_id, pdu) in events {
@@ -404,20 +390,20 @@ impl Timeline {
             version: room.version.clone(),
             state: new_state,
             extremities,
-            depth: room.depth.max(depth_of(&stored.pdu)),
+            depth: room.depth.max(pdu::depth_of(&stored.pdu)),
         };
         batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
         // Bridges see other servers' events like local ones.
-        let event_type = string_field(&stored.pdu, "type")
+        let event_type = pdu::str_field(&stored.pdu, "type")
             .unwrap_or_default()
             .to_owned();
-        let sender = UserId::parse(string_field(&stored.pdu, "sender").unwrap_or_default())
+        let sender = UserId::parse(pdu::str_field(&stored.pdu, "sender").unwrap_or_default())
             .map_err(|e| Error::bad_json(format!("Bad sender: {e}")))?;
         let appservice_targets = self.appservice_targets(
             room_id,
             &sender,
             &event_type,
-            string_field(&stored.pdu, "state_key"),
+            pdu::str_field(&stored.pdu, "state_key"),
         )?;
         self.commit_counted(batch, |batch, count| {
             crate::service::appservice::Appservices::queue_pdu(
@@ -455,7 +441,7 @@ impl Timeline {
         redaction: &StoredPdu,
         rules: &ruma::room_version_rules::RoomVersionRules,
     ) -> Result<()> {
-        if string_field(&redaction.pdu, "type") != Some("m.room.redaction") {
+        if pdu::str_field(&redaction.pdu, "type") != Some("m.room.redaction") {
             return Ok(());
         }
         let target = if rules.redaction.content_field_redacts {
@@ -467,7 +453,7 @@ impl Timeline {
                 _ => None,
             }
         } else {
-            string_field(&redaction.pdu, "redacts").map(ToOwned::to_owned)
+            pdu::str_field(&redaction.pdu, "redacts").map(ToOwned::to_owned)
         };
         let Some(target) = target else {
             return Ok(());
@@ -480,8 +466,8 @@ impl Timeline {
         };
         // Another server may redact only events of its own users (or with power, which the
         // auth rules checked); a redaction of a foreign event by a plain user is not applied.
-        let redactor = string_field(&redaction.pdu, "sender").unwrap_or_default();
-        let author = string_field(&stored_target.pdu, "sender").unwrap_or_default();
+        let redactor = pdu::str_field(&redaction.pdu, "sender").unwrap_or_default();
+        let author = pdu::str_field(&stored_target.pdu, "sender").unwrap_or_default();
         let same_server = UserId::parse(redactor)
             .ok()
             .zip(UserId::parse(author).ok())
@@ -511,8 +497,8 @@ impl Timeline {
         _rules: &ruma::room_version_rules::RoomVersionRules,
     ) -> Result<bool> {
         let (Some(room_id), Some(sender)) = (
-            string_field(redaction, "room_id"),
-            string_field(redaction, "sender"),
+            pdu::str_field(redaction, "room_id"),
+            pdu::str_field(redaction, "sender"),
         ) else {
             return Ok(false);
         };
@@ -588,7 +574,7 @@ impl Timeline {
             auth_state.insert(key, auth_event);
         }
         if rules.authorization.room_create_event_id_as_room_id
-            && let Ok(create_id) = EventId::parse(format!("${}", &room_id.as_str()[1..]))
+            && let Some(create_id) = pdu::create_event_id_of(room_id)
             && let Some(create) = self.load_pdu(&create_id, rules)
         {
             auth_state.insert(("m.room.create".to_owned(), String::new()), create);
@@ -691,7 +677,7 @@ impl Timeline {
             version: version.clone(),
             state: after_hash,
             extremities: vec![join_id.clone()],
-            depth: depth_of(&join_stored.pdu),
+            depth: pdu::depth_of(&join_stored.pdu),
         };
         let mut batch = Batch::new();
         batch.put(
