@@ -19,6 +19,7 @@ FIGURES = {
         ("send_p99_ms", "ms", "lower"),
         ("errors", "", "lower"),
         ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_anon_peak_mib", "MiB", "lower"),
         ("server_cpu_seconds", "s CPU", "lower"),
         ("bench_tool_cpu_seconds", "s CPU", "info"),
     ],
@@ -29,6 +30,7 @@ FIGURES = {
         ("send_p50_ms", "ms", "lower"),
         ("lost", "", "lower"),
         ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_anon_peak_mib", "MiB", "lower"),
         ("server_cpu_percent", "% of a core", "lower"),
     ],
     "initial-sync": [
@@ -36,10 +38,13 @@ FIGURES = {
         ("sync_bytes", "bytes", "lower"),
         ("rooms_seen", "", "same"),
         ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_anon_peak_mib", "MiB", "lower"),
     ],
     "idle": [
         ("server_rss_before_clients_mib", "MiB", "lower"),
+        ("server_rss_anon_before_clients_mib", "MiB", "lower"),
         ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_anon_peak_mib", "MiB", "lower"),
         ("server_rss_mean_mib", "MiB", "lower"),
         ("server_cpu_percent", "% of a core", "lower"),
         ("connected", "", "same"),
@@ -51,6 +56,7 @@ FIGURES = {
         ("page_p99_ms", "ms", "lower"),
         ("messages_seen", "", "same"),
         ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_anon_peak_mib", "MiB", "lower"),
     ],
 }
 ORDER = ["send", "deliver", "initial-sync", "idle", "history"]

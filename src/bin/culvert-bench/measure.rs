@@ -66,6 +66,10 @@ pub struct ProcMonitor {
 #[derive(Clone, Copy, Debug)]
 pub struct ProcSample {
     pub rss_kib: u64,
+    /// The anonymous part of the RSS (heap, stacks): what the server allocated, as opposed to
+    /// the file-backed pages of its executable and libraries, which the kernel shares and can
+    /// drop. `None` on kernels without `RssAnon` (before 4.5).
+    pub rss_anon_kib: Option<u64>,
     /// utime + stime in clock ticks (USER_HZ, 100 on Linux).
     pub cpu_ticks: u64,
 }
@@ -73,15 +77,19 @@ pub struct ProcSample {
 /// Clock ticks per second in /proc/PID/stat: USER_HZ, fixed at 100 in Linux's ABI.
 const USER_HZ: f64 = 100.0;
 
-pub fn read_proc(pid: u32) -> Option<(u64, u64)> {
+pub fn read_proc(pid: u32) -> Option<ProcSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let rss_kib = kib("VmRSS:")?;
+    let rss_anon_kib = kib("RssAnon:");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields are counted after its closing parenthesis,
     // where field 3 (state) comes first; utime and stime are fields 14 and 15.
@@ -89,7 +97,11 @@ pub fn read_proc(pid: u32) -> Option<(u64, u64)> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((rss_kib, utime + stime))
+    Some(ProcSample {
+        rss_kib,
+        rss_anon_kib,
+        cpu_ticks: utime + stime,
+    })
 }
 
 impl ProcMonitor {
@@ -104,8 +116,8 @@ impl ProcMonitor {
                     _ = tick.tick() => {}
                     _ = stopped.changed() => {}
                 }
-                if let Some((rss_kib, cpu_ticks)) = read_proc(pid) {
-                    samples.push(ProcSample { rss_kib, cpu_ticks });
+                if let Some(sample) = read_proc(pid) {
+                    samples.push(sample);
                 }
                 if *stopped.borrow() {
                     return samples;
@@ -116,7 +128,7 @@ impl ProcMonitor {
             stop,
             task,
             started,
-            own_ticks: read_proc(std::process::id()).map(|p| p.1),
+            own_ticks: read_proc(std::process::id()).map(|p| p.cpu_ticks),
         }
     }
 
@@ -127,7 +139,7 @@ impl ProcMonitor {
         let own = self
             .own_ticks
             .zip(read_proc(std::process::id()))
-            .map(|(before, now)| (now.1 - before) as f64 / USER_HZ);
+            .map(|(before, now)| (now.cpu_ticks - before) as f64 / USER_HZ);
         let samples = self.task.await.unwrap_or_default();
         let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
             return (Vec::new(), samples);
@@ -140,9 +152,22 @@ impl ProcMonitor {
                 rss.iter().copied().fold(0.0, f64::max),
             ),
             ("server_rss_mean_mib".into(), mean(&rss)),
+        ];
+        let anon: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.rss_anon_kib)
+            .map(|kib| kib as f64 / 1024.0)
+            .collect();
+        if !anon.is_empty() {
+            figures.push((
+                "server_rss_anon_peak_mib".into(),
+                anon.iter().copied().fold(0.0, f64::max),
+            ));
+        }
+        figures.extend([
             ("server_cpu_seconds".into(), cpu),
             ("server_cpu_percent".into(), 100.0 * cpu / wall.max(1e-9)),
-        ];
+        ]);
         if let Some(own) = own {
             figures.push(("bench_tool_cpu_seconds".into(), own));
         }

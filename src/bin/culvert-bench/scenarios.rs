@@ -717,8 +717,11 @@ impl Idle {
                 responses.load(Ordering::Relaxed) - responses_before,
                 Ordering::Relaxed,
             );
-            if let Some((rss, _)) = ctx.pid.and_then(crate::measure::read_proc) {
-                series.push((started.elapsed().as_secs_f64(), rss as f64 / 1024.0));
+            if let Some(sample) = ctx.pid.and_then(crate::measure::read_proc) {
+                series.push((
+                    started.elapsed().as_secs_f64(),
+                    sample.rss_kib as f64 / 1024.0,
+                ));
             }
         }
         progress.finish().await;
@@ -732,8 +735,17 @@ impl Idle {
             ),
             fig("errors", errors.load(Ordering::Relaxed) as f64),
         ];
-        if let Some((rss, _)) = baseline {
-            figures.push(fig("server_rss_before_clients_mib", rss as f64 / 1024.0));
+        if let Some(before) = baseline {
+            figures.push(fig(
+                "server_rss_before_clients_mib",
+                before.rss_kib as f64 / 1024.0,
+            ));
+            if let Some(anon) = before.rss_anon_kib {
+                figures.push(fig(
+                    "server_rss_anon_before_clients_mib",
+                    anon as f64 / 1024.0,
+                ));
+            }
         }
         finish_monitor(monitor, &mut figures).await;
         let _ = stop.send(true);
