@@ -97,6 +97,9 @@ impl Services {
         {
             return lazy.save_with(self, response);
         }
+        // Nothing to say yet: free the empty answer before parking (an idle client costs only
+        // its connection and this future).
+        drop((response, lazy));
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
             match tokio::time::timeout_at(deadline, committed.changed()).await {
@@ -331,7 +334,9 @@ impl Services {
         let mut limited = false;
         let mut position = window.upto;
         'read: loop {
-            let (batch, _) = self.timeline.last_events(room_id, position, limit + 1)?;
+            let (batch, more) =
+                self.timeline
+                    .last_events_above(room_id, window.floor, position, limit + 1)?;
             let Some(&(first_count, _)) = batch.first() else {
                 break;
             };
@@ -352,7 +357,7 @@ impl Services {
                     kept.push((count, event_id, event));
                 }
             }
-            if first_count <= 1 {
+            if !more || first_count <= 1 {
                 break;
             }
             position = first_count - 1;

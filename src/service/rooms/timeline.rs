@@ -597,20 +597,37 @@ impl Timeline {
         upto: u64,
         limit: usize,
     ) -> Result<(Vec<(u64, OwnedEventId)>, bool)> {
+        self.last_events_above(room_id, 0, upto, limit)
+    }
+
+    /// Like [`Timeline::last_events`], but only events with a stream count above `floor`:
+    /// an incremental sync reads what is new, not a whole timeline limit's worth of entries
+    /// (stepping backwards through a memtable is a search per step).
+    pub fn last_events_above(
+        &self,
+        room_id: &RoomId,
+        floor: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, OwnedEventId)>, bool)> {
         let prefix = keys::prefix(room_id.as_bytes());
         let start = keys::join([room_id.as_bytes(), &keys::u64_be(upto)]);
-        let mut events = Vec::with_capacity(limit);
+        let mut events = Vec::with_capacity(limit.min(64));
         let mut more = false;
         for item in self
             .store
             .scan_prefix_rev_from(Cf::Timeline, &prefix, &start)
         {
             let (key, value) = item?;
+            let entry = self.timeline_entry(prefix.len(), &key, &value)?;
+            if entry.0 <= floor {
+                break;
+            }
             if events.len() == limit {
                 more = true;
                 break;
             }
-            events.push(self.timeline_entry(prefix.len(), &key, &value)?);
+            events.push(entry);
         }
         events.reverse();
         Ok((events, more))
