@@ -2,7 +2,8 @@
 """Markdown comparison table from culvert-bench JSON files: DIR/<scenario>.<server>.json.
 
 Usage: scripts/bench-table.py DIR [BASELINE_LABEL] (default baseline: synapse). One row per
-figure that matters, the median of each server, and the culvert/baseline ratio.
+figure that matters, the median of each server, and culvert's ratio to every other server
+(Conduit, when it was run, and the baseline).
 """
 
 import json
@@ -92,14 +93,18 @@ def main():
         nums = re.findall(r"\d+", name)
         return (ORDER.index(kind) if kind in ORDER else 99, int(nums[0]) if nums else 0, name)
 
-    # culvert, then its variants (e.g. culvert-mmap128k: run with BENCH_CULVERT_LABEL), then the baseline.
+    # culvert, then its variants (e.g. culvert-mmap128k: run with BENCH_CULVERT_LABEL), then the
+    # other servers (e.g. conduit), the baseline last; a culvert/X ratio for every other server.
     labels = {label for by_server in reports.values() for label in by_server}
     ours_labels = ["culvert"] + sorted(l for l in labels if l.startswith("culvert-"))
+    others = sorted(l for l in labels if not l.startswith("culvert") and l != baseline)
+    theirs_labels = others + [baseline]
     lines = [
         "| scenario | figure | "
-        + " | ".join(ours_labels)
-        + f" | {baseline} | culvert/{baseline} | better |",
-        "|---|---|" + "---:|" * (len(ours_labels) + 2) + "---|",
+        + " | ".join(ours_labels + theirs_labels)
+        + "".join(f" | culvert/{t}" for t in theirs_labels)
+        + " | better |",
+        "|---|---|" + "---:|" * (len(ours_labels) + 2 * len(theirs_labels)) + "---|",
     ]
     for name in sorted(reports, key=key):
         by_server = reports[name]
@@ -108,22 +113,26 @@ def main():
         first = True
         for figure, unit, better in FIGURES.get(kind, []):
             ours = [by_server.get(l, {}).get("median", {}).get(figure) for l in ours_labels]
-            theirs = by_server.get(baseline, {}).get("median", {}).get(figure)
-            if all(v is None for v in ours) and theirs is None:
+            theirs = [by_server.get(l, {}).get("median", {}).get(figure) for l in theirs_labels]
+            if all(v is None for v in ours + theirs):
                 continue
-            # The ratio is of the first culvert column that has the figure.
+            # The ratios are of the first culvert column that has the figure.
             mine = next((v for v in ours if v is not None), None)
-            ratio = "–"
-            # A ratio means something only for two positive figures (delivery measured from
-            # the send's 200 can be negative: the sync answered before the sender's response).
-            if mine is not None and theirs is not None and mine > 0 and theirs > 0:
-                ratio = f"{mine / theirs:.2f}×"
+            ratios = []
+            for other in theirs:
+                # A ratio means something only for two positive figures (delivery measured
+                # from the send's 200 can be negative: the sync answered before the sender's
+                # response).
+                if mine is not None and other is not None and mine > 0 and other > 0:
+                    ratios.append(f"{mine / other:.2f}×")
+                else:
+                    ratios.append("–")
             label = f"**{name}**<br>`{kind} {params(any_report)}`" if first else ""
             first = False
             unit = f" ({unit})" if unit else ""
-            cells = " | ".join(fmt(v) for v in ours)
+            cells = " | ".join(fmt(v) for v in ours + theirs)
             lines.append(
-                f"| {label} | {figure}{unit} | {cells} | {fmt(theirs)} | {ratio} | {better} |"
+                f"| {label} | {figure}{unit} | {cells} | {' | '.join(ratios)} | {better} |"
             )
     print("\n".join(lines))
 

@@ -16,6 +16,19 @@ use serde_json::{Value, json};
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its causes on one line ("error sending request: …: connection refused"):
+/// reqwest's own message leaves out why.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// How accounts are created on the server under test.
 #[derive(Clone, Debug, Default)]
 pub struct AccountAuth {

@@ -13,10 +13,13 @@ use std::{
 use clap::Args;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
 
 use crate::{
-    client::{Result, Server, User},
+    client::{Result, Server, User, error_chain},
     measure::{ProcMonitor, Progress, for_each_bounded, mean, ms, percentile},
 };
 
@@ -329,6 +332,33 @@ struct Arrivals {
     duplicates: usize,
 }
 
+/// A receiver's first sync, for its since token. Set-up, not measured: bounded by
+/// `--setup-concurrency` and retried, because a thousand receivers connecting at once can
+/// overflow the server's listen backlog (the connection then times out on the tool's side).
+async fn first_since(user: &User, setup: &Semaphore) -> Result<String> {
+    let _permit = setup.acquire().await?;
+    let mut failures = 0;
+    loop {
+        match user.sync(None, 0, Some(DELIVER_FILTER)).await {
+            Ok(reply) => {
+                return Ok(reply.body["next_batch"]
+                    .as_str()
+                    .ok_or("sync: no next_batch")?
+                    .to_owned());
+            }
+            Err(e) if failures < 20 => {
+                failures += 1;
+                eprintln!(
+                    "deliver: initial sync failed ({}); retrying",
+                    error_chain(&*e)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Deliver {
     pub async fn prepare(ctx: &Ctx, opts: DeliverOpts) -> Result<Self> {
         check_limits("--users", opts.users, 20_000)?;
@@ -357,22 +387,21 @@ impl Deliver {
         let (stop, stopped) = watch::channel(false);
 
         // Every receiver: an initial sync (its since token), then long-polls until told to stop.
+        let setup = Arc::new(Semaphore::new(ctx.setup_concurrency));
         let mut set = JoinSet::new();
         for user in &self.receivers {
-            let (user, room, delivered, ready, mut stopped) = (
+            let (user, room, delivered, ready, mut stopped, setup) = (
                 user.clone(),
                 self.room.clone(),
                 delivered.clone(),
                 ready.clone(),
                 stopped.clone(),
+                setup.clone(),
             );
             let poll_timeout = self.opts.poll_timeout;
             set.spawn(async move {
                 let mut arrivals = Arrivals::default();
-                let mut since = user.sync(None, 0, Some(DELIVER_FILTER)).await?.body["next_batch"]
-                    .as_str()
-                    .ok_or("sync: no next_batch")?
-                    .to_owned();
+                let mut since = first_since(&user, &setup).await?;
                 ready.fetch_add(1, Ordering::Relaxed);
                 let mut failures = 0;
                 loop {
@@ -385,7 +414,7 @@ impl Deliver {
                         Ok(reply) => reply,
                         Err(e) if failures < 20 => {
                             failures += 1;
-                            eprintln!("deliver: sync failed ({e}); retrying");
+                            eprintln!("deliver: sync failed ({}); retrying", error_chain(&*e));
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
@@ -412,19 +441,19 @@ impl Deliver {
         }
         // Sending starts once every receiver has its since token and has had time to park
         // its first long-poll.
-        let wait_ready = Instant::now() + Duration::from_secs(300);
+        let wait_ready = Instant::now() + Duration::from_secs(600);
         while ready.load(Ordering::Relaxed) < self.receivers.len() {
             // A receiver that ended already failed (they run until told to stop).
             if let Some(ended) = set.try_join_next() {
                 let why = match ended {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => error_chain(&*e),
                     Ok(Ok(_)) => "ended early".into(),
                     Err(e) => e.to_string(),
                 };
                 return Err(format!("deliver: a receiver's sync failed: {why}").into());
             }
             if Instant::now() > wait_ready {
-                return Err("deliver: the receivers' initial syncs took over 5 minutes".into());
+                return Err("deliver: the receivers' initial syncs took over 10 minutes".into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
