@@ -241,6 +241,44 @@ mod tests {
         Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "test".into()).unwrap()
     }
 
+    #[test]
+    fn a_pdu_belongs_to_the_room_it_names_and_a_v12_create_event_to_the_room_of_its_id() {
+        let room = RoomId::parse("!abc:example.org").unwrap();
+        let other = RoomId::parse("!other:example.org").unwrap();
+        let id = EventId::parse("$xyz:example.org").unwrap();
+        let mut pdu = CanonicalJsonObject::new();
+        pdu.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room.to_string()),
+        );
+        assert!(pdu_in_room(&id, &pdu, &room));
+        assert!(!pdu_in_room(&id, &pdu, &other));
+        assert_eq!(str_field(&pdu, "room_id"), Some(room.as_str()));
+        assert_eq!(str_field(&pdu, "sender"), None);
+
+        // A v12 create event names no room: its event ID is the room's.
+        let hash = "A".repeat(43);
+        let create_id = EventId::parse(format!("${hash}")).unwrap();
+        let v12_room = RoomId::new_v2(&hash).unwrap();
+        let create = CanonicalJsonObject::new();
+        assert!(pdu_in_room(&create_id, &create, &v12_room));
+        assert!(!pdu_in_room(&create_id, &create, &room));
+        assert_eq!(create_event_id_of(&v12_room), Some(create_id));
+
+        // A room_id that is not a string names no room; depth defaults to 0.
+        pdu.insert(
+            "room_id".into(),
+            CanonicalJsonValue::Integer(ruma::Int::from(1u8)),
+        );
+        assert!(!pdu_in_room(&id, &pdu, &room));
+        assert_eq!(depth_of(&pdu), 0);
+        pdu.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(ruma::Int::from(7u8)),
+        );
+        assert_eq!(depth_of(&pdu), 7);
+    }
+
     fn public_keys(key: &Ed25519KeyPair) -> PublicKeyMap {
         let public = Base64::<Standard, Vec<u8>>::new(key.public_key().to_vec());
         [(

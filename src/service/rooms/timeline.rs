@@ -1550,6 +1550,20 @@ mod tests {
                     .unwrap(),
                 events[3..].to_vec()
             );
+
+            // Backwards reads stop at a floor: the newest first up to the limit, then `more`.
+            let upto = events.last().unwrap().0;
+            let (above, more) = f
+                .timeline
+                .last_events_above(&room, since, upto, 10)
+                .unwrap();
+            assert_eq!(above, events[3..].to_vec());
+            assert!(!more, "nothing else above the floor");
+            let (newest, more) = f.timeline.last_events_above(&room, since, upto, 1).unwrap();
+            assert_eq!(newest, events[4..].to_vec());
+            assert!(more, "one more above the floor");
+            let (nothing, more) = f.timeline.last_events_above(&room, upto, upto, 10).unwrap();
+            assert!(nothing.is_empty() && !more);
         }
     }
 
