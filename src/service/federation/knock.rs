@@ -44,16 +44,6 @@ fn raw(object: &CanonicalJsonObject) -> Result<Box<serde_json::value::RawValue>>
     serde_json::value::to_raw_value(object).map_err(|e| Error::internal(e.to_string()))
 }
 
-fn incompatible(version: &RoomVersionId) -> Error {
-    Error::new(
-        http::StatusCode::BAD_REQUEST,
-        ErrorKind::IncompatibleRoomVersion(
-            ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone()),
-        ),
-        format!("The room is version {version}, which your server does not support."),
-    )
-}
-
 /// Room versions before 7 have no knocking at all.
 fn no_knocking(version: &RoomVersionId) -> Error {
     Error::forbidden(format!(
@@ -207,19 +197,13 @@ impl Services {
         user_id: &UserId,
         versions: &[RoomVersionId],
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
-        if user_id.server_name() != origin {
-            return Err(Error::forbidden("You can only knock for your own users."));
-        }
-        if !self.is_resident(room_id)? {
-            return Err(Error::not_found("This server is not in that room."));
-        }
-        let room = self
-            .timeline
-            .room(room_id)?
-            .ok_or_else(|| Error::not_found("Unknown room."))?;
-        if !versions.contains(&room.version) {
-            return Err(incompatible(&room.version));
-        }
+        let room = self.room_for_template(
+            origin,
+            room_id,
+            user_id,
+            versions,
+            "You can only knock for your own users.",
+        )?;
         let rules = rules_of(&room.version)?;
         if !rules.authorization.knocking {
             return Err(no_knocking(&room.version));

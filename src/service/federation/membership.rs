@@ -27,7 +27,7 @@ use crate::{
         Services,
         rooms::{
             pdu::str_field,
-            timeline::{Appended, LocalEvent},
+            timeline::{Appended, LocalEvent, RoomRecord},
         },
     },
 };
@@ -65,24 +65,24 @@ impl Services {
         self.timeline.server_in_room(room_id, &self.server_name)
     }
 
-    /// `make_join` as the resident server.
-    pub fn make_join_template(
+    /// What `make_join` and `make_knock` check first, as the resident server: the user is the
+    /// asking server's (`not_yours` otherwise), this server takes part in the room, and the
+    /// asking server supports the room's version. Returns the room.
+    pub(super) fn room_for_template(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
         user_id: &UserId,
         versions: &[RoomVersionId],
-    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        not_yours: &'static str,
+    ) -> Result<RoomRecord> {
         if user_id.server_name() != origin {
-            return Err(Error::forbidden("You can only join your own users."));
+            return Err(Error::forbidden(not_yours));
         }
-        if !self.is_resident(room_id)? {
-            return Err(Error::not_found("This server is not in that room."));
-        }
-        let room = self
-            .timeline
-            .room(room_id)?
-            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let room = match self.timeline.room(room_id)? {
+            Some(room) if self.timeline.server_in_room(room_id, &self.server_name)? => room,
+            _ => return Err(Error::not_found("This server is not in that room.")),
+        };
         if !versions.contains(&room.version) {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
@@ -95,6 +95,24 @@ impl Services {
                 ),
             ));
         }
+        Ok(room)
+    }
+
+    /// `make_join` as the resident server.
+    pub fn make_join_template(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let room = self.room_for_template(
+            origin,
+            room_id,
+            user_id,
+            versions,
+            "You can only join your own users.",
+        )?;
         // Refuse early what the auth rules would refuse at send_join: a join needs a public
         // room, an invite, an existing membership, or (restricted rooms) one of our users to
         // vouch for the joiner.
