@@ -58,6 +58,17 @@ pub fn available() -> Option<PathBuf> {
     python
 }
 
+/// A Synapse with the user `sam` and a federating culvert with the user `alice`, the set-up
+/// of most tests here; `None` (skip) as [`available`] says.
+async fn synapse_and_culvert() -> Option<(Synapse, TestServer, Session, Session)> {
+    let python = available()?;
+    let synapse = Synapse::start(&python).await;
+    let culvert = TestServer::start_federating("").await;
+    let alice = culvert.register("alice", "alice-password-1").await;
+    let sam = synapse.register("sam").await;
+    Some((synapse, culvert, alice, sam))
+}
+
 impl Synapse {
     pub async fn start(python: &std::path::Path) -> Self {
         let dir = TempDir::new().expect("temp dir");
@@ -309,11 +320,9 @@ async fn synapse_sees(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_user_joins_a_culvert_room_and_they_talk() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
     let room = culvert
         .create_room(
             &alice,
@@ -350,11 +359,9 @@ async fn a_synapse_user_joins_a_culvert_room_and_they_talk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_culvert_user_joins_synapse_rooms_by_alias_and_by_id() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
     for (version, alias_name) in [("12", "v12room"), ("11", "v11room")] {
         let (status, body) = synapse
             .post(
@@ -457,11 +464,9 @@ async fn synapse_state(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
 
     // Alice invites Sam to a private room; Sam sees the invite and joins.
     let room = culvert
@@ -1043,11 +1048,9 @@ async fn end_to_end_encryption_across_culvert_and_synapse_with_matrix_js_sdk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_receipts_presence_and_profiles_cross_both_ways() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
     let room = culvert
         .create_room(
             &alice,
@@ -1312,11 +1315,9 @@ fn test_png(width: u32, height: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_crosses_culvert_and_synapse_both_ways() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
 
     // Synapse's media, downloaded by a culvert user through culvert (federation media
     // endpoint, multipart answer), then served again from culvert's store.
@@ -1489,11 +1490,9 @@ async fn media_crosses_culvert_and_synapse_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_culvert_user_knocks_on_a_synapse_room_and_is_let_in() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
     let (status, body) = synapse
         .post(
             "/_matrix/client/v3/createRoom",
@@ -1579,11 +1578,9 @@ async fn a_culvert_user_knocks_on_a_synapse_room_and_is_let_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_user_lists_culverts_public_rooms_and_reads_its_space() {
-    let Some(python) = available() else { return };
-    let synapse = Synapse::start(&python).await;
-    let culvert = TestServer::start_federating("").await;
-    let alice = culvert.register("alice", "alice-password-1").await;
-    let sam = synapse.register("sam").await;
+    let Some((synapse, culvert, alice, sam)) = synapse_and_culvert().await else {
+        return;
+    };
     let listed = culvert
         .create_room(
             &alice,
