@@ -340,10 +340,8 @@ impl Services {
             let Some(&(first_count, _)) = batch.first() else {
                 break;
             };
+            // Every entry is above the floor: `last_events_above` stops there.
             for (count, event_id) in batch.into_iter().rev() {
-                if count <= window.floor {
-                    break 'read;
-                }
                 if kept.len() == limit || scanned == MAX_SCAN {
                     limited = true;
                     break 'read;
