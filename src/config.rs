@@ -154,8 +154,14 @@ pub struct Config {
     pub turn_uris: Option<Vec<String>>,
     #[serde(default)]
     pub turn_secret: Option<String>,
+    /// A file holding `turn_secret` (read at start-up; keeps the secret out of the config).
+    #[serde(default)]
+    pub turn_secret_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub turn_ttl: Option<u64>,
+    /// Whether guests get TURN credentials too (Conduit's key; default false).
+    #[serde(default)]
+    pub turn_allow_guests: bool,
     /// Where media files live (Conduit's `[global.media]` table).
     #[serde(default)]
     pub media: MediaConfig,
@@ -414,11 +420,6 @@ impl Config {
             ("tracing_flame", self.tracing_flame.is_some()),
             ("proxy", self.proxy.is_some()),
             ("jwt_secret", self.jwt_secret.is_some()),
-            ("turn_username", self.turn_username.is_some()),
-            ("turn_password", self.turn_password.is_some()),
-            ("turn_uris", self.turn_uris.is_some()),
-            ("turn_secret", self.turn_secret.is_some()),
-            ("turn_ttl", self.turn_ttl.is_some()),
             (
                 "media.directory_structure",
                 self.media.directory_structure.is_some(),

@@ -119,6 +119,13 @@ impl<T> Ruma<T> {
             .as_deref()
             .expect("auth required: the extractor checked the token")
     }
+    /// Who events are formatted for: the authenticated user and device.
+    pub fn viewer(&self) -> crate::service::rooms::client_event::Viewer<'_> {
+        crate::service::rooms::client_event::Viewer {
+            user_id: self.user(),
+            device_id: self.sender_device.as_deref(),
+        }
+    }
     /// A key for per-client rate limits.
     pub fn ip_key(&self) -> String {
         self.client_ip.map(|ip| ip.to_string()).unwrap_or_default()

@@ -288,8 +288,10 @@ impl Services {
                 );
                 continue;
             }
-            // The new signatures by the uploader, each checked.
-            let new: Vec<(String, String)> = object
+            // The uploader's signatures, each on its own: one already stored is left as it
+            // is (a client cross-signing its device sends the device's own signature along),
+            // a new one must verify and be by a key the uploader may sign this object with.
+            let uploaded: Vec<(String, String)> = object
                 .get("signatures")
                 .and_then(|s| s.get(user_id.as_str()))
                 .and_then(Value::as_object)
@@ -300,8 +302,13 @@ impl Services {
                 })
                 .unwrap_or_default();
             let mut accepted = Vec::new();
+            let mut already_stored = 0;
             let mut error = None;
-            for (signing_key_id, signature) in new {
+            for (signing_key_id, signature) in uploaded {
+                if signature_in(&stored, user_id, &signing_key_id) == Some(signature.as_str()) {
+                    already_stored += 1;
+                    continue;
+                }
                 let public = signing_key_id.strip_prefix("ed25519:").unwrap_or_default();
                 let public = if allowed.iter().any(|a| a == public) {
                     Some(public.to_owned())
@@ -329,16 +336,17 @@ impl Services {
                     }
                 }
             }
+            // What is wrong is refused; what is right is kept all the same.
             if let Some(error) = error {
                 fail(&target, &key_id, error);
-                continue;
-            }
-            if accepted.is_empty() {
+            } else if accepted.is_empty() && already_stored == 0 {
                 fail(
                     &target,
                     &key_id,
                     failure("M_INVALID_SIGNATURE", "No signature by the uploader."),
                 );
+            }
+            if accepted.is_empty() {
                 continue;
             }
             let signatures = stored

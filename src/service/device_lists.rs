@@ -131,7 +131,7 @@ impl Services {
         let mut left_candidates = BTreeSet::new();
         let own_change = |room_id: &RoomId| -> Result<bool> {
             Ok(self
-                .timeline
+                .members
                 .membership(room_id, user_id)?
                 .is_some_and(|m| m.count > since && m.count <= upto))
         };
@@ -145,7 +145,7 @@ impl Services {
                 };
                 if own_change(&room_id)? {
                     // Joined: every member is new to the client; left: maybe none is shared.
-                    for (member, state) in self.timeline.members(&room_id)? {
+                    for (member, state) in self.members.of_room(&room_id)? {
                         if state == "join" && member != user_id {
                             if joined {
                                 joined_now.insert(member);
@@ -204,7 +204,7 @@ impl Services {
     ) -> Result<DeviceListChanges> {
         let mut joined_now = BTreeSet::new();
         let mut left_candidates = BTreeSet::new();
-        for (room_id, membership) in self.timeline.rooms_of(user_id)? {
+        for (room_id, membership) in self.members.rooms_of(user_id)? {
             let (newest, _) = self.timeline.last_events(&room_id, upto, 1)?;
             if newest.first().is_none_or(|(count, _)| *count <= since) {
                 continue;
@@ -212,13 +212,13 @@ impl Services {
             let own_change = membership.count > since && membership.count <= upto;
             match membership.membership.as_str() {
                 "join" => {
-                    for (member, state) in self.timeline.members(&room_id)? {
+                    for (member, state) in self.members.of_room(&room_id)? {
                         if member == user_id {
                             continue;
                         }
                         let moved = own_change
                             || self
-                                .timeline
+                                .members
                                 .membership(&room_id, &member)?
                                 .is_some_and(|m| m.count > since && m.count <= upto);
                         if !moved {
@@ -232,7 +232,7 @@ impl Services {
                     }
                 }
                 "leave" | "ban" if own_change => {
-                    for (member, state) in self.timeline.members(&room_id)? {
+                    for (member, state) in self.members.of_room(&room_id)? {
                         if state == "join" && member != user_id {
                             left_candidates.insert(member);
                         }
@@ -265,7 +265,7 @@ impl Services {
             if joined.is_none() {
                 joined = Some(
                     services
-                        .timeline
+                        .members
                         .rooms_of(user_id)?
                         .into_iter()
                         .filter(|(_, m)| m.membership == "join")

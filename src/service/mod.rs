@@ -22,6 +22,7 @@ pub mod rooms;
 pub mod uiaa;
 pub mod user_directory;
 pub mod users;
+pub mod voip;
 
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub struct Services {
     pub rate_limiter: ratelimit::RateLimiter,
     pub short_ids: Arc<rooms::short::ShortIds>,
     pub timeline: rooms::timeline::Timeline,
+    /// Who is in which room (the membership index, kept by the commit pipeline).
+    pub members: Arc<rooms::members::Members>,
     pub filters: filters::Filters,
     pub typing: rooms::ephemeral::Typing,
     /// Serialises alias creation and removal (check-then-write).
@@ -88,8 +91,9 @@ impl Services {
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
         let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
-        let federation =
-            federation::Federation::new(&config, store.clone()).map_err(StartError::Other)?;
+        let members = Arc::new(rooms::members::Members::new(store.clone()));
+        let federation = federation::Federation::new(&config, store.clone(), members.clone())
+            .map_err(StartError::Other)?;
         let media = media::Media::open(&config, store.clone()).map_err(StartError::Other)?;
         let appservices = Arc::new(
             appservice::Appservices::load(
@@ -99,7 +103,13 @@ impl Services {
             )
             .map_err(StartError::Other)?,
         );
-        timeline.set_appservices(appservices.clone());
+        // The commit pipeline: every event's per-event work (see `rooms::timeline::pipeline`).
+        timeline.register_consumer(members.clone());
+        timeline.register_consumer(Arc::new(user_directory::PublicJoinRooms));
+        timeline.register_consumer(federation.outbox.clone());
+        timeline.register_consumer(Arc::new(appservice::queue::RoomEventQueue(
+            appservices.clone(),
+        )));
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -110,6 +120,7 @@ impl Services {
             globals,
             short_ids,
             timeline,
+            members,
             filters: filters::Filters::new(store.clone()),
             typing: rooms::ephemeral::Typing::default(),
             alias_lock: std::sync::Mutex::new(()),

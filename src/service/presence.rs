@@ -264,7 +264,7 @@ impl Services {
 
     fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self
-            .timeline
+            .members
             .rooms_of(user_id)?
             .into_iter()
             .filter(|(_, m)| m.membership == "join")
@@ -276,7 +276,7 @@ impl Services {
     pub(crate) fn shares_room(&self, rooms: &[OwnedRoomId], target: &UserId) -> Result<bool> {
         for room_id in rooms {
             if self
-                .timeline
+                .members
                 .membership(room_id, target)?
                 .is_some_and(|m| m.membership == "join")
             {
@@ -308,7 +308,7 @@ impl Services {
                 let mut seen: HashSet<OwnedUserId> = HashSet::new();
                 seen.insert(user_id.to_owned());
                 for room_id in self.joined_rooms(user_id)? {
-                    for (member, m) in self.timeline.members(&room_id)? {
+                    for (member, m) in self.members.of_room(&room_id)? {
                         if m == "join" {
                             seen.insert(member);
                         }

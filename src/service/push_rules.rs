@@ -1,6 +1,8 @@
 //! Push rules (`/pushrules`): kept as the user's `m.push_rules` global account data, which is
 //! also how clients see changes through `/sync`; the server-default rule set until the user
-//! changes something. (Evaluating them for notifications is the push issue's work.)
+//! changes something. A first `/sync` always carries the user's rules (the defaults when they
+//! never changed one), so clients that never ask `/pushrules` still highlight mentions.
+//! (Evaluating them for notifications is the push issue's work.)
 
 use ruma::{
     UserId,
@@ -9,16 +11,83 @@ use ruma::{
         Ruleset,
     },
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::{Error, Result, service::Services};
 
 /// The account data type push rules are stored under.
 const EVENT_TYPE: &str = "m.push_rules";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct PushRulesContent {
     global: Ruleset,
+}
+
+/// The server-default rules: ruma's (spec v1.19) and the three legacy mention rules the spec
+/// still lists and older clients still read — `.m.rule.contains_display_name` after
+/// `.m.rule.is_user_mention`, `.m.rule.roomnotif` after `.m.rule.is_room_mention`, and the
+/// content rule `.m.rule.contains_user_name`. (Events with `m.mentions` skip the legacy ones.)
+pub fn server_default_rules(user_id: &UserId) -> Ruleset {
+    let defaults = Ruleset::server_default(user_id);
+    let mut json = serde_json::to_value(&defaults).unwrap_or_else(|_| json!({}));
+    let contains_display_name = json!({
+        "rule_id": ".m.rule.contains_display_name",
+        "default": true,
+        "enabled": true,
+        "conditions": [{ "kind": "contains_display_name" }],
+        "actions": ["notify", { "set_tweak": "sound", "value": "default" }, { "set_tweak": "highlight" }],
+    });
+    let roomnotif = json!({
+        "rule_id": ".m.rule.roomnotif",
+        "default": true,
+        "enabled": true,
+        "conditions": [
+            { "kind": "event_match", "key": "content.body", "pattern": "@room" },
+            { "kind": "sender_notification_permission", "key": "room" },
+        ],
+        "actions": ["notify", { "set_tweak": "highlight" }],
+    });
+    let contains_user_name = json!({
+        "rule_id": ".m.rule.contains_user_name",
+        "default": true,
+        "enabled": true,
+        "pattern": user_id.localpart(),
+        "actions": ["notify", { "set_tweak": "sound", "value": "default" }, { "set_tweak": "highlight" }],
+    });
+    if let Some(rules) = json.get_mut("override").and_then(Value::as_array_mut) {
+        for (after, legacy) in [
+            (".m.rule.is_user_mention", contains_display_name),
+            (".m.rule.is_room_mention", roomnotif),
+        ] {
+            let at = rules
+                .iter()
+                .position(|r| r["rule_id"] == after)
+                .map_or(rules.len(), |i| i + 1);
+            rules.insert(at, legacy);
+        }
+    }
+    if let Some(rules) = json.as_object_mut().and_then(|object| {
+        object
+            .entry("content")
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+    }) {
+        rules.insert(0, contains_user_name);
+    }
+    serde_json::from_value(json).unwrap_or(defaults)
+}
+
+/// A rule set as clients expect it: every kind present, empty ones as `[]` (ruma leaves them
+/// out).
+pub fn ruleset_json(rules: &Ruleset) -> Value {
+    let mut json = serde_json::to_value(rules).unwrap_or_else(|_| json!({}));
+    if let Some(object) = json.as_object_mut() {
+        for kind in ["override", "content", "room", "sender", "underride"] {
+            object.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    json
 }
 
 fn rule_not_found() -> Error {
@@ -26,13 +95,30 @@ fn rule_not_found() -> Error {
 }
 
 impl Services {
-    /// The user's push rules.
+    /// The user's push rules: their stored set with today's server defaults (a default rule
+    /// added since they last changed one appears; their switches and actions of the others
+    /// stay), or the defaults.
     pub fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
         let stored = self.account_data.get(user_id, None, EVENT_TYPE)?;
         // Content a client wrote by hand that is no rule set counts as none.
-        Ok(stored
-            .and_then(|raw| serde_json::from_str::<PushRulesContent>(raw.get()).ok())
-            .map_or_else(|| Ruleset::server_default(user_id), |c| c.global))
+        Ok(
+            match stored.and_then(|raw| serde_json::from_str::<PushRulesContent>(raw.get()).ok()) {
+                Some(content) => {
+                    let mut rules = content.global;
+                    rules.update_with_server_default(server_default_rules(user_id));
+                    rules
+                }
+                None => server_default_rules(user_id),
+            },
+        )
+    }
+
+    /// The `m.push_rules` account data event a first `/sync` carries.
+    pub fn push_rules_event(&self, user_id: &UserId) -> Result<Value> {
+        Ok(json!({
+            "type": EVENT_TYPE,
+            "content": { "global": ruleset_json(&self.push_rules(user_id)?) },
+        }))
     }
 
     /// One rule, or `M_NOT_FOUND`.
@@ -57,7 +143,7 @@ impl Services {
         let _guard = self.push_rules_lock.lock().await;
         let mut rules = self.push_rules(user_id)?;
         change(&mut rules)?;
-        let content = serde_json::value::to_raw_value(&PushRulesContent { global: rules })?;
+        let content = serde_json::value::to_raw_value(&json!({ "global": ruleset_json(&rules) }))?;
         self.set_account_data(user_id, None, EVENT_TYPE, &content)
             .await
     }

@@ -1,7 +1,8 @@
 //! The user directory: finding users to talk to by user ID or display name.
 //!
 //! Candidates are the people sharing a joined room with the searcher and the members of rooms
-//! whose join rule is currently `public` (the append path keeps those in `public_join_rooms`).
+//! whose join rule is currently `public` (kept in `public_join_rooms` by [`PublicJoinRooms`], a
+//! consumer of the commit pipeline).
 //! Each room's members are one prefix scan, so a search costs the rooms involved, not the size
 //! of the server. Deactivated accounts never appear.
 
@@ -11,13 +12,64 @@ use ruma::{CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use crate::{
     Error, Result,
-    service::Services,
+    service::{
+        Services,
+        rooms::{
+            pdu,
+            timeline::pipeline::{AdoptedState, Appending, EventConsumer, Origin, Staged},
+        },
+    },
     store::{Batch, Cf},
 };
 
 /// `global` key set once `public_join_rooms` covers every room (see
 /// [`Services::index_public_join_rooms`]).
 const PUBLIC_JOIN_ROOMS_BUILT: &[u8] = b"public_join_rooms_built";
+
+/// Keeps `public_join_rooms` (the rooms anyone may join, whose members any local user may
+/// find) from each room's `m.room.join_rules` events.
+pub struct PublicJoinRooms;
+
+/// A room's join rule changed: in or out of the set.
+struct JoinRuleChange {
+    room_id: OwnedRoomId,
+    public: bool,
+}
+
+impl EventConsumer for PublicJoinRooms {
+    fn prepare_adopted_state(&self, state: &AdoptedState<'_>) -> Result<Option<Box<dyn Staged>>> {
+        let join_rules = state.events.iter().find(|(_, pdu)| {
+            pdu::str_field(pdu, "type") == Some("m.room.join_rules")
+                && pdu::str_field(pdu, "state_key") == Some("")
+        });
+        Ok(Some(Box::new(JoinRuleChange {
+            room_id: state.room_id.to_owned(),
+            public: join_rules
+                .is_some_and(|(_, pdu)| pdu::content_str(pdu, "join_rule") == Some("public")),
+        })))
+    }
+
+    fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
+        if event.origin == Origin::Backfill || !event.is_state("m.room.join_rules", "") {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(JoinRuleChange {
+            room_id: event.room_id.to_owned(),
+            public: pdu::content_str(event.pdu, "join_rule") == Some("public"),
+        })))
+    }
+}
+
+impl Staged for JoinRuleChange {
+    fn write(&mut self, batch: &mut Batch, _count: u64) -> Result<()> {
+        if self.public {
+            batch.put(Cf::PublicJoinRooms, self.room_id.as_bytes(), Vec::new());
+        } else {
+            batch.delete(Cf::PublicJoinRooms, self.room_id.as_bytes());
+        }
+        Ok(())
+    }
+}
 
 /// One search result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +122,7 @@ impl Services {
     ) -> Result<(Vec<DirectoryUser>, bool)> {
         let term = term.trim().to_lowercase();
         let mut rooms: BTreeSet<OwnedRoomId> = self
-            .timeline
+            .members
             .rooms_of(searcher)?
             .into_iter()
             .filter(|(_, m)| m.membership == "join")
@@ -86,7 +138,7 @@ impl Services {
         }
         let mut candidates: BTreeSet<OwnedUserId> = BTreeSet::new();
         for room_id in &rooms {
-            for (user_id, membership) in self.timeline.members(room_id)? {
+            for (user_id, membership) in self.members.of_room(room_id)? {
                 if membership == "join" {
                     candidates.insert(user_id);
                 }

@@ -216,3 +216,47 @@ async fn matrix_js_sdk_end_to_end_encryption() {
         .await;
     assert!(backup["count"].as_u64().unwrap_or(0) >= 2, "{backup}");
 }
+
+/// Runs one matrix-js-sdk script of `tests/clients/js` against `server`; it must end with the
+/// line `ok_line`. `None` (skip) when the scripts cannot run, unless `REQUIRE_REAL_CLIENTS`.
+async fn run_js(server: &TestServer, script: &str, ok_line: &str) -> Option<()> {
+    let Some(dir) = js_clients_dir() else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but node or tests/clients/js/node_modules is missing"
+        );
+        eprintln!(
+            "skipped: run `npm ci --prefix tests/clients/js` (scripts/test does) with node >= 20"
+        );
+        return None;
+    };
+    let output = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .args([script, "--homeserver", &server.base])
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(ok_line),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    Some(())
+}
+
+/// matrix-js-sdk's local echo: a message it sends shows once, even when the server's answer to
+/// the send comes after the sync that carries the event (`tests/clients/js/local_echo.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_replaces_its_local_echo_once() {
+    let server = TestServer::start().await;
+    run_js(&server, "local_echo.mjs", "js local echo: ok").await;
+}
+
+/// matrix-js-sdk cross-signs a second device of its user from the first, and another user's
+/// client sees both devices signed by their owner (`tests/clients/js/cross_signing.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_cross_signs_its_own_devices() {
+    let server = TestServer::start().await;
+    run_js(&server, "cross_signing.mjs", "js cross-signing: ok").await;
+}

@@ -944,6 +944,86 @@ async fn signatures_are_verified_and_merged_into_queried_keys() {
     );
 }
 
+/// What clients do when one device cross-signs another of its user's: they upload the
+/// device's key object as `/keys/query` gave it, its own signature still on, plus the new
+/// self-signing-key signature. The stored signature is taken as known, the new one is kept; a
+/// bad signature next to a good one is refused alone, the good one is kept all the same.
+#[tokio::test]
+async fn a_device_signed_again_with_its_own_signature_on_it_is_cross_signed() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let keys = CrossSigning::new();
+    let (status, body) = server
+        .post(
+            SIGNING_UPLOAD,
+            Some(&alice.token),
+            keys.body(&alice.user_id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ssk_id = format!("ed25519:{}", keys.self_signing.1);
+    let mut devices = Vec::new();
+    for label in ["second", "third"] {
+        let device = server.login_ok("alice", "pw").await;
+        let (keys_of_device, _) = device_keys_with_pair(&device);
+        upload_ok(&server, &device, json!({ "device_keys": keys_of_device })).await;
+        devices.push((label, device));
+    }
+    // As /keys/query shows them, signed once more by the self-signing key.
+    let queried = query(&server, &alice, &[&alice]).await;
+    let cross_signed = |device: &Session| {
+        let mut object = queried["device_keys"][&alice.user_id][&device.device_id].clone();
+        object.as_object_mut().unwrap().remove("unsigned");
+        signed(&alice.user_id, &keys.self_signing.0, object)
+    };
+    let second = &devices[0].1;
+    let third = &devices[1].1;
+    let mut third_with_a_bad_signature = cross_signed(third);
+    third_with_a_bad_signature["signatures"][&alice.user_id]["ed25519:NOTADEVICE"] =
+        json!("bm90IGEgc2lnbmF0dXJl");
+    let (status, response) = server
+        .post(
+            SIGNATURES_UPLOAD,
+            Some(&alice.token),
+            json!({ &alice.user_id: {
+                &second.device_id: cross_signed(second),
+                &third.device_id: third_with_a_bad_signature,
+            } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert!(
+        response["failures"][&alice.user_id][&second.device_id].is_null(),
+        "the device's own signature is no failure: {response}"
+    );
+    assert_eq!(
+        response["failures"][&alice.user_id][&third.device_id]["errcode"], "M_INVALID_SIGNATURE",
+        "{response}"
+    );
+    let seen = query(&server, &bob, &[&alice]).await;
+    for device in [second, third] {
+        let signatures =
+            &seen["device_keys"][&alice.user_id][&device.device_id]["signatures"][&alice.user_id];
+        assert!(signatures[&ssk_id].is_string(), "cross-signed: {seen}");
+        assert!(
+            signatures[format!("ed25519:{}", device.device_id)].is_string(),
+            "its own signature kept: {seen}"
+        );
+        assert!(signatures["ed25519:NOTADEVICE"].is_null(), "{seen}");
+    }
+    // Sending the same again changes nothing and is no failure.
+    let (status, response) = server
+        .post(
+            SIGNATURES_UPLOAD,
+            Some(&alice.token),
+            json!({ &alice.user_id: { &second.device_id: cross_signed(second) } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["failures"], json!({}), "{response}");
+}
+
 fn device_signed_for(device_id: &str, who: &Session, keys: &CrossSigning) -> Value {
     let mut d = device_keys_signed_as(&who.user_id, device_id, device_id);
     d.as_object_mut().unwrap().remove("signatures");

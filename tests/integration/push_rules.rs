@@ -131,3 +131,143 @@ async fn push_rules_default_then_changed_by_the_user() {
         json!({ "pushers": [] })
     );
 }
+
+/// Clients that never ask `/pushrules` (nheko) read the rules from the first sync: they are
+/// there from the start, with the legacy mention rules older clients still match on, and every
+/// kind is listed.
+#[tokio::test]
+async fn a_first_sync_carries_the_default_rules_with_the_legacy_mention_rules() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let sync = server.get_ok("/_matrix/client/v3/sync", &alice).await;
+    let event = sync["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .unwrap_or_else(|| panic!("no m.push_rules in the first sync: {sync}"))
+        .clone();
+    let all = server.get_ok(&format!("{RULES}/"), &alice).await;
+    assert_eq!(
+        event["content"], all,
+        "the first sync and /pushrules/ agree"
+    );
+    let global = &all["global"];
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(global[kind].is_array(), "{kind} listed: {all}");
+    }
+    let ids = |kind: &str| -> Vec<String> {
+        global[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let overrides = ids("override");
+    let at = |id: &str| {
+        overrides
+            .iter()
+            .position(|r| r == id)
+            .unwrap_or_else(|| panic!("{id} missing from {overrides:?}"))
+    };
+    assert_eq!(
+        at(".m.rule.contains_display_name"),
+        at(".m.rule.is_user_mention") + 1
+    );
+    assert_eq!(at(".m.rule.roomnotif"), at(".m.rule.is_room_mention") + 1);
+    assert_eq!(at(".m.rule.master"), 0);
+    let content = &global["content"][0];
+    assert_eq!(content["rule_id"], ".m.rule.contains_user_name", "{all}");
+    assert_eq!(content["pattern"], "alice");
+    assert_eq!(global["room"], json!([]));
+    assert_eq!(global["sender"], json!([]));
+    let roomnotif = &global["override"][at(".m.rule.roomnotif")];
+    assert_eq!(
+        roomnotif["conditions"][1],
+        json!({ "kind": "sender_notification_permission", "key": "room" }),
+        "{roomnotif}"
+    );
+
+    // A change is stored with the legacy rules, and an incremental sync carries it.
+    let since = next_batch(&sync);
+    let (status, _) = server
+        .put(
+            &format!("{RULES}/global/override/.m.rule.roomnotif/enabled"),
+            Some(&alice.token),
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let later = server
+        .get_ok(
+            &format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+            &alice,
+        )
+        .await;
+    let changed = later["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .unwrap_or_else(|| panic!("the change reaches the sync: {later}"))
+        .clone();
+    let rules = changed["content"]["global"]["override"].as_array().unwrap();
+    let roomnotif = rules
+        .iter()
+        .find(|r| r["rule_id"] == ".m.rule.roomnotif")
+        .unwrap();
+    assert_eq!(roomnotif["enabled"], false);
+    assert!(changed["content"]["global"]["room"].is_array(), "{changed}");
+    // An incremental sync without a change does not repeat the rules.
+    let quiet = server
+        .get_ok(
+            &format!(
+                "/_matrix/client/v3/sync?since={}&timeout=0",
+                next_batch(&later)
+            ),
+            &alice,
+        )
+        .await;
+    assert!(
+        quiet["account_data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] != "m.push_rules"),
+        "{quiet}"
+    );
+}
+
+/// A rule set stored before a default rule existed gets it (enabled switches kept).
+#[tokio::test]
+async fn stored_rules_gain_new_server_defaults() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    // The rule set as ruma's defaults alone wrote it, with the master rule switched on.
+    let user = ruma::UserId::parse(&alice.user_id).unwrap();
+    let mut old = ruma::push::Ruleset::server_default(&user);
+    old.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true)
+        .unwrap();
+    // (Clients may not write `m.push_rules` themselves: it is stored here as an older culvert
+    // stored it.)
+    let content = serde_json::value::to_raw_value(&json!({ "global": old })).unwrap();
+    server
+        .services()
+        .set_account_data(&user, None, "m.push_rules", &content)
+        .await
+        .unwrap();
+    let all = server.get_ok(&format!("{RULES}/"), &alice).await;
+    let overrides = all["global"]["override"].as_array().unwrap();
+    assert!(
+        overrides
+            .iter()
+            .any(|r| r["rule_id"] == ".m.rule.contains_display_name"),
+        "{all}"
+    );
+    let master = overrides
+        .iter()
+        .find(|r| r["rule_id"] == ".m.rule.master")
+        .unwrap();
+    assert_eq!(master["enabled"], true, "the user's switch stays");
+}

@@ -115,7 +115,8 @@ async fn trusted_private_chat_with_invite() {
         let state = state(&server, &room);
         assert_eq!(
             state[&key("m.room.member", "@bob:test.local")],
-            json!({ "membership": "invite", "is_direct": true })
+            json!({ "membership": "invite", "is_direct": true, "displayname": "bob" }),
+            "the invite carries bob's profile (his display name is his localpart)"
         );
         if v12 {
             assert_eq!(

@@ -698,7 +698,7 @@ async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
     eventually("culvert sees the ban", || async {
         culvert
             .services()
-            .timeline
+            .members
             .member_state(
                 &ruma::RoomId::parse(&sams_room).unwrap(),
                 &ruma::UserId::parse(&alice.user_id).unwrap(),

@@ -189,7 +189,7 @@ pub async fn read_markers(
     let body = &request.body;
     let user = request.user();
     if let Some(event_id) = &body.fully_read {
-        services.visible_event(&body.room_id, user, event_id)?;
+        services.visible_event(&body.room_id, request.viewer(), event_id)?;
         let content = serde_json::value::to_raw_value(&json!({ "event_id": event_id }))?;
         services
             .set_account_data(user, Some(&body.room_id), "m.fully_read", &content)

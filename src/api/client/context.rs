@@ -22,7 +22,7 @@ pub async fn get_context(
         .min(MAX_LIMIT);
     let context = services.context(
         &body.room_id,
-        request.user(),
+        request.viewer(),
         &body.event_id,
         limit,
         &body.filter,

@@ -31,9 +31,7 @@ pub async fn create_alias(
     request: Ruma<create_v3::Request>,
 ) -> Result<RumaResponse<create_v3::Response>> {
     let body = &request.body;
-    let membership = services
-        .timeline
-        .membership(&body.room_id, request.user())?;
+    let membership = services.members.membership(&body.room_id, request.user())?;
     if membership.is_none_or(|m| m.membership != "join") {
         return Err(Error::forbidden(
             "You must be in the room to give it an alias.",

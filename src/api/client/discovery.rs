@@ -33,9 +33,14 @@ pub async fn versions(
     let mut response = get_supported_versions::Response::new(
         SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     );
-    // Authenticated media (a v1.11 feature) without claiming the rest of v1.11: clients such
-    // as Element switch to `/_matrix/client/v1/media` on this flag.
-    response.unstable_features = BTreeMap::from([("org.matrix.msc3916.stable".to_owned(), true)]);
+    response.unstable_features = BTreeMap::from([
+        // Authenticated media (a v1.11 feature) without claiming the rest of v1.11: clients
+        // such as Element switch to `/_matrix/client/v1/media` on this flag.
+        ("org.matrix.msc3916.stable".to_owned(), true),
+        // Cross-signing: Element still checks this flag before it sets cross-signing up (and
+        // otherwise says the server does not support it).
+        ("org.matrix.e2e_cross_signing".to_owned(), true),
+    ]);
     RumaResponse(response)
 }
 

@@ -106,7 +106,7 @@ pub async fn kick(
     let body = &request.body;
     // The room's view (`room_members`): the target may have forgotten the room.
     let current = services
-        .timeline
+        .members
         .member_state(&body.room_id, &body.user_id)?;
     if !current.is_some_and(|m| m == "join" || m == "invite" || m == "knock") {
         return Err(Error::forbidden("That user is not in the room."));
@@ -146,7 +146,7 @@ pub async fn unban(
 ) -> Result<RumaResponse<unban_v3::Response>> {
     let body = &request.body;
     let current = services
-        .timeline
+        .members
         .member_state(&body.room_id, &body.user_id)?;
     if current.is_none_or(|m| m != "ban") {
         return Err(Error::forbidden("That user is not banned."));
@@ -168,7 +168,7 @@ pub async fn joined_rooms(
     request: Ruma<joined_rooms_v3::Request>,
 ) -> Result<RumaResponse<joined_rooms_v3::Response>> {
     let rooms = services
-        .timeline
+        .members
         .rooms_of(request.user())?
         .into_iter()
         .filter(|(_, m)| m.membership == "join")
@@ -182,18 +182,18 @@ pub async fn joined_members(
     request: Ruma<joined_members_v3::Request>,
 ) -> Result<RumaResponse<joined_members_v3::Response>> {
     let room_id = &request.body.room_id;
-    let mine = services.timeline.membership(room_id, request.user())?;
+    let mine = services.members.membership(room_id, request.user())?;
     if mine.is_none_or(|m| m.membership != "join") {
         return Err(Error::forbidden("You are not in this room."));
     }
     let mut joined = BTreeMap::new();
-    for (user_id, membership) in services.timeline.members(room_id)? {
+    for (user_id, membership) in services.members.of_room(room_id)? {
         if membership != "join" {
             continue;
         }
         let mut member = joined_members_v3::RoomMember::new();
-        if let Some(record) = services.timeline.membership(room_id, &user_id)? {
-            let event = services.timeline.client_event(room_id, &record.event_id)?;
+        if let Some(record) = services.members.membership(room_id, &user_id)? {
+            let event = services.timeline.event_fields(room_id, &record.event_id)?;
             member.display_name = event["content"]["displayname"].as_str().map(str::to_owned);
             member.avatar_url = event["content"]["avatar_url"]
                 .as_str()

@@ -25,6 +25,7 @@ mod session;
 mod sync;
 mod to_device;
 mod user_directory;
+mod voip;
 
 use axum::Router;
 use ruma::api::client as c;
@@ -40,6 +41,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
             discovery::well_known_client,
         )
         .ruma_route::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
+        .ruma_route::<c::voip::get_turn_server_info::v3::Request, _, _>(voip::turn_server)
         .ruma_route::<c::account::register::v3::Request, _, _>(register::register)
         .ruma_route::<c::account::get_username_availability::v3::Request, _, _>(register::available)
         .ruma_route::<c::account::check_registration_token_validity::v1::Request, _, _>(

@@ -14,24 +14,24 @@ use serde_json::{Value, json};
 use crate::{
     Result,
     api::ruma::{Ruma, RumaResponse, State},
+    service::push_rules::ruleset_json,
 };
 
+/// `GET /pushrules/`: every kind is listed, empty ones as `[]` (clients index into them).
 pub async fn all(
     extract::State(services): extract::State<State>,
     request: Ruma<all_v3::Request>,
-) -> Result<RumaResponse<all_v3::Response>> {
-    Ok(RumaResponse(all_v3::Response::new(
-        services.push_rules(request.user())?,
-    )))
+) -> Result<Json<Value>> {
+    let rules = services.push_rules(request.user())?;
+    Ok(Json(json!({ "global": ruleset_json(&rules) })))
 }
 
+/// `GET /pushrules/global/`: the rule set itself, every kind listed.
 pub async fn global(
     extract::State(services): extract::State<State>,
     request: Ruma<global_v3::Request>,
-) -> Result<RumaResponse<global_v3::Response>> {
-    Ok(RumaResponse(global_v3::Response::new(
-        services.push_rules(request.user())?,
-    )))
+) -> Result<Json<Value>> {
+    Ok(Json(ruleset_json(&services.push_rules(request.user())?)))
 }
 
 pub async fn get(

@@ -19,10 +19,11 @@ use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
     service::rooms::{
+        client_event::Detail,
         create::{CreateRoom, Preset},
         history::Direction,
         sync_filter::EventMatcher,
-        timeline::{LocalEvent, txn_key, with_origin_ts},
+        timeline::{ClientTxn, LocalEvent, with_origin_ts},
     },
 };
 
@@ -124,9 +125,9 @@ pub async fn send_message(
         ));
     }
     let content = Value::Object(object(body.body.json(), "The event content")?);
-    let txn = txn_key(
+    let txn = ClientTxn::new(
         request.user(),
-        request.device().as_str(),
+        request.device(),
         &body.room_id,
         body.txn_id.as_str(),
     );
@@ -183,9 +184,10 @@ pub async fn get_state(
 ) -> Result<RumaResponse<get_state_v3::Response>> {
     let room_id = &request.body.room_id;
     let state = services.visible_state(room_id, request.user())?;
+    let mut view = services.event_view(Some(request.viewer()));
     let mut events = Vec::with_capacity(state.len());
     for event_id in state.values() {
-        let event = services.timeline.client_event(room_id, event_id)?;
+        let event = view.event(room_id, event_id, None, Detail::State)?;
         events.push(Raw::from_json(serde_json::value::to_raw_value(&event)?));
     }
     Ok(RumaResponse(get_state_v3::Response::new(events)))
@@ -201,7 +203,12 @@ pub async fn get_state_event(
     let event_id = state
         .get(&key)
         .ok_or_else(|| Error::not_found("No state event of that type and key."))?;
-    let event = services.timeline.client_event(&body.room_id, event_id)?;
+    let event = services.event_view(Some(request.viewer())).event(
+        &body.room_id,
+        event_id,
+        None,
+        Detail::State,
+    )?;
     let answer = match body.format {
         get_state_key_v3::StateEventFormat::Event => event,
         _ => event["content"].clone(),
@@ -240,7 +247,7 @@ pub async fn messages(
     let read_page = || {
         services.messages(
             &body.room_id,
-            request.user(),
+            request.viewer(),
             from,
             to,
             direction,
@@ -261,7 +268,7 @@ pub async fn messages(
     let state = if body.filter.lazy_load_options.is_disabled() {
         Vec::new()
     } else {
-        services.sender_members(&body.room_id, &page.events)?
+        services.sender_members(&body.room_id, request.viewer(), &page.events)?
     };
     let start = from.unwrap_or_else(|| match direction {
         Direction::Backward => services.timeline.current_count(),
@@ -280,9 +287,9 @@ pub async fn redact(
     request: Ruma<redact_v3::Request>,
 ) -> Result<RumaResponse<redact_v3::Response>> {
     let body = &request.body;
-    let txn = txn_key(
+    let txn = ClientTxn::new(
         request.user(),
-        request.device().as_str(),
+        request.device(),
         &body.room_id,
         body.txn_id.as_str(),
     );
@@ -303,7 +310,7 @@ pub async fn get_event(
     request: Ruma<event_v3::Request>,
 ) -> Result<RumaResponse<event_v3::Response>> {
     let body = &request.body;
-    let event = services.visible_event(&body.room_id, request.user(), &body.event_id)?;
+    let event = services.visible_event(&body.room_id, request.viewer(), &body.event_id)?;
     Ok(RumaResponse(event_v3::Response::new(Raw::from_json(
         serde_json::value::to_raw_value(&event)?,
     ))))
@@ -326,7 +333,7 @@ pub async fn members(
     let not_membership = body.not_membership.as_ref().map(|m| m.as_str());
     let events = services.member_events(
         &body.room_id,
-        request.user(),
+        request.viewer(),
         at,
         membership,
         not_membership,

@@ -24,7 +24,13 @@ use serde_json::{Value, json};
 use super::{Appservice, Appservices};
 use crate::{
     Result,
-    service::Services,
+    service::{
+        Services,
+        rooms::{
+            client_event::Detail,
+            timeline::pipeline::{Appending, EventConsumer, Origin, Staged},
+        },
+    },
     store::{Batch, Cf, keys},
     utils,
 };
@@ -85,30 +91,71 @@ fn next_seq() -> u64 {
     SEQ.fetch_add(1, Ordering::SeqCst).max(1)
 }
 
-impl Appservices {
-    /// Adds the queue entries of a room event (stream count `count`) for `targets` to the
-    /// event's batch. Called by the append path under its stream lock.
-    pub fn queue_pdu(
-        batch: &mut Batch,
-        targets: &[Arc<Appservice>],
-        count: u64,
-        room_id: &RoomId,
-        short: u64,
-    ) -> Result<()> {
-        for service in targets {
-            let item = QueueItem::Pdu {
-                room_id: room_id.to_string(),
-                short,
-            };
+/// The appservice queue as a consumer of the commit pipeline: each room event (made here or
+/// received, not backfilled history) is queued for the appservices interested in it, in the
+/// event's own batch.
+pub struct RoomEventQueue(pub Arc<Appservices>);
+
+/// One event's queue entries.
+struct QueuedPdu {
+    appservices: Arc<Appservices>,
+    targets: Vec<Arc<Appservice>>,
+    item: Vec<u8>,
+    room_id: ruma::OwnedRoomId,
+    /// A membership change: who is interested in the room may change with it.
+    membership_change: bool,
+}
+
+impl EventConsumer for RoomEventQueue {
+    fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
+        if event.origin == Origin::Backfill {
+            return Ok(None);
+        }
+        let targets = self.0.interested_in_event(
+            event.room_id,
+            event.sender,
+            event.event_type,
+            event.state_key,
+        )?;
+        let membership_change = event.event_type == "m.room.member";
+        if targets.is_empty() && !membership_change {
+            return Ok(None);
+        }
+        let item = QueueItem::Pdu {
+            room_id: event.room_id.to_string(),
+            short: event.short,
+        };
+        Ok(Some(Box::new(QueuedPdu {
+            appservices: self.0.clone(),
+            targets,
+            item: serde_json::to_vec(&item)?,
+            room_id: event.room_id.to_owned(),
+            membership_change,
+        })))
+    }
+}
+
+impl Staged for QueuedPdu {
+    fn write(&mut self, batch: &mut Batch, count: u64) -> Result<()> {
+        for service in &self.targets {
             batch.put(
                 Cf::AppserviceQueue,
                 queue_key(service.id(), count, 0),
-                serde_json::to_vec(&item)?,
+                self.item.clone(),
             );
         }
         Ok(())
     }
 
+    fn committed(self: Box<Self>) {
+        Appservices::wake(&self.targets);
+        if self.membership_change {
+            self.appservices.forget_room_interest(&self.room_id);
+        }
+    }
+}
+
+impl Appservices {
     /// Wakes the sender tasks of `targets` (after their entries are written).
     pub fn wake(targets: &[Arc<Appservice>]) {
         for service in targets {
@@ -266,6 +313,7 @@ impl Services {
         let (mut events, mut ephemeral, mut to_device) = (Vec::new(), Vec::new(), Vec::new());
         let mut changed: Vec<String> = Vec::new();
         let mut key_devices: Vec<(String, String)> = Vec::new();
+        let mut view = self.event_view(None);
         for item in self
             .store
             .scan_prefix(Cf::AppserviceQueue, &prefix)
@@ -283,7 +331,7 @@ impl Services {
                     else {
                         continue;
                     };
-                    if let Ok(event) = self.timeline.client_event(&room_id, &event_id) {
+                    if let Ok(event) = view.event(&room_id, &event_id, None, Detail::State) {
                         events.push(event);
                     }
                 }

@@ -266,7 +266,7 @@ impl Services {
         // Only users this server shares a room with matter; the change is then shown to the
         // local users sharing one (sync's device_lists filters by shared rooms).
         let shares_a_room = self
-            .timeline
+            .members
             .rooms_of(&user_id)?
             .iter()
             .any(|(_, m)| m.membership == "join");
@@ -281,12 +281,9 @@ impl Services {
     /// The other servers sharing a joined room with `user_id`.
     fn servers_sharing_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedServerName>> {
         let mut servers = BTreeSet::new();
-        for (room_id, membership) in self.timeline.rooms_of(user_id)? {
+        for (room_id, membership) in self.members.rooms_of(user_id)? {
             if membership.membership == "join" {
-                servers.extend(
-                    self.timeline
-                        .remote_destinations(&room_id, &self.server_name)?,
-                );
+                servers.extend(self.federation.outbox.remote_destinations(&room_id)?);
             }
         }
         Ok(servers.into_iter().collect())
@@ -309,9 +306,7 @@ impl Services {
             return;
         }
         let result = async {
-            let destinations = self
-                .timeline
-                .remote_destinations(room_id, &self.server_name)?;
+            let destinations = self.federation.outbox.remote_destinations(room_id)?;
             let edu = json!({
                 "edu_type": "m.typing",
                 "content": { "room_id": room_id, "user_id": user_id, "typing": timeout.is_some() },
@@ -335,9 +330,7 @@ impl Services {
             return;
         }
         let result = async {
-            let destinations = self
-                .timeline
-                .remote_destinations(room_id, &self.server_name)?;
+            let destinations = self.federation.outbox.remote_destinations(room_id)?;
             let mut data = json!({ "ts": utils::now_millis() });
             if let Some(thread) = thread {
                 data["thread_id"] = json!(thread);

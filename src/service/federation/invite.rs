@@ -21,7 +21,7 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        rooms::{pdu::str_field, timeline::Membership},
+        rooms::{members::Membership, pdu::str_field},
     },
     store::{Batch, Cf, keys},
 };

@@ -56,7 +56,7 @@ impl Services {
     fn current_content(&self, room_id: &RoomId, event_type: &str) -> Result<Value> {
         let state = self.timeline.current_state(room_id)?;
         Ok(match state.get(&(event_type.to_owned(), String::new())) {
-            Some(id) => self.timeline.client_event(room_id, id)?["content"].take(),
+            Some(id) => self.timeline.event_fields(room_id, id)?["content"].take(),
             None => Value::Null,
         })
     }
@@ -94,7 +94,7 @@ impl Services {
                 continue;
             }
             known_any = true;
-            if self.timeline.member_state(&allowed, user_id)?.as_deref() == Some("join") {
+            if self.members.member_state(&allowed, user_id)?.as_deref() == Some("join") {
                 satisfied = true;
                 break;
             }
@@ -112,7 +112,7 @@ impl Services {
         }
         let power = self.current_content(room_id, "m.room.power_levels")?;
         let needed = power["invite"].as_i64().unwrap_or(0);
-        for (member, membership) in self.timeline.members(room_id)? {
+        for (member, membership) in self.members.of_room(room_id)? {
             if membership == "join"
                 && member.server_name() == self.server_name
                 && self.power_level(room_id, &member)? >= needed
@@ -143,7 +143,7 @@ impl Services {
             || (rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);
         if !restricted
             || matches!(
-                self.timeline.member_state(room_id, user_id)?.as_deref(),
+                self.members.member_state(room_id, user_id)?.as_deref(),
                 Some("invite" | "join")
             )
         {
@@ -216,7 +216,7 @@ impl Services {
             return Err(Error::forbidden("This room does not accept knocks."));
         }
         if matches!(
-            self.timeline.member_state(room_id, user_id)?.as_deref(),
+            self.members.member_state(room_id, user_id)?.as_deref(),
             Some("join" | "ban" | "invite")
         ) {
             return Err(Error::forbidden(
@@ -421,7 +421,7 @@ impl Services {
                 if kind != "m.space.child" {
                     continue;
                 }
-                let event = self.timeline.client_event(room_id, id)?;
+                let event = self.timeline.event_fields(room_id, id)?;
                 // An empty content (no `via`) removes the child.
                 if event["content"]["via"]
                     .as_array()

@@ -62,7 +62,7 @@ impl Services {
         if self.timeline.room(room_id)?.is_none() {
             return Ok(false);
         }
-        self.timeline.server_in_room(room_id, &self.server_name)
+        self.members.server_in_room(room_id, &self.server_name)
     }
 
     /// What `make_join` and `make_knock` check first, as the resident server: the user is the
@@ -80,7 +80,7 @@ impl Services {
             return Err(Error::forbidden(not_yours));
         }
         let room = match self.timeline.room(room_id)? {
-            Some(room) if self.timeline.server_in_room(room_id, &self.server_name)? => room,
+            Some(room) if self.members.server_in_room(room_id, &self.server_name)? => room,
             _ => return Err(Error::not_found("This server is not in that room.")),
         };
         if !versions.contains(&room.version) {
@@ -118,7 +118,7 @@ impl Services {
         // vouch for the joiner.
         let rules = rules_of(&room.version)?;
         let (join_rule, allow) = self.join_rule_of(room_id)?;
-        let membership = self.timeline.member_state(room_id, user_id)?;
+        let membership = self.members.member_state(room_id, user_id)?;
         let mut content = serde_json::json!({ "membership": "join" });
         let restricted = (join_rule == "restricted" && rules.authorization.restricted_join_rule)
             || (join_rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);

@@ -14,6 +14,7 @@ pub mod knock;
 pub mod media_client;
 pub mod membership;
 pub mod openid;
+pub mod outbox;
 pub mod pdu_check;
 pub mod profile;
 pub mod remote_keys;
@@ -43,10 +44,16 @@ pub struct Federation {
     pub ip_allowed: IpGuard,
     http: reqwest::Client,
     pub keys: server_keys::KeyCache,
+    /// Where rooms' new events go; a consumer of the commit pipeline.
+    pub outbox: Arc<outbox::Outbox>,
 }
 
 impl Federation {
-    pub fn new(config: &Config, store: crate::store::Store) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        store: crate::store::Store,
+        members: Arc<crate::service::rooms::members::Members>,
+    ) -> Result<Self, String> {
         let guard = config.outbound_ip_guard()?;
         let dns = Arc::new(resolve::Dns::new(guard));
         let tls = client_tls(config)?;
@@ -75,6 +82,7 @@ impl Federation {
             resolver: resolve::Resolver::new(dns, well_known),
             http,
             keys: server_keys::KeyCache::new(store),
+            outbox: Arc::new(outbox::Outbox::new(config.server_name.clone(), members)),
         })
     }
 

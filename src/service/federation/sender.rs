@@ -74,7 +74,7 @@ impl Services {
         for destination in pending {
             let _ = wakeup.send(destination);
         }
-        self.timeline.start_federating(wakeup);
+        self.federation.outbox.start(wakeup);
         Ok(())
     }
 
@@ -87,8 +87,9 @@ impl Services {
         event_id: &EventId,
     ) -> Result<()> {
         let destinations: Vec<OwnedServerName> = self
-            .timeline
-            .remote_destinations(room_id, &self.server_name)?
+            .federation
+            .outbox
+            .remote_destinations(room_id)?
             .into_iter()
             .filter(|d| Some(&**d) != origin)
             .collect();
@@ -99,16 +100,11 @@ impl Services {
         // queued by the append path.
         self.timeline
             .commit_counted(Batch::new(), |batch, count| {
-                crate::service::rooms::timeline::queue_for_servers(
-                    batch,
-                    count,
-                    &destinations,
-                    event_id,
-                );
+                super::outbox::queue_pdu(batch, count, &destinations, event_id);
                 Ok(())
             })
             .await?;
-        self.timeline.wake_senders(&destinations);
+        self.federation.outbox.wake(&destinations);
         Ok(())
     }
 }
@@ -147,7 +143,7 @@ impl Services {
                 Ok(())
             })
             .await?;
-        self.timeline.wake_senders(&destinations);
+        self.federation.outbox.wake(&destinations);
         Ok(())
     }
 }

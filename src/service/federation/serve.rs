@@ -26,7 +26,7 @@ use crate::{
 impl Services {
     /// Whether `server` has a joined user in `room_id`.
     pub fn server_in_room(&self, server: &ServerName, room_id: &RoomId) -> Result<bool> {
-        self.timeline.server_in_room(room_id, server)
+        self.members.server_in_room(room_id, server)
     }
 
     fn check_server_may_read(&self, server: &ServerName, room_id: &RoomId) -> Result<()> {

@@ -3,12 +3,15 @@
 use std::collections::HashSet;
 
 use ruma::{
-    EventId, RoomId, UserId,
+    EventId, RoomId,
     api::client::filter::{LazyLoadOptions, RoomEventFilter},
 };
 use serde_json::Value;
 
-use super::sync_filter::EventMatcher;
+use super::{
+    client_event::{Detail, EventView, Viewer},
+    sync_filter::EventMatcher,
+};
 use crate::{Error, Result, service::Services};
 
 /// Most events one side of a `/context` answer reads while looking for visible events that
@@ -50,17 +53,19 @@ impl Services {
     pub fn context(
         &self,
         room_id: &RoomId,
-        user_id: &UserId,
+        viewer: Viewer<'_>,
         event_id: &EventId,
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<Context> {
+        let user_id = viewer.user_id;
+        let mut view = self.event_view(Some(viewer));
         let not_found = || Error::not_found("No such event, or you may not see it.");
         let count = self.timeline.count_of(event_id)?.ok_or_else(not_found)?;
         if !self.event_in_room(room_id, event_id)? {
             return Err(not_found());
         }
-        let event = self.timeline.client_event(room_id, event_id)?;
+        let event = view.event(room_id, event_id, Some(count), Detail::Timeline)?;
         if !self.may_see_event(room_id, user_id, &event, count)? {
             return Err(not_found());
         }
@@ -87,7 +92,7 @@ impl Services {
             for (c, id) in batch {
                 start = c.saturating_sub(1);
                 scanned += 1;
-                let event = self.timeline.client_event(room_id, &id)?;
+                let event = view.event(room_id, &id, Some(c), Detail::Timeline)?;
                 if wanted(&event, c)? {
                     events_before.push(event);
                 }
@@ -110,7 +115,7 @@ impl Services {
             for (c, id) in batch {
                 end = c;
                 scanned += 1;
-                let event = self.timeline.client_event(room_id, &id)?;
+                let event = view.event(room_id, &id, Some(c), Detail::Timeline)?;
                 if wanted(&event, c)? {
                     events_after.push(event);
                     last_returned = id;
@@ -122,6 +127,7 @@ impl Services {
         }
 
         let state = self.context_state(
+            &mut view,
             room_id,
             &last_returned,
             filter,
@@ -144,6 +150,7 @@ impl Services {
     /// the senders of `returned`.
     fn context_state<'a>(
         &self,
+        view: &mut EventView<'_>,
         room_id: &RoomId,
         at: &EventId,
         filter: &RoomEventFilter,
@@ -168,7 +175,7 @@ impl Services {
             {
                 continue;
             }
-            let event = self.timeline.client_event(room_id, &id)?;
+            let event = view.event(room_id, &id, None, Detail::State)?;
             if matcher.matches(&event) {
                 state.push(event);
             }

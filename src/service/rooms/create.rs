@@ -222,6 +222,9 @@ impl Services {
         // 7. Invitations.
         for invitee in &request.invite {
             let mut content = json!({ "membership": "invite" });
+            for (field, value) in self.member_profile(invitee).await? {
+                content[field] = value;
+            }
             if request.is_direct {
                 content["is_direct"] = json!(true);
             }

@@ -133,7 +133,7 @@ impl Services {
     ) -> Result<Option<Value>> {
         match self.timeline.lookup(entries, event_type, "")? {
             Some(event_id) => Ok(Some(
-                self.timeline.client_event(room_id, &event_id)?["content"].take(),
+                self.timeline.event_fields(room_id, &event_id)?["content"].take(),
             )),
             None => Ok(None),
         }
@@ -177,8 +177,8 @@ impl Services {
         let avatar_url =
             string_field(&content("m.room.avatar")?, "url").filter(|url| url.starts_with("mxc://"));
         let num_joined_members = self
-            .timeline
-            .members(room_id)?
+            .members
+            .of_room(room_id)?
             .iter()
             .filter(|(_, membership)| membership == "join")
             .count() as u64;
@@ -217,7 +217,7 @@ impl Services {
         let admin = self.users.get(user_id)?.is_some_and(|u| u.admin);
         if !admin {
             let joined = self
-                .timeline
+                .members
                 .membership(room_id, user_id)?
                 .is_some_and(|m| m.membership == "join");
             if !joined
@@ -342,7 +342,7 @@ impl Services {
         let room = self.timeline.room(room_id)?.ok_or_else(hidden)?;
         let membership = match requester {
             Some(user_id) => self
-                .timeline
+                .members
                 .membership(room_id, user_id)?
                 .map(|m| m.membership),
             None => None,

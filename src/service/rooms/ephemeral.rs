@@ -44,7 +44,7 @@ struct Receipt {
 
 impl Services {
     fn require_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        let membership = self.timeline.membership(room_id, user_id)?;
+        let membership = self.members.membership(room_id, user_id)?;
         if membership.is_none_or(|m| m.membership != "join") {
             return Err(Error::forbidden("You are not in this room."));
         }
@@ -176,7 +176,7 @@ impl Services {
         if !super::pdu::pdu_in_room(event_id, &pdu, room_id) {
             return Ok(false);
         }
-        let event = self.timeline.client_event(room_id, event_id)?;
+        let event = self.timeline.event_fields(room_id, event_id)?;
         self.may_see_event(room_id, user_id, &event, u64::MAX)
     }
 

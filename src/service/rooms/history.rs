@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use ruma::{EventId, RoomId, UserId};
 use serde_json::Value;
 
-use super::sync_filter::EventMatcher;
+use super::{
+    client_event::{Detail, Viewer},
+    sync_filter::EventMatcher,
+};
 use crate::{Error, Result, service::Services};
 
 /// Most timeline entries one `/messages` request reads: a filter that matches little cannot
@@ -56,7 +59,7 @@ impl Services {
             "invited" | "joined" => {
                 let before = timeline.state_entries(state)?;
                 let then = match timeline.lookup(&before, "m.room.member", user_id.as_str())? {
-                    Some(id) => timeline.client_event(room_id, &id)?["content"]["membership"]
+                    Some(id) => timeline.event_fields(room_id, &id)?["content"]["membership"]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
@@ -65,7 +68,7 @@ impl Services {
                 then == "join" || (&*visibility == "invited" && then == "invite")
             }
             // shared (also when unset, and unknown values, which the spec says to treat so)
-            _ => match timeline.membership(room_id, user_id)? {
+            _ => match self.members.membership(room_id, user_id)? {
                 Some(m) if m.membership == "join" => true,
                 // Up to their leave, if they had joined (not a refused invite or a withdrawn
                 // knock).
@@ -85,14 +88,16 @@ impl Services {
     pub fn messages(
         &self,
         room_id: &RoomId,
-        user_id: &UserId,
+        viewer: Viewer<'_>,
         from: Option<u64>,
         to: Option<u64>,
         direction: Direction,
         limit: usize,
         filter: &EventMatcher,
     ) -> Result<Page> {
-        let membership = self.timeline.membership(room_id, user_id)?;
+        let user_id = viewer.user_id;
+        let mut view = self.event_view(Some(viewer));
+        let membership = self.members.membership(room_id, user_id)?;
         if membership.is_none_or(|m| {
             m.membership != "join" && m.membership != "leave" && m.membership != "ban"
         }) {
@@ -124,7 +129,7 @@ impl Services {
             };
             for (count, event_id) in &batch {
                 scanned += 1;
-                let event = self.timeline.client_event(room_id, event_id)?;
+                let event = view.event(room_id, event_id, Some(*count), Detail::Timeline)?;
                 if filter.matches(&event) && self.may_see_event(room_id, user_id, &event, *count)? {
                     events.push(event);
                 }
@@ -146,7 +151,13 @@ impl Services {
 impl Services {
     /// The member events of the senders of `events` (client format, one room), as they were
     /// at the earliest of them: what a client lazy-loading members needs to show a page.
-    pub fn sender_members(&self, room_id: &RoomId, events: &[Value]) -> Result<Vec<Value>> {
+    pub fn sender_members(
+        &self,
+        room_id: &RoomId,
+        viewer: Viewer<'_>,
+        events: &[Value],
+    ) -> Result<Vec<Value>> {
+        let mut view = self.event_view(Some(viewer));
         let senders: BTreeSet<&str> = events.iter().filter_map(|e| e["sender"].as_str()).collect();
         let earliest = events
             .iter()
@@ -161,7 +172,7 @@ impl Services {
         let mut members = Vec::with_capacity(senders.len());
         for sender in senders {
             if let Some(id) = self.timeline.lookup(&state, "m.room.member", sender)? {
-                members.push(self.timeline.client_event(room_id, &id)?);
+                members.push(view.event(room_id, &id, None, Detail::State)?);
             }
         }
         Ok(members)
@@ -172,14 +183,20 @@ impl Services {
     pub fn visible_event(
         &self,
         room_id: &RoomId,
-        user_id: &UserId,
+        viewer: Viewer<'_>,
         event_id: &EventId,
     ) -> Result<Value> {
+        let user_id = viewer.user_id;
         let not_found = || Error::not_found("No such event, or you may not see it.");
         let count = self.timeline.count_of(event_id)?.ok_or_else(not_found)?;
-        let event = self.timeline.client_event(room_id, event_id)?;
+        let event = self.event_view(Some(viewer)).event(
+            room_id,
+            event_id,
+            Some(count),
+            Detail::Timeline,
+        )?;
         if !self.event_in_room(room_id, event_id)?
-            || self.timeline.membership(room_id, user_id)?.is_none()
+            || self.members.membership(room_id, user_id)?.is_none()
         {
             return Err(not_found());
         }
@@ -202,17 +219,19 @@ impl Services {
     pub fn member_events(
         &self,
         room_id: &RoomId,
-        user_id: &UserId,
+        viewer: Viewer<'_>,
         at: Option<u64>,
         membership: Option<&str>,
         not_membership: Option<&str>,
     ) -> Result<Vec<Value>> {
+        let user_id = viewer.user_id;
+        let mut view = self.event_view(Some(viewer));
         let visible = self.visible_state(room_id, user_id)?;
         let state = match at {
             // Never later than what the user may see.
             Some(at) => {
                 let limit = self
-                    .timeline
+                    .members
                     .membership(room_id, user_id)?
                     .map(|m| m.membership);
                 if limit.as_deref() == Some("join") {
@@ -228,7 +247,7 @@ impl Services {
             if event_type != "m.room.member" {
                 continue;
             }
-            let event = self.timeline.client_event(room_id, event_id)?;
+            let event = view.event(room_id, event_id, None, Detail::State)?;
             let this = event["content"]["membership"].as_str().unwrap_or_default();
             if membership.is_some_and(|m| m != this) || not_membership.is_some_and(|m| m == this) {
                 continue;
@@ -259,7 +278,7 @@ impl Services {
         ts: u64,
         forward: bool,
     ) -> Result<(ruma::OwnedEventId, u64)> {
-        let membership = self.timeline.membership(room_id, user_id)?;
+        let membership = self.members.membership(room_id, user_id)?;
         if membership.is_none_or(|m| {
             m.membership != "join" && m.membership != "leave" && m.membership != "ban"
         }) {
@@ -277,7 +296,7 @@ impl Services {
                         "No event you may see is close enough to that timestamp.",
                     ));
                 }
-                let event = self.timeline.client_event(room_id, &event_id)?;
+                let event = self.timeline.event_fields(room_id, &event_id)?;
                 Ok(self
                     .may_see_event(room_id, user_id, &event, count)?
                     .then_some((event_id, event_ts)))

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use ruma::{OwnedEventId, RoomId, UserId};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{Error, Result, service::Services};
 
@@ -27,7 +27,7 @@ impl Services {
             {
                 self.reject_remote_invite(room_id, target).await?;
                 return self
-                    .timeline
+                    .members
                     .membership(room_id, target)?
                     .map(|m| m.event_id)
                     .ok_or_else(|| Error::internal("the rejection left no membership"));
@@ -60,11 +60,11 @@ impl Services {
         {
             content["join_authorised_via_users_server"] = json!(authoriser);
         }
-        if membership == "join" {
-            for field in ["displayname", "avatar_url"] {
-                if let Some(value) = self.users.profile_field(target, field)? {
-                    content[field] = value;
-                }
+        // Joins and invites carry the member's profile, so that clients show "bob invited
+        // Alice" rather than a Matrix ID.
+        if matches!(membership, "join" | "invite") {
+            for (field, value) in self.member_profile(target).await? {
+                content[field] = value;
             }
         }
         let event_id = self
@@ -76,6 +76,42 @@ impl Services {
         Ok(event_id)
     }
 
+    /// The `displayname` and `avatar_url` a member event of `user_id` carries: this server's
+    /// record for its own users; for another server's, what their server says (asked with a
+    /// short timeout — an invite does not wait on a slow server, it goes out without them).
+    pub(crate) async fn member_profile(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Vec<(&'static str, Value)>> {
+        const FIELDS: [&str; 2] = ["displayname", "avatar_url"];
+        let mut profile = Vec::new();
+        if user_id.server_name() == self.server_name {
+            for field in FIELDS {
+                if let Some(value) = self.users.profile_field(user_id, field)? {
+                    profile.push((field, value));
+                }
+            }
+            return Ok(profile);
+        }
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.remote_profile(user_id, None),
+        )
+        .await;
+        match asked {
+            Ok(Ok(fields)) => {
+                for field in FIELDS {
+                    if let Some(value) = fields.get(field).filter(|v| v.is_string()) {
+                        profile.push((field, value.clone()));
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::info!(%user_id, "no profile for the invite: {e}"),
+            Err(_) => tracing::info!(%user_id, "no profile for the invite: their server is slow"),
+        }
+        Ok(profile)
+    }
+
     /// The state `user_id` may read: the current state while joined; the state as it was when
     /// they left (or were kicked or banned) afterwards; nothing otherwise.
     pub fn visible_state(
@@ -85,7 +121,7 @@ impl Services {
     ) -> Result<HashMap<(String, String), OwnedEventId>> {
         let not_member = || Error::forbidden("You are not a member of this room.");
         let membership = self
-            .timeline
+            .members
             .membership(room_id, user_id)?
             .ok_or_else(not_member)?;
         match membership.membership.as_str() {
@@ -119,19 +155,21 @@ impl Services {
     /// `POST /forget`: the room disappears from the user's view. Only once they are out of it
     /// (left, kicked, banned, or never there: then there is nothing to forget).
     pub async fn forget_room(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        self.timeline
-            .forget(room_id, user_id, |membership| match membership {
-                Some(m) if !matches!(m.membership.as_str(), "leave" | "ban") => Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    ruma::api::error::ErrorKind::Unknown,
-                    format!(
-                        "User {user_id} is in room {room_id} ({}): leave it first.",
-                        m.membership
-                    ),
-                )),
-                _ => Ok(()),
-            })
-            .await
+        // Under the room's lock, so that a membership change cannot slip in between the check
+        // and the forgetting.
+        let _guard = self.timeline.lock_room(room_id).await;
+        match self.members.membership(room_id, user_id)? {
+            None => Ok(()),
+            Some(m) if !matches!(m.membership.as_str(), "leave" | "ban") => Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::Unknown,
+                format!(
+                    "User {user_id} is in room {room_id} ({}): leave it first.",
+                    m.membership
+                ),
+            )),
+            Some(_) => self.members.forget(room_id, user_id),
+        }
     }
 
     /// Whether a `leave` or `ban` ended a stay in the room (the user was joined just before it),
@@ -141,7 +179,7 @@ impl Services {
     pub fn left_after_joining(
         &self,
         user_id: &UserId,
-        membership: &super::timeline::Membership,
+        membership: &super::members::Membership,
     ) -> Result<bool> {
         let before = self.timeline.state_entries_before(&membership.event_id)?;
         let Some(previous) = self
@@ -164,11 +202,8 @@ impl Services {
     /// The servers with at least one joined member in `room_id`, this server first when it is
     /// one of them (one prefix scan of `room_servers`).
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
-        let mut servers: std::collections::BTreeSet<_> = self
-            .timeline
-            .servers_of_room(room_id)?
-            .into_iter()
-            .collect();
+        let mut servers: std::collections::BTreeSet<_> =
+            self.members.servers_of_room(room_id)?.into_iter().collect();
         let ours = servers.remove(&self.server_name);
         Ok(ours
             .then(|| self.server_name.clone())

@@ -3,12 +3,14 @@
 
 pub mod alias;
 pub mod auth;
+pub mod client_event;
 pub mod context;
 pub mod create;
 pub mod directory;
 pub mod ephemeral;
 pub mod event;
 pub mod history;
+pub mod members;
 pub mod membership;
 pub mod pdu;
 pub mod profile;

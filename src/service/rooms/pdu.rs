@@ -149,6 +149,18 @@ pub fn str_field<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str
     }
 }
 
+/// A string field of a PDU's `content` (`membership`, `join_rule`, …), if it is there and a
+/// string.
+pub fn content_str<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
+    match pdu.get("content") {
+        Some(CanonicalJsonValue::Object(content)) => match content.get(name) {
+            Some(CanonicalJsonValue::String(s)) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// A PDU's `depth` (0 when missing or not a non-negative integer).
 pub fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
     match pdu.get("depth") {

@@ -15,7 +15,7 @@ impl Services {
     /// (one prefix scan of their rooms, then one append per room whose member event differs).
     /// A room that refuses is logged and skipped: the profile change itself has happened.
     pub async fn propagate_profile(&self, user_id: &UserId) {
-        let rooms = match self.timeline.rooms_of(user_id) {
+        let rooms = match self.members.rooms_of(user_id) {
             Ok(rooms) => rooms,
             Err(e) => {
                 tracing::warn!(%user_id, error = %e, "cannot list rooms to propagate a profile change");
@@ -34,7 +34,7 @@ impl Services {
 
     async fn update_member_profile(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         // Read again right before sending: a user who left meanwhile must not be re-joined.
-        let Some(membership) = self.timeline.membership(room_id, user_id)? else {
+        let Some(membership) = self.members.membership(room_id, user_id)? else {
             return Ok(());
         };
         if membership.membership != "join" {

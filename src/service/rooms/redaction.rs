@@ -22,7 +22,7 @@ impl Services {
         let state = self.timeline.current_state(room_id)?;
         let event = |kind: &str| -> Result<Option<serde_json::Value>> {
             match state.get(&(kind.to_owned(), String::new())) {
-                Some(id) => Ok(Some(self.timeline.client_event(room_id, id)?)),
+                Some(id) => Ok(Some(self.timeline.event_fields(room_id, id)?)),
                 None => Ok(None),
             }
         };
@@ -66,7 +66,7 @@ impl Services {
         sender: &UserId,
         target: &EventId,
         reason: Option<&str>,
-        txn: &[u8],
+        txn: &super::timeline::ClientTxn<'_>,
     ) -> Result<OwnedEventId> {
         let not_found = || Error::not_found("No such event in this room.");
         let pdu = self.timeline.pdu_json(target)?.ok_or_else(not_found)?;
@@ -78,7 +78,7 @@ impl Services {
             let power = self.power_level(room_id, sender)?;
             let state = self.timeline.current_state(room_id)?;
             let needed = match state.get(&("m.room.power_levels".to_owned(), String::new())) {
-                Some(id) => self.timeline.client_event(room_id, id)?["content"]["redact"]
+                Some(id) => self.timeline.event_fields(room_id, id)?["content"]["redact"]
                     .as_i64()
                     .unwrap_or(50),
                 None => 50,

@@ -20,9 +20,10 @@ use ruma::{DeviceId, EventId, OwnedEventId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::{
+    client_event::{Detail, Viewer, without_room_id},
+    members::Membership,
     state_store::StateEntry,
     sync_filter::{LazyMembers, SyncFilter},
-    timeline::Membership,
 };
 use crate::{
     Error, Result,
@@ -129,7 +130,7 @@ impl Services {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
-        for (room_id, membership) in self.timeline.rooms_of(user_id)? {
+        for (room_id, membership) in self.members.rooms_of(user_id)? {
             if !filter.includes_room(room_id.as_str()) {
                 continue;
             }
@@ -185,11 +186,14 @@ impl Services {
                 _ => {}
             }
         }
-        let account_data: Vec<Value> = self
-            .account_data_changes(user_id, None, request.since)?
-            .into_iter()
-            .filter(|e| filter.account_data.matches(e))
-            .collect();
+        let mut account_data = self.account_data_changes(user_id, None, request.since)?;
+        // A first sync carries the push rules, the server defaults when the user never
+        // changed one (and today's defaults merged into their stored set).
+        if request.since.is_none() {
+            account_data.retain(|e| e["type"] != "m.push_rules");
+            account_data.push(self.push_rules_event(user_id)?);
+        }
+        account_data.retain(|e| filter.account_data.matches(e));
         let presence: Vec<Value> = self
             .presence_events(user_id, request.since, now)?
             .into_iter()
@@ -237,7 +241,7 @@ impl Services {
             .into_iter()
             .filter(|e| filter.room_account_data.matches(e))
             .collect();
-        let timeline = self.room_timeline(user_id, room_id, window, filter)?;
+        let timeline = self.room_timeline(user_id, room_id, window, request)?;
         let (state_key, state) =
             self.room_state(user_id, room_id, window, &timeline, request, lazy)?;
         let quiet = window.state_base.is_some()
@@ -281,7 +285,7 @@ impl Services {
         lazy: &mut LazyMarks,
     ) -> Result<Value> {
         let filter = &request.filter;
-        let timeline = self.room_timeline(user_id, room_id, window, filter)?;
+        let timeline = self.room_timeline(user_id, room_id, window, request)?;
         let (state_key, state) = if was_joined {
             self.room_state(user_id, room_id, window, &timeline, request, lazy)?
         } else {
@@ -312,8 +316,13 @@ impl Services {
         user_id: &UserId,
         room_id: &RoomId,
         window: &Window,
-        filter: &SyncFilter,
+        request: &SyncRequest<'_>,
     ) -> Result<TimelinePart> {
+        let filter = &request.filter;
+        let mut view = self.event_view(Some(Viewer {
+            user_id,
+            device_id: Some(request.device_id),
+        }));
         let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT);
         // Most rooms of an incremental sync have nothing new: one look at the newest entry.
         let (newest, _) = self.timeline.last_events(room_id, window.upto, 1)?;
@@ -348,7 +357,7 @@ impl Services {
                 }
                 scanned += 1;
                 oldest_scanned = Some(count);
-                let event = self.timeline.client_event(room_id, &event_id)?;
+                let event = view.event(room_id, &event_id, Some(count), Detail::Timeline)?;
                 if filter.timeline.matches(&event)
                     && self.may_see_event(room_id, user_id, &event, count)?
                 {
@@ -388,6 +397,10 @@ impl Services {
         lazy: &mut LazyMarks,
     ) -> Result<(&'static str, Vec<Value>)> {
         let filter = &request.filter;
+        let mut view = self.event_view(Some(Viewer {
+            user_id,
+            device_id: Some(request.device_id),
+        }));
         let state_key = if request.use_state_after {
             "state_after"
         } else {
@@ -444,7 +457,7 @@ impl Services {
             if lazy_member && !wanted_members.contains(key) {
                 continue;
             }
-            let event = self.timeline.client_event(room_id, event_id)?;
+            let event = view.event(room_id, event_id, None, Detail::State)?;
             if !filter.state.matches(&event) {
                 continue;
             }
@@ -474,7 +487,7 @@ impl Services {
                 {
                     continue;
                 }
-                let event = self.timeline.client_event(room_id, &event_id)?;
+                let event = view.event(room_id, &event_id, None, Detail::State)?;
                 lazy.sent(room_id, member, &event_id);
                 events.push(filter.project(without_room_id(event)));
             }
@@ -484,7 +497,7 @@ impl Services {
 
     /// `m.heroes` (up to five other joined or invited members, by user ID) and member counts.
     fn room_summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
-        let members = self.timeline.members(room_id)?;
+        let members = self.members.of_room(room_id)?;
         let count = |m: &str| {
             members
                 .iter()
@@ -515,7 +528,7 @@ impl Services {
             if !wanted {
                 continue;
             }
-            let event = self.timeline.client_event(room_id, id)?;
+            let event = self.timeline.event_fields(room_id, id)?;
             events.push(json!({
                 "type": event_type,
                 "state_key": state_key,
@@ -577,13 +590,6 @@ fn timeline_json(timeline: TimelinePart, filter: &SyncFilter) -> Value {
 }
 
 /// Sync sends events without `room_id` (the room is the key they are listed under).
-fn without_room_id(mut event: Value) -> Value {
-    if let Some(object) = event.as_object_mut() {
-        object.remove("room_id");
-    }
-    event
-}
-
 fn has_changes(response: &Value) -> bool {
     let rooms = &response["rooms"];
     ["join", "invite", "leave", "knock"]

@@ -8,6 +8,7 @@
 //! become visible in order: a `/sync` that saw count N has seen every count below N. Each commit
 //! is announced on a watch channel that long-polling `/sync` will wait on.
 
+pub mod pipeline;
 mod remote;
 
 pub use remote::{Appended, referenced_ids};
@@ -18,8 +19,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
-    RoomId, RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, DeviceId, EventId, OwnedDeviceId, OwnedEventId,
+    OwnedRoomId, RoomId, RoomVersionId, ServerName, UserId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     signatures::Ed25519KeyPair,
@@ -45,17 +46,6 @@ const STREAM_KEY: &[u8] = b"stream_count";
 /// below a room's first event are for its backfilled history.
 pub const BACKFILL_HEADROOM: u64 = 1 << 32;
 
-/// The `membership` of an `m.room.member` PDU.
-fn membership_of(pdu: &CanonicalJsonObject) -> String {
-    match pdu.get("content") {
-        Some(CanonicalJsonValue::Object(content)) => match content.get("membership") {
-            Some(CanonicalJsonValue::String(m)) => m.clone(),
-            _ => String::new(),
-        },
-        _ => String::new(),
-    }
-}
-
 /// `prev_events` or `auth_events` references: IDs, with their PDUs where loaded.
 fn event_refs<'a>(
     ids: &'a [OwnedEventId],
@@ -70,14 +60,35 @@ fn event_refs<'a>(
         .collect()
 }
 
-/// The key under which a client transaction (`PUT /send/{type}/{txnId}`) is remembered.
-pub fn txn_key(user_id: &UserId, device_id: &str, room_id: &RoomId, txn_id: &str) -> Vec<u8> {
-    keys::join([
-        user_id.as_bytes(),
-        device_id.as_bytes(),
-        room_id.as_bytes(),
-        txn_id.as_bytes(),
-    ])
+/// A client transaction (`PUT /send/{type}/{txnId}`, `PUT /redact/{eventId}/{txnId}`): a
+/// repeat of it returns the first event, and the event shows the transaction ID to the device
+/// that sent it (`unsigned.transaction_id`), so the client can match its local echo.
+pub struct ClientTxn<'a> {
+    pub device_id: &'a DeviceId,
+    pub txn_id: &'a str,
+    /// Where it is remembered in `txn_ids`.
+    key: Vec<u8>,
+}
+
+impl<'a> ClientTxn<'a> {
+    pub fn new(
+        user_id: &UserId,
+        device_id: &'a DeviceId,
+        room_id: &RoomId,
+        txn_id: &'a str,
+    ) -> Self {
+        let key = keys::join([
+            user_id.as_bytes(),
+            device_id.as_bytes(),
+            room_id.as_bytes(),
+            txn_id.as_bytes(),
+        ]);
+        Self {
+            device_id,
+            txn_id,
+            key,
+        }
+    }
 }
 
 /// The key of an event in the `TimestampEvents` index: its room, then its `origin_server_ts`
@@ -131,16 +142,26 @@ impl<'a> LocalEvent<'a> {
 pub(crate) struct StoredPdu {
     pub(crate) event_id: OwnedEventId,
     pub(crate) pdu: CanonicalJsonObject,
+    /// For a local event sent with a client transaction: the device and transaction ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sent_by: Option<SentBy>,
 }
 
-/// A user's membership in a room, as the `user_rooms` index keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Membership {
-    pub membership: String,
-    /// The `m.room.member` event that set it.
-    pub event_id: OwnedEventId,
-    /// Its stream count (for sync: what changed since a token).
-    pub count: u64,
+/// The device that sent a local event and its transaction ID.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SentBy {
+    pub(crate) device_id: OwnedDeviceId,
+    pub(crate) txn_id: String,
+}
+
+impl StoredPdu {
+    pub(crate) fn new(event_id: OwnedEventId, pdu: CanonicalJsonObject) -> Self {
+        Self {
+            event_id,
+            pdu,
+            sent_by: None,
+        }
+    }
 }
 
 /// What the `rooms` column family holds for each room.
@@ -170,13 +191,8 @@ pub struct Timeline {
     /// The history visibility in force at a state snapshot. A snapshot never changes, and
     /// redaction keeps `history_visibility`, so an entry is never stale.
     visibility: quick_cache::sync::Cache<u64, Arc<str>>,
-    /// Set when federation is on: then new events are queued for the other servers in their
-    /// room, and the senders woken through `outbound`.
-    federating: std::sync::atomic::AtomicBool,
-    outbound: StdMutex<Option<tokio::sync::mpsc::UnboundedSender<OwnedServerName>>>,
-    /// Application services: the append path queues each event for those interested in it,
-    /// in the event's own batch (`service::appservice::queue`).
-    appservices: std::sync::OnceLock<Arc<crate::service::appservice::Appservices>>,
+    /// The per-event work that joins each event's commit (see [`pipeline`]).
+    pipeline: pipeline::Pipeline,
 }
 
 tokio::task_local! {
@@ -197,23 +213,6 @@ fn origin_ts_now() -> u64 {
     ORIGIN_TS
         .try_with(|ts| *ts)
         .unwrap_or_else(|_| utils::now_millis())
-}
-
-/// Queues `event_id` for each destination, in the federation outbox, under stream count
-/// `count` (which orders each destination's queue).
-pub(crate) fn queue_for_servers(
-    batch: &mut Batch,
-    count: u64,
-    destinations: &[OwnedServerName],
-    event_id: &EventId,
-) {
-    for destination in destinations {
-        batch.put(
-            Cf::FederationOutbox,
-            keys::join([destination.as_bytes(), &keys::u64_be(count)]),
-            serde_json::json!({ "pdu": event_id }).to_string(),
-        );
-    }
 }
 
 fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
@@ -246,135 +245,13 @@ impl Timeline {
             committed: watch::channel(count).0,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             visibility: quick_cache::sync::Cache::new(4096),
-            federating: std::sync::atomic::AtomicBool::new(false),
-            outbound: StdMutex::new(None),
-            appservices: std::sync::OnceLock::new(),
+            pipeline: pipeline::Pipeline::default(),
         })
     }
 
-    /// Connects the append path to the application services (once, at start-up).
-    pub fn set_appservices(&self, appservices: Arc<crate::service::appservice::Appservices>) {
-        let _ = self.appservices.set(appservices);
-    }
-
-    /// The application services interested in an event: worked out before the stream lock,
-    /// so that its batch can carry their queue entries (`service::appservice::queue`).
-    pub(crate) fn appservice_targets(
-        &self,
-        room_id: &RoomId,
-        sender: &UserId,
-        event_type: &str,
-        state_key: Option<&str>,
-    ) -> Result<Vec<Arc<crate::service::appservice::Appservice>>> {
-        match self.appservices.get() {
-            Some(appservices) => {
-                appservices.interested_in_event(room_id, sender, event_type, state_key)
-            }
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// After an event is committed: wakes the appservices it was queued for, and forgets who
-    /// is interested in the room when its members changed.
-    pub(crate) fn after_appservice_queueing(
-        &self,
-        targets: &[Arc<crate::service::appservice::Appservice>],
-        room_id: &RoomId,
-        event_type: &str,
-    ) {
-        crate::service::appservice::Appservices::wake(targets);
-        if event_type == "m.room.member"
-            && let Some(appservices) = self.appservices.get()
-        {
-            appservices.forget_room_interest(room_id);
-        }
-    }
-
-    /// Turns on queueing for federation; `wakeup` receives each destination with new items.
-    pub fn start_federating(&self, wakeup: tokio::sync::mpsc::UnboundedSender<OwnedServerName>) {
-        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(wakeup);
-        self.federating
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The other servers with joined members in a room: where its new events go. Empty (and
-    /// free) when federation is off.
-    pub(crate) fn remote_destinations(
-        &self,
-        room_id: &RoomId,
-        own: &ServerName,
-    ) -> Result<Vec<OwnedServerName>> {
-        if !self.federating.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(Vec::new());
-        }
-        Ok(self
-            .servers_of_room(room_id)?
-            .into_iter()
-            .filter(|server| server != own)
-            .collect())
-    }
-
-    /// The servers with joined members in a room, from `room_servers` (one prefix scan of a
-    /// key per server, however many members the room has).
-    pub fn servers_of_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
-        let prefix = keys::prefix(room_id.as_bytes());
-        let mut servers = Vec::new();
-        for item in self.store.scan_prefix(Cf::RoomServers, &prefix) {
-            let (key, _) = item?;
-            if let Ok(name) = std::str::from_utf8(&key[prefix.len()..])
-                && let Ok(server) = ServerName::parse(name)
-            {
-                servers.push(server);
-            }
-        }
-        Ok(servers)
-    }
-
-    /// Whether `server` has a joined member in `room_id` (one point read).
-    pub fn server_in_room(&self, room_id: &RoomId, server: &ServerName) -> Result<bool> {
-        Ok(self
-            .store
-            .get(
-                Cf::RoomServers,
-                &keys::join([room_id.as_bytes(), server.as_bytes()]),
-            )?
-            .is_some())
-    }
-
-    /// Adds `delta` to the number of `server`'s joined members in `room_id` (in `batch`); the
-    /// entry goes when it reaches zero.
-    pub(crate) fn count_room_server(
-        &self,
-        batch: &mut Batch,
-        room_id: &RoomId,
-        server: &ServerName,
-        delta: i64,
-    ) -> Result<()> {
-        let key = keys::join([room_id.as_bytes(), server.as_bytes()]);
-        let current = self
-            .store
-            .get(Cf::RoomServers, &key)?
-            .and_then(|v| keys::parse_u64_be(&v))
-            .unwrap_or(0);
-        let next = current.saturating_add_signed(delta);
-        if next == 0 {
-            batch.delete(Cf::RoomServers, key);
-        } else {
-            batch.put(Cf::RoomServers, key, keys::u64_be(next));
-        }
-        Ok(())
-    }
-
-    /// Tells the federation sender that these destinations have new items.
-    pub(crate) fn wake_senders(&self, destinations: &[OwnedServerName]) {
-        if destinations.is_empty() {
-            return;
-        }
-        if let Some(wakeup) = &*self.outbound.lock().unwrap_or_else(|p| p.into_inner()) {
-            for destination in destinations {
-                let _ = wakeup.send(destination.clone());
-            }
-        }
+    /// Adds a consumer to the commit pipeline (at start-up).
+    pub fn register_consumer(&self, consumer: Arc<dyn pipeline::EventConsumer>) {
+        self.pipeline.register(consumer);
     }
 
     /// The latest committed stream count, to wait on for new events.
@@ -392,6 +269,11 @@ impl Timeline {
     fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
         let mut locks = self.room_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// Holds the room's lock, the one appends take: no event enters the room meanwhile.
+    pub async fn lock_room(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+        self.room_lock(room_id).lock_owned().await
     }
 
     /// An event's signed PDU, by ID.
@@ -477,116 +359,26 @@ impl Timeline {
         Ok(map)
     }
 
-    /// A user's membership in a room (one point read).
-    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<Membership>> {
-        match self.store.get(
-            Cf::UserRooms,
-            &keys::join([user_id.as_bytes(), room_id.as_bytes()]),
-        )? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// A user's membership as the room's state has it (one point read on `room_members`).
-    /// Unlike [`Timeline::membership`], this survives the user forgetting the room.
-    pub fn member_state(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
-        Ok(self
-            .store
-            .get(
-                Cf::RoomMembers,
-                &keys::join([room_id.as_bytes(), user_id.as_bytes()]),
-            )?
-            .map(|m| String::from_utf8_lossy(&m).into_owned()))
-    }
-
-    /// Forgets a room for a user: drops their `user_rooms` entry, so the room leaves their
-    /// `/sync`, `/joined_rooms` and history reads. The room's own record of their membership
-    /// (`room_members`, the state) stays; a later membership event writes the entry again.
-    ///
-    /// `check` sees the current membership first and may refuse; both happen under the room's
-    /// lock, so a membership change cannot slip in between.
-    pub async fn forget(
-        &self,
-        room_id: &RoomId,
-        user_id: &UserId,
-        check: impl FnOnce(Option<&Membership>) -> Result<()>,
-    ) -> Result<()> {
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
-        let current = self.membership(room_id, user_id)?;
-        check(current.as_ref())?;
-        if current.is_none() {
-            return Ok(());
-        }
-        let mut batch = Batch::new();
-        batch.delete(
-            Cf::UserRooms,
-            keys::join([user_id.as_bytes(), room_id.as_bytes()]),
-        );
-        self.store.write(batch)?;
-        Ok(())
-    }
-
-    /// Every room a user has a membership in (one prefix scan).
-    pub fn rooms_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, Membership)>> {
-        let prefix = keys::prefix(user_id.as_bytes());
-        let mut rooms = Vec::new();
-        for item in self.store.scan_prefix(Cf::UserRooms, &prefix) {
-            let (key, value) = item?;
-            let room_id = std::str::from_utf8(&key[prefix.len()..])
-                .ok()
-                .and_then(|r| RoomId::parse(r).ok())
-                .ok_or_else(|| Error::internal("corrupt user_rooms key"))?;
-            rooms.push((room_id, serde_json::from_slice(&value)?));
-        }
-        Ok(rooms)
-    }
-
-    /// Every user with a membership in a room, and that membership (one prefix scan).
-    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(ruma::OwnedUserId, String)>> {
-        let prefix = keys::prefix(room_id.as_bytes());
-        let mut members = Vec::new();
-        for item in self.store.scan_prefix(Cf::RoomMembers, &prefix) {
-            let (key, value) = item?;
-            let user_id = std::str::from_utf8(&key[prefix.len()..])
-                .ok()
-                .and_then(|u| UserId::parse(u).ok())
-                .ok_or_else(|| Error::internal("corrupt room_members key"))?;
-            members.push((user_id, String::from_utf8_lossy(&value).into_owned()));
-        }
-        Ok(members)
-    }
-
-    /// An event in the client-server format (`type`, `content`, `event_id`, `sender`,
-    /// `origin_server_ts`, `room_id`, and `state_key`/`redacts` where present).
-    pub fn client_event(&self, room_id: &RoomId, event_id: &EventId) -> Result<serde_json::Value> {
+    /// An event's fields in the client format (`type`, `content`, `event_id`, `sender`,
+    /// `origin_server_ts`, `room_id`, and `state_key`/`redacts` where present), for the
+    /// server's own reads. What clients get is made by `client_event::EventView`, which adds
+    /// the `unsigned` fields of the one who asked.
+    pub fn event_fields(&self, room_id: &RoomId, event_id: &EventId) -> Result<serde_json::Value> {
         let pdu = self
             .pdu_json(event_id)?
             .ok_or_else(|| Error::not_found("No such event."))?;
-        let mut event = serde_json::Map::new();
-        for field in [
-            "type",
-            "content",
-            "sender",
-            "origin_server_ts",
-            "state_key",
-            "redacts",
-            "unsigned",
-        ] {
-            if let Some(value) = pdu.get(field) {
-                event.insert(field.to_owned(), value.clone().into());
-            }
-        }
-        event.insert("event_id".into(), event_id.as_str().into());
-        event.insert("room_id".into(), room_id.as_str().into());
-        // v11+ keep `redacts` in the content; clients built for older rooms read it at the top.
-        if !event.contains_key("redacts")
-            && let Some(redacts) = event.get("content").and_then(|c| c.get("redacts")).cloned()
-        {
-            event.insert("redacts".into(), redacts);
-        }
-        Ok(serde_json::Value::Object(event))
+        Ok(
+            CanonicalJsonValue::Object(super::client_event::client_fields(room_id, event_id, &pdu))
+                .into(),
+        )
+    }
+
+    /// An event as stored: its PDU and what was recorded with it.
+    pub(crate) fn stored_pdu(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
+        let Some(short) = self.short.existing_event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        self.pdu_by_short(short)
     }
 
     /// Up to `limit` of the room's events with a stream count at or below `upto`, oldest first,
@@ -927,19 +719,19 @@ impl Timeline {
     }
 
     /// Like [`Timeline::append`], but idempotent per `txn` (a client transaction, see
-    /// [`txn_key`]): a repeated transaction returns the first event's ID and sends nothing.
+    /// [`ClientTxn`]): a repeated transaction returns the first event's ID and sends nothing.
     pub async fn append_once(
         &self,
         room_id: &RoomId,
         sender: &UserId,
         event: LocalEvent<'_>,
-        txn: Option<&[u8]>,
+        txn: Option<&ClientTxn<'_>>,
         signer: &Signer<'_>,
     ) -> Result<OwnedEventId> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         if let Some(txn) = txn
-            && let Some(id) = self.store.get(Cf::TxnIds, txn)?
+            && let Some(id) = self.store.get(Cf::TxnIds, &txn.key)?
         {
             let id = String::from_utf8_lossy(&id).into_owned();
             return EventId::parse(&id).map_err(|e| Error::internal(e.to_string()));
@@ -1015,7 +807,7 @@ impl Timeline {
         room: RoomRecord,
         sender: &UserId,
         event: LocalEvent<'_>,
-        txn: Option<&[u8]>,
+        txn: Option<&ClientTxn<'_>>,
         origin_server_ts: u64,
         signer: &Signer<'_>,
     ) -> Result<(OwnedRoomId, OwnedEventId)> {
@@ -1130,6 +922,10 @@ impl Timeline {
         let stored = StoredPdu {
             event_id: signed.event_id.clone(),
             pdu: signed.json,
+            sent_by: txn.map(|txn| SentBy {
+                device_id: txn.device_id.to_owned(),
+                txn_id: txn.txn_id.to_owned(),
+            }),
         };
         let mut batch = Batch::new();
         batch.put(
@@ -1150,14 +946,16 @@ impl Timeline {
         if let Some(txn) = txn {
             batch.put(
                 Cf::TxnIds,
-                txn.to_vec(),
+                txn.key.clone(),
                 signed.event_id.as_bytes().to_vec(),
             );
         }
         if let Some(target) = redact_target
             && let Some(mut stored_target) = self.pdu_by_short(target)?
         {
-            let because = ruma::canonical_json::RedactedBecause::from_json(stored.pdu.clone());
+            let because = ruma::canonical_json::RedactedBecause::from_json(
+                super::client_event::client_fields(&signed.room_id, &stored.event_id, &stored.pdu),
+            );
             ruma::canonical_json::redact_in_place(
                 &mut stored_target.pdu,
                 &rules.redaction,
@@ -1171,120 +969,71 @@ impl Timeline {
             );
         }
 
-        let destinations = self.remote_destinations(&signed.room_id, signer.server_name)?;
-        let room_id = signed.room_id.clone();
-        let appservice_targets =
-            self.appservice_targets(&room_id, sender, event.event_type, event.state_key)?;
-        self.commit_counted(batch, |batch, count| {
-            crate::service::appservice::Appservices::queue_pdu(
-                batch,
-                &appservice_targets,
-                count,
-                &room_id,
-                short_event,
-            )?;
-            self.index_event(batch, count, &room_id, short_event, &stored)?;
-            queue_for_servers(batch, count, &destinations, &stored.event_id);
-            Ok(())
-        })
+        self.commit_event(
+            batch,
+            &pipeline::Appending {
+                room_id: &signed.room_id,
+                event_id: &stored.event_id,
+                short: short_event,
+                pdu: &stored.pdu,
+                origin: pipeline::Origin::Local,
+                sender,
+                event_type: event.event_type,
+                state_key: event.state_key,
+            },
+        )
         .await?;
-        self.wake_senders(&destinations);
-        self.after_appservice_queueing(&appservice_targets, &room_id, event.event_type);
         Ok((signed.room_id, signed.event_id))
     }
 
-    /// The index entries of a new timeline event, written with stream count `count`: the
-    /// room's timeline, the event's count, the timestamp index, membership indexes and the
-    /// public-rooms set.
-    pub(crate) fn index_event(
+    /// Commits an event's `batch` through the pipeline (see [`pipeline`]): the consumers
+    /// stage their work, the event takes the next stream count with its timeline entries and
+    /// everything staged in one write, then the consumers and `/sync` hear of it.
+    pub(crate) async fn commit_event(
         &self,
-        batch: &mut Batch,
-        count: u64,
-        room_id: &RoomId,
-        short_event: u64,
-        stored: &StoredPdu,
-    ) -> Result<()> {
-        let origin_server_ts = match stored.pdu.get("origin_server_ts") {
-            Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
-            _ => 0,
-        };
-        let event_type = match stored.pdu.get("type") {
-            Some(CanonicalJsonValue::String(t)) => t.as_str(),
-            _ => "",
-        };
-        let state_key = match stored.pdu.get("state_key") {
-            Some(CanonicalJsonValue::String(k)) => Some(k.as_str()),
-            _ => None,
-        };
-        batch.put(
-            Cf::Timeline,
-            keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
-            keys::u64_be(short_event),
-        );
-        batch.put(
-            Cf::EventCount,
-            keys::u64_be(short_event),
-            keys::u64_be(count),
-        );
-        // The room's timestamp index (`/timestamp_to_event`).
-        batch.put(
-            Cf::TimestampEvents,
-            timestamp_key(room_id, origin_server_ts, count),
-            keys::u64_be(short_event),
-        );
-        if event_type == "m.room.member"
-            && let Some(target) = state_key
-        {
-            let membership = membership_of(&stored.pdu);
-            let record = Membership {
-                membership: membership.clone(),
-                event_id: stored.event_id.clone(),
-                count,
-            };
-            let room = room_id.as_bytes();
-            // The room's servers (`room_servers`): a join or a leave moves its server's count.
-            let was_joined = self
-                .store
-                .get(Cf::RoomMembers, &keys::join([room, target.as_bytes()]))?
-                .is_some_and(|m| m == b"join");
-            let is_joined = membership == "join";
-            if was_joined != is_joined
-                && let Ok(target_id) = UserId::parse(target)
-            {
-                self.count_room_server(
-                    batch,
-                    room_id,
-                    target_id.server_name(),
-                    if is_joined { 1 } else { -1 },
-                )?;
-            }
-            batch.put(
-                Cf::UserRooms,
-                keys::join([target.as_bytes(), room]),
-                serde_json::to_vec(&record)?,
-            );
-            batch.put(
-                Cf::RoomMembers,
-                keys::join([room, target.as_bytes()]),
-                membership,
-            );
-        }
-        // User directory: which rooms are currently public to join (service::user_directory).
-        if event_type == "m.room.join_rules" && state_key == Some("") {
-            let public = matches!(
-                stored.pdu.get("content"),
-                Some(CanonicalJsonValue::Object(content))
-                    if matches!(content.get("join_rule"), Some(CanonicalJsonValue::String(rule)) if rule == "public")
-            );
-            if public {
-                batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
-            } else {
-                batch.delete(Cf::PublicJoinRooms, room_id.as_bytes());
-            }
-        }
-        // End of the user directory block.
-        Ok(())
+        batch: Batch,
+        event: &pipeline::Appending<'_>,
+    ) -> Result<u64> {
+        let mut staged = self.pipeline.prepare(event)?;
+        let count = self
+            .commit_counted(batch, |batch, count| {
+                index_timeline(batch, count, event.room_id, event.short, event.pdu);
+                staged.write(batch, count)
+            })
+            .await?;
+        staged.committed();
+        Ok(count)
     }
+}
+
+/// The timeline's own entries for an event at stream count `count`: its place in the room's
+/// timeline, its count, and the room's timestamp index (`/timestamp_to_event`).
+pub(crate) fn index_timeline(
+    batch: &mut Batch,
+    count: u64,
+    room_id: &RoomId,
+    short_event: u64,
+    pdu: &CanonicalJsonObject,
+) {
+    let origin_server_ts = match pdu.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+        _ => 0,
+    };
+    batch.put(
+        Cf::Timeline,
+        keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
+        keys::u64_be(short_event),
+    );
+    batch.put(
+        Cf::EventCount,
+        keys::u64_be(short_event),
+        keys::u64_be(count),
+    );
+    batch.put(
+        Cf::TimestampEvents,
+        timestamp_key(room_id, origin_server_ts, count),
+        keys::u64_be(short_event),
+    );
 }
 
 /// Forks: the parts of the append path that state resolution (`state_res.rs`) needs.
@@ -1663,6 +1412,117 @@ mod tests {
         assert!(
             after.last().unwrap().0 > before.last().unwrap().0,
             "counts keep rising"
+        );
+    }
+
+    /// A consumer that records what it saw and writes one marker per event.
+    #[derive(Default)]
+    struct Recorder {
+        seen: StdMutex<Vec<(OwnedEventId, pipeline::Origin)>>,
+        committed: Arc<std::sync::atomic::AtomicUsize>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    struct Marker {
+        key: Vec<u8>,
+        committed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl pipeline::EventConsumer for Recorder {
+        fn prepare(
+            &self,
+            event: &pipeline::Appending<'_>,
+        ) -> Result<Option<Box<dyn pipeline::Staged>>> {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::forbidden("refused by the recorder"));
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .push((event.event_id.to_owned(), event.origin));
+            Ok(Some(Box::new(Marker {
+                key: format!("marker {}", event.event_id).into_bytes(),
+                committed: self.committed.clone(),
+            })))
+        }
+    }
+
+    impl pipeline::Staged for Marker {
+        fn write(&mut self, batch: &mut Batch, count: u64) -> Result<()> {
+            batch.put(Cf::Global, self.key.clone(), keys::u64_be(count));
+            Ok(())
+        }
+
+        fn committed(self: Box<Self>) {
+            self.committed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn consumers_write_into_the_events_own_batch_under_its_count() {
+        let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
+        let room = new_room(&f, RoomVersionId::V11).await;
+        let recorder = Arc::new(Recorder::default());
+        f.timeline.register_consumer(recorder.clone());
+        let s = signer(&f.key);
+        let id = f
+            .timeline
+            .append(&room, &user(ALICE), LocalEvent::text("hello"), &s)
+            .await
+            .unwrap();
+        assert_eq!(
+            *recorder.seen.lock().unwrap(),
+            vec![(id.clone(), pipeline::Origin::Local)]
+        );
+        let marker = f
+            .timeline
+            .store
+            .get(Cf::Global, format!("marker {id}").as_bytes())
+            .unwrap()
+            .and_then(|v| keys::parse_u64_be(&v));
+        assert_eq!(
+            marker,
+            f.timeline.count_of(&id).unwrap(),
+            "the event's count"
+        );
+        assert_eq!(
+            recorder.committed.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "told once, after the write"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_fails_refuses_the_whole_event() {
+        let f = fixture_in(tempfile::TempDir::new().unwrap(), None);
+        let room = new_room(&f, RoomVersionId::V11).await;
+        let recorder = Arc::new(Recorder::default());
+        f.timeline.register_consumer(recorder.clone());
+        recorder
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let before = f.timeline.events_after(&room, 0, None, usize::MAX).unwrap();
+        let extremities = f.timeline.room(&room).unwrap().unwrap().extremities;
+        let s = signer(&f.key);
+        let refused = f
+            .timeline
+            .append(&room, &user(ALICE), LocalEvent::text("refused"), &s)
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(
+            f.timeline.events_after(&room, 0, None, usize::MAX).unwrap(),
+            before,
+            "no timeline entry"
+        );
+        assert_eq!(
+            f.timeline.room(&room).unwrap().unwrap().extremities,
+            extremities,
+            "the room record is unchanged"
+        );
+        assert_eq!(
+            recorder.committed.load(std::sync::atomic::Ordering::SeqCst),
+            0
         );
     }
 }

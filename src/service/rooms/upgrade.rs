@@ -90,7 +90,7 @@ impl Services {
             .room(room_id)?
             .ok_or_else(|| Error::not_found("No such room."))?;
         if self
-            .timeline
+            .members
             .membership(room_id, sender)?
             .is_none_or(|m| m.membership != "join")
         {
@@ -104,7 +104,7 @@ impl Services {
         let state = self.timeline.current_state(room_id)?;
         let content = |event_type: &str| -> Result<Option<Map<String, Value>>> {
             match state.get(&(event_type.to_owned(), String::new())) {
-                Some(id) => Ok(self.timeline.client_event(room_id, id)?["content"]
+                Some(id) => Ok(self.timeline.event_fields(room_id, id)?["content"]
                     .as_object()
                     .cloned()),
                 None => Ok(None),
@@ -228,7 +228,7 @@ impl Services {
             if event_type != "m.room.member" {
                 continue;
             }
-            let member = self.timeline.client_event(room_id, id)?;
+            let member = self.timeline.event_fields(room_id, id)?;
             if member["content"]["membership"] != "ban" {
                 continue;
             }

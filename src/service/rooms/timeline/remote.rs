@@ -18,7 +18,11 @@ use ruma::{
     events::StateEventType,
 };
 
-use super::{LocalEvent, RoomRecord, StoredPdu, Timeline, rules_of};
+use super::{
+    LocalEvent, RoomRecord, StoredPdu, Timeline,
+    pipeline::{AdoptedState, Appending, Origin},
+    rules_of,
+};
 use crate::{
     Error, Result,
     service::rooms::{
@@ -126,6 +130,7 @@ impl Timeline {
             .ok_or_else(|| Error::internal("the oldest event has no state"))?;
         events.sort_by_key(|(_, pdu)| std::cmp::Reverse(pdu::depth_of(pdu)));
         let mut batch = Batch::new();
+        let mut staged = Vec::new();
         let mut added = 0;
         for (event_id, pdu) in events {
             if self.count_of(&event_id)?.is_some() || count <= 1 {
@@ -143,27 +148,29 @@ impl Timeline {
             }
             count -= 1;
             let short = self.short.event(event_id.as_str())?;
-            let origin_server_ts = match pdu.get("origin_server_ts") {
-                Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
-                _ => 0,
-            };
-            let stored = StoredPdu { event_id, pdu };
+            let stored = StoredPdu::new(event_id, pdu);
             batch.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
             batch.put(Cf::EventState, keys::u64_be(short), state_before.clone());
-            batch.put(
-                Cf::Timeline,
-                keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
-                keys::u64_be(short),
-            );
-            batch.put(Cf::EventCount, keys::u64_be(short), keys::u64_be(count));
-            batch.put(
-                Cf::TimestampEvents,
-                super::timestamp_key(room_id, origin_server_ts, count),
-                keys::u64_be(short),
-            );
+            super::index_timeline(&mut batch, count, room_id, short, &stored.pdu);
+            let event_type = event.event_type.to_string();
+            let mut work = self.pipeline.prepare(&Appending {
+                room_id,
+                event_id: &stored.event_id,
+                short,
+                pdu: &stored.pdu,
+                origin: Origin::Backfill,
+                sender: &event.sender,
+                event_type: &event_type,
+                state_key: event.state_key.as_deref(),
+            })?;
+            work.write(&mut batch, count)?;
+            staged.push(work);
             added += 1;
         }
         self.store.write(batch)?;
+        for work in staged {
+            work.committed();
+        }
         Ok(added)
     }
 
@@ -173,10 +180,11 @@ impl Timeline {
             .short
             .existing_event(event_id.as_str())?
             .ok_or_else(|| Error::not_found("No such event."))?;
-        let stored = StoredPdu {
-            event_id: event_id.to_owned(),
-            pdu,
-        };
+        // What we recorded about the event stays; only the PDU changes.
+        let mut stored = self
+            .pdu_by_short(short)?
+            .unwrap_or_else(|| StoredPdu::new(event_id.to_owned(), CanonicalJsonObject::new()));
+        stored.pdu = pdu;
         self.store.put(
             Cf::Pdus,
             &keys::u64_be(short),
@@ -275,10 +283,7 @@ impl Timeline {
                 continue;
             }
             let short = self.short.event(event_id.as_str())?;
-            let stored = StoredPdu {
-                event_id: event_id.clone(),
-                pdu: pdu.clone(),
-            };
+            let stored = StoredPdu::new(event_id.clone(), pdu.clone());
             batch.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
         }
         Ok(self.store.write(batch)?)
@@ -344,10 +349,7 @@ impl Timeline {
 
         let short_event = self.short.event(event_id.as_str())?;
         let before = self.save_state(room.state, &state_before)?;
-        let stored = StoredPdu {
-            event_id: event_id.to_owned(),
-            pdu,
-        };
+        let stored = StoredPdu::new(event_id.to_owned(), pdu);
         let mut batch = Batch::new();
         batch.put(
             Cf::Pdus,
@@ -393,30 +395,21 @@ impl Timeline {
             depth: room.depth.max(pdu::depth_of(&stored.pdu)),
         };
         batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
-        // Bridges see other servers' events like local ones.
-        let event_type = pdu::str_field(&stored.pdu, "type")
-            .unwrap_or_default()
-            .to_owned();
-        let sender = UserId::parse(pdu::str_field(&stored.pdu, "sender").unwrap_or_default())
-            .map_err(|e| Error::bad_json(format!("Bad sender: {e}")))?;
-        let appservice_targets = self.appservice_targets(
-            room_id,
-            &sender,
-            &event_type,
-            pdu::str_field(&stored.pdu, "state_key"),
-        )?;
-        self.commit_counted(batch, |batch, count| {
-            crate::service::appservice::Appservices::queue_pdu(
-                batch,
-                &appservice_targets,
-                count,
+        let event_type = event.event_type.to_string();
+        self.commit_event(
+            batch,
+            &Appending {
                 room_id,
-                short_event,
-            )?;
-            self.index_event(batch, count, room_id, short_event, &stored)
-        })
+                event_id,
+                short: short_event,
+                pdu: &stored.pdu,
+                origin: Origin::Remote,
+                sender: &event.sender,
+                event_type: &event_type,
+                state_key: event.state_key.as_deref(),
+            },
+        )
         .await?;
-        self.after_appservice_queueing(&appservice_targets, room_id, &event_type);
         Ok(Appended::New)
     }
 
@@ -475,7 +468,18 @@ impl Timeline {
         if !same_server && !self.may_redact_others(&redaction.pdu, rules)? {
             return Ok(());
         }
-        let because = ruma::canonical_json::RedactedBecause::from_json(redaction.pdu.clone());
+        let Ok(room_id) =
+            RoomId::parse(pdu::str_field(&redaction.pdu, "room_id").unwrap_or_default())
+        else {
+            return Ok(());
+        };
+        let because = ruma::canonical_json::RedactedBecause::from_json(
+            crate::service::rooms::client_event::client_fields(
+                &room_id,
+                &redaction.event_id,
+                &redaction.pdu,
+            ),
+        );
         ruma::canonical_json::redact_in_place(
             &mut stored_target.pdu,
             &rules.redaction,
@@ -606,36 +610,19 @@ impl Timeline {
         // Outliers first: the PDUs the state and the auth rules refer to.
         let mut outliers = Batch::new();
         let mut state_map = State::new();
-        let mut members = Vec::new();
         for (event_id, pdu) in auth_chain.iter().chain(&state) {
             let short = self.short.event(event_id.as_str())?;
-            let stored = StoredPdu {
-                event_id: event_id.clone(),
-                pdu: pdu.clone(),
-            };
+            let stored = StoredPdu::new(event_id.clone(), pdu.clone());
             outliers.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
         }
         for (event_id, pdu) in &state {
             if let Some(key) = state_key_of(pdu) {
-                if key.0 == "m.room.member" {
-                    let membership = match pdu.get("content") {
-                        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
-                            Some(CanonicalJsonValue::String(m)) => m.clone(),
-                            _ => String::new(),
-                        },
-                        _ => String::new(),
-                    };
-                    members.push((key.1.clone(), membership, event_id.clone()));
-                }
                 state_map.insert(key, event_id.clone());
             }
         }
         let (join_id, join_pdu) = join;
         let join_short = self.short.event(join_id.as_str())?;
-        let join_stored = StoredPdu {
-            event_id: join_id.clone(),
-            pdu: join_pdu,
-        };
+        let join_stored = StoredPdu::new(join_id.clone(), join_pdu);
         outliers.put(
             Cf::Pdus,
             keys::u64_be(join_short),
@@ -652,7 +639,6 @@ impl Timeline {
             }
             allowed
         });
-        members.retain(|(_, _, id)| state_map.values().any(|kept| kept == id));
 
         // Our join must be allowed by the state the resident server gave.
         let event = Pdu::from_json(join_id.clone(), &join_stored.pdu, &rules)?;
@@ -686,63 +672,38 @@ impl Timeline {
             keys::u64_be(before),
         );
         batch.put(Cf::Rooms, room_id.as_bytes(), serde_json::to_vec(&record)?);
-        let public = after
-            .get(&("m.room.join_rules".to_owned(), String::new()))
-            .and_then(|id| self.pdu_json(id).ok().flatten())
-            .is_some_and(|rules_event| {
-                matches!(rules_event.get("content"), Some(CanonicalJsonValue::Object(c))
-                    if matches!(c.get("join_rule"), Some(CanonicalJsonValue::String(r)) if r == "public"))
-            });
-        if public {
-            batch.put(Cf::PublicJoinRooms, room_id.as_bytes(), Vec::new());
-        }
-        // The room's servers, counted from the state's joined members (replacing whatever an
-        // earlier stay in the room left).
-        let mut server_counts: std::collections::BTreeMap<String, u64> = Default::default();
-        for (user, membership, _) in &members {
-            if membership == "join"
-                && let Ok(user) = UserId::parse(user)
-            {
-                *server_counts
-                    .entry(user.server_name().to_string())
-                    .or_default() += 1;
-            }
-        }
-        for server in self.servers_of_room(room_id)? {
-            batch.delete(
-                Cf::RoomServers,
-                keys::join([room_id.as_bytes(), server.as_bytes()]),
-            );
-        }
-        for (server, joined) in &server_counts {
-            batch.put(
-                Cf::RoomServers,
-                keys::join([room_id.as_bytes(), server.as_bytes()]),
-                keys::u64_be(*joined),
-            );
-        }
+        // The consumers see our join, then index the whole state it completes (the members and
+        // their servers, the join rule), which replaces whatever an earlier stay left.
+        let kept: std::collections::HashSet<&OwnedEventId> = after.values().collect();
+        let adopted: Vec<(OwnedEventId, CanonicalJsonObject)> = state
+            .iter()
+            .filter(|(event_id, _)| kept.contains(event_id))
+            .cloned()
+            .chain([(join_id.clone(), join_stored.pdu.clone())])
+            .collect();
+        let join_type = event.event_type.to_string();
+        let mut staged = self
+            .pipeline
+            .prepare(&Appending {
+                room_id,
+                event_id: &join_id,
+                short: join_short,
+                pdu: &join_stored.pdu,
+                origin: Origin::RemoteJoin,
+                sender: &event.sender,
+                event_type: &join_type,
+                state_key: event.state_key.as_deref(),
+            })?
+            .then(self.pipeline.prepare_adopted_state(&AdoptedState {
+                room_id,
+                events: &adopted,
+            })?);
         self.commit_counted(batch, |batch, count| {
-            // The members the state names, as the indexes of local events would have them.
-            for (user, membership, event_id) in &members {
-                let record = super::Membership {
-                    membership: membership.clone(),
-                    event_id: event_id.clone(),
-                    count,
-                };
-                batch.put(
-                    Cf::UserRooms,
-                    keys::join([user.as_bytes(), room_id.as_bytes()]),
-                    serde_json::to_vec(&record)?,
-                );
-                batch.put(
-                    Cf::RoomMembers,
-                    keys::join([room_id.as_bytes(), user.as_bytes()]),
-                    membership.clone(),
-                );
-            }
-            self.index_event(batch, count, room_id, join_short, &join_stored)
+            super::index_timeline(batch, count, room_id, join_short, &join_stored.pdu);
+            staged.write(batch, count)
         })
         .await?;
+        staged.committed();
         Ok(())
     }
 }

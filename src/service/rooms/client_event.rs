@@ -1,0 +1,291 @@
+//! Events as clients see them. Every room event a client or an application service receives —
+//! in `/sync`, `/messages`, `/context`, `/event`, `/state`, `/members`, appservice
+//! transactions — is made here from the stored PDU, in the spec's `ClientEvent` format
+//! (`/sync` then drops `room_id`: `ClientEventWithoutRoomID`), with the `unsigned` fields the
+//! server adds for whoever asked:
+//!
+//! - `age`: milliseconds since the event was sent;
+//! - `transaction_id`: to the device that sent it, the ID of its transaction, so the client
+//!   can replace its local echo with the event (without it, clients show a message twice);
+//! - `membership`: the viewer's membership when the event was sent (spec v1.11);
+//! - `prev_content`, `prev_sender`, `replaces_state`: for a state event, the one it replaced
+//!   ("changed their display name from A to B");
+//! - `redacted_because` and `redacted_by`: for a redacted event, the redaction, as a client
+//!   event, and its ID.
+//!
+//! The fields of a remote PDU's own `unsigned` are not passed on: they are another server's
+//! claims about its own view.
+
+use std::collections::HashMap;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, DeviceId, EventId, OwnedRoomId, RoomId, UserId,
+};
+use serde_json::{Map, Value};
+
+use super::{members::Membership, pdu, timeline::StoredPdu};
+use crate::{Error, Result, service::Services, utils};
+
+/// The top-level fields a client event takes from its PDU.
+const CLIENT_FIELDS: [&str; 6] = [
+    "type",
+    "content",
+    "sender",
+    "origin_server_ts",
+    "state_key",
+    "redacts",
+];
+
+/// A PDU's fields in the client format, without `unsigned`: what clients and the server's own
+/// reads (content, sender, type) share.
+pub(crate) fn client_fields(
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &CanonicalJsonObject,
+) -> CanonicalJsonObject {
+    let mut event = CanonicalJsonObject::new();
+    for field in CLIENT_FIELDS {
+        if let Some(value) = pdu.get(field) {
+            event.insert(field.to_owned(), value.clone());
+        }
+    }
+    event.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(event_id.to_string()),
+    );
+    event.insert(
+        "room_id".into(),
+        CanonicalJsonValue::String(room_id.to_string()),
+    );
+    // v11+ keep `redacts` in the content; clients built for older rooms read it at the top.
+    if !event.contains_key("redacts")
+        && let Some(CanonicalJsonValue::Object(content)) = event.get("content")
+        && let Some(redacts) = content.get("redacts").cloned()
+    {
+        event.insert("redacts".into(), redacts);
+    }
+    event
+}
+
+/// The redaction recorded in a redacted PDU's `unsigned.redacted_because`, as a client event.
+/// culvert records it in the client format; databases from before that hold the redaction's
+/// PDU, whose event ID (from room version 3 on) is its reference hash.
+fn redaction_as_client_event(
+    services: &Services,
+    room_id: &RoomId,
+    because: &CanonicalJsonObject,
+) -> Option<Value> {
+    if because.contains_key("event_id") && !because.contains_key("hashes") {
+        return Some(CanonicalJsonValue::Object(because.clone()).into());
+    }
+    let event_id = match pdu::str_field(because, "event_id") {
+        Some(id) => EventId::parse(id).ok()?,
+        None => {
+            let version = services.timeline.room(room_id).ok()??.version;
+            let rules = version.rules()?;
+            let hash = ruma::signatures::reference_hash(because, &rules).ok()?;
+            EventId::parse(format!("${hash}")).ok()?
+        }
+    };
+    Some(CanonicalJsonValue::Object(client_fields(room_id, &event_id, because)).into())
+}
+
+/// An event in the `ClientEventWithoutRoomID` format of `/sync`: without `room_id`, also in the
+/// redaction it may carry.
+pub fn without_room_id(mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        object.remove("room_id");
+        if let Some(because) = object
+            .get_mut("unsigned")
+            .and_then(|u| u.get_mut("redacted_because"))
+            .and_then(Value::as_object_mut)
+        {
+            because.remove("room_id");
+        }
+    }
+    event
+}
+
+/// Who an event is formatted for.
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user_id: &'a UserId,
+    /// The requesting device, which sees its own transaction IDs.
+    pub device_id: Option<&'a DeviceId>,
+}
+
+/// How much of `unsigned` to work out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Timeline events (`/sync` timelines, `/messages`, `/context`, `/event`): everything,
+    /// including the viewer's membership at the event and what a state event replaced.
+    Timeline,
+    /// State sections and member lists: `age`, `transaction_id` and `redacted_because`.
+    State,
+}
+
+/// One request's view of events: formats them for its viewer, remembering what it read
+/// (the viewer's membership per room) for the next event.
+pub struct EventView<'a> {
+    services: &'a Services,
+    viewer: Option<Viewer<'a>>,
+    now: u64,
+    /// The viewer's current membership record per room.
+    current: HashMap<OwnedRoomId, Option<Membership>>,
+}
+
+impl Services {
+    /// Formats events for `viewer` (`None`: an application service, which gets no
+    /// viewer-specific fields).
+    pub fn event_view<'a>(&'a self, viewer: Option<Viewer<'a>>) -> EventView<'a> {
+        EventView {
+            services: self,
+            viewer,
+            now: utils::now_millis(),
+            current: HashMap::new(),
+        }
+    }
+}
+
+impl EventView<'_> {
+    /// The event `event_id` of `room_id` as a client event, with `count` its stream count
+    /// where the caller knows it.
+    pub fn event(
+        &mut self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        count: Option<u64>,
+        detail: Detail,
+    ) -> Result<Value> {
+        let stored = self
+            .services
+            .timeline
+            .stored_pdu(event_id)?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        let mut event = client_fields(room_id, event_id, &stored.pdu);
+        let unsigned = self.unsigned(room_id, &stored, &event, count, detail)?;
+        let mut event = match CanonicalJsonValue::Object(std::mem::take(&mut event)).into() {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        event.insert("unsigned".into(), Value::Object(unsigned));
+        Ok(Value::Object(event))
+    }
+
+    fn unsigned(
+        &mut self,
+        room_id: &RoomId,
+        stored: &StoredPdu,
+        event: &CanonicalJsonObject,
+        count: Option<u64>,
+        detail: Detail,
+    ) -> Result<Map<String, Value>> {
+        let mut unsigned = Map::new();
+        if let Some(CanonicalJsonValue::Integer(ts)) = stored.pdu.get("origin_server_ts") {
+            let ts = u64::try_from(i64::from(*ts)).unwrap_or(0);
+            unsigned.insert("age".into(), self.now.saturating_sub(ts).into());
+        }
+        if let Some(CanonicalJsonValue::Object(own)) = stored.pdu.get("unsigned")
+            && let Some(CanonicalJsonValue::Object(because)) = own.get("redacted_because")
+            && let Some(because) = redaction_as_client_event(self.services, room_id, because)
+        {
+            // The redaction as this viewer gets any event (its own `age`, `transaction_id`),
+            // when it is stored here; else as recorded.
+            let redaction_id = because["event_id"]
+                .as_str()
+                .and_then(|id| EventId::parse(id).ok());
+            let because = match &redaction_id {
+                Some(id) if *id != stored.event_id => self
+                    .event(room_id, id, None, Detail::State)
+                    .unwrap_or(because),
+                _ => because,
+            };
+            if let Some(id) = redaction_id {
+                unsigned.insert("redacted_by".into(), id.as_str().into());
+            }
+            unsigned.insert("redacted_because".into(), because);
+        }
+        let sender = pdu::str_field(&stored.pdu, "sender").unwrap_or_default();
+        if let (Some(viewer), Some(sent_by)) = (self.viewer, &stored.sent_by)
+            && viewer.user_id.as_str() == sender
+            && viewer.device_id == Some(&*sent_by.device_id)
+        {
+            unsigned.insert("transaction_id".into(), sent_by.txn_id.clone().into());
+        }
+        if detail == Detail::State {
+            return Ok(unsigned);
+        }
+        if let Some(viewer) = self.viewer {
+            let membership = self.membership_at(room_id, viewer.user_id, stored, event, count)?;
+            unsigned.insert("membership".into(), membership.into());
+        }
+        if let (Some(kind), Some(key)) = (
+            pdu::str_field(event, "type"),
+            pdu::str_field(event, "state_key"),
+        ) {
+            let timeline = &self.services.timeline;
+            let before = timeline.state_entries_before(&stored.event_id)?;
+            if let Some(previous) = timeline.lookup(&before, kind, key)?
+                && previous != stored.event_id
+                && let Some(prev) = timeline.pdu_json(&previous)?
+            {
+                if let Some(content) = prev.get("content") {
+                    unsigned.insert("prev_content".into(), content.clone().into());
+                }
+                if let Some(prev_sender) = pdu::str_field(&prev, "sender") {
+                    unsigned.insert("prev_sender".into(), prev_sender.into());
+                }
+                unsigned.insert("replaces_state".into(), previous.as_str().into());
+            }
+        }
+        Ok(unsigned)
+    }
+
+    /// The viewer's membership when the event was sent: what the event itself says when it is
+    /// about them; their current membership when it last changed before the event (the usual
+    /// case, one read per room and request); otherwise as the state before the event has it.
+    fn membership_at(
+        &mut self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        stored: &StoredPdu,
+        event: &CanonicalJsonObject,
+        count: Option<u64>,
+    ) -> Result<String> {
+        if pdu::str_field(event, "type") == Some("m.room.member")
+            && pdu::str_field(event, "state_key") == Some(user_id.as_str())
+        {
+            return Ok(pdu::content_str(event, "membership")
+                .unwrap_or("leave")
+                .to_owned());
+        }
+        let current = match self.current.get(room_id) {
+            Some(current) => current.clone(),
+            None => {
+                let current = self.services.members.membership(room_id, user_id)?;
+                self.current.insert(room_id.to_owned(), current.clone());
+                current
+            }
+        };
+        let count = match count {
+            Some(count) => Some(count),
+            None => self.services.timeline.count_of(&stored.event_id)?,
+        };
+        if let (Some(current), Some(count)) = (&current, count)
+            && current.count < count
+        {
+            return Ok(current.membership.clone());
+        }
+        let timeline = &self.services.timeline;
+        let before = timeline.state_entries_before(&stored.event_id)?;
+        Ok(
+            match timeline.lookup(&before, "m.room.member", user_id.as_str())? {
+                Some(id) => timeline
+                    .pdu_json(&id)?
+                    .and_then(|member| pdu::content_str(&member, "membership").map(str::to_owned))
+                    .unwrap_or_else(|| "leave".to_owned()),
+                None => "leave".to_owned(),
+            },
+        )
+    }
+}
