@@ -6,7 +6,7 @@ use serde_json::{Value, value::RawValue};
 
 use crate::{
     Result,
-    service::Services,
+    service::{Services, rooms::timeline::activity::Change},
     store::{Batch, Cf, Store, keys},
 };
 
@@ -59,8 +59,10 @@ impl Services {
         let key = key(user_id, room_id, event_type);
         let mut batch = Batch::new();
         batch.put(Cf::AccountData, key.clone(), content.get().as_bytes());
+        // Room account data is news in that room for sliding sync (`timeline::activity`).
+        let change = room_id.map(|room_id| (room_id, Change::AccountData));
         self.timeline
-            .commit_counted(batch, |batch, count| {
+            .commit_counted_in(change, batch, |batch, count| {
                 batch.put(Cf::AccountDataCounts, key, keys::u64_be(count));
                 Ok(())
             })

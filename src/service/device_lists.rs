@@ -202,9 +202,34 @@ impl Services {
         since: u64,
         upto: u64,
     ) -> Result<DeviceListChanges> {
+        self.device_list_changes_in(user_id, since, upto, None)
+    }
+
+    /// Like [`Services::device_list_changes`], looking only at `rooms` (those with events after
+    /// `since`, as the recent activity knows them) when given: a point read each instead of
+    /// every room of the user.
+    pub fn device_list_changes_in(
+        &self,
+        user_id: &UserId,
+        since: u64,
+        upto: u64,
+        rooms: Option<&std::collections::HashSet<ruma::OwnedRoomId>>,
+    ) -> Result<DeviceListChanges> {
         let mut joined_now = BTreeSet::new();
         let mut left_candidates = BTreeSet::new();
-        for (room_id, membership) in self.members.rooms_of(user_id)? {
+        let memberships = match rooms {
+            Some(rooms) => {
+                let mut memberships = Vec::with_capacity(rooms.len());
+                for room_id in rooms {
+                    if let Some(membership) = self.members.membership(room_id, user_id)? {
+                        memberships.push((room_id.clone(), membership));
+                    }
+                }
+                memberships
+            }
+            None => self.members.rooms_of(user_id)?,
+        };
+        for (room_id, membership) in memberships {
             let (newest, _) = self.timeline.last_events(&room_id, upto, 1)?;
             if newest.first().is_none_or(|(count, _)| *count <= since) {
                 continue;

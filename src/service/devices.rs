@@ -236,7 +236,8 @@ impl Devices {
     }
 
     /// Adds the deletion of one device, its token and what is kept per device (the member
-    /// events lazy-loading `/sync` sent it, its encryption keys and to-device queue) to `batch`.
+    /// events lazy-loading `/sync` sent it, its sliding-sync connections, its encryption keys
+    /// and to-device queue) to `batch`.
     fn delete_device_into(
         &self,
         batch: &mut Batch,
@@ -247,8 +248,15 @@ impl Devices {
         batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
         let device_key = Self::device_key(user_id, device_id);
         let prefix = keys::prefix(&device_key);
-        for item in self.store.scan_prefix(Cf::LazyLoadedMembers, &prefix) {
-            batch.delete(Cf::LazyLoadedMembers, item?.0.to_vec());
+        // The member events lazy-loading `/sync` sent it, and its sliding-sync connections.
+        for cf in [
+            Cf::LazyLoadedMembers,
+            Cf::SlidingConnections,
+            Cf::SlidingRooms,
+        ] {
+            for item in self.store.scan_prefix(cf, &prefix) {
+                batch.delete(cf, item?.0.to_vec());
+            }
         }
         // Its keys and to-device queue go with it (E2EE).
         crate::service::e2ee::delete_device_into(&self.store, batch, user_id, device_id)?;

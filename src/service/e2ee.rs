@@ -609,6 +609,40 @@ impl Services {
         Ok(events)
     }
 
+    /// Sliding sync's `to_device` page: at most `limit` messages after `since` up to `upto`,
+    /// and the `next_batch` to acknowledge them with (the last one's count when the page is
+    /// full, else `upto`).
+    pub fn to_device_page(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        since: Option<u64>,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<Value>, u64)> {
+        let prefix = keys::prefix(&keys::join([user_id.as_bytes(), device_id.as_bytes()]));
+        let mut start = prefix.clone();
+        start.extend_from_slice(&keys::u64_be(since.map_or(0, |s| s.saturating_add(1))));
+        let mut events = Vec::new();
+        let mut next_batch = upto.max(since.unwrap_or(0));
+        for item in self.store.scan_prefix_from(Cf::ToDevice, &prefix, &start) {
+            let (key, value) = item?;
+            let count = keys::parse_u64_be(&key[prefix.len()..])
+                .ok_or_else(|| Error::internal("corrupt to-device key"))?;
+            if count > upto {
+                break;
+            }
+            if events.len() == limit {
+                break;
+            }
+            events.push(serde_json::from_slice(&value)?);
+            if events.len() == limit {
+                next_batch = count;
+            }
+        }
+        Ok((events, next_batch))
+    }
+
     /// Deletes the device's to-device messages up to `since`: a sync from `since` shows that
     /// the client received the response that carried them.
     pub fn acknowledge_to_device(

@@ -66,6 +66,8 @@ pub struct Services {
     pub media: media::Media,
     /// Application services: registrations, namespaces, the push queue (see `appservice`).
     pub appservices: Arc<appservice::Appservices>,
+    /// Sliding sync: connections in use and users' room lists (see `rooms::sliding_sync`).
+    pub sliding: rooms::sliding_sync::Sliding,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -110,6 +112,7 @@ impl Services {
         timeline.register_consumer(Arc::new(appservice::queue::RoomEventQueue(
             appservices.clone(),
         )));
+        timeline.register_consumer(Arc::new(rooms::sliding_sync::room_list::BumpStamps));
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -131,6 +134,7 @@ impl Services {
             federation,
             media,
             appservices,
+            sliding: rooms::sliding_sync::Sliding::default(),
             store,
             config,
         });

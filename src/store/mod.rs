@@ -21,293 +21,201 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-/// Every column family, declared once. The comment on each gives its key → value layout
-/// (parts joined by 0xFF, see [`keys`]); ARCHITECTURE.md repeats this table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cf {
+/// Declares the column families once: the `Cf` enum (each variant's doc gives its key → value
+/// layout), `Cf::ALL` and `Cf::name` all come from this one list.
+macro_rules! column_families {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// Every column family, declared once. The comment on each gives its key → value layout
+        /// (parts joined by 0xFF, see [`keys`]); ARCHITECTURE.md repeats this table.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Cf {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Cf {
+            pub const ALL: &'static [Cf] = &[$(Cf::$variant,)+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Cf::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+column_families! {
     /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON),
     /// `bootstrap_registration_token` (UTF-8), `shortid_reserved` (u64 BE).
-    Global,
+    Global => "global",
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
-    Users,
+    Users => "users",
     /// `user_id 0xFF field` → field value (JSON), e.g. `displayname`, `avatar_url`, `m.tz`.
-    Profile,
+    Profile => "profile",
     /// `user_id 0xFF device_id` → [`crate::service::devices::DeviceRecord`] (JSON).
-    Devices,
+    Devices => "devices",
     /// `sha256(access_token)` → `user_id 0xFF device_id`. Tokens themselves are never stored.
-    AccessTokens,
+    AccessTokens => "access_tokens",
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → content (JSON). Empty room = global.
-    AccountData,
+    AccountData => "account_data",
     /// `event_id` → short event id (u64 BE). See `service::rooms::short`.
-    EventIdShort,
+    EventIdShort => "eventid_shorteventid",
     /// short event id (u64 BE) → `event_id`.
-    ShortEventId,
+    ShortEventId => "shorteventid_eventid",
     /// `event_type 0xFF state_key` → short state key (u64 BE).
-    StateKeyShort,
+    StateKeyShort => "statekey_shortstatekey",
     /// short state key (u64 BE) → `event_type 0xFF state_key`.
-    ShortStateKey,
+    ShortStateKey => "shortstatekey_statekey",
     /// sha256 of a full compressed state → short state hash (u64 BE): identical states share one.
-    StateHashShort,
+    StateHashShort => "statehash_shortstatehash",
     /// short state hash (u64 BE) → state delta: parent (u64 BE, 0 = none), chain depth (u32 BE),
     /// number of added entries (u32 BE), added entries, removed entries; an entry is
     /// short state key ++ short event id (16 bytes). See `service::rooms::state_store`.
-    StateDiff,
+    StateDiff => "shortstatehash_statediff",
     /// short event id (u64 BE) → `StoredPdu` JSON: event ID and the signed PDU.
-    Pdus,
+    Pdus => "pdus",
     /// short event id (u64 BE) → short state hash (u64 BE) of the state *before* the event.
-    EventState,
+    EventState => "shorteventid_shortstatehash",
     /// `room_id` → `RoomRecord` JSON: version, current state, forward extremities, depth.
-    Rooms,
+    Rooms => "rooms",
     /// `room_id 0xFF stream count (u64 BE)` → short event id (u64 BE): each room's timeline.
-    Timeline,
+    Timeline => "timeline",
     /// short event id (u64 BE) → stream count (u64 BE): an event's place in its timeline.
-    EventCount,
+    EventCount => "shorteventid_count",
     /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → event ID: `PUT /send` idempotency.
-    TxnIds,
+    TxnIds => "txnid_eventid",
     /// `user_id 0xFF room_id` → `Membership` JSON: membership, its event ID, stream count.
-    UserRooms,
+    UserRooms => "user_rooms",
     /// `room_id 0xFF user_id` → membership (`join`, `invite`, `leave`, `ban`, `knock`).
-    RoomMembers,
+    RoomMembers => "room_members",
     /// `user_id 0xFF filter_id` → filter definition (JSON, as uploaded).
-    Filters,
+    Filters => "filters",
     /// `room_id 0xFF user_id 0xFF receipt_type 0xFF thread` → `{event_id, ts, count}` JSON.
-    Receipts,
+    Receipts => "receipts",
     /// `#alias:server` → `{room_id, creator}` JSON: the room directory's aliases.
-    Aliases,
+    Aliases => "alias_roomid",
     /// `room_id 0xFF #alias:server` → nothing: a room's aliases (prefix scan).
-    RoomAliases,
+    RoomAliases => "roomid_aliases",
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
     /// data's last change (what `/sync` sends since a token).
-    AccountDataCounts,
+    AccountDataCounts => "account_data_counts",
     /// `user_id 0xFF device_id 0xFF room_id 0xFF member_user_id` → sync position (u64 BE) ++
     /// member event ID: the member events lazy-loading `/sync` already sent to a device.
-    LazyLoadedMembers,
+    LazyLoadedMembers => "lazy_loaded_members",
     /// `user_id` → `PresenceRecord` JSON: state, status message, last active time (ms), stream
     /// count of its last change. See `service::presence`.
-    Presence,
+    Presence => "presence",
     /// stream count (u64 BE) → `user_id`: presence changes in order, one entry per user (the
     /// previous one is deleted in the same batch), so an incremental `/sync` seeks from its token.
-    PresenceStream,
+    PresenceStream => "presence_stream",
     /// `room_id` → nothing: rooms whose current join rule is `public` (the user directory's
     /// candidates beyond the searcher's own rooms). Kept by the append path.
-    PublicJoinRooms,
+    PublicJoinRooms => "public_join_rooms",
     /// `room_id 0xFF stream count (u64 BE)` → `user_id 0xFF receipt_type 0xFF thread`: each
     /// receipt's latest change (the previous entry is deleted in the same batch), so `/sync`
     /// reads only the receipts that changed since its token.
-    ReceiptStream,
+    ReceiptStream => "receipt_stream",
     /// `room_id 0xFF origin_server_ts (u64 BE) ++ stream count (u64 BE)` → short event id
     /// (u64 BE): each room's events by timestamp (`/timestamp_to_event` is one seek).
-    TimestampEvents,
+    TimestampEvents => "roomid_ts_shorteventid",
     /// `room_id` → nothing: the rooms this server publishes in its room directory
     /// (`/publicRooms`).
-    PublicRooms,
+    PublicRooms => "public_rooms",
     /// short event id (u64 BE) → the short ids (u64 BE each, sorted) of every event in its full
     /// auth chain: a cache for state resolution (`service::rooms::state_res`). An event's auth
     /// chain never changes, so entries are never invalidated.
-    AuthChains,
+    AuthChains => "shorteventid_authchain",
     /// `user_id 0xFF device_id` → the device's signed identity keys (JSON, as uploaded minus
     /// `unsigned`). See `service::e2ee`.
-    DeviceKeys,
+    DeviceKeys => "device_keys",
     /// `user_id 0xFF device_id 0xFF algorithm 0xFF key_id` → one-time key (JSON): unclaimed
     /// one-time keys; claiming deletes the entry.
-    OneTimeKeys,
+    OneTimeKeys => "one_time_keys",
     /// `user_id 0xFF device_id 0xFF algorithm` → `{key_id, key, used}` JSON: the device's
     /// fallback key per algorithm (handed out when no one-time key is left, then marked used).
-    FallbackKeys,
+    FallbackKeys => "fallback_keys",
     /// `user_id 0xFF device_id 0xFF stream count (u64 BE)` → `{type, sender, content}` JSON: the
     /// device's queue of to-device messages, deleted once a sync acknowledges them.
-    ToDevice,
+    ToDevice => "to_device",
     /// `sender_user_id 0xFF sender_device_id 0xFF txn_id` → nothing: `PUT /sendToDevice`
     /// idempotency.
-    ToDeviceTxn,
+    ToDeviceTxn => "to_device_txn",
     /// `user_id 0xFF usage` (`master`, `self_signing`, `user_signing`) → the user's cross-signing
     /// key (JSON as uploaded, with signatures uploaded later merged into `signatures`).
-    CrossSigningKeys,
+    CrossSigningKeys => "cross_signing_keys",
     /// stream count (u64 BE) ++ `user_id` → nothing: device-list changes in order, one entry per
     /// user (the previous one is deleted in the same batch), so `/sync` and `/keys/changes` seek
     /// from a token. See `service::device_lists`.
-    DeviceListStream,
+    DeviceListStream => "device_list_stream",
     /// `user_id` → stream count (u64 BE) of the user's latest device-list change (the entry of
     /// `device_list_stream` to delete at the next change).
-    DeviceListCounts,
+    DeviceListCounts => "device_list_counts",
     /// `user_id 0xFF version (u64 BE)` → `{algorithm, auth_data, etag, count, deleted}` JSON: the
     /// user's key backup versions (a deleted one stays as a tombstone). See `service::key_backup`.
-    BackupVersions,
+    BackupVersions => "backup_versions",
     /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id` → the backed-up session
     /// (`{first_message_index, forwarded_count, is_verified, session_data}` JSON).
-    BackupSessions,
+    BackupSessions => "backup_sessions",
     /// `user_id` → `{device_id, device_data}`: the user's dehydrated device (MSC3814).
-    DehydratedDevices,
+    DehydratedDevices => "dehydrated_devices",
     /// `server_name` → its signing keys as cached (`service::federation::server_keys`, JSON:
     /// key ID → key and validity, plus the last self-signed key document).
-    ServerKeys,
+    ServerKeys => "server_keys",
     /// `destination 0xFF seq (u64 BE)` → one queued PDU (`{"pdu": event_id}`) or EDU (JSON), to
     /// send to that server in order (`service::federation::sender`).
-    FederationOutbox,
+    FederationOutbox => "federation_outbox",
     /// `origin 0xFF txn_id` → the answer given to that inbound `/send` transaction, so a
     /// repeated transaction is answered the same without being processed again.
-    FederationTxns,
+    FederationTxns => "federation_txns",
     /// `user_id 0xFF room_id` → an invite of a local user to a room on another server that
     /// this server is not in (`service::federation::invite::RemoteInvite`, JSON).
-    RemoteInvites,
+    RemoteInvites => "remote_invites",
     /// `server_name 0xFF media_id` → [`crate::service::media::MediaRecord`] JSON: content hash
     /// (none while a `/create` upload is pending), content type, file name, size, uploader,
     /// created, expiry of a pending ID, legacy-frozen and quarantine flags.
-    Media,
+    Media => "media",
     /// hex SHA-256 of a stored file → reference count (u64 BE): media records and thumbnails
     /// using it. The file is removed when the count reaches zero.
-    MediaFiles,
+    MediaFiles => "media_files",
     /// `server_name 0xFF media_id 0xFF "{width}x{height}-{method}"` →
     /// [`crate::service::media::ThumbnailRecord`] JSON: hash, content type, size, dimensions.
-    MediaThumbnails,
+    MediaThumbnails => "media_thumbnails",
     /// URL → `{ts, preview}` JSON: cached `/preview_url` answers.
-    UrlPreviews,
+    UrlPreviews => "url_previews",
     /// `appservice_id` → `{source, registration}` JSON: every registered application service
     /// (registration files are the source of truth; see `service::appservice`).
-    Appservices,
+    Appservices => "appservices",
     /// `appservice_id 0xFF stream count (u64 BE) ++ sequence (u64 BE)` → queued item JSON
     /// (`{"pdu": {room_id, short}}`, `{"edu": event}`, `{"to_device": event}`,
     /// `{"keys": {user_id, device_id}}`, `{"device_list": {user_id}}`): what is still to be
     /// pushed to the appservice, in order. Room events use sequence 0 and are written in the
     /// event's own batch; the others take the current stream count and a start-up-seeded
     /// sequence.
-    AppserviceQueue,
+    AppserviceQueue => "appservice_queue",
     /// `appservice_id` → `{next_txn_id, pending}` JSON: the next transaction ID, and the
     /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
     /// crash the same transaction is sent again with the same content.
-    AppserviceTxns,
+    AppserviceTxns => "appservice_txns",
     /// `room_id 0xFF server_name` → how many of the server's users are joined (u64 BE), kept by
     /// the append path with `room_members`: where a room's events go over federation.
-    RoomServers,
+    RoomServers => "room_servers",
     /// `token` → `{user_id, expires_at}` JSON (milliseconds since the epoch): OpenID tokens a
     /// client handed to a third party, which other servers check through
     /// `/_matrix/federation/v1/openid/userinfo`; they live an hour and are dropped when found
     /// expired.
-    OpenidTokens,
-}
-
-impl Cf {
-    pub const ALL: [Cf; 57] = [
-        Cf::Global,
-        Cf::Users,
-        Cf::Profile,
-        Cf::Devices,
-        Cf::AccessTokens,
-        Cf::AccountData,
-        Cf::EventIdShort,
-        Cf::ShortEventId,
-        Cf::StateKeyShort,
-        Cf::ShortStateKey,
-        Cf::StateHashShort,
-        Cf::StateDiff,
-        Cf::Pdus,
-        Cf::EventState,
-        Cf::Rooms,
-        Cf::Timeline,
-        Cf::EventCount,
-        Cf::TxnIds,
-        Cf::UserRooms,
-        Cf::RoomMembers,
-        Cf::Filters,
-        Cf::Receipts,
-        Cf::Aliases,
-        Cf::RoomAliases,
-        Cf::AccountDataCounts,
-        Cf::LazyLoadedMembers,
-        Cf::Presence,
-        Cf::PresenceStream,
-        Cf::PublicJoinRooms,
-        Cf::ReceiptStream,
-        Cf::TimestampEvents,
-        Cf::PublicRooms,
-        Cf::AuthChains,
-        Cf::DeviceKeys,
-        Cf::OneTimeKeys,
-        Cf::FallbackKeys,
-        Cf::ToDevice,
-        Cf::ToDeviceTxn,
-        Cf::CrossSigningKeys,
-        Cf::DeviceListStream,
-        Cf::DeviceListCounts,
-        Cf::BackupVersions,
-        Cf::BackupSessions,
-        Cf::DehydratedDevices,
-        Cf::ServerKeys,
-        Cf::FederationOutbox,
-        Cf::FederationTxns,
-        Cf::RemoteInvites,
-        Cf::Media,
-        Cf::MediaFiles,
-        Cf::MediaThumbnails,
-        Cf::UrlPreviews,
-        Cf::Appservices,
-        Cf::AppserviceQueue,
-        Cf::AppserviceTxns,
-        Cf::RoomServers,
-        Cf::OpenidTokens,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cf::Global => "global",
-            Cf::Users => "users",
-            Cf::Profile => "profile",
-            Cf::Devices => "devices",
-            Cf::AccessTokens => "access_tokens",
-            Cf::AccountData => "account_data",
-            Cf::EventIdShort => "eventid_shorteventid",
-            Cf::ShortEventId => "shorteventid_eventid",
-            Cf::StateKeyShort => "statekey_shortstatekey",
-            Cf::ShortStateKey => "shortstatekey_statekey",
-            Cf::StateHashShort => "statehash_shortstatehash",
-            Cf::StateDiff => "shortstatehash_statediff",
-            Cf::Pdus => "pdus",
-            Cf::EventState => "shorteventid_shortstatehash",
-            Cf::Rooms => "rooms",
-            Cf::Timeline => "timeline",
-            Cf::EventCount => "shorteventid_count",
-            Cf::TxnIds => "txnid_eventid",
-            Cf::UserRooms => "user_rooms",
-            Cf::RoomMembers => "room_members",
-            Cf::Filters => "filters",
-            Cf::Receipts => "receipts",
-            Cf::Aliases => "alias_roomid",
-            Cf::RoomAliases => "roomid_aliases",
-            Cf::AccountDataCounts => "account_data_counts",
-            Cf::LazyLoadedMembers => "lazy_loaded_members",
-            Cf::Presence => "presence",
-            Cf::PresenceStream => "presence_stream",
-            Cf::PublicJoinRooms => "public_join_rooms",
-            Cf::ReceiptStream => "receipt_stream",
-            Cf::TimestampEvents => "roomid_ts_shorteventid",
-            Cf::PublicRooms => "public_rooms",
-            Cf::AuthChains => "shorteventid_authchain",
-            Cf::DeviceKeys => "device_keys",
-            Cf::OneTimeKeys => "one_time_keys",
-            Cf::FallbackKeys => "fallback_keys",
-            Cf::ToDevice => "to_device",
-            Cf::ToDeviceTxn => "to_device_txn",
-            Cf::CrossSigningKeys => "cross_signing_keys",
-            Cf::DeviceListStream => "device_list_stream",
-            Cf::DeviceListCounts => "device_list_counts",
-            Cf::BackupVersions => "backup_versions",
-            Cf::BackupSessions => "backup_sessions",
-            Cf::DehydratedDevices => "dehydrated_devices",
-            Cf::ServerKeys => "server_keys",
-            Cf::FederationOutbox => "federation_outbox",
-            Cf::FederationTxns => "federation_txns",
-            Cf::RemoteInvites => "remote_invites",
-            Cf::Media => "media",
-            Cf::MediaFiles => "media_files",
-            Cf::MediaThumbnails => "media_thumbnails",
-            Cf::UrlPreviews => "url_previews",
-            Cf::Appservices => "appservices",
-            Cf::AppserviceQueue => "appservice_queue",
-            Cf::AppserviceTxns => "appservice_txns",
-            Cf::RoomServers => "room_servers",
-            Cf::OpenidTokens => "openid_tokens",
-        }
-    }
+    OpenidTokens => "openid_tokens",
+    /// `user_id 0xFF device_id 0xFF conn_id` →
+    /// [`crate::service::rooms::sliding_sync::connection::Record`] JSON: a sliding-sync
+    /// connection's positions (the base the client holds, the ones created from it and the
+    /// rooms each touched) and when it was last used.
+    SlidingConnections => "sliding_connections",
+    /// `user_id 0xFF device_id 0xFF conn_id 0xFF room_id` →
+    /// [`crate::service::rooms::sliding_sync::connection::RoomVersions`] JSON: what the
+    /// connection's positions hold of the room (sent up to which count, with which config).
+    SlidingRooms => "sliding_rooms",
+    /// `room_id` → stream count (u64 BE) of the room's latest event of a type that moves it
+    /// up in clients' lists (sliding sync's `bump_stamp`), kept by the commit pipeline.
+    RoomBumps => "room_bumps",
 }
 
 /// A key and its value, as read from a scan.

@@ -34,6 +34,7 @@ mod rooms;
 mod scale;
 mod server_keys;
 mod session;
+mod sliding_sync;
 mod synapse;
 mod sync;
 mod voip;

@@ -22,6 +22,7 @@ mod push_rules;
 mod register;
 mod room;
 mod session;
+mod sliding_sync;
 mod sync;
 mod to_device;
 mod user_directory;
@@ -42,6 +43,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         )
         .ruma_route::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
         .ruma_route::<c::voip::get_turn_server_info::v3::Request, _, _>(voip::turn_server)
+        .ruma_route::<c::sync::sync_events::v5::Request, _, _>(sliding_sync::sliding_sync)
         .ruma_route::<c::account::register::v3::Request, _, _>(register::register)
         .ruma_route::<c::account::get_username_availability::v3::Request, _, _>(register::available)
         .ruma_route::<c::account::check_registration_token_validity::v1::Request, _, _>(

@@ -21,7 +21,7 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        rooms::{members::Membership, pdu::str_field},
+        rooms::{members::Members, pdu::str_field, timeline::activity::Change},
     },
     store::{Batch, Cf, keys},
 };
@@ -209,24 +209,25 @@ impl Services {
         let batch = Batch::new();
         let stored = serde_json::to_vec(&invite)?;
         self.timeline
-            .commit_counted(batch, |batch, count| {
-                batch.put(
-                    Cf::RemoteInvites,
-                    remote_invite_key(&target, &room_id),
-                    stored,
-                );
-                let membership = Membership {
-                    membership: "invite".to_owned(),
-                    event_id: event_id.clone(),
-                    count,
-                };
-                batch.put(
-                    Cf::UserRooms,
-                    keys::join([target.as_bytes(), room_id.as_bytes()]),
-                    serde_json::to_vec(&membership)?,
-                );
-                Ok(())
-            })
+            .commit_counted_in(
+                Some((&room_id, Change::Membership)),
+                batch,
+                |batch, count| {
+                    batch.put(
+                        Cf::RemoteInvites,
+                        remote_invite_key(&target, &room_id),
+                        stored,
+                    );
+                    Members::put_outside_membership(
+                        batch,
+                        &target,
+                        &room_id,
+                        "invite",
+                        event_id.clone(),
+                        count,
+                    )
+                },
+            )
             .await?;
         Ok(pdu)
     }
@@ -255,20 +256,16 @@ impl Services {
         }
         let room_id = room_id.to_owned();
         self.timeline
-            .commit_counted(Batch::new(), |batch, count| {
-                batch.delete(Cf::RemoteInvites, remote_invite_key(user_id, &room_id));
-                let membership = Membership {
-                    membership: "leave".to_owned(),
-                    event_id: leave_id,
-                    count,
-                };
-                batch.put(
-                    Cf::UserRooms,
-                    keys::join([user_id.as_bytes(), room_id.as_bytes()]),
-                    serde_json::to_vec(&membership)?,
-                );
-                Ok(())
-            })
+            .commit_counted_in(
+                Some((&room_id, Change::Membership)),
+                Batch::new(),
+                |batch, count| {
+                    batch.delete(Cf::RemoteInvites, remote_invite_key(user_id, &room_id));
+                    Members::put_outside_membership(
+                        batch, user_id, &room_id, "leave", leave_id, count,
+                    )
+                },
+            )
             .await?;
         Ok(())
     }
@@ -285,24 +282,25 @@ impl Services {
         let stored = serde_json::to_vec(&record)?;
         let room_id = room_id.to_owned();
         self.timeline
-            .commit_counted(Batch::new(), |batch, count| {
-                batch.put(
-                    Cf::RemoteInvites,
-                    remote_invite_key(user_id, &room_id),
-                    stored,
-                );
-                let membership = Membership {
-                    membership: membership.to_owned(),
-                    event_id: record.event_id.clone(),
-                    count,
-                };
-                batch.put(
-                    Cf::UserRooms,
-                    keys::join([user_id.as_bytes(), room_id.as_bytes()]),
-                    serde_json::to_vec(&membership)?,
-                );
-                Ok(())
-            })
+            .commit_counted_in(
+                Some((&room_id, Change::Membership)),
+                Batch::new(),
+                |batch, count| {
+                    batch.put(
+                        Cf::RemoteInvites,
+                        remote_invite_key(user_id, &room_id),
+                        stored,
+                    );
+                    Members::put_outside_membership(
+                        batch,
+                        user_id,
+                        &room_id,
+                        membership,
+                        record.event_id.clone(),
+                        count,
+                    )
+                },
+            )
             .await?;
         Ok(())
     }

@@ -12,6 +12,7 @@ use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::timeline::activity::Change;
 use crate::{
     Error, Result,
     service::Services,
@@ -138,8 +139,9 @@ impl Services {
         }
         let room = room_id.as_bytes().to_vec();
         let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
+        let change = Some((room_id, Change::Receipt));
         self.timeline
-            .commit_counted(Batch::new(), |batch, count| {
+            .commit_counted_in(change, Batch::new(), |batch, count| {
                 // Under the stream lock: no other change of this receipt is half-way.
                 if let Some(old) = self.store.get(Cf::Receipts, &key)? {
                     let old: Receipt = serde_json::from_slice(&old)?;

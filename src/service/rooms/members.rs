@@ -126,6 +126,30 @@ impl Members {
             .is_some())
     }
 
+    /// Adds to `batch` a local user's membership in a room this server is not in (an invite or
+    /// knock kept with the room's stripped state, or its rejection), at stream count `count`:
+    /// only `user_rooms` knows it, the room has no timeline here.
+    pub(crate) fn put_outside_membership(
+        batch: &mut Batch,
+        user_id: &UserId,
+        room_id: &RoomId,
+        membership: &str,
+        event_id: OwnedEventId,
+        count: u64,
+    ) -> Result<()> {
+        let record = Membership {
+            membership: membership.to_owned(),
+            event_id,
+            count,
+        };
+        batch.put(
+            Cf::UserRooms,
+            user_room_key(user_id.as_str(), room_id),
+            serde_json::to_vec(&record)?,
+        );
+        Ok(())
+    }
+
     /// Drops a user's `user_rooms` entry (forgetting a room): the room leaves their `/sync`,
     /// `/joined_rooms` and history reads. The caller holds the room's lock.
     pub(crate) fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {

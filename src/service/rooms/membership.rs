@@ -168,7 +168,12 @@ impl Services {
                     m.membership
                 ),
             )),
-            Some(_) => self.members.forget(room_id, user_id),
+            Some(_) => {
+                self.members.forget(room_id, user_id)?;
+                // Forgetting leaves no trace in the recent activity the lists follow.
+                self.sliding.room_lists.forget_user(user_id);
+                Ok(())
+            }
         }
     }
 

@@ -16,6 +16,7 @@ pub mod pdu;
 pub mod profile;
 pub mod redaction;
 pub mod short;
+pub mod sliding_sync;
 pub mod state_res;
 pub mod state_store;
 pub mod sync;

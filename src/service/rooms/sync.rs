@@ -23,7 +23,7 @@ use super::{
     client_event::{Detail, Viewer, without_room_id},
     members::Membership,
     state_store::StateEntry,
-    sync_filter::{LazyMembers, SyncFilter},
+    sync_filter::{EventMatcher, LazyMembers, SyncFilter},
 };
 use crate::{
     Error, Result,
@@ -72,13 +72,13 @@ struct Window {
 }
 
 /// The timeline of one room in one sync, newest last.
-struct TimelinePart {
-    events: Vec<(u64, OwnedEventId, Value)>,
-    limited: bool,
+pub(crate) struct TimelinePart {
+    pub(crate) events: Vec<(u64, OwnedEventId, Value)>,
+    pub(crate) limited: bool,
     /// Whether events the client has not seen were skipped before the first returned one (a
     /// gap whose state changes must be sent), or, with nothing returned, at all.
-    gap: bool,
-    prev_batch: u64,
+    pub(crate) gap: bool,
+    pub(crate) prev_batch: u64,
 }
 
 impl Services {
@@ -318,34 +318,48 @@ impl Services {
         window: &Window,
         request: &SyncRequest<'_>,
     ) -> Result<TimelinePart> {
-        let filter = &request.filter;
-        let mut view = self.event_view(Some(Viewer {
+        let viewer = Viewer {
             user_id,
             device_id: Some(request.device_id),
-        }));
-        let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT);
+        };
+        let filter = &request.filter.timeline;
+        let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT);
+        self.read_timeline(viewer, room_id, window.floor, window.upto, limit, filter)
+    }
+
+    /// Reads a room's timeline backwards from `upto` down to `floor` (exclusive), keeping the
+    /// events `matcher` passes and the viewer may see, up to `limit` of them (in the client
+    /// format, `room_id` still in). `/sync` and sliding sync share it.
+    pub(crate) fn read_timeline(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        floor: u64,
+        upto: u64,
+        limit: usize,
+        matcher: &EventMatcher,
+    ) -> Result<TimelinePart> {
+        let user_id = viewer.user_id;
+        let mut view = self.event_view(Some(viewer));
         // Most rooms of an incremental sync have nothing new: one look at the newest entry.
-        let (newest, _) = self.timeline.last_events(room_id, window.upto, 1)?;
-        if newest
-            .first()
-            .is_none_or(|(count, _)| *count <= window.floor)
-        {
+        let (newest, _) = self.timeline.last_events(room_id, upto, 1)?;
+        if newest.first().is_none_or(|(count, _)| *count <= floor) {
             return Ok(TimelinePart {
                 events: Vec::new(),
                 limited: false,
                 gap: false,
-                prev_batch: window.upto,
+                prev_batch: upto,
             });
         }
         let mut kept = Vec::new();
         let mut scanned = 0;
         let mut oldest_scanned = None;
         let mut limited = false;
-        let mut position = window.upto;
+        let mut position = upto;
         'read: loop {
             let (batch, more) =
                 self.timeline
-                    .last_events_above(room_id, window.floor, position, limit + 1)?;
+                    .last_events_above(room_id, floor, position, limit + 1)?;
             let Some(&(first_count, _)) = batch.first() else {
                 break;
             };
@@ -358,9 +372,7 @@ impl Services {
                 scanned += 1;
                 oldest_scanned = Some(count);
                 let event = view.event(room_id, &event_id, Some(count), Detail::Timeline)?;
-                if filter.timeline.matches(&event)
-                    && self.may_see_event(room_id, user_id, &event, count)?
-                {
+                if matcher.matches(&event) && self.may_see_event(room_id, user_id, &event, count)? {
                     kept.push((count, event_id, event));
                 }
             }
@@ -376,7 +388,7 @@ impl Services {
         };
         let prev_batch = match kept.first() {
             Some((first, _, _)) => first.saturating_sub(1),
-            None => window.upto,
+            None => upto,
         };
         Ok(TimelinePart {
             events: kept,
@@ -519,7 +531,11 @@ impl Services {
 
     /// What an invitee (or knocker) may see of a room: a few state events, stripped, and the
     /// invite (or knock) itself.
-    fn stripped_state(&self, room_id: &RoomId, invite_event: &OwnedEventId) -> Result<Vec<Value>> {
+    pub(crate) fn stripped_state(
+        &self,
+        room_id: &RoomId,
+        invite_event: &OwnedEventId,
+    ) -> Result<Vec<Value>> {
         let state = self.timeline.state_after(invite_event)?;
         let mut events = Vec::new();
         for ((event_type, state_key), id) in &state {
@@ -565,7 +581,7 @@ fn leave_window(
 }
 
 /// Entries of `now` that `base` lacks or holds with another event (both sorted by key).
-fn changed_entries(base: &[StateEntry], now: &[StateEntry]) -> Vec<StateEntry> {
+pub(crate) fn changed_entries(base: &[StateEntry], now: &[StateEntry]) -> Vec<StateEntry> {
     now.iter()
         .filter(
             |(key, event)| match base.binary_search_by_key(key, |(k, _)| *k) {

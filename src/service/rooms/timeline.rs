@@ -8,6 +8,7 @@
 //! become visible in order: a `/sync` that saw count N has seen every count below N. Each commit
 //! is announced on a watch channel that long-polling `/sync` will wait on.
 
+pub mod activity;
 pub mod pipeline;
 mod remote;
 
@@ -193,6 +194,8 @@ pub struct Timeline {
     visibility: quick_cache::sync::Cache<u64, Arc<str>>,
     /// The per-event work that joins each event's commit (see [`pipeline`]).
     pipeline: pipeline::Pipeline,
+    /// Which rooms the recent commits changed (see [`activity`]).
+    activity: activity::RecentActivity,
 }
 
 tokio::task_local! {
@@ -246,6 +249,7 @@ impl Timeline {
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             visibility: quick_cache::sync::Cache::new(4096),
             pipeline: pipeline::Pipeline::default(),
+            activity: activity::RecentActivity::new(count),
         })
     }
 
@@ -655,6 +659,17 @@ impl Timeline {
     /// then announced to waiting `/sync`s.
     pub async fn commit_counted(
         &self,
+        batch: Batch,
+        build: impl FnOnce(&mut Batch, u64) -> Result<()>,
+    ) -> Result<u64> {
+        self.commit_counted_in(None, batch, build).await
+    }
+
+    /// Like [`Timeline::commit_counted`] for a commit that changes a room: the change is
+    /// remembered in the recent activity (see [`activity`]) before the count is published.
+    pub async fn commit_counted_in(
+        &self,
+        change: Option<(&RoomId, activity::Change)>,
         mut batch: Batch,
         build: impl FnOnce(&mut Batch, u64) -> Result<()>,
     ) -> Result<u64> {
@@ -664,9 +679,18 @@ impl Timeline {
         batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
         self.store.write(batch)?;
         *stream = count;
+        if let Some((room_id, change)) = change {
+            self.activity.record(count, room_id, change);
+        }
         drop(stream);
         self.committed.send_replace(count);
         Ok(count)
+    }
+
+    /// The rooms the commits after `since` up to `upto` changed, oldest first; `None` when
+    /// that is too long ago to be remembered.
+    pub fn recent_activity(&self, since: u64, upto: u64) -> Option<Vec<activity::Activity>> {
+        self.activity.between(since, upto)
     }
 
     /// Creates a room: signs and stores its `m.room.create` event. Returns the room ID (derived
@@ -996,10 +1020,14 @@ impl Timeline {
     ) -> Result<u64> {
         let mut staged = self.pipeline.prepare(event)?;
         let count = self
-            .commit_counted(batch, |batch, count| {
-                index_timeline(batch, count, event.room_id, event.short, event.pdu);
-                staged.write(batch, count)
-            })
+            .commit_counted_in(
+                Some((event.room_id, activity::Change::Event)),
+                batch,
+                |batch, count| {
+                    index_timeline(batch, count, event.room_id, event.short, event.pdu);
+                    staged.write(batch, count)
+                },
+            )
             .await?;
         staged.committed();
         Ok(count)

@@ -698,7 +698,8 @@ impl Timeline {
                 room_id,
                 events: &adopted,
             })?);
-        self.commit_counted(batch, |batch, count| {
+        let change = Some((room_id, super::activity::Change::Event));
+        self.commit_counted_in(change, batch, |batch, count| {
             super::index_timeline(batch, count, room_id, join_short, &join_stored.pdu);
             staged.write(batch, count)
         })
