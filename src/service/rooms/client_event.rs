@@ -37,34 +37,40 @@ const CLIENT_FIELDS: [&str; 6] = [
 ];
 
 /// A PDU's fields in the client format, without `unsigned`: what clients and the server's own
-/// reads (content, sender, type) share.
+/// reads (content, sender, type) share. The one place a PDU becomes a client event's body.
 pub(crate) fn client_fields(
     room_id: &RoomId,
     event_id: &EventId,
     pdu: &CanonicalJsonObject,
-) -> CanonicalJsonObject {
-    let mut event = CanonicalJsonObject::new();
+) -> Map<String, Value> {
+    let mut event = Map::new();
     for field in CLIENT_FIELDS {
         if let Some(value) = pdu.get(field) {
-            event.insert(field.to_owned(), value.clone());
+            event.insert(field.to_owned(), value.clone().into());
         }
     }
-    event.insert(
-        "event_id".into(),
-        CanonicalJsonValue::String(event_id.to_string()),
-    );
-    event.insert(
-        "room_id".into(),
-        CanonicalJsonValue::String(room_id.to_string()),
-    );
+    event.insert("event_id".into(), event_id.as_str().into());
+    event.insert("room_id".into(), room_id.as_str().into());
     // v11+ keep `redacts` in the content; clients built for older rooms read it at the top.
     if !event.contains_key("redacts")
-        && let Some(CanonicalJsonValue::Object(content)) = event.get("content")
-        && let Some(redacts) = content.get("redacts").cloned()
+        && let Some(redacts) = event.get("content").and_then(|c| c.get("redacts")).cloned()
     {
         event.insert("redacts".into(), redacts);
     }
     event
+}
+
+/// The redaction as a redacted PDU records it in `unsigned.redacted_because`: its client
+/// fields (a PDU's values are canonical JSON, so the conversion holds).
+pub(crate) fn redaction_record(
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &CanonicalJsonObject,
+) -> CanonicalJsonObject {
+    match CanonicalJsonValue::try_from(Value::Object(client_fields(room_id, event_id, pdu))) {
+        Ok(CanonicalJsonValue::Object(record)) => record,
+        _ => CanonicalJsonObject::new(),
+    }
 }
 
 /// The redaction recorded in a redacted PDU's `unsigned.redacted_because`, as a client event.
@@ -87,7 +93,7 @@ fn redaction_as_client_event(
             EventId::parse(format!("${hash}")).ok()?
         }
     };
-    Some(CanonicalJsonValue::Object(client_fields(room_id, &event_id, because)).into())
+    Some(Value::Object(client_fields(room_id, &event_id, because)))
 }
 
 /// An event in the `ClientEventWithoutRoomID` format of `/sync`: without `room_id`, also in the
@@ -163,11 +169,7 @@ impl EventView<'_> {
             .stored_pdu(event_id)?
             .ok_or_else(|| Error::not_found("No such event."))?;
         let mut event = client_fields(room_id, event_id, &stored.pdu);
-        let unsigned = self.unsigned(room_id, &stored, &event, count, detail)?;
-        let mut event = match CanonicalJsonValue::Object(std::mem::take(&mut event)).into() {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
+        let unsigned = self.unsigned(room_id, &stored, count, detail)?;
         event.insert("unsigned".into(), Value::Object(unsigned));
         Ok(Value::Object(event))
     }
@@ -176,10 +178,10 @@ impl EventView<'_> {
         &mut self,
         room_id: &RoomId,
         stored: &StoredPdu,
-        event: &CanonicalJsonObject,
         count: Option<u64>,
         detail: Detail,
     ) -> Result<Map<String, Value>> {
+        let event = &stored.pdu;
         let mut unsigned = Map::new();
         if let Some(CanonicalJsonValue::Integer(ts)) = stored.pdu.get("origin_server_ts") {
             let ts = u64::try_from(i64::from(*ts)).unwrap_or(0);
@@ -216,7 +218,7 @@ impl EventView<'_> {
             return Ok(unsigned);
         }
         if let Some(viewer) = self.viewer {
-            let membership = self.membership_at(room_id, viewer.user_id, stored, event, count)?;
+            let membership = self.membership_at(room_id, viewer.user_id, stored, count)?;
             unsigned.insert("membership".into(), membership.into());
         }
         if let (Some(kind), Some(key)) = (
@@ -249,9 +251,9 @@ impl EventView<'_> {
         room_id: &RoomId,
         user_id: &UserId,
         stored: &StoredPdu,
-        event: &CanonicalJsonObject,
         count: Option<u64>,
     ) -> Result<String> {
+        let event = &stored.pdu;
         if pdu::str_field(event, "type") == Some("m.room.member")
             && pdu::str_field(event, "state_key") == Some(user_id.as_str())
         {
@@ -259,19 +261,15 @@ impl EventView<'_> {
                 .unwrap_or("leave")
                 .to_owned());
         }
-        let current = match self.current.get(room_id) {
-            Some(current) => current.clone(),
-            None => {
-                let current = self.services.members.membership(room_id, user_id)?;
-                self.current.insert(room_id.to_owned(), current.clone());
-                current
-            }
-        };
+        if !self.current.contains_key(room_id) {
+            let current = self.services.members.membership(room_id, user_id)?;
+            self.current.insert(room_id.to_owned(), current);
+        }
         let count = match count {
             Some(count) => Some(count),
             None => self.services.timeline.count_of(&stored.event_id)?,
         };
-        if let (Some(current), Some(count)) = (&current, count)
+        if let (Some(Some(current)), Some(count)) = (self.current.get(room_id), count)
             && current.count < count
         {
             return Ok(current.membership.clone());

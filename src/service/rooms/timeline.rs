@@ -371,10 +371,9 @@ impl Timeline {
         let pdu = self
             .pdu_json(event_id)?
             .ok_or_else(|| Error::not_found("No such event."))?;
-        Ok(
-            CanonicalJsonValue::Object(super::client_event::client_fields(room_id, event_id, &pdu))
-                .into(),
-        )
+        Ok(serde_json::Value::Object(
+            super::client_event::client_fields(room_id, event_id, &pdu),
+        ))
     }
 
     /// An event as stored: its PDU and what was recorded with it.
@@ -978,7 +977,11 @@ impl Timeline {
             && let Some(mut stored_target) = self.pdu_by_short(target)?
         {
             let because = ruma::canonical_json::RedactedBecause::from_json(
-                super::client_event::client_fields(&signed.room_id, &stored.event_id, &stored.pdu),
+                super::client_event::redaction_record(
+                    &signed.room_id,
+                    &stored.event_id,
+                    &stored.pdu,
+                ),
             );
             ruma::canonical_json::redact_in_place(
                 &mut stored_target.pdu,

@@ -474,7 +474,7 @@ impl Timeline {
             return Ok(());
         };
         let because = ruma::canonical_json::RedactedBecause::from_json(
-            crate::service::rooms::client_event::client_fields(
+            crate::service::rooms::client_event::redaction_record(
                 &room_id,
                 &redaction.event_id,
                 &redaction.pdu,
