@@ -260,3 +260,36 @@ async fn matrix_js_sdk_cross_signs_its_own_devices() {
     let server = TestServer::start().await;
     run_js(&server, "cross_signing.mjs", "js cross-signing: ok").await;
 }
+
+/// matrix-sdk and matrix-sdk-ui 0.18 (what Element X is built on) drive culvert's simplified
+/// sliding sync: `SyncService` with its room-list and encryption connections, the sorted room
+/// list, a room subscription and timeline, an invite joined through the SDK, and an encrypted
+/// message decrypted (`tests/clients/rust-sdk`, built by `scripts/test`).
+#[tokio::test]
+async fn matrix_sdk_syncs_like_element_x() {
+    let bin = std::env::var_os("SDK_SLIDING_SYNC_BIN")
+        .map(PathBuf::from)
+        .filter(|bin| bin.is_file());
+    let Some(bin) = bin else {
+        assert!(
+            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
+            "REQUIRE_REAL_CLIENTS is set but SDK_SLIDING_SYNC_BIN names no built sdk-sliding-sync"
+        );
+        eprintln!(
+            "skipped: build tests/clients/rust-sdk and set SDK_SLIDING_SYNC_BIN (scripts/test does)"
+        );
+        return;
+    };
+    let server = TestServer::start().await;
+    let output = tokio::process::Command::new(bin)
+        .args(["--homeserver", &server.base])
+        .output()
+        .await
+        .expect("sdk-sliding-sync runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("sdk sliding sync: ok"),
+        "matrix-sdk sliding sync failed:\n{stdout}\n{stderr}"
+    );
+}

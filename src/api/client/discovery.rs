@@ -40,6 +40,8 @@ pub async fn versions(
         // Cross-signing: Element still checks this flag before it sets cross-signing up (and
         // otherwise says the server does not support it).
         ("org.matrix.e2e_cross_signing".to_owned(), true),
+        // Simplified sliding sync (MSC4186): Element X and matrix-rust-sdk clients need it.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
     ]);
     RumaResponse(response)
 }
