@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{Session, TestServer, urlencode},
+    e2ee::{CrossSigning, device_keys_with_pair, signed},
     synapse::{self, Synapse},
 };
 
@@ -516,4 +517,78 @@ async fn culvert_and_synapse_give_the_same_unsigned_fields() {
         |seen: &Seen| in_sync(&seen.sync_sender, &seen.room, &seen.invite)["content"].clone();
     assert_eq!(invite(&ours), invite(&theirs), "the invite's content");
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// One device of alice's cross-signs another the way clients do (the device's key object as
+/// `/keys/query` gave it, its own signature still on, plus the self-signing key's): the upload's
+/// failures, and the signers of the second device as bob's `/keys/query` then shows them.
+async fn cross_sign_a_second_device(hs: &Homeserver) -> (Value, BTreeSet<String>) {
+    let alice = hs.register("xsalice").await;
+    let bob = hs.register("xsbob").await;
+    let second = hs.login("xsalice").await;
+    let keys = CrossSigning::new();
+    hs.post(
+        "/_matrix/client/v3/keys/device_signing/upload",
+        &alice,
+        keys.body(&alice.user_id),
+    )
+    .await;
+    let (device_keys, _) = device_keys_with_pair(&second);
+    hs.post(
+        "/_matrix/client/v3/keys/upload",
+        &second,
+        json!({ "device_keys": device_keys }),
+    )
+    .await;
+    let query = json!({ "device_keys": { &alice.user_id: [] } });
+    let queried = hs
+        .post("/_matrix/client/v3/keys/query", &alice, query.clone())
+        .await;
+    let mut object = queried["device_keys"][&alice.user_id][&second.device_id].clone();
+    object.as_object_mut().unwrap().remove("unsigned");
+    let object = signed(&alice.user_id, &keys.self_signing.0, object);
+    let answer = hs
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            &alice,
+            json!({ &alice.user_id: { &second.device_id: object } }),
+        )
+        .await;
+    let seen = hs.post("/_matrix/client/v3/keys/query", &bob, query).await;
+    let signers = seen["device_keys"][&alice.user_id][&second.device_id]["signatures"]
+        [&alice.user_id]
+        .as_object()
+        .map(|s| {
+            s.keys()
+                .map(|k| {
+                    if *k == format!("ed25519:{}", second.device_id) {
+                        "the device".to_owned()
+                    } else if *k == format!("ed25519:{}", keys.self_signing.1) {
+                        "the self-signing key".to_owned()
+                    } else {
+                        k.clone()
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (answer["failures"].clone(), signers)
+}
+
+/// The cross-signing outcome of that sequence is the same on culvert and on Synapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culvert_and_synapse_cross_sign_a_second_device_alike() {
+    let Some(python) = synapse::available() else {
+        return;
+    };
+    let synapse = Synapse::start(&python).await;
+    let server = TestServer::start().await;
+    let ours = cross_sign_a_second_device(&Homeserver::culvert(&server)).await;
+    let theirs = cross_sign_a_second_device(&Homeserver::synapse(&synapse)).await;
+    assert_eq!(ours.0, json!({}), "no failure on culvert");
+    assert_eq!(
+        ours.1,
+        BTreeSet::from(["the device".to_owned(), "the self-signing key".to_owned()])
+    );
+    assert_eq!(ours, theirs, "culvert and Synapse agree");
 }

@@ -584,7 +584,7 @@ const SIGNATURES_UPLOAD: &str = "/_matrix/client/v3/keys/signatures/upload";
 
 /// An ed25519 key pair whose key ID (`version`) is its own public key, as cross-signing keys
 /// are named; and that public key.
-fn cross_signing_pair() -> (Ed25519KeyPair, String) {
+pub(crate) fn cross_signing_pair() -> (Ed25519KeyPair, String) {
     let der = Ed25519KeyPair::generate();
     let probe = Ed25519KeyPair::from_der(&der, "probe".to_owned()).unwrap();
     let public = Base64::<Standard, _>::new(probe.public_key().to_vec()).encode();
@@ -595,7 +595,7 @@ fn cross_signing_pair() -> (Ed25519KeyPair, String) {
 }
 
 /// Signs `value` as `user_id` with `pair` (adding to its `signatures`).
-fn signed(user_id: &str, pair: &Ed25519KeyPair, value: Value) -> Value {
+pub(crate) fn signed(user_id: &str, pair: &Ed25519KeyPair, value: Value) -> Value {
     let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(value).unwrap()
     else {
         unreachable!()
@@ -614,14 +614,14 @@ fn cross_signing_key(user_id: &str, usage: &str, public: &str) -> Value {
 
 /// A user's three cross-signing key pairs and the upload body with the keys, the self-signing
 /// and user-signing keys signed by the master key.
-struct CrossSigning {
-    master: (Ed25519KeyPair, String),
-    self_signing: (Ed25519KeyPair, String),
-    user_signing: (Ed25519KeyPair, String),
+pub(crate) struct CrossSigning {
+    pub(crate) master: (Ed25519KeyPair, String),
+    pub(crate) self_signing: (Ed25519KeyPair, String),
+    pub(crate) user_signing: (Ed25519KeyPair, String),
 }
 
 impl CrossSigning {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             master: cross_signing_pair(),
             self_signing: cross_signing_pair(),
@@ -629,7 +629,7 @@ impl CrossSigning {
         }
     }
 
-    fn body(&self, user_id: &str) -> Value {
+    pub(crate) fn body(&self, user_id: &str) -> Value {
         json!({
             "master_key": cross_signing_key(user_id, "master", &self.master.1),
             "self_signing_key": signed(
@@ -647,7 +647,7 @@ impl CrossSigning {
 }
 
 /// Device keys for `who` with the device's key pair (to sign with it later).
-fn device_keys_with_pair(who: &Session) -> (Value, Ed25519KeyPair) {
+pub(crate) fn device_keys_with_pair(who: &Session) -> (Value, Ed25519KeyPair) {
     let der = Ed25519KeyPair::generate();
     let pair = Ed25519KeyPair::from_der(&der, who.device_id.clone()).unwrap();
     let public = Base64::<Standard, _>::new(pair.public_key().to_vec()).encode();
@@ -1310,5 +1310,17 @@ async fn a_dehydrated_device_receives_messages_while_nobody_is_online() {
         &server.get(DEHYDRATED, Some(&alice.token)).await,
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
+    );
+}
+
+/// Element checks this flag before it sets cross-signing up.
+#[tokio::test]
+async fn versions_advertise_cross_signing() {
+    let server = TestServer::start().await;
+    let (status, versions) = server.get("/_matrix/client/versions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        versions["unstable_features"]["org.matrix.e2e_cross_signing"], true,
+        "{versions}"
     );
 }
