@@ -261,6 +261,14 @@ async fn matrix_js_sdk_cross_signs_its_own_devices() {
     run_js(&server, "cross_signing.mjs", "js cross-signing: ok").await;
 }
 
+/// matrix-js-sdk's sliding sync (MSC4186 without a `conn_id`): a list of rooms with their
+/// timelines, a new message shown once, an invite (`tests/clients/js/sliding_sync.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_syncs_with_sliding_sync() {
+    let server = TestServer::start().await;
+    run_js(&server, "sliding_sync.mjs", "js sliding sync: ok").await;
+}
+
 /// matrix-sdk and matrix-sdk-ui 0.18 (what Element X is built on) drive culvert's simplified
 /// sliding sync: `SyncService` with its room-list and encryption connections, the sorted room
 /// list, a room subscription and timeline, an invite joined through the SDK, and an encrypted

@@ -756,3 +756,81 @@ async fn a_remote_message_moves_its_room_to_the_top() {
         "{order}"
     );
 }
+
+/// An invite from another server shows with the stripped state it came with (the room's name,
+/// the invite itself); joining makes the room new to the connection as a joined room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_another_server_shows_then_the_joined_room() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = a
+        .create_room(
+            &alice,
+            json!({ "name": "far away", "invite": [bob.user_id] }),
+        )
+        .await;
+    a.say(&alice, &room, "before bob").await;
+    let deadline = Instant::now() + crate::common::PATIENCE;
+    let invited = loop {
+        let answer = sliding(&b, &bob, None, room_list(9, 1)).await;
+        if answer["rooms"].get(&room).is_some() {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the invite never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stripped = invited["rooms"][&room]["invite_state"].as_array().unwrap();
+    assert!(
+        stripped
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "far away"),
+        "{invited}"
+    );
+    assert!(
+        stripped.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.user_id.as_str()
+            && e["content"]["membership"] == "invite"),
+        "{invited}"
+    );
+    assert_eq!(invited["lists"]["all"]["count"], 1);
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let joined = sliding(&b, &bob, Some(&pos(&invited)), room_list(9, 5)).await;
+    let data = &joined["rooms"][&room];
+    assert_eq!(data["initial"], true, "{joined}");
+    assert!(data.get("invite_state").is_none());
+    // History from before the join lives on the other server: the timeline starts at the join,
+    // and `prev_batch` pages back into it (`/messages` backfills), as with `/sync`.
+    let timeline = data["timeline"].as_array().unwrap();
+    assert_eq!(
+        timeline.last().unwrap()["state_key"],
+        bob.user_id.as_str(),
+        "{joined}"
+    );
+    assert!(
+        data.get("avatar").is_none(),
+        "no avatar event, no avatar: {data}"
+    );
+    assert_eq!(data["name"], "far away");
+    let back = b
+        .get_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/messages?dir=b&from={}&limit=20",
+                data["prev_batch"].as_str().unwrap()
+            ),
+            &bob,
+        )
+        .await;
+    assert!(
+        bodies(&back["chunk"]).contains(&"before bob".to_owned()),
+        "{back}"
+    );
+}

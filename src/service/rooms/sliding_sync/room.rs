@@ -116,8 +116,12 @@ impl Services {
         if let Some(name) = name.as_ref().filter(|n| !n.is_empty()) {
             out.insert("name".into(), name.clone().into());
         }
-        let avatar_event = self.timeline.lookup(&state_now, "m.room.avatar", "")?;
-        if avatar_event.is_some() || initial || resend_state {
+        // An avatar event without a URL removed the avatar: `null` says so.
+        if self
+            .timeline
+            .lookup(&state_now, "m.room.avatar", "")?
+            .is_some()
+        {
             let avatar = self.state_field(&state_now, "m.room.avatar", "url")?;
             out.insert(
                 "avatar".into(),
