@@ -33,6 +33,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     services.start_federation_sender()?;
     expire_presence_periodically(&services);
     services.start_appservice_senders();
+    services.start_push_sender()?;
 
     let listener = TcpListener::bind(addr)
         .await

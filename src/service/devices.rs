@@ -258,8 +258,14 @@ impl Devices {
                 batch.delete(cf, item?.0.to_vec());
             }
         }
-        // Its keys and to-device queue go with it (E2EE).
+        // Its keys and to-device queue go with it (E2EE), and the pushers it set.
         crate::service::e2ee::delete_device_into(&self.store, batch, user_id, device_id)?;
+        crate::service::push::pushers::delete_device_pushers_into(
+            &self.store,
+            batch,
+            user_id,
+            device_id,
+        )?;
         batch.delete(Cf::Devices, device_key);
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod key_backup;
 pub mod media;
 pub mod outbound_guard;
 pub mod presence;
+pub mod push;
 pub mod push_rules;
 pub mod ratelimit;
 pub mod registration;
@@ -68,6 +69,8 @@ pub struct Services {
     pub appservices: Arc<appservice::Appservices>,
     /// Sliding sync: connections in use and users' room lists (see `rooms::sliding_sync`).
     pub sliding: rooms::sliding_sync::Sliding,
+    /// Push notifications: rule evaluation, counts, pushers and their senders (see `push`).
+    pub push: push::Push,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -135,9 +138,16 @@ impl Services {
             media,
             appservices,
             sliding: rooms::sliding_sync::Sliding::default(),
+            push: push::Push::new(&config).map_err(StartError::Other)?,
             store,
             config,
         });
+        // Push evaluation reads much of the services: registered once they exist.
+        services
+            .timeline
+            .register_consumer(Arc::new(push::evaluate::PushEvaluator(Arc::downgrade(
+                &services,
+            ))));
         services.index_public_join_rooms()?;
         Ok(services)
     }

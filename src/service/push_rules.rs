@@ -145,7 +145,10 @@ impl Services {
         change(&mut rules)?;
         let content = serde_json::value::to_raw_value(&json!({ "global": ruleset_json(&rules) }))?;
         self.set_account_data(user_id, None, EVENT_TYPE, &content)
-            .await
+            .await?;
+        // Takes effect at once: the next event is evaluated with the new rules.
+        self.push.rules_changed(user_id);
+        Ok(())
     }
 
     /// Adds or replaces a user-defined rule, optionally placed `before`/`after` another.

@@ -216,6 +216,19 @@ column_families! {
     /// `room_id` → stream count (u64 BE) of the room's latest event of a type that moves it
     /// up in clients' lists (sliding sync's `bump_stamp`), kept by the commit pipeline.
     RoomBumps => "room_bumps",
+    /// `user_id 0xFF stream count` → [`crate::service::push::evaluate::NotificationRecord`]
+    /// JSON: an event that notified the user (room, event, the rule's actions, highlight,
+    /// thread): `/notifications`, and the queue of the user's pushers. Written in the event's
+    /// batch.
+    Notifications => "notifications",
+    /// `user_id 0xFF room_id 0xFF stream count` → `{thread, highlight}` JSON: the user's unread
+    /// notifications (deleted by their read receipts and own events): the counts of `/sync`.
+    UnreadNotifications => "unread_notifications",
+    /// `user_id 0xFF app_id 0xFF pushkey` → [`crate::service::push::pushers::PusherRecord`]
+    /// JSON: a pusher, its device and how far its task has pushed.
+    Pushers => "pushers",
+    /// `app_id 0xFF pushkey 0xFF user_id` → empty: who has a pusher with that pushkey.
+    PushkeyUsers => "pushkey_users",
 }
 
 /// A key and its value, as read from a scan.

@@ -27,6 +27,7 @@ mod people;
 mod persistence;
 mod profile_and_account_data;
 mod public_rooms;
+mod push;
 mod push_rules;
 mod redaction;
 mod registration;

@@ -65,9 +65,9 @@ async fn restart_keeps_accounts_devices_and_account_data() {
     );
 }
 
-struct ChildServer {
-    child: Child,
-    base: String,
+pub(crate) struct ChildServer {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 impl Drop for ChildServer {
@@ -77,7 +77,7 @@ impl Drop for ChildServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -87,8 +87,16 @@ fn free_port() -> u16 {
 
 /// Starts the real `culvert` binary on `dir` and waits until it answers.
 async fn spawn_binary(dir: &std::path::Path, port: u16) -> ChildServer {
-    let config = test_config(&dir.join("db"), "rate_limits = { enabled = false }")
-        .replace("port = 0", &format!("port = {port}"));
+    spawn_binary_with(dir, port, "rate_limits = { enabled = false }").await
+}
+
+/// Like [`spawn_binary`] with other `[global]` config lines.
+pub(crate) async fn spawn_binary_with(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &str,
+) -> ChildServer {
+    let config = test_config(&dir.join("db"), extra).replace("port = 0", &format!("port = {port}"));
     let config_path = dir.join("culvert.toml");
     std::fs::write(&config_path, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_culvert"))

@@ -18,6 +18,7 @@ mod membership;
 mod openid;
 mod presence;
 mod profile;
+mod push;
 mod push_rules;
 mod register;
 mod room;
@@ -196,7 +197,9 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::push::set_pushrule_enabled::v3::Request, _, _>(push_rules::set_enabled)
         .ruma_route::<c::push::get_pushrule_actions::v3::Request, _, _>(push_rules::get_actions)
         .ruma_route::<c::push::set_pushrule_actions::v3::Request, _, _>(push_rules::set_actions)
-        .ruma_route::<c::push::get_pushers::v3::Request, _, _>(push_rules::pushers)
+        .ruma_route::<c::push::get_pushers::v3::Request, _, _>(push::pushers)
+        .ruma_route::<c::push::set_pusher::v3::Request, _, _>(push::set_pusher)
+        .ruma_route::<c::push::get_notifications::v3::Request, _, _>(push::notifications)
         // The content repository (plain axum handlers: bodies are files, not JSON).
         .merge(media::routes())
         // Application services (ping, per-network directory) and third-party lookups.

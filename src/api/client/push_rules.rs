@@ -1,13 +1,13 @@
-//! Push rules: `/pushrules/` and its per-rule endpoints; `/pushers` (none can be registered
-//! yet, so the list is empty).
+//! Push rules: `/pushrules/` and its per-rule endpoints (pushers and notifications are
+//! `push.rs`).
 
 use axum::{Json, extract};
 use ruma::api::client::push::{
-    delete_pushrule::v3 as delete_v3, get_pushers::v3 as pushers_v3,
-    get_pushrule::v3 as get_rule_v3, get_pushrule_actions::v3 as get_actions_v3,
-    get_pushrule_enabled::v3 as get_enabled_v3, get_pushrules_all::v3 as all_v3,
-    get_pushrules_global_scope::v3 as global_v3, set_pushrule::v3 as set_rule_v3,
-    set_pushrule_actions::v3 as set_actions_v3, set_pushrule_enabled::v3 as set_enabled_v3,
+    delete_pushrule::v3 as delete_v3, get_pushrule::v3 as get_rule_v3,
+    get_pushrule_actions::v3 as get_actions_v3, get_pushrule_enabled::v3 as get_enabled_v3,
+    get_pushrules_all::v3 as all_v3, get_pushrules_global_scope::v3 as global_v3,
+    set_pushrule::v3 as set_rule_v3, set_pushrule_actions::v3 as set_actions_v3,
+    set_pushrule_enabled::v3 as set_enabled_v3,
 };
 use serde_json::{Value, json};
 
@@ -121,12 +121,4 @@ pub async fn set_actions(
         )
         .await?;
     Ok(RumaResponse(set_actions_v3::Response::new()))
-}
-
-/// No pusher can be registered yet (`/pushers/set` is not built), so there are none.
-pub async fn pushers(
-    extract::State(_services): extract::State<State>,
-    _request: Ruma<pushers_v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(json!({ "pushers": [] })))
 }

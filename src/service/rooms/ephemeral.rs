@@ -137,6 +137,15 @@ impl Services {
             let only_for = (receipt_type == "m.read.private").then_some(user_id);
             self.push_room_edu_for(room_id, edu, only_for)?;
         }
+        // A read receipt of a local user marks their notifications up to its event read
+        // (the counts of `/sync`), in the receipt's own batch.
+        let read = match (user_id.server_name() == self.server_name, receipt_type) {
+            (true, "m.read" | "m.read.private") => match self.timeline.count_of(&target)? {
+                Some(upto) => self.read_by_receipt(user_id, room_id, upto, thread)?,
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         let room = room_id.as_bytes().to_vec();
         let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
         let change = Some((room_id, Change::Receipt));
@@ -158,9 +167,16 @@ impl Services {
                     stream_entry(count),
                     key[room.len() + 1..].to_vec(),
                 );
+                for read in &read {
+                    batch.delete(Cf::UnreadNotifications, read.clone());
+                }
                 Ok(())
             })
             .await?;
+        if !read.is_empty() {
+            // The badge went down: the user's pushers tell their phones.
+            self.push.wake_user(user_id);
+        }
         self.federate_receipt(room_id, user_id, receipt_type, &target, thread)
             .await;
         Ok(())

@@ -16,7 +16,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use ruma::{DeviceId, EventId, OwnedEventId, RoomId, UserId};
+use ruma::{DeviceId, EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -24,6 +24,7 @@ use super::{
     members::Membership,
     state_store::StateEntry,
     sync_filter::{EventMatcher, LazyMembers, SyncFilter},
+    timeline::activity::Change,
 };
 use crate::{
     Error, Result,
@@ -126,6 +127,16 @@ impl Services {
         let since = request.since.unwrap_or(0).min(now);
         let filter = &request.filter;
         let mut lazy = LazyMarks::new(user_id, request.device_id, now);
+        // The rooms with read receipts since the token (their counts may have changed).
+        let receipt_rooms: Option<HashSet<OwnedRoomId>> = request.since.and_then(|since| {
+            self.timeline.recent_activity(since, now).map(|recent| {
+                recent
+                    .into_iter()
+                    .filter(|a| a.change == Change::Receipt)
+                    .map(|a| (*a.room_id).clone())
+                    .collect()
+            })
+        });
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -144,9 +155,14 @@ impl Services {
                         upto: now,
                         state_base: (knows_room && !request.full_state).then_some(since),
                     };
-                    if let Some(room) =
-                        self.joined_room(user_id, &room_id, &window, request, &mut lazy)?
-                    {
+                    if let Some(room) = self.joined_room(
+                        user_id,
+                        &room_id,
+                        &window,
+                        request,
+                        &mut lazy,
+                        receipt_rooms.as_ref(),
+                    )? {
                         join.insert(room_id.to_string(), room);
                     }
                 }
@@ -227,6 +243,7 @@ impl Services {
         window: &Window,
         request: &SyncRequest<'_>,
         lazy: &mut LazyMarks,
+        receipt_rooms: Option<&HashSet<OwnedRoomId>>,
     ) -> Result<Option<Value>> {
         let filter = &request.filter;
         let mut ephemeral = Vec::new();
@@ -249,7 +266,14 @@ impl Services {
             && state.is_empty()
             && ephemeral.is_empty()
             && account_data.is_empty();
-        if quiet {
+        // A receipt of the user's own elsewhere changes the room's counts and nothing else
+        // (only rooms with receipts since are looked at).
+        let counts_changed = match (window.state_base, receipt_rooms) {
+            (Some(_), Some(rooms)) if !rooms.contains(room_id) => false,
+            (Some(since), _) => self.own_receipt_since(room_id, user_id, since)?,
+            (None, _) => true,
+        };
+        if quiet && !counts_changed {
             return Ok(None);
         }
         // The summary when the client may lack it: first sync, or membership changed.
@@ -263,12 +287,19 @@ impl Services {
         } else {
             json!({})
         };
+        let (counts, thread_counts) = self
+            .unread_counts(user_id, room_id)?
+            .sync_json(filter.thread_counts);
         let mut room = json!({
             "summary": summary,
             "timeline": timeline_json(timeline, filter),
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
+            "unread_notifications": counts,
         });
+        if let Some(thread_counts) = thread_counts {
+            room["unread_thread_notifications"] = thread_counts;
+        }
         room[state_key] = json!({ "events": state });
         Ok(Some(room))
     }

@@ -156,6 +156,9 @@ pub struct SyncFilter {
     pub account_data: EventMatcher,
     pub presence: EventMatcher,
     pub lazy_members: LazyMembers,
+    /// `unread_thread_notifications`: counts per thread (the room's counts then cover the main
+    /// timeline alone).
+    pub thread_counts: bool,
     /// `event_fields`: dot-separated paths of the fields to keep in room events.
     event_fields: Option<Vec<Vec<String>>>,
 }
@@ -197,7 +200,10 @@ impl SyncFilter {
             },
             _ => LazyMembers::Off,
         };
+        let thread_counts =
+            timeline.unread_thread_notifications || state.unread_thread_notifications;
         Self {
+            thread_counts,
             rooms: EventMatcher {
                 rooms: rooms.as_deref().map(id_set),
                 not_rooms: id_set(not_rooms),

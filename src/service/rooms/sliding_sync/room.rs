@@ -157,8 +157,9 @@ impl Services {
         if expanded {
             out.insert("unstable_expanded_timeline".into(), true.into());
         }
-        out.insert("notification_count".into(), 0.into());
-        out.insert("highlight_count".into(), 0.into());
+        let counts = self.unread_counts(viewer.user_id, room_id)?;
+        out.insert("notification_count".into(), counts.notifications.into());
+        out.insert("highlight_count".into(), counts.highlights.into());
         out.insert("prev_batch".into(), timeline.prev_batch.to_string().into());
         if timeline.limited {
             out.insert("limited".into(), true.into());
