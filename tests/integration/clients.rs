@@ -220,6 +220,16 @@ async fn matrix_js_sdk_end_to_end_encryption() {
 /// Runs one matrix-js-sdk script of `tests/clients/js` against `server`; it must end with the
 /// line `ok_line`. `None` (skip) when the scripts cannot run, unless `REQUIRE_REAL_CLIENTS`.
 async fn run_js(server: &TestServer, script: &str, ok_line: &str) -> Option<()> {
+    run_js_with(server, script, &[], ok_line).await.map(|_| ())
+}
+
+/// Like [`run_js`] with more arguments; answers the script's standard output.
+async fn run_js_with(
+    server: &TestServer,
+    script: &str,
+    args: &[&str],
+    ok_line: &str,
+) -> Option<String> {
     let Some(dir) = js_clients_dir() else {
         assert!(
             std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
@@ -233,6 +243,7 @@ async fn run_js(server: &TestServer, script: &str, ok_line: &str) -> Option<()> 
     let output = tokio::process::Command::new("node")
         .current_dir(&dir)
         .args([script, "--homeserver", &server.base])
+        .args(args)
         .output()
         .await
         .expect("node runs");
@@ -242,7 +253,7 @@ async fn run_js(server: &TestServer, script: &str, ok_line: &str) -> Option<()> 
         output.status.success() && stdout.contains(ok_line),
         "{script} failed:\n{stdout}\n{stderr}"
     );
-    Some(())
+    Some(stdout.into_owned())
 }
 
 /// matrix-js-sdk's local echo: a message it sends shows once, even when the server's answer to
@@ -299,5 +310,44 @@ async fn matrix_sdk_syncs_like_element_x() {
     assert!(
         output.status.success() && stdout.contains("sdk sliding sync: ok"),
         "matrix-sdk sliding sync failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// matrix-js-sdk registers a pusher, sees a room's unread count rise through its own sync and
+/// fall after its read receipt; the gateway in the test gets the push
+/// (`tests/clients/js/push.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_registers_a_pusher_and_follows_the_counts() {
+    let server =
+        TestServer::start_with("rate_limits = { enabled = false }\nip_range_denylist = []").await;
+    let gateway = crate::push::Gateway::start().await;
+    let Some(stdout) = run_js_with(
+        &server,
+        "push.mjs",
+        &["--gateway", &gateway.url],
+        "js push: ok",
+    )
+    .await
+    else {
+        return;
+    };
+    let event = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pushed event: "))
+        .expect("the script names the event")
+        .to_owned();
+    let pushed = gateway.nth(0).await;
+    assert_eq!(
+        pushed["notification"]["event_id"],
+        event.as_str(),
+        "{pushed}"
+    );
+    assert_eq!(
+        pushed["notification"]["devices"][0]["pushkey"],
+        "js-pushkey"
+    );
+    assert!(
+        pushed["notification"].get("content").is_none(),
+        "event_id_only"
     );
 }

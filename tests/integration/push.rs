@@ -28,14 +28,14 @@ enum Answer {
 }
 
 /// A push gateway on loopback that records every `/_matrix/push/v1/notify` body.
-struct Gateway {
-    url: String,
+pub(crate) struct Gateway {
+    pub(crate) url: String,
     received: Arc<Mutex<Vec<Value>>>,
     answer: Arc<Mutex<Answer>>,
 }
 
 impl Gateway {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_on(0).await
     }
 
@@ -85,7 +85,7 @@ impl Gateway {
     }
 
     /// Waits for the `n`th request and returns it.
-    async fn nth(&self, n: usize) -> Value {
+    pub(crate) async fn nth(&self, n: usize) -> Value {
         poll(PATIENCE, Duration::from_millis(50), || async {
             self.received().get(n).cloned()
         })

@@ -36,9 +36,15 @@ async fn costs(server: &TestServer, room: &str, bob: &Session, joiner: &Session)
     // Bob has read the room: the thousand fillers are not his unread notifications (marking
     // that many read costs a delete each, once — his send would pay it).
     let last = server
-        .get_ok(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), bob)
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"),
+            bob,
+        )
         .await;
-    let last = last["chunk"][0]["event_id"].as_str().expect("an event").to_owned();
+    let last = last["chunk"][0]["event_id"]
+        .as_str()
+        .expect("an event")
+        .to_owned();
     let (status, _) = server
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}"),
