@@ -123,6 +123,12 @@ pub fn main() -> ExitCode {
                         "note: `{key}` is accepted for Conduit compatibility but has no effect"
                     );
                 }
+                for key in &config.ignored_environment {
+                    println!(
+                        "note: an environment variable names `{}`, which is no configuration key; ignored",
+                        key.to_uppercase()
+                    );
+                }
                 Ok(())
             }
             Command::User(command) => user_command(config, command).await,
@@ -144,9 +150,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = std::env::var("RUST_LOG")
+    let mut filter = std::env::var("RUST_LOG")
         .ok()
         .unwrap_or_else(|| filter.to_owned());
+    // ruma's auth rules log every check at `info`: one line per event's auth check would
+    // drown the server's own lines. Quieter unless the filter names that crate.
+    if !filter.contains("ruma_state_res") {
+        filter.push_str(",ruma_state_res=warn");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

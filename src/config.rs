@@ -167,6 +167,10 @@ pub struct Config {
     pub media: MediaConfig,
     #[serde(default)]
     pub emergency_password: Option<String>,
+    /// `CULVERT_*`/`CONDUIT_*` environment variables that name no key, left out (warned about
+    /// once logging runs).
+    #[serde(skip)]
+    pub ignored_environment: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -310,11 +314,23 @@ impl Config {
             }
             None => figment = figment.merge(Toml::string(EMBEDDED_DEFAULT).nested()),
         }
-        Self::from_figment(
-            figment
-                .merge(env_provider("CONDUIT_"))
-                .merge(env_provider("CULVERT_")),
-        )
+        // The file is strict; the environment is not: a `CULVERT_*`/`CONDUIT_*` variable that
+        // names no key (a wrapper script's `CULVERT_BIN`, a container's `CONDUIT_VERSION`) is
+        // warned about and left out, as Conduit does.
+        let mut ignored: Vec<String> = Vec::new();
+        loop {
+            let with_env = figment
+                .clone()
+                .merge(env_provider("CONDUIT_", &ignored))
+                .merge(env_provider("CULVERT_", &ignored));
+            let unknown = unknown_env_keys(&with_env);
+            if unknown.is_empty() || unknown.iter().all(|k| ignored.contains(k)) {
+                let mut config = Self::from_figment(with_env)?;
+                config.ignored_environment = ignored;
+                return Ok(config);
+            }
+            ignored.extend(unknown);
+        }
     }
 
     /// Parses a config from TOML text alone (no environment); used by tests and `check-config`.
@@ -434,12 +450,42 @@ impl Config {
     }
 }
 
-/// `PREFIX_<KEY>` variables, lower-cased, `__` for nesting; the config-path variable is not a key.
-fn env_provider(prefix: &str) -> Env {
+/// `PREFIX_<KEY>` variables, lower-cased, `__` for nesting; the config-path variable is not a key,
+/// nor are the `ignored` ones (raw keys after the prefix, lower-case, `__` kept).
+fn env_provider(prefix: &str, ignored: &[String]) -> Env {
+    let ignored: Vec<String> = ignored.to_vec();
     Env::prefixed(prefix)
         .ignore(&["CONFIG"])
+        .filter(move |key| !ignored.iter().any(|i| key.as_str().eq_ignore_ascii_case(i)))
         .split("__")
         .global()
+}
+
+/// The raw environment keys (after the prefix, `__` for nesting) of the unknown fields the
+/// environment providers of `figment` bring.
+fn unknown_env_keys(figment: &Figment) -> Vec<String> {
+    let Err(errors) = figment.extract::<Config>() else {
+        return Vec::new();
+    };
+    errors
+        .into_iter()
+        .filter(|e| matches!(e.kind, figment::error::Kind::UnknownField(..)))
+        .filter(|e| {
+            e.metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"))
+        })
+        .filter_map(|e| {
+            let figment::error::Kind::UnknownField(field, _) = &e.kind else {
+                return None;
+            };
+            let mut path: Vec<String> = e.path.clone();
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            Some(path.join("__"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,12 @@ pub struct RunningServer {
 /// Opens the database, binds the configured address and starts serving.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let addr = SocketAddr::new(config.address, config.port);
+    for key in &config.ignored_environment {
+        tracing::warn!(
+            "an environment variable names `{}`, which is no configuration key: ignored",
+            key.to_uppercase()
+        );
+    }
     for key in config.unused_conduit_keys() {
         tracing::warn!(
             "config key `{key}` is accepted for Conduit compatibility but has no effect in culvert"
@@ -32,6 +38,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     services.announce_bootstrap_token()?;
     services.start_federation_sender()?;
     expire_presence_periodically(&services);
+    expire_typing_periodically(&services);
     services.start_appservice_senders();
     services.start_push_sender()?;
 
@@ -94,6 +101,24 @@ fn expire_presence_periodically(services: &Arc<Services>) {
             };
             if let Err(e) = services.expire_presence(crate::utils::now_millis()).await {
                 tracing::warn!("expiring presence failed: {e}");
+            }
+        }
+    });
+}
+
+/// Every second, typing notifications past their timeout end, and clients hear of it. The task
+/// holds the services weakly, so it ends with the server.
+fn expire_typing_periodically(services: &Arc<Services>) {
+    let services = Arc::downgrade(services);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticks.tick().await;
+            let Some(services) = services.upgrade() else {
+                return;
+            };
+            if let Err(e) = services.expire_typing().await {
+                tracing::warn!("expiring typing notifications failed: {e}");
             }
         }
     });

@@ -24,9 +24,32 @@ pub fn router(state: State) -> Router {
     server::routes(client::routes(Router::new()))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn(cors))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// A handler that panics answers 500 `M_UNKNOWN` (and the panic is logged): the connection is
+/// never dropped without an answer.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let path = request.uri().path().to_owned();
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%path, "a request handler panicked: {message}");
+            Error::internal("The request could not be handled.").into_response()
+        }
+    }
 }
 
 async fn unrecognized() -> Error {

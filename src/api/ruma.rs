@@ -206,9 +206,19 @@ where
             bytes
         };
         let bytes = drop_empty_uia_auth(bytes);
+        let parts_path = parts.uri.path().to_owned();
         let http_request = http::Request::from_parts(parts, &bytes[..]);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_request, &args).map_err(request_error)?;
+        // ruma's parsing is trusted to refuse, not to panic; where it does (a body it does not
+        // expect), that is a bad request, answered as one.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            T::try_from_http_request(http_request, &args)
+        }))
+        .map_err(|_| {
+            tracing::info!(path = %parts_path, "request parsing panicked");
+            Error::bad_json("The request could not be parsed: a field is missing or malformed.")
+        })?;
+        let body = parsed.map_err(request_error)?;
         Ok(Ruma {
             body,
             sender_user,
@@ -377,6 +387,21 @@ pub trait RouterExt {
         X: 'static;
 }
 
+/// Every `(method, path)` mounted through [`RouterExt::ruma_route`], for tests that try each
+/// one with bad input.
+static MOUNTED: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The routes mounted so far (see [`MOUNTED`]).
+pub fn mounted_routes() -> Vec<(String, String)> {
+    MOUNTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
 impl RouterExt for Router<State> {
     fn ruma_route<R, H, X>(mut self, handler: H) -> Self
     where
@@ -388,6 +413,10 @@ impl RouterExt for Router<State> {
         let filter =
             MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
         for path in R::PATH_BUILDER.all_paths() {
+            MOUNTED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((R::METHOD.to_string(), path.to_owned()));
             self = self.route(path, on(filter, handler.clone()));
             // State keys may be empty, and then the spec makes the trailing slash optional:
             // `/state/m.room.topic/` and `/state/m.room.topic` must reach the handler too.

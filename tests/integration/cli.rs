@@ -68,6 +68,25 @@ fn embedded_default_and_environment_overrides() {
     );
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).contains("port"), "{}", text(&output));
+
+    // Variables that name no key (a wrapper's CULVERT_BIN, a container's CONDUIT_VERSION, a
+    // nested one) are noted and left out, not fatal; the others still apply.
+    let output = culvert(
+        &["check-config"],
+        &[
+            ("CULVERT_BIN", "/usr/bin/culvert"),
+            ("CONDUIT_VERSION", "0.11"),
+            ("CULVERT_WELL_KNOWN__NONSENSE", "x"),
+            ("CULVERT_PORT", "8009"),
+        ],
+        dir.path(),
+    );
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains(":8009"), "{out}");
+    for name in ["BIN", "VERSION", "WELL_KNOWN__NONSENSE"] {
+        assert!(out.contains(&format!("`{name}`")), "{name} noted: {out}");
+    }
 }
 
 #[test]

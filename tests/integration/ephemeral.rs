@@ -215,3 +215,44 @@ async fn a_moved_receipt_is_sent_once_and_only_its_new_place() {
             .is_object()
     );
 }
+
+/// A typing notification ends by itself at its timeout, and a client that saw it typing hears
+/// that it stopped (without anyone saying so).
+#[tokio::test]
+async fn typing_ends_at_its_timeout_and_clients_hear_it() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = room_with_two(&server).await;
+    let start = next_batch(&server.get_ok("/_matrix/client/v3/sync", &bob).await);
+    let path = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
+    let (status, _) = server
+        .put(
+            &path,
+            Some(&alice.token),
+            json!({ "typing": true, "timeout": 1000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let typing = sync(&server, &bob, &start).await;
+    assert_eq!(
+        ephemeral(&typing, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!([alice.user_id])
+    );
+    // A long-poll from there wakes when the timeout passes, with nobody typing.
+    let since = next_batch(&typing);
+    let started = std::time::Instant::now();
+    let stopped = server
+        .get_ok(
+            &format!("/_matrix/client/v3/sync?since={since}&timeout=10000"),
+            &bob,
+        )
+        .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "woken by the expiry"
+    );
+    assert_eq!(
+        ephemeral(&stopped, &room, "m.typing").map(|e| e["content"]["user_ids"].clone()),
+        Some(json!([])),
+        "{stopped}"
+    );
+}

@@ -283,3 +283,111 @@ async fn capabilities_and_well_known() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["m.server"], "matrix.example.org:443");
 }
+
+/// `POST /login` with an access token and `{}` made ruma's parser panic (the connection was
+/// dropped without an answer); it is a bad request now.
+#[tokio::test]
+async fn a_login_body_ruma_cannot_parse_is_a_bad_request() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let answer = server
+        .post("/_matrix/client/v3/login", Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(answer.0, StatusCode::BAD_REQUEST, "{}", answer.1);
+    assert!(answer.1["errcode"].is_string(), "{}", answer.1);
+}
+
+/// Every route culvert mounts, given bodies that are no JSON, empty objects and objects of the
+/// wrong shape, with a valid token and path parameters that name nothing: each answers (no
+/// dropped connection), never with a 5xx, and every refusal is a Matrix error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_malformed_requests() {
+    let server = TestServer::start().await;
+    let mut alice = server.register("alice", "pw").await;
+    let routes = culvert::api::ruma::mounted_routes();
+    assert!(routes.len() > 150, "the routes are known: {}", routes.len());
+    let fill = |path: &str| -> String {
+        let mut out = String::new();
+        let mut rest = path;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
+            let name = &rest[open + 1..close - 1];
+            out.push_str(match name {
+                "room_id" | "roomId" => "%21nosuch%3Atest.local",
+                "room_id_or_alias" | "roomIdOrAlias" => "%23nosuch%3Atest.local",
+                "room_alias" | "roomAlias" => "%23nosuch%3Atest.local",
+                "user_id" | "userId" => "%40alice%3Atest.local",
+                "event_id" | "eventId" => "%24nosuch",
+                "server_name" | "serverName" | "origin" => "test.local",
+                "media_id" | "mediaId" => "nosuch",
+                _ => "x",
+            });
+            rest = &rest[close..];
+        }
+        out.push_str(rest);
+        out
+    };
+    let bodies: [&[u8]; 4] = [
+        b"{not json",
+        b"{}",
+        br#"{"a": [1, {"b": null}], "kind": 5}"#,
+        b"[]",
+    ];
+    let mut failures = Vec::new();
+    for (method, path) in &routes {
+        let url = format!("{}{}", server.base, fill(path));
+        let method: reqwest::Method = method.parse().unwrap();
+        let tries: Vec<Option<&[u8]>> = if method == reqwest::Method::GET {
+            vec![None]
+        } else {
+            bodies.iter().map(|b| Some(*b)).collect()
+        };
+        for body in tries {
+            let mut request = server
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&alice.token)
+                .header("content-type", "application/json");
+            if let Some(body) = body {
+                request = request.body(body.to_vec());
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    failures.push(format!("{method} {path}: no answer ({e})"));
+                    continue;
+                }
+            };
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            let shown = String::from_utf8_lossy(body.unwrap_or_default());
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if answer["errcode"] == "M_UNKNOWN_TOKEN" {
+                // A logout went through: go on with a new token.
+                alice = server.login_ok("alice", "pw").await;
+            }
+            // User-interactive auth asks for a stage with a 401 that has no errcode.
+            let uia = status == StatusCode::UNAUTHORIZED && answer["flows"].is_array();
+            if status.is_server_error() {
+                failures.push(format!("{method} {path} with {shown}: {status} {text}"));
+            } else if status.is_client_error()
+                && !uia
+                && serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["errcode"].as_str().map(str::to_owned))
+                    .is_none()
+            {
+                failures.push(format!(
+                    "{method} {path} with {shown}: {status} without errcode: {text}"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

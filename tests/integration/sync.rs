@@ -727,3 +727,30 @@ async fn account_data_filters_apply() {
         vec!["m.push_rules", "org.example.keep"]
     );
 }
+
+/// An invite's stripped state names the inviter (their member event): clients call an
+/// unnamed room — a direct chat — after them rather than "Empty Room".
+#[tokio::test]
+async fn an_invite_carries_the_inviters_member_event() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "is_direct": true, "invite": [bob.user_id] }),
+        )
+        .await;
+    let response = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+    let stripped = response["rooms"]["invite"][&room]["invite_state"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{response}"));
+    let member = |user: &str| {
+        stripped
+            .iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+            .map(|e| e["content"]["membership"].clone())
+    };
+    assert_eq!(member(&alice.user_id), Some(json!("join")), "{response}");
+    assert_eq!(member(&bob.user_id), Some(json!("invite")));
+}

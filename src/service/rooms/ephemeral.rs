@@ -87,6 +87,32 @@ impl Services {
         Ok(())
     }
 
+    /// Ends the typing notifications past their timeout: each room where someone stopped takes
+    /// a new stream count, so syncs that showed them typing hear they stopped.
+    pub async fn expire_typing(&self) -> Result<()> {
+        let now = Instant::now();
+        let expired: Vec<OwnedRoomId> = {
+            let rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms
+                .iter()
+                .filter(|(_, room)| room.users.values().any(|until| *until <= now))
+                .map(|(room_id, _)| room_id.clone())
+                .collect()
+        };
+        for room_id in expired {
+            let count = self
+                .timeline
+                .commit_counted(Batch::new(), |_, _| Ok(()))
+                .await?;
+            let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(room) = rooms.get_mut(&room_id) {
+                room.users.retain(|_, until| *until > now);
+                room.changed = count;
+            }
+        }
+        Ok(())
+    }
+
     /// The `m.typing` event for a room, if it changed after `since` (always on a first sync).
     pub fn typing_event(&self, room_id: &RoomId, since: Option<u64>) -> Option<Value> {
         let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());

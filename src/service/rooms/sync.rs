@@ -568,10 +568,15 @@ impl Services {
         invite_event: &OwnedEventId,
     ) -> Result<Vec<Value>> {
         let state = self.timeline.state_after(invite_event)?;
+        // The inviter's member event too: clients name an unnamed room (a DM) after them.
+        let inviter = self.timeline.event_fields(room_id, invite_event)?["sender"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let mut events = Vec::new();
         for ((event_type, state_key), id) in &state {
             let wanted = STRIPPED_STATE.contains(&event_type.as_str())
-                || (event_type == "m.room.member" && id == invite_event);
+                || (event_type == "m.room.member" && (id == invite_event || *state_key == inviter));
             if !wanted {
                 continue;
             }
