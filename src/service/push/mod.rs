@@ -34,6 +34,9 @@ use crate::{config::Config, service::outbound_guard::OutboundGuard};
 /// How long a gateway may take to answer.
 const GATEWAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A user's running pusher tasks: each one's wake-up, by pusher key.
+type PusherTasks = HashMap<Vec<u8>, Arc<Notify>>;
+
 /// The push state shared by all requests and the sender tasks.
 pub struct Push {
     /// Parsed push rules per user (dropped when they change).
@@ -42,7 +45,7 @@ pub struct Push {
     client: reqwest::Client,
     guard: OutboundGuard,
     /// Each running pusher task's wake-up, by user and pusher key.
-    tasks: Mutex<HashMap<OwnedUserId, HashMap<Vec<u8>, Arc<Notify>>>>,
+    tasks: Mutex<HashMap<OwnedUserId, PusherTasks>>,
     /// Serialises changes of pusher records (definitions from clients, progress from tasks).
     pub(crate) records: tokio::sync::Mutex<()>,
     /// The services, for the sender tasks (set when the sender starts).
