@@ -1456,3 +1456,50 @@ receive_ephemeral: true
         .unwrap();
     assert!(status.success(), "bridge exit: {status}");
 }
+
+/// A message of a bridged user (sent through the appservice) reaches a sliding-sync client and
+/// moves the room to the top of its list.
+#[tokio::test]
+async fn bridged_messages_reach_sliding_sync() {
+    let Setup { server, _dir, .. } = setup().await;
+    let (alice, room) = bridged_room(&server).await;
+    let other = server.create_room(&alice, json!({ "name": "later" })).await;
+    server.say(&alice, &other, "newer").await;
+    let sliding = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let list = json!({ "lists": { "all": { "ranges": [[0, 0]], "timeline_limit": 1 } } });
+    let (status, first) = server
+        .post(
+            &format!("{sliding}?timeout=0"),
+            Some(&alice.token),
+            list.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(first["rooms"].get(&other).is_some(), "{first}");
+    let reply = server
+        .put(
+            &as_user(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/b1"),
+                "@irc_bob:test.local",
+            ),
+            Some(AS_TOKEN),
+            json!({ "msgtype": "m.text", "body": "from the bridge" }),
+        )
+        .await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.1);
+    let pos = first["pos"].as_str().unwrap();
+    let (status, next) = server
+        .post(
+            &format!("{sliding}?timeout=0&pos={}", urlencode(pos)),
+            Some(&alice.token),
+            list,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let data = &next["rooms"][&room];
+    assert_eq!(
+        data["timeline"][0]["content"]["body"], "from the bridge",
+        "{next}"
+    );
+    assert_eq!(data["timeline"][0]["sender"], "@irc_bob:test.local");
+}
