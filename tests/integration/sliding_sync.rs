@@ -834,3 +834,26 @@ async fn an_invite_from_another_server_shows_then_the_joined_room() {
         "{back}"
     );
 }
+
+/// A request the client abandoned (clients cancel and resend long-polls with the same `pos`)
+/// may still answer from the old position after the client got a newer one: that must not take
+/// the newer one away.
+#[tokio::test]
+async fn an_abandoned_request_from_the_old_position_leaves_the_newer_one_usable() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let rooms = three_rooms(&server, &alice).await;
+    let first = sliding(&server, &alice, None, room_list(19, 1)).await;
+    server.say(&alice, &rooms[0], "news").await;
+    // The client's answer: a newer position.
+    let answered = sliding(&server, &alice, Some(&pos(&first)), room_list(19, 1)).await;
+    // The abandoned request, still running from the old position, answers too.
+    let abandoned = sliding(&server, &alice, Some(&pos(&first)), room_list(19, 1)).await;
+    assert_eq!(
+        bodies(&abandoned["rooms"][&rooms[0]]["timeline"]),
+        vec!["news"]
+    );
+    // The client goes on from the answer it got.
+    let next = sliding(&server, &alice, Some(&pos(&answered)), room_list(19, 1)).await;
+    assert_eq!(next["rooms"], json!({}), "{next}");
+}

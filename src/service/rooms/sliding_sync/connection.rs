@@ -3,9 +3,10 @@
 //! A connection is one `(user, device, conn_id)`. Its client holds the data of some position
 //! `P` (the `pos` it sends); an answer creates a new position `P'` whose state is `P`'s plus
 //! the rooms it sent. The client may resend `P` (it cancels and resends long-polls, or lost an
-//! answer), so `P` stays usable until the client uses a newer position: only then are the
-//! others dropped. Concurrent answers from one position are siblings; the one the client uses
-//! next wins.
+//! answer), so `P` stays usable until the client uses a newer position: only then are `P` and
+//! the others dropped. Concurrent answers from one position are siblings; the one the client
+//! uses next wins, and a request still answering from `P` (abandoned by its client) drops
+//! nothing.
 //!
 //! Stored so that clients keep their connection across a restart of the server:
 //! - `sliding_connections`: `user 0xFF device 0xFF conn_id` → [`Record`]: the base position
@@ -31,6 +32,9 @@ use crate::{
 /// A connection unused for this long is forgotten (its client starts over with
 /// `M_UNKNOWN_POS`), as Synapse does.
 pub const EXPIRY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// How many positions made from the base are kept at most.
+const MAX_NEWER: usize = 8;
 
 /// What a position holds of one room: the client has its timeline and state up to `upto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,14 +153,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Answers from now on for position `position`, which the client has proven it holds:
-    /// made the base, every other position dropped (in `batch`).
+    /// Answers from now on for position `position`, which the client holds. A newer position
+    /// (one created from the base) becomes the base, and the base and the other newer ones are
+    /// dropped (in `batch`): the client went on from this one. The base itself drops nothing:
+    /// a request the client abandoned (clients cancel and resend long-polls) may still answer
+    /// from it while the client already holds a newer one.
     pub fn use_position(
         &mut self,
         position: u64,
         batch: &mut Batch,
     ) -> std::result::Result<(), UnknownPosition> {
-        if position != self.record.base && !self.record.newer.contains_key(&position) {
+        if position == self.record.base {
+            self.at = position;
+            return Ok(());
+        }
+        if !self.record.newer.contains_key(&position) {
             return Err(UnknownPosition);
         }
         let touched: Vec<OwnedRoomId> = std::mem::take(&mut self.record.newer)
@@ -220,6 +231,7 @@ impl Connection {
                 touched.push(room_id);
             }
             self.record.newer.insert(position, touched);
+            self.drop_oldest_newer(batch);
             position
         };
         batch.put(
@@ -228,6 +240,27 @@ impl Connection {
             serde_json::to_vec(&self.record).unwrap_or_default(),
         );
         position
+    }
+
+    /// Keeps at most [`MAX_NEWER`] positions after the base (a client that keeps resending the
+    /// base makes one each time): the oldest go.
+    fn drop_oldest_newer(&mut self, batch: &mut Batch) {
+        while self.record.newer.len() > MAX_NEWER {
+            let Some((oldest, touched)) = self.record.newer.pop_first() else {
+                return;
+            };
+            for room_id in touched {
+                let Some(versions) = self.rooms.get_mut(&room_id) else {
+                    continue;
+                };
+                versions.newer.retain(|(p, _)| *p != oldest);
+                batch.put(
+                    Cf::SlidingRooms,
+                    room_key(&self.key, &room_id),
+                    serde_json::to_vec(&*versions).unwrap_or_default(),
+                );
+            }
+        }
     }
 
     /// The rooms this connection ever sent (at any position).
@@ -292,14 +325,15 @@ mod tests {
         store.write(batch).unwrap();
         assert_ne!(retry, first);
 
-        // Reloaded (a server restart), the client uses the retry's position.
+        // Reloaded (a server restart), the client uses the retry's position; its sibling
+        // (the first answer, lost) goes then, not before.
         let mut conn = Connection::load(&store, key.clone()).unwrap().unwrap();
         let mut batch = Batch::new();
+        conn.use_position(retry, &mut batch).unwrap();
         assert!(
             conn.use_position(first, &mut batch).is_err(),
             "a dropped sibling"
         );
-        conn.use_position(retry, &mut batch).unwrap();
         assert_eq!(conn.sent(&room(1)), Some(sent(11)));
         assert!(
             conn.use_position(0, &mut batch).is_err(),
