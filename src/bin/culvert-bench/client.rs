@@ -13,6 +13,9 @@ use std::{
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// The simplified sliding sync endpoint (MSC4186) as matrix-sdk 0.18 and Synapse speak it.
+pub const SLIDING_SYNC_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -331,6 +334,22 @@ impl User {
             path.push_str(&enc(filter));
         }
         self.call_ok(Method::GET, &path, None).await
+    }
+
+    /// Simplified sliding sync (MSC4186, the unstable path Element X uses): `pos` and `timeout`
+    /// in the query, the lists and extensions in `body`.
+    pub async fn sliding_sync(
+        &self,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &Value,
+    ) -> Result<Reply> {
+        let mut path = format!("{SLIDING_SYNC_PATH}?timeout={timeout_ms}");
+        if let Some(pos) = pos {
+            path.push_str("&pos=");
+            path.push_str(&enc(pos));
+        }
+        self.call_ok(Method::POST, &path, Some(body)).await
     }
 
     /// One page of `/messages`, backwards.

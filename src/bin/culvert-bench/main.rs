@@ -23,7 +23,8 @@ use crate::{
     report::Report,
     scenarios::{
         Ctx, Deliver, DeliverOpts, History, HistoryOpts, Idle, IdleOpts, InitialSync,
-        InitialSyncOpts, RunOutput, Send, SendOpts,
+        InitialSyncOpts, Receive, RunOutput, Send, SendOpts, SlidingDeliverOpts, SlidingInitial,
+        SlidingInitialOpts,
     },
 };
 
@@ -94,6 +95,11 @@ enum Scenario {
     Idle(IdleOpts),
     /// Back-pagination with /messages over a room's whole history.
     History(HistoryOpts),
+    /// A user in many rooms, simplified sliding sync (MSC4186) as Element X asks: the first
+    /// response (rooms 0–19), then the whole list grown in batches of 100.
+    SlidingInitial(SlidingInitialOpts),
+    /// Like deliver, but the receivers are long-polling simplified sliding sync connections.
+    SlidingDeliver(SlidingDeliverOpts),
 }
 
 enum Prepared {
@@ -102,6 +108,7 @@ enum Prepared {
     InitialSync(InitialSync),
     Idle(Idle),
     History(History),
+    SlidingInitial(SlidingInitial),
 }
 
 impl Prepared {
@@ -112,6 +119,7 @@ impl Prepared {
             Prepared::InitialSync(s) => s.run(ctx, run).await,
             Prepared::Idle(s) => s.run(ctx, run).await,
             Prepared::History(s) => s.run(ctx, run).await,
+            Prepared::SlidingInitial(s) => s.run(ctx, run).await,
         }
     }
 }
@@ -180,7 +188,7 @@ async fn run(cli: Cli) -> Result<()> {
             "deliver",
             serde_json::to_value(o)?,
             "delivery: send's 200 → in sync (ms)",
-            Prepared::Deliver(Deliver::prepare(&ctx, o.clone()).await?),
+            Prepared::Deliver(Deliver::prepare(&ctx, o.clone(), Receive::Sync).await?),
         ),
         Scenario::InitialSync(o) => (
             "initial-sync",
@@ -199,6 +207,18 @@ async fn run(cli: Cli) -> Result<()> {
             serde_json::to_value(o)?,
             "/messages page (ms)",
             Prepared::History(History::prepare(&ctx, o.clone()).await?),
+        ),
+        Scenario::SlidingInitial(o) => (
+            "sliding-initial",
+            serde_json::to_value(o)?,
+            "first sliding sync response, rooms 0–19 (ms)",
+            Prepared::SlidingInitial(SlidingInitial::prepare(&ctx, o.clone()).await?),
+        ),
+        Scenario::SlidingDeliver(o) => (
+            "sliding-deliver",
+            serde_json::to_value(o)?,
+            "delivery: send's 200 → in sliding sync (ms)",
+            Prepared::Deliver(o.clone().prepare(&ctx).await?),
         ),
     };
 

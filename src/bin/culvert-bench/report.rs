@@ -282,6 +282,8 @@ impl Report<'_> {
             "deliver_p50_ms",
             "deliver_p99_ms",
             "sync_p50_ms",
+            "first_p50_ms",
+            "list_total_ms",
             "page_p50_ms",
             "server_rss_peak_mib",
         ];

@@ -19,8 +19,8 @@ use tokio::{
 };
 
 use crate::{
-    client::{Result, Server, User, error_chain},
-    measure::{ProcMonitor, Progress, for_each_bounded, mean, ms, percentile},
+    client::{Reply, Result, Server, User, error_chain},
+    measure::{ProcMonitor, Progress, for_each_bounded, mean, median, ms, percentile},
 };
 
 /// What a run produced: named figures (units in the name's suffix) and a series of
@@ -294,7 +294,7 @@ fn check_duration(d: f64) -> Result<()> {
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct DeliverOpts {
-    /// Receiving users, each long-polling /sync (the sender comes on top).
+    /// Receiving users, each long-polling (the sender comes on top).
     #[arg(long, default_value_t = 10)]
     pub users: usize,
     /// Measured messages per run.
@@ -306,7 +306,7 @@ pub struct DeliverOpts {
     /// Messages per second (0: each send as soon as the previous one returned).
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
-    /// The long-poll timeout given to /sync, in milliseconds.
+    /// The long-poll timeout the receivers ask for, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub poll_timeout: u64,
     /// How long to wait for late deliveries after the last send, in seconds.
@@ -316,40 +316,124 @@ pub struct DeliverOpts {
 
 pub struct Deliver {
     opts: DeliverOpts,
+    receive: Receive,
     sender: User,
     receivers: Vec<User>,
     room: String,
+}
+
+/// How the receivers of a delivery scenario sync.
+#[derive(Clone, Copy, Debug)]
+pub enum Receive {
+    /// `/sync` with [`DELIVER_FILTER`].
+    Sync,
+    /// A simplified sliding sync connection with Element X's room list request (see
+    /// [`room_list_request`]): one pos-less request, then long-polls with its `pos`.
+    Sliding { timeline_limit: u32 },
+}
+
+impl Receive {
+    fn name(self) -> &'static str {
+        match self {
+            Receive::Sync => "deliver",
+            Receive::Sliding { .. } => "sliding-deliver",
+        }
+    }
+
+    /// One request from `token` (none: the first); `timeout_ms` 0 answers at once.
+    async fn request(self, user: &User, token: Option<&str>, timeout_ms: u64) -> Result<Reply> {
+        match self {
+            Receive::Sync => user.sync(token, timeout_ms, Some(DELIVER_FILTER)).await,
+            Receive::Sliding { timeline_limit } => {
+                let body = room_list_request("room-list", FIRST_RANGE_END, timeline_limit);
+                user.sliding_sync(token, timeout_ms, &body).await
+            }
+        }
+    }
+
+    /// From a response: the next token, `room`'s timeline events and whether the server left
+    /// events out (`limited`).
+    fn read(self, body: &Value, room: &str) -> (Option<String>, Vec<Value>, bool) {
+        let (token, room) = match self {
+            Receive::Sync => (
+                &body["next_batch"],
+                &body["rooms"]["join"][room]["timeline"],
+            ),
+            Receive::Sliding { .. } => (&body["pos"], &body["rooms"][room]),
+        };
+        let events = match self {
+            Receive::Sync => &room["events"],
+            Receive::Sliding { .. } => &room["timeline"],
+        };
+        (
+            token.as_str().map(str::to_owned),
+            events.as_array().cloned().unwrap_or_default(),
+            room["limited"].as_bool().unwrap_or(false),
+        )
+    }
 }
 
 /// Sync filter of the long-polling clients: the timeline limit is high so that a burst of
 /// messages between two polls does not become a gap (a gap would count as lost deliveries).
 const DELIVER_FILTER: &str = r#"{"room":{"timeline":{"limit":1000}}}"#;
 
-/// Arrival instants per receiver: seq → first arrival; duplicates counted.
+/// Arrival instants per receiver: seq → first arrival; duplicates counted; the gaps the server
+/// announced (a `limited` timeline: messages between the last one seen before and the first one
+/// in the response were left out on purpose, because the timeline limit was exceeded).
 #[derive(Default)]
 struct Arrivals {
     first: HashMap<usize, Instant>,
     duplicates: usize,
+    last_seen: Option<usize>,
+    gaps: Vec<(Option<usize>, usize)>,
 }
 
-/// A receiver's first sync, for its since token. Set-up, not measured: bounded by
+impl Arrivals {
+    /// Records one response's messages of this run.
+    fn response(&mut self, seqs: &[usize], limited: bool, now: Instant) -> u64 {
+        let mut new = 0;
+        for &seq in seqs {
+            if self.first.insert(seq, now).is_some() {
+                self.duplicates += 1;
+            } else {
+                new += 1;
+            }
+        }
+        if let (Some(&lowest), Some(&highest)) = (seqs.iter().min(), seqs.iter().max()) {
+            if limited {
+                self.gaps.push((self.last_seen, lowest));
+            }
+            self.last_seen = Some(self.last_seen.map_or(highest, |s| s.max(highest)));
+        }
+        new
+    }
+
+    /// Whether `seq`, never delivered, fell into an announced gap.
+    fn skipped(&self, seq: usize) -> bool {
+        self.gaps
+            .iter()
+            .any(|&(after, before)| after.is_none_or(|a| seq > a) && seq < before)
+    }
+}
+
+/// A receiver's first sync, for its since token (or `pos`). Set-up, not measured: bounded by
 /// `--setup-concurrency` and retried, because a thousand receivers connecting at once can
 /// overflow the server's listen backlog (the connection then times out on the tool's side).
-async fn first_since(user: &User, setup: &Semaphore) -> Result<String> {
+async fn first_since(user: &User, setup: &Semaphore, receive: Receive) -> Result<String> {
     let _permit = setup.acquire().await?;
     let mut failures = 0;
     loop {
-        match user.sync(None, 0, Some(DELIVER_FILTER)).await {
+        match receive.request(user, None, 0).await {
             Ok(reply) => {
-                return Ok(reply.body["next_batch"]
-                    .as_str()
-                    .ok_or("sync: no next_batch")?
-                    .to_owned());
+                return receive.read(&reply.body, "").0.ok_or_else(|| {
+                    format!("{}: no next_batch or pos in the first sync", receive.name()).into()
+                });
             }
             Err(e) if failures < 20 => {
                 failures += 1;
                 eprintln!(
-                    "deliver: initial sync failed ({}); retrying",
+                    "{}: initial sync failed ({}); retrying",
+                    receive.name(),
                     error_chain(&*e)
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -360,19 +444,23 @@ async fn first_since(user: &User, setup: &Semaphore) -> Result<String> {
 }
 
 impl Deliver {
-    pub async fn prepare(ctx: &Ctx, opts: DeliverOpts) -> Result<Self> {
+    pub async fn prepare(ctx: &Ctx, opts: DeliverOpts, receive: Receive) -> Result<Self> {
         check_limits("--users", opts.users, 20_000)?;
         check_limits("--messages", opts.messages, 100_000)?;
         if !(0.0..=100_000.0).contains(&opts.rate) || !(0.0..=600.0).contains(&opts.grace) {
             return Err("--rate must be within 0..100000, --grace within 0..600".into());
         }
         let sender = ctx.users("dsender", 1).await?.remove(0);
+        if let Receive::Sliding { .. } = receive {
+            probe_sliding_sync(&sender).await?;
+        }
         let room = sender.create_room("bench deliver").await?;
         let receivers = ctx.users("receiver", opts.users).await?;
         ctx.join_all(&receivers, std::slice::from_ref(&room))
             .await?;
         Ok(Self {
             opts,
+            receive,
             sender,
             receivers,
             room,
@@ -382,7 +470,11 @@ impl Deliver {
     pub async fn run(&self, ctx: &Ctx, run: usize) -> Result<RunOutput> {
         let total = self.opts.warmup + self.opts.messages;
         let expected_all = (total * self.receivers.len()) as u64;
+        let name = self.receive.name();
         let delivered = Arc::new(AtomicU64::new(0));
+        // Receivers that have the last message: with a server that keeps events in order,
+        // nothing older can come after it.
+        let finished = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = watch::channel(false);
 
@@ -390,51 +482,55 @@ impl Deliver {
         let setup = Arc::new(Semaphore::new(ctx.setup_concurrency));
         let mut set = JoinSet::new();
         for user in &self.receivers {
-            let (user, room, delivered, ready, mut stopped, setup) = (
+            let (user, room, delivered, finished, ready, mut stopped, setup) = (
                 user.clone(),
                 self.room.clone(),
                 delivered.clone(),
+                finished.clone(),
                 ready.clone(),
                 stopped.clone(),
                 setup.clone(),
             );
-            let poll_timeout = self.opts.poll_timeout;
+            let (poll_timeout, receive) = (self.opts.poll_timeout, self.receive);
             set.spawn(async move {
                 let mut arrivals = Arrivals::default();
-                let mut since = first_since(&user, &setup).await?;
+                let mut since = first_since(&user, &setup, receive).await?;
                 ready.fetch_add(1, Ordering::Relaxed);
-                let mut failures = 0;
+                let (mut failures, mut has_last) = (0, false);
                 loop {
                     let reply = tokio::select! {
                         _ = stopped.changed() => return Ok::<_, crate::client::Error>(arrivals),
-                        r = user.sync(Some(&since), poll_timeout, Some(DELIVER_FILTER)) => r,
+                        r = receive.request(&user, Some(&since), poll_timeout) => r,
                     };
                     let now = Instant::now();
                     let reply = match reply {
                         Ok(reply) => reply,
                         Err(e) if failures < 20 => {
                             failures += 1;
-                            eprintln!("deliver: sync failed ({}); retrying", error_chain(&*e));
+                            eprintln!(
+                                "{}: sync failed ({}); retrying",
+                                receive.name(),
+                                error_chain(&*e)
+                            );
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                         Err(e) => return Err(e),
                     };
-                    if let Some(next) = reply.body["next_batch"].as_str() {
-                        since = next.to_owned();
+                    let (next, events, limited) = receive.read(&reply.body, &room);
+                    if let Some(next) = next {
+                        since = next;
                     }
-                    let events = reply.body["rooms"]["join"][&room]["timeline"]["events"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    for event in &events {
-                        if let Some((_, seq)) = tag(event).filter(|(r, _)| *r == run) {
-                            if arrivals.first.insert(seq, now).is_some() {
-                                arrivals.duplicates += 1;
-                            } else {
-                                delivered.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                    let seqs: Vec<usize> = events
+                        .iter()
+                        .filter_map(|event| tag(event).filter(|(r, _)| *r == run))
+                        .map(|(_, seq)| seq)
+                        .collect();
+                    let new = arrivals.response(&seqs, limited, now);
+                    delivered.fetch_add(new, Ordering::Relaxed);
+                    if !has_last && seqs.contains(&(total - 1)) {
+                        has_last = true;
+                        finished.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
@@ -450,17 +546,19 @@ impl Deliver {
                     Ok(Ok(_)) => "ended early".into(),
                     Err(e) => e.to_string(),
                 };
-                return Err(format!("deliver: a receiver's sync failed: {why}").into());
+                return Err(format!("{name}: a receiver's sync failed: {why}").into());
             }
             if Instant::now() > wait_ready {
-                return Err("deliver: the receivers' initial syncs took over 10 minutes".into());
+                return Err(
+                    format!("{name}: the receivers' initial syncs took over 10 minutes").into(),
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(500 + self.receivers.len() as u64)).await;
 
         let monitor = ctx.monitor();
-        let progress = Progress::start("deliver: sent", Some(total as u64), None);
+        let progress = Progress::start(&format!("{name}: sent"), Some(total as u64), None);
         let started = Instant::now();
         let mut sent = Vec::with_capacity(total);
         for seq in 0..total {
@@ -475,7 +573,10 @@ impl Deliver {
         }
         progress.finish().await;
         let grace = Instant::now() + Duration::from_secs_f64(self.opts.grace);
-        while delivered.load(Ordering::Relaxed) < expected_all && Instant::now() < grace {
+        while delivered.load(Ordering::Relaxed) < expected_all
+            && finished.load(Ordering::Relaxed) < self.receivers.len()
+            && Instant::now() < grace
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = stop.send(true);
@@ -488,21 +589,23 @@ impl Deliver {
 
         // Measured messages only: seq ≥ warmup.
         let (mut from_200, mut from_request, mut series) = (Vec::new(), Vec::new(), Vec::new());
-        let mut duplicates = 0;
+        let (mut duplicates, mut skipped) = (0, 0);
         for arrivals in &per_user {
             duplicates += arrivals.duplicates;
             for (seq, (t0, t200)) in sent.iter().enumerate().skip(self.opts.warmup) {
-                if let Some(at) = arrivals.first.get(&seq) {
-                    // Signed: a sync may return before the sender has read its own 200.
-                    let d = if at >= t200 {
-                        ms(at.duration_since(*t200))
-                    } else {
-                        -ms(t200.duration_since(*at))
-                    };
-                    from_200.push(d);
-                    from_request.push(ms(at.duration_since(*t0)));
-                    series.push((t0.duration_since(started).as_secs_f64(), d));
-                }
+                let Some(at) = arrivals.first.get(&seq) else {
+                    skipped += usize::from(arrivals.skipped(seq));
+                    continue;
+                };
+                // Signed: a sync may return before the sender has read its own 200.
+                let d = if at >= t200 {
+                    ms(at.duration_since(*t200))
+                } else {
+                    -ms(t200.duration_since(*at))
+                };
+                from_200.push(d);
+                from_request.push(ms(at.duration_since(*t0)));
+                series.push((t0.duration_since(started).as_secs_f64(), d));
             }
         }
         let send_latency: Vec<f64> = sent
@@ -516,7 +619,9 @@ impl Deliver {
             fig("messages", self.opts.messages as f64),
             fig("expected_deliveries", expected as f64),
             fig("delivered", from_200.len() as f64),
-            fig("lost", (expected - from_200.len()) as f64),
+            fig("lost", (expected - from_200.len() - skipped) as f64),
+            // Left out on purpose: the timeline limit was exceeded and the response said so.
+            fig("skipped", skipped as f64),
             fig("duplicates", duplicates as f64),
         ];
         latency_figures("deliver", &from_200, &mut head);
@@ -554,6 +659,35 @@ pub struct InitialSyncOpts {
     pub samples: usize,
 }
 
+/// `user` creates `rooms` rooms and sends `history` messages into each (round robin, so that
+/// every room has some recent activity).
+async fn fill_rooms(ctx: &Ctx, user: &User, rooms: usize, history: usize) -> Result<()> {
+    let creator = user.clone();
+    let rooms = for_each_bounded("create rooms", rooms, ctx.setup_concurrency, move |i| {
+        let creator = creator.clone();
+        async move { creator.create_room(&format!("bench sync {i}")).await }
+    })
+    .await?;
+    let rooms = Arc::new(rooms);
+    let writer = user.clone();
+    for_each_bounded(
+        "fill history",
+        rooms.len() * history,
+        ctx.setup_concurrency,
+        move |i| {
+            let (writer, rooms) = (writer.clone(), rooms.clone());
+            async move {
+                writer
+                    .send(&rooms[i % rooms.len()], &message(0, i))
+                    .await
+                    .map(drop)
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 pub struct InitialSync {
     opts: InitialSyncOpts,
     user: User,
@@ -568,34 +702,7 @@ impl InitialSync {
             return Err("--history must be at most 10000".into());
         }
         let user = ctx.users("syncer", 1).await?.remove(0);
-        let creator = user.clone();
-        let rooms = for_each_bounded(
-            "create rooms",
-            opts.rooms,
-            ctx.setup_concurrency,
-            move |i| {
-                let creator = creator.clone();
-                async move { creator.create_room(&format!("bench sync {i}")).await }
-            },
-        )
-        .await?;
-        let rooms = Arc::new(rooms);
-        let (writer, history) = (user.clone(), opts.history);
-        for_each_bounded(
-            "fill history",
-            opts.rooms * history,
-            ctx.setup_concurrency,
-            move |i| {
-                let (writer, rooms) = (writer.clone(), rooms.clone());
-                async move {
-                    writer
-                        .send(&rooms[i % rooms.len()], &message(0, i))
-                        .await
-                        .map(drop)
-                }
-            },
-        )
-        .await?;
+        fill_rooms(ctx, &user, opts.rooms, opts.history).await?;
         Ok(Self {
             opts,
             user,
@@ -876,5 +983,281 @@ impl History {
         let elapsed = ms(started.elapsed());
         progress.finish().await;
         Ok((pages, messages, bytes, elapsed))
+    }
+}
+
+// ---- sliding sync ----------------------------------------------------------------------------
+
+/// The room list's `required_state` in Element X's sliding sync requests (matrix-sdk-ui 0.18,
+/// `RoomListService`).
+const ROOM_LIST_REQUIRED_STATE: [(&str, &str); 17] = [
+    ("m.room.name", ""),
+    ("m.room.encryption", ""),
+    ("m.room.member", "$LAZY"),
+    ("m.room.member", "$ME"),
+    ("m.room.topic", ""),
+    ("m.room.avatar", ""),
+    ("m.room.canonical_alias", ""),
+    ("m.room.power_levels", ""),
+    ("org.matrix.msc3401.call.member", "*"),
+    ("m.room.join_rules", ""),
+    ("m.room.tombstone", ""),
+    ("m.room.create", ""),
+    ("m.room.history_visibility", ""),
+    ("io.element.functional_members", ""),
+    ("m.space.parent", "*"),
+    ("m.space.child", "*"),
+    ("org.matrix.msc3672.beacon_info", "*"),
+];
+
+/// The end of the room list's first range, and the batch the list then grows by, as
+/// matrix-sdk-ui 0.18 has them (`ALL_ROOMS_DEFAULT_SELECTIVE_RANGE` 0..=19,
+/// `ALL_ROOMS_DEFAULT_GROWING_BATCH_SIZE` 100).
+const FIRST_RANGE_END: u64 = 19;
+const GROWING_BATCH: u64 = 100;
+
+/// Element X's room-list request (matrix-sdk-ui 0.18's `RoomListService`): one list `all_rooms`
+/// over `0..=end` without filters, and the account data, receipts and typing extensions.
+fn room_list_request(conn_id: &str, end: u64, timeline_limit: u32) -> Value {
+    let required_state: Vec<[&str; 2]> = ROOM_LIST_REQUIRED_STATE
+        .iter()
+        .map(|&(kind, key)| [kind, key])
+        .collect();
+    json!({
+        "conn_id": conn_id,
+        "lists": {
+            "all_rooms": {
+                "ranges": [[0, end]],
+                "timeline_limit": timeline_limit,
+                "filters": {},
+                "required_state": required_state,
+            },
+        },
+        "extensions": {
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true, "rooms": ["*"] },
+            "typing": { "enabled": true },
+        },
+    })
+}
+
+/// `lists.all_rooms.count` of a sliding sync response: without it no client can page.
+fn list_count(body: &Value) -> Result<u64> {
+    body["lists"]["all_rooms"]["count"].as_u64().ok_or_else(|| {
+        format!(
+            "sliding sync: no lists.all_rooms.count in {}",
+            crate::client::short(body)
+        )
+        .into()
+    })
+}
+
+fn rooms_in(body: &Value) -> impl Iterator<Item = &String> {
+    body["rooms"].as_object().into_iter().flat_map(|r| r.keys())
+}
+
+/// One request with Element X's room list, to fail early and clearly on a server without
+/// simplified sliding sync (before setting up hundreds of rooms).
+async fn probe_sliding_sync(user: &User) -> Result<()> {
+    let body = room_list_request("culvert-bench-probe", FIRST_RANGE_END, 1);
+    let reply = user.sliding_sync(None, 0, &body).await.map_err(|e| {
+        format!("the server does not answer simplified sliding sync (MSC4186): {e}")
+    })?;
+    list_count(&reply.body).map(drop)
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct SlidingInitialOpts {
+    /// Rooms the user is in.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Messages in each room.
+    #[arg(long, default_value_t = 5)]
+    pub history: usize,
+    /// Measured first requests per run (each on a new connection, after one warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub samples: usize,
+    /// Measured whole-list loads per run (each on a new connection, after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub loads: usize,
+}
+
+pub struct SlidingInitial {
+    opts: SlidingInitialOpts,
+    user: User,
+}
+
+/// One whole room list, loaded the way matrix-sdk-ui grows it.
+struct ListLoad {
+    ms: f64,
+    requests: usize,
+    /// Distinct rooms received over all responses: the user's rooms, if the server is right.
+    rooms: usize,
+    /// Rooms in all responses, a room sent twice counted twice.
+    room_entries: usize,
+    bytes: usize,
+    count: u64,
+}
+
+impl SlidingInitial {
+    pub async fn prepare(ctx: &Ctx, opts: SlidingInitialOpts) -> Result<Self> {
+        check_limits("--rooms", opts.rooms, 10_000)?;
+        check_limits("--samples", opts.samples, 1_000)?;
+        check_limits("--loads", opts.loads, 100)?;
+        if opts.history > 10_000 {
+            return Err("--history must be at most 10000".into());
+        }
+        let user = ctx.users("slider", 1).await?.remove(0);
+        probe_sliding_sync(&user).await?;
+        fill_rooms(ctx, &user, opts.rooms, opts.history).await?;
+        Ok(Self { opts, user })
+    }
+
+    /// Element X's first request on a new connection (range 0–19, timeline limit 1, no `pos`,
+    /// `timeout=0`): milliseconds, bytes, rooms in it and the list's count.
+    async fn first(&self, conn_id: &str) -> Result<(f64, usize, usize, u64)> {
+        let body = room_list_request(conn_id, FIRST_RANGE_END, 1);
+        let t0 = Instant::now();
+        let reply = self.user.sliding_sync(None, 0, &body).await?;
+        let took = ms(t0.elapsed());
+        let count = list_count(&reply.body)?;
+        Ok((took, reply.bytes, rooms_in(&reply.body).count(), count))
+    }
+
+    /// The whole list on a new connection, as matrix-sdk-ui 0.18 loads it: 0–19, then (growing
+    /// mode, which starts counting afresh) 0–99, 0–199, … until the range covers the count,
+    /// each request with the previous `pos` and `timeout=0` (the SDK long-polls only once the
+    /// list is fully loaded).
+    async fn load_list(&self, conn_id: &str) -> Result<ListLoad> {
+        let started = Instant::now();
+        let (mut pos, mut end, mut fetched) = (None::<String>, FIRST_RANGE_END, 0);
+        let mut load = ListLoad {
+            ms: 0.0,
+            requests: 0,
+            rooms: 0,
+            room_entries: 0,
+            bytes: 0,
+            count: 0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let body = room_list_request(conn_id, end, 1);
+            let reply = self.user.sliding_sync(pos.as_deref(), 0, &body).await?;
+            load.requests += 1;
+            load.bytes += reply.bytes;
+            load.count = list_count(&reply.body)?;
+            for room in rooms_in(&reply.body) {
+                load.room_entries += 1;
+                seen.insert(room.clone());
+            }
+            pos = Some(
+                reply.body["pos"]
+                    .as_str()
+                    .ok_or("sliding sync: no pos")?
+                    .to_owned(),
+            );
+            if end + 1 >= load.count {
+                break;
+            }
+            if load.requests > 1 {
+                fetched = end + 1;
+            }
+            end = (fetched + GROWING_BATCH).min(load.count) - 1;
+            if load.requests > 10_000 {
+                return Err("sliding sync: the list did not end after 10,000 requests".into());
+            }
+        }
+        load.ms = ms(started.elapsed());
+        load.rooms = seen.len();
+        Ok(load)
+    }
+
+    pub async fn run(&self, ctx: &Ctx, run: usize) -> Result<RunOutput> {
+        // Warm-up: one first request and one whole list, not counted.
+        self.first(&format!("w{run}")).await?;
+        self.load_list(&format!("wl{run}")).await?;
+
+        let monitor = ctx.monitor();
+        let started = Instant::now();
+        let (mut times, mut bytes, mut series) = (vec![], vec![], vec![]);
+        let (mut first_rooms, mut count) = (usize::MAX, 0);
+        let progress = Progress::start("first requests", Some(self.opts.samples as u64), None);
+        for i in 0..self.opts.samples {
+            let t = started.elapsed().as_secs_f64();
+            let (took, size, rooms, n) = self.first(&format!("f{run}.{i}")).await?;
+            times.push(took);
+            bytes.push(size as f64);
+            series.push((t, took));
+            first_rooms = first_rooms.min(rooms);
+            count = n;
+            progress.inc();
+        }
+        progress.finish().await;
+        let progress = Progress::start("whole-list loads", Some(self.opts.loads as u64), None);
+        let mut loads = Vec::with_capacity(self.opts.loads);
+        for i in 0..self.opts.loads {
+            loads.push(self.load_list(&format!("l{run}.{i}")).await?);
+            progress.inc();
+        }
+        progress.finish().await;
+        let list = |f: fn(&ListLoad) -> f64| -> Vec<f64> { loads.iter().map(f).collect() };
+        let received = loads.iter().map(|l| l.rooms).min().unwrap_or(0);
+        if received != self.opts.rooms || count != self.opts.rooms as u64 {
+            eprintln!(
+                "sliding-initial: the user is in {} rooms; the server counted {count} and sent \
+                 {received} over a whole list",
+                self.opts.rooms
+            );
+        }
+        let total = list(|l| l.ms);
+        let mut figures = vec![
+            fig("rooms", self.opts.rooms as f64),
+            fig("history_per_room", self.opts.history as f64),
+            fig("samples", times.len() as f64),
+        ];
+        latency_figures("first", &times, &mut figures);
+        figures.extend([
+            fig("first_bytes", percentile(&bytes, 50.0)),
+            fig("first_rooms", first_rooms as f64),
+            fig("list_count", count as f64),
+            fig("list_loads", loads.len() as f64),
+            fig("list_total_ms", median(&total)),
+            fig("list_total_max_ms", percentile(&total, 100.0)),
+            fig("list_requests", median(&list(|l| l.requests as f64))),
+            fig("list_rooms_received", received as f64),
+            fig(
+                "list_room_entries",
+                median(&list(|l| l.room_entries as f64)),
+            ),
+            fig("list_bytes", median(&list(|l| l.bytes as f64))),
+        ]);
+        finish_monitor(monitor, &mut figures).await;
+        Ok(RunOutput { figures, series })
+    }
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct SlidingDeliverOpts {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub deliver: DeliverOpts,
+    /// The list's timeline limit (Element X's room list: 1). When more messages than this come
+    /// between two responses, the server leaves the older ones out and says so (`limited`):
+    /// they count as skipped, not lost.
+    #[arg(long, default_value_t = 1)]
+    pub timeline_limit: u32,
+}
+
+impl SlidingDeliverOpts {
+    pub async fn prepare(self, ctx: &Ctx) -> Result<Deliver> {
+        check_limits("--timeline-limit", self.timeline_limit as usize, 1_000)?;
+        Deliver::prepare(
+            ctx,
+            self.deliver,
+            Receive::Sliding {
+                timeline_limit: self.timeline_limit,
+            },
+        )
+        .await
     }
 }
