@@ -59,8 +59,22 @@ FIGURES = {
         ("server_rss_peak_mib", "MiB", "lower"),
         ("server_rss_anon_peak_mib", "MiB", "lower"),
     ],
+    "sliding-initial": [
+        ("first_p50_ms", "ms", "lower"),
+        ("first_p99_ms", "ms", "lower"),
+        ("first_bytes", "bytes", "lower"),
+        ("first_rooms", "", "same"),
+        ("list_total_ms", "ms", "lower"),
+        ("list_requests", "", "same"),
+        ("list_rooms_received", "", "same"),
+        ("list_bytes", "bytes", "lower"),
+        ("server_rss_peak_mib", "MiB", "lower"),
+        ("server_rss_anon_peak_mib", "MiB", "lower"),
+        ("server_cpu_seconds", "s CPU", "lower"),
+    ],
 }
-ORDER = ["send", "deliver", "initial-sync", "idle", "history"]
+FIGURES["sliding-deliver"] = FIGURES["deliver"][:5] + [("skipped", "", "lower")] + FIGURES["deliver"][5:]
+ORDER = ["send", "deliver", "initial-sync", "idle", "history", "sliding-initial", "sliding-deliver"]
 
 
 def fmt(v):
