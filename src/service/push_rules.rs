@@ -117,7 +117,7 @@ impl Services {
     pub fn push_rules_event(&self, user_id: &UserId) -> Result<Value> {
         Ok(json!({
             "type": EVENT_TYPE,
-            "content": { "global": ruleset_json(&self.push_rules(user_id)?) },
+            "content": { "global": ruleset_json(&*self.push_ruleset(user_id)?) },
         }))
     }
 

@@ -22,53 +22,45 @@ use crate::{
 pub(super) struct Scoping<'a> {
     /// Each list's rooms in its ranges.
     pub in_ranges: &'a BTreeMap<String, Vec<OwnedRoomId>>,
-    /// The subscribed rooms (that the user has a membership in).
-    pub subscribed: &'a [OwnedRoomId],
     /// Every room of the lists' ranges and the subscriptions.
     pub relevant: &'a [OwnedRoomId],
     /// The rooms sent with `initial` in this answer.
     pub initial: &'a HashSet<OwnedRoomId>,
 }
 
-impl Scoping<'_> {
+impl<'a> Scoping<'a> {
     /// The rooms an extension's `lists`/`rooms` name, in the answer's order.
     fn rooms(&self, scope: &Scope) -> Vec<OwnedRoomId> {
+        let mut seen: HashSet<&OwnedRoomId> = HashSet::new();
         let mut rooms: Vec<OwnedRoomId> = Vec::new();
-        let mut add = |room: &OwnedRoomId| {
-            if !rooms.contains(room) {
+        let mut add = |room: &'a OwnedRoomId| {
+            if seen.insert(room) {
                 rooms.push(room.clone());
             }
         };
-        match &scope.lists {
-            None => self.in_ranges.values().flatten().for_each(&mut add),
-            Some(names) => names
-                .iter()
-                .filter_map(|name| {
-                    if name == "*" {
-                        None
-                    } else {
-                        self.in_ranges.get(name)
-                    }
-                })
-                .flatten()
-                .for_each(&mut add),
-        }
-        if scope
+        let all_lists = scope
             .lists
             .as_ref()
-            .is_some_and(|l| l.iter().any(|n| n == "*"))
-        {
+            .is_none_or(|names| names.iter().any(|n| n == "*"));
+        if all_lists {
             self.in_ranges.values().flatten().for_each(&mut add);
+        } else if let Some(names) = &scope.lists {
+            names
+                .iter()
+                .filter_map(|name| self.in_ranges.get(name))
+                .flatten()
+                .for_each(&mut add);
         }
         match &scope.rooms {
             None => self.relevant.iter().for_each(&mut add),
             Some(wanted) => {
+                let relevant: HashSet<&OwnedRoomId> = self.relevant.iter().collect();
                 for room in wanted {
                     match room {
                         ScopeRoom::All => self.relevant.iter().for_each(&mut add),
                         ScopeRoom::Room(id) => {
-                            if self.subscribed.contains(id) || self.relevant.contains(id) {
-                                add(id);
+                            if let Some(known) = relevant.get(id) {
+                                add(known);
                             }
                         }
                     }

@@ -94,6 +94,42 @@ impl RoomConfig {
     }
 }
 
+/// A room's config in one answer: a list's or subscription's own (shared by its rooms, its
+/// fingerprint worked out once), or the merge of several (a room in two lists, or subscribed).
+enum RoomSetting<'r> {
+    Shared(&'r RoomConfig, u64),
+    Merged(RoomConfig),
+}
+
+impl<'r> RoomSetting<'r> {
+    fn shared(config: &'r RoomConfig, fingerprint: u64) -> Self {
+        Self::Shared(config, fingerprint)
+    }
+
+    fn merge(&mut self, other: &RoomConfig) {
+        if let Self::Shared(config, _) = self {
+            *self = Self::Merged((*config).clone());
+        }
+        if let Self::Merged(config) = self {
+            config.merge(other);
+        }
+    }
+
+    fn config(&self) -> &RoomConfig {
+        match self {
+            Self::Shared(config, _) => config,
+            Self::Merged(config) => config,
+        }
+    }
+
+    fn fingerprint(&self) -> u64 {
+        match self {
+            Self::Shared(_, fingerprint) => *fingerprint,
+            Self::Merged(config) => config.required_state.fingerprint(),
+        }
+    }
+}
+
 /// `required_state`: `[type, state_key]` pairs, with `*` for any type or key, `$ME` for the
 /// requester and `["m.room.member", "$LAZY"]` for the senders of the timeline sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -314,10 +350,10 @@ impl Services {
     }
 
     /// One pass: the lists, the rooms to send and the extensions.
-    fn sliding_answer(
+    fn sliding_answer<'r>(
         &self,
         user_id: &UserId,
-        request: &SlidingRequest<'_>,
+        request: &'r SlidingRequest<'_>,
         connection: &Connection,
         from: Option<u64>,
         now: u64,
@@ -333,7 +369,18 @@ impl Services {
         let mut lists = Map::new();
         let mut in_ranges: BTreeMap<String, Vec<OwnedRoomId>> = BTreeMap::new();
         let mut relevant: Vec<OwnedRoomId> = Vec::new();
-        let mut configs: HashMap<OwnedRoomId, RoomConfig> = HashMap::new();
+        // Each room's config: its list's (shared, fingerprinted once), or a merge of several.
+        let mut configs: HashMap<OwnedRoomId, RoomSetting<'_>> = HashMap::new();
+        let mut add_config =
+            |room_id: &OwnedRoomId, config: &'r RoomConfig, fingerprint: u64| match configs
+                .get_mut(room_id)
+            {
+                Some(existing) => existing.merge(config),
+                None => {
+                    configs.insert(room_id.clone(), RoomSetting::shared(config, fingerprint));
+                    relevant.push(room_id.clone());
+                }
+            };
         for (name, list) in &request.lists {
             let mut kept: Vec<&ListRoom> = rooms
                 .iter()
@@ -346,6 +393,7 @@ impl Services {
             });
             lists.insert(name.clone(), json!({ "count": kept.len() }));
             let mut chosen = Vec::new();
+            let mut chosen_set: HashSet<&RoomId> = HashSet::new();
             for &(start, end) in &list.ranges {
                 let end = end.min(start.saturating_add(MAX_RANGE_ROOMS - 1));
                 for room in kept
@@ -353,38 +401,25 @@ impl Services {
                     .skip(usize::try_from(start).unwrap_or(usize::MAX))
                     .take(usize::try_from(end - start + 1).unwrap_or(usize::MAX))
                 {
-                    if !chosen.contains(&room.room_id) {
+                    if chosen_set.insert(&room.room_id) {
                         chosen.push(room.room_id.clone());
                     }
                 }
             }
+            let fingerprint = list.room.required_state.fingerprint();
             for room_id in &chosen {
-                match configs.get_mut(room_id) {
-                    Some(config) => config.merge(&list.room),
-                    None => {
-                        configs.insert(room_id.clone(), list.room.clone());
-                        relevant.push(room_id.clone());
-                    }
-                }
+                add_config(room_id, &list.room, fingerprint);
             }
             in_ranges.insert(name.clone(), chosen);
         }
         // Subscriptions: rooms the user has a membership in (no peeking).
         let by_id: HashMap<&RoomId, &ListRoom> =
             rooms.iter().map(|r| (r.room_id.as_ref(), r)).collect();
-        let mut subscribed = Vec::new();
         for (room_id, config) in &request.subscriptions {
             if !by_id.contains_key::<RoomId>(room_id) {
                 continue;
             }
-            subscribed.push(room_id.clone());
-            match configs.get_mut(room_id) {
-                Some(existing) => existing.merge(config),
-                None => {
-                    configs.insert(room_id.clone(), config.clone());
-                    relevant.push(room_id.clone());
-                }
-            }
+            add_config(room_id, config, config.required_state.fingerprint());
         }
 
         // The rooms to send: new to the connection, changed, or asked for with more.
@@ -392,11 +427,11 @@ impl Services {
         let mut sent = Vec::new();
         let mut initial_rooms = HashSet::new();
         for room_id in &relevant {
-            let (Some(room), Some(config)) = (by_id.get::<RoomId>(room_id), configs.get(room_id))
+            let (Some(room), Some(setting)) = (by_id.get::<RoomId>(room_id), configs.get(room_id))
             else {
                 continue;
             };
-            let fingerprint = config.required_state.fingerprint();
+            let (config, fingerprint) = (setting.config(), setting.fingerprint());
             let before = connection.sent(room_id);
             let due = match before {
                 None => true,
@@ -430,7 +465,6 @@ impl Services {
 
         let scope = extensions::Scoping {
             in_ranges: &in_ranges,
-            subscribed: &subscribed,
             relevant: &relevant,
             initial: &initial_rooms,
         };

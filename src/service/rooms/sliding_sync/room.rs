@@ -3,7 +3,7 @@
 //! what changed otherwise), and the fields clients show in their room lists (name, avatar,
 //! heroes, member counts, bump stamp). Invites and knocks carry their stripped state instead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ruma::{OwnedEventId, RoomId, UserId};
 use serde_json::{Map, Value, json};
@@ -97,30 +97,40 @@ impl Services {
             }
         };
         let state_now = self.timeline.state_entries_at_count(room_id, upto)?;
-        let state_events = if initial || resend_state {
-            self.required_state_all(viewer, room_id, &state_now, config, &timeline)?
+        // What changed in the state since the client's copy (everything, for a new room).
+        let (state_events, changed) = if initial || resend_state {
+            let events = self.required_state_all(viewer, room_id, &state_now, config, &timeline)?;
+            (events, None)
         } else {
             let then = self
                 .timeline
                 .state_entries_at_count(room_id, before.map_or(0, |b| b.upto))?;
-            self.required_state_changes(viewer, room_id, &then, &state_now, config, &timeline)?
+            let changed = self
+                .timeline
+                .expand_entries(&changed_entries(&then, &state_now))?;
+            let events = self
+                .required_state_changes(viewer, room_id, &changed, &state_now, config, &timeline)?;
+            (events, Some(changed))
         };
-        let members_changed = initial
-            || state_events.iter().any(|e| e["type"] == "m.room.member")
-            || timeline
-                .events
-                .iter()
-                .any(|(_, _, e)| e["type"] == "m.room.member");
+        let changed_type = |kind: &str| {
+            changed
+                .as_ref()
+                .is_none_or(|changed| changed.keys().any(|(k, _)| k == kind))
+        };
+        let members_changed = changed_type("m.room.member");
 
         let name = self.state_field(&state_now, "m.room.name", "name")?;
-        if let Some(name) = name.as_ref().filter(|n| !n.is_empty()) {
+        if changed_type("m.room.name")
+            && let Some(name) = name.as_ref().filter(|n| !n.is_empty())
+        {
             out.insert("name".into(), name.clone().into());
         }
         // An avatar event without a URL removed the avatar: `null` says so.
-        if self
-            .timeline
-            .lookup(&state_now, "m.room.avatar", "")?
-            .is_some()
+        if changed_type("m.room.avatar")
+            && self
+                .timeline
+                .lookup(&state_now, "m.room.avatar", "")?
+                .is_some()
         {
             let avatar = self.state_field(&state_now, "m.room.avatar", "url")?;
             out.insert(
@@ -232,21 +242,20 @@ impl Services {
         &self,
         viewer: Viewer<'_>,
         room_id: &RoomId,
-        then: &[StateEntry],
+        changed: &HashMap<(String, String), OwnedEventId>,
         now: &[StateEntry],
         config: &RoomConfig,
         timeline: &TimelinePart,
     ) -> Result<Vec<Value>> {
         let wanted = &config.required_state;
         let me = viewer.user_id.as_str();
-        let changed = changed_entries(then, now);
         let mut ids: BTreeSet<OwnedEventId> = BTreeSet::new();
-        for ((kind, key), id) in self.timeline.expand_entries(&changed)? {
+        for ((kind, key), id) in changed {
             // A member event is asked for by `$LAZY` too: a changed member is sent when the
             // client lazy-loads members (it may hold the old one).
             let lazy_member = kind == "m.room.member" && wanted.lazy_members();
-            if wanted.wants(&kind, &key, me) || lazy_member {
-                ids.insert(id);
+            if wanted.wants(kind, key, me) || lazy_member {
+                ids.insert(id.clone());
             }
         }
         if wanted.lazy_members() {
