@@ -274,6 +274,28 @@ async fn messages_mentions_and_names_count_and_receipts_reset() {
     send(&server, &bob, &room, text("ok")).await;
     assert_eq!(counts(&sync(&server, &bob).await, &room), (0, 0));
 
+    // A new display name counts from the member event that sets it; the old one no longer.
+    server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", bob.user_id),
+            Some(&bob.token),
+            json!({ "displayname": "Roberto" }),
+        )
+        .await;
+    send(&server, &alice, &room, text("Bobby?")).await;
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (1, 0));
+    send(&server, &alice, &room, text("Roberto!")).await;
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (2, 1));
+    receipt(
+        &server,
+        &bob,
+        &room,
+        &send(&server, &bob, &room, text("hm")).await,
+        "m.read",
+        json!({}),
+    )
+    .await;
+
     // Counts survive a restart.
     send(&server, &alice, &room, text("after")).await;
     let server = server.restart().await;

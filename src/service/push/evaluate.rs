@@ -11,9 +11,10 @@ use std::sync::{Arc, Weak};
 
 use futures_util::FutureExt;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedRoomId, OwnedUserId, RoomId, UInt,
+    UserId,
     events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource},
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 use serde::{Deserialize, Serialize};
@@ -179,8 +180,10 @@ impl Services {
             }));
         }
 
+        // The event flattened once for every member's rules.
         let raw: Raw<CanonicalJsonObject> =
             Raw::from_json(serde_json::value::to_raw_value(event.pdu)?);
+        let flattened = FlattenedJson::from_raw(&raw);
         let state = match self.timeline.room(room_id)? {
             Some(room) => self.timeline.current_state_entries(&room)?,
             None => Vec::new(),
@@ -206,10 +209,15 @@ impl Services {
             if let Some(power_levels) = &power_levels {
                 context = context.with_power_levels(power_levels.clone());
             }
-            // Every condition ruma evaluates completes at once (no thread subscriptions here).
-            let Some(actions) = rules.get_actions(&raw, &context).now_or_never() else {
-                continue;
-            };
+            // The first rule that applies decides; every condition ruma evaluates completes at
+            // once (no thread subscriptions here).
+            let mut actions: &[Action] = &[];
+            for rule in rules.iter() {
+                if rule.applies(&flattened, &context).now_or_never() == Some(true) {
+                    actions = rule.actions();
+                    break;
+                }
+            }
             if !actions.iter().any(Action::should_notify) {
                 continue;
             }
@@ -246,22 +254,33 @@ impl Services {
         Ok(rules)
     }
 
-    /// `displayname` of `user_id`'s member event in `state`.
+    /// `displayname` of `user_id`'s member event in `state`, remembered by the event's short
+    /// ID (an event never changes, so neither does the name read from it).
     fn member_display_name(
         &self,
         state: &[StateEntry],
         user_id: &UserId,
     ) -> Result<Option<String>> {
-        let Some(id) = self
+        let Some(short) = self
             .timeline
-            .lookup(state, "m.room.member", user_id.as_str())?
+            .lookup_short(state, "m.room.member", user_id.as_str())?
         else {
             return Ok(None);
         };
-        Ok(self
-            .timeline
-            .pdu_json(&id)?
-            .and_then(|pdu| pdu::content_str(&pdu, "displayname").map(str::to_owned)))
+        if let Some(name) = self.push.display_names.get(&short) {
+            return Ok(name);
+        }
+        let Some(event_id) = self.short_ids.event_id(short)? else {
+            return Ok(None);
+        };
+        let name = EventId::parse(&event_id)
+            .ok()
+            .map(|id| self.timeline.pdu_json(&id))
+            .transpose()?
+            .flatten()
+            .and_then(|pdu| pdu::content_str(&pdu, "displayname").map(str::to_owned));
+        self.push.display_names.insert(short, name.clone());
+        Ok(name)
     }
 
     /// The room's power levels as push conditions need them (`@room` permission), with the

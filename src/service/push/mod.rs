@@ -41,6 +41,8 @@ type PusherTasks = HashMap<Vec<u8>, Arc<Notify>>;
 pub struct Push {
     /// Parsed push rules per user (dropped when they change).
     rules: quick_cache::sync::Cache<OwnedUserId, Arc<Ruleset>>,
+    /// `displayname` of member events by short event ID, for the display-name rule.
+    display_names: quick_cache::sync::Cache<u64, Option<String>>,
     /// The HTTP client for gateways: rustls, the SSRF guard, no redirects.
     client: reqwest::Client,
     guard: OutboundGuard,
@@ -73,6 +75,7 @@ impl Push {
             .map_err(|e| format!("push HTTP client: {e}"))?;
         Ok(Self {
             rules: quick_cache::sync::Cache::new(1024),
+            display_names: quick_cache::sync::Cache::new(4096),
             client,
             guard,
             tasks: Mutex::new(HashMap::new()),

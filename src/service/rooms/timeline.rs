@@ -523,23 +523,37 @@ impl Timeline {
         }
     }
 
-    /// The event holding `(event_type, state_key)` in a compressed state: a point read for the
-    /// state key, a binary search, and a point read for the event ID.
+    /// The short ID of the event holding `(event_type, state_key)` in a compressed state: a
+    /// point read for the state key and a binary search.
+    pub fn lookup_short(
+        &self,
+        entries: &[StateEntry],
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<u64>> {
+        let Some(key) = self.short.existing_state_key(event_type, state_key)? else {
+            return Ok(None);
+        };
+        Ok(entries
+            .binary_search_by_key(&key, |(k, _)| *k)
+            .ok()
+            .map(|i| entries[i].1))
+    }
+
+    /// The event holding `(event_type, state_key)` in a compressed state: [`Self::lookup_short`]
+    /// and a point read for the event ID.
     pub fn lookup(
         &self,
         entries: &[StateEntry],
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<OwnedEventId>> {
-        let Some(key) = self.short.existing_state_key(event_type, state_key)? else {
-            return Ok(None);
-        };
-        let Ok(i) = entries.binary_search_by_key(&key, |(k, _)| *k) else {
+        let Some(short) = self.lookup_short(entries, event_type, state_key)? else {
             return Ok(None);
         };
         let id = self
             .short
-            .event_id(entries[i].1)?
+            .event_id(short)?
             .ok_or_else(|| Error::internal("unknown event"))?;
         Ok(Some(
             EventId::parse(&id).map_err(|e| Error::internal(e.to_string()))?,
