@@ -73,8 +73,22 @@ FIGURES = {
         ("server_cpu_seconds", "s CPU", "lower"),
     ],
 }
+FIGURES["push"] = [
+    ("events_per_s", "events/s", "higher"),
+    ("send_p50_ms", "ms", "lower"),
+    ("send_p99_ms", "ms", "lower"),
+    ("push_p50_ms", "ms", "lower"),
+    ("push_p99_ms", "ms", "lower"),
+    ("drain_s", "s", "lower"),
+    ("pushes_per_s", "requests/s", "higher"),
+    ("lost", "", "lower"),
+    ("duplicates", "", "lower"),
+    ("server_rss_peak_mib", "MiB", "lower"),
+    ("server_rss_anon_peak_mib", "MiB", "lower"),
+    ("server_cpu_seconds", "s CPU", "lower"),
+]
 FIGURES["sliding-deliver"] = FIGURES["deliver"][:5] + [("skipped", "", "lower")] + FIGURES["deliver"][5:]
-ORDER = ["send", "deliver", "initial-sync", "idle", "history", "sliding-initial", "sliding-deliver"]
+ORDER = ["send", "deliver", "initial-sync", "idle", "history", "sliding-initial", "sliding-deliver", "push"]
 
 
 def fmt(v):

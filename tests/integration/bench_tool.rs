@@ -291,3 +291,65 @@ async fn refuses_what_is_not_a_homeserver() {
     let stderr = String::from_utf8_lossy(&outcome.stderr);
     assert!(stderr.contains("not a Matrix homeserver"), "{stderr}");
 }
+
+#[tokio::test]
+async fn push_counts_every_notification_at_the_gateway_once() {
+    // The tool's gateway listens on loopback.
+    let server =
+        TestServer::start_with("rate_limits = { enabled = false }\nip_range_denylist = []").await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--runs",
+        "2",
+        "push",
+        "--members",
+        "4",
+        "--senders",
+        "2",
+        "--count",
+        "5",
+        "--messages",
+        "3",
+        "--rate",
+        "20",
+        "--warmup",
+        "1",
+        "--drain",
+        "30",
+    ];
+    let report = bench_ok(&server, dir.path(), "push", &args).await;
+    assert_eq!(report["scenario"], "push");
+    for run in report["runs"].as_array().unwrap() {
+        let f = &run["figures"];
+        assert_eq!(f["events"], 10.0, "{f}");
+        assert_eq!(f["pushers"], 4.0, "{f}");
+        assert_eq!(f["lost"], 0.0, "{f}");
+        assert_eq!(f["duplicates"], 0.0, "{f}");
+        // The chart: one point per notification of the latency phase (3 messages, 3 others).
+        assert_eq!(run["series"].as_array().unwrap().len(), 9, "{f}");
+    }
+    assert!(figure(&report, "push_p50_ms") <= figure(&report, "push_p99_ms"));
+
+    // The baseline: the same room without pushers has no gateway figures.
+    let baseline = bench_ok(
+        &server,
+        dir.path(),
+        "baseline",
+        &[
+            "--runs",
+            "1",
+            "push",
+            "--members",
+            "3",
+            "--senders",
+            "1",
+            "--count",
+            "4",
+            "--no-pushers",
+        ],
+    )
+    .await;
+    assert_eq!(baseline["median"]["events"], 4.0);
+    assert_eq!(baseline["median"]["pushers"], 0.0);
+    assert!(baseline["median"].get("push_p50_ms").is_none());
+}

@@ -302,6 +302,22 @@ impl User {
         Ok(())
     }
 
+    /// Sets an HTTP pusher to the push gateway at `url` (`.../_matrix/push/v1/notify`).
+    pub async fn set_pusher(&self, url: &str, pushkey: &str) -> Result<()> {
+        let body = json!({
+            "kind": "http",
+            "app_id": "org.culvert.bench",
+            "pushkey": pushkey,
+            "app_display_name": "culvert-bench",
+            "device_display_name": "culvert-bench",
+            "lang": "en",
+            "data": { "url": url },
+        });
+        self.call_ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&body))
+            .await?;
+        Ok(())
+    }
+
     /// Sends an `m.room.message`; returns its event ID.
     pub async fn send(&self, room_id: &str, content: &Value) -> Result<String> {
         let txn = self.txn.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,7 @@
 
 mod client;
 mod measure;
+mod push;
 mod report;
 mod scenarios;
 
@@ -20,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     client::{AccountAuth, Result, Server},
+    push::{Push, PushOpts},
     report::Report,
     scenarios::{
         Ctx, Deliver, DeliverOpts, History, HistoryOpts, Idle, IdleOpts, InitialSync,
@@ -100,6 +102,9 @@ enum Scenario {
     SlidingInitial(SlidingInitialOpts),
     /// Like deliver, but the receivers are long-polling simplified sliding sync connections.
     SlidingDeliver(SlidingDeliverOpts),
+    /// One room whose members all have pushers to a sink gateway run by the tool: send
+    /// throughput and latency, then the time from a send to each gateway request.
+    Push(PushOpts),
 }
 
 enum Prepared {
@@ -109,6 +114,7 @@ enum Prepared {
     Idle(Idle),
     History(History),
     SlidingInitial(SlidingInitial),
+    Push(Push),
 }
 
 impl Prepared {
@@ -120,6 +126,7 @@ impl Prepared {
             Prepared::Idle(s) => s.run(ctx, run).await,
             Prepared::History(s) => s.run(ctx, run).await,
             Prepared::SlidingInitial(s) => s.run(ctx, run).await,
+            Prepared::Push(s) => s.run(ctx, run).await,
         }
     }
 }
@@ -219,6 +226,12 @@ async fn run(cli: Cli) -> Result<()> {
             serde_json::to_value(o)?,
             "delivery: send's 200 → in sliding sync (ms)",
             Prepared::Deliver(o.clone().prepare(&ctx).await?),
+        ),
+        Scenario::Push(o) => (
+            "push",
+            serde_json::to_value(o)?,
+            "send → push gateway (ms)",
+            Prepared::Push(Push::prepare(&ctx, o.clone()).await?),
         ),
     };
 

@@ -42,7 +42,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// Registers `n` accounts named `<prefix><role><i>`.
-    async fn users(&self, role: &str, n: usize) -> Result<Vec<User>> {
+    pub(crate) async fn users(&self, role: &str, n: usize) -> Result<Vec<User>> {
         let server = self.server.clone();
         let prefix = format!("{}{role}", self.prefix);
         let password = self.password.clone();
@@ -60,7 +60,7 @@ impl Ctx {
     }
 
     /// Every user in `users` joins every room.
-    async fn join_all(&self, users: &[User], rooms: &[String]) -> Result<()> {
+    pub(crate) async fn join_all(&self, users: &[User], rooms: &[String]) -> Result<()> {
         let pairs: Arc<Vec<(User, String)>> = Arc::new(
             users
                 .iter()
@@ -76,23 +76,23 @@ impl Ctx {
         Ok(())
     }
 
-    fn monitor(&self) -> Option<ProcMonitor> {
+    pub(crate) fn monitor(&self) -> Option<ProcMonitor> {
         self.pid.map(ProcMonitor::start)
     }
 }
 
-async fn finish_monitor(monitor: Option<ProcMonitor>, figures: &mut Vec<(String, f64)>) {
+pub(crate) async fn finish_monitor(monitor: Option<ProcMonitor>, figures: &mut Vec<(String, f64)>) {
     if let Some(monitor) = monitor {
         figures.extend(monitor.finish().await.0);
     }
 }
 
-fn fig(name: &str, value: f64) -> (String, f64) {
+pub(crate) fn fig(name: &str, value: f64) -> (String, f64) {
     (name.to_owned(), value)
 }
 
 /// Latency figures of one sample set, named `<name>_p50_ms` etc.
-fn latency_figures(name: &str, values: &[f64], out: &mut Vec<(String, f64)>) {
+pub(crate) fn latency_figures(name: &str, values: &[f64], out: &mut Vec<(String, f64)>) {
     out.push(fig(&format!("{name}_p50_ms"), percentile(values, 50.0)));
     out.push(fig(&format!("{name}_p95_ms"), percentile(values, 95.0)));
     out.push(fig(&format!("{name}_p99_ms"), percentile(values, 99.0)));
@@ -101,7 +101,7 @@ fn latency_figures(name: &str, values: &[f64], out: &mut Vec<(String, f64)>) {
 }
 
 /// A message the scenarios can recognise in a sync or history response.
-fn message(run: usize, seq: usize) -> Value {
+pub(crate) fn message(run: usize, seq: usize) -> Value {
     json!({
         "msgtype": "m.text",
         "body": format!("culvert-bench run {run} message {seq}"),
@@ -115,7 +115,7 @@ fn tag(event: &Value) -> Option<(usize, usize)> {
     Some((t["run"].as_u64()? as usize, t["seq"].as_u64()? as usize))
 }
 
-fn check_limits(what: &str, value: usize, max: usize) -> Result<()> {
+pub(crate) fn check_limits(what: &str, value: usize, max: usize) -> Result<()> {
     if value == 0 || value > max {
         return Err(format!("{what} must be between 1 and {max}").into());
     }
