@@ -717,6 +717,47 @@ async fn the_gateway_gets_each_notification_then_a_badge_update() {
     );
 }
 
+/// The badge is the number of rooms with unread notifications, however many each has, plus
+/// the pending invites; reading a room takes it off.
+#[tokio::test]
+async fn the_badge_counts_rooms_with_unread_notifications_and_invites() {
+    let server = server().await;
+    let gateway = Gateway::start().await;
+    let (alice, bob, first) = two_in_a_room(&server).await;
+    let second = server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "invite": [bob.user_id] }),
+        )
+        .await;
+    server.join(&bob, &second).await;
+    server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "invite": [bob.user_id] }),
+        )
+        .await;
+    let (status, body) = set_pusher(&server, &bob, pusher(&gateway.url, "bob-badge", None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for n in 0..3 {
+        send(&server, &alice, &first, text(&format!("first {n}"))).await;
+    }
+    let mut last = String::new();
+    for n in 0..2 {
+        last = send(&server, &alice, &second, text(&format!("second {n}"))).await;
+    }
+    let fifth = gateway.nth(4).await;
+    assert_eq!(fifth["notification"]["event_id"], last.as_str(), "{fifth}");
+    assert_eq!(
+        fifth["notification"]["counts"]["unread"], 3,
+        "two rooms with unread messages and one invite: {fifth}"
+    );
+    receipt(&server, &bob, &second, &last, "m.read", json!({})).await;
+    let update = gateway.nth(5).await;
+    assert_eq!(update["notification"]["counts"]["unread"], 2, "{update}");
+    assert!(update["notification"].get("event_id").is_none());
+}
+
 #[tokio::test]
 async fn event_id_only_pushers_get_ids_and_counts_alone() {
     let server = server().await;

@@ -3,9 +3,9 @@
 //! by the user's read receipts (and by their own events) up to the event they are at. A room's
 //! counts are one prefix scan of the user's entries in it; a user's badge, one scan of theirs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::evaluate::UnreadRecord;
@@ -120,28 +120,41 @@ impl Services {
         Ok(false)
     }
 
-    /// The badge a user's phone shows: rooms they are invited to, and rooms with unread
-    /// notifications.
+    /// The badge a user's phone shows, as Synapse counts it: rooms they are invited to, and
+    /// joined rooms with unread notifications (an invite's own notification, or what was left
+    /// unread in a room since left, is not counted again).
     pub fn badge_count(&self, user_id: &UserId) -> Result<u64> {
-        let prefix = keys::prefix(user_id.as_bytes());
-        let mut rooms: BTreeSet<OwnedRoomId> = BTreeSet::new();
-        for item in self.store.scan_prefix(Cf::UnreadNotifications, &prefix) {
-            let (key, _) = item?;
-            if let Some(room) = keys::split(&key[prefix.len()..]).next()
-                && let Some(room) = std::str::from_utf8(room)
-                    .ok()
-                    .and_then(|r| RoomId::parse(r).ok())
-            {
-                rooms.insert(room);
+        let mut joined: HashSet<Vec<u8>> = HashSet::new();
+        let mut badge = 0u64;
+        for (room_id, member) in self.members.rooms_of(user_id)? {
+            match member.membership.as_str() {
+                "join" => {
+                    joined.insert(room_id.as_bytes().to_vec());
+                }
+                "invite" => badge += 1,
+                _ => {}
             }
         }
-        let invites = self
-            .members
-            .rooms_of(user_id)?
-            .into_iter()
-            .filter(|(_, m)| m.membership == "invite")
-            .count() as u64;
-        Ok(rooms.len() as u64 + invites)
+        let prefix = keys::prefix(user_id.as_bytes());
+        // One seek per room with unread notifications: each room's entries are skipped at once
+        // (`room ++ SEP ++ count`: past the highest count comes the next room).
+        let mut from = prefix.clone();
+        while let Some(item) = self
+            .store
+            .scan_prefix_from(Cf::UnreadNotifications, &prefix, &from)
+            .next()
+        {
+            let (key, _) = item?;
+            let rest = &key[prefix.len()..];
+            let Some(room) = rest.len().checked_sub(9).map(|end| &rest[..end]) else {
+                break;
+            };
+            if joined.contains(room) {
+                badge += 1;
+            }
+            from = [&prefix[..], room, &[keys::SEP], &[0xFF; 8], &[0]].concat();
+        }
+        Ok(badge)
     }
 }
 

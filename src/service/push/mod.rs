@@ -41,6 +41,8 @@ type PusherTasks = HashMap<Vec<u8>, Arc<Notify>>;
 pub struct Push {
     /// Parsed push rules per user (dropped when they change).
     rules: quick_cache::sync::Cache<OwnedUserId, Arc<Ruleset>>,
+    /// What each recent notification says of its event, shared by the event's pushers.
+    event_summaries: quick_cache::sync::Cache<ruma::OwnedEventId, Arc<sender::EventSummary>>,
     /// `displayname` of member events by short event ID, for the display-name rule.
     display_names: quick_cache::sync::Cache<u64, Option<String>>,
     /// The HTTP client for gateways: rustls, the SSRF guard, no redirects.
@@ -76,6 +78,7 @@ impl Push {
         Ok(Self {
             rules: quick_cache::sync::Cache::new(1024),
             display_names: quick_cache::sync::Cache::new(4096),
+            event_summaries: quick_cache::sync::Cache::new(256),
             client,
             guard,
             tasks: Mutex::new(HashMap::new()),

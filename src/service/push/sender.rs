@@ -31,6 +31,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// A notification failing this long is given up.
 const GIVE_UP_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// The part of a push that comes from its event (see `Services::event_summary`).
+#[derive(Debug, Default)]
+pub(super) struct EventSummary {
+    /// Whether the event is stored here (a push without it carries the IDs alone).
+    found: bool,
+    event_type: String,
+    /// `type`, `sender`, `content`, `membership`, `sender_display_name`, `room_name`.
+    fields: Map<String, Value>,
+    /// For a member event, whom it is about (`user_is_target` differs per user).
+    member_target: Option<String>,
+}
+
 /// What one step of a pusher's task did.
 enum Step {
     /// A notification was sent or skipped: look for the next one.
@@ -200,18 +212,13 @@ impl Services {
         badge: u64,
     ) -> Result<Value> {
         let tweaks = tweaks_of(&notification.actions);
-        let event = self.timeline.pdu_json(&notification.event_id)?;
-        let event_type = event
-            .as_ref()
-            .and_then(|e| pdu::str_field(e, "type"))
-            .unwrap_or_default()
-            .to_owned();
+        let event = self.event_summary(notification)?;
         let loud = notification.highlight
             || tweaks
                 .get("highlight")
                 .is_some_and(|h| h.as_bool() != Some(false))
             || tweaks.contains_key("sound");
-        let prio = if event_type == "m.room.encrypted" || loud {
+        let prio = if event.event_type == "m.room.encrypted" || loud {
             "high"
         } else {
             "low"
@@ -228,21 +235,47 @@ impl Services {
             "counts": { "unread": badge },
             "devices": [device],
         });
-        if !event_id_only && let Some(event) = &event {
-            let sender = pdu::str_field(event, "sender").unwrap_or_default();
-            body["type"] = event_type.clone().into();
-            body["sender"] = sender.into();
+        if !event_id_only && event.found {
+            for (name, value) in &event.fields {
+                body[name] = value.clone();
+            }
+            if let Some(target) = &event.member_target {
+                body["user_is_target"] = (target == user_id.as_str()).into();
+            }
+        }
+        Ok(json!({ "notification": body }))
+    }
+
+    /// What a notification says of its event, the same for each of its pushers: read once
+    /// per event, then from the cache.
+    fn event_summary(&self, notification: &NotificationRecord) -> Result<Arc<EventSummary>> {
+        if let Some(summary) = self.push.event_summaries.get(&notification.event_id) {
+            return Ok(summary);
+        }
+        let mut summary = EventSummary::default();
+        if let Some(event) = self.timeline.pdu_json(&notification.event_id)? {
+            summary.found = true;
+            summary.event_type = pdu::str_field(&event, "type")
+                .unwrap_or_default()
+                .to_owned();
+            let sender = pdu::str_field(&event, "sender").unwrap_or_default();
+            let fields = &mut summary.fields;
+            fields.insert("type".into(), summary.event_type.clone().into());
+            fields.insert("sender".into(), sender.into());
             if let Some(ruma::CanonicalJsonValue::Object(content)) = event.get("content")
                 && !content.is_empty()
             {
-                body["content"] = ruma::CanonicalJsonValue::Object(content.clone()).into();
+                fields.insert(
+                    "content".into(),
+                    ruma::CanonicalJsonValue::Object(content.clone()).into(),
+                );
             }
-            if event_type == "m.room.member"
-                && let Some(target) = pdu::str_field(event, "state_key")
+            if summary.event_type == "m.room.member"
+                && let Some(target) = pdu::str_field(&event, "state_key")
             {
-                body["user_is_target"] = (target == user_id.as_str()).into();
-                if let Some(membership) = pdu::content_str(event, "membership") {
-                    body["membership"] = membership.into();
+                summary.member_target = Some(target.to_owned());
+                if let Some(membership) = pdu::content_str(&event, "membership") {
+                    fields.insert("membership".into(), membership.into());
                 }
             }
             if let Ok(sender) = UserId::parse(sender) {
@@ -252,14 +285,18 @@ impl Services {
                     .and_then(|m| self.timeline.pdu_json(&m.event_id).ok().flatten())
                     .and_then(|pdu| pdu::content_str(&pdu, "displayname").map(str::to_owned));
                 if let Some(name) = name.filter(|n| !n.is_empty()) {
-                    body["sender_display_name"] = name.into();
+                    fields.insert("sender_display_name".into(), name.into());
                 }
             }
             if let Some(name) = self.room_display_name(&notification.room_id)? {
-                body["room_name"] = name.into();
+                fields.insert("room_name".into(), name.into());
             }
         }
-        Ok(json!({ "notification": body }))
+        let summary = Arc::new(summary);
+        self.push
+            .event_summaries
+            .insert(notification.event_id.clone(), summary.clone());
+        Ok(summary)
     }
 
     /// A room's name for a push: `m.room.name`, else its canonical alias.
