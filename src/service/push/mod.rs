@@ -54,6 +54,9 @@ pub struct Push {
     pub(crate) records: tokio::sync::Mutex<()>,
     /// The services, for the sender tasks (set when the sender starts).
     services: std::sync::OnceLock<std::sync::Weak<crate::service::Services>>,
+    /// The runtime of the sender tasks: their own thread, at a lower priority (see
+    /// `sender::start_sender_thread`).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Push {
@@ -84,6 +87,7 @@ impl Push {
             tasks: Mutex::new(HashMap::new()),
             records: tokio::sync::Mutex::new(()),
             services: std::sync::OnceLock::new(),
+            runtime: std::sync::OnceLock::new(),
         })
     }
 
