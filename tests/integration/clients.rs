@@ -22,12 +22,9 @@ fn nio_python() -> Option<PathBuf> {
 /// Runs the nio smoke script against `server`; `None` when nio is unavailable (and allowed to be).
 async fn run_nio_smoke(server: &TestServer, user: &str, extra_args: &[&str]) -> Option<()> {
     let Some(python) = nio_python() else {
-        assert!(
-            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
-            "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON does not point at a Python with matrix-nio"
-        );
-        eprintln!(
-            "skipped: set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)"
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
         );
         return None;
     };
@@ -99,12 +96,9 @@ async fn matrix_nio_registers_with_a_registration_token() {
 #[tokio::test]
 async fn matrix_nio_two_users_in_a_room() {
     let Some(python) = nio_python() else {
-        assert!(
-            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
-            "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON is not usable"
-        );
-        eprintln!(
-            "skipped: set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)"
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
         );
         return;
     };
@@ -128,12 +122,9 @@ async fn matrix_nio_two_users_in_a_room() {
 #[tokio::test]
 async fn matrix_nio_uploads_and_downloads_media() {
     let Some(python) = nio_python() else {
-        assert!(
-            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
-            "REQUIRE_REAL_CLIENTS is set but NIO_PYTHON is not usable"
-        );
-        eprintln!(
-            "skipped: set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)"
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
         );
         return;
     };
@@ -176,12 +167,9 @@ pub fn js_clients_dir() -> Option<PathBuf> {
 #[tokio::test]
 async fn matrix_js_sdk_end_to_end_encryption() {
     let Some(dir) = js_clients_dir() else {
-        assert!(
-            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
-            "REQUIRE_REAL_CLIENTS is set but node or tests/clients/js/node_modules is missing"
-        );
-        eprintln!(
-            "skipped: run `npm ci --prefix tests/clients/js` (scripts/test does) with node >= 20"
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "run `npm ci --prefix tests/clients/js` (scripts/test does) with node >= 20",
         );
         return;
     };
@@ -231,12 +219,9 @@ async fn run_js_with(
     ok_line: &str,
 ) -> Option<String> {
     let Some(dir) = js_clients_dir() else {
-        assert!(
-            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
-            "REQUIRE_REAL_CLIENTS is set but node or tests/clients/js/node_modules is missing"
-        );
-        eprintln!(
-            "skipped: run `npm ci --prefix tests/clients/js` (scripts/test does) with node >= 20"
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "run `npm ci --prefix tests/clients/js` (scripts/test does) with node >= 20",
         );
         return None;
     };
@@ -290,12 +275,9 @@ async fn matrix_sdk_syncs_like_element_x() {
         .map(PathBuf::from)
         .filter(|bin| bin.is_file());
     let Some(bin) = bin else {
-        assert!(
-            std::env::var("REQUIRE_REAL_CLIENTS").is_err(),
-            "REQUIRE_REAL_CLIENTS is set but SDK_SLIDING_SYNC_BIN names no built sdk-sliding-sync"
-        );
-        eprintln!(
-            "skipped: build tests/clients/rust-sdk and set SDK_SLIDING_SYNC_BIN (scripts/test does)"
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "build tests/clients/rust-sdk and set SDK_SLIDING_SYNC_BIN (scripts/test does)",
         );
         return;
     };

@@ -516,3 +516,32 @@ impl TestServer {
             .to_owned()
     }
 }
+
+/// A test that cannot run on this machine. Under `requirement` (an environment variable such as
+/// `REQUIRE_SYNAPSE`, set by `scripts/test`) that is a failure; otherwise the test is recorded
+/// as skipped — a `SKIPPED` line, and a line (`test TAB reason`) in the file named by
+/// `TEST_SKIP_LOG` that `scripts/test` counts in its closing summary — and the caller returns
+/// without asserting.
+pub fn skip(requirement: Option<&str>, reason: &str) {
+    if let Some(variable) = requirement {
+        assert!(
+            std::env::var_os(variable).is_none(),
+            "{variable} is set but this test cannot run: {reason}"
+        );
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an unnamed test")
+        .to_owned();
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("TEST_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}\t{reason}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        written.expect("TEST_SKIP_LOG is writable");
+    }
+}
