@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::common::{TestServer, assert_error, eventually, next_batch};
 
-fn name(server: &TestServer) -> ruma::OwnedServerName {
+pub(crate) fn name(server: &TestServer) -> ruma::OwnedServerName {
     ServerName::parse(server.server_name()).unwrap()
 }
 
@@ -315,7 +315,7 @@ async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
 }
 
 /// A room on A that a user of B joined: the set-up of the tests that feed B crafted events.
-async fn shared_room(
+pub(crate) async fn shared_room(
     a: &TestServer,
     b: &TestServer,
 ) -> (crate::common::Session, crate::common::Session, String) {
@@ -337,11 +337,24 @@ async fn shared_room(
 
 /// An event of `sender` in `room` as A would make it (A's current extremities and auth
 /// events), signed by A's key. `tamper` changes it after signing.
-fn crafted_event(
+pub(crate) fn crafted_event(
     a: &TestServer,
     room: &str,
     sender: &str,
     text: &str,
+    tamper: impl FnOnce(&mut ruma::CanonicalJsonObject),
+) -> (String, Box<serde_json::value::RawValue>) {
+    crafted_event_with(a, room, sender, text, |_| {}, tamper)
+}
+
+/// [`crafted_event`], with `before` changing the event before A hashes and signs it (a
+/// malicious server's own event, correctly signed).
+pub(crate) fn crafted_event_with(
+    a: &TestServer,
+    room: &str,
+    sender: &str,
+    text: &str,
+    before: impl FnOnce(&mut ruma::CanonicalJsonObject),
     tamper: impl FnOnce(&mut ruma::CanonicalJsonObject),
 ) -> (String, Box<serde_json::value::RawValue>) {
     use culvert::service::rooms::{pdu, timeline::LocalEvent};
@@ -361,6 +374,8 @@ fn crafted_event(
             },
         )
         .unwrap();
+    let mut template = template;
+    before(&mut template);
     let signed = pdu::finish(
         template,
         Some(&room_id),
@@ -378,7 +393,7 @@ fn crafted_event(
 }
 
 /// Sends `pdus` to B as one transaction signed by A; B's answer per PDU.
-async fn send_to(
+pub(crate) async fn send_to(
     a: &TestServer,
     b: &TestServer,
     txn: &str,

@@ -14,6 +14,7 @@ mod e2ee;
 mod e2ee_backup;
 mod ephemeral;
 mod federation;
+mod federation_attack;
 mod federation_media;
 mod federation_misc;
 mod federation_read;

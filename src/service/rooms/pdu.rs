@@ -161,6 +161,17 @@ pub fn content_str<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a s
     }
 }
 
+/// The highest depth an event can have: canonical JSON's largest integer, 2^53 − 1.
+pub const MAX_DEPTH: u64 = (1 << 53) - 1;
+
+/// The depth of an event made on top of events reaching `depth`. It stops at [`MAX_DEPTH`]:
+/// another server may send an event that deep (correctly signed and allowed), and the room
+/// must go on, so later events stay at that depth instead of failing to be made (Synapse caps
+/// depth the same way).
+pub fn depth_after(depth: u64) -> u64 {
+    depth.saturating_add(1).min(MAX_DEPTH)
+}
+
 /// A PDU's `depth` (0 when missing or not a non-negative integer).
 pub fn depth_of(pdu: &CanonicalJsonObject) -> u64 {
     match pdu.get("depth") {
@@ -289,6 +300,15 @@ mod tests {
             CanonicalJsonValue::Integer(ruma::Int::from(7u8)),
         );
         assert_eq!(depth_of(&pdu), 7);
+    }
+
+    #[test]
+    fn depth_stops_at_the_largest_canonical_integer() {
+        assert_eq!(depth_after(0), 1);
+        assert_eq!(depth_after(MAX_DEPTH - 1), MAX_DEPTH);
+        assert_eq!(depth_after(MAX_DEPTH), MAX_DEPTH);
+        assert_eq!(depth_after(u64::MAX), MAX_DEPTH);
+        assert!(integer(depth_after(MAX_DEPTH)).is_ok());
     }
 
     fn public_keys(key: &Ed25519KeyPair) -> PublicKeyMap {

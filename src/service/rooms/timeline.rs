@@ -908,7 +908,7 @@ impl Timeline {
                 redacts: event.redacts,
                 prev_events: &event_refs(&room.extremities, &prev_json),
                 auth_events: &event_refs(&auth_ids, &auth_json),
-                depth: room.depth + 1,
+                depth: pdu::depth_after(room.depth),
                 origin_server_ts,
             },
             &rules,
@@ -954,7 +954,7 @@ impl Timeline {
             version: room.version.clone(),
             state: new_state,
             extremities: vec![signed.event_id.clone()],
-            depth: room.depth + 1,
+            depth: pdu::depth_after(room.depth),
         };
         let stored = StoredPdu {
             event_id: signed.event_id.clone(),

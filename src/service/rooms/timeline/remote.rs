@@ -239,7 +239,7 @@ impl Timeline {
                 redacts: None,
                 prev_events: &super::event_refs(&room.extremities, &prev_json),
                 auth_events: &super::event_refs(&auth_ids, &auth_json),
-                depth: room.depth + 1,
+                depth: pdu::depth_after(room.depth),
                 origin_server_ts: utils::now_millis(),
             },
             &rules,
