@@ -131,8 +131,34 @@ async fn unsigned_and_forged_requests_get_401() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
-    // Addressed to another server.
-    let misaddressed = forged.replace(&b.server_name(), "elsewhere.example");
+    // Addressed to another server: a genuine signature of A over this very request, but for
+    // the destination `elsewhere.example` (a request B could have been handed by that server).
+    let misaddressed = {
+        let mut request = http::Request::builder()
+            .method("GET")
+            .uri(&path)
+            .body(Vec::<u8>::new())
+            .unwrap();
+        let input = ruma::api::federation::authentication::XMatrixSigningInput::new(
+            name(&a),
+            ServerName::parse("elsewhere.example").unwrap(),
+            a.services().globals.signing_key(),
+        );
+        let x_matrix =
+            ruma::api::federation::authentication::XMatrix::sign_http_request(&request, input)
+                .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", http::HeaderValue::from(&x_matrix));
+        request.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        misaddressed.contains("destination=elsewhere.example"),
+        "{misaddressed}"
+    );
     let response = b
         .http
         .get(format!("{}{path}", b.base))
@@ -157,9 +183,30 @@ async fn the_notary_hands_on_keys_it_countersigned() {
     assert_eq!(document["server_name"], a.server_name());
     let a_key_id = a.services().globals.signing_key_id();
     assert!(document["verify_keys"][&a_key_id]["key"].is_string());
-    assert!(document["signatures"][a.server_name()][&a_key_id].is_string());
-    let b_key_id = b.services().globals.signing_key_id();
-    assert!(document["signatures"][b.server_name()][&b_key_id].is_string());
+    // Both signatures verify: A's own over its keys, and B's countersignature — with the keys
+    // each server really has, not just present.
+    let public_keys = |servers: &[&TestServer]| {
+        let mut map = ruma::signatures::PublicKeyMap::new();
+        for server in servers {
+            let globals = &server.services().globals;
+            let key = Base64::<Standard, Vec<u8>>::new(globals.signing_key().public_key().to_vec());
+            map.insert(
+                server.server_name(),
+                [(globals.signing_key_id().to_string(), key)].into(),
+            );
+        }
+        map
+    };
+    let signed: ruma::CanonicalJsonObject = serde_json::from_value(document.clone()).unwrap();
+    ruma::signatures::verify_json(&public_keys(&[&a, &b]), &signed)
+        .expect("A's signature and B's countersignature verify");
+    // A changed key no longer verifies: the check above is a real one.
+    let mut altered = signed.clone();
+    altered.insert(
+        "valid_until_ts".into(),
+        ruma::CanonicalJsonValue::Integer(ruma::Int::MAX),
+    );
+    assert!(ruma::signatures::verify_json(&public_keys(&[&b]), &altered).is_err());
 
     // The batch form, including B's own keys.
     let (status, body) = b
@@ -192,9 +239,9 @@ async fn the_notary_hands_on_keys_it_countersigned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_denylist_keeps_federation_off_loopback() {
-    // No `ip_range_denylist = []`: the default list, which denies loopback.
-    let a =
-        TestServer::start_federating("ip_range_denylist = [\"127.0.0.0/8\", \"::1/128\"]").await;
+    // The real default list, which denies loopback (naming the key, even in a comment, keeps
+    // the test set-up from writing `ip_range_denylist = []`).
+    let a = TestServer::start_federating("# ip_range_denylist: the default").await;
     let b = TestServer::start_federating("").await;
     let error = a
         .services()
