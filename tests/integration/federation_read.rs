@@ -693,9 +693,23 @@ async fn a_server_acl_shuts_out_the_denied_server() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    // B's messages no longer reach Alice.
-    b.say(&bob, &room, "after the ACL").await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // B's messages no longer reach Alice. B's own transaction carrying one is handled before
+    // it is answered, so no waiting is needed: the event is refused and A does not store it.
+    let (refused_id, refused) =
+        crate::federation::crafted_event(&b, &room, &bob.user_id, "after the ACL", |_| {});
+    let results = crate::federation::send_to(&b, &a, "after-the-acl", vec![refused]).await;
+    let refused_id = EventId::parse(&refused_id).unwrap();
+    assert!(
+        matches!(results.get(&refused_id), Some(Err(e)) if e.contains("ACL")),
+        "{results:?}"
+    );
+    assert!(
+        a.services()
+            .timeline
+            .pdu_json(&refused_id)
+            .unwrap()
+            .is_none()
+    );
     let body = a
         .get_ok(
             &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"),
@@ -706,9 +720,14 @@ async fn a_server_acl_shuts_out_the_denied_server() {
     assert!(bodies.contains(&"before the ACL".to_owned()), "{bodies:?}");
     assert!(!bodies.contains(&"after the ACL".to_owned()), "{bodies:?}");
 
-    // Nor does Bob's typing.
-    set_typing(&b, &bob, &room, true).await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Nor does Bob's typing (EDUs are handled before the transaction is answered too).
+    a.services()
+        .handle_transaction_edus(
+            &name(&b),
+            &[edu(json!({ "edu_type": "m.typing",
+                "content": { "room_id": room, "user_id": bob.user_id, "typing": true } }))],
+        )
+        .await;
     let body = a.get_ok("/_matrix/client/v3/sync?timeout=0", &alice).await;
     assert!(
         ephemeral_of(&body, &room, "m.typing")
