@@ -105,3 +105,205 @@ impl Services {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ruma::{RoomId, UserId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{config::Config, service::rooms::pdu};
+
+    /// A server of its own (`example.org`, its key known without asking anyone) in a
+    /// temporary directory.
+    fn services(dir: &tempfile::TempDir) -> Arc<Services> {
+        let config = Config::from_toml_str(&format!(
+            "[global]\nserver_name = \"example.org\"\ndatabase_path = \"{}\"\n",
+            dir.path().join("db").display()
+        ))
+        .unwrap();
+        Services::open(config).unwrap()
+    }
+
+    /// A message of `@alice:example.org`, signed by the server's own key.
+    fn message(services: &Services, version: &RoomVersionId) -> CanonicalJsonObject {
+        let rules = version.rules().unwrap();
+        let room = RoomId::parse("!room:example.org").unwrap();
+        let sender = UserId::parse("@alice:example.org").unwrap();
+        let CanonicalJsonValue::Object(content) =
+            CanonicalJsonValue::try_from(json!({ "msgtype": "m.text", "body": "hi" })).unwrap()
+        else {
+            unreachable!()
+        };
+        pdu::build(
+            pdu::NewEvent {
+                room_id: Some(&room),
+                sender: &sender,
+                event_type: "m.room.message",
+                state_key: None,
+                content,
+                redacts: None,
+                prev_events: &[],
+                auth_events: &[],
+                depth: 5,
+                origin_server_ts: 1_700_000_000_000,
+            },
+            &rules,
+            &services.server_name,
+            services.globals.signing_key(),
+        )
+        .unwrap()
+        .json
+    }
+
+    fn kind_of(error: &Error) -> (http::StatusCode, String) {
+        let (status, body) = error.to_status_and_body();
+        (
+            status,
+            body["errcode"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    async fn refused(
+        services: &Services,
+        version: &RoomVersionId,
+        pdu: CanonicalJsonObject,
+    ) -> (http::StatusCode, String) {
+        kind_of(&services.check_incoming_pdu(version, pdu).await.unwrap_err())
+    }
+
+    #[tokio::test]
+    async fn a_valid_pdu_passes_with_its_id_in_every_version() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        for version in ["1", "3", "10", "11", "12"] {
+            let version = RoomVersionId::try_from(version).unwrap();
+            let pdu = message(&services, &version);
+            let expected = event_id_of(&pdu, &version.rules().unwrap()).unwrap();
+            let (id, checked) = services
+                .check_incoming_pdu(&version, pdu.clone())
+                .await
+                .unwrap();
+            assert_eq!(id, expected, "{version}");
+            assert_eq!(checked["content"], pdu["content"], "{version}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stray_event_id_is_ignored_from_version_3() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V11;
+        let mut pdu = message(&services, &version);
+        let expected = event_id_of(&pdu, &version.rules().unwrap()).unwrap();
+        pdu.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String("$forged".into()),
+        );
+        let (id, _) = services.check_incoming_pdu(&version, pdu).await.unwrap();
+        assert_eq!(id, expected);
+    }
+
+    #[tokio::test]
+    async fn malformed_pdus_are_bad_json() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V10;
+        let bad = (http::StatusCode::BAD_REQUEST, "M_BAD_JSON".to_owned());
+        // A required field missing, one of the wrong type, one over its size limit.
+        for (field, value) in [
+            ("sender", None),
+            ("depth", Some(CanonicalJsonValue::String("deep".into()))),
+            ("type", Some(CanonicalJsonValue::String("t".repeat(300)))),
+            ("prev_events", Some(CanonicalJsonValue::String("$x".into()))),
+        ] {
+            let mut pdu = message(&services, &version);
+            match value {
+                Some(value) => pdu.insert(field.into(), value),
+                None => pdu.remove(field),
+            };
+            assert_eq!(refused(&services, &version, pdu).await, bad, "{field}");
+        }
+        // Version 1 carries its event ID: without it there is no event.
+        let v1 = RoomVersionId::V1;
+        let mut pdu = message(&services, &v1);
+        pdu.remove("event_id");
+        assert_eq!(refused(&services, &v1, pdu).await, bad);
+        // A PDU over 65,536 bytes.
+        let mut pdu = message(&services, &version);
+        pdu.insert(
+            "padding".into(),
+            CanonicalJsonValue::String("x".repeat(70_000)),
+        );
+        assert_eq!(refused(&services, &version, pdu).await, bad);
+    }
+
+    #[tokio::test]
+    async fn unsigned_or_forged_pdus_are_forbidden() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V10;
+        let forbidden = (http::StatusCode::FORBIDDEN, "M_FORBIDDEN".to_owned());
+        // No signature of the sender's server.
+        let mut pdu = message(&services, &version);
+        pdu.insert(
+            "signatures".into(),
+            CanonicalJsonValue::Object(Default::default()),
+        );
+        assert_eq!(refused(&services, &version, pdu).await, forbidden);
+        // A signature that is not the server's.
+        let mut pdu = message(&services, &version);
+        let CanonicalJsonValue::Object(signatures) = pdu.get_mut("signatures").unwrap() else {
+            unreachable!()
+        };
+        let CanonicalJsonValue::Object(ours) = signatures.get_mut("example.org").unwrap() else {
+            unreachable!()
+        };
+        for signature in ours.values_mut() {
+            *signature = CanonicalJsonValue::String("A".repeat(86));
+        }
+        assert_eq!(refused(&services, &version, pdu).await, forbidden);
+        // A changed field the signature covers (the redacted form keeps `depth`).
+        let mut pdu = message(&services, &version);
+        pdu.insert("depth".into(), CanonicalJsonValue::Integer(6u32.into()));
+        assert_eq!(refused(&services, &version, pdu).await, forbidden);
+    }
+
+    #[tokio::test]
+    async fn a_content_hash_mismatch_redacts_the_pdu() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V11;
+        let mut pdu = message(&services, &version);
+        let CanonicalJsonValue::Object(content) = pdu.get_mut("content").unwrap() else {
+            unreachable!()
+        };
+        content.insert("body".into(), CanonicalJsonValue::String("changed".into()));
+        let (_, checked) = services.check_incoming_pdu(&version, pdu).await.unwrap();
+        assert_eq!(
+            checked["content"],
+            CanonicalJsonValue::Object(Default::default())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_room_version_is_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::try_from("org.example.custom").unwrap();
+        let pdu = message(&services, &RoomVersionId::V10);
+        let error = services
+            .check_incoming_pdu(&version, pdu)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            kind_of(&error),
+            (
+                http::StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION".to_owned()
+            )
+        );
+    }
+}
