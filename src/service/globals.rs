@@ -34,6 +34,9 @@ struct StoredSigningKey {
     pkcs8: Vec<u8>,
 }
 
+/// How long other servers may cache this server's keys before asking again.
+pub const KEY_VALIDITY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 60 * 60);
+
 pub struct Globals {
     store: Store,
     signing_key: Ed25519KeyPair,

@@ -1,18 +1,14 @@
 //! `GET /_matrix/key/v2/server`: this server's signing key, for other servers (and notaries) to
 //! verify what culvert signs.
 
-use std::time::Duration;
-
 use axum::extract;
 use ruma::{api::federation::discovery::get_server_keys::v2 as keys_v2, serde::Raw};
 
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
+    service::globals::KEY_VALIDITY,
 };
-
-/// How long other servers may cache the key before asking again.
-pub const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 pub async fn server_keys(
     extract::State(services): extract::State<State>,

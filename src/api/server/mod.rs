@@ -17,8 +17,6 @@ mod user;
 use axum::Router;
 use ruma::api::federation as f;
 
-pub use keys::KEY_VALIDITY;
-
 use super::ruma::{RouterExt, State};
 
 pub fn routes(router: Router<State>) -> Router<State> {

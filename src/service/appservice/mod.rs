@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use crate::{
     Error, Result,
     store::{Batch, Cf, Store, keys},
+    utils,
 };
 
 /// A registration file as written by bridges: ruma's [`Registration`] plus the flags bridges
@@ -393,7 +394,9 @@ impl Appservices {
             return None;
         }
         list.iter()
-            .find(|s| constant_time_eq(s.registration().as_token.as_bytes(), token.as_bytes()))
+            .find(|s| {
+                utils::constant_time_eq(s.registration().as_token.as_bytes(), token.as_bytes())
+            })
             .cloned()
     }
 
@@ -762,10 +765,6 @@ fn check_unique(existing: &[Arc<Appservice>], new: &Appservice) -> Result<(), St
         }
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 400 `M_EXCLUSIVE`.

@@ -16,7 +16,8 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::pdu_check::{event_id_of, rules_of};
+use super::pdu_check::event_id_of;
+use crate::service::rooms::pdu::rules_of;
 use crate::{
     Error, Result,
     service::{

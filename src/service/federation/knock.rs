@@ -23,7 +23,8 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::{invite::RemoteInvite, membership::supported_versions, pdu_check::rules_of};
+use super::{invite::RemoteInvite, membership::supported_versions};
+use crate::service::rooms::pdu::rules_of;
 use crate::{
     Error, Result,
     service::{Services, rooms::timeline::LocalEvent},

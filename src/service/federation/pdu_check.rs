@@ -10,7 +10,10 @@ use ruma::{
     state_res::check_pdu_format,
 };
 
-use crate::{Error, Result, service::Services};
+use crate::{
+    Error, Result,
+    service::{Services, rooms::pdu::rules_of},
+};
 
 /// The ID of a PDU as its room version defines it: carried inside it (v1, v2) or its
 /// reference hash (v3 and later).
@@ -28,16 +31,6 @@ pub fn event_id_of(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> Resul
             EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))
         }
     }
-}
-
-pub fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version.rules().ok_or_else(|| {
-        Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
-            format!("Room version {version} is not supported."),
-        )
-    })
 }
 
 impl Services {

@@ -138,7 +138,7 @@ impl reqwest::dns::Resolve for ConnectResolver {
             let target = dns
                 .srv_targets
                 .read()
-                .expect("srv target lock")
+                .unwrap_or_else(|p| p.into_inner())
                 .get(&host)
                 .cloned()
                 .unwrap_or(host);
@@ -169,17 +169,24 @@ impl Resolver {
 
     /// Forgets a server's resolution, e.g. after its requests started failing.
     pub fn forget(&self, server: &ServerName) {
-        self.cache.lock().expect("resolver cache").remove(server);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(server);
     }
 
     pub async fn resolve(&self, server: &ServerName) -> Destination {
-        if let Some((destination, expires)) = self.cache.lock().expect("resolver cache").get(server)
+        if let Some((destination, expires)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server)
             && *expires > Instant::now()
         {
             return destination.clone();
         }
         let (destination, ttl) = self.resolve_uncached(server).await;
-        self.cache.lock().expect("resolver cache").insert(
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
             server.to_owned(),
             (destination.clone(), Instant::now() + ttl),
         );

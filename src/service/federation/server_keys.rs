@@ -108,14 +108,17 @@ impl KeyCache {
             server.as_bytes(),
             &serde_json::to_vec(&cached)?,
         )?;
-        self.failures.lock().expect("key failures").remove(server);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(server);
         Ok(())
     }
 
     fn recently_failed(&self, server: &ServerName) -> bool {
         self.failures
             .lock()
-            .expect("key failures")
+            .unwrap_or_else(|p| p.into_inner())
             .get(server)
             .is_some_and(|at| at.elapsed() < REFETCH_BACKOFF)
     }
@@ -123,7 +126,7 @@ impl KeyCache {
     fn failed(&self, server: &ServerName) {
         self.failures
             .lock()
-            .expect("key failures")
+            .unwrap_or_else(|p| p.into_inner())
             .insert(server.to_owned(), Instant::now());
     }
 }
@@ -329,7 +332,7 @@ impl Services {
         if server == self.server_name {
             let keys = self
                 .globals
-                .signed_server_keys(&self.server_name, crate::api::server::KEY_VALIDITY)?;
+                .signed_server_keys(&self.server_name, crate::service::globals::KEY_VALIDITY)?;
             return Ok(vec![keys]);
         }
         let wanted = minimum_valid_until

@@ -3,7 +3,7 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
-    ServerName, UserId,
+    RoomVersionId, ServerName, UserId,
     room_version_rules::{
         EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules,
     },
@@ -159,6 +159,18 @@ pub fn content_str<'a>(pdu: &'a CanonicalJsonObject, name: &str) -> Option<&'a s
         },
         _ => None,
     }
+}
+
+/// The rules of a room version, or 400 `M_UNSUPPORTED_ROOM_VERSION` for one this server
+/// does not know.
+pub fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    version.rules().ok_or_else(|| {
+        Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported."),
+        )
+    })
 }
 
 /// The highest depth an event can have: canonical JSON's largest integer, 2^53 − 1.

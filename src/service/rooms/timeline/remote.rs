@@ -21,13 +21,13 @@ use ruma::{
 use super::{
     LocalEvent, RoomRecord, StoredPdu, Timeline,
     pipeline::{AdoptedState, Appending, Origin},
-    rules_of,
 };
 use crate::{
     Error, Result,
     service::rooms::{
         auth,
         event::Pdu,
+        pdu::rules_of,
         pdu::{self, NewEvent},
         state_res::State,
     },
