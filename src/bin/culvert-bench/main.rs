@@ -14,6 +14,7 @@ mod measure;
 mod push;
 mod report;
 mod scenarios;
+mod sliding;
 
 use std::{path::PathBuf, process::ExitCode, sync::LazyLock};
 
@@ -25,9 +26,9 @@ use crate::{
     report::Report,
     scenarios::{
         Ctx, Deliver, DeliverOpts, History, HistoryOpts, Idle, IdleOpts, InitialSync,
-        InitialSyncOpts, Receive, RunOutput, Send, SendOpts, SlidingDeliverOpts, SlidingInitial,
-        SlidingInitialOpts,
+        InitialSyncOpts, Receive, RunOutput, Send, SendOpts,
     },
+    sliding::{SlidingDeliverOpts, SlidingInitial, SlidingInitialOpts},
 };
 
 /// This invocation's start time in base 36: account names and transaction IDs derive from it, so
