@@ -83,6 +83,10 @@ pub struct Config {
     pub db_cache_capacity_mb: f64,
     #[serde(default = "default_rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,
+    /// When an acknowledged write is safe: `process` (survives a killed process), `each` or
+    /// `group` (survive a power cut; see `store::durability`).
+    #[serde(default)]
+    pub durability: crate::store::durability::Durability,
     /// Extra CA certificates (PEM files) trusted for federation TLS, besides the webpki roots.
     #[serde(default)]
     pub federation_extra_ca_certs: Vec<PathBuf>,
@@ -498,6 +502,29 @@ mod tests {
         assert_eq!(config.server_name, "example.org");
         assert!(!config.allow_registration);
         assert!(config.unused_conduit_keys().is_empty());
+    }
+
+    #[test]
+    fn durability_is_one_of_three_and_group_by_default() {
+        use crate::store::durability::Durability;
+        let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
+        assert_eq!(
+            Config::from_toml_str(base).unwrap().durability,
+            Durability::Group
+        );
+        for (text, expected) in [
+            ("process", Durability::Process),
+            ("each", Durability::Each),
+            ("group", Durability::Group),
+        ] {
+            let config =
+                Config::from_toml_str(&format!("{base}durability = \"{text}\"\n")).unwrap();
+            assert_eq!(config.durability, expected);
+        }
+        let error = Config::from_toml_str(&format!("{base}durability = \"fsync\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("durability"), "{error}");
     }
 
     #[test]

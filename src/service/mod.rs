@@ -90,7 +90,7 @@ impl Services {
         let options = StoreOptions {
             cache_capacity_bytes: (config.db_cache_capacity_mb.max(1.0) * 1024.0 * 1024.0) as usize,
             max_open_files: config.rocksdb_max_open_files,
-            sync_writes: false,
+            durability: config.durability,
         };
         let store = Store::open(&config.database_path, &options)?;
         let globals = globals::Globals::load(store.clone())?;

@@ -2,9 +2,11 @@
 //! schema version. Nothing above this module names a RocksDB type except [`Batch`].
 //!
 //! Durability: writes go through the write-ahead log (never disabled). A write that returned is in
-//! the operating system's page cache, so it survives the process being killed (`kill -9`);
-//! `sync_writes` additionally fsyncs each batch so that it survives power loss.
+//! the operating system's page cache, so it survives the process being killed (`kill -9`); the
+//! `durability` setting decides whether it is also fsynced, to survive a power cut
+//! ([`durability`]).
 
+pub mod durability;
 pub mod keys;
 mod migrations;
 
@@ -16,6 +18,7 @@ use std::{
     },
 };
 
+use durability::{Durability, GroupSync, Pending};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
     WriteBatch, WriteOptions,
@@ -239,7 +242,7 @@ pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 pub struct StoreOptions {
     pub cache_capacity_bytes: usize,
     pub max_open_files: i32,
-    pub sync_writes: bool,
+    pub durability: Durability,
 }
 
 impl Default for StoreOptions {
@@ -247,7 +250,7 @@ impl Default for StoreOptions {
         Self {
             cache_capacity_bytes: 32 << 20,
             max_open_files: 512,
-            sync_writes: false,
+            durability: Durability::default(),
         }
     }
 }
@@ -279,6 +282,8 @@ pub struct Store {
 struct Inner {
     db: DB,
     write_options: WriteOptions,
+    durability: Durability,
+    group: GroupSync,
     _cache: Cache,
     point_reads: AtomicU64,
     keys_scanned: AtomicU64,
@@ -386,12 +391,14 @@ impl Store {
         })?;
 
         let mut write_options = WriteOptions::default();
-        write_options.set_sync(options.sync_writes);
+        write_options.set_sync(options.durability == Durability::Each);
 
         let store = Store {
             inner: Arc::new(Inner {
                 db,
                 write_options,
+                durability: options.durability,
+                group: GroupSync::default(),
                 _cache: cache,
                 point_reads: AtomicU64::new(0),
                 keys_scanned: AtomicU64::new(0),
@@ -430,8 +437,17 @@ impl Store {
         Ok(self.inner.db.get_pinned_cf(self.handle(cf), key)?.is_some())
     }
 
-    /// Applies every change in `batch` atomically.
+    /// Applies every change in `batch` atomically; returns once the write is as safe as the
+    /// `durability` setting asks.
     pub fn write(&self, batch: Batch) -> Result<(), rocksdb::Error> {
+        let pending = self.write_pending(batch)?;
+        self.make_durable(pending)
+    }
+
+    /// Applies `batch` atomically, but with [`Durability::Group`] does not wait for the fsync:
+    /// for a writer holding a lock others wait for, which releases it and then calls
+    /// [`Store::make_durable`] before acknowledging the write.
+    pub fn write_pending(&self, batch: Batch) -> Result<Pending, rocksdb::Error> {
         let Batch { mut batch, ops } = batch;
         for (cf, key, value) in ops {
             match value {
@@ -439,7 +455,18 @@ impl Store {
                 None => batch.delete_cf(self.handle(cf), key),
             }
         }
-        self.inner.db.write_opt(batch, &self.inner.write_options)
+        self.inner.db.write_opt(batch, &self.inner.write_options)?;
+        Ok(Pending(
+            (self.inner.durability == Durability::Group).then(|| self.inner.group.ticket()),
+        ))
+    }
+
+    /// Waits until a pending write is on disk (with [`Durability::Group`]; at once otherwise).
+    pub fn make_durable(&self, pending: Pending) -> Result<(), rocksdb::Error> {
+        match pending.0 {
+            Some(ticket) => self.inner.group.wait(&self.inner.db, ticket),
+            None => Ok(()),
+        }
     }
 
     /// One-key convenience around [`Store::write`].

@@ -294,13 +294,25 @@ impl Timeline {
         let count = *stream + 1;
         build(&mut batch, count)?;
         batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
-        self.store.write(batch)?;
+        let pending = self.store.write_pending(batch)?;
         *stream = count;
         if let Some((room_id, change)) = change {
             self.activity.record(count, room_id, change);
         }
         drop(stream);
-        self.committed.send_replace(count);
+        // Outside the lock, so that the next commits can share the fsync (group durability).
+        let durable = self.store.make_durable(pending);
+        // Commits reach this point in any order: the announced count only grows. A count
+        // announced covers every lower one, which was written before it (and so is on disk
+        // once this one is).
+        self.committed.send_if_modified(|announced| {
+            let newer = count > *announced;
+            if newer {
+                *announced = count;
+            }
+            newer
+        });
+        durable?;
         Ok(count)
     }
 
