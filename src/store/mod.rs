@@ -469,6 +469,14 @@ impl Store {
         }
     }
 
+    /// [`Store::make_durable`] for async callers: no worker thread is held while waiting.
+    pub async fn make_durable_async(&self, pending: Pending) -> Result<(), rocksdb::Error> {
+        match pending.0 {
+            Some(ticket) => self.inner.group.wait_async(self, ticket).await,
+            None => Ok(()),
+        }
+    }
+
     /// One-key convenience around [`Store::write`].
     pub fn put(&self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), rocksdb::Error> {
         let mut batch = Batch::new();

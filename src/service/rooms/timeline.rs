@@ -301,7 +301,7 @@ impl Timeline {
         }
         drop(stream);
         // Outside the lock, so that the next commits can share the fsync (group durability).
-        let durable = self.store.make_durable(pending);
+        let durable = self.store.make_durable_async(pending).await;
         // Commits reach this point in any order: the announced count only grows. A count
         // announced covers every lower one, which was written before it (and so is on disk
         // once this one is).
