@@ -57,6 +57,9 @@ class Mount:
             os.mkdir(os.path.join(self.mountpoint, ".power-cut"))
         except OSError:
             pass  # the cut happened; the directory is never made
+        self.unmount()
+
+    def unmount(self):
         subprocess.run(["umount", self.mountpoint], check=True)
         self.proc.wait(timeout=30)
 
@@ -84,6 +87,10 @@ class Server:
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
 
 
 def register(base, name):
@@ -122,26 +129,29 @@ def main():
     log = open(os.path.join(work, "log"), "ab")
     acknowledged = []  # event IDs answered 200, all cycles
     lost_ever = set()
-    room, tokens = None, []
     last_sent = []
 
     def missing(events, token):
         return {e for e in events
                 if request(base, "GET", f"/_matrix/client/v3/rooms/{room}/event/{e}",
                            token)[0] != 200}
+    # Set-up, then an orderly shutdown and unmount: the accounts and the room are on disk.
+    mount = Mount(backing, mountpoint, log)
+    server = Server(binary, config, log)
+    server.wait_ready(base)
+    tokens = [register(base, f"sender{i}") for i in range(SENDERS)]
+    status, answer = request(base, "POST", "/_matrix/client/v3/createRoom", tokens[0],
+                             {"preset": "public_chat"})
+    room = answer["room_id"]
+    for token in tokens[1:]:
+        request(base, "POST", f"/_matrix/client/v3/join/{room}", token, {})
+    server.stop()
+    mount.unmount()
     for cycle in range(1, cycles + 1):
         mount = Mount(backing, mountpoint, log)
         server = Server(binary, config, log)
         server.wait_ready(base)
-        if room is None:
-            tokens = [register(base, f"sender{i}") for i in range(SENDERS)]
-            status, answer = request(base, "POST", "/_matrix/client/v3/createRoom", tokens[0],
-                                     {"preset": "public_chat"})
-            room = answer["room_id"]
-            for token in tokens[1:]:
-                request(base, "POST", f"/_matrix/client/v3/join/{room}", token, {})
-        else:
-            tokens = [login(base, f"sender{i}") for i in range(SENDERS)]
+        tokens = [login(base, f"sender{i}") for i in range(SENDERS)]
         # What the last cycle acknowledged is there (every cycle's is checked again at the end).
         lost = missing(last_sent, tokens[0]) if cycle > 1 else set()
         lost_ever |= lost
@@ -188,8 +198,7 @@ def main():
           f"events lost", flush=True)
     lost_ever |= lost | missing(acknowledged, token)
     server.kill()
-    subprocess.run(["umount", mountpoint], check=True)
-    mount.proc.wait(timeout=30)
+    mount.unmount()
     print(f"durability = \"{durability}\": {cycles} power cuts under {SENDERS} senders, "
           f"{len(acknowledged)} events acknowledged, {len(lost_ever)} lost")
     sys.exit(1 if lost_ever else 0)

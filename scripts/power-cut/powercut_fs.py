@@ -6,7 +6,8 @@ the backing directory only when the file is fsynced — as data reaches a disk o
 page cache's writeback or an fsync. `mkdir MOUNTPOINT/.power-cut` cuts the power: every
 unsynced image is dropped and the filesystem refuses all writes from then on, so what the
 backing directory holds is what a machine would find on its disk after losing power with
-nothing written back. Unmount it (`umount MOUNTPOINT`) afterwards.
+nothing written back. Unmount it (`umount MOUNTPOINT`) afterwards; unmounted without a cut, it
+writes everything back, as an orderly shutdown does.
 
 Directory operations (create, rename, unlink, mkdir) go to the backing directory at once: the
 test is about the write-ahead log's data, which is what `durability` decides.
@@ -47,6 +48,17 @@ class PowerCutFS(fuse.Operations):
     def _alive(self) -> None:
         if self.cut:
             raise fuse.FuseOSError(errno.EIO)
+
+    def destroy(self, path):
+        """A clean unmount writes back what is left, as an orderly shutdown would."""
+        with self.mutex:
+            if not self.cut:
+                for full, image in self.images.items():
+                    if os.path.exists(full):
+                        with open(full, "r+b") as f:
+                            f.truncate(len(image))
+                            f.write(image)
+            self.images.clear()
 
     def power_cut(self) -> int:
         with self.mutex:

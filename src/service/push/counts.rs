@@ -1,11 +1,19 @@
 //! Unread notification counts: the entries of `unread_notifications` (`user 0xFF room 0xFF
 //! count` → thread and highlight), written by the evaluator with each notifying event, deleted
 //! by the user's read receipts (and by their own events) up to the event they are at. A room's
-//! counts are one prefix scan of the user's entries in it; a user's badge, one scan of theirs.
+//! counts are one prefix scan of the user's entries in it; a user's badge, one seek per joined
+//! room.
+//!
+//! Deleted entries stay behind as RocksDB tombstones until compaction, and a scan walks through
+//! them: in a busy room every send deletes the sender's entries, so a scan from the start of
+//! the prefix grew with the room's history (a send into a room of 16 cost thousands of skipped
+//! keys). Each user's *floor* in a room — no live entry below it — is remembered in memory
+//! once a deletion commits, and scans seek from it. Forgotten (a restart, the cache's bound),
+//! a scan starts at the prefix again: slower, never wrong.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::evaluate::UnreadRecord;
@@ -21,6 +29,67 @@ pub const MAIN_THREAD: &str = "main";
 /// The key of an unread notification.
 pub fn unread_key(user_id: &UserId, room_id: &RoomId, count: u64) -> Vec<u8> {
     keys::join([user_id.as_bytes(), room_id.as_bytes(), &keys::u64_be(count)])
+}
+
+/// Unread entries marked read (by a receipt, or by the user's own event), to delete in that
+/// change's batch; and, for after the batch is written, the floors the deletion raises.
+#[derive(Default)]
+pub(crate) struct ReadEntries {
+    pub keys: Vec<Vec<u8>>,
+    /// `(user, room, floor)`: no entry of the user in the room below `floor` is live once
+    /// `keys` are deleted.
+    pub floors: Vec<(OwnedUserId, OwnedRoomId, u64)>,
+}
+
+impl ReadEntries {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn extend(&mut self, other: ReadEntries) {
+        self.keys.extend(other.keys);
+        self.floors.extend(other.floors);
+    }
+}
+
+/// Scans a user's entries in a room from their floor, and picks those `read` says are read
+/// (`Some(false)` keeps an entry, `None` ends the scan there).
+fn read_entries(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    mut read: impl FnMut(u64, &UnreadRecord) -> Option<bool>,
+) -> Result<ReadEntries> {
+    let (prefix, start) = services.unread_scan(user_id, room_id);
+    let mut entries = ReadEntries::default();
+    let (mut first_kept, mut last_read) = (None, None);
+    for item in services
+        .store
+        .scan_prefix_from(Cf::UnreadNotifications, &prefix, &start)
+    {
+        let (key, value) = item?;
+        let count = keys::parse_u64_be(&key[prefix.len()..]).unwrap_or(u64::MAX);
+        let record: UnreadRecord = serde_json::from_slice(&value)?;
+        match read(count, &record) {
+            Some(true) => {
+                entries.keys.push(key.to_vec());
+                last_read = Some(count);
+            }
+            Some(false) => {
+                first_kept.get_or_insert(count);
+            }
+            None => {
+                first_kept.get_or_insert(count);
+                break;
+            }
+        }
+    }
+    if let Some(floor) = first_kept.or(last_read.map(|c| c.saturating_add(1))) {
+        entries
+            .floors
+            .push((user_id.to_owned(), room_id.to_owned(), floor));
+    }
+    Ok(entries)
 }
 
 /// A room's unread notifications: in all, and per thread (`main` for the main timeline).
@@ -57,9 +126,12 @@ impl UnreadCounts {
 impl Services {
     /// `user_id`'s unread notifications in `room_id` (one prefix scan).
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
-        let prefix = keys::prefix(&keys::join([user_id.as_bytes(), room_id.as_bytes()]));
+        let (prefix, start) = self.unread_scan(user_id, room_id);
         let mut counts = UnreadCounts::default();
-        for item in self.store.scan_prefix(Cf::UnreadNotifications, &prefix) {
+        for item in self
+            .store
+            .scan_prefix_from(Cf::UnreadNotifications, &prefix, &start)
+        {
             let (_, value) = item?;
             let record: UnreadRecord = serde_json::from_slice(&value)?;
             let thread = counts.threads.entry(record.thread).or_default();
@@ -81,21 +153,47 @@ impl Services {
         room_id: &RoomId,
         upto: u64,
         thread: Option<&str>,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<ReadEntries> {
+        read_entries(self, user_id, room_id, |count, record| {
+            (count <= upto).then(|| thread.is_none_or(|t| t == record.thread))
+        })
+    }
+
+    /// The sender's unread entries in the room their own event marks read: those of the
+    /// same thread (the spec: sending an event counts as reading up to it).
+    pub(crate) fn read_by_own_event(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        thread: &str,
+    ) -> Result<ReadEntries> {
+        read_entries(self, sender, room_id, |_, record| {
+            Some(record.thread == thread)
+        })
+    }
+
+    /// Where a scan of `user_id`'s entries in `room_id` starts: `(prefix, start)`, the start
+    /// at their floor when it is known.
+    fn unread_scan(&self, user_id: &UserId, room_id: &RoomId) -> (Vec<u8>, Vec<u8>) {
         let prefix = keys::prefix(&keys::join([user_id.as_bytes(), room_id.as_bytes()]));
-        let mut read = Vec::new();
-        for item in self.store.scan_prefix(Cf::UnreadNotifications, &prefix) {
-            let (key, value) = item?;
-            let count = keys::parse_u64_be(&key[prefix.len()..]).unwrap_or(u64::MAX);
-            if count > upto {
-                break;
-            }
-            let record: UnreadRecord = serde_json::from_slice(&value)?;
-            if thread.is_none_or(|t| t == record.thread) {
-                read.push(key.to_vec());
+        let floor = self
+            .push
+            .unread_floors
+            .get(&(user_id.to_owned(), room_id.to_owned()))
+            .unwrap_or(0);
+        let start = [&prefix[..], &keys::u64_be(floor)].concat();
+        (prefix, start)
+    }
+
+    /// Remembers the floors of a deletion that was written.
+    pub(crate) fn raise_unread_floors(&self, read: &ReadEntries) {
+        for (user_id, room_id, floor) in &read.floors {
+            let key = (user_id.clone(), room_id.clone());
+            let known = self.push.unread_floors.get(&key).unwrap_or(0);
+            if *floor > known {
+                self.push.unread_floors.insert(key, *floor);
             }
         }
-        Ok(read)
     }
 
     /// Whether `user_id` sent a read receipt in `room_id` after stream count `since` (a seek
@@ -124,35 +222,25 @@ impl Services {
     /// joined rooms with unread notifications (an invite's own notification, or what was left
     /// unread in a room since left, is not counted again).
     pub fn badge_count(&self, user_id: &UserId) -> Result<u64> {
-        let mut joined: HashSet<Vec<u8>> = HashSet::new();
         let mut badge = 0u64;
         for (room_id, member) in self.members.rooms_of(user_id)? {
             match member.membership.as_str() {
+                // One seek from the floor: whether anything is unread there.
                 "join" => {
-                    joined.insert(room_id.as_bytes().to_vec());
+                    let (prefix, start) = self.unread_scan(user_id, &room_id);
+                    if self
+                        .store
+                        .scan_prefix_from(Cf::UnreadNotifications, &prefix, &start)
+                        .next()
+                        .transpose()?
+                        .is_some()
+                    {
+                        badge += 1;
+                    }
                 }
                 "invite" => badge += 1,
                 _ => {}
             }
-        }
-        let prefix = keys::prefix(user_id.as_bytes());
-        // One seek per room with unread notifications: each room's entries are skipped at once
-        // (`room ++ SEP ++ count`: past the highest count comes the next room).
-        let mut from = prefix.clone();
-        while let Some(item) = self
-            .store
-            .scan_prefix_from(Cf::UnreadNotifications, &prefix, &from)
-            .next()
-        {
-            let (key, _) = item?;
-            let rest = &key[prefix.len()..];
-            let Some(room) = rest.len().checked_sub(9).map(|end| &rest[..end]) else {
-                break;
-            };
-            if joined.contains(room) {
-                badge += 1;
-            }
-            from = [&prefix[..], room, &[keys::SEP], &[0xFF; 8], &[0]].concat();
         }
         Ok(badge)
     }

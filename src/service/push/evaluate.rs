@@ -19,7 +19,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::counts::{MAIN_THREAD, unread_key};
+use super::counts::{MAIN_THREAD, ReadEntries, unread_key};
 use crate::{
     Result,
     service::{
@@ -87,8 +87,9 @@ impl EventConsumer for PushEvaluator {
 struct Notified {
     room_id: OwnedRoomId,
     notified: Vec<(OwnedUserId, NotificationRecord)>,
-    /// `unread_notifications` keys of the sender, read by their own event.
-    read: Vec<Vec<u8>>,
+    /// `unread_notifications` entries of the sender, read by their own event (and of a member
+    /// who left).
+    read: ReadEntries,
     services: Weak<Services>,
 }
 
@@ -109,7 +110,7 @@ impl Staged for Notified {
                 })?,
             );
         }
-        for key in &self.read {
+        for key in &self.read.keys {
             batch.delete(Cf::UnreadNotifications, key.clone());
         }
         Ok(())
@@ -117,6 +118,7 @@ impl Staged for Notified {
 
     fn committed(self: Box<Self>) {
         if let Some(services) = self.services.upgrade() {
+            services.raise_unread_floors(&self.read);
             for (user_id, _) in &self.notified {
                 services.push.wake_user(user_id);
             }
@@ -158,7 +160,7 @@ impl Services {
         let mut read = if local(event.sender) {
             self.read_by_own_event(event.sender, room_id, &thread)?
         } else {
-            Vec::new()
+            ReadEntries::default()
         };
         // A local user out of the room has nothing unread in it any more.
         if event.event_type == "m.room.member"
@@ -368,25 +370,5 @@ impl Services {
             current = parent;
         }
         Ok(MAIN_THREAD.to_owned())
-    }
-
-    /// The sender's unread entries in the room their own event marks read: those of the
-    /// same thread (the spec: sending an event counts as reading up to it).
-    fn read_by_own_event(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        thread: &str,
-    ) -> Result<Vec<Vec<u8>>> {
-        let mut read = Vec::new();
-        let prefix = keys::prefix(&keys::join([sender.as_bytes(), room_id.as_bytes()]));
-        for item in self.store.scan_prefix(Cf::UnreadNotifications, &prefix) {
-            let (key, value) = item?;
-            let record: UnreadRecord = serde_json::from_slice(&value)?;
-            if record.thread == thread {
-                read.push(key.to_vec());
-            }
-        }
-        Ok(read)
     }
 }

@@ -43,6 +43,8 @@ pub struct Push {
     rules: quick_cache::sync::Cache<OwnedUserId, Arc<Ruleset>>,
     /// What each recent notification says of its event, shared by the event's pushers.
     event_summaries: quick_cache::sync::Cache<ruma::OwnedEventId, Arc<sender::EventSummary>>,
+    /// Each user's floor in a room: no unread entry below it is live (see `counts`).
+    unread_floors: quick_cache::sync::Cache<(OwnedUserId, ruma::OwnedRoomId), u64>,
     /// `displayname` of member events by short event ID, for the display-name rule.
     display_names: quick_cache::sync::Cache<u64, Option<String>>,
     /// The HTTP client for gateways: rustls, the SSRF guard, no redirects.
@@ -81,6 +83,7 @@ impl Push {
         Ok(Self {
             rules: quick_cache::sync::Cache::new(1024),
             display_names: quick_cache::sync::Cache::new(4096),
+            unread_floors: quick_cache::sync::Cache::new(16_384),
             event_summaries: quick_cache::sync::Cache::new(256),
             client,
             guard,

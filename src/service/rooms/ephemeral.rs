@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::timeline::activity::Change;
 use crate::{
     Error, Result,
-    service::Services,
+    service::{Services, push::counts::ReadEntries},
     store::{Batch, Cf, keys},
     utils,
 };
@@ -168,9 +168,9 @@ impl Services {
         let read = match (user_id.server_name() == self.server_name, receipt_type) {
             (true, "m.read" | "m.read.private") => match self.timeline.count_of(&target)? {
                 Some(upto) => self.read_by_receipt(user_id, room_id, upto, thread)?,
-                None => Vec::new(),
+                None => ReadEntries::default(),
             },
-            _ => Vec::new(),
+            _ => ReadEntries::default(),
         };
         let room = room_id.as_bytes().to_vec();
         let stream_entry = |count: u64| keys::join([&room, &keys::u64_be(count)]);
@@ -193,12 +193,13 @@ impl Services {
                     stream_entry(count),
                     key[room.len() + 1..].to_vec(),
                 );
-                for read in &read {
+                for read in &read.keys {
                     batch.delete(Cf::UnreadNotifications, read.clone());
                 }
                 Ok(())
             })
             .await?;
+        self.raise_unread_floors(&read);
         if !read.is_empty() {
             // The badge went down: the user's pushers tell their phones.
             self.push.wake_user(user_id);
