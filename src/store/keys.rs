@@ -29,6 +29,19 @@ pub fn prefix(part: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The smallest key above every key that starts with `prefix` (`None` when there is none):
+/// the upper bound of a prefix scan.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Splits a composite key back into its parts.
 pub fn split(key: &[u8]) -> impl Iterator<Item = &[u8]> {
     key.split(|b| *b == SEP)
@@ -45,6 +58,33 @@ pub fn parse_u64_be(bytes: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_prefix() {
+        let prefix = prefix(b"user");
+        let end = prefix_end(&prefix).unwrap();
+        assert_eq!(end, b"uses");
+        for inside in [
+            join([b"user", b""]),
+            join([b"user", b"\xff\xff"]),
+            join([b"user", b"z"]),
+        ] {
+            assert!(inside.as_slice() >= prefix.as_slice() && inside.as_slice() < end.as_slice());
+        }
+        for outside in [
+            b"uses".to_vec(),
+            b"user".to_vec(),
+            b"user0".to_vec(),
+            b"usf".to_vec(),
+        ] {
+            assert!(
+                !(outside.as_slice() >= prefix.as_slice() && outside.as_slice() < end.as_slice())
+            );
+        }
+        assert_eq!(prefix_end(&[0x01, 0xFF, 0xFF]), Some(vec![0x02]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+        assert_eq!(prefix_end(&[]), None);
+    }
 
     #[test]
     fn join_and_split_round_trip() {

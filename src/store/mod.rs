@@ -21,7 +21,7 @@ use std::{
 use durability::{Durability, GroupSync, Pending};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    WriteBatch, WriteOptions,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 
 /// Declares the column families once: the `Cf` enum (each variant's doc gives its key → value
@@ -500,10 +500,17 @@ impl Store {
         prefix: &'a [u8],
         start: &[u8],
     ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
+        // Bounded: past its last key, an unbounded iterator would walk on through whatever
+        // follows (the tombstones of other prefixes too) looking for one more live key.
+        let mut options = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            options.set_iterate_upper_bound(end);
+        }
         self.inner
             .db
-            .iterator_cf(
+            .iterator_cf_opt(
                 self.handle(cf),
+                options,
                 IteratorMode::From(start, Direction::Forward),
             )
             .inspect(|_| self.count_scanned())
@@ -520,10 +527,13 @@ impl Store {
         prefix: &'a [u8],
         start: &[u8],
     ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(prefix.to_vec());
         self.inner
             .db
-            .iterator_cf(
+            .iterator_cf_opt(
                 self.handle(cf),
+                options,
                 IteratorMode::From(start, Direction::Reverse),
             )
             .inspect(|_| self.count_scanned())
