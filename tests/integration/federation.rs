@@ -65,6 +65,26 @@ async fn servers_fetch_each_others_keys_and_sign_their_requests() {
     assert_eq!(error.status(), Some(StatusCode::NOT_FOUND));
 }
 
+/// A's genuine `X-Matrix` authorization for `GET path` addressed to `destination`.
+fn x_matrix_get(a: &TestServer, destination: &ServerName, path: &str) -> String {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    let request = http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .body(Vec::<u8>::new())
+        .unwrap();
+    let input = XMatrixSigningInput::new(
+        name(a),
+        destination.to_owned(),
+        a.services().globals.signing_key(),
+    );
+    let x_matrix = XMatrix::sign_http_request(&request, input).unwrap();
+    http::HeaderValue::from(&x_matrix)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_and_forged_requests_get_401() {
     let a = TestServer::start_federating("").await;
@@ -100,28 +120,7 @@ async fn unsigned_and_forged_requests_get_401() {
 
     // A genuine signature for a different request (another user) does not carry over.
     let other_path = "/_matrix/federation/v1/query/profile?user_id=%40eve%3Aexample.org";
-    let signed_for_other = {
-        let mut request = http::Request::builder()
-            .method("GET")
-            .uri(other_path)
-            .body(Vec::<u8>::new())
-            .unwrap();
-        let input = ruma::api::federation::authentication::XMatrixSigningInput::new(
-            name(&a),
-            name(&b),
-            a.services().globals.signing_key(),
-        );
-        let x_matrix =
-            ruma::api::federation::authentication::XMatrix::sign_http_request(&request, input)
-                .unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", http::HeaderValue::from(&x_matrix));
-        request.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
+    let signed_for_other = x_matrix_get(&a, &name(&b), other_path);
     let response = b
         .http
         .get(format!("{}{path}", b.base))
@@ -133,28 +132,7 @@ async fn unsigned_and_forged_requests_get_401() {
 
     // Addressed to another server: a genuine signature of A over this very request, but for
     // the destination `elsewhere.example` (a request B could have been handed by that server).
-    let misaddressed = {
-        let mut request = http::Request::builder()
-            .method("GET")
-            .uri(&path)
-            .body(Vec::<u8>::new())
-            .unwrap();
-        let input = ruma::api::federation::authentication::XMatrixSigningInput::new(
-            name(&a),
-            ServerName::parse("elsewhere.example").unwrap(),
-            a.services().globals.signing_key(),
-        );
-        let x_matrix =
-            ruma::api::federation::authentication::XMatrix::sign_http_request(&request, input)
-                .unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", http::HeaderValue::from(&x_matrix));
-        request.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
+    let misaddressed = x_matrix_get(&a, &ServerName::parse("elsewhere.example").unwrap(), &path);
     assert!(
         misaddressed.contains("destination=elsewhere.example"),
         "{misaddressed}"
