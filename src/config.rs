@@ -505,12 +505,12 @@ mod tests {
     }
 
     #[test]
-    fn durability_is_one_of_three_and_process_by_default() {
+    fn durability_is_one_of_three_and_group_by_default() {
         use crate::store::durability::Durability;
         let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
         assert_eq!(
             Config::from_toml_str(base).unwrap().durability,
-            Durability::Process
+            Durability::Group
         );
         for (text, expected) in [
             ("process", Durability::Process),

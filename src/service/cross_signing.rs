@@ -147,6 +147,7 @@ impl Services {
         user_id: &UserId,
         upload: SigningKeysUpload,
     ) -> Result<()> {
+        let signed_keys = self.e2ee.signed_keys.lock().await;
         let master = match &upload.master_key {
             Some(master) => Some(master.clone()),
             None => self.cross_signing_key(user_id, MASTER)?,
@@ -195,6 +196,7 @@ impl Services {
             })
             .await?;
         self.push_device_list_changes(&[user_id])?;
+        drop(signed_keys);
         self.federate_signing_keys(user_id).await;
         Ok(())
     }
@@ -208,6 +210,7 @@ impl Services {
         user_id: &UserId,
         signed: Vec<(OwnedUserId, String, Value)>,
     ) -> Result<Value> {
+        let signed_keys = self.e2ee.signed_keys.lock().await;
         let mut failures: Map<String, Value> = Map::new();
         let mut fail = |target: &UserId, key_id: &str, error: Value| {
             failures
@@ -393,6 +396,7 @@ impl Services {
                 .await?;
             let users: Vec<&UserId> = changed.iter().map(|u| u.as_ref()).collect();
             self.push_device_list_changes(&users)?;
+            drop(signed_keys);
             for user in changed {
                 self.federate_signing_keys(user).await;
             }

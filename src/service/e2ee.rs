@@ -37,6 +37,11 @@ const SIGNED_CURVE25519: &str = "signed_curve25519";
 pub struct E2ee {
     /// Serialises the check-then-write of one-time and fallback keys (uploads and claims).
     keys_lock: Mutex<()>,
+    /// Serialises the read-merge-write of signed key objects — device keys, cross-signing
+    /// keys and the signatures uploaded for them — so that a signature added by one request
+    /// is never overwritten by another's older copy (a client re-uploading its device keys, or
+    /// replacing its master key, while it uploads signatures).
+    pub(crate) signed_keys: tokio::sync::Mutex<()>,
 }
 
 impl E2ee {
@@ -224,6 +229,7 @@ impl Services {
         }
         if let Some(mut device_keys) = upload.device_keys {
             check_device_keys(user_id, device_id, &device_keys)?;
+            let signed_keys = self.e2ee.signed_keys.lock().await;
             // `unsigned` is for the server to fill in (the display name), not to store.
             if let Some(object) = device_keys.as_object_mut() {
                 object.remove("unsigned");
@@ -260,6 +266,7 @@ impl Services {
                     })
                     .await?;
                 self.push_device_list_changes(&[user_id])?;
+                drop(signed_keys);
                 self.federate_device_change(user_id, device_id, false).await;
             }
         }

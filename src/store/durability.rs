@@ -22,12 +22,12 @@ use serde::Deserialize;
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Survives the process being killed; the last acknowledged writes may be lost to a power
-    /// cut. The default for now (see RELIABILITY.md: `group` waits on one open question).
-    #[default]
+    /// cut.
     Process,
     /// Survives a power cut: each write fsyncs the log.
     Each,
     /// Survives a power cut: writes wait for a shared fsync of the log.
+    #[default]
     Group,
 }
 

@@ -328,6 +328,13 @@ async function main() {
 
   step("a device of alice with only the recovery key restores cross-signing and the backup");
   const recovered = await startClient(await login("jsalice", "jsalice js recovered"));
+  // The private keys in secret storage are checked against the public ones this device has
+  // downloaded: wait until it has them (its first /keys/query runs after the first sync, and
+  // bootstrapping before it ends fails to import the keys — as Element waits, so does this).
+  await waitFor("the recovered device to know alice's cross-signing keys", async () => {
+    await recovered.getCrypto().getUserDeviceInfo([alice.getUserId()], true);
+    return (await recovered.getCrypto().getCrossSigningStatus()).publicKeysOnDevice;
+  });
   // Finds the private keys in secret storage, caches them and signs this device with them.
   await recovered.getCrypto().bootstrapCrossSigning({});
   await waitFor("the recovered device's cross-signing to be ready", () =>
