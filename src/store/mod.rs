@@ -461,6 +461,16 @@ impl Store {
         ))
     }
 
+    /// Applies `batch` atomically and returns without waiting for any fsync, whatever the
+    /// `durability` setting: only for writes whose loss in a power cut is harmless and which
+    /// are too frequent to wait for the disk (a pusher's position: at worst a notification is
+    /// sent again, and gateways de-duplicate by event ID).
+    pub fn write_without_waiting(&self, batch: Batch) -> Result<(), rocksdb::Error> {
+        // Not waited for: a later fsync (anyone's) covers it.
+        let _unsynced = self.write_pending(batch)?;
+        Ok(())
+    }
+
     /// Waits until a pending write is on disk (with [`Durability::Group`]; at once otherwise).
     pub fn make_durable(&self, pending: Pending) -> Result<(), rocksdb::Error> {
         match pending.0 {

@@ -225,7 +225,8 @@ impl Services {
         record.failing_since = failing_since;
         let mut batch = Batch::new();
         batch.put(Cf::Pushers, key.to_vec(), serde_json::to_vec(&record)?);
-        self.store.write(batch)?;
+        // A position lost to a power cut only sends a notification again: no fsync wait.
+        self.store.write_without_waiting(batch)?;
         Ok(())
     }
 
