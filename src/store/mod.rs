@@ -464,7 +464,10 @@ impl Store {
     /// Applies `batch` atomically and returns without waiting for any fsync, whatever the
     /// `durability` setting: only for writes whose loss in a power cut is harmless and which
     /// are too frequent to wait for the disk (a pusher's position: at worst a notification is
-    /// sent again, and gateways de-duplicate by event ID).
+    /// sent again, and gateways de-duplicate by event ID) — or that matter only through a
+    /// later write that *is* waited for (an event's short ID, a state snapshot it refers to):
+    /// every column family shares one write-ahead log, recovered as a prefix, so the fsync the
+    /// later write waits for makes this one durable too.
     pub fn write_without_waiting(&self, batch: Batch) -> Result<(), rocksdb::Error> {
         // Not waited for: a later fsync (anyone's) covers it.
         let _unsynced = self.write_pending(batch)?;
@@ -472,10 +475,21 @@ impl Store {
     }
 
     /// Waits until a pending write is on disk (with [`Durability::Group`]; at once otherwise).
+    /// On a worker of the multi-threaded runtime, the worker's other tasks move to another
+    /// thread meanwhile (`block_in_place`): a request waiting for the disk does not stall the
+    /// requests that share its worker.
     pub fn make_durable(&self, pending: Pending) -> Result<(), rocksdb::Error> {
-        match pending.0 {
-            Some(ticket) => self.inner.group.wait(&self.inner.db, ticket),
-            None => Ok(()),
+        let Some(ticket) = pending.0 else {
+            return Ok(());
+        };
+        let wait = || self.inner.group.wait(&self.inner.db, ticket);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
         }
     }
 
@@ -485,6 +499,15 @@ impl Store {
             Some(ticket) => self.inner.group.wait_async(self, ticket).await,
             None => Ok(()),
         }
+    }
+
+    /// Returns once every write made before this call is on disk (with
+    /// [`Durability::Group`]; at once otherwise).
+    pub async fn wait_durable_async(&self) -> Result<(), rocksdb::Error> {
+        let pending = Pending(
+            (self.inner.durability == Durability::Group).then(|| self.inner.group.ticket()),
+        );
+        self.make_durable_async(pending).await
     }
 
     /// One-key convenience around [`Store::write`].

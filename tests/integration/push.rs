@@ -326,9 +326,19 @@ async fn room_mentions_need_the_power_and_rule_changes_act_at_once() {
     )
     .await;
     assert_eq!(counts(&sync(&server, &bob).await, &room), (2, 0));
-    // Alice (power 100) may.
+    // Alice (power 100) may; carol, who joined after the room's members were last looked at
+    // for notifications, is notified too.
     send(&server, &alice, &room, text("@room listen")).await;
     assert_eq!(counts(&sync(&server, &bob).await, &room), (3, 1));
+    assert_eq!(counts(&sync(&server, &carol).await, &room), (1, 1));
+    // Given the power to notify the room, carol's next @room highlights at once.
+    let levels_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/");
+    let mut levels = server.get_ok(&levels_path, &alice).await;
+    levels["users"][carol.user_id.as_str()] = json!(50);
+    let (status, body) = server.put(&levels_path, Some(&alice.token), levels).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    send(&server, &carol, &room, text("@room now")).await;
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (4, 2));
 
     // Bob mutes the room: a room rule without actions, in effect for the next message.
     let rule = format!(
@@ -340,7 +350,7 @@ async fn room_mentions_need_the_power_and_rule_changes_act_at_once() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     send(&server, &alice, &room, text("muted?")).await;
-    assert_eq!(counts(&sync(&server, &bob).await, &room), (3, 1));
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (4, 2));
     // A disabled rule no longer applies.
     let (status, _) = server
         .put(
@@ -351,7 +361,7 @@ async fn room_mentions_need_the_power_and_rule_changes_act_at_once() {
         .await;
     assert_eq!(status, StatusCode::OK);
     send(&server, &alice, &room, text("loud again")).await;
-    assert_eq!(counts(&sync(&server, &bob).await, &room), (4, 1));
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (5, 2));
 }
 
 #[tokio::test]

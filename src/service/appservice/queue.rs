@@ -147,11 +147,14 @@ impl Staged for QueuedPdu {
         Ok(())
     }
 
-    fn committed(self: Box<Self>) {
-        Appservices::wake(&self.targets);
+    fn written(&mut self) {
         if self.membership_change {
             self.appservices.forget_room_interest(&self.room_id);
         }
+    }
+
+    fn committed(self: Box<Self>) {
+        Appservices::wake(&self.targets);
     }
 }
 

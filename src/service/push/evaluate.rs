@@ -24,9 +24,11 @@ use crate::{
     Result,
     service::{
         Services,
+        appservice::Appservice,
         rooms::{
             pdu,
             state_store::StateEntry,
+            timeline::RoomRecord,
             timeline::pipeline::{Appending, EventConsumer, Origin, Staged},
         },
     },
@@ -116,13 +118,45 @@ impl Staged for Notified {
         Ok(())
     }
 
-    fn committed(self: Box<Self>) {
+    fn written(&mut self) {
         if let Some(services) = self.services.upgrade() {
             services.raise_unread_floors(&self.read);
+        }
+    }
+
+    fn committed(self: Box<Self>) {
+        if let Some(services) = self.services.upgrade() {
             for (user_id, _) in &self.notified {
                 services.push.wake_user(user_id);
             }
         }
+    }
+}
+
+/// What evaluating an event needs of its room besides the event itself. It is the same for
+/// every event until the room's state changes (or the application services registered do), so
+/// it is built once per state snapshot rather than once per event: the members to consider
+/// with their display names, the member count and the power levels.
+pub(super) struct RoomPushContext {
+    /// The room's state snapshot (short state hash) this was built from.
+    state: u64,
+    /// The registrations it was built with (users an appservice owns are never notified).
+    appservices: Arc<Vec<Arc<Appservice>>>,
+    /// Joined local members an event may notify (none owned by an appservice), each with their
+    /// display name in the room, or their user ID when they have none (an empty name would
+    /// match an empty body).
+    members: Vec<(OwnedUserId, String)>,
+    member_count: UInt,
+    power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+/// Weighs a cached room context by its members, so a few large rooms cannot crowd out memory.
+#[derive(Clone)]
+pub(super) struct MembersWeighter;
+
+impl quick_cache::Weighter<OwnedRoomId, Arc<RoomPushContext>> for MembersWeighter {
+    fn weight(&self, _room: &OwnedRoomId, context: &Arc<RoomPushContext>) -> u64 {
+        context.members.len() as u64 + 1
     }
 }
 
@@ -131,31 +165,28 @@ impl Services {
     fn evaluate_push(&self, event: &Appending<'_>) -> Result<Option<Notified>> {
         let room_id = event.room_id;
         let local = |user: &UserId| user.server_name() == self.server_name;
-        let members = self.members.of_room(room_id)?;
-        let joined = members.iter().filter(|(_, m)| m == "join").count();
-        let mut candidates: Vec<OwnedUserId> = match (event.event_type, event.state_key) {
+        let room = self.room_push_context(room_id)?;
+        let mut candidates: Vec<(OwnedUserId, String)> = match (event.event_type, event.state_key) {
             ("m.room.member", Some(target)) => {
-                let target = UserId::parse(target).ok();
+                let target = UserId::parse(target).ok().filter(|t| local(t));
                 let invited = pdu::content_str(event.pdu, "membership") == Some("invite");
-                let joined_now = |user: &UserId| {
-                    members
-                        .iter()
-                        .any(|(member, m)| member == user && m == "join")
-                };
-                target
-                    .filter(|t| local(t) && (invited || joined_now(t)))
-                    .into_iter()
-                    .collect()
+                match target {
+                    Some(target) => match room.members.iter().find(|(m, _)| *m == target) {
+                        Some(member) => vec![member.clone()],
+                        None if invited
+                            && self.appservices.interested_in_user(&target).is_empty() =>
+                        {
+                            let name = self.display_name_in_room(room_id, &target)?;
+                            vec![(target, name)]
+                        }
+                        None => Vec::new(),
+                    },
+                    None => Vec::new(),
+                }
             }
-            _ => members
-                .iter()
-                .filter(|(user, m)| m == "join" && local(user))
-                .map(|(user, _)| user.clone())
-                .collect(),
+            _ => room.members.clone(),
         };
-        candidates.retain(|user| {
-            user != event.sender && self.appservices.interested_in_user(user).is_empty()
-        });
+        candidates.retain(|(user, _)| user != event.sender);
         let thread = self.thread_of(event.pdu)?;
         let mut read = if local(event.sender) {
             self.read_by_own_event(event.sender, room_id, &thread)?
@@ -173,44 +204,35 @@ impl Services {
         {
             read.extend(self.read_by_receipt(&target, room_id, u64::MAX, None)?);
         }
-        if candidates.is_empty() {
+        let Some((first_user, first_name)) = candidates.first().cloned() else {
             return Ok((!read.is_empty()).then(|| Notified {
                 room_id: room_id.to_owned(),
                 notified: Vec::new(),
                 read,
                 services: Weak::new(),
             }));
-        }
+        };
 
-        // The event flattened once for every member's rules.
+        // The event flattened once, and one condition context whose user is changed from
+        // member to member, for every member's rules.
         let raw: Raw<CanonicalJsonObject> =
             Raw::from_json(serde_json::value::to_raw_value(event.pdu)?);
         let flattened = FlattenedJson::from_raw(&raw);
-        let state = match self.timeline.room(room_id)? {
-            Some(room) => self.timeline.current_state_entries(&room)?,
-            None => Vec::new(),
-        };
-        let power_levels = self.push_power_levels(room_id, &state)?;
-        let member_count = UInt::try_from(joined as u64).unwrap_or(UInt::MAX);
+        let mut context = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            room.member_count,
+            first_user,
+            first_name,
+        );
+        if let Some(power_levels) = &room.power_levels {
+            context = context.with_power_levels(power_levels.clone());
+        }
         let ts = utils::now_millis();
         let mut notified = Vec::new();
-        for user in candidates {
+        for (user, display_name) in candidates {
             let rules = self.push_ruleset(&user)?;
-            // The display name in this room; with none, the user ID stands in (an empty name
-            // would match an empty body).
-            let display_name = self
-                .member_display_name(&state, &user)?
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| user.to_string());
-            let mut context = PushConditionRoomCtx::new(
-                room_id.to_owned(),
-                member_count,
-                user.clone(),
-                display_name,
-            );
-            if let Some(power_levels) = &power_levels {
-                context = context.with_power_levels(power_levels.clone());
-            }
+            context.user_id = user;
+            context.user_display_name = display_name;
             // The first rule that applies decides; every condition ruma evaluates completes at
             // once (no thread subscriptions here).
             let mut actions: &[Action] = &[];
@@ -224,7 +246,7 @@ impl Services {
                 continue;
             }
             notified.push((
-                user,
+                context.user_id.clone(),
                 NotificationRecord {
                     room_id: room_id.to_owned(),
                     event_id: event.event_id.to_owned(),
@@ -244,6 +266,73 @@ impl Services {
             read,
             services: Weak::new(),
         }))
+    }
+
+    /// The room's push context for its current state: cached, or built (one state load, one
+    /// member scan, a display name per member — each remembered by its member event).
+    fn room_push_context(&self, room_id: &RoomId) -> Result<Arc<RoomPushContext>> {
+        let Some(room) = self.timeline.room(room_id)? else {
+            return Ok(Arc::new(RoomPushContext {
+                state: 0,
+                appservices: self.appservices.list(),
+                members: Vec::new(),
+                member_count: UInt::MIN,
+                power_levels: None,
+            }));
+        };
+        let appservices = self.appservices.list();
+        if let Some(context) = self.push.room_contexts.get(room_id)
+            && context.state == room.state
+            && Arc::ptr_eq(&context.appservices, &appservices)
+        {
+            return Ok(context);
+        }
+        let state = self.timeline.current_state_entries(&room)?;
+        let local = |user: &UserId| user.server_name() == self.server_name;
+        let joined: Vec<OwnedUserId> = self
+            .members
+            .of_room(room_id)?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(user, _)| user)
+            .collect();
+        let member_count = UInt::try_from(joined.len() as u64).unwrap_or(UInt::MAX);
+        let mut members = Vec::new();
+        for user in joined {
+            if !local(&user) || !self.appservices.interested_in_user(&user).is_empty() {
+                continue;
+            }
+            let name = self.display_name_or_id(&state, &user)?;
+            members.push((user, name));
+        }
+        let context = Arc::new(RoomPushContext {
+            state: room.state,
+            appservices,
+            members,
+            member_count,
+            power_levels: self.push_power_levels(&room, &state)?,
+        });
+        self.push
+            .room_contexts
+            .insert(room_id.to_owned(), context.clone());
+        Ok(context)
+    }
+
+    /// `user_id`'s display name in the room's current state, or their user ID.
+    fn display_name_in_room(&self, room_id: &RoomId, user_id: &UserId) -> Result<String> {
+        let state = match self.timeline.room(room_id)? {
+            Some(room) => self.timeline.current_state_entries(&room)?,
+            None => Vec::new(),
+        };
+        self.display_name_or_id(&state, user_id)
+    }
+
+    /// `user_id`'s display name in `state`; with none (or an empty one), their user ID.
+    fn display_name_or_id(&self, state: &[StateEntry], user_id: &UserId) -> Result<String> {
+        Ok(self
+            .member_display_name(state, user_id)?
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| user_id.to_string()))
     }
 
     /// A user's push rules, parsed once until they change.
@@ -289,12 +378,9 @@ impl Services {
     /// room version's creators.
     fn push_power_levels(
         &self,
-        room_id: &RoomId,
+        room: &RoomRecord,
         state: &[StateEntry],
     ) -> Result<Option<PushConditionPowerLevelsCtx>> {
-        let Some(room) = self.timeline.room(room_id)? else {
-            return Ok(None);
-        };
         let Some(rules) = room.version.rules() else {
             return Ok(None);
         };
@@ -345,8 +431,9 @@ impl Services {
     /// The thread an event belongs to: the root a `m.thread` relation names; for another
     /// relation, the thread of the event it relates to (a few hops at most); else `main`.
     pub(crate) fn thread_of(&self, pdu: &CanonicalJsonObject) -> Result<String> {
-        let mut current = pdu.clone();
+        let mut parent_pdu: Option<CanonicalJsonObject> = None;
         for _ in 0..=THREAD_HOPS {
+            let current = parent_pdu.as_ref().unwrap_or(pdu);
             let Some(CanonicalJsonValue::Object(content)) = current.get("content") else {
                 break;
             };
@@ -367,7 +454,7 @@ impl Services {
             else {
                 break;
             };
-            current = parent;
+            parent_pdu = Some(parent);
         }
         Ok(MAIN_THREAD.to_owned())
     }

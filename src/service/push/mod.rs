@@ -34,6 +34,9 @@ use crate::{config::Config, service::outbound_guard::OutboundGuard};
 /// How long a gateway may take to answer.
 const GATEWAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Members the cached room push contexts hold at most, over all rooms (a few MiB).
+const ROOM_CONTEXT_MEMBERS: u64 = 32 * 1024;
+
 /// A user's running pusher tasks: each one's wake-up, by pusher key.
 type PusherTasks = HashMap<Vec<u8>, Arc<Notify>>;
 
@@ -45,6 +48,12 @@ pub struct Push {
     event_summaries: quick_cache::sync::Cache<ruma::OwnedEventId, Arc<sender::EventSummary>>,
     /// Each user's floor in a room: no unread entry below it is live (see `counts`).
     unread_floors: quick_cache::sync::Cache<(OwnedUserId, ruma::OwnedRoomId), u64>,
+    /// Each room's push context for its current state (see `evaluate`).
+    room_contexts: quick_cache::sync::Cache<
+        ruma::OwnedRoomId,
+        Arc<evaluate::RoomPushContext>,
+        evaluate::MembersWeighter,
+    >,
     /// `displayname` of member events by short event ID, for the display-name rule.
     display_names: quick_cache::sync::Cache<u64, Option<String>>,
     /// The HTTP client for gateways: rustls, the SSRF guard, no redirects.
@@ -82,6 +91,11 @@ impl Push {
             .map_err(|e| format!("push HTTP client: {e}"))?;
         Ok(Self {
             rules: quick_cache::sync::Cache::new(1024),
+            room_contexts: quick_cache::sync::Cache::with_weighter(
+                256,
+                ROOM_CONTEXT_MEMBERS,
+                evaluate::MembersWeighter,
+            ),
             display_names: quick_cache::sync::Cache::new(4096),
             unread_floors: quick_cache::sync::Cache::new(16_384),
             event_summaries: quick_cache::sync::Cache::new(256),

@@ -6,8 +6,20 @@
 //! block is skipped. Get-or-create is serialised and written at once, so the same key can never
 //! get two ids, even from two rooms at the same moment. A mapping written for an event that was
 //! then refused is harmless: it is never referenced.
+//!
+//! These writes do not wait for the disk (with `durability = "group"`, an fsync per new event
+//! ID would be waited for under the room's lock): an id matters only once a record that uses
+//! it is written, later in the same write-ahead log, and waiting for that record's fsync makes
+//! the mapping (and the reserved block) durable too. A power cut keeps a prefix of the log, so
+//! it never keeps a record whose mapping or block it lost.
+//!
+//! A mapping never changes once written, so the ones in use are kept in memory (sending an
+//! event looks up the same few state keys and auth events every time); keys not found are not
+//! remembered, since they may be created at any moment.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use quick_cache::sync::Cache;
 
 use crate::{
     Error, Result,
@@ -16,6 +28,8 @@ use crate::{
 
 const COUNTER_KEY: &[u8] = b"shortid_reserved";
 const BLOCK: u64 = 1024;
+/// Mappings each cache keeps (three caches; about a megabyte in all).
+const CACHED: usize = 4096;
 
 struct Reservation {
     next: u64,
@@ -26,6 +40,11 @@ pub struct ShortIds {
     store: Store,
     /// Held while allocating and writing a new mapping.
     lock: Mutex<Reservation>,
+    /// Forward mappings in use: event ID → id, and `(type, state key)` → id.
+    event_ids: Cache<Vec<u8>, u64>,
+    state_keys: Cache<Vec<u8>, u64>,
+    /// Reverse mappings in use: id → event ID.
+    events_by_id: Cache<u64, Arc<str>>,
 }
 
 impl ShortIds {
@@ -41,6 +60,9 @@ impl ShortIds {
                 next: reserved + 1,
                 reserved_until: reserved,
             }),
+            event_ids: Cache::new(CACHED),
+            state_keys: Cache::new(CACHED),
+            events_by_id: Cache::new(CACHED),
         })
     }
 
@@ -48,8 +70,9 @@ impl ShortIds {
     fn allocate(&self, reservation: &mut Reservation) -> Result<u64> {
         if reservation.next > reservation.reserved_until {
             let until = reservation.reserved_until + BLOCK;
-            self.store
-                .put(Cf::Global, COUNTER_KEY, &keys::u64_be(until))?;
+            let mut batch = Batch::new();
+            batch.put(Cf::Global, COUNTER_KEY, keys::u64_be(until));
+            self.store.write_without_waiting(batch)?;
             reservation.reserved_until = until;
         }
         let id = reservation.next;
@@ -63,28 +86,43 @@ impl ShortIds {
         self.allocate(&mut reservation)
     }
 
+    /// The cache of a forward column family.
+    fn cache(&self, forward: Cf) -> &Cache<Vec<u8>, u64> {
+        match forward {
+            Cf::EventIdShort => &self.event_ids,
+            _ => &self.state_keys,
+        }
+    }
+
     fn get_or_create(&self, forward: Cf, reverse: Cf, key: &[u8]) -> Result<u64> {
-        if let Some(id) = self.store.get(forward, key)? {
-            return keys::parse_u64_be(&id).ok_or_else(|| Error::internal("corrupt short id"));
+        if let Some(id) = self.get(forward, key)? {
+            return Ok(id);
         }
         let mut reservation = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         // Someone may have created it while we waited for the lock.
-        if let Some(id) = self.store.get(forward, key)? {
-            return keys::parse_u64_be(&id).ok_or_else(|| Error::internal("corrupt short id"));
+        if let Some(id) = self.get(forward, key)? {
+            return Ok(id);
         }
         let id = self.allocate(&mut reservation)?;
         let mut batch = Batch::new();
         batch.put(forward, key.to_vec(), keys::u64_be(id));
         batch.put(reverse, keys::u64_be(id), key.to_vec());
-        self.store.write(batch)?;
+        self.store.write_without_waiting(batch)?;
+        self.cache(forward).insert(key.to_vec(), id);
         Ok(id)
     }
 
     fn get(&self, forward: Cf, key: &[u8]) -> Result<Option<u64>> {
-        self.store
-            .get(forward, key)?
-            .map(|id| keys::parse_u64_be(&id).ok_or_else(|| Error::internal("corrupt short id")))
-            .transpose()
+        let cache = self.cache(forward);
+        if let Some(id) = cache.get(key) {
+            return Ok(Some(id));
+        }
+        let Some(bytes) = self.store.get(forward, key)? else {
+            return Ok(None);
+        };
+        let id = keys::parse_u64_be(&bytes).ok_or_else(|| Error::internal("corrupt short id"))?;
+        cache.insert(key.to_vec(), id);
+        Ok(Some(id))
     }
 
     pub fn event(&self, event_id: &str) -> Result<u64> {
@@ -96,10 +134,15 @@ impl ShortIds {
     }
 
     pub fn event_id(&self, short: u64) -> Result<Option<String>> {
-        Ok(self
-            .store
-            .get(Cf::ShortEventId, &keys::u64_be(short))?
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+        if let Some(id) = self.events_by_id.get(&short) {
+            return Ok(Some(id.to_string()));
+        }
+        let Some(bytes) = self.store.get(Cf::ShortEventId, &keys::u64_be(short))? else {
+            return Ok(None);
+        };
+        let id: Arc<str> = String::from_utf8_lossy(&bytes).into();
+        self.events_by_id.insert(short, id.clone());
+        Ok(Some(id.to_string()))
     }
 
     pub fn state_key(&self, event_type: &str, state_key: &str) -> Result<u64> {

@@ -131,7 +131,10 @@ impl<'a> Loader<'a> {
                 let mut sorted: Vec<u64> = chain.iter().copied().collect();
                 sorted.sort_unstable();
                 let bytes: Vec<u8> = sorted.iter().flat_map(|s| keys::u64_be(*s)).collect();
-                store.put(Cf::AuthChains, &keys::u64_be(top), &bytes)?;
+                // A cache: lost in a power cut, it is computed again.
+                let mut batch = crate::store::Batch::new();
+                batch.put(Cf::AuthChains, keys::u64_be(top), bytes);
+                store.write_without_waiting(batch)?;
             }
             all.extend(chain);
         }

@@ -197,7 +197,8 @@ impl StateStore {
         let mut batch = Batch::new();
         batch.put(Cf::StateHashShort, hash.to_vec(), keys::u64_be(id));
         batch.put(Cf::StateDiff, keys::u64_be(id), record.encode());
-        self.store.write(batch)?;
+        // Durable with the event that moves a room to this state (written after it).
+        self.store.write_without_waiting(batch)?;
         self.cache.insert(id, Arc::new(state.to_vec()));
         Ok(id)
     }

@@ -39,11 +39,14 @@ use super::{
 };
 use crate::{
     Error, Result,
-    store::{Batch, Cf, Store, keys},
+    store::{Batch, Cf, Store, durability::Pending, keys},
     utils,
 };
 
 const STREAM_KEY: &[u8] = b"stream_count";
+
+/// How many parsed auth events the timeline keeps (a few per active room).
+const AUTH_EVENTS_CACHED: usize = 1024;
 /// The stream starts here (or jumps here once, on a database from before backfill): the counts
 /// below a room's first event are for its backfilled history.
 pub const BACKFILL_HEADROOM: u64 = 1 << 32;
@@ -193,6 +196,11 @@ pub struct Timeline {
     /// The history visibility in force at a state snapshot. A snapshot never changes, and
     /// redaction keeps `history_visibility`, so an entry is never stale.
     visibility: quick_cache::sync::Cache<u64, Arc<str>>,
+    /// Recently used events parsed for the auth rules (create, power levels, join rules, the
+    /// sender's membership: the same few for every event a room receives). An event never
+    /// changes but by redaction, which keeps every key the auth rules read, so an entry from
+    /// before a redaction authorises alike.
+    auth_events: quick_cache::sync::Cache<OwnedEventId, Arc<Pdu>>,
     /// The per-event work that joins each event's commit (see [`pipeline`]).
     pipeline: pipeline::Pipeline,
     /// Which rooms the recent commits changed (see [`activity`]).
@@ -239,6 +247,7 @@ impl Timeline {
             committed: watch::channel(count).0,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             visibility: quick_cache::sync::Cache::new(4096),
+            auth_events: quick_cache::sync::Cache::new(AUTH_EVENTS_CACHED),
             pipeline: pipeline::Pipeline::default(),
             activity: activity::RecentActivity::new(count),
         })
@@ -287,9 +296,21 @@ impl Timeline {
     pub async fn commit_counted_in(
         &self,
         change: Option<(&RoomId, activity::Change)>,
-        mut batch: Batch,
+        batch: Batch,
         build: impl FnOnce(&mut Batch, u64) -> Result<()>,
     ) -> Result<u64> {
+        let (count, pending) = self.write_counted(change, batch, build).await?;
+        self.publish(count, pending).await
+    }
+
+    /// The first half of [`Timeline::commit_counted_in`]: the batch written under its count,
+    /// not yet known to be on disk nor announced.
+    async fn write_counted(
+        &self,
+        change: Option<(&RoomId, activity::Change)>,
+        mut batch: Batch,
+        build: impl FnOnce(&mut Batch, u64) -> Result<()>,
+    ) -> Result<(u64, Pending)> {
         let mut stream = self.stream.lock().await;
         let count = *stream + 1;
         build(&mut batch, count)?;
@@ -300,7 +321,12 @@ impl Timeline {
             self.activity.record(count, room_id, change);
         }
         drop(stream);
-        // Outside the lock, so that the next commits can share the fsync (group durability).
+        Ok((count, pending))
+    }
+
+    /// The second half: waits until the write is on disk — outside the stream lock, so that
+    /// the next commits share the fsync (group durability) — then announces its count.
+    async fn publish(&self, count: u64, pending: Pending) -> Result<u64> {
         let durable = self.store.make_durable_async(pending).await;
         // Commits reach this point in any order: the announced count only grows. A count
         // announced covers every lower one, which was written before it (and so is on disk
@@ -346,7 +372,7 @@ impl Timeline {
             extremities: Vec::new(),
             depth: 0,
         };
-        let (room_id, event_id) = self
+        let (room_id, event_id, commit) = self
             .append_with(
                 room_id.as_deref(),
                 empty,
@@ -357,6 +383,7 @@ impl Timeline {
                 signer,
             )
             .await?;
+        commit.finish(self).await?;
         Ok((room_id, event_id))
     }
 
@@ -382,10 +409,13 @@ impl Timeline {
         signer: &Signer<'_>,
     ) -> Result<OwnedEventId> {
         let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
         if let Some(txn) = txn
             && let Some(id) = self.store.get(Cf::TxnIds, &txn.key)?
         {
+            drop(guard);
+            // The first request may still be waiting for the disk: so does its repeat.
+            self.store.wait_durable_async().await?;
             let id = String::from_utf8_lossy(&id).into_owned();
             return EventId::parse(&id).map_err(|e| Error::internal(e.to_string()));
         }
@@ -393,7 +423,7 @@ impl Timeline {
         let room = self
             .room(room_id)?
             .ok_or_else(|| Error::not_found("No such room."))?;
-        Ok(self
+        let (_, event_id, commit) = self
             .append_with(
                 Some(room_id),
                 room,
@@ -403,8 +433,12 @@ impl Timeline {
                 origin_ts_now(),
                 signer,
             )
-            .await?
-            .1)
+            .await?;
+        // The room's next event may be built on this one while it waits for the disk: a
+        // power cut that loses this one loses that one too (one log, kept as a prefix).
+        drop(guard);
+        commit.finish(self).await?;
+        Ok(event_id)
     }
 
     /// A timestamp for a new create event: now, or just after the previous one.
@@ -463,7 +497,7 @@ impl Timeline {
         txn: Option<&ClientTxn<'_>>,
         origin_server_ts: u64,
         signer: &Signer<'_>,
-    ) -> Result<(OwnedRoomId, OwnedEventId)> {
+    ) -> Result<(OwnedRoomId, OwnedEventId, PendingCommit)> {
         let rules = rules_of(&room.version)?;
         // Forks (state_res.rs): with several forward extremities, which only federation (or a
         // test) creates, the state before the new event is the resolution of the states after
@@ -626,21 +660,22 @@ impl Timeline {
             );
         }
 
-        self.commit_event(
-            batch,
-            &pipeline::Appending {
-                room_id: &signed.room_id,
-                event_id: &stored.event_id,
-                short: short_event,
-                pdu: &stored.pdu,
-                origin: pipeline::Origin::Local,
-                sender,
-                event_type: event.event_type,
-                state_key: event.state_key,
-            },
-        )
-        .await?;
-        Ok((signed.room_id, signed.event_id))
+        let commit = self
+            .commit_event(
+                batch,
+                &pipeline::Appending {
+                    room_id: &signed.room_id,
+                    event_id: &stored.event_id,
+                    short: short_event,
+                    pdu: &stored.pdu,
+                    origin: pipeline::Origin::Local,
+                    sender,
+                    event_type: event.event_type,
+                    state_key: event.state_key,
+                },
+            )
+            .await?;
+        Ok((signed.room_id, signed.event_id, commit))
     }
 
     /// Commits an event's `batch` through the pipeline (see [`pipeline`]): the consumers
@@ -650,10 +685,10 @@ impl Timeline {
         &self,
         batch: Batch,
         event: &pipeline::Appending<'_>,
-    ) -> Result<u64> {
+    ) -> Result<PendingCommit> {
         let mut staged = self.pipeline.prepare(event)?;
-        let count = self
-            .commit_counted_in(
+        let (count, pending) = self
+            .write_counted(
                 Some((event.room_id, activity::Change::Event)),
                 batch,
                 |batch, count| {
@@ -662,7 +697,31 @@ impl Timeline {
                 },
             )
             .await?;
-        staged.committed();
+        staged.written();
+        Ok(PendingCommit {
+            count,
+            pending,
+            staged,
+        })
+    }
+}
+
+/// An event written (visible to reads, its staged work's caches updated) but not yet known
+/// to be on disk, announced or heard of by the consumers' queues: [`PendingCommit::finish`]
+/// does that, once the caller has let go of the room's lock, before answering anyone.
+#[must_use = "an event's commit must be finished before it is acknowledged"]
+pub(crate) struct PendingCommit {
+    count: u64,
+    pending: Pending,
+    staged: pipeline::StagedWork,
+}
+
+impl PendingCommit {
+    /// Waits for the disk (shared with other commits), announces the event to `/sync` and
+    /// tells the consumers (their queues' senders wake); returns its stream count.
+    pub(crate) async fn finish(self, timeline: &Timeline) -> Result<u64> {
+        let count = timeline.publish(self.count, self.pending).await?;
+        self.staged.committed();
         Ok(count)
     }
 }
@@ -771,7 +830,7 @@ impl Timeline {
             state,
             ..room.clone()
         };
-        let (_, event_id) = self
+        let (_, event_id, commit) = self
             .append_with(
                 Some(room_id),
                 forked,
@@ -782,6 +841,7 @@ impl Timeline {
                 signer,
             )
             .await?;
+        commit.finish(self).await?;
         let mut record = self
             .room(room_id)?
             .ok_or_else(|| Error::internal("room vanished"))?;

@@ -12,8 +12,12 @@
 //!    entries are added to the *same* batch with the event's stream count, and the batch is
 //!    written once: the event and everything derived from it are durable together or not at
 //!    all;
-//! 4. after the write, each staged piece is told ([`Staged::committed`]) so it can wake
-//!    whoever works its queue; then `/sync` long-polls are woken.
+//! 4. after the write, still under the room's lock, each staged piece is told
+//!    ([`Staged::written`]) so it can update caches the room's next event reads;
+//! 5. once the write is on disk — a local send waits for that after releasing the room's
+//!    lock, so the room's next event need not wait for this one's fsync — `/sync` long-polls
+//!    are woken and each staged piece is told ([`Staged::committed`]) so it can wake whoever
+//!    works its queue.
 //!
 //! The consumers today: the membership index (`rooms::members`), the public-join-rooms set of
 //! the user directory, the federation outbox (`federation::outbox`) and the appservice queue
@@ -92,7 +96,12 @@ pub trait Staged: Send {
     /// Adds this work's entries to the event's batch; `count` is the event's stream count.
     fn write(&mut self, batch: &mut Batch, count: u64) -> Result<()>;
 
-    /// Called once the batch is written (durable): wake senders, drop caches.
+    /// Called once the batch is written, the room's lock still held: drop or update caches
+    /// that the room's next event must not find stale.
+    fn written(&mut self) {}
+
+    /// Called once the batch is durable (the room's lock may be released by then): wake the
+    /// senders of queues.
     fn committed(self: Box<Self>) {}
 }
 
@@ -158,7 +167,14 @@ impl StagedWork {
         Ok(())
     }
 
-    /// Tells every staged piece that its entries are durable (step 4).
+    /// Tells every staged piece that its entries are written (step 4, under the room's lock).
+    pub fn written(&mut self) {
+        for work in &mut self.0 {
+            work.written();
+        }
+    }
+
+    /// Tells every staged piece that its entries are durable (step 5).
     pub fn committed(self) {
         for work in self.0 {
             work.committed();

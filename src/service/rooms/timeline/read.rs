@@ -37,10 +37,13 @@ impl Timeline {
         event_id: &EventId,
         rules: &RoomVersionRules,
     ) -> Option<Arc<Pdu>> {
+        if let Some(pdu) = self.auth_events.get(event_id) {
+            return Some(pdu);
+        }
         let json = self.pdu_json(event_id).ok()??;
-        Pdu::from_json(event_id.to_owned(), &json, rules)
-            .ok()
-            .map(Arc::new)
+        let pdu = Arc::new(Pdu::from_json(event_id.to_owned(), &json, rules).ok()?);
+        self.auth_events.insert(event_id.to_owned(), pdu.clone());
+        Some(pdu)
     }
 
     /// The current state of a room: `(event type, state key)` → event ID.

@@ -382,8 +382,10 @@ impl Timeline {
             self.save_state(before, &after)?
         } else {
             // Resolution reads the event's PDU and state from the store: write them first.
-            // (Alone they are harmless: an event without a timeline entry is not shown.)
-            self.store.write(std::mem::take(&mut batch))?;
+            // (Alone they are harmless: an event without a timeline entry is not shown; and the
+            // event's commit, which waits for the disk, makes them durable too.)
+            self.store
+                .write_without_waiting(std::mem::take(&mut batch))?;
             let resolved = self.resolve_blocking(&room.version, &extremities)?;
             self.save_state(room.state, &resolved)?
         };
@@ -409,6 +411,8 @@ impl Timeline {
                 state_key: event.state_key.as_deref(),
             },
         )
+        .await?
+        .finish(self)
         .await?;
         Ok(Appended::New)
     }
@@ -628,7 +632,8 @@ impl Timeline {
             keys::u64_be(join_short),
             serde_json::to_vec(&join_stored)?,
         );
-        self.store.write(outliers)?;
+        // Durable with the join committed below (one log, fsynced in order).
+        self.store.write_without_waiting(outliers)?;
 
         // Each state event must be allowed by the auth events it cites (the auth chain came
         // with it); one that is not is left out of the state.
