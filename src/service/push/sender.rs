@@ -33,6 +33,8 @@ const SENDER_NICE: libc::c_int = 10;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Notifications a pusher reads at once (one seek, one badge count for them all).
+const PUSH_BATCH: usize = 32;
 /// A notification failing this long is given up.
 const GIVE_UP_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -148,7 +150,9 @@ impl Services {
         }
     }
 
-    /// One step of a pusher: the next notification, or a new badge.
+    /// One step of a pusher: the notifications waiting (up to [`PUSH_BATCH`], read with one
+    /// seek and sent with one badge count, each recorded as sent once its gateway answers),
+    /// or a new badge.
     async fn push_step(
         &self,
         user_id: &UserId,
@@ -158,12 +162,19 @@ impl Services {
     ) -> Result<Step> {
         let prefix = keys::prefix(user_id.as_bytes());
         let start = notification_key(user_id, record.last_count.saturating_add(1));
-        let next = self
+        let mut waiting = Vec::new();
+        for item in self
             .store
             .scan_prefix_from(Cf::Notifications, &prefix, &start)
-            .next()
-            .transpose()?;
-        let Some((next_key, value)) = next else {
+            .take(PUSH_BATCH)
+        {
+            let (next_key, value) = item?;
+            let count = keys::parse_u64_be(&next_key[prefix.len()..])
+                .ok_or_else(|| Error::internal("corrupt notification key"))?;
+            let notification: NotificationRecord = serde_json::from_slice(&value)?;
+            waiting.push((count, notification));
+        }
+        if waiting.is_empty() {
             let badge = self.badge_count(user_id)?;
             if last_badge.is_some_and(|last| last != badge) {
                 // Failures are not retried: the next push carries the count anyway.
@@ -173,53 +184,61 @@ impl Services {
             }
             *last_badge = Some(badge);
             return Ok(Step::Idle);
-        };
-        let count = keys::parse_u64_be(&next_key[prefix.len()..])
-            .ok_or_else(|| Error::internal("corrupt notification key"))?;
-        let notification: NotificationRecord = serde_json::from_slice(&value)?;
-        // Read meanwhile (or the room left): nothing to say.
-        let unread = super::counts::unread_key(user_id, &notification.room_id, count);
-        if !self.store.contains(Cf::UnreadNotifications, &unread)? {
-            self.record_progress(key, count, None).await?;
-            return Ok(Step::Progressed);
         }
+        // Counted once all these are written: it includes every one of them.
         let badge = self.badge_count(user_id)?;
-        let body = self.notification_body(user_id, record, &notification, badge)?;
-        match self.post_to_gateway(record, &body).await {
-            Ok(rejected) if rejected.contains(&record.pusher.ids.pushkey) => {
-                tracing::info!(%user_id, app_id = %record.pusher.ids.app_id, "the gateway rejected the pushkey: pusher removed");
-                self.remove_pusher(user_id, key).await?;
-                Ok(Step::Rejected)
-            }
-            Ok(_) => {
-                *last_badge = Some(badge);
-                self.record_progress(key, count, None).await?;
-                Ok(Step::Progressed)
-            }
-            Err(e) => {
-                let since = record.failing_since.unwrap_or_else(utils::now_millis);
-                if utils::now_millis().saturating_sub(since) > GIVE_UP_AFTER_MS {
-                    tracing::warn!(%user_id, "giving up a notification after a day of failures: {e}");
-                    self.record_progress(key, count, None).await?;
-                    return Ok(Step::Progressed);
+        let mut failing_since = record.failing_since;
+        for (count, notification) in waiting {
+            // Read meanwhile (or the room left): nothing to say.
+            let unread = super::counts::unread_key(user_id, &notification.room_id, count);
+            if !self.store.contains(Cf::UnreadNotifications, &unread)? {
+                if !self.record_progress(key, count, None).await? {
+                    break;
                 }
-                self.record_progress(key, record.last_count, Some(since))
-                    .await?;
-                Err(e)
+                continue;
+            }
+            let body = self.notification_body(user_id, record, &notification, badge)?;
+            match self.post_to_gateway(record, &body).await {
+                Ok(rejected) if rejected.contains(&record.pusher.ids.pushkey) => {
+                    tracing::info!(%user_id, app_id = %record.pusher.ids.app_id, "the gateway rejected the pushkey: pusher removed");
+                    self.remove_pusher(user_id, key).await?;
+                    return Ok(Step::Rejected);
+                }
+                Ok(_) => {
+                    *last_badge = Some(badge);
+                    failing_since = None;
+                    if !self.record_progress(key, count, None).await? {
+                        // Deleted meanwhile: its task ends at the next step.
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let since = failing_since.unwrap_or_else(utils::now_millis);
+                    if utils::now_millis().saturating_sub(since) > GIVE_UP_AFTER_MS {
+                        tracing::warn!(%user_id, "giving up a notification after a day of failures: {e}");
+                        self.record_progress(key, count, None).await?;
+                        return Ok(Step::Progressed);
+                    }
+                    self.record_progress(key, record.last_count, Some(since))
+                        .await?;
+                    return Err(e);
+                }
             }
         }
+        Ok(Step::Progressed)
     }
 
-    /// Stores a pusher's position (and since when it fails), unless it was deleted meanwhile.
+    /// Stores a pusher's position (and since when it fails), unless it was deleted meanwhile
+    /// (then `false`).
     async fn record_progress(
         &self,
         key: &[u8],
         last_count: u64,
         failing_since: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let _guard = self.push.records.lock().await;
         let Some(mut record) = self.pusher_record(key)? else {
-            return Ok(());
+            return Ok(false);
         };
         record.last_count = record.last_count.max(last_count);
         record.failing_since = failing_since;
@@ -227,7 +246,7 @@ impl Services {
         batch.put(Cf::Pushers, key.to_vec(), serde_json::to_vec(&record)?);
         // A position lost to a power cut only sends a notification again: no fsync wait.
         self.store.write_without_waiting(batch)?;
-        Ok(())
+        Ok(true)
     }
 
     async fn remove_pusher(&self, user_id: &UserId, key: &[u8]) -> Result<()> {
