@@ -156,7 +156,7 @@ pub(super) struct MembersWeighter;
 
 impl quick_cache::Weighter<OwnedRoomId, Arc<RoomPushContext>> for MembersWeighter {
     fn weight(&self, _room: &OwnedRoomId, context: &Arc<RoomPushContext>) -> u64 {
-        context.members.len() as u64 + 1
+        context.members.len() as u64 + 4
     }
 }
 

@@ -34,8 +34,9 @@ use crate::{config::Config, service::outbound_guard::OutboundGuard};
 /// How long a gateway may take to answer.
 const GATEWAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Members the cached room push contexts hold at most, over all rooms (a few MiB).
-const ROOM_CONTEXT_MEMBERS: u64 = 32 * 1024;
+/// What the cached room push contexts weigh at most, over all rooms: a member each, and a
+/// room's own part (its power levels) as much as four (about a megabyte in all).
+const ROOM_CONTEXT_MEMBERS: u64 = 8 * 1024;
 
 /// A user's running pusher tasks: each one's wake-up, by pusher key.
 type PusherTasks = HashMap<Vec<u8>, Arc<Notify>>;

@@ -28,8 +28,8 @@ use crate::{
 
 const COUNTER_KEY: &[u8] = b"shortid_reserved";
 const BLOCK: u64 = 1024;
-/// Mappings each cache keeps (three caches; about a megabyte in all).
-const CACHED: usize = 4096;
+/// Mappings each cache keeps (three caches; about half a megabyte in all).
+const CACHED: usize = 2048;
 
 struct Reservation {
     next: u64,

@@ -46,7 +46,7 @@ use crate::{
 const STREAM_KEY: &[u8] = b"stream_count";
 
 /// How many parsed auth events the timeline keeps (a few per active room).
-const AUTH_EVENTS_CACHED: usize = 1024;
+const AUTH_EVENTS_CACHED: usize = 512;
 /// The stream starts here (or jumps here once, on a database from before backfill): the counts
 /// below a room's first event are for its backfilled history.
 pub const BACKFILL_HEADROOM: u64 = 1 << 32;
