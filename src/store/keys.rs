@@ -107,4 +107,50 @@ mod tests {
         assert_eq!(parse_u64_be(&u64_be(77)), Some(77));
         assert_eq!(parse_u64_be(b"short"), None);
     }
+
+    /// Properties over generated keys (proptest; `PROPTEST_CASES` sets how many cases, see
+    /// `scripts/property-tests`).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Whether `key` falls in the range a prefix scan of `part` reads.
+        fn in_scan_of(part: &[u8], key: &[u8]) -> bool {
+            let start = prefix(part);
+            key >= start.as_slice() && prefix_end(&start).is_none_or(|end| key < end.as_slice())
+        }
+
+        proptest! {
+            /// A prefix scan of a first part reads exactly the keys whose first part it is —
+            /// never those of a longer or shorter identifier that shares its beginning.
+            #[test]
+            fn a_prefix_scan_reads_exactly_its_first_part(
+                a in "\\PC{0,12}",
+                b in "\\PC{0,12}",
+                rest in proptest::collection::vec(any::<u8>(), 0..12),
+            ) {
+                let key = join([b.as_bytes(), &rest]);
+                prop_assert_eq!(in_scan_of(a.as_bytes(), &key), a == b);
+            }
+
+            /// Parts without the separator (any UTF-8 text) come back from a key unchanged.
+            #[test]
+            fn parts_round_trip(a in "\\PC{0,12}", b in "\\PC{0,12}", c in "\\PC{0,12}") {
+                let key = join([a.as_bytes(), b.as_bytes(), c.as_bytes()]);
+                let parts: Vec<&[u8]> = split(&key).collect();
+                prop_assert_eq!(parts, vec![a.as_bytes(), b.as_bytes(), c.as_bytes()]);
+            }
+
+            /// Counts keep their numeric order inside a composite key, and parse back.
+            #[test]
+            fn counts_keep_their_order(part in "\\PC{0,12}", x in any::<u64>(), y in any::<u64>()) {
+                let kx = join([part.as_bytes(), &u64_be(x)]);
+                let ky = join([part.as_bytes(), &u64_be(y)]);
+                prop_assert_eq!(kx.cmp(&ky), x.cmp(&y));
+                prop_assert_eq!(parse_u64_be(&kx[kx.len() - 8..]), Some(x));
+                prop_assert!(in_scan_of(part.as_bytes(), &kx));
+            }
+        }
+    }
 }

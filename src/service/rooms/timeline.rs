@@ -577,11 +577,12 @@ impl Timeline {
             &rules.authorization,
             &pdu,
             |id: &EventId| self.load_pdu(id, &rules),
-            |kind: &StateEventType, key: &str| {
-                state_event(&kind.to_string(), key)
-                    .ok()
-                    .flatten()
-                    .and_then(|id| self.load_pdu(&id, &rules))
+            |kind: &StateEventType, key: &str| match state_event(&kind.to_string(), key) {
+                Ok(id) => id.and_then(|id| self.load_pdu(&id, &rules)),
+                Err(e) => {
+                    tracing::error!(%kind, key, "looking up state for the auth rules failed: {e}");
+                    None
+                }
             },
         )?;
 

@@ -40,8 +40,22 @@ impl Timeline {
         if let Some(pdu) = self.auth_events.get(event_id) {
             return Some(pdu);
         }
-        let json = self.pdu_json(event_id).ok()??;
-        let pdu = Arc::new(Pdu::from_json(event_id.to_owned(), &json, rules).ok()?);
+        // The auth rules see a missing event either way; a storage error is said in the log,
+        // not taken silently for an event that is not there.
+        let json = match self.pdu_json(event_id) {
+            Ok(json) => json?,
+            Err(e) => {
+                tracing::error!(%event_id, "reading an event for the auth rules failed: {e}");
+                return None;
+            }
+        };
+        let pdu = match Pdu::from_json(event_id.to_owned(), &json, rules) {
+            Ok(pdu) => Arc::new(pdu),
+            Err(e) => {
+                tracing::warn!(%event_id, "a stored event does not parse for the auth rules: {e}");
+                return None;
+            }
+        };
         self.auth_events.insert(event_id.to_owned(), pdu.clone());
         Some(pdu)
     }
