@@ -464,7 +464,8 @@ impl Store {
     /// Applies `batch` atomically and returns without waiting for any fsync, whatever the
     /// `durability` setting: only for writes whose loss in a power cut is harmless and which
     /// are too frequent to wait for the disk (a pusher's position: at worst a notification is
-    /// sent again, and gateways de-duplicate by event ID) — or that matter only through a
+    /// sent again, and gateways de-duplicate by event ID; a sliding-sync connection's record:
+    /// the client's position becomes unknown and it starts again) — or that matter only through a
     /// later write that *is* waited for (an event's short ID, a state snapshot it refers to):
     /// every column family shares one write-ahead log, recovered as a prefix, so the fsync the
     /// later write waits for makes this one durable too.

@@ -724,7 +724,8 @@ impl LazyMarks {
         for (key, value) in self.sent {
             batch.put(Cf::LazyLoadedMembers, key, value);
         }
-        services.store.write(batch)?;
+        // Lost to a power cut, these members are only sent again: no fsync to wait for.
+        services.store.write_without_waiting(batch)?;
         Ok(response)
     }
 }

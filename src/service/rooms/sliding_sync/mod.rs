@@ -329,13 +329,16 @@ impl Services {
                 let last_chance = tokio::time::Instant::now() >= deadline;
                 if answer.news || position.is_none() || request.timeout.is_zero() || last_chance {
                     let new_position = connection.record_answer(answer.sent, &mut batch);
-                    self.store.write(batch)?;
+                    // A connection's record does not wait for the disk: lost to a power cut,
+                    // the client's next position is unknown and it starts the connection
+                    // again (`M_UNKNOWN_POS`), as it must after any server-side reset.
+                    self.store.write_without_waiting(batch)?;
                     let mut body = answer.body;
                     body["pos"] = Value::String(format_pos(new_position, now));
                     return Ok(body);
                 }
                 if !batch.is_empty() {
-                    self.store.write(batch)?;
+                    self.store.write_without_waiting(batch)?;
                 }
             }
             // Nothing yet: wait for a commit (or the timeout), then look again.
