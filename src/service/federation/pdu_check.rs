@@ -120,21 +120,20 @@ mod tests {
         Services::open(config).unwrap()
     }
 
-    /// A message of `@alice:example.org`, signed by the server's own key.
-    fn message(services: &Services, version: &RoomVersionId) -> CanonicalJsonObject {
-        let rules = version.rules().unwrap();
+    /// An event of `@alice:example.org` with `content`, signed by the server's own key.
+    fn signed_event(
+        services: &Services,
+        version: &RoomVersionId,
+        event_type: &str,
+        content: CanonicalJsonObject,
+    ) -> pdu::SignedPdu {
         let room = RoomId::parse("!room:example.org").unwrap();
         let sender = UserId::parse("@alice:example.org").unwrap();
-        let CanonicalJsonValue::Object(content) =
-            CanonicalJsonValue::try_from(json!({ "msgtype": "m.text", "body": "hi" })).unwrap()
-        else {
-            unreachable!()
-        };
         pdu::build(
             pdu::NewEvent {
                 room_id: Some(&room),
                 sender: &sender,
-                event_type: "m.room.message",
+                event_type,
                 state_key: None,
                 content,
                 redacts: None,
@@ -143,12 +142,21 @@ mod tests {
                 depth: 5,
                 origin_server_ts: 1_700_000_000_000,
             },
-            &rules,
+            &version.rules().unwrap(),
             &services.server_name,
             services.globals.signing_key(),
         )
         .unwrap()
-        .json
+    }
+
+    /// A message of `@alice:example.org`, signed by the server's own key.
+    fn message(services: &Services, version: &RoomVersionId) -> CanonicalJsonObject {
+        let CanonicalJsonValue::Object(content) =
+            CanonicalJsonValue::try_from(json!({ "msgtype": "m.text", "body": "hi" })).unwrap()
+        else {
+            unreachable!()
+        };
+        signed_event(services, version, "m.room.message", content).json
     }
 
     fn kind_of(error: &Error) -> (http::StatusCode, String) {
@@ -335,8 +343,6 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let sender = UserId::parse("@alice:example.org").unwrap();
-        let room = RoomId::parse("!room:example.org").unwrap();
         let mut runner = TestRunner::new(Config::default());
         runner
             .run(&content_strategy(), |content| {
@@ -348,24 +354,12 @@ mod tests {
                 for version in ["1", "3", "10", "11", "12"] {
                     let version = RoomVersionId::try_from(version).unwrap();
                     let rules = version.rules().unwrap();
-                    let built = pdu::build(
-                        pdu::NewEvent {
-                            room_id: Some(&room),
-                            sender: &sender,
-                            event_type: "org.example.generated",
-                            state_key: None,
-                            content: content.clone(),
-                            redacts: None,
-                            prev_events: &[],
-                            auth_events: &[],
-                            depth: 5,
-                            origin_server_ts: 1_700_000_000_000,
-                        },
-                        &rules,
-                        &services.server_name,
-                        services.globals.signing_key(),
-                    )
-                    .unwrap();
+                    let built = signed_event(
+                        &services,
+                        &version,
+                        "org.example.generated",
+                        content.clone(),
+                    );
                     let (id, checked) = runtime
                         .block_on(services.check_incoming_pdu(&version, built.json.clone()))
                         .unwrap();
