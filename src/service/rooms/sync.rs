@@ -724,8 +724,7 @@ impl LazyMarks {
         for (key, value) in self.sent {
             batch.put(Cf::LazyLoadedMembers, key, value);
         }
-        // Lost to a power cut, these members are only sent again: no fsync to wait for.
-        services.store.write_without_waiting(batch)?;
+        services.store.write(batch)?;
         Ok(response)
     }
 }
