@@ -127,6 +127,10 @@ pub struct Config {
     #[serde(default)]
     pub app_service_config_files: Vec<PathBuf>,
 
+    /// How many recently read events are kept parsed in memory (Conduit's key; default 1024).
+    #[serde(default)]
+    pub pdu_cache_capacity: Option<u32>,
+
     // ---- Accepted for compatibility with Conduit configs; not acted on (yet). ----
     #[serde(default)]
     pub max_concurrent_requests: Option<u16>,
@@ -136,8 +140,6 @@ pub struct Config {
     pub allow_check_for_updates: Option<bool>,
     #[serde(default)]
     pub conduit_cache_capacity_modifier: Option<f64>,
-    #[serde(default)]
-    pub pdu_cache_capacity: Option<u32>,
     #[serde(default)]
     pub cleanup_second_interval: Option<u32>,
     #[serde(default)]
@@ -427,7 +429,6 @@ impl Config {
                 "conduit_cache_capacity_modifier",
                 self.conduit_cache_capacity_modifier.is_some(),
             ),
-            ("pdu_cache_capacity", self.pdu_cache_capacity.is_some()),
             (
                 "cleanup_second_interval",
                 self.cleanup_second_interval.is_some(),

@@ -95,7 +95,11 @@ impl Services {
         let store = Store::open(&config.database_path, &options)?;
         let globals = globals::Globals::load(store.clone())?;
         let short_ids = Arc::new(rooms::short::ShortIds::load(store.clone())?);
-        let timeline = rooms::timeline::Timeline::load(store.clone(), short_ids.clone())?;
+        let timeline = rooms::timeline::Timeline::load(
+            store.clone(),
+            short_ids.clone(),
+            config.pdu_cache_capacity.map(|n| n as usize),
+        )?;
         let members = Arc::new(rooms::members::Members::new(store.clone()));
         let federation = federation::Federation::new(&config, store.clone(), members.clone())
             .map_err(StartError::Other)?;

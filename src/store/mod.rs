@@ -13,7 +13,7 @@ mod migrations;
 use std::{
     path::Path,
     sync::{
-        Arc,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -287,7 +287,13 @@ struct Inner {
     _cache: Cache,
     point_reads: AtomicU64,
     keys_scanned: AtomicU64,
+    watchers: RwLock<Vec<(Cf, WriteWatcher)>>,
 }
+
+/// Told each key a write put into or deleted from a column family it watches, once the write
+/// is visible to reads: how a cache above the store forgets what a write changed, whichever
+/// code wrote it.
+pub type WriteWatcher = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// How much reading the store has done since it was opened: what tests use to show that a
 /// request costs a few point reads and short scans, whatever the size of the database.
@@ -402,6 +408,7 @@ impl Store {
                 _cache: cache,
                 point_reads: AtomicU64::new(0),
                 keys_scanned: AtomicU64::new(0),
+                watchers: RwLock::new(Vec::new()),
             }),
         };
         migrations::run(&store, path)?;
@@ -413,6 +420,15 @@ impl Store {
             .db
             .cf_handle(cf.name())
             .expect("every column family in Cf::ALL is opened in Store::open")
+    }
+
+    /// Calls `watcher` with every key written to `cf` from now on (see [`WriteWatcher`]).
+    pub fn watch_writes(&self, cf: Cf, watcher: WriteWatcher) {
+        self.inner
+            .watchers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((cf, watcher));
     }
 
     /// Reads done so far (see [`ReadStats`]).
@@ -449,13 +465,25 @@ impl Store {
     /// [`Store::make_durable`] before acknowledging the write.
     pub fn write_pending(&self, batch: Batch) -> Result<Pending, rocksdb::Error> {
         let Batch { mut batch, ops } = batch;
+        let watchers = self
+            .inner
+            .watchers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut watched = Vec::new();
         for (cf, key, value) in ops {
+            for (i, _) in watchers.iter().enumerate().filter(|(_, (w, _))| *w == cf) {
+                watched.push((i, key.clone()));
+            }
             match value {
                 Some(value) => batch.put_cf(self.handle(cf), key, value),
                 None => batch.delete_cf(self.handle(cf), key),
             }
         }
         self.inner.db.write_opt(batch, &self.inner.write_options)?;
+        for (i, key) in watched {
+            (watchers[i].1)(&key);
+        }
         Ok(Pending(
             (self.inner.durability == Durability::Group).then(|| self.inner.group.ticket()),
         ))

@@ -54,6 +54,13 @@ async fn redaction_permissions_and_erasure() {
         let oops = server.say(&bob, &room, "bob-oops").await;
         let other = server.say(&bob, &room, "bob-other").await;
 
+        // Read before the redaction: the server keeps recently read events parsed, and a
+        // redaction must not leave the old copy there.
+        assert_eq!(stored_content(&server, &oops)["body"], "bob-oops");
+        let event_path = format!("/_matrix/client/v3/rooms/{room}/event/{oops}");
+        let (_, before) = server.get(&event_path, Some(&alice.token)).await;
+        assert_eq!(before["content"]["body"], "bob-oops", "{before}");
+
         // Bob may redact his own message, not Alice's.
         let (status, first) = redact(&server, &bob, &room, &oops, "r1").await;
         assert_eq!(status, StatusCode::OK, "{version}: {first}");
@@ -67,6 +74,8 @@ async fn redaction_permissions_and_erasure() {
             json!({}),
             "{version}: the content is gone from storage"
         );
+        let (_, after) = server.get(&event_path, Some(&alice.token)).await;
+        assert_eq!(after["content"], json!({}), "{version}: {after}");
         assert_error(
             &redact(&server, &bob, &room, &alices, "r2").await,
             StatusCode::FORBIDDEN,

@@ -46,7 +46,7 @@ pub(crate) fn client_fields(
     let mut event = Map::new();
     for field in CLIENT_FIELDS {
         if let Some(value) = pdu.get(field) {
-            event.insert(field.to_owned(), value.clone().into());
+            event.insert(field.to_owned(), json_value(value));
         }
     }
     event.insert("event_id".into(), event_id.as_str().into());
@@ -58,6 +58,24 @@ pub(crate) fn client_fields(
         event.insert("redacts".into(), redacts);
     }
     event
+}
+
+/// A canonical JSON value as a `serde_json` one, built from the borrowed value (cloning it
+/// first and converting the copy allocates every map twice).
+fn json_value(value: &CanonicalJsonValue) -> Value {
+    match value {
+        CanonicalJsonValue::Null => Value::Null,
+        CanonicalJsonValue::Bool(b) => Value::Bool(*b),
+        CanonicalJsonValue::Integer(i) => Value::from(i64::from(*i)),
+        CanonicalJsonValue::String(s) => Value::String(s.clone()),
+        CanonicalJsonValue::Array(items) => Value::Array(items.iter().map(json_value).collect()),
+        CanonicalJsonValue::Object(object) => Value::Object(
+            object
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        ),
+    }
 }
 
 /// The redaction as a redacted PDU records it in `unsigned.redacted_because`: its client
@@ -229,12 +247,13 @@ impl EventView<'_> {
             let before = timeline.state_entries_before(&stored.event_id)?;
             if let Some(previous) = timeline.lookup(&before, kind, key)?
                 && previous != stored.event_id
-                && let Some(prev) = timeline.pdu_json(&previous)?
+                && let Some(prev) = timeline.stored_pdu(&previous)?
             {
+                let prev = &prev.pdu;
                 if let Some(content) = prev.get("content") {
                     unsigned.insert("prev_content".into(), content.clone().into());
                 }
-                if let Some(prev_sender) = pdu::str_field(&prev, "sender") {
+                if let Some(prev_sender) = pdu::str_field(prev, "sender") {
                     unsigned.insert("prev_sender".into(), prev_sender.into());
                 }
                 unsigned.insert("replaces_state".into(), previous.as_str().into());
@@ -279,11 +298,32 @@ impl EventView<'_> {
         Ok(
             match timeline.lookup(&before, "m.room.member", user_id.as_str())? {
                 Some(id) => timeline
-                    .pdu_json(&id)?
-                    .and_then(|member| pdu::content_str(&member, "membership").map(str::to_owned))
+                    .stored_pdu(&id)?
+                    .and_then(|member| {
+                        pdu::content_str(&member.pdu, "membership").map(str::to_owned)
+                    })
                     .unwrap_or_else(|| "leave".to_owned()),
                 None => "leave".to_owned(),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn json_value_converts_like_the_owned_conversion() {
+        let value = json!({
+            "a": [1, -2, "x", null, true, { "nested": { "deep": ["y", 3] } }],
+            "b": { "": "", "ünïcode": "✓" },
+            "c": 9007199254740991_i64,
+        });
+        let canonical = CanonicalJsonValue::try_from(value.clone()).unwrap();
+        assert_eq!(json_value(&canonical), Value::from(canonical.clone()));
+        assert_eq!(json_value(&canonical), value);
     }
 }

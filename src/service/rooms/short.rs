@@ -28,7 +28,7 @@ use crate::{
 
 const COUNTER_KEY: &[u8] = b"shortid_reserved";
 const BLOCK: u64 = 1024;
-/// Mappings each cache keeps (three caches; about half a megabyte in all).
+/// Mappings each cache keeps (four caches; about half a megabyte in all).
 const CACHED: usize = 2048;
 
 struct Reservation {
@@ -43,8 +43,9 @@ pub struct ShortIds {
     /// Forward mappings in use: event ID → id, and `(type, state key)` → id.
     event_ids: Cache<Vec<u8>, u64>,
     state_keys: Cache<Vec<u8>, u64>,
-    /// Reverse mappings in use: id → event ID.
+    /// Reverse mappings in use: id → event ID, and id → `(type, state key)`.
     events_by_id: Cache<u64, Arc<str>>,
+    state_keys_by_id: Cache<u64, Arc<(String, String)>>,
 }
 
 impl ShortIds {
@@ -63,6 +64,7 @@ impl ShortIds {
             event_ids: Cache::new(CACHED),
             state_keys: Cache::new(CACHED),
             events_by_id: Cache::new(CACHED),
+            state_keys_by_id: Cache::new(CACHED),
         })
     }
 
@@ -159,17 +161,27 @@ impl ShortIds {
 
     /// `(event type, state key)` of a short state key.
     pub fn state_key_of(&self, short: u64) -> Result<Option<(String, String)>> {
+        Ok(self.state_key_name(short)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Self::state_key_of`], shared: for readers that only look at it.
+    pub fn state_key_name(&self, short: u64) -> Result<Option<Arc<(String, String)>>> {
+        if let Some(name) = self.state_keys_by_id.get(&short) {
+            return Ok(Some(name));
+        }
         let Some(bytes) = self.store.get(Cf::ShortStateKey, &keys::u64_be(short))? else {
             return Ok(None);
         };
         let mut parts = keys::split(&bytes);
-        match (parts.next(), parts.next()) {
-            (Some(kind), Some(key)) => Ok(Some((
+        let name = match (parts.next(), parts.next()) {
+            (Some(kind), Some(key)) => Arc::new((
                 String::from_utf8_lossy(kind).into_owned(),
                 String::from_utf8_lossy(key).into_owned(),
-            ))),
-            _ => Err(Error::internal("corrupt short state key record")),
-        }
+            )),
+            _ => return Err(Error::internal("corrupt short state key record")),
+        };
+        self.state_keys_by_id.insert(short, name.clone());
+        Ok(Some(name))
     }
 }
 

@@ -350,7 +350,7 @@ mod tests {
             let short = Arc::new(ShortIds::load(store.clone()).unwrap());
             Fixture {
                 _dir: dir,
-                timeline: Timeline::load(store, short).unwrap(),
+                timeline: Timeline::load(store, short, None).unwrap(),
                 key: Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "t".into()).unwrap(),
             }
         }

@@ -80,6 +80,9 @@ pub(crate) struct TimelinePart {
     /// gap whose state changes must be sent), or, with nothing returned, at all.
     pub(crate) gap: bool,
     pub(crate) prev_batch: u64,
+    /// The room's newest event at or below the timeline's end and above its start, whether
+    /// returned or not: the state after it is the room's state at the end.
+    pub(crate) newest: Option<(u64, OwnedEventId)>,
 }
 
 impl Services {
@@ -372,16 +375,7 @@ impl Services {
     ) -> Result<TimelinePart> {
         let user_id = viewer.user_id;
         let mut view = self.event_view(Some(viewer));
-        // Most rooms of an incremental sync have nothing new: one look at the newest entry.
-        let (newest, _) = self.timeline.last_events(room_id, upto, 1)?;
-        if newest.first().is_none_or(|(count, _)| *count <= floor) {
-            return Ok(TimelinePart {
-                events: Vec::new(),
-                limited: false,
-                gap: false,
-                prev_batch: upto,
-            });
-        }
+        let mut newest = None;
         let mut kept = Vec::new();
         let mut scanned = 0;
         let mut oldest_scanned = None;
@@ -394,6 +388,9 @@ impl Services {
             let Some(&(first_count, _)) = batch.first() else {
                 break;
             };
+            if newest.is_none() {
+                newest = batch.last().cloned();
+            }
             // Every entry is above the floor: `last_events_above` stops there.
             for (count, event_id) in batch.into_iter().rev() {
                 if kept.len() == limit || scanned == MAX_SCAN {
@@ -426,6 +423,7 @@ impl Services {
             limited,
             gap,
             prev_batch,
+            newest,
         })
     }
 

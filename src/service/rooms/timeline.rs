@@ -9,6 +9,7 @@
 //! is announced on a watch channel that long-polling `/sync` will wait on.
 
 pub mod activity;
+mod parsed;
 pub mod pipeline;
 mod read;
 mod remote;
@@ -143,7 +144,7 @@ impl<'a> LocalEvent<'a> {
 }
 
 /// What the `pdus` column family holds for each event.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct StoredPdu {
     pub(crate) event_id: OwnedEventId,
     pub(crate) pdu: CanonicalJsonObject,
@@ -201,6 +202,8 @@ pub struct Timeline {
     /// changes but by redaction, which keeps every key the auth rules read, so an entry from
     /// before a redaction authorises alike.
     auth_events: quick_cache::sync::Cache<OwnedEventId, Arc<Pdu>>,
+    /// Recently read events, parsed (see [`parsed`]).
+    parsed: Arc<parsed::ParsedPdus>,
     /// The per-event work that joins each event's commit (see [`pipeline`]).
     pipeline: pipeline::Pipeline,
     /// Which rooms the recent commits changed (see [`activity`]).
@@ -228,7 +231,9 @@ fn origin_ts_now() -> u64 {
 }
 
 impl Timeline {
-    pub fn load(store: Store, short: Arc<ShortIds>) -> Result<Self> {
+    /// Loads the stream position; `parsed_events` is how many read events are kept parsed
+    /// (`pdu_cache_capacity`; `None`: [`parsed::DEFAULT_CAPACITY`]).
+    pub fn load(store: Store, short: Arc<ShortIds>, parsed_events: Option<usize>) -> Result<Self> {
         let count = match store.get(Cf::Global, STREAM_KEY)? {
             Some(bytes) => {
                 keys::parse_u64_be(&bytes).ok_or_else(|| Error::internal("corrupt stream count"))?
@@ -238,6 +243,11 @@ impl Timeline {
         // Room history fetched from other servers (backfill) takes the counts just below a
         // room's oldest: new events start high enough to leave that room.
         .max(BACKFILL_HEADROOM);
+        let parsed = Arc::new(parsed::ParsedPdus::new(
+            parsed_events.unwrap_or(parsed::DEFAULT_CAPACITY),
+        ));
+        let watcher = parsed.clone();
+        store.watch_writes(Cf::Pdus, Arc::new(move |key| watcher.written(key)));
         Ok(Self {
             states: StateStore::new(store.clone()),
             store,
@@ -248,6 +258,7 @@ impl Timeline {
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             visibility: quick_cache::sync::Cache::new(4096),
             auth_events: quick_cache::sync::Cache::new(AUTH_EVENTS_CACHED),
+            parsed,
             pipeline: pipeline::Pipeline::default(),
             activity: activity::RecentActivity::new(count),
         })
@@ -639,8 +650,9 @@ impl Timeline {
             );
         }
         if let Some(target) = redact_target
-            && let Some(mut stored_target) = self.pdu_by_short(target)?
+            && let Some(stored_target) = self.pdu_by_short(target)?
         {
+            let mut stored_target = Arc::unwrap_or_clone(stored_target);
             let because = ruma::canonical_json::RedactedBecause::from_json(
                 super::client_event::redaction_record(
                     &signed.room_id,
@@ -888,7 +900,7 @@ mod tests {
         });
         Fixture {
             _dir: dir,
-            timeline: Arc::new(Timeline::load(store, short).unwrap()),
+            timeline: Arc::new(Timeline::load(store, short, None).unwrap()),
             key,
         }
     }

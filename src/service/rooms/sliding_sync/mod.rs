@@ -387,6 +387,7 @@ impl Services {
         for (name, list) in &request.lists {
             let mut kept: Vec<&ListRoom> = rooms
                 .iter()
+                .map(|room| &**room)
                 .filter(|room| listed(room, from) && list.filters.keeps(room, &dms))
                 .collect();
             kept.sort_by(|a, b| {
@@ -417,7 +418,7 @@ impl Services {
         }
         // Subscriptions: rooms the user has a membership in (no peeking).
         let by_id: HashMap<&RoomId, &ListRoom> =
-            rooms.iter().map(|r| (r.room_id.as_ref(), r)).collect();
+            rooms.iter().map(|r| (r.room_id.as_ref(), &**r)).collect();
         for (room_id, config) in &request.subscriptions {
             if !by_id.contains_key::<RoomId>(room_id) {
                 continue;

@@ -94,9 +94,14 @@ impl Services {
                     .is_empty(),
                 gap: false,
                 prev_batch: upto,
+                newest: None,
             }
         };
-        let state_now = self.timeline.state_entries_at_count(room_id, upto)?;
+        // The state after the newest event: the timeline's scan found it when there was one.
+        let state_now = match &timeline.newest {
+            Some((_, newest)) => self.timeline.state_entries_after(newest)?,
+            None => self.timeline.state_entries_at_count(room_id, upto)?,
+        };
         // What changed in the state since the client's copy (everything, for a new room).
         let (state_events, changed) = if initial || resend_state {
             let events = self.required_state_all(viewer, room_id, &state_now, config, &timeline)?;
@@ -216,10 +221,10 @@ impl Services {
             let types: BTreeSet<&str> = wanted.any_key_types().collect();
             if !types.is_empty() {
                 for &(short_key, short_event) in state {
-                    let Some((kind, _)) = self.short_ids.state_key_of(short_key)? else {
+                    let Some(name) = self.short_ids.state_key_name(short_key)? else {
                         continue;
                     };
-                    if types.contains(kind.as_str())
+                    if types.contains(name.0.as_str())
                         && let Some(id) = self.short_ids.event_id(short_event)?
                         && let Ok(id) = ruma::EventId::parse(&id)
                     {
@@ -290,10 +295,9 @@ impl Services {
         let Some(id) = self.timeline.lookup(state, kind, "")? else {
             return Ok(None);
         };
-        Ok(self
-            .timeline
-            .pdu_json(&id)?
-            .and_then(|pdu| super::super::pdu::content_str(&pdu, field).map(str::to_owned)))
+        Ok(self.timeline.stored_pdu(&id)?.and_then(|stored| {
+            super::super::pdu::content_str(&stored.pdu, field).map(str::to_owned)
+        }))
     }
 
     /// A member as `heroes` names them: ID, display name and avatar from their member event.
@@ -302,9 +306,10 @@ impl Services {
         if let Some(id) = self
             .timeline
             .lookup(state, "m.room.member", user.as_str())?
-            && let Some(pdu) = self.timeline.pdu_json(&id)?
+            && let Some(stored) = self.timeline.stored_pdu(&id)?
         {
-            let content = |field| super::super::pdu::content_str(&pdu, field).map(str::to_owned);
+            let content =
+                |field| super::super::pdu::content_str(&stored.pdu, field).map(str::to_owned);
             if let Some(name) = content("displayname") {
                 hero["displayname"] = name.into();
             }

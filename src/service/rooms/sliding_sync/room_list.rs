@@ -81,10 +81,11 @@ pub struct ListRoom {
     pub left_by_self: bool,
 }
 
-/// A user's rooms, as of stream count `upto`.
+/// A user's rooms, as of stream count `upto` (shared with the requests reading them: a
+/// request takes the list without copying a thousand rooms).
 struct UserRooms {
     upto: u64,
-    rooms: HashMap<OwnedRoomId, ListRoom>,
+    rooms: HashMap<OwnedRoomId, Arc<ListRoom>>,
 }
 
 /// Every user's room list, for users with a sliding-sync connection lately.
@@ -110,7 +111,7 @@ impl RoomLists {
 
 impl Services {
     /// `user_id`'s rooms as of `now` (the current stream count), brought up to date.
-    pub(crate) fn list_rooms(&self, user_id: &UserId, now: u64) -> Result<Vec<ListRoom>> {
+    pub(crate) fn list_rooms(&self, user_id: &UserId, now: u64) -> Result<Vec<Arc<ListRoom>>> {
         let lists = &self.sliding.room_lists;
         let cell = lists
             .users
@@ -133,7 +134,7 @@ impl Services {
                 match self.members.membership(&room_id, user_id)? {
                     Some(membership) => {
                         let room = self.list_room(user_id, room_id.clone(), membership, now)?;
-                        user_rooms.rooms.insert(room_id, room);
+                        user_rooms.rooms.insert(room_id, Arc::new(room));
                     }
                     None => {
                         user_rooms.rooms.remove(&room_id);
@@ -145,7 +146,7 @@ impl Services {
             let mut rooms = HashMap::new();
             for (room_id, membership) in self.members.rooms_of(user_id)? {
                 let room = self.list_room(user_id, room_id.clone(), membership, now)?;
-                rooms.insert(room_id, room);
+                rooms.insert(room_id, Arc::new(room));
             }
             *cached = Some(UserRooms { upto: now, rooms });
         }

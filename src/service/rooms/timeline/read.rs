@@ -17,19 +17,25 @@ use crate::{
 };
 
 impl Timeline {
-    /// An event's signed PDU, by ID.
+    /// An event's signed PDU, by ID: a copy to keep or change ([`Self::stored_pdu`] shares it).
     pub fn pdu_json(&self, event_id: &EventId) -> Result<Option<CanonicalJsonObject>> {
-        let Some(short) = self.short.existing_event(event_id.as_str())? else {
-            return Ok(None);
-        };
-        self.pdu_by_short(short).map(|p| p.map(|stored| stored.pdu))
+        Ok(self
+            .stored_pdu(event_id)?
+            .map(|stored| Arc::unwrap_or_clone(stored).pdu))
     }
 
-    pub(super) fn pdu_by_short(&self, short: u64) -> Result<Option<StoredPdu>> {
-        match self.store.get(Cf::Pdus, &keys::u64_be(short))? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
+    /// An event as stored, parsed once for all readers (see [`super::parsed`]).
+    pub(super) fn pdu_by_short(&self, short: u64) -> Result<Option<Arc<StoredPdu>>> {
+        if let Some(stored) = self.parsed.get(short) {
+            return Ok(Some(stored));
         }
+        let ticket = self.parsed.before_read(short);
+        let Some(bytes) = self.store.get(Cf::Pdus, &keys::u64_be(short))? else {
+            return Ok(None);
+        };
+        let stored = Arc::new(serde_json::from_slice::<StoredPdu>(&bytes)?);
+        self.parsed.keep(short, &stored, bytes.len(), ticket);
+        Ok(Some(stored))
     }
 
     pub(super) fn load_pdu(
@@ -138,7 +144,7 @@ impl Timeline {
     }
 
     /// An event as stored: its PDU and what was recorded with it.
-    pub(crate) fn stored_pdu(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
+    pub(crate) fn stored_pdu(&self, event_id: &EventId) -> Result<Option<Arc<StoredPdu>>> {
         let Some(short) = self.short.existing_event(event_id.as_str())? else {
             return Ok(None);
         };
@@ -258,11 +264,11 @@ impl Timeline {
     /// is a state event.
     pub fn state_entries_after(&self, event_id: &EventId) -> Result<Vec<StateEntry>> {
         let mut entries = self.state_entries_before(event_id)?;
-        let pdu = self
-            .pdu_json(event_id)?
+        let stored = self
+            .stored_pdu(event_id)?
             .ok_or_else(|| Error::not_found("No such event."))?;
         if let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) =
-            (pdu.get("type"), pdu.get("state_key"))
+            (stored.pdu.get("type"), stored.pdu.get("state_key"))
         {
             let key = self.short.state_key(kind, key)?;
             let event = self.short.event(event_id.as_str())?;

@@ -183,6 +183,7 @@ impl Timeline {
         // What we recorded about the event stays; only the PDU changes.
         let mut stored = self
             .pdu_by_short(short)?
+            .map(Arc::unwrap_or_clone)
             .unwrap_or_else(|| StoredPdu::new(event_id.to_owned(), CanonicalJsonObject::new()));
         stored.pdu = pdu;
         self.store.put(
@@ -458,9 +459,10 @@ impl Timeline {
         let Some(short) = self.short.existing_event(&target)? else {
             return Ok(());
         };
-        let Some(mut stored_target) = self.pdu_by_short(short)? else {
+        let Some(stored_target) = self.pdu_by_short(short)? else {
             return Ok(());
         };
+        let mut stored_target = Arc::unwrap_or_clone(stored_target);
         // Another server may redact only events of its own users (or with power, which the
         // auth rules checked); a redaction of a foreign event by a plain user is not applied.
         let redactor = pdu::str_field(&redaction.pdu, "sender").unwrap_or_default();
