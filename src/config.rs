@@ -168,6 +168,10 @@ pub struct Config {
     /// Whether guests get TURN credentials too (Conduit's key; default false).
     #[serde(default)]
     pub turn_allow_guests: bool,
+    /// The longest delay a delayed event (MSC4140, what Element Call's leave needs) may have:
+    /// milliseconds, or a duration such as `"24h"`, `"10m"`, `"30s"`; 0 turns them off.
+    #[serde(default = "default_max_event_delay")]
+    pub max_event_delay_duration: Millis,
     /// Where media files live (Conduit's `[global.media]` table).
     #[serde(default)]
     pub media: MediaConfig,
@@ -288,6 +292,58 @@ fn default_db_cache_capacity_mb() -> f64 {
 }
 fn default_rocksdb_max_open_files() -> i32 {
     512
+}
+
+fn default_max_event_delay() -> Millis {
+    Millis(24 * 60 * 60 * 1000)
+}
+
+/// A duration in milliseconds, written as a number of milliseconds or as a number with a unit
+/// (`ms`, `s`, `m`, `h`, `d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().ok()?;
+        let factor = match unit.trim() {
+            "" | "ms" => 1,
+            "s" => 1000,
+            "m" => 60 * 1000,
+            "h" => 60 * 60 * 1000,
+            "d" => 24 * 60 * 60 * 1000,
+            _ => return None,
+        };
+        number.checked_mul(factor).map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(ms) => Ok(Self(ms)),
+            Written::Text(text) => Self::parse(&text).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is no duration (milliseconds, or a number with ms, s, m, h or d)"
+                ))
+            }),
+        }
+    }
 }
 
 /// A configuration problem, worded for the operator.
@@ -526,6 +582,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("durability"), "{error}");
+    }
+
+    #[test]
+    fn event_delays_take_milliseconds_or_units() {
+        let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
+        let delay = |line: &str| {
+            Config::from_toml_str(&format!("{base}{line}"))
+                .map(|c| c.max_event_delay_duration.as_millis())
+        };
+        assert_eq!(delay("").unwrap(), 86_400_000, "a day by default");
+        assert_eq!(delay("max_event_delay_duration = 0\n").unwrap(), 0);
+        assert_eq!(delay("max_event_delay_duration = 1500\n").unwrap(), 1500);
+        assert_eq!(
+            delay("max_event_delay_duration = \"10m\"\n").unwrap(),
+            600_000
+        );
+        assert_eq!(
+            delay("max_event_delay_duration = \"2h\"\n").unwrap(),
+            7_200_000
+        );
+        assert_eq!(
+            delay("max_event_delay_duration = \"250ms\"\n").unwrap(),
+            250
+        );
+        let error = delay("max_event_delay_duration = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_event_delay_duration"), "{error}");
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub enum Error {
         kind: ErrorKind,
         message: String,
     },
+    /// A Matrix error with fields beside `errcode` and `error` (an unstable feature's own
+    /// errcode and its parameters).
+    #[error("{message}")]
+    MatrixWithFields {
+        status: StatusCode,
+        kind: ErrorKind,
+        message: String,
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
     /// User-interactive authentication must continue (401 with the flows and the session).
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),
@@ -39,6 +48,19 @@ impl Error {
             status,
             kind,
             message: message.into(),
+        }
+    }
+    pub fn with_fields<const N: usize>(
+        status: StatusCode,
+        kind: ErrorKind,
+        message: impl Into<String>,
+        fields: [(&str, serde_json::Value); N],
+    ) -> Self {
+        Self::MatrixWithFields {
+            status,
+            kind,
+            message: message.into(),
+            fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -102,6 +124,19 @@ impl Error {
                 // ruma leaves `soft_logout: false` out; clients (and Synapse) expect it spelt out.
                 if matches!(kind, ErrorKind::UnknownToken(_)) && body.get("soft_logout").is_none() {
                     body["soft_logout"] = serde_json::Value::Bool(false);
+                }
+                (*status, body)
+            }
+            Error::MatrixWithFields {
+                status,
+                kind,
+                message,
+                fields,
+            } => {
+                let body = StandardErrorBody::new(kind.clone(), message.clone());
+                let mut body = serde_json::to_value(body).unwrap_or_default();
+                if let Some(object) = body.as_object_mut() {
+                    object.extend(fields.clone());
                 }
                 (*status, body)
             }

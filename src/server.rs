@@ -41,6 +41,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     expire_typing_periodically(&services);
     services.start_appservice_senders();
     services.start_push_sender()?;
+    services.run_delayed_events();
 
     let listener = TcpListener::bind(addr)
         .await

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod appservice;
 pub mod cross_signing;
 pub mod dehydrated;
+pub mod delayed_events;
 pub mod device_lists;
 pub mod devices;
 pub mod e2ee;
@@ -71,6 +72,8 @@ pub struct Services {
     pub sliding: rooms::sliding_sync::Sliding,
     /// Push notifications: rule evaluation, counts, pushers and their senders (see `push`).
     pub push: push::Push,
+    /// Delayed events (MSC4140) and their timer (see `delayed_events`).
+    pub delayed_events: delayed_events::DelayedEvents,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -120,6 +123,7 @@ impl Services {
             appservices.clone(),
         )));
         timeline.register_consumer(Arc::new(rooms::sliding_sync::room_list::BumpStamps));
+        timeline.register_consumer(Arc::new(delayed_events::DelayedEventCommits(store.clone())));
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone()),
@@ -143,6 +147,10 @@ impl Services {
             appservices,
             sliding: rooms::sliding_sync::Sliding::default(),
             push: push::Push::new(&config).map_err(StartError::Other)?,
+            delayed_events: delayed_events::DelayedEvents::new(
+                store.clone(),
+                config.max_event_delay_duration.as_millis(),
+            ),
             store,
             config,
         });

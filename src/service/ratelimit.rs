@@ -1,4 +1,5 @@
-//! Token-bucket rate limits for the endpoints where guessing happens (login, registration).
+//! Token-bucket rate limits for the endpoints where guessing happens (login, registration,
+//! delayed-event updates).
 //! In memory; a restart forgets them, which is fine for this purpose.
 
 use std::{
@@ -13,7 +14,13 @@ use crate::config::RateLimitConfig;
 pub enum Action {
     Login,
     Register,
+    /// Restarting, cancelling or sending a delayed event: its delay ID is the credential.
+    DelayedEventUpdate,
 }
+
+/// Delayed-event updates per minute and burst, per user or client IP: Element Call restarts
+/// a call's delayed leave every few seconds; a guesser of delay IDs gets nowhere.
+const DELAYED_EVENT_UPDATES: (u32, u32) = (120, 30);
 
 struct Bucket {
     tokens: f64,
@@ -40,6 +47,7 @@ impl RateLimiter {
         let (per_minute, burst) = match action {
             Action::Login => (self.config.login_per_minute, self.config.login_burst),
             Action::Register => (self.config.register_per_minute, self.config.register_burst),
+            Action::DelayedEventUpdate => DELAYED_EVENT_UPDATES,
         };
         (f64::from(per_minute) / 60.0, f64::from(burst.max(1)))
     }

@@ -232,6 +232,19 @@ column_families! {
     Pushers => "pushers",
     /// `app_id 0xFF pushkey 0xFF user_id` → empty: who has a pusher with that pushkey.
     PushkeyUsers => "pushkey_users",
+    /// `delay_id` → [`crate::service::delayed_events::DelayedEvent`] JSON: a scheduled delayed
+    /// event (MSC4140).
+    DelayedEvents => "delayed_events",
+    /// send time (u64 BE) ++ `delay_id` → empty: delayed events in the order they fall due.
+    DelayedDue => "delayed_due",
+    /// `user_id 0xFF delay_id` → empty: a user's delayed events.
+    DelayedByUser => "delayed_by_user",
+    /// `room_id 0xFF event_type 0xFF state_key 0xFF delay_id` → owner's user ID: the delayed
+    /// state events a state change by someone else cancels.
+    DelayedByState => "delayed_by_state",
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → `delay_id`: a retried delayed send
+    /// gets the same delay ID.
+    DelayedTxns => "delayed_txns",
 }
 
 /// A key and its value, as read from a scan.

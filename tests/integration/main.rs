@@ -8,6 +8,7 @@ mod client_format;
 mod clients;
 mod common;
 mod context;
+mod delayed_events;
 mod devices;
 mod directory;
 mod e2ee;

@@ -28,6 +28,7 @@ const SUPPORTED_VERSIONS: &[&str] = &[
 ];
 
 pub async fn versions(
+    extract::State(services): extract::State<State>,
     _: Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(
@@ -42,6 +43,11 @@ pub async fn versions(
         ("org.matrix.e2e_cross_signing".to_owned(), true),
         // Simplified sliding sync (MSC4186): Element X and matrix-rust-sdk clients need it.
         ("org.matrix.simplified_msc3575".to_owned(), true),
+        // Delayed events (MSC4140), unless turned off: Element Call's leave after a crash.
+        (
+            "org.matrix.msc4140".to_owned(),
+            services.delayed_events.max_delay_ms > 0,
+        ),
     ]);
     RumaResponse(response)
 }

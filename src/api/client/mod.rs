@@ -5,6 +5,7 @@ mod account_data;
 mod appservice;
 mod context;
 mod dehydrated;
+mod delayed_events;
 mod devices;
 mod directory;
 mod discovery;
@@ -75,6 +76,18 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::room::create_room::v3::Request, _, _>(room::create_room)
         .ruma_route::<c::message::send_message_event::v3::Request, _, _>(room::send_message)
         .ruma_route::<c::state::send_state_event::v3::Request, _, _>(room::send_state)
+        .ruma_route::<c::delayed_events::get_all_delayed_events::unstable::Request, _, _>(
+            delayed_events::list,
+        )
+        .ruma_route::<c::delayed_events::get_delayed_event::unstable::Request, _, _>(
+            delayed_events::get,
+        )
+        .ruma_route::<c::delayed_events::update_delayed_event::unstable_v1::Request, _, _>(
+            delayed_events::update_with_body,
+        )
+        .ruma_route::<c::delayed_events::update_delayed_event::unstable_v2::Request, _, _>(
+            delayed_events::update_by_path,
+        )
         .ruma_route::<c::state::get_state_events::v3::Request, _, _>(room::get_state)
         .ruma_route::<c::state::get_state_event_for_key::v3::Request, _, _>(room::get_state_event)
         .ruma_route::<c::membership::join_room_by_id::v3::Request, _, _>(membership::join_by_id)

@@ -1,6 +1,9 @@
 //! Rooms: `createRoom`, sending message and state events, reading state.
 
-use axum::extract;
+use axum::{
+    Json, extract,
+    response::{IntoResponse, Response},
+};
 use ruma::api::client::{
     membership::get_member_events::v3 as members_v3,
     message::{get_message_events::v3 as messages_v3, send_message_event::v3 as send_v3},
@@ -13,11 +16,13 @@ use ruma::api::client::{
     },
 };
 use ruma::serde::Raw;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
+use super::delayed_events;
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
+    service::delayed_events::NewDelayedEvent,
     service::rooms::{
         client_event::Detail,
         create::{CreateRoom, Preset},
@@ -115,8 +120,9 @@ pub async fn create_room(
 
 pub async fn send_message(
     extract::State(services): extract::State<State>,
+    extract::RawQuery(query): extract::RawQuery,
     request: Ruma<send_v3::Request>,
-) -> Result<RumaResponse<send_v3::Response>> {
+) -> Result<Response> {
     let body = &request.body;
     let event_type = body.event_type.to_string();
     if event_type == "m.room.redaction" {
@@ -139,6 +145,20 @@ pub async fn send_message(
     };
     // Timestamp massaging: an appservice may date a bridged message with `ts`.
     let ts = request.massaged_ts(body.timestamp);
+    if let Some(delay_ms) = delayed_events::requested_delay(query.as_deref())? {
+        let delayed = NewDelayedEvent {
+            room_id: &body.room_id,
+            event_type: &event_type,
+            state_key: None,
+            content: event.content,
+            delay_ms,
+            origin_ts: ts,
+        };
+        let delay_id = services
+            .schedule_delayed_event(request.user(), delayed, Some(&txn))
+            .await?;
+        return Ok(Json(json!({ "delay_id": delay_id })).into_response());
+    }
     let event_id = with_origin_ts(
         ts,
         services.timeline.append_once(
@@ -150,13 +170,14 @@ pub async fn send_message(
         ),
     )
     .await?;
-    Ok(RumaResponse(send_v3::Response::new(event_id)))
+    Ok(RumaResponse(send_v3::Response::new(event_id)).into_response())
 }
 
 pub async fn send_state(
     extract::State(services): extract::State<State>,
+    extract::RawQuery(query): extract::RawQuery,
     request: Ruma<state_v3::Request>,
-) -> Result<RumaResponse<state_v3::Response>> {
+) -> Result<Response> {
     let body = &request.body;
     let event_type = body.event_type.to_string();
     let content = Value::Object(object(body.body.json(), "The event content")?);
@@ -164,6 +185,20 @@ pub async fn send_state(
         services.check_canonical_alias(&body.room_id, &content)?;
     }
     let ts = request.massaged_ts(body.timestamp);
+    if let Some(delay_ms) = delayed_events::requested_delay(query.as_deref())? {
+        let delayed = NewDelayedEvent {
+            room_id: &body.room_id,
+            event_type: &event_type,
+            state_key: Some(&body.state_key),
+            content,
+            delay_ms,
+            origin_ts: ts,
+        };
+        let delay_id = services
+            .schedule_delayed_event(request.user(), delayed, None)
+            .await?;
+        return Ok(Json(json!({ "delay_id": delay_id })).into_response());
+    }
     let event_id = with_origin_ts(
         ts,
         services.send_state_event(
@@ -175,7 +210,7 @@ pub async fn send_state(
         ),
     )
     .await?;
-    Ok(RumaResponse(state_v3::Response::new(event_id)))
+    Ok(RumaResponse(state_v3::Response::new(event_id)).into_response())
 }
 
 pub async fn get_state(

@@ -20,8 +20,10 @@
 //!    works its queue.
 //!
 //! The consumers today: the membership index (`rooms::members`), the public-join-rooms set of
-//! the user directory, the federation outbox (`federation::outbox`) and the appservice queue
-//! (`appservice::queue`). They are registered once at start-up (`Services::open`).
+//! the user directory, the federation outbox (`federation::outbox`), the appservice queue
+//! (`appservice::queue`), sliding sync's bump stamps, delayed events (`delayed_events`) and
+//! push evaluation (`push::evaluate`); ARCHITECTURE.md says what each adds. They are
+//! registered once at start-up (`Services::open`).
 
 use std::sync::{Arc, RwLock};
 
