@@ -172,6 +172,9 @@ pub struct Config {
     /// milliseconds, or a duration such as `"24h"`, `"10m"`, `"30s"`; 0 turns them off.
     #[serde(default = "default_max_event_delay")]
     pub max_event_delay_duration: Millis,
+    /// MatrixRTC (Element Call): the call transports clients are told of.
+    #[serde(default)]
+    pub matrix_rtc: MatrixRtcConfig,
     /// Where media files live (Conduit's `[global.media]` table).
     #[serde(default)]
     pub media: MediaConfig,
@@ -200,6 +203,17 @@ pub struct WellKnownConfig {
     pub client: Option<String>,
     /// Delegated federation endpoint, e.g. "matrix.example.org:443".
     pub server: Option<String>,
+}
+
+/// `[global.matrix_rtc]`: the MatrixRTC transports (MSC4143) of `GET /rtc/transports` and the
+/// client well-known's `org.matrix.msc4143.rtc_foci`, e.g. `transports = [{ type = "livekit",
+/// livekit_service_url = "https://livekit-jwt.example.org" }]`. Each is passed on as written;
+/// it needs a `type`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixRtcConfig {
+    #[serde(default)]
+    pub transports: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Conduit's `[global.media]` table: `backend = "filesystem"` and an optional `path` (default
@@ -447,6 +461,25 @@ impl Config {
                 "invalid configuration key `ip_range_denylist`: {e}"
             )));
         }
+        if let Some(path) = &self.turn_secret_file
+            && let Err(e) = std::fs::read_to_string(path)
+        {
+            return Err(ConfigError(format!(
+                "invalid configuration key `turn_secret_file`: cannot read {}: {e}",
+                path.display()
+            )));
+        }
+        let has_type = |t: &serde_json::Map<String, serde_json::Value>| {
+            t.get("type")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|k| !k.is_empty())
+        };
+        if let Some(i) = self.matrix_rtc.transports.iter().position(|t| !has_type(t)) {
+            return Err(ConfigError(format!(
+                "invalid configuration key `matrix_rtc.transports`: transport {} has no `type`",
+                i + 1
+            )));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError(format!("invalid configuration key `log`: {e}")));
         }
@@ -610,6 +643,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("max_event_delay_duration"), "{error}");
+    }
+
+    #[test]
+    fn rtc_transports_are_passed_on_and_need_a_type() {
+        let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
+        assert!(
+            Config::from_toml_str(base)
+                .unwrap()
+                .matrix_rtc
+                .transports
+                .is_empty()
+        );
+        let config = Config::from_toml_str(&format!(
+            "{base}[global.matrix_rtc]\ntransports = [{{ type = \"livekit\", livekit_service_url = \"https://lk.a.b\" }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(config.matrix_rtc.transports[0].clone()),
+            serde_json::json!({ "type": "livekit", "livekit_service_url": "https://lk.a.b" })
+        );
+        let error = Config::from_toml_str(&format!(
+            "{base}[global.matrix_rtc]\ntransports = [{{ livekit_service_url = \"https://lk.a.b\" }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("matrix_rtc.transports"), "{error}");
     }
 
     #[test]

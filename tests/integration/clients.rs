@@ -249,6 +249,16 @@ async fn matrix_js_sdk_replaces_its_local_echo_once() {
     run_js(&server, "local_echo.mjs", "js local echo: ok").await;
 }
 
+/// matrix-js-sdk's MatrixRTC session (Element Call's engine) on delayed events: its membership
+/// manager schedules a delayed leave, joins, keeps the leave alive; when alice's process is
+/// killed the server sends the leave and bob's client sees her leave the call
+/// (`tests/clients/js/rtc.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_call_membership_leaves_when_its_client_dies() {
+    let server = TestServer::start().await;
+    run_js(&server, "rtc.mjs", "js rtc: ok").await;
+}
+
 /// matrix-js-sdk cross-signs a second device of its user from the first, and another user's
 /// client sees both devices signed by their owner (`tests/clients/js/cross_signing.mjs`).
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! `GET /voip/turnServer`: nothing configured → an empty answer (nheko asks at every start);
-//! a shared secret → coturn's time-limited credentials; static credentials as given.
+//! Calls: `GET /voip/turnServer` (nothing configured → an empty answer, nheko asks at every
+//! start; a shared secret → coturn's time-limited credentials; static credentials as given)
+//! and MatrixRTC's transports for Element Call.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -70,4 +71,67 @@ async fn static_credentials_are_handed_out_as_configured() {
             "ttl": 86400,
         })
     );
+}
+
+/// MatrixRTC's call transports (MSC4143): at the stable path Element X asks first, at the
+/// unstable one Synapse serves, and in the client well-known; none configured → an empty list.
+#[tokio::test]
+async fn rtc_transports_are_served_where_call_clients_look() {
+    const STABLE: &str = "/_matrix/client/v1/rtc/transports";
+    const UNSTABLE: &str = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports";
+    let bare = TestServer::start().await;
+    let alice = bare.register("alice", "pw").await;
+    for path in [STABLE, UNSTABLE] {
+        assert_eq!(
+            bare.get_ok(path, &alice).await,
+            json!({ "rtc_transports": [] })
+        );
+        assert_error(
+            &bare.get(path, None).await,
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+        );
+    }
+
+    let transport = json!({ "type": "livekit", "livekit_service_url": "https://lk.test.local" });
+    let server = TestServer::start_with(
+        "rate_limits = { enabled = false }\nwell_known = { client = \"https://matrix.test.local\" }\n\
+         [global.matrix_rtc]\ntransports = [{ type = \"livekit\", livekit_service_url = \"https://lk.test.local\" }]",
+    )
+    .await;
+    let bob = server.register("bob", "pw").await;
+    for path in [STABLE, UNSTABLE] {
+        assert_eq!(
+            server.get_ok(path, &bob).await,
+            json!({ "rtc_transports": [transport.clone()] }),
+            "{path}"
+        );
+    }
+    let (status, well_known) = server.get("/.well-known/matrix/client", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        well_known["m.homeserver"]["base_url"],
+        "https://matrix.test.local"
+    );
+    assert_eq!(
+        well_known["org.matrix.msc4143.rtc_foci"],
+        json!([transport])
+    );
+}
+
+/// A TURN secret file that cannot be read stops the server at start-up, with the key named (not
+/// a 500 on every `/voip/turnServer` later).
+#[test]
+fn an_unreadable_turn_secret_file_is_a_start_up_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let missing = dir.path().join("no-such-secret");
+    let config = format!(
+        "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\nturn_uris = [\"turn:t.a.b\"]\nturn_secret_file = \"{}\"\n",
+        missing.display()
+    );
+    let error = culvert::config::Config::from_toml_str(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("turn_secret_file"), "{error}");
+    assert!(error.contains("no-such-secret"), "{error}");
 }

@@ -6,7 +6,7 @@ use axum::{Json, Router, extract, routing::get};
 use ruma::{
     RoomVersionId,
     api::client::discovery::{
-        discover_homeserver::{self, HomeserverInfo},
+        discover_homeserver,
         get_capabilities::v3::{
             self as capabilities_v3, Capabilities, ProfileFieldsCapability, RoomVersionStability,
         },
@@ -55,16 +55,32 @@ pub async fn versions(
 pub async fn well_known_client(
     extract::State(services): extract::State<State>,
     _: Ruma<discover_homeserver::Request>,
-) -> Result<RumaResponse<discover_homeserver::Response>> {
+) -> Result<Json<serde_json::Value>> {
     let base_url = services
         .config
         .well_known
         .client
         .clone()
         .ok_or_else(|| Error::not_found("No client well-known is configured."))?;
-    Ok(RumaResponse(discover_homeserver::Response::new(
-        HomeserverInfo::new(base_url),
-    )))
+    let mut body = serde_json::json!({ "m.homeserver": { "base_url": base_url } });
+    // MatrixRTC's call transports, where Element Call looked for them before MSC4143's
+    // endpoint (and still looks when the endpoint is missing).
+    let transports = &services.config.matrix_rtc.transports;
+    if !transports.is_empty() {
+        body["org.matrix.msc4143.rtc_foci"] = serde_json::to_value(transports)?;
+    }
+    Ok(Json(body))
+}
+
+/// `GET /rtc/transports` (MSC4143): the MatrixRTC transports configured for calls, at the
+/// stable path Element X asks first and at the unstable one Synapse serves.
+pub async fn rtc_transports(
+    extract::State(services): extract::State<State>,
+    _: Ruma<ruma::api::client::rtc::transports::v1::Request>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(
+        serde_json::json!({ "rtc_transports": services.config.matrix_rtc.transports }),
+    ))
 }
 
 /// `/.well-known/matrix/server` belongs to the federation API; it is mounted here because it is

@@ -45,6 +45,11 @@ pub fn routes(router: Router<State>) -> Router<State> {
         )
         .ruma_route::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
         .ruma_route::<c::voip::get_turn_server_info::v3::Request, _, _>(voip::turn_server)
+        .ruma_route::<c::rtc::transports::v1::Request, _, _>(discovery::rtc_transports)
+        .route(
+            "/_matrix/client/v1/rtc/transports",
+            axum::routing::get(discovery::rtc_transports),
+        )
         .ruma_route::<c::sync::sync_events::v5::Request, _, _>(sliding_sync::sliding_sync)
         .ruma_route::<c::account::register::v3::Request, _, _>(register::register)
         .ruma_route::<c::account::get_username_availability::v3::Request, _, _>(register::available)
