@@ -315,38 +315,9 @@ async fn delayed_events_are_sent_after_a_restart_and_after_kill_9() {
     let port = crate::persistence::free_port();
     let mut child = crate::persistence::spawn_binary_with(dir.path(), port, CONFIG).await;
     let http = reqwest::Client::new();
-    let register = |body: Value| {
-        http.post(format!("{}/_matrix/client/v3/register", child.base))
-            .json(&body)
-            .send()
-    };
-    let first: Value = register(json!({ "username": "k", "password": "pw" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session: Value = register(json!({
-        "username": "k", "password": "pw",
-        "auth": { "type": "m.login.dummy", "session": first["session"] },
-    }))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let token = session["access_token"].as_str().unwrap().to_owned();
-    let created: Value = http
-        .post(format!("{}/_matrix/client/v3/createRoom", child.base))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let session = child.register(&http, "k").await;
+    let token = session.token.clone();
+    let room = child.create_room(&http, &session).await;
     let response = http
         .put(format!(
             "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/k1?org.matrix.msc4140.delay=1500",

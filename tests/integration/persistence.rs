@@ -70,6 +70,45 @@ pub(crate) struct ChildServer {
     pub(crate) base: String,
 }
 
+impl ChildServer {
+    /// Registers `name` (password "pw") through the user-interactive dummy stage.
+    pub(crate) async fn register(&self, http: &reqwest::Client, name: &str) -> Session {
+        let url = format!("{}/_matrix/client/v3/register", self.base);
+        let first: serde_json::Value = http
+            .post(&url)
+            .json(&json!({ "username": name, "password": "pw" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let response = http
+            .post(&url)
+            .json(&json!({ "username": name, "password": "pw", "auth": { "type": "m.login.dummy", "session": first["session"] } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        Session::from_json(&response.json().await.unwrap())
+    }
+
+    /// A new room of `who`'s; its ID.
+    pub(crate) async fn create_room(&self, http: &reqwest::Client, who: &Session) -> String {
+        let created: serde_json::Value = http
+            .post(format!("{}/_matrix/client/v3/createRoom", self.base))
+            .bearer_auth(&who.token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["room_id"].as_str().unwrap().to_owned()
+    }
+}
+
 impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -135,23 +174,7 @@ async fn sigkill_right_after_200_loses_nothing() {
 
     // Register (UIA dance), then write account data; kill -9 the moment the 200 arrives.
     let url = |path: &str| format!("{}{path}", server.base);
-    let first: serde_json::Value = http
-        .post(url("/_matrix/client/v3/register"))
-        .json(&json!({ "username": "crash", "password": "pw" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let response = http
-        .post(url("/_matrix/client/v3/register"))
-        .json(&json!({ "username": "crash", "password": "pw", "auth": { "type": "m.login.dummy", "session": first["session"] } }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let session = Session::from_json(&response.json().await.unwrap());
+    let session = server.register(&http, "crash").await;
     let response = http
         .put(url(
             "/_matrix/client/v3/user/@crash:test.local/account_data/org.example.crash",
@@ -336,37 +359,8 @@ async fn sigkill_right_after_a_send_loses_no_event() {
     let mut server = spawn_binary(dir.path(), port).await;
     let http = reqwest::Client::new();
     let url = |base: &str, path: &str| format!("{base}{path}");
-    let first: serde_json::Value = http
-        .post(url(&server.base, "/_matrix/client/v3/register"))
-        .json(&json!({ "username": "crash", "password": "pw" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = Session::from_json(
-        &http
-            .post(url(&server.base, "/_matrix/client/v3/register"))
-            .json(&json!({ "username": "crash", "password": "pw", "auth": { "type": "m.login.dummy", "session": first["session"] } }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
-    let created: serde_json::Value = http
-        .post(url(&server.base, "/_matrix/client/v3/createRoom"))
-        .bearer_auth(&session.token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let session = server.register(&http, "crash").await;
+    let room = server.create_room(&http, &session).await;
     let token: serde_json::Value = http
         .get(url(&server.base, "/_matrix/client/v3/sync"))
         .bearer_auth(&session.token)
