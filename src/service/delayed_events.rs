@@ -10,7 +10,10 @@
 //! - `delayed_by_state`: `room 0xFF type 0xFF state_key 0xFF delay_id` → owner, so a state
 //!   change by someone else cancels the pending delayed state events it overwrites;
 //! - `delayed_txns`: `user 0xFF device 0xFF room 0xFF txn` → `delay_id`, so a retried send
-//!   gets the same delay ID.
+//!   gets the same delay ID;
+//! - `delayed_finalised`: `user 0xFF time (u64 BE) ++ delay_id` → [`Finalised`]: what became of
+//!   the user's last [`KEPT_FINALISED`] delayed events (sent, cancelled, failed), for the
+//!   listing's `status=finalised`.
 //!
 //! A delayed event leaves these in the batch of the event it becomes, and a state event
 //! cancels others' pending ones in its own batch: both through the commit pipeline
@@ -39,6 +42,8 @@ use crate::{
 
 /// Scheduled delayed events one user may have at once (Synapse's default).
 pub const MAX_PER_USER: usize = 100;
+/// Finalised delayed events kept per user (older ones are dropped as new ones come).
+pub const KEPT_FINALISED: usize = 50;
 
 /// One scheduled event.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +129,91 @@ impl DelayedEvent {
     }
 }
 
+/// What became of a delayed event: sent (with its event ID) or not (with the error).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Finalised {
+    pub event: DelayedEvent,
+    pub finalised_ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+impl Finalised {
+    /// As the listing shows it (ruma's `DelayedEventData`: the event, `finalised_ts`, and
+    /// `event_id` or `error`).
+    pub fn to_json(&self) -> Value {
+        let mut out = self.event.to_json();
+        out["finalised_ts"] = self.finalised_ts.into();
+        if let Some(id) = &self.event_id {
+            out["event_id"] = id.as_str().into();
+        }
+        if let Some(error) = &self.error {
+            out["error"] = error.clone();
+        }
+        out
+    }
+}
+
+/// The end of a delayed event, ready to join a batch: its records out, its [`Finalised`] in,
+/// and the user's oldest finalised ones out beyond [`KEPT_FINALISED`].
+struct Finalisation {
+    event: DelayedEvent,
+    finalised: (Vec<u8>, Vec<u8>),
+    dropped: Vec<Vec<u8>>,
+}
+
+impl Finalisation {
+    /// Reads what the user keeps already (one prefix scan).
+    fn new(
+        store: &Store,
+        event: DelayedEvent,
+        event_id: Option<String>,
+        error: Option<Value>,
+    ) -> Result<Self> {
+        let now = utils::now_millis();
+        let prefix = keys::prefix(event.user_id.as_bytes());
+        let mut kept = Vec::new();
+        for item in store.scan_prefix(Cf::DelayedFinalised, &prefix) {
+            kept.push(item?.0.to_vec());
+        }
+        let excess = (kept.len() + 1).saturating_sub(KEPT_FINALISED);
+        kept.truncate(excess);
+        let mut key = prefix;
+        key.extend_from_slice(&keys::u64_be(now));
+        key.extend_from_slice(event.delay_id.as_bytes());
+        let record = Finalised {
+            event: event.clone(),
+            finalised_ts: now,
+            event_id,
+            error,
+        };
+        Ok(Self {
+            finalised: (key, serde_json::to_vec(&record)?),
+            event,
+            dropped: kept,
+        })
+    }
+
+    fn write(&self, batch: &mut Batch) {
+        self.event.delete(batch);
+        batch.put(
+            Cf::DelayedFinalised,
+            self.finalised.0.clone(),
+            self.finalised.1.clone(),
+        );
+        for key in &self.dropped {
+            batch.delete(Cf::DelayedFinalised, key.clone());
+        }
+    }
+}
+
+/// The error recorded for a delayed event that was not sent.
+fn error_json(errcode: &str, message: &str) -> Value {
+    json!({ "errcode": errcode, "error": message })
+}
+
 /// What `restart`, `cancel` and `send` do to a scheduled event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DelayedAction {
@@ -186,6 +276,17 @@ impl DelayedEvents {
             }
         }
         events.sort_by_key(|e| e.send_at);
+        Ok(events)
+    }
+
+    /// The user's finalised delayed events, latest first.
+    pub fn finalised_of_user(&self, user_id: &UserId) -> Result<Vec<Finalised>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut events = Vec::new();
+        for item in self.store.scan_prefix(Cf::DelayedFinalised, &prefix) {
+            events.push(serde_json::from_slice(&item?.1)?);
+        }
+        events.reverse();
         Ok(events)
     }
 
@@ -329,7 +430,8 @@ impl Services {
         match action {
             DelayedAction::Cancel => {
                 let mut batch = Batch::new();
-                record.delete(&mut batch);
+                let error = error_json("M_UNKNOWN", "Cancelled.");
+                Finalisation::new(&self.store, record, None, Some(error))?.write(&mut batch);
                 let pending = self.store.write_pending(batch)?;
                 self.store.make_durable_async(pending).await?;
             }
@@ -372,14 +474,16 @@ impl Services {
             .await;
         // Its records left with the event (or it could not be sent: they are dropped). Should
         // they still be there, the timer would send it again and again: take them out.
-        if sent.is_err()
-            || self
-                .store
-                .contains(Cf::DelayedEvents, record.delay_id.as_bytes())?
+        if let Err(e) = &sent {
+            tracing::info!(delay_id = %record.delay_id, "a delayed event could not be sent: {e}");
+            let (_, body) = e.to_status_and_body();
+            let mut batch = Batch::new();
+            Finalisation::new(&self.store, (*record).clone(), None, Some(body))?.write(&mut batch);
+            self.store.write(batch)?;
+        } else if self
+            .store
+            .contains(Cf::DelayedEvents, record.delay_id.as_bytes())?
         {
-            if let Err(e) = &sent {
-                tracing::info!(delay_id = %record.delay_id, "a delayed event could not be sent: {e}");
-            }
             let mut batch = Batch::new();
             record.delete(&mut batch);
             self.store.write(batch)?;
@@ -438,7 +542,7 @@ impl Services {
 /// owner's own change keeps it).
 pub struct DelayedEventCommits(pub Store);
 
-struct Finished(Vec<DelayedEvent>);
+struct Finished(Vec<Finalisation>);
 
 impl EventConsumer for DelayedEventCommits {
     fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
@@ -451,7 +555,12 @@ impl EventConsumer for DelayedEventCommits {
             && event.room_id == sending.room_id
             && event.sender == sending.user_id
         {
-            finished.push((*sending).clone());
+            finished.push(Finalisation::new(
+                &self.0,
+                (*sending).clone(),
+                Some(event.event_id.to_string()),
+                None,
+            )?);
         }
         if let Some(state_key) = event.state_key {
             let prefix = keys::join([
@@ -467,7 +576,17 @@ impl EventConsumer for DelayedEventCommits {
                 }
                 let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                 if let Some(bytes) = self.0.get(Cf::DelayedEvents, id.as_bytes())? {
-                    finished.push(serde_json::from_slice(&bytes)?);
+                    let error = json!({
+                        "errcode": "M_UNKNOWN",
+                        "error": "Cancelled: someone else changed this state.",
+                        "org.matrix.msc4140.errcode": "M_CANCELLED_BY_STATE_UPDATE",
+                    });
+                    finished.push(Finalisation::new(
+                        &self.0,
+                        serde_json::from_slice(&bytes)?,
+                        None,
+                        Some(error),
+                    )?);
                 }
             }
         }
@@ -477,8 +596,8 @@ impl EventConsumer for DelayedEventCommits {
 
 impl Staged for Finished {
     fn write(&mut self, batch: &mut Batch, _count: u64) -> Result<()> {
-        for record in &self.0 {
-            record.delete(batch);
+        for finalisation in &self.0 {
+            finalisation.write(batch);
         }
         Ok(())
     }

@@ -245,6 +245,9 @@ column_families! {
     /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → `delay_id`: a retried delayed send
     /// gets the same delay ID.
     DelayedTxns => "delayed_txns",
+    /// `user_id 0xFF time (u64 BE) ++ delay_id` → [`crate::service::delayed_events::Finalised`]
+    /// JSON: what became of a user's latest delayed events.
+    DelayedFinalised => "delayed_finalised",
 }
 
 /// A key and its value, as read from a scan.

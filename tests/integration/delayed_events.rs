@@ -62,6 +62,17 @@ async fn delay_ids(server: &TestServer, who: &Session) -> Vec<String> {
         .collect()
 }
 
+/// The user's finalised delayed events, latest first.
+async fn finalised(server: &TestServer, who: &Session) -> Vec<Value> {
+    let listed = server
+        .get_ok(&format!("{UNSTABLE}?status=finalised"), who)
+        .await;
+    listed["delayed_events"]
+        .as_array()
+        .expect("delayed_events")
+        .clone()
+}
+
 async fn update(server: &TestServer, token: Option<&str>, id: &str, action: &str) -> StatusCode {
     server
         .post(&format!("{UNSTABLE}/{id}/{action}"), token, json!({}))
@@ -127,6 +138,14 @@ async fn delayed_messages_are_sent_listed_restarted_cancelled_and_sent_early() {
         update(&server, None, &soon, "restart").await,
         StatusCode::NOT_FOUND
     );
+    let sent = &finalised(&server, &alice).await[0];
+    assert_eq!(sent["delay_id"], soon.as_str(), "{sent}");
+    assert!(
+        sent["event_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with('$'))
+    );
+    assert!(sent["finalised_ts"].is_u64());
 
     // Cancelled (matrix-js-sdk's form: the action in the body, with the token): never sent.
     let never = schedule(&server, &alice, &room, "t2", 60_000, "never").await;
@@ -143,6 +162,9 @@ async fn delayed_messages_are_sent_listed_restarted_cancelled_and_sent_early() {
         update(&server, None, &never, "send").await,
         StatusCode::NOT_FOUND
     );
+    let latest = &finalised(&server, &alice).await[0];
+    assert_eq!(latest["delay_id"], never.as_str());
+    assert!(latest["error"]["errcode"].is_string() && latest.get("event_id").is_none());
 
     // Sent early, by its delay ID alone (no token: how a call's SFU does it).
     let early = schedule(&server, &alice, &room, "t3", 60_000, "early").await;
@@ -216,6 +238,20 @@ async fn delayed_messages_are_sent_listed_restarted_cancelled_and_sent_early() {
         delay_ids(&server, &alice).await.is_empty(),
         "nothing half-stored"
     );
+    assert_error(
+        &server
+            .get(&format!("{UNSTABLE}?status=pending"), Some(&alice.token))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+
+    // What became of them is kept for the latest 50 only.
+    for i in 0..55 {
+        let id = schedule(&server, &alice, &room, &format!("many{i}"), 60_000, "many").await;
+        assert_eq!(update(&server, None, &id, "cancel").await, StatusCode::OK);
+    }
+    assert_eq!(finalised(&server, &alice).await.len(), 50);
 }
 
 #[tokio::test]
@@ -286,6 +322,12 @@ async fn a_state_change_by_someone_else_cancels_a_delayed_state_event() {
     assert_eq!(
         update(&server, None, &pending, "send").await,
         StatusCode::NOT_FOUND
+    );
+    let cancelled = &finalised(&server, &alice).await[0];
+    assert_eq!(cancelled["delay_id"], pending.as_str());
+    assert_eq!(
+        cancelled["error"]["org.matrix.msc4140.errcode"],
+        "M_CANCELLED_BY_STATE_UPDATE"
     );
     let current = server.get_ok(&state_path, &alice).await;
     assert_eq!(current, json!({ "overwritten": true }));

@@ -648,6 +648,22 @@ async fn full_state_and_state_after() {
     let state_after = joined["state_after"]["events"].as_array().unwrap();
     assert_eq!(state_after.len(), 1, "{state_after:?}");
     assert_eq!(state_after[0]["content"]["topic"], "in the timeline");
+    // The unstable name matrix-js-sdk sends on every sync gets the unstable section name.
+    let unstable = sync(
+        &server,
+        &alice,
+        &format!("since={since}&org.matrix.msc4222.use_state_after=true"),
+    )
+    .await;
+    let joined = &unstable["rooms"]["join"][&room];
+    assert!(
+        joined.get("state").is_none() && joined.get("state_after").is_none(),
+        "{joined}"
+    );
+    assert_eq!(
+        joined["org.matrix.msc4222.state_after"]["events"][0]["content"]["topic"],
+        "in the timeline"
+    );
     let plain = sync(&server, &alice, &format!("since={since}")).await;
     assert!(
         plain["rooms"]["join"][&room]["state"]["events"]

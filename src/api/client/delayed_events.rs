@@ -39,12 +39,37 @@ pub fn requested_delay(query: Option<&str>) -> Result<Option<u64>> {
     }
 }
 
+/// The user's delayed events: scheduled ones, or with `status=finalised` what became of the
+/// latest ones (sent with their event ID, or the error that stopped them).
 pub async fn list(
     extract::State(services): extract::State<State>,
+    extract::RawQuery(query): extract::RawQuery,
     request: Ruma<list_unstable::Request>,
 ) -> Result<Json<Value>> {
-    let events = services.delayed_events.of_user(request.user())?;
-    let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
+    #[derive(Deserialize)]
+    struct Query {
+        status: Option<String>,
+    }
+    let query: Query = serde_html_form::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|e| Error::invalid_param(format!("Bad query: {e}")))?;
+    let delayed = &services.delayed_events;
+    let events: Vec<Value> = match query.status.as_deref() {
+        None | Some("scheduled") => delayed
+            .of_user(request.user())?
+            .iter()
+            .map(|e| e.to_json())
+            .collect(),
+        Some("finalised") => delayed
+            .finalised_of_user(request.user())?
+            .iter()
+            .map(|e| e.to_json())
+            .collect(),
+        Some(other) => {
+            return Err(Error::invalid_param(format!(
+                "Unknown status {other}: scheduled or finalised."
+            )));
+        }
+    };
     Ok(Json(json!({ "delayed_events": events })))
 }
 

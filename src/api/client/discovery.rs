@@ -43,6 +43,8 @@ pub async fn versions(
         ("org.matrix.e2e_cross_signing".to_owned(), true),
         // Simplified sliding sync (MSC4186): Element X and matrix-rust-sdk clients need it.
         ("org.matrix.simplified_msc3575".to_owned(), true),
+        // `use_state_after` (MSC4222), also under its unstable names.
+        ("org.matrix.msc4222".to_owned(), true),
         // Delayed events (MSC4140), unless turned off: Element Call's leave after a crash.
         (
             "org.matrix.msc4140".to_owned(),

@@ -20,9 +20,17 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn sync(
     extract::State(services): extract::State<State>,
+    extract::RawQuery(query): extract::RawQuery,
     request: Ruma<sync_v3::Request>,
 ) -> Result<Json<Value>> {
     let body = &request.body;
+    // MSC4222 under its unstable name (what matrix-js-sdk sends on every sync): answered in
+    // the unstable section name it reads.
+    let unstable_state_after = !body.use_state_after
+        && query.as_deref().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair == "org.matrix.msc4222.use_state_after=true")
+        });
     let since = match &body.since {
         Some(token) => Some(
             token
@@ -45,7 +53,12 @@ pub async fn sync(
     let options = SyncRequest {
         since,
         full_state: body.full_state,
-        use_state_after: body.use_state_after,
+        use_state_after: body.use_state_after || unstable_state_after,
+        state_after_key: if unstable_state_after {
+            "org.matrix.msc4222.state_after"
+        } else {
+            "state_after"
+        },
         timeout: body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
         filter,
         device_id: request.device(),

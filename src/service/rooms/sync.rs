@@ -45,6 +45,9 @@ pub struct SyncRequest<'a> {
     pub full_state: bool,
     /// `use_state_after`: state up to the end of the timeline, in `state_after`.
     pub use_state_after: bool,
+    /// The key of that section: `state_after`, or `org.matrix.msc4222.state_after` for a client
+    /// that asked with the unstable parameter (matrix-js-sdk).
+    pub state_after_key: &'static str,
     pub timeout: Duration,
     pub filter: SyncFilter,
     /// The syncing device: lazy-loaded members are remembered per device.
@@ -324,7 +327,7 @@ impl Services {
             self.room_state(user_id, room_id, window, &timeline, request, lazy)?
         } else {
             let key = if request.use_state_after {
-                "state_after"
+                request.state_after_key
             } else {
                 "state"
             };
@@ -443,7 +446,7 @@ impl Services {
             device_id: Some(request.device_id),
         }));
         let state_key = if request.use_state_after {
-            "state_after"
+            request.state_after_key
         } else {
             "state"
         };
