@@ -416,3 +416,19 @@ async fn delayed_events_can_be_turned_off() {
         "nothing sent at once"
     );
 }
+
+/// Restart, cancel and send take the delay ID as the credential: they are rate-limited, per
+/// user or (without a token) per client address, so IDs cannot be guessed at speed.
+#[tokio::test]
+async fn updates_by_delay_id_are_rate_limited() {
+    let server = TestServer::start_with("max_event_delay_duration = \"10m\"").await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        statuses.push(update(&server, None, &format!("cvd_guess{i}"), "cancel").await);
+    }
+    assert_eq!(statuses[0], StatusCode::NOT_FOUND);
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}

@@ -48,10 +48,27 @@ async fn a_shared_secret_gives_coturn_credentials() {
         "{username}"
     );
     assert_eq!(
-        answer["password"],
-        culvert::service::voip::turn_password(b"s3cret", username),
+        answer["password"].as_str().unwrap(),
+        python_turn_password("s3cret", username),
         "base64(HMAC-SHA1(secret, username)), the secret file's line end trimmed"
     );
+}
+
+/// coturn's formula computed by another implementation than culvert's (ring): Python's `hmac`.
+fn python_turn_password(secret: &str, username: &str) -> String {
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import base64, hashlib, hmac, sys; \
+             print(base64.b64encode(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), \
+             hashlib.sha1).digest()).decode())",
+            secret,
+            username,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 #[tokio::test]
