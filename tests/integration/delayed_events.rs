@@ -432,3 +432,31 @@ async fn updates_by_delay_id_are_rate_limited() {
         "{statuses:?}"
     );
 }
+
+/// At most 100 scheduled delayed events per user: the 101st is refused with a time to retry,
+/// and one more may be scheduled once one of them ends.
+#[tokio::test]
+async fn a_user_may_schedule_a_hundred_delayed_events() {
+    let server = TestServer::start_with(CONFIG).await;
+    let alice = server.register("alice", "pw").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let mut first = None;
+    for i in 0..100 {
+        let id = schedule(&server, &alice, &room, &format!("n{i}"), 600_000, "later").await;
+        first.get_or_insert(id);
+    }
+    let refused = send_delayed(&server, &alice, &room, "n100", "600000", "later").await;
+    assert_error(&refused, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    assert!(
+        refused.1["retry_after_ms"].as_u64().is_some(),
+        "{}",
+        refused.1
+    );
+    assert_eq!(delay_ids(&server, &alice).await.len(), 100);
+    let first = first.unwrap();
+    assert_eq!(
+        update(&server, None, &first, "cancel").await,
+        StatusCode::OK
+    );
+    schedule(&server, &alice, &room, "n101", 600_000, "later").await;
+}
