@@ -203,6 +203,24 @@ pub struct WellKnownConfig {
     pub client: Option<String>,
     /// Delegated federation endpoint, e.g. "matrix.example.org:443".
     pub server: Option<String>,
+    /// `/.well-known/matrix/support`: a page where users find help...
+    pub support_page: Option<String>,
+    /// ...and whom to contact, e.g. `[{ role = "m.role.admin", matrix_id = "@admin:example.org",
+    /// email_address = "admin@example.org" }]` (each with a role and an ID or an address).
+    #[serde(default)]
+    pub support_contacts: Vec<SupportContact>,
+}
+
+/// A contact of `/.well-known/matrix/support`.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportContact {
+    /// `m.role.admin`, `m.role.security`, or a namespaced role of one's own.
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix_id: Option<ruma::OwnedUserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
 }
 
 /// `[global.matrix_rtc]`: the MatrixRTC transports (MSC4143) of `GET /rtc/transports` and the
@@ -467,6 +485,16 @@ impl Config {
             return Err(ConfigError(format!(
                 "invalid configuration key `turn_secret_file`: cannot read {}: {e}",
                 path.display()
+            )));
+        }
+        if let Some(i) =
+            self.well_known.support_contacts.iter().position(|c| {
+                c.role.is_empty() || (c.matrix_id.is_none() && c.email_address.is_none())
+            })
+        {
+            return Err(ConfigError(format!(
+                "invalid configuration key `well_known.support_contacts`: contact {} needs a role and a matrix_id or an email_address",
+                i + 1
             )));
         }
         let has_type = |t: &serde_json::Map<String, serde_json::Value>| {

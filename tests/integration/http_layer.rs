@@ -282,6 +282,36 @@ async fn capabilities_and_well_known() {
     let (status, body) = configured.get("/.well-known/matrix/server", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["m.server"], "matrix.example.org:443");
+    assert_error(
+        &configured.get("/.well-known/matrix/support", None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // Support contacts and page (spec v1.10), as configured.
+    let support = TestServer::start_with(
+        "[global.well_known]\nsupport_page = \"https://example.org/help\"\n\
+         support_contacts = [{ role = \"m.role.admin\", matrix_id = \"@admin:example.org\", email_address = \"admin@example.org\" }, { role = \"m.role.security\", email_address = \"security@example.org\" }]",
+    )
+    .await;
+    let (status, body) = support.get("/.well-known/matrix/support", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "contacts": [
+                { "role": "m.role.admin", "matrix_id": "@admin:example.org", "email_address": "admin@example.org" },
+                { "role": "m.role.security", "email_address": "security@example.org" },
+            ],
+            "support_page": "https://example.org/help",
+        })
+    );
+    let error = culvert::config::Config::from_toml_str(
+        "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n[global.well_known]\nsupport_contacts = [{ role = \"m.role.admin\" }]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("support_contacts"), "{error}");
 }
 
 /// `POST /login` with an access token and `{}` made ruma's parser panic (the connection was

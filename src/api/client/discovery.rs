@@ -86,19 +86,37 @@ pub async fn rtc_transports(
 }
 
 /// `/.well-known/matrix/server` belongs to the federation API; it is mounted here because it is
-/// plain configuration, with no request to parse.
+/// plain configuration, with no request to parse. `/.well-known/matrix/support` (spec v1.10)
+/// too: the server's contacts and support page, 404 while none is configured.
 pub fn well_known_server(router: Router<State>) -> Router<State> {
-    router.route(
-        "/.well-known/matrix/server",
-        get(
-            |extract::State(services): extract::State<State>| async move {
-                match &services.config.well_known.server {
-                    Some(server) => Ok(Json(serde_json::json!({ "m.server": server }))),
-                    None => Err(Error::not_found("No server well-known is configured.")),
-                }
-            },
-        ),
-    )
+    router
+        .route(
+            "/.well-known/matrix/support",
+            get(
+                |extract::State(services): extract::State<State>| async move {
+                    let well_known = &services.config.well_known;
+                    if well_known.support_contacts.is_empty() && well_known.support_page.is_none() {
+                        return Err(Error::not_found("No support information is configured."));
+                    }
+                    let mut body = serde_json::json!({ "contacts": well_known.support_contacts });
+                    if let Some(page) = &well_known.support_page {
+                        body["support_page"] = page.as_str().into();
+                    }
+                    Ok(Json(body))
+                },
+            ),
+        )
+        .route(
+            "/.well-known/matrix/server",
+            get(
+                |extract::State(services): extract::State<State>| async move {
+                    match &services.config.well_known.server {
+                        Some(server) => Ok(Json(serde_json::json!({ "m.server": server }))),
+                        None => Err(Error::not_found("No server well-known is configured.")),
+                    }
+                },
+            ),
+        )
 }
 
 pub async fn capabilities(
