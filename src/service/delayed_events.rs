@@ -279,6 +279,17 @@ impl DelayedEvents {
         Ok(events)
     }
 
+    /// How many events the user has scheduled (keys only: no event is read).
+    fn count_of_user(&self, user_id: &UserId) -> Result<usize> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut count = 0;
+        for item in self.store.scan_prefix(Cf::DelayedByUser, &prefix) {
+            item?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// The user's finalised delayed events, latest first.
     pub fn finalised_of_user(&self, user_id: &UserId) -> Result<Vec<Finalised>> {
         let prefix = keys::prefix(user_id.as_bytes());
@@ -393,9 +404,10 @@ impl Services {
             return Err(Error::forbidden("You are not in this room."));
         }
         let now = utils::now_millis();
-        let scheduled = delayed.of_user(user_id)?;
-        if scheduled.len() >= MAX_PER_USER {
-            let next = scheduled
+        if delayed.count_of_user(user_id)? >= MAX_PER_USER {
+            // Retry once the soonest of them is due (its events are read only here).
+            let next = delayed
+                .of_user(user_id)?
                 .first()
                 .map_or(0, |e| e.send_at.saturating_sub(now));
             return Err(Error::limit_exceeded(Duration::from_millis(next.max(1000))));
