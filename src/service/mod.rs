@@ -154,7 +154,13 @@ impl Services {
             store,
             config,
         });
-        // Push evaluation reads much of the services: registered once they exist.
+        // Relations and push evaluation read much of the services: registered once they
+        // exist.
+        services
+            .timeline
+            .register_consumer(Arc::new(rooms::relations::RelationIndex(Arc::downgrade(
+                &services,
+            ))));
         services
             .timeline
             .register_consumer(Arc::new(push::evaluate::PushEvaluator(Arc::downgrade(

@@ -9,7 +9,7 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 3;
+pub const CURRENT: u64 = 4;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -17,7 +17,7 @@ const VERSION_KEY: &[u8] = b"schema_version";
 type Step = fn(&Store) -> Result<Batch, rocksdb::Error>;
 
 /// Steps in order: `STEPS[0]` upgrades version 1 to 2, and so on.
-const STEPS: &[Step] = &[index_timestamps, index_room_servers];
+const STEPS: &[Step] = &[index_timestamps, index_room_servers, index_relations];
 
 /// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
 /// append path wrote it: one pass over every room's timeline, reading each event's
@@ -74,6 +74,65 @@ fn index_room_servers(store: &Store) -> Result<Batch, rocksdb::Error> {
     for (key, joined) in counts {
         batch.put(Cf::RoomServers, key, keys::u64_be(joined));
     }
+    Ok(batch)
+}
+
+/// 3 → 4: fills the relation and thread indexes (`relations`, `thread_roots`,
+/// `thread_activity`, `thread_participants`) for events stored before the commit pipeline wrote
+/// them: one pass over every room's timeline, reading each event. What an event's relation is
+/// and how its entries look is `service::rooms::relations`' to say.
+fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
+    use crate::service::rooms::{relations, timeline::StoredPdu};
+    let mut batch = Batch::new();
+    // Each thread root's room and latest reply.
+    let mut threads: std::collections::BTreeMap<String, (Vec<u8>, u64)> = Default::default();
+    let mut read = 0u64;
+    for item in store.scan_prefix(Cf::Timeline, &[]) {
+        let (key, short) = item?;
+        read += 1;
+        if read.is_multiple_of(100_000) {
+            info!(events = read, "indexing relations");
+        }
+        let Some(split) = key.len().checked_sub(9) else {
+            continue;
+        };
+        let (room, count) = (&key[..split], &key[split + 1..]);
+        let Some(count) = keys::parse_u64_be(count) else {
+            continue;
+        };
+        let Some(bytes) = store.get(Cf::Pdus, &short)? else {
+            continue;
+        };
+        let Ok(stored) = serde_json::from_slice::<StoredPdu>(&bytes) else {
+            continue;
+        };
+        let Some(relations::IndexEntries {
+            relation: (key, value),
+            participant,
+        }) = relations::index_entries(stored.event_id.as_str(), &stored.pdu, count)
+        else {
+            continue;
+        };
+        batch.put(Cf::Relations, key, value);
+        if let (Some(participant), Some(relation)) =
+            (participant, relations::relation_of(&stored.pdu))
+        {
+            batch.put(Cf::ThreadParticipants, participant, Vec::new());
+            let latest = threads
+                .entry(relation.parent.to_owned())
+                .or_insert_with(|| (room.to_vec(), count));
+            latest.1 = latest.1.max(count);
+        }
+    }
+    for (root, (room, latest)) in threads {
+        batch.put(Cf::ThreadRoots, root.as_bytes(), keys::u64_be(latest));
+        batch.put(
+            Cf::ThreadActivity,
+            keys::join([room.as_slice(), &keys::u64_be(latest)]),
+            root.into_bytes(),
+        );
+    }
+    info!(events = read, "relations indexed");
     Ok(batch)
 }
 
@@ -153,6 +212,113 @@ mod tests {
         assert_eq!(
             store.get(Cf::Global, VERSION_KEY).unwrap(),
             Some(keys::u64_be(CURRENT).to_vec())
+        );
+    }
+
+    #[test]
+    fn version_3_databases_get_their_relations_indexed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let room = b"!r:x";
+        let event = |id: &str, sender: &str, relates_to: serde_json::Value| {
+            serde_json::json!({
+                "event_id": id,
+                "pdu": {
+                    "room_id": "!r:x", "sender": sender, "type": "m.room.message",
+                    "origin_server_ts": 5, "content": { "body": "b", "m.relates_to": relates_to },
+                },
+            })
+        };
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            // Version 3: a root, two thread replies and a reply with no rel_type.
+            let mut batch = Batch::new();
+            for (count, short, stored) in [
+                (10, 1, event("$root", "@a:x", serde_json::json!({}))),
+                (
+                    11,
+                    2,
+                    event(
+                        "$one",
+                        "@b:x",
+                        serde_json::json!({"rel_type": "m.thread", "event_id": "$root"}),
+                    ),
+                ),
+                (
+                    12,
+                    3,
+                    event(
+                        "$two",
+                        "@c:x",
+                        serde_json::json!({"rel_type": "m.thread", "event_id": "$root"}),
+                    ),
+                ),
+                (
+                    13,
+                    4,
+                    event(
+                        "$re",
+                        "@c:x",
+                        serde_json::json!({"m.in_reply_to": {"event_id": "$root"}}),
+                    ),
+                ),
+            ] {
+                batch.put(
+                    Cf::Timeline,
+                    keys::join([room, &keys::u64_be(count)]),
+                    keys::u64_be(short),
+                );
+                batch.put(
+                    Cf::Pdus,
+                    keys::u64_be(short),
+                    serde_json::to_vec(&stored).unwrap(),
+                );
+            }
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(3));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let children: Vec<_> = store
+            .scan_prefix(Cf::Relations, b"$root\xff")
+            .map(|item| item.unwrap().0.to_vec())
+            .collect();
+        assert_eq!(
+            children,
+            vec![
+                keys::join([b"$root".as_slice(), &keys::u64_be(11)]),
+                keys::join([b"$root".as_slice(), &keys::u64_be(12)]),
+            ]
+        );
+        assert_eq!(
+            store.get(Cf::ThreadRoots, b"$root").unwrap(),
+            Some(keys::u64_be(12).to_vec())
+        );
+        assert_eq!(
+            store
+                .get(Cf::ThreadActivity, &keys::join([room, &keys::u64_be(12)]))
+                .unwrap(),
+            Some(b"$root".to_vec())
+        );
+        assert!(
+            store
+                .get(Cf::ThreadActivity, &keys::join([room, &keys::u64_be(11)]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .contains(
+                    Cf::ThreadParticipants,
+                    &keys::join([b"$root".as_slice(), b"@b:x"])
+                )
+                .unwrap()
+        );
+        assert!(
+            !store
+                .contains(
+                    Cf::ThreadParticipants,
+                    &keys::join([b"$root".as_slice(), b"@a:x"])
+                )
+                .unwrap()
         );
     }
 

@@ -248,6 +248,18 @@ column_families! {
     /// `user_id 0xFF time (u64 BE) ++ delay_id` → [`crate::service::delayed_events::Finalised`]
     /// JSON: what became of a user's latest delayed events.
     DelayedFinalised => "delayed_finalised",
+    /// `parent event_id 0xFF stream count (u64 BE)` → child's `origin_server_ts` (u64 BE) ++
+    /// `event_id 0xFF rel_type 0xFF type 0xFF sender 0xFF key` (key: an annotation's, else
+    /// empty): the events that relate to an event (`m.relates_to`), in timeline order. See
+    /// `service::rooms::relations`.
+    Relations => "relations",
+    /// `root event_id` → stream count (u64 BE) of the thread's latest reply.
+    ThreadRoots => "thread_roots",
+    /// `room_id 0xFF stream count (u64 BE)` → root event ID: each room's threads by latest
+    /// activity (an entry counts only while `thread_roots` gives the root that count).
+    ThreadActivity => "thread_activity",
+    /// `root event_id 0xFF user_id` → nothing: who replied in a thread.
+    ThreadParticipants => "thread_participants",
 }
 
 /// A key and its value, as read from a scan.

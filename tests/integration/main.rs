@@ -33,6 +33,7 @@ mod push;
 mod push_rules;
 mod redaction;
 mod registration;
+mod relations;
 mod rooms;
 mod scale;
 mod server_keys;

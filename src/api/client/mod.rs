@@ -22,6 +22,7 @@ mod profile;
 mod push;
 mod push_rules;
 mod register;
+mod relations;
 mod room;
 mod session;
 mod sliding_sync;
@@ -110,6 +111,19 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::message::get_message_events::v3::Request, _, _>(room::messages)
         .ruma_route::<c::redact::redact_event::v3::Request, _, _>(room::redact)
         .ruma_route::<c::room::get_room_event::v3::Request, _, _>(room::get_event)
+        // Relations and threads.
+        .ruma_route::<c::relations::get_relating_events::v1::Request, _, _>(
+            relations::relating_events,
+        )
+        .ruma_route::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(
+            relations::relating_events_by_type,
+        )
+        .ruma_route::<
+            c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request,
+            _,
+            _,
+        >(relations::relating_events_by_type_and_event_type)
+        .ruma_route::<c::threads::get_threads::v1::Request, _, _>(relations::threads)
         .ruma_route::<c::membership::get_member_events::v3::Request, _, _>(room::members)
         .ruma_route::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias)
         .ruma_route::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias)

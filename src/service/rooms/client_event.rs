@@ -11,7 +11,9 @@
 //! - `prev_content`, `prev_sender`, `replaces_state`: for a state event, the one it replaced
 //!   ("changed their display name from A to B");
 //! - `redacted_because` and `redacted_by`: for a redacted event, the redaction, as a client
-//!   event, and its ID.
+//!   event, and its ID;
+//! - `m.relations`: for a timeline event, the aggregations of the events that relate to it
+//!   (its edit, its thread, references; see `relations`).
 //!
 //! The fields of a remote PDU's own `unsigned` are not passed on: they are another server's
 //! claims about its own view.
@@ -23,7 +25,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::{members::Membership, pdu, timeline::StoredPdu};
+use super::{members::Membership, pdu, relations, timeline::StoredPdu};
 use crate::{Error, Result, service::Services, utils};
 
 /// The top-level fields a client event takes from its PDU.
@@ -146,6 +148,9 @@ pub enum Detail {
     Timeline,
     /// State sections and member lists: `age`, `transaction_id` and `redacted_because`.
     State,
+    /// A timeline event bundled inside another's aggregations (a thread's latest reply, an
+    /// edit): like `Timeline`, but of its own aggregations only its edit.
+    Bundled,
 }
 
 /// One request's view of events: formats them for its viewer, remembering what it read
@@ -259,7 +264,85 @@ impl EventView<'_> {
                 unsigned.insert("replaces_state".into(), previous.as_str().into());
             }
         }
+        if let Some(viewer) = self.viewer {
+            let relations = self.bundled_relations(room_id, viewer, stored, detail)?;
+            if !relations.is_empty() {
+                unsigned.insert("m.relations".into(), Value::Object(relations));
+            }
+        }
         Ok(unsigned)
+    }
+
+    /// The aggregations of the event's children bundled with it (spec "Aggregations of child
+    /// events"): its edit (the replacing event), its thread's summary with the latest reply,
+    /// and the events that reference it. Bundled events are left out when the viewer may not
+    /// see them.
+    fn bundled_relations(
+        &mut self,
+        room_id: &RoomId,
+        viewer: Viewer<'_>,
+        stored: &StoredPdu,
+        detail: Detail,
+    ) -> Result<Map<String, Value>> {
+        let summary = self.services.relation_summary(
+            &stored.event_id,
+            &stored.pdu,
+            Some(viewer.user_id),
+            detail == Detail::Bundled,
+        )?;
+        let mut relations = Map::new();
+        if summary.is_empty() {
+            return Ok(relations);
+        }
+        if let Some(edit) = &summary.edit
+            && let Some(event) = self.bundled_event(room_id, viewer, edit)?
+        {
+            relations.insert(relations::REPLACE.into(), event);
+        }
+        if let Some(thread) = &summary.thread
+            && let Some(latest) = self.bundled_event(room_id, viewer, &thread.latest)?
+        {
+            relations.insert(
+                relations::THREAD.into(),
+                serde_json::json!({
+                    "latest_event": latest,
+                    "count": thread.count,
+                    "current_user_participated": thread.participated,
+                }),
+            );
+        }
+        if !summary.references.is_empty() {
+            let chunk: Vec<Value> = summary
+                .references
+                .iter()
+                .map(|id| serde_json::json!({ "event_id": id }))
+                .collect();
+            relations.insert(
+                relations::REFERENCE.into(),
+                serde_json::json!({ "chunk": chunk }),
+            );
+        }
+        Ok(relations)
+    }
+
+    /// A child event to bundle, if it is in the room and the viewer may see it.
+    fn bundled_event(
+        &mut self,
+        room_id: &RoomId,
+        viewer: Viewer<'_>,
+        child: &relations::Child,
+    ) -> Result<Option<Value>> {
+        let Ok(event_id) = EventId::parse(&child.event_id) else {
+            return Ok(None);
+        };
+        if !self.services.event_in_room(room_id, &event_id)? {
+            return Ok(None);
+        }
+        let event = self.event(room_id, &event_id, Some(child.count), Detail::Bundled)?;
+        Ok(self
+            .services
+            .may_see_event(room_id, viewer.user_id, &event, child.count)?
+            .then_some(event))
     }
 
     /// The viewer's membership when the event was sent: what the event itself says when it is

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod pdu;
 pub mod profile;
 pub mod redaction;
+pub mod relations;
 pub mod short;
 pub mod sliding_sync;
 pub mod state_res;

@@ -649,9 +649,11 @@ impl Timeline {
                 signed.event_id.as_bytes().to_vec(),
             );
         }
+        let mut redacted = None;
         if let Some(target) = redact_target
             && let Some(stored_target) = self.pdu_by_short(target)?
         {
+            redacted = Some((target, stored_target.clone()));
             let mut stored_target = Arc::unwrap_or_clone(stored_target);
             let because = ruma::canonical_json::RedactedBecause::from_json(
                 super::client_event::redaction_record(
@@ -685,6 +687,11 @@ impl Timeline {
                     sender,
                     event_type: event.event_type,
                     state_key: event.state_key,
+                    redacted: redacted.as_ref().map(|(short, target)| pipeline::Redacted {
+                        event_id: &target.event_id,
+                        short: *short,
+                        pdu: &target.pdu,
+                    }),
                 },
             )
             .await?;

@@ -20,7 +20,7 @@
 //!    works its queue.
 //!
 //! The consumers today: the membership index (`rooms::members`), the public-join-rooms set of
-//! the user directory, the federation outbox (`federation::outbox`), the appservice queue
+//! the user directory, the relation and thread indexes (`rooms::relations`), the federation outbox (`federation::outbox`), the appservice queue
 //! (`appservice::queue`), sliding sync's bump stamps, delayed events (`delayed_events`) and
 //! push evaluation (`push::evaluate`); ARCHITECTURE.md says what each adds. They are
 //! registered once at start-up (`Services::open`).
@@ -59,6 +59,19 @@ pub struct Appending<'a> {
     pub sender: &'a UserId,
     pub event_type: &'a str,
     pub state_key: Option<&'a str>,
+    /// The event this one redacts in the same batch (a redaction whose target is stored and
+    /// which the rules let take effect): consumers that index content drop the target's
+    /// entries.
+    pub redacted: Option<Redacted<'a>>,
+}
+
+/// An event redacted in the batch of the redaction being committed.
+#[derive(Clone, Copy)]
+pub struct Redacted<'a> {
+    pub event_id: &'a EventId,
+    pub short: u64,
+    /// Its PDU as it was before the redaction.
+    pub pdu: &'a CanonicalJsonObject,
 }
 
 impl Appending<'_> {

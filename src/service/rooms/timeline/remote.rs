@@ -20,7 +20,7 @@ use ruma::{
 
 use super::{
     LocalEvent, RoomRecord, StoredPdu, Timeline,
-    pipeline::{AdoptedState, Appending, Origin},
+    pipeline::{AdoptedState, Appending, Origin, Redacted},
 };
 use crate::{
     Error, Result,
@@ -162,6 +162,7 @@ impl Timeline {
                 sender: &event.sender,
                 event_type: &event_type,
                 state_key: event.state_key.as_deref(),
+                redacted: None,
             })?;
             work.write(&mut batch, count)?;
             staged.push(work);
@@ -390,7 +391,7 @@ impl Timeline {
             let resolved = self.resolve_blocking(&room.version, &extremities)?;
             self.save_state(room.state, &resolved)?
         };
-        self.redact_target_in(&mut batch, &stored, &rules)?;
+        let redacted = self.redact_target_in(&mut batch, &stored, &rules)?;
         let record = RoomRecord {
             version: room.version.clone(),
             state: new_state,
@@ -410,6 +411,11 @@ impl Timeline {
                 sender: &event.sender,
                 event_type: &event_type,
                 state_key: event.state_key.as_deref(),
+                redacted: redacted.as_ref().map(|(short, target)| Redacted {
+                    event_id: &target.event_id,
+                    short: *short,
+                    pdu: &target.pdu,
+                }),
             },
         )
         .await?
@@ -432,15 +438,16 @@ impl Timeline {
     }
 
     /// A redaction from another server redacts its target, when known, in the same batch.
-    /// (Whether the sender may redact it was part of the auth checks.)
+    /// (Whether the sender may redact it was part of the auth checks.) Returns the target's
+    /// short ID and its PDU from before, when it was redacted.
     fn redact_target_in(
         &self,
         batch: &mut Batch,
         redaction: &StoredPdu,
         rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> Result<()> {
+    ) -> Result<Option<(u64, Arc<StoredPdu>)>> {
         if pdu::str_field(&redaction.pdu, "type") != Some("m.room.redaction") {
-            return Ok(());
+            return Ok(None);
         }
         let target = if rules.redaction.content_field_redacts {
             match redaction.pdu.get("content") {
@@ -454,14 +461,15 @@ impl Timeline {
             pdu::str_field(&redaction.pdu, "redacts").map(ToOwned::to_owned)
         };
         let Some(target) = target else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(short) = self.short.existing_event(&target)? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(stored_target) = self.pdu_by_short(short)? else {
-            return Ok(());
+            return Ok(None);
         };
+        let original = stored_target.clone();
         let mut stored_target = Arc::unwrap_or_clone(stored_target);
         // Another server may redact only events of its own users (or with power, which the
         // auth rules checked); a redaction of a foreign event by a plain user is not applied.
@@ -472,12 +480,12 @@ impl Timeline {
             .zip(UserId::parse(author).ok())
             .is_some_and(|(a, b)| a.server_name() == b.server_name());
         if !same_server && !self.may_redact_others(&redaction.pdu, rules)? {
-            return Ok(());
+            return Ok(None);
         }
         let Ok(room_id) =
             RoomId::parse(pdu::str_field(&redaction.pdu, "room_id").unwrap_or_default())
         else {
-            return Ok(());
+            return Ok(None);
         };
         let because = ruma::canonical_json::RedactedBecause::from_json(
             crate::service::rooms::client_event::redaction_record(
@@ -497,7 +505,7 @@ impl Timeline {
             keys::u64_be(short),
             serde_json::to_vec(&stored_target)?,
         );
-        Ok(())
+        Ok(Some((short, original)))
     }
 
     /// Whether the redaction's sender has the `redact` power level in the room's current state.
@@ -700,6 +708,7 @@ impl Timeline {
                 sender: &event.sender,
                 event_type: &join_type,
                 state_key: event.state_key.as_deref(),
+                redacted: None,
             })?
             .then(self.pipeline.prepare_adopted_state(&AdoptedState {
                 room_id,

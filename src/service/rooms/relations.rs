@@ -1,0 +1,718 @@
+//! Relations between events (`m.relates_to`: edits, threads, reactions, references) and the
+//! server-side views clients build on them: `/relations`, `/threads`, and the aggregations
+//! bundled into each timeline event's `unsigned["m.relations"]` (made in `client_event`).
+//!
+//! The index is written by [`RelationIndex`], a consumer of the commit pipeline, in the batch
+//! of every event that enters a timeline (made here, received, backfilled); a redaction takes
+//! its target's entry out in its own batch, so a redacted edit, reply or reaction no longer
+//! counts. Entries are keyed by the parent's event ID (a relation may arrive before the event
+//! it points to) and the child's stream count, so an event's children are one prefix scan in
+//! timeline order, and an event with none costs one seek that finds nothing.
+//!
+//! Threads have two more indexes, kept in the same batches: each room's threads by latest
+//! reply (`thread_activity`, the order of `/threads`; `thread_roots` says which entry is
+//! current), and who replied in each (`thread_participants`, `include=participated`).
+//!
+//! Events made here are checked before they are committed (the spec's rules as Synapse
+//! applies them): a relation must point into the same room, a user reacts with a key once
+//! (`M_DUPLICATE_ANNOTATION`), and a thread cannot start from an event that itself relates to
+//! another.
+
+use std::sync::Weak;
+
+use http::StatusCode;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, UserId, api::error::ErrorKind,
+};
+use serde_json::Value;
+
+use super::{
+    client_event::{Detail, Viewer},
+    history::Direction,
+    pdu,
+    timeline::pipeline::{Appending, EventConsumer, Origin, Staged},
+};
+use crate::{
+    Error, Result,
+    service::Services,
+    store::{Batch, Cf, Store, keys},
+};
+
+pub const THREAD: &str = "m.thread";
+pub const REPLACE: &str = "m.replace";
+pub const ANNOTATION: &str = "m.annotation";
+pub const REFERENCE: &str = "m.reference";
+
+/// Most index entries one `/relations` or `/threads` request reads.
+const MAX_SCAN: usize = 2000;
+/// How deep `recurse=true` follows relations of relations (the spec asks for at least 3).
+pub const RECURSION_DEPTH: u64 = 3;
+
+/// What an event's `content["m.relates_to"]` says, when it names a relation type and a parent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Relation<'a> {
+    pub rel_type: &'a str,
+    pub parent: &'a str,
+    /// An annotation's key (the reaction).
+    pub key: Option<&'a str>,
+}
+
+/// The relation an event declares, if any (`m.in_reply_to` alone is a reply, not a relation).
+pub fn relation_of(pdu: &CanonicalJsonObject) -> Option<Relation<'_>> {
+    let Some(CanonicalJsonValue::Object(content)) = pdu.get("content") else {
+        return None;
+    };
+    let Some(CanonicalJsonValue::Object(relates_to)) = content.get("m.relates_to") else {
+        return None;
+    };
+    let text = |name: &str| match relates_to.get(name) {
+        Some(CanonicalJsonValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    Some(Relation {
+        rel_type: text("rel_type")?,
+        parent: text("event_id")?,
+        key: text("key"),
+    })
+}
+
+/// One index entry: an event that relates to another.
+#[derive(Clone, Debug)]
+pub struct Child {
+    /// Its stream count.
+    pub count: u64,
+    pub origin_server_ts: u64,
+    pub event_id: String,
+    pub rel_type: String,
+    pub event_type: String,
+    pub sender: String,
+    pub key: String,
+}
+
+fn relation_key(parent: &str, count: u64) -> Vec<u8> {
+    keys::join([parent.as_bytes(), &keys::u64_be(count)])
+}
+
+fn child_value(
+    ts: u64,
+    event_id: &str,
+    relation: &Relation<'_>,
+    event_type: &str,
+    sender: &str,
+) -> Vec<u8> {
+    let mut value = keys::u64_be(ts).to_vec();
+    value.extend(keys::join([
+        event_id.as_bytes(),
+        relation.rel_type.as_bytes(),
+        event_type.as_bytes(),
+        sender.as_bytes(),
+        relation.key.unwrap_or_default().as_bytes(),
+    ]));
+    value
+}
+
+fn parse_child(key: &[u8], value: &[u8]) -> Option<Child> {
+    let count = keys::parse_u64_be(key.get(key.len().checked_sub(8)?..)?)?;
+    let origin_server_ts = keys::parse_u64_be(value.get(..8)?)?;
+    let mut parts = keys::split(&value[8..]).map(|p| String::from_utf8_lossy(p).into_owned());
+    Some(Child {
+        count,
+        origin_server_ts,
+        event_id: parts.next()?,
+        rel_type: parts.next()?,
+        event_type: parts.next()?,
+        sender: parts.next()?,
+        key: parts.next().unwrap_or_default(),
+    })
+}
+
+fn origin_server_ts(pdu: &CanonicalJsonObject) -> u64 {
+    match pdu.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// An event's entries, as the migration that indexes older databases writes them.
+pub struct IndexEntries {
+    /// Its `relations` key and value.
+    pub relation: (Vec<u8>, Vec<u8>),
+    /// For a thread reply, its `thread_participants` key. (The thread's place in the activity
+    /// order is the migration's to work out.)
+    pub participant: Option<Vec<u8>>,
+}
+
+/// The index entries of one stored event with stream count `count`, if it relates to another.
+pub fn index_entries(
+    event_id: &str,
+    pdu: &CanonicalJsonObject,
+    count: u64,
+) -> Option<IndexEntries> {
+    let relation = relation_of(pdu)?;
+    let sender = pdu::str_field(pdu, "sender").unwrap_or_default();
+    let event_type = pdu::str_field(pdu, "type").unwrap_or_default();
+    let value = child_value(
+        origin_server_ts(pdu),
+        event_id,
+        &relation,
+        event_type,
+        sender,
+    );
+    let participant = (relation.rel_type == THREAD)
+        .then(|| keys::join([relation.parent.as_bytes(), sender.as_bytes()]));
+    Some(IndexEntries {
+        relation: (relation_key(relation.parent, count), value),
+        participant,
+    })
+}
+
+/// Reads an event's children from the index, in timeline order (`Forward`) or newest first,
+/// starting after/before `from` (exclusive forward, inclusive backward, like `/messages`).
+fn children<'a>(
+    store: &'a Store,
+    prefix: &'a [u8],
+    from: Option<u64>,
+    direction: Direction,
+) -> Box<dyn Iterator<Item = Result<Child>> + 'a> {
+    let parse = |item: Result<crate::store::KeyValue, rocksdb::Error>| -> Option<Result<Child>> {
+        match item {
+            Ok((key, value)) => parse_child(&key, &value).map(Ok),
+            Err(e) => Some(Err(e.into())),
+        }
+    };
+    match direction {
+        Direction::Forward => {
+            let mut start = prefix.to_vec();
+            start.extend(keys::u64_be(from.map_or(0, |f| f.saturating_add(1))));
+            Box::new(
+                store
+                    .scan_prefix_from(Cf::Relations, prefix, &start)
+                    .filter_map(parse),
+            )
+        }
+        Direction::Backward => {
+            let mut start = prefix.to_vec();
+            start.extend(keys::u64_be(from.unwrap_or(u64::MAX)));
+            Box::new(
+                store
+                    .scan_prefix_rev_from(Cf::Relations, prefix, &start)
+                    .filter_map(parse),
+            )
+        }
+    }
+}
+
+/// What the index knows of an event's children, for its bundled aggregations.
+#[derive(Default)]
+pub struct Summary {
+    /// The edit that applies: latest by `origin_server_ts`, then event ID.
+    pub edit: Option<Child>,
+    /// Replies in its thread: how many, the latest, whether the viewer wrote one.
+    pub thread: Option<ThreadSummary>,
+    /// Events that reference it.
+    pub references: Vec<String>,
+}
+
+pub struct ThreadSummary {
+    pub count: u64,
+    pub latest: Child,
+    pub participated: bool,
+}
+
+impl Summary {
+    pub fn is_empty(&self) -> bool {
+        self.edit.is_none() && self.thread.is_none() && self.references.is_empty()
+    }
+}
+
+impl Services {
+    /// The summary of `event_id`'s children (one prefix scan). `original` is the event as
+    /// stored, whose sender and type an edit must share; `edits_only` skips threads and
+    /// references (for events bundled inside another's aggregations).
+    pub fn relation_summary(
+        &self,
+        event_id: &EventId,
+        original: &CanonicalJsonObject,
+        viewer: Option<&UserId>,
+        edits_only: bool,
+    ) -> Result<Summary> {
+        let mut summary = Summary::default();
+        let sender = pdu::str_field(original, "sender").unwrap_or_default();
+        let event_type = pdu::str_field(original, "type").unwrap_or_default();
+        // Only a message event that is not itself an edit and not redacted can be edited.
+        let redacted = matches!(original.get("unsigned"), Some(CanonicalJsonValue::Object(u)) if u.contains_key("redacted_because"));
+        let editable = original.get("state_key").is_none()
+            && !redacted
+            && relation_of(original).is_none_or(|r| r.rel_type != REPLACE);
+        if edits_only && !editable {
+            return Ok(summary);
+        }
+        let prefix = keys::prefix(event_id.as_bytes());
+        let mut thread: Option<ThreadSummary> = None;
+        for child in children(&self.store, &prefix, None, Direction::Forward) {
+            let child = child?;
+            match child.rel_type.as_str() {
+                REPLACE if editable && child.sender == sender && child.event_type == event_type => {
+                    let newer = summary.edit.as_ref().is_none_or(|best| {
+                        (child.origin_server_ts, &child.event_id)
+                            > (best.origin_server_ts, &best.event_id)
+                    });
+                    if newer {
+                        summary.edit = Some(child);
+                    }
+                }
+                THREAD if !edits_only => {
+                    let participated = viewer.is_some_and(|v| v.as_str() == child.sender);
+                    match &mut thread {
+                        Some(t) => {
+                            t.count += 1;
+                            t.participated |= participated;
+                            t.latest = child;
+                        }
+                        None => {
+                            thread = Some(ThreadSummary {
+                                count: 1,
+                                participated: participated
+                                    || viewer.is_some_and(|v| v.as_str() == sender),
+                                latest: child,
+                            })
+                        }
+                    }
+                }
+                REFERENCE if !edits_only => summary.references.push(child.event_id),
+                _ => {}
+            }
+        }
+        summary.thread = thread;
+        Ok(summary)
+    }
+
+    /// A page of the events that relate to `parent` (`/relations`), as `viewer` may see them.
+    pub fn relations(
+        &self,
+        room_id: &RoomId,
+        viewer: Viewer<'_>,
+        parent: &EventId,
+        query: &RelationsQuery<'_>,
+    ) -> Result<RelationsPage> {
+        // The parent must be one the user may see (else 404, as for `/event`).
+        self.visible_event(room_id, viewer, parent)?;
+        let mut view = self.event_view(Some(viewer));
+        let wanted = |child: &Child| {
+            query.rel_type.is_none_or(|t| t == child.rel_type)
+                && query.event_type.is_none_or(|t| t == child.event_type)
+        };
+        let within = |count: u64| match (query.direction, query.to) {
+            (_, None) => true,
+            (Direction::Backward, Some(to)) => count > to,
+            (Direction::Forward, Some(to)) => count <= to,
+        };
+        let candidates: Box<dyn Iterator<Item = Result<Child>>> = if query.recurse {
+            Box::new(self.descendants(parent, query)?.into_iter().map(Ok))
+        } else {
+            let prefix = keys::prefix(parent.as_bytes());
+            let children: Vec<Result<Child>> =
+                children(&self.store, &prefix, query.from, query.direction)
+                    .take(MAX_SCAN)
+                    .collect();
+            Box::new(children.into_iter())
+        };
+        let mut events = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        for child in candidates {
+            let child = child?;
+            if !within(child.count) {
+                break;
+            }
+            scanned += 1;
+            last = Some(child.count);
+            if wanted(&child)
+                && let Some(event) = self.visible_child(room_id, viewer, &mut view, &child)?
+            {
+                events.push(event);
+            }
+            if events.len() == query.limit || scanned == MAX_SCAN {
+                break;
+            }
+        }
+        let more = (events.len() == query.limit || scanned == MAX_SCAN) && last.is_some();
+        let next = if more {
+            last.map(|count| match query.direction {
+                Direction::Backward => count.saturating_sub(1),
+                Direction::Forward => count,
+            })
+        } else {
+            None
+        };
+        Ok(RelationsPage { events, next })
+    }
+
+    /// `parent`'s children and theirs, to [`RECURSION_DEPTH`] levels, in the requested order
+    /// and past `from`.
+    fn descendants(&self, parent: &EventId, query: &RelationsQuery<'_>) -> Result<Vec<Child>> {
+        let mut found = Vec::new();
+        let mut level = vec![parent.as_str().to_owned()];
+        for _ in 0..RECURSION_DEPTH {
+            let mut next = Vec::new();
+            for id in &level {
+                let prefix = keys::prefix(id.as_bytes());
+                for child in children(&self.store, &prefix, None, Direction::Forward) {
+                    let child = child?;
+                    next.push(child.event_id.clone());
+                    found.push(child);
+                    if found.len() >= MAX_SCAN {
+                        break;
+                    }
+                }
+            }
+            if next.is_empty() || found.len() >= MAX_SCAN {
+                break;
+            }
+            level = next;
+        }
+        found.retain(|c| match (query.direction, query.from) {
+            (_, None) => true,
+            (Direction::Backward, Some(from)) => c.count <= from,
+            (Direction::Forward, Some(from)) => c.count > from,
+        });
+        found.sort_by_key(|c| c.count);
+        if query.direction == Direction::Backward {
+            found.reverse();
+        }
+        found.dedup_by_key(|c| c.count);
+        Ok(found)
+    }
+
+    /// A child event in the client format, if it is in `room_id` and `viewer` may see it.
+    fn visible_child(
+        &self,
+        room_id: &RoomId,
+        viewer: Viewer<'_>,
+        view: &mut super::client_event::EventView<'_>,
+        child: &Child,
+    ) -> Result<Option<Value>> {
+        let Ok(event_id) = EventId::parse(&child.event_id) else {
+            return Ok(None);
+        };
+        if !self.event_in_room(room_id, &event_id)? {
+            return Ok(None);
+        }
+        let event = view.event(room_id, &event_id, Some(child.count), Detail::Timeline)?;
+        Ok(self
+            .may_see_event(room_id, viewer.user_id, &event, child.count)?
+            .then_some(event))
+    }
+
+    /// A page of a room's threads, newest activity first (`/threads`): the roots, with their
+    /// bundled aggregations.
+    pub fn threads(
+        &self,
+        room_id: &RoomId,
+        viewer: Viewer<'_>,
+        participated_only: bool,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<RelationsPage> {
+        let user_id = viewer.user_id;
+        let membership = self.members.membership(room_id, user_id)?;
+        if membership.is_none_or(|m| {
+            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
+        }) {
+            return Err(Error::forbidden("You are not allowed to view this room."));
+        }
+        let mut view = self.event_view(Some(viewer));
+        let prefix = keys::prefix(room_id.as_bytes());
+        let mut start = prefix.clone();
+        start.extend(keys::u64_be(from.unwrap_or(u64::MAX)));
+        let mut events = Vec::new();
+        let mut scanned = 0;
+        for item in self
+            .store
+            .scan_prefix_rev_from(Cf::ThreadActivity, &prefix, &start)
+        {
+            let (key, root) = item?;
+            scanned += 1;
+            let Some(count) = key
+                .len()
+                .checked_sub(8)
+                .and_then(|at| keys::parse_u64_be(&key[at..]))
+            else {
+                continue;
+            };
+            // Only the root's current entry counts (an older reply's may linger).
+            let current = self
+                .store
+                .get(Cf::ThreadRoots, &root)?
+                .and_then(|c| keys::parse_u64_be(&c));
+            let Ok(root_id) = EventId::parse(String::from_utf8_lossy(&root).as_ref()) else {
+                continue;
+            };
+            if current == Some(count)
+                && self.event_in_room(room_id, &root_id)?
+                && (!participated_only || self.participated(&root_id, user_id)?)
+            {
+                let event = view.event(room_id, &root_id, None, Detail::Timeline)?;
+                let root_count = self.timeline.count_of(&root_id)?.unwrap_or(count);
+                if self.may_see_event(room_id, user_id, &event, root_count)? {
+                    events.push(event);
+                }
+            }
+            if events.len() == limit || scanned == MAX_SCAN {
+                return Ok(RelationsPage {
+                    events,
+                    next: Some(count.saturating_sub(1)),
+                });
+            }
+        }
+        Ok(RelationsPage { events, next: None })
+    }
+
+    /// Whether `user_id` wrote a thread's root or replied in it.
+    fn participated(&self, root: &EventId, user_id: &UserId) -> Result<bool> {
+        let key = keys::join([root.as_bytes(), user_id.as_bytes()]);
+        if self.store.contains(Cf::ThreadParticipants, &key)? {
+            return Ok(true);
+        }
+        Ok(self
+            .timeline
+            .stored_pdu(root)?
+            .is_some_and(|root| pdu::str_field(&root.pdu, "sender") == Some(user_id.as_str())))
+    }
+}
+
+/// What `/relations` asks for.
+pub struct RelationsQuery<'a> {
+    pub rel_type: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub direction: Direction,
+    pub limit: usize,
+    pub recurse: bool,
+}
+
+/// A page of `/relations` or `/threads`.
+pub struct RelationsPage {
+    pub events: Vec<Value>,
+    /// The token to continue from, when more may follow.
+    pub next: Option<u64>,
+}
+
+/// The commit pipeline's part: indexes each event's relation in its batch, takes a redacted
+/// event's out, and refuses relations a local user may not make.
+pub struct RelationIndex(pub Weak<Services>);
+
+impl EventConsumer for RelationIndex {
+    fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
+        let Some(services) = self.0.upgrade() else {
+            return Ok(None);
+        };
+        let mut work = RelationWork::default();
+        if let Some(redacted) = event.redacted
+            && let Some(relation) = relation_of(redacted.pdu)
+            && let Some(count) = services.timeline.count_of(redacted.event_id)?
+        {
+            work.delete = Some(relation_key(relation.parent, count));
+        }
+        if let Some(relation) = relation_of(event.pdu)
+            && services.check_relation(event, &relation)?
+        {
+            work.put = Some(NewRelation {
+                parent: relation.parent.to_owned(),
+                value: child_value(
+                    origin_server_ts(event.pdu),
+                    event.event_id.as_str(),
+                    &relation,
+                    event.event_type,
+                    event.sender.as_str(),
+                ),
+                thread: if relation.rel_type == THREAD {
+                    Some(ThreadReply {
+                        room: event.room_id.as_bytes().to_vec(),
+                        participant: keys::join([
+                            relation.parent.as_bytes(),
+                            event.sender.as_bytes(),
+                        ]),
+                        latest: services
+                            .store
+                            .get(Cf::ThreadRoots, relation.parent.as_bytes())?
+                            .and_then(|c| keys::parse_u64_be(&c)),
+                    })
+                } else {
+                    None
+                },
+            });
+        }
+        Ok((work.put.is_some() || work.delete.is_some()).then(|| Box::new(work) as _))
+    }
+}
+
+impl Services {
+    /// Whether `event`'s relation goes into the index: for events made here, `Err` with the
+    /// spec's answer when the relation is not allowed; events from elsewhere that point into
+    /// another room are left out.
+    fn check_relation(&self, event: &Appending<'_>, relation: &Relation<'_>) -> Result<bool> {
+        let local = event.origin == Origin::Local;
+        let refuse = |kind: ErrorKind, message: &str| -> Result<bool> {
+            if local {
+                Err(Error::new(StatusCode::BAD_REQUEST, kind, message))
+            } else {
+                Ok(false)
+            }
+        };
+        let Ok(parent_id) = EventId::parse(relation.parent) else {
+            return refuse(
+                ErrorKind::InvalidParam,
+                "m.relates_to.event_id is not an event ID.",
+            );
+        };
+        let Some(parent) = self.timeline.stored_pdu(&parent_id)? else {
+            // Not (yet) known here: indexed, to count once it arrives.
+            return Ok(true);
+        };
+        if !pdu::pdu_in_room(&parent_id, &parent.pdu, event.room_id) {
+            return refuse(
+                ErrorKind::InvalidParam,
+                "Relations must be in the same room.",
+            );
+        }
+        if !local {
+            return Ok(true);
+        }
+        match relation.rel_type {
+            ANNOTATION => {
+                let Some(key) = relation.key else {
+                    return refuse(ErrorKind::InvalidParam, "An annotation needs a key.");
+                };
+                let prefix = keys::prefix(parent_id.as_bytes());
+                for child in children(&self.store, &prefix, None, Direction::Forward) {
+                    let child = child?;
+                    if child.rel_type == ANNOTATION
+                        && child.sender == event.sender.as_str()
+                        && child.event_type == event.event_type
+                        && child.key == key
+                    {
+                        return refuse(
+                            ErrorKind::DuplicateAnnotation,
+                            "You already reacted with this key.",
+                        );
+                    }
+                }
+            }
+            THREAD if relation_of(&parent.pdu).is_some() => {
+                return refuse(
+                    ErrorKind::InvalidParam,
+                    "Cannot start a thread from an event with a relation.",
+                );
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+#[derive(Default)]
+struct RelationWork {
+    put: Option<NewRelation>,
+    /// A redacted event's entry.
+    delete: Option<Vec<u8>>,
+}
+
+struct NewRelation {
+    parent: String,
+    value: Vec<u8>,
+    thread: Option<ThreadReply>,
+}
+
+struct ThreadReply {
+    room: Vec<u8>,
+    participant: Vec<u8>,
+    /// The thread's latest reply before this one.
+    latest: Option<u64>,
+}
+
+impl Staged for RelationWork {
+    fn write(&mut self, batch: &mut Batch, count: u64) -> Result<()> {
+        if let Some(key) = self.delete.take() {
+            batch.delete(Cf::Relations, key);
+        }
+        let Some(new) = self.put.take() else {
+            return Ok(());
+        };
+        batch.put(Cf::Relations, relation_key(&new.parent, count), new.value);
+        if let Some(thread) = new.thread {
+            batch.put(Cf::ThreadParticipants, thread.participant, Vec::new());
+            // A backfilled reply older than the latest does not move the thread.
+            if thread.latest.is_none_or(|latest| latest < count) {
+                if let Some(latest) = thread.latest {
+                    batch.delete(
+                        Cf::ThreadActivity,
+                        keys::join([&thread.room, &keys::u64_be(latest)[..]]),
+                    );
+                }
+                batch.put(Cf::ThreadRoots, new.parent.as_bytes(), keys::u64_be(count));
+                batch.put(
+                    Cf::ThreadActivity,
+                    keys::join([&thread.room, &keys::u64_be(count)[..]]),
+                    new.parent.into_bytes(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::canonical_json::to_canonical_value;
+    use serde_json::json;
+
+    use super::*;
+
+    fn pdu(value: Value) -> CanonicalJsonObject {
+        match to_canonical_value(value).unwrap() {
+            CanonicalJsonValue::Object(o) => o,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn relation_needs_a_type_and_a_parent() {
+        let reaction = pdu(json!({"content": {"m.relates_to": {
+            "rel_type": "m.annotation", "event_id": "$p", "key": "👍"}}}));
+        assert_eq!(
+            relation_of(&reaction),
+            Some(Relation {
+                rel_type: "m.annotation",
+                parent: "$p",
+                key: Some("👍")
+            })
+        );
+        let reply =
+            pdu(json!({"content": {"m.relates_to": {"m.in_reply_to": {"event_id": "$p"}}}}));
+        assert_eq!(relation_of(&reply), None);
+        let no_parent = pdu(json!({"content": {"m.relates_to": {"rel_type": "m.thread"}}}));
+        assert_eq!(relation_of(&no_parent), None);
+        let not_object = pdu(json!({"content": {"m.relates_to": "x"}}));
+        assert_eq!(relation_of(&not_object), None);
+    }
+
+    #[test]
+    fn index_values_round_trip() {
+        let relation = Relation {
+            rel_type: "m.annotation",
+            parent: "$p",
+            key: Some("🎉"),
+        };
+        let value = child_value(42, "$c", &relation, "m.reaction", "@a:x");
+        let child = parse_child(&relation_key("$p", 7), &value).unwrap();
+        assert_eq!(child.count, 7);
+        assert_eq!(child.origin_server_ts, 42);
+        assert_eq!(child.event_id, "$c");
+        assert_eq!(child.rel_type, "m.annotation");
+        assert_eq!(child.event_type, "m.reaction");
+        assert_eq!(child.sender, "@a:x");
+        assert_eq!(child.key, "🎉");
+    }
+}

@@ -1,0 +1,638 @@
+//! Relations (spec "Event relationships"): edits, threads, reactions and references indexed as
+//! they are sent, read back through `/relations` and `/threads`, and bundled in
+//! `unsigned["m.relations"]` of `/event`, `/messages`, `/context` and `/sync`; redactions take
+//! them out; the rules on what a user may send; between two servers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Session, TestServer, assert_error};
+
+const NO_LIMITS: &str = "rate_limits = { enabled = false }";
+
+static TXN: AtomicU64 = AtomicU64::new(0);
+
+async fn try_send(
+    server: &TestServer,
+    who: &Session,
+    room: &str,
+    event_type: &str,
+    content: Value,
+) -> (StatusCode, Value) {
+    let txn = TXN.fetch_add(1, Ordering::Relaxed);
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/{event_type}/rel{txn}");
+    server.put(&path, Some(&who.token), content).await
+}
+
+async fn send(
+    server: &TestServer,
+    who: &Session,
+    room: &str,
+    event_type: &str,
+    content: Value,
+) -> String {
+    let (status, body) = try_send(server, who, room, event_type, content).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().expect("event_id").to_owned()
+}
+
+fn text(body: &str) -> Value {
+    json!({ "msgtype": "m.text", "body": body })
+}
+
+fn thread_reply(root: &str, body: &str) -> Value {
+    json!({ "msgtype": "m.text", "body": body,
+            "m.relates_to": { "rel_type": "m.thread", "event_id": root, "is_falling_back": true,
+                              "m.in_reply_to": { "event_id": root } } })
+}
+
+fn edit(original: &str, body: &str) -> Value {
+    json!({ "msgtype": "m.text", "body": format!("* {body}"),
+            "m.new_content": { "msgtype": "m.text", "body": body },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": original } })
+}
+
+fn reaction(target: &str, key: &str) -> Value {
+    json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": target, "key": key } })
+}
+
+async fn event(server: &TestServer, who: &Session, room: &str, id: &str) -> Value {
+    server
+        .get_ok(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), who)
+        .await
+}
+
+fn ids(chunk: &Value) -> Vec<String> {
+    chunk
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn relations(server: &TestServer, who: &Session, room: &str, rest: &str) -> Value {
+    server
+        .get_ok(
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{rest}"),
+            who,
+        )
+        .await
+}
+
+async fn room_with_three(server: &TestServer) -> (Session, Session, Session, String) {
+    let alice = server.register("alice", "alice-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let carol = server.register("carol", "carol-password-1").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    server.join(&carol, &room).await;
+    (alice, bob, carol, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_threads_and_references_are_bundled_wherever_timeline_events_go() {
+    let server = TestServer::start_with(NO_LIMITS).await;
+    let (alice, bob, carol, room) = room_with_three(&server).await;
+    let root = send(&server, &alice, &room, "m.room.message", text("root")).await;
+    let first_edit = send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        edit(&root, "root v2"),
+    )
+    .await;
+    let second_edit = send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        edit(&root, "root v3"),
+    )
+    .await;
+    // Edits by someone else, and of another type, are not edits of this event.
+    send(&server, &bob, &room, "m.room.message", edit(&root, "bob's")).await;
+    send(&server, &alice, &room, "m.sticker", edit(&root, "sticker")).await;
+    let r1 = send(
+        &server,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&root, "one"),
+    )
+    .await;
+    let r2 = send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply(&root, "two"),
+    )
+    .await;
+    let r3 = send(
+        &server,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&root, "three"),
+    )
+    .await;
+    let r3_edit = send(&server, &bob, &room, "m.room.message", edit(&r3, "three!")).await;
+    let reference = send(
+        &server,
+        &carol,
+        &room,
+        "m.room.message",
+        json!({ "msgtype": "m.text", "body": "see",
+                "m.relates_to": { "rel_type": "m.reference", "event_id": root } }),
+    )
+    .await;
+
+    let check = |event: &Value, participated: bool| {
+        let relations = &event["unsigned"]["m.relations"];
+        assert_eq!(
+            relations["m.replace"]["event_id"],
+            second_edit.as_str(),
+            "{event}"
+        );
+        assert_eq!(
+            relations["m.replace"]["content"]["m.new_content"]["body"],
+            "root v3"
+        );
+        // The original's content stays as sent.
+        assert_eq!(event["content"]["body"], "root");
+        let thread = &relations["m.thread"];
+        assert_eq!(thread["count"], 3, "{event}");
+        assert_eq!(thread["current_user_participated"], participated);
+        assert_eq!(thread["latest_event"]["event_id"], r3.as_str());
+        // The latest reply comes with its own edit.
+        assert_eq!(
+            thread["latest_event"]["unsigned"]["m.relations"]["m.replace"]["event_id"],
+            r3_edit.as_str()
+        );
+        assert_eq!(
+            relations["m.reference"]["chunk"],
+            json!([{ "event_id": reference }])
+        );
+    };
+    check(&event(&server, &bob, &room, &root).await, true);
+    check(&event(&server, &alice, &room, &root).await, true);
+    check(&event(&server, &carol, &room, &root).await, false);
+    // An edit carries no aggregation of its own; the first edit is still stored as sent.
+    let edit_event = event(&server, &alice, &room, &first_edit).await;
+    assert!(
+        edit_event["unsigned"].get("m.relations").is_none(),
+        "{edit_event}"
+    );
+
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            &carol,
+        )
+        .await;
+    let found = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .expect("the root in /messages")
+        .clone();
+    check(&found, false);
+    let context = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/context/{root}?limit=2"),
+            &bob,
+        )
+        .await;
+    check(&context["event"], true);
+    let sync = server
+        .get_ok(
+            "/_matrix/client/v3/sync?filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A50%7D%7D%7D",
+            &carol,
+        )
+        .await;
+    let found = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .expect("the root in /sync")
+        .clone();
+    check(&found, false);
+
+    // `/relations`: every child, newest first; by type; by type and event type.
+    let all = relations(&server, &bob, &room, &root).await;
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 8, "{all}");
+    assert_eq!(ids(&all["chunk"])[0], reference);
+    assert!(all.get("next_batch").is_none() && all.get("recursion_depth").is_none());
+    let thread = relations(&server, &bob, &room, &format!("{root}/m.thread")).await;
+    assert_eq!(
+        ids(&thread["chunk"]),
+        vec![r3.clone(), r2.clone(), r1.clone()]
+    );
+    let stickers = relations(&server, &bob, &room, &format!("{root}/m.replace/m.sticker")).await;
+    assert_eq!(stickers["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(stickers["chunk"][0]["type"], "m.sticker");
+
+    // Pages of two, backward and forward, with `to`.
+    let page1 = relations(&server, &bob, &room, &format!("{root}/m.thread?limit=2")).await;
+    assert_eq!(ids(&page1["chunk"]), vec![r3.clone(), r2.clone()]);
+    let next = page1["next_batch"].as_str().expect("next_batch").to_owned();
+    let page2 = relations(
+        &server,
+        &bob,
+        &room,
+        &format!("{root}/m.thread?limit=2&from={next}"),
+    )
+    .await;
+    assert_eq!(ids(&page2["chunk"]), vec![r1.clone()]);
+    assert_eq!(page2["prev_batch"], next.as_str());
+    assert!(page2.get("next_batch").is_none(), "{page2}");
+    let forward = relations(
+        &server,
+        &bob,
+        &room,
+        &format!("{root}/m.thread?dir=f&limit=2"),
+    )
+    .await;
+    assert_eq!(ids(&forward["chunk"]), vec![r1.clone(), r2.clone()]);
+    let rest = forward["next_batch"].as_str().unwrap();
+    let forward2 = relations(
+        &server,
+        &bob,
+        &room,
+        &format!("{root}/m.thread?dir=f&from={rest}"),
+    )
+    .await;
+    assert_eq!(ids(&forward2["chunk"]), vec![r3.clone()]);
+    let bounded = relations(&server, &bob, &room, &format!("{root}/m.thread?to={next}")).await;
+    assert_eq!(ids(&bounded["chunk"]), vec![r3.clone(), r2.clone()]);
+
+    // `recurse`: a reaction to a reply relates to the root only indirectly.
+    let deep = send(&server, &carol, &room, "m.reaction", reaction(&r1, "👀")).await;
+    let direct = relations(&server, &bob, &room, &root).await;
+    assert!(!ids(&direct["chunk"]).contains(&deep));
+    let recursive = relations(&server, &bob, &room, &format!("{root}?recurse=true")).await;
+    assert_eq!(ids(&recursive["chunk"])[0], deep);
+    assert_eq!(recursive["recursion_depth"], 3);
+    let reactions = relations(
+        &server,
+        &bob,
+        &room,
+        &format!("{root}/m.annotation?recurse=true"),
+    )
+    .await;
+    assert_eq!(ids(&reactions["chunk"]), vec![deep]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_are_listed_by_latest_reply_and_by_participation() {
+    let server = TestServer::start_with(NO_LIMITS).await;
+    let (alice, bob, carol, room) = room_with_three(&server).await;
+    let a = send(&server, &alice, &room, "m.room.message", text("thread A")).await;
+    let b = send(&server, &alice, &room, "m.room.message", text("thread B")).await;
+    let c = send(&server, &carol, &room, "m.room.message", text("thread C")).await;
+    send(&server, &alice, &room, "m.room.message", text("no thread")).await;
+    send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply(&a, "a1"),
+    )
+    .await;
+    send(
+        &server,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&b, "b1"),
+    )
+    .await;
+    send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply(&c, "c1"),
+    )
+    .await;
+    send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply(&a, "a2"),
+    )
+    .await;
+
+    let threads = server
+        .get_ok(&format!("/_matrix/client/v1/rooms/{room}/threads"), &bob)
+        .await;
+    assert_eq!(
+        ids(&threads["chunk"]),
+        vec![a.clone(), c.clone(), b.clone()]
+    );
+    assert_eq!(
+        threads["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"],
+        2
+    );
+    assert!(threads.get("next_batch").is_none());
+    // Bob replied in B; Carol wrote C's root.
+    let bobs = server
+        .get_ok(
+            &format!("/_matrix/client/v1/rooms/{room}/threads?include=participated"),
+            &bob,
+        )
+        .await;
+    assert_eq!(ids(&bobs["chunk"]), vec![b.clone()]);
+    let carols = server
+        .get_ok(
+            &format!("/_matrix/client/v1/rooms/{room}/threads?include=participated"),
+            &carol,
+        )
+        .await;
+    assert_eq!(ids(&carols["chunk"]), vec![c.clone()]);
+    // Pages of one.
+    let mut seen = Vec::new();
+    let mut path = format!("/_matrix/client/v1/rooms/{room}/threads?limit=1");
+    loop {
+        let page = server.get_ok(&path, &bob).await;
+        seen.extend(ids(&page["chunk"]));
+        match page["next_batch"].as_str() {
+            Some(next) => {
+                path = format!("/_matrix/client/v1/rooms/{room}/threads?limit=1&from={next}")
+            }
+            None => break,
+        }
+        assert!(seen.len() <= 3, "pagination does not end: {seen:?}");
+    }
+    assert_eq!(seen, vec![a, c, b]);
+
+    // Outsiders may not list threads; nonsense tokens are refused.
+    let dave = server.register("dave", "dave-password-1").await;
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/threads"),
+            Some(&dave.token),
+        )
+        .await;
+    assert_error(&(status, body), StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let bad = server
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/threads?from=nonsense"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_once_per_key_and_redactions_take_relations_out() {
+    let server = TestServer::start_with(NO_LIMITS).await;
+    let (alice, bob, _carol, room) = room_with_three(&server).await;
+    let message = send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        text("react to me"),
+    )
+    .await;
+    let thumbs = send(&server, &bob, &room, "m.reaction", reaction(&message, "👍")).await;
+    let again = try_send(&server, &bob, &room, "m.reaction", reaction(&message, "👍")).await;
+    assert_error(&again, StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION");
+    send(&server, &bob, &room, "m.reaction", reaction(&message, "🎉")).await;
+    send(
+        &server,
+        &alice,
+        &room,
+        "m.reaction",
+        reaction(&message, "👍"),
+    )
+    .await;
+    let annotations = relations(&server, &bob, &room, &format!("{message}/m.annotation")).await;
+    assert_eq!(annotations["chunk"].as_array().unwrap().len(), 3);
+
+    // A redacted reaction leaves the index; the same reaction may then be sent again.
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{thumbs}/undo1"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let annotations = relations(&server, &bob, &room, &format!("{message}/m.annotation")).await;
+    assert!(!ids(&annotations["chunk"]).contains(&thumbs));
+    assert_eq!(annotations["chunk"].as_array().unwrap().len(), 2);
+    send(&server, &bob, &room, "m.reaction", reaction(&message, "👍")).await;
+
+    // Redacting the latest edit brings back the one before; redacting a reply uncounts it.
+    let edit1 = send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        edit(&message, "v2"),
+    )
+    .await;
+    let edit2 = send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        edit(&message, "v3"),
+    )
+    .await;
+    let reply1 = send(
+        &server,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&message, "r1"),
+    )
+    .await;
+    let reply2 = send(
+        &server,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&message, "r2"),
+    )
+    .await;
+    let shown = event(&server, &alice, &room, &message).await;
+    assert_eq!(
+        shown["unsigned"]["m.relations"]["m.replace"]["event_id"],
+        edit2.as_str()
+    );
+    for (n, id) in [&edit2, &reply2].into_iter().enumerate() {
+        let (status, body) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/redact/{id}/undo-more{n}"),
+                Some(&alice.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let shown = event(&server, &alice, &room, &message).await;
+    let bundled = &shown["unsigned"]["m.relations"];
+    assert_eq!(bundled["m.replace"]["event_id"], edit1.as_str(), "{shown}");
+    assert_eq!(bundled["m.thread"]["count"], 1);
+    assert_eq!(
+        bundled["m.thread"]["latest_event"]["event_id"],
+        reply1.as_str()
+    );
+
+    // A redacted original is not shown edited.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{message}/undo-original"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let shown = event(&server, &alice, &room, &message).await;
+    assert!(
+        shown["unsigned"]["m.relations"].get("m.replace").is_none(),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relations_that_may_not_be_made_or_read_get_the_spec_answers() {
+    let server = TestServer::start_with(NO_LIMITS).await;
+    let (alice, bob, _carol, room) = room_with_three(&server).await;
+    let other_room = server.create_room(&alice, json!({})).await;
+    let elsewhere = send(
+        &server,
+        &alice,
+        &other_room,
+        "m.room.message",
+        text("elsewhere"),
+    )
+    .await;
+    let message = send(&server, &alice, &room, "m.room.message", text("here")).await;
+
+    // Into another room.
+    let cross = try_send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply(&elsewhere, "x"),
+    )
+    .await;
+    assert_error(&cross, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    // Not an event ID.
+    let nonsense = try_send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply("not-an-id", "x"),
+    )
+    .await;
+    assert_error(&nonsense, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    // A thread from an event that relates to another.
+    let reply = send(
+        &server,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&message, "in thread"),
+    )
+    .await;
+    let nested = try_send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        thread_reply(&reply, "x"),
+    )
+    .await;
+    assert_error(&nested, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    // A reaction without a key.
+    let keyless = try_send(
+        &server,
+        &alice,
+        &room,
+        "m.reaction",
+        json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": message } }),
+    )
+    .await;
+    assert_error(&keyless, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    // Unknown parents (which may arrive later) and custom relation types are accepted.
+    send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        json!({ "body": "x", "m.relates_to": { "rel_type": "m.reference", "event_id": "$unknown:example.org" } }),
+    )
+    .await;
+    let custom = send(
+        &server,
+        &bob,
+        &room,
+        "org.example.note",
+        json!({ "m.relates_to": { "rel_type": "org.example.custom", "event_id": message } }),
+    )
+    .await;
+    let listed = relations(
+        &server,
+        &alice,
+        &room,
+        &format!("{message}/org.example.custom"),
+    )
+    .await;
+    assert_eq!(ids(&listed["chunk"]), vec![custom.clone()]);
+
+    // Reading: an unknown event, one of another room, one the user may not see.
+    for path in [
+        format!("/_matrix/client/v1/rooms/{room}/relations/$nothing:example.org"),
+        format!("/_matrix/client/v1/rooms/{room}/relations/{elsewhere}"),
+    ] {
+        let answer = server.get(&path, Some(&alice.token)).await;
+        assert_error(&answer, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    }
+    let outsider = server.register("dave", "dave-password-1").await;
+    let hidden = server
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{message}"),
+            Some(&outsider.token),
+        )
+        .await;
+    assert_error(&hidden, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let bad_token = server
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{message}?from=x"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_error(&bad_token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let bad_dir = server
+        .get(
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{message}?dir=sideways"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(bad_dir.0, StatusCode::BAD_REQUEST, "{}", bad_dir.1);
+    // An absurd limit is capped, not an error.
+    let huge = relations(
+        &server,
+        &alice,
+        &room,
+        &format!("{message}?limit=99999999999"),
+    )
+    .await;
+    assert_eq!(ids(&huge["chunk"]), vec![custom, reply]);
+}
