@@ -267,6 +267,15 @@ async fn matrix_js_sdk_cross_signs_its_own_devices() {
     run_js(&server, "cross_signing.mjs", "js cross-signing: ok").await;
 }
 
+/// matrix-js-sdk's thread support: threads made through the SDK, a reply edited, a reaction
+/// refused the second time (`M_DUPLICATE_ANNOTATION`); a fresh client builds the `Thread` from
+/// the server's bundled aggregations, `/threads` and `/relations` (`tests/clients/js/threads.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_builds_threads_from_the_servers_aggregations() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    run_js(&server, "threads.mjs", "js threads: ok").await;
+}
+
 /// matrix-js-sdk's sliding sync (MSC4186 without a `conn_id`): a list of rooms with their
 /// timelines, a new message shown once, an invite (`tests/clients/js/sliding_sync.mjs`).
 #[tokio::test]

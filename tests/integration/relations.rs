@@ -359,11 +359,13 @@ async fn threads_are_listed_by_latest_reply_and_by_participation() {
         )
         .await;
     assert_eq!(ids(&carols["chunk"]), vec![c.clone()]);
-    // Pages of one.
+    // Pages of one; the last one says it is the last.
     let mut seen = Vec::new();
+    let mut pages = 0;
     let mut path = format!("/_matrix/client/v1/rooms/{room}/threads?limit=1");
     loop {
         let page = server.get_ok(&path, &bob).await;
+        pages += 1;
         seen.extend(ids(&page["chunk"]));
         match page["next_batch"].as_str() {
             Some(next) => {
@@ -374,6 +376,7 @@ async fn threads_are_listed_by_latest_reply_and_by_participation() {
         assert!(seen.len() <= 3, "pagination does not end: {seen:?}");
     }
     assert_eq!(seen, vec![a, c, b]);
+    assert_eq!(pages, 3);
 
     // Outsiders may not list threads; nonsense tokens are refused.
     let dave = server.register("dave", "dave-password-1").await;
@@ -635,4 +638,81 @@ async fn relations_that_may_not_be_made_or_read_get_the_spec_answers() {
     )
     .await;
     assert_eq!(ids(&huge["chunk"]), vec![custom, reply]);
+}
+
+/// Between two culverts: Bob on B replies in a thread of Alice's on A, edits his own message
+/// and reacts; A counts the reply, shows the edit, lists the thread; B, which received Alice's
+/// root over federation, bundles Alice's remote edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_replies_edits_and_reactions_count_on_both_servers() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = crate::federation::shared_room(&a, &b).await;
+    let root = send(&a, &alice, &room, "m.room.message", text("root on A")).await;
+    b.wait_for_message(&bob, &room, "root on A").await;
+    let reply = send(
+        &b,
+        &bob,
+        &room,
+        "m.room.message",
+        thread_reply(&root, "reply from B"),
+    )
+    .await;
+    let bobs = send(&b, &bob, &room, "m.room.message", text("typo")).await;
+    let bobs_edit = send(&b, &bob, &room, "m.room.message", edit(&bobs, "fixed")).await;
+    let thumbs = send(&b, &bob, &room, "m.reaction", reaction(&root, "👍")).await;
+    let alices_edit = send(
+        &a,
+        &alice,
+        &room,
+        "m.room.message",
+        edit(&root, "root, edited"),
+    )
+    .await;
+
+    // A: the remote reply is counted, the remote edit replaces, the reaction is listed.
+    a.wait_for_message(&alice, &room, "* fixed").await;
+    crate::common::eventually("A lists B's reaction", || async {
+        let listed = relations(&a, &alice, &room, &format!("{root}/m.annotation")).await;
+        ids(&listed["chunk"]) == vec![thumbs.clone()]
+    })
+    .await;
+    let on_a = event(&a, &alice, &room, &root).await;
+    let thread = &on_a["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["count"], 1, "{on_a}");
+    assert_eq!(thread["latest_event"]["event_id"], reply.as_str());
+    assert_eq!(thread["latest_event"]["sender"], bob.user_id.as_str());
+    assert_eq!(
+        thread["current_user_participated"], true,
+        "Alice wrote the root"
+    );
+    let edited = event(&a, &alice, &room, &bobs).await;
+    assert_eq!(
+        edited["unsigned"]["m.relations"]["m.replace"]["event_id"],
+        bobs_edit.as_str(),
+        "{edited}"
+    );
+    let threads = a
+        .get_ok(&format!("/_matrix/client/v1/rooms/{room}/threads"), &alice)
+        .await;
+    assert_eq!(ids(&threads["chunk"]), vec![root.clone()]);
+
+    // B: Alice's edit of her root, received over federation, replaces it there too.
+    b.wait_for_message(&bob, &room, "* root, edited").await;
+    let on_b = event(&b, &bob, &room, &root).await;
+    let bundled = &on_b["unsigned"]["m.relations"];
+    assert_eq!(
+        bundled["m.replace"]["event_id"],
+        alices_edit.as_str(),
+        "{on_b}"
+    );
+    assert_eq!(bundled["m.thread"]["count"], 1);
+    assert_eq!(bundled["m.thread"]["current_user_participated"], true);
+    let bobs_threads = b
+        .get_ok(
+            &format!("/_matrix/client/v1/rooms/{room}/threads?include=participated"),
+            &bob,
+        )
+        .await;
+    assert_eq!(ids(&bobs_threads["chunk"]), vec![root]);
 }

@@ -317,34 +317,37 @@ impl Services {
                     .collect();
             Box::new(children.into_iter())
         };
+        let mut candidates = candidates.peekable();
         let mut events = Vec::new();
-        let mut last = None;
         let mut scanned = 0;
-        for child in candidates {
+        let mut next = None;
+        while let Some(child) = candidates.next() {
             let child = child?;
             if !within(child.count) {
                 break;
             }
             scanned += 1;
-            last = Some(child.count);
             if wanted(&child)
                 && let Some(event) = self.visible_child(room_id, viewer, &mut view, &child)?
             {
                 events.push(event);
             }
             if events.len() == query.limit || scanned == MAX_SCAN {
+                // A token only when something may follow (no page that is sure to be empty).
+                let further = match candidates.peek() {
+                    Some(Ok(after)) => within(after.count),
+                    Some(Err(_)) => true,
+                    None => false,
+                };
+                if further {
+                    next = Some(match query.direction {
+                        Direction::Backward => child.count.saturating_sub(1),
+                        Direction::Forward => child.count,
+                    });
+                }
                 break;
             }
         }
-        let more = (events.len() == query.limit || scanned == MAX_SCAN) && last.is_some();
-        let next = if more {
-            last.map(|count| match query.direction {
-                Direction::Backward => count.saturating_sub(1),
-                Direction::Forward => count,
-            })
-        } else {
-            None
-        };
         Ok(RelationsPage { events, next })
     }
 
@@ -427,10 +430,11 @@ impl Services {
         start.extend(keys::u64_be(from.unwrap_or(u64::MAX)));
         let mut events = Vec::new();
         let mut scanned = 0;
-        for item in self
+        let mut entries = self
             .store
             .scan_prefix_rev_from(Cf::ThreadActivity, &prefix, &start)
-        {
+            .peekable();
+        while let Some(item) = entries.next() {
             let (key, root) = item?;
             scanned += 1;
             let Some(count) = key
@@ -459,9 +463,10 @@ impl Services {
                 }
             }
             if events.len() == limit || scanned == MAX_SCAN {
+                let further = entries.peek().is_some();
                 return Ok(RelationsPage {
                     events,
-                    next: Some(count.saturating_sub(1)),
+                    next: further.then(|| count.saturating_sub(1)),
                 });
             }
         }

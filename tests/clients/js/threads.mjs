@@ -6,7 +6,14 @@
 import { Feature, ServerSupport } from "matrix-js-sdk/lib/feature.js";
 import { api, assert, login, register, run, sdk, startClient, step, waitFor } from "./lib.mjs";
 
-const THREADS = { crypto: false, startOptions: { threadSupport: true } };
+// Set up as Element runs the SDK: local echoes detached (chronological ordering offers a thread
+// reply's echo to the main timeline first, which refuses it with a warning) and timelineSupport,
+// which lets the SDK open a thread at a given event (getEventTimeline).
+const THREADS = {
+  crypto: false,
+  clientOptions: { timelineSupport: true },
+  startOptions: { threadSupport: true, pendingEventOrdering: sdk.PendingEventOrdering.Detached },
+};
 const suffix = Math.random().toString(36).slice(2, 8);
 const text = (body) => ({ msgtype: "m.text", body });
 
@@ -34,14 +41,19 @@ run(async () => {
 
   step("alice posts the root, bob answers twice in the thread");
   const { event_id: rootId } = await alice.sendTextMessage(roomId, "thread root");
-  await waitFor("the root in bob's client", () => bob.getRoom(roomId)?.findEventById(rootId));
-  // With a thread ID the SDK adds m.relates_to {rel_type: m.thread, event_id: root}.
+  const bobRoom = bob.getRoom(roomId);
+  const root = await waitFor("the root in bob's client", () => bobRoom.findEventById(rootId));
+  // "Reply in thread", as Element does it: the thread object first (the SDK fetches the root
+  // through /event for its m.thread summary), then messages with its ID. Without the object the
+  // SDK files neither the echo nor the synced reply (matched by transaction_id) in any thread.
+  const bobThread = bobRoom.createThread(rootId, root, [], false);
+  await waitFor("bob's thread to be set up", () => bobThread.initialEventsFetched);
   const { event_id: reply1 } = await bob.sendMessage(roomId, rootId, text("first reply"));
   const { event_id: reply2 } = await bob.sendMessage(roomId, rootId, text("second reply"));
   const sent = await api("GET", `/rooms/${encodeURIComponent(roomId)}/event/${encodeURIComponent(reply2)}`, bobSession.access_token);
   const relation = sent.body.content?.["m.relates_to"];
   assert(relation?.rel_type === "m.thread" && relation.event_id === rootId, `the SDK threaded the reply: ${JSON.stringify(sent.body)}`);
-  await waitFor("bob's client to see two replies", () => bob.getRoom(roomId).getThread(rootId)?.length === 2);
+  await waitFor("bob's client to count two replies", () => bobThread.length === 2);
 
   step("bob edits his first reply; alice's edit of bob's second reply must not count");
   // An edit is only valid from the original sender: the server must not bundle alice's.
@@ -56,7 +68,7 @@ run(async () => {
   step("bob reacts 👍 to the root; the same reaction again is M_DUPLICATE_ANNOTATION");
   const thumbsUp = () => ({ "m.relates_to": { rel_type: "m.annotation", event_id: rootId, key: "👍" } });
   const { event_id: reactionId } = await bob.sendEvent(roomId, "m.reaction", thumbsUp());
-  let duplicate;
+  let duplicate; // the SDK logs the refused send ("Error sending event M_DUPLICATE_ANNOTATION")
   try {
     await bob.sendEvent(roomId, "m.reaction", thumbsUp());
   } catch (error) {
@@ -79,16 +91,30 @@ run(async () => {
   assert(thread.hasCurrentUserParticipated, "alice wrote the root, so she took part");
   assert(thread.replyToEvent?.getId() === reply2, `the latest reply is ${thread.replyToEvent?.getId()}, not bob's second`);
 
-  step("the thread's events, paginated by the SDK through /relations");
-  while (await fresh.paginateEventTimeline(thread.liveTimeline, { backwards: true, limit: 1 }));
-  const ids = thread.events.map((e) => e.getId());
-  assert(ids[0] === rootId && ids.includes(reply1) && ids.includes(reply2), `thread timeline: ${JSON.stringify(ids)}`);
-  const first = thread.findEventById(reply1);
-  assert(first.replacingEventId() === editId && first.getContent().body === "first reply, edited",
-    `reply 1 shows its edit: ${first.replacingEventId()} ${JSON.stringify(first.getContent())}`);
-  const second = thread.findEventById(reply2);
-  assert(!second.replacingEvent() && second.getContent().body === "second reply",
-    `alice's edit of bob's reply is ignored: ${JSON.stringify(second.getUnsigned())}`);
+  // Root first, both replies, reply 1 edited (bundled by the server), reply 2 not (alice's "edit").
+  const checkThread = (events, how) => {
+    const ids = events.map((e) => e.getId());
+    assert(ids[0] === rootId && ids.includes(reply1) && ids.includes(reply2), `${how}: ${JSON.stringify(ids)}`);
+    const [first, second] = [reply1, reply2].map((id) => events.find((e) => e.getId() === id));
+    assert(first.getServerAggregatedRelation("m.replace")?.event_id === editId && first.replacingEventId() === editId
+      && first.getContent().body === "first reply, edited", `${how}: reply 1 ${JSON.stringify(first.getUnsigned())}`);
+    assert(!second.getServerAggregatedRelation("m.replace") && !second.replacingEvent()
+      && second.getContent().body === "second reply", `${how}: reply 2 ${JSON.stringify(second.getUnsigned())}`);
+  };
+  checkThread(thread.events, "the SDK's first page");
+
+  step("the thread paged one event at a time through /relations (recurse=true, from, limit)");
+  thread.timelineSet.resetLiveTimeline(); // forget that page, walk back from the newest event
+  for (let pages = 0; await fresh.paginateEventTimeline(thread.liveTimeline, { backwards: true, limit: 1 }); pages++) {
+    assert(pages < 20, "/relations keeps returning next_batch");
+  }
+  checkThread(thread.events, "paged one by one");
+
+  step("the thread opened at reply 1, as a permalink does: /relations from /context's tokens");
+  thread.timelineSet.resetLiveTimeline();
+  const around = await fresh.getEventTimeline(thread.timelineSet, reply1);
+  assert(around, "a thread timeline around reply 1");
+  checkThread(around.getEvents(), "around reply 1");
 
   step("the thread list, which the SDK takes from /threads");
   await room.createThreadsTimelineSets();
