@@ -20,6 +20,7 @@ pub mod push;
 pub mod push_rules;
 pub mod ratelimit;
 pub mod registration;
+pub mod reports;
 pub mod rooms;
 pub mod uiaa;
 pub mod user_directory;
@@ -159,6 +160,11 @@ impl Services {
         services
             .timeline
             .register_consumer(Arc::new(rooms::relations::RelationIndex(Arc::downgrade(
+                &services,
+            ))));
+        services
+            .timeline
+            .register_consumer(Arc::new(rooms::search::SearchIndex(Arc::downgrade(
                 &services,
             ))));
         services

@@ -16,11 +16,17 @@ pub enum Action {
     Register,
     /// Restarting, cancelling or sending a delayed event: its delay ID is the credential.
     DelayedEventUpdate,
+    /// Reporting an event, a room or a user.
+    Report,
 }
 
 /// Delayed-event updates per minute and burst, per user or client IP: Element Call restarts
 /// a call's delayed leave every few seconds; a guesser of delay IDs gets nowhere.
 const DELAYED_EVENT_UPDATES: (u32, u32) = (120, 30);
+
+/// Reports per minute and burst, per user: enough for someone cleaning up after spam, not
+/// enough to fill the admins' list.
+const REPORTS: (u32, u32) = (10, 20);
 
 struct Bucket {
     tokens: f64,
@@ -48,6 +54,7 @@ impl RateLimiter {
             Action::Login => (self.config.login_per_minute, self.config.login_burst),
             Action::Register => (self.config.register_per_minute, self.config.register_burst),
             Action::DelayedEventUpdate => DELAYED_EVENT_UPDATES,
+            Action::Report => REPORTS,
         };
         (f64::from(per_minute) / 60.0, f64::from(burst.max(1)))
     }

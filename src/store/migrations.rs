@@ -9,7 +9,7 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 4;
+pub const CURRENT: u64 = 5;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -17,7 +17,12 @@ const VERSION_KEY: &[u8] = b"schema_version";
 type Step = fn(&Store) -> Result<Batch, rocksdb::Error>;
 
 /// Steps in order: `STEPS[0]` upgrades version 1 to 2, and so on.
-const STEPS: &[Step] = &[index_timestamps, index_room_servers, index_relations];
+const STEPS: &[Step] = &[
+    index_timestamps,
+    index_room_servers,
+    index_relations,
+    index_words,
+];
 
 /// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
 /// append path wrote it: one pass over every room's timeline, reading each event's
@@ -133,6 +138,39 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
         );
     }
     info!(events = read, "relations indexed");
+    Ok(batch)
+}
+
+/// 4 → 5: fills the search index (`search_words`) for events stored before the commit
+/// pipeline wrote it: one pass over every room's timeline. Which words an event has is
+/// `service::rooms::search`'s to say.
+fn index_words(store: &Store) -> Result<Batch, rocksdb::Error> {
+    use crate::service::rooms::{search, timeline::StoredPdu};
+    let mut batch = Batch::new();
+    let mut read = 0u64;
+    for item in store.scan_prefix(Cf::Timeline, &[]) {
+        let (key, short) = item?;
+        read += 1;
+        if read.is_multiple_of(100_000) {
+            info!(events = read, "indexing words for search");
+        }
+        let Some(split) = key.len().checked_sub(9) else {
+            continue;
+        };
+        let Some(count) = keys::parse_u64_be(&key[split + 1..]) else {
+            continue;
+        };
+        let Some(bytes) = store.get(Cf::Pdus, &short)? else {
+            continue;
+        };
+        let Ok(stored) = serde_json::from_slice::<StoredPdu>(&bytes) else {
+            continue;
+        };
+        for (key, value) in search::index_entries(&key[..split], &stored.pdu, count) {
+            batch.put(Cf::SearchWords, key, value);
+        }
+    }
+    info!(events = read, "words indexed");
     Ok(batch)
 }
 
@@ -320,6 +358,45 @@ mod tests {
                 )
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn version_4_databases_get_their_words_indexed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut batch = Batch::new();
+            let stored = serde_json::json!({
+                "event_id": "$e",
+                "pdu": { "room_id": "!r:x", "sender": "@a:x", "type": "m.room.message",
+                         "content": { "body": "Hello, hello Wörld" } },
+            });
+            batch.put(
+                Cf::Timeline,
+                keys::join([b"!r:x".as_slice(), &keys::u64_be(9)]),
+                keys::u64_be(1),
+            );
+            batch.put(
+                Cf::Pdus,
+                keys::u64_be(1),
+                serde_json::to_vec(&stored).unwrap(),
+            );
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(4));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let word = |w: &str| {
+            store
+                .get(
+                    Cf::SearchWords,
+                    &keys::join([b"!r:x".as_slice(), w.as_bytes(), &keys::u64_be(9)]),
+                )
+                .unwrap()
+        };
+        // Field 1 (the body), twice.
+        assert_eq!(word("hello"), Some(vec![1, 0, 0, 0, 2]));
+        assert_eq!(word("world"), Some(vec![1, 0, 0, 0, 1]));
+        assert_eq!(word("wörld"), None);
     }
 
     #[test]

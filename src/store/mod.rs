@@ -260,6 +260,12 @@ column_families! {
     ThreadActivity => "thread_activity",
     /// `root event_id 0xFF user_id` → nothing: who replied in a thread.
     ThreadParticipants => "thread_participants",
+    /// report time (ms, u64 BE) ++ 8 random bytes → `ReportRecord` JSON: reports of events,
+    /// rooms and users, for the admins (`service::reports`).
+    Reports => "reports",
+    /// `room_id 0xFF word 0xFF stream count (u64 BE)` → field (1 body, 2 name, 3 topic) ++
+    /// occurrences (u32 BE): the search index (`service::rooms::search`).
+    SearchWords => "search_words",
 }
 
 /// A key and its value, as read from a scan.

@@ -195,14 +195,7 @@ pub async fn room_summary(
     };
     let (description, membership) =
         services.summary_for(&room_id, request.sender_user.as_deref())?;
-    let mut summary = serde_json::to_value(&description)?;
-    summary["room_version"] = json!(description.room_version.as_str());
-    if let Some(algorithm) = &description.encryption {
-        summary["encryption"] = json!(algorithm);
-    }
-    if !description.allowed_room_ids.is_empty() {
-        summary["allowed_room_ids"] = json!(description.allowed_room_ids);
-    }
+    let mut summary = description.summary_json()?;
     if let Some(membership) = membership {
         summary["membership"] = json!(membership);
     }

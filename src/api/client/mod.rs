@@ -23,9 +23,12 @@ mod push;
 mod push_rules;
 mod register;
 mod relations;
+mod report;
 mod room;
+mod search;
 mod session;
 mod sliding_sync;
+mod space;
 mod sync;
 mod to_device;
 mod user_directory;
@@ -124,6 +127,12 @@ pub fn routes(router: Router<State>) -> Router<State> {
             _,
         >(relations::relating_events_by_type_and_event_type)
         .ruma_route::<c::threads::get_threads::v1::Request, _, _>(relations::threads)
+        .ruma_route::<c::space::get_hierarchy::v1::Request, _, _>(space::hierarchy)
+        .ruma_route::<c::search::search_events::v3::Request, _, _>(search::search)
+        // Reporting to the admins.
+        .ruma_route::<c::room::report_content::v3::Request, _, _>(report::report_event)
+        .ruma_route::<c::room::report_room::v3::Request, _, _>(report::report_room)
+        .ruma_route::<c::reporting::report_user::v3::Request, _, _>(report::report_user)
         .ruma_route::<c::membership::get_member_events::v3::Request, _, _>(room::members)
         .ruma_route::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias)
         .ruma_route::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias)

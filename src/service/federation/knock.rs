@@ -415,34 +415,10 @@ impl Services {
             ));
         }
         let summary = |room_id: &RoomId, with_children: bool| -> Result<Value> {
-            let mut summary = serde_json::to_value(self.describe_room(room_id)?)?;
-            let state = self.timeline.current_state(room_id)?;
-            let mut children_state = Vec::new();
-            for ((kind, state_key), id) in &state {
-                if kind != "m.space.child" {
-                    continue;
-                }
-                let event = self.timeline.event_fields(room_id, id)?;
-                // An empty content (no `via`) removes the child.
-                if event["content"]["via"]
-                    .as_array()
-                    .is_none_or(|v| v.is_empty())
-                {
-                    continue;
-                }
-                if suggested_only && event["content"]["suggested"] != true {
-                    continue;
-                }
-                children_state.push(json!({
-                    "type": "m.space.child",
-                    "state_key": state_key,
-                    "content": event["content"],
-                    "sender": event["sender"],
-                    "origin_server_ts": event["origin_server_ts"],
-                }));
-            }
+            let mut summary = self.describe_room(room_id)?.summary_json()?;
             if with_children {
-                summary["children_state"] = Value::Array(children_state);
+                summary["children_state"] =
+                    Value::Array(self.space_children(room_id, suggested_only)?);
             }
             Ok(summary)
         };

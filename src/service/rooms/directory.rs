@@ -61,7 +61,21 @@ impl RoomDescription {
 
     /// Whether anyone may see the summary: the room invites the public to join or knock, or
     /// lets anyone read its history.
-    fn open_to_all(&self) -> bool {
+    /// The room summary of the spec (`/room_summary`, `/hierarchy`): the description with its
+    /// room version, encryption and, for restricted rooms, the rooms whose members may join.
+    pub fn summary_json(&self) -> Result<Value> {
+        let mut summary = serde_json::to_value(self)?;
+        summary["room_version"] = self.room_version.as_str().into();
+        if let Some(algorithm) = &self.encryption {
+            summary["encryption"] = algorithm.as_str().into();
+        }
+        if !self.allowed_room_ids.is_empty() {
+            summary["allowed_room_ids"] = serde_json::to_value(&self.allowed_room_ids)?;
+        }
+        Ok(summary)
+    }
+
+    pub fn open_to_all(&self) -> bool {
         matches!(
             self.join_rule.as_str(),
             "public" | "knock" | "knock_restricted"

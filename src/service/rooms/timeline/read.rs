@@ -327,6 +327,22 @@ impl Timeline {
         ))
     }
 
+    /// The event at stream count `count` of a room's timeline (one point read and the short
+    /// ID's event ID, usually cached).
+    pub fn event_at(&self, room_id: &RoomId, count: u64) -> Result<Option<OwnedEventId>> {
+        let key = keys::join([room_id.as_bytes(), &keys::u64_be(count)]);
+        let Some(short) = self.store.get(Cf::Timeline, &key)? else {
+            return Ok(None);
+        };
+        let Some(short) = keys::parse_u64_be(&short) else {
+            return Ok(None);
+        };
+        Ok(self
+            .short
+            .event_id(short)?
+            .and_then(|id| EventId::parse(id).ok()))
+    }
+
     /// Events of a room after stream count `from`, oldest first, up to `limit`, stopping before
     /// `to` (exclusive).
     pub fn events_after(
