@@ -368,6 +368,16 @@ impl User {
         self.call_ok(Method::POST, &path, Some(body)).await
     }
 
+    /// `POST /search` for `term` in the user's rooms (`room_events`, ranked, the server's
+    /// default page).
+    pub async fn search(&self, term: &str) -> Result<Reply> {
+        let body = serde_json::json!({
+            "search_categories": { "room_events": { "search_term": term } }
+        });
+        self.call_ok(Method::POST, "/_matrix/client/v3/search", Some(&body))
+            .await
+    }
+
     /// One page of `/messages`, backwards.
     pub async fn messages_back(
         &self,

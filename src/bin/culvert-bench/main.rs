@@ -26,7 +26,7 @@ use crate::{
     report::Report,
     scenarios::{
         Ctx, Deliver, DeliverOpts, History, HistoryOpts, Idle, IdleOpts, InitialSync,
-        InitialSyncOpts, Receive, RunOutput, Send, SendOpts,
+        InitialSyncOpts, Receive, RunOutput, Search, SearchOpts, Send, SendOpts,
     },
     sliding::{SlidingDeliverOpts, SlidingInitial, SlidingInitialOpts},
 };
@@ -103,6 +103,9 @@ enum Scenario {
     SlidingInitial(SlidingInitialOpts),
     /// Like deliver, but the receivers are long-polling simplified sliding sync connections.
     SlidingDeliver(SlidingDeliverOpts),
+    /// A room with many messages: `/search` for one word (about a hundred matches each), and
+    /// for a word in every message.
+    Search(SearchOpts),
     /// One room whose members all have pushers to a sink gateway run by the tool: send
     /// throughput and latency, then the time from a send to each gateway request.
     Push(PushOpts),
@@ -116,6 +119,7 @@ enum Prepared {
     History(History),
     SlidingInitial(SlidingInitial),
     Push(Push),
+    Search(Search),
 }
 
 impl Prepared {
@@ -128,6 +132,7 @@ impl Prepared {
             Prepared::History(s) => s.run(ctx, run).await,
             Prepared::SlidingInitial(s) => s.run(ctx, run).await,
             Prepared::Push(s) => s.run(ctx, run).await,
+            Prepared::Search(s) => s.run(ctx, run).await,
         }
     }
 }
@@ -227,6 +232,12 @@ async fn run(cli: Cli) -> Result<()> {
             serde_json::to_value(o)?,
             "delivery: send's 200 → in sliding sync (ms)",
             Prepared::Deliver(o.clone().prepare(&ctx).await?),
+        ),
+        Scenario::Search(o) => (
+            "search",
+            serde_json::to_value(o)?,
+            "/search for one word (ms)",
+            Prepared::Search(Search::prepare(&ctx, o.clone()).await?),
         ),
         Scenario::Push(o) => (
             "push",
