@@ -239,6 +239,29 @@ async fn initial_sync_idle_and_history() {
     assert_eq!(figure(&report, "messages_seen"), 30.0);
     // 30 messages and the room's creation events, 7 at a time.
     assert!(figure(&report, "pages") >= 5.0);
+
+    // 40 messages, two of 5 words each: a word is in about 16 of them.
+    let report = bench_ok(
+        &server,
+        dir.path(),
+        "search",
+        &[
+            "--runs",
+            "1",
+            "search",
+            "--events",
+            "40",
+            "--vocabulary",
+            "5",
+            "--queries",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(figure(&report, "queries"), 3.0);
+    let matches = figure(&report, "matches_per_query");
+    assert!((8.0..=40.0).contains(&matches), "{matches}");
+    assert!(figure(&report, "query_p50_ms") > 0.0);
 }
 
 #[tokio::test]

@@ -375,8 +375,34 @@ async fn threads_are_listed_by_latest_reply_and_by_participation() {
         }
         assert!(seen.len() <= 3, "pagination does not end: {seen:?}");
     }
-    assert_eq!(seen, vec![a, c, b]);
+    assert_eq!(seen, vec![a.clone(), c, b.clone()]);
     assert_eq!(pages, 3);
+
+    // Threaded receipts name the thread their event is in; a root is in its thread and in
+    // the main timeline.
+    let a1 = ids(&relations(&server, &bob, &room, &format!("{a}/m.thread")).await["chunk"])
+        .pop()
+        .expect("a1");
+    for (event, thread, status) in [
+        (&a1, a.as_str(), StatusCode::OK),
+        (&a, a.as_str(), StatusCode::OK),
+        (&a, "main", StatusCode::OK),
+        (&a1, "main", StatusCode::BAD_REQUEST),
+        (&a1, b.as_str(), StatusCode::BAD_REQUEST),
+        (&b, a.as_str(), StatusCode::BAD_REQUEST),
+    ] {
+        let answer = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}"),
+                Some(&bob.token),
+                json!({ "thread_id": thread }),
+            )
+            .await;
+        assert_eq!(answer.0, status, "{event} in {thread}: {}", answer.1);
+        if status == StatusCode::BAD_REQUEST {
+            assert_eq!(answer.1["errcode"], "M_INVALID_PARAM");
+        }
+    }
 
     // Outsiders may not list threads; nonsense tokens are refused.
     let dave = server.register("dave", "dave-password-1").await;

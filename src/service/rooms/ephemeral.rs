@@ -140,6 +140,21 @@ impl Services {
         if !self.may_see_event_in(room_id, user_id, event_id)? {
             return Err(Error::not_found("No such event in this room."));
         }
+        // A threaded receipt names the thread its event is in (a thread's root is in its own
+        // thread and in the main timeline).
+        if let Some(thread) = thread
+            && thread != event_id.as_str()
+        {
+            let pdu = self
+                .timeline
+                .pdu_json(event_id)?
+                .ok_or_else(|| Error::not_found("No such event in this room."))?;
+            if self.thread_of(&pdu)? != thread {
+                return Err(Error::invalid_param(format!(
+                    "{event_id} is not in the thread {thread}."
+                )));
+            }
+        }
         let key = keys::join([
             room_id.as_bytes(),
             user_id.as_bytes(),

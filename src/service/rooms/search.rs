@@ -117,12 +117,9 @@ fn searchable(pdu: &CanonicalJsonObject) -> Option<(Field, &str)> {
     }
 }
 
-/// The index entries of an event at stream count `count`: key and value (field, how often).
-pub fn index_entries(
-    room_id: &[u8],
-    pdu: &CanonicalJsonObject,
-    count: u64,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// An event's words with their entry values (field, occurrences), before the stream count
+/// that completes their keys is known.
+fn word_values(pdu: &CanonicalJsonObject) -> Vec<(String, [u8; 5])> {
     let Some((field, text)) = searchable(pdu) else {
         return Vec::new();
     };
@@ -133,10 +130,22 @@ pub fn index_entries(
     counted
         .into_iter()
         .map(|(word, times)| {
-            let mut value = vec![field as u8];
-            value.extend(times.to_be_bytes());
-            (word_key(room_id, &word, count), value)
+            let mut value = [field as u8, 0, 0, 0, 0];
+            value[1..].copy_from_slice(&times.to_be_bytes());
+            (word, value)
         })
+        .collect()
+}
+
+/// The index entries of an event at stream count `count`: key and value.
+pub fn index_entries(
+    room_id: &[u8],
+    pdu: &CanonicalJsonObject,
+    count: u64,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    word_values(pdu)
+        .into_iter()
+        .map(|(word, value)| (word_key(room_id, &word, count), value.to_vec()))
         .collect()
 }
 
@@ -160,18 +169,18 @@ impl EventConsumer for SearchIndex {
                 .map(|(key, _)| key)
                 .collect();
         }
-        if searchable(event.pdu).is_some() {
+        work.words = word_values(event.pdu);
+        if !work.words.is_empty() {
             work.room = event.room_id.as_bytes().to_vec();
-            work.pdu = Some(event.pdu.clone());
         }
-        Ok((work.pdu.is_some() || !work.delete.is_empty()).then(|| Box::new(work) as _))
+        Ok((!work.words.is_empty() || !work.delete.is_empty()).then(|| Box::new(work) as _))
     }
 }
 
 #[derive(Default)]
 struct SearchWork {
     room: Vec<u8>,
-    pdu: Option<CanonicalJsonObject>,
+    words: Vec<(String, [u8; 5])>,
     delete: Vec<Vec<u8>>,
 }
 
@@ -180,10 +189,12 @@ impl Staged for SearchWork {
         for key in self.delete.drain(..) {
             batch.delete(Cf::SearchWords, key);
         }
-        if let Some(pdu) = self.pdu.take() {
-            for (key, value) in index_entries(&self.room, &pdu, count) {
-                batch.put(Cf::SearchWords, key, value);
-            }
+        for (word, value) in self.words.drain(..) {
+            batch.put(
+                Cf::SearchWords,
+                word_key(&self.room, &word, count),
+                value.to_vec(),
+            );
         }
         Ok(())
     }

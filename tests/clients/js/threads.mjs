@@ -1,7 +1,8 @@
 // matrix-js-sdk's own thread support against the server: replies sent through the SDK get their
 // m.thread relation, an edit and a reaction ride along, and a client started afterwards builds
 // the thread from what the server gives it: the bundled `unsigned["m.relations"]["m.thread"]`
-// summary, /relations (recursive) for the thread's events, /threads for the thread list. Run as
+// summary, /relations (recursive) for the thread's events, /threads for the thread list; and the
+// SDK's search finds a reply. Run as
 // `node threads.mjs --homeserver URL`.
 import { Feature, ServerSupport } from "matrix-js-sdk/lib/feature.js";
 import { api, assert, login, register, run, sdk, startClient, step, waitFor } from "./lib.mjs";
@@ -126,6 +127,14 @@ run(async () => {
   step("the 👍 shows once among the root's annotations");
   const { events: reactions } = await fresh.relations(roomId, rootId, "m.annotation", "m.reaction");
   assert(reactions.length === 1 && reactions[0].getId() === reactionId, `reactions: ${reactions.map((e) => e.getId())}`);
+
+  step("search, as Element's search box does it: searchRoomEvents finds the second reply by a word");
+  const found = await fresh.searchRoomEvents({ term: "SECOND" });
+  const hits = found.results.map((r) => r.context.getEvent().getId());
+  assert(hits.length === 1 && hits[0] === reply2, `search results: ${JSON.stringify(hits)}`);
+  assert(found.highlights.includes("second"), `highlights: ${JSON.stringify(found.highlights)}`);
+  // The SDK asks for one event of context either side, with profiles.
+  assert(found.results[0].context.getTimeline().length >= 2, "the result comes with its context");
 
   console.log("js threads: ok");
 });
