@@ -97,6 +97,9 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
         read += 1;
         if read.is_multiple_of(100_000) {
             info!(events = read, "indexing relations");
+            // Written as it goes (the entries are idempotent; the version is set last), so a
+            // large database is not held in one batch.
+            store.write(std::mem::take(&mut batch))?;
         }
         let Some(split) = key.len().checked_sub(9) else {
             continue;
@@ -153,6 +156,7 @@ fn index_words(store: &Store) -> Result<Batch, rocksdb::Error> {
         read += 1;
         if read.is_multiple_of(100_000) {
             info!(events = read, "indexing words for search");
+            store.write(std::mem::take(&mut batch))?;
         }
         let Some(split) = key.len().checked_sub(9) else {
             continue;

@@ -262,6 +262,28 @@ async fn initial_sync_idle_and_history() {
     let matches = figure(&report, "matches_per_query");
     assert!((8.0..=40.0).contains(&matches), "{matches}");
     assert!(figure(&report, "query_p50_ms") > 0.0);
+
+    // 7 threads in pages of 3: the whole list is 3 pages.
+    let report = bench_ok(
+        &server,
+        dir.path(),
+        "threads",
+        &[
+            "--runs",
+            "1",
+            "threads",
+            "--threads",
+            "7",
+            "--page",
+            "3",
+            "--samples",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(figure(&report, "threads"), 7.0);
+    assert_eq!(figure(&report, "pages"), 3.0);
+    assert!(figure(&report, "first_page_p50_ms") > 0.0);
 }
 
 #[tokio::test]

@@ -38,6 +38,11 @@ async fn send(
     body["event_id"].as_str().expect("event_id").to_owned()
 }
 
+/// Sends an `m.room.message` with `content`; returns its event ID.
+async fn send_message(server: &TestServer, who: &Session, room: &str, content: Value) -> String {
+    send(server, who, room, "m.room.message", content).await
+}
+
 fn text(body: &str) -> Value {
     json!({ "msgtype": "m.text", "body": body })
 }
@@ -98,56 +103,20 @@ async fn room_with_three(server: &TestServer) -> (Session, Session, Session, Str
 async fn edits_threads_and_references_are_bundled_wherever_timeline_events_go() {
     let server = TestServer::start_with(NO_LIMITS).await;
     let (alice, bob, carol, room) = room_with_three(&server).await;
-    let root = send(&server, &alice, &room, "m.room.message", text("root")).await;
-    let first_edit = send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        edit(&root, "root v2"),
-    )
-    .await;
-    let second_edit = send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        edit(&root, "root v3"),
-    )
-    .await;
+    let root = send_message(&server, &alice, &room, text("root")).await;
+    let first_edit = send_message(&server, &alice, &room, edit(&root, "root v2")).await;
+    let second_edit = send_message(&server, &alice, &room, edit(&root, "root v3")).await;
     // Edits by someone else, and of another type, are not edits of this event.
-    send(&server, &bob, &room, "m.room.message", edit(&root, "bob's")).await;
+    send_message(&server, &bob, &room, edit(&root, "bob's")).await;
     send(&server, &alice, &room, "m.sticker", edit(&root, "sticker")).await;
-    let r1 = send(
-        &server,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&root, "one"),
-    )
-    .await;
-    let r2 = send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        thread_reply(&root, "two"),
-    )
-    .await;
-    let r3 = send(
-        &server,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&root, "three"),
-    )
-    .await;
-    let r3_edit = send(&server, &bob, &room, "m.room.message", edit(&r3, "three!")).await;
-    let reference = send(
+    let r1 = send_message(&server, &bob, &room, thread_reply(&root, "one")).await;
+    let r2 = send_message(&server, &alice, &room, thread_reply(&root, "two")).await;
+    let r3 = send_message(&server, &bob, &room, thread_reply(&root, "three")).await;
+    let r3_edit = send_message(&server, &bob, &room, edit(&r3, "three!")).await;
+    let reference = send_message(
         &server,
         &carol,
         &room,
-        "m.room.message",
         json!({ "msgtype": "m.text", "body": "see",
                 "m.relates_to": { "rel_type": "m.reference", "event_id": root } }),
     )
@@ -295,42 +264,14 @@ async fn edits_threads_and_references_are_bundled_wherever_timeline_events_go() 
 async fn threads_are_listed_by_latest_reply_and_by_participation() {
     let server = TestServer::start_with(NO_LIMITS).await;
     let (alice, bob, carol, room) = room_with_three(&server).await;
-    let a = send(&server, &alice, &room, "m.room.message", text("thread A")).await;
-    let b = send(&server, &alice, &room, "m.room.message", text("thread B")).await;
-    let c = send(&server, &carol, &room, "m.room.message", text("thread C")).await;
-    send(&server, &alice, &room, "m.room.message", text("no thread")).await;
-    send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        thread_reply(&a, "a1"),
-    )
-    .await;
-    send(
-        &server,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&b, "b1"),
-    )
-    .await;
-    send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        thread_reply(&c, "c1"),
-    )
-    .await;
-    send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        thread_reply(&a, "a2"),
-    )
-    .await;
+    let a = send_message(&server, &alice, &room, text("thread A")).await;
+    let b = send_message(&server, &alice, &room, text("thread B")).await;
+    let c = send_message(&server, &carol, &room, text("thread C")).await;
+    send_message(&server, &alice, &room, text("no thread")).await;
+    send_message(&server, &alice, &room, thread_reply(&a, "a1")).await;
+    send_message(&server, &bob, &room, thread_reply(&b, "b1")).await;
+    send_message(&server, &alice, &room, thread_reply(&c, "c1")).await;
+    send_message(&server, &alice, &room, thread_reply(&a, "a2")).await;
 
     let threads = server
         .get_ok(&format!("/_matrix/client/v1/rooms/{room}/threads"), &bob)
@@ -390,6 +331,8 @@ async fn threads_are_listed_by_latest_reply_and_by_participation() {
         (&a1, "main", StatusCode::BAD_REQUEST),
         (&a1, b.as_str(), StatusCode::BAD_REQUEST),
         (&b, a.as_str(), StatusCode::BAD_REQUEST),
+        // A reply is no thread of its own.
+        (&a1, a1.as_str(), StatusCode::BAD_REQUEST),
     ] {
         let answer = server
             .post(
@@ -426,14 +369,7 @@ async fn threads_are_listed_by_latest_reply_and_by_participation() {
 async fn reactions_once_per_key_and_redactions_take_relations_out() {
     let server = TestServer::start_with(NO_LIMITS).await;
     let (alice, bob, _carol, room) = room_with_three(&server).await;
-    let message = send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        text("react to me"),
-    )
-    .await;
+    let message = send_message(&server, &alice, &room, text("react to me")).await;
     let thumbs = send(&server, &bob, &room, "m.reaction", reaction(&message, "👍")).await;
     let again = try_send(&server, &bob, &room, "m.reaction", reaction(&message, "👍")).await;
     assert_error(&again, StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION");
@@ -464,38 +400,10 @@ async fn reactions_once_per_key_and_redactions_take_relations_out() {
     send(&server, &bob, &room, "m.reaction", reaction(&message, "👍")).await;
 
     // Redacting the latest edit brings back the one before; redacting a reply uncounts it.
-    let edit1 = send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        edit(&message, "v2"),
-    )
-    .await;
-    let edit2 = send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        edit(&message, "v3"),
-    )
-    .await;
-    let reply1 = send(
-        &server,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&message, "r1"),
-    )
-    .await;
-    let reply2 = send(
-        &server,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&message, "r2"),
-    )
-    .await;
+    let edit1 = send_message(&server, &alice, &room, edit(&message, "v2")).await;
+    let edit2 = send_message(&server, &alice, &room, edit(&message, "v3")).await;
+    let reply1 = send_message(&server, &bob, &room, thread_reply(&message, "r1")).await;
+    let reply2 = send_message(&server, &bob, &room, thread_reply(&message, "r2")).await;
     let shown = event(&server, &alice, &room, &message).await;
     assert_eq!(
         shown["unsigned"]["m.relations"]["m.replace"]["event_id"],
@@ -520,6 +428,30 @@ async fn reactions_once_per_key_and_redactions_take_relations_out() {
         reply1.as_str()
     );
 
+    // The thread is listed while a reply is left; with its last reply redacted it is gone,
+    // and Bob no longer took part.
+    let threads = |who: &Session, query: &'static str| {
+        let path = format!("/_matrix/client/v1/rooms/{room}/threads{query}");
+        let server = &server;
+        let who = who.clone();
+        async move { ids(&server.get_ok(&path, &who).await["chunk"]) }
+    };
+    assert_eq!(threads(&alice, "").await, vec![message.clone()]);
+    assert_eq!(
+        threads(&bob, "?include=participated").await,
+        vec![message.clone()]
+    );
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{reply1}/undo-last"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(threads(&alice, "").await.is_empty());
+    assert!(threads(&bob, "?include=participated").await.is_empty());
+
     // A redacted original is not shown edited.
     let (status, _) = server
         .put(
@@ -541,15 +473,8 @@ async fn relations_that_may_not_be_made_or_read_get_the_spec_answers() {
     let server = TestServer::start_with(NO_LIMITS).await;
     let (alice, bob, _carol, room) = room_with_three(&server).await;
     let other_room = server.create_room(&alice, json!({})).await;
-    let elsewhere = send(
-        &server,
-        &alice,
-        &other_room,
-        "m.room.message",
-        text("elsewhere"),
-    )
-    .await;
-    let message = send(&server, &alice, &room, "m.room.message", text("here")).await;
+    let elsewhere = send_message(&server, &alice, &other_room, text("elsewhere")).await;
+    let message = send_message(&server, &alice, &room, text("here")).await;
 
     // Into another room.
     let cross = try_send(
@@ -572,14 +497,7 @@ async fn relations_that_may_not_be_made_or_read_get_the_spec_answers() {
     .await;
     assert_error(&nonsense, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
     // A thread from an event that relates to another.
-    let reply = send(
-        &server,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&message, "in thread"),
-    )
-    .await;
+    let reply = send_message(&server, &bob, &room, thread_reply(&message, "in thread")).await;
     let nested = try_send(
         &server,
         &alice,
@@ -600,12 +518,7 @@ async fn relations_that_may_not_be_made_or_read_get_the_spec_answers() {
     .await;
     assert_error(&keyless, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
     // Unknown parents (which may arrive later) and custom relation types are accepted.
-    send(
-        &server,
-        &alice,
-        &room,
-        "m.room.message",
-        json!({ "body": "x", "m.relates_to": { "rel_type": "m.reference", "event_id": "$unknown:example.org" } }),
+    send_message(&server, &alice, &room, json!({ "body": "x", "m.relates_to": { "rel_type": "m.reference", "event_id": "$unknown:example.org" } }),
     )
     .await;
     let custom = send(
@@ -674,27 +587,13 @@ async fn remote_replies_edits_and_reactions_count_on_both_servers() {
     let a = TestServer::start_federating("").await;
     let b = TestServer::start_federating("").await;
     let (alice, bob, room) = crate::federation::shared_room(&a, &b).await;
-    let root = send(&a, &alice, &room, "m.room.message", text("root on A")).await;
+    let root = send_message(&a, &alice, &room, text("root on A")).await;
     b.wait_for_message(&bob, &room, "root on A").await;
-    let reply = send(
-        &b,
-        &bob,
-        &room,
-        "m.room.message",
-        thread_reply(&root, "reply from B"),
-    )
-    .await;
-    let bobs = send(&b, &bob, &room, "m.room.message", text("typo")).await;
-    let bobs_edit = send(&b, &bob, &room, "m.room.message", edit(&bobs, "fixed")).await;
+    let reply = send_message(&b, &bob, &room, thread_reply(&root, "reply from B")).await;
+    let bobs = send_message(&b, &bob, &room, text("typo")).await;
+    let bobs_edit = send_message(&b, &bob, &room, edit(&bobs, "fixed")).await;
     let thumbs = send(&b, &bob, &room, "m.reaction", reaction(&root, "👍")).await;
-    let alices_edit = send(
-        &a,
-        &alice,
-        &room,
-        "m.room.message",
-        edit(&root, "root, edited"),
-    )
-    .await;
+    let alices_edit = send_message(&a, &alice, &room, edit(&root, "root, edited")).await;
 
     // A: the remote reply is counted, the remote edit replaces, the reaction is listed.
     a.wait_for_message(&alice, &room, "* fixed").await;

@@ -308,6 +308,11 @@ async fn search_respects_history_visibility() {
     server.say(&alice, &room, "after carol: public plans").await;
     let found = search(&server, &carol, json!({ "search_term": "plans" })).await;
     assert_eq!(bodies(&found), vec!["after carol: public plans"], "{found}");
+    // Nothing of what Carol may not see shows: not its count, not its words.
+    let hidden = search(&server, &carol, json!({ "search_term": "sec" })).await;
+    assert_eq!(hidden["count"], 0, "{hidden}");
+    assert_eq!(hidden["highlights"], json!(["sec"]));
+    assert!(hidden["results"].as_array().unwrap().is_empty());
     let alices = search(
         &server,
         &alice,

@@ -54,6 +54,21 @@ struct Params<'a> {
     recurse: bool,
 }
 
+/// The [`Params`] of any of the three requests (their shared fields have the same names).
+macro_rules! params {
+    ($body:expr) => {
+        Params {
+            room_id: &$body.room_id,
+            event_id: &$body.event_id,
+            from: $body.from.as_deref(),
+            to: $body.to.as_deref(),
+            dir: $body.dir,
+            limit: $body.limit,
+            recurse: $body.recurse,
+        }
+    };
+}
+
 fn relations_response(
     services: &State,
     viewer: Viewer<'_>,
@@ -103,15 +118,7 @@ pub async fn relating_events(
     request: Ruma<relating_v1::Request>,
 ) -> Result<Json<Value>> {
     let body = &request.body;
-    let params = Params {
-        room_id: &body.room_id,
-        event_id: &body.event_id,
-        from: body.from.as_deref(),
-        to: body.to.as_deref(),
-        dir: body.dir,
-        limit: body.limit,
-        recurse: body.recurse,
-    };
+    let params = params!(body);
     relations_response(&services, request.viewer(), params, None, None)
 }
 
@@ -120,15 +127,7 @@ pub async fn relating_events_by_type(
     request: Ruma<by_type_v1::Request>,
 ) -> Result<Json<Value>> {
     let body = &request.body;
-    let params = Params {
-        room_id: &body.room_id,
-        event_id: &body.event_id,
-        from: body.from.as_deref(),
-        to: body.to.as_deref(),
-        dir: body.dir,
-        limit: body.limit,
-        recurse: body.recurse,
-    };
+    let params = params!(body);
     let rel_type = body.rel_type.to_string();
     relations_response(&services, request.viewer(), params, Some(&rel_type), None)
 }
@@ -138,15 +137,7 @@ pub async fn relating_events_by_type_and_event_type(
     request: Ruma<by_type_and_event_v1::Request>,
 ) -> Result<Json<Value>> {
     let body = &request.body;
-    let params = Params {
-        room_id: &body.room_id,
-        event_id: &body.event_id,
-        from: body.from.as_deref(),
-        to: body.to.as_deref(),
-        dir: body.dir,
-        limit: body.limit,
-        recurse: body.recurse,
-    };
+    let params = params!(body);
     let rel_type = body.rel_type.to_string();
     let event_type = body.event_type.to_string();
     relations_response(

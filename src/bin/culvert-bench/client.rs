@@ -378,6 +378,19 @@ impl User {
             .await
     }
 
+    /// One page of a room's `/threads`, from `from`.
+    pub async fn threads(&self, room_id: &str, from: Option<&str>, limit: u32) -> Result<Reply> {
+        let mut path = format!(
+            "/_matrix/client/v1/rooms/{}/threads?limit={limit}",
+            enc(room_id)
+        );
+        if let Some(from) = from {
+            path.push_str("&from=");
+            path.push_str(&enc(from));
+        }
+        self.call_ok(Method::GET, &path, None).await
+    }
+
     /// One page of `/messages`, backwards.
     pub async fn messages_back(
         &self,

@@ -26,7 +26,8 @@ use crate::{
     report::Report,
     scenarios::{
         Ctx, Deliver, DeliverOpts, History, HistoryOpts, Idle, IdleOpts, InitialSync,
-        InitialSyncOpts, Receive, RunOutput, Search, SearchOpts, Send, SendOpts,
+        InitialSyncOpts, Receive, RunOutput, Search, SearchOpts, Send, SendOpts, Threads,
+        ThreadsOpts,
     },
     sliding::{SlidingDeliverOpts, SlidingInitial, SlidingInitialOpts},
 };
@@ -106,6 +107,8 @@ enum Scenario {
     /// A room with many messages: `/search` for one word (about a hundred matches each), and
     /// for a word in every message.
     Search(SearchOpts),
+    /// A room with many threads: `/threads`' first page, and the whole list page by page.
+    Threads(ThreadsOpts),
     /// One room whose members all have pushers to a sink gateway run by the tool: send
     /// throughput and latency, then the time from a send to each gateway request.
     Push(PushOpts),
@@ -120,6 +123,7 @@ enum Prepared {
     SlidingInitial(SlidingInitial),
     Push(Push),
     Search(Search),
+    Threads(Threads),
 }
 
 impl Prepared {
@@ -133,6 +137,7 @@ impl Prepared {
             Prepared::SlidingInitial(s) => s.run(ctx, run).await,
             Prepared::Push(s) => s.run(ctx, run).await,
             Prepared::Search(s) => s.run(ctx, run).await,
+            Prepared::Threads(s) => s.run(ctx, run).await,
         }
     }
 }
@@ -238,6 +243,12 @@ async fn run(cli: Cli) -> Result<()> {
             serde_json::to_value(o)?,
             "/search for one word (ms)",
             Prepared::Search(Search::prepare(&ctx, o.clone()).await?),
+        ),
+        Scenario::Threads(o) => (
+            "threads",
+            serde_json::to_value(o)?,
+            "/threads, first page (ms)",
+            Prepared::Threads(Threads::prepare(&ctx, o.clone()).await?),
         ),
         Scenario::Push(o) => (
             "push",

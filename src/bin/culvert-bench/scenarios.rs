@@ -1086,3 +1086,99 @@ impl Search {
         Ok(RunOutput { figures, series })
     }
 }
+
+// ---- threads ---------------------------------------------------------------------------------
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ThreadsOpts {
+    /// Threads in the room (a root and one reply each).
+    #[arg(long, default_value_t = 1000)]
+    pub threads: usize,
+    /// Thread roots per `/threads` page.
+    #[arg(long, default_value_t = 50)]
+    pub page: u32,
+    /// First pages timed per run.
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
+}
+
+pub struct Threads {
+    opts: ThreadsOpts,
+    user: User,
+    room: String,
+}
+
+impl Threads {
+    pub async fn prepare(ctx: &Ctx, opts: ThreadsOpts) -> Result<Self> {
+        check_limits("--threads", opts.threads, 100_000)?;
+        check_limits("--page", opts.page as usize, 1_000)?;
+        check_limits("--samples", opts.samples, 10_000)?;
+        let user = ctx.users("threader", 1).await?.remove(0);
+        let room = user.create_room("bench threads").await?;
+        let (writer, target) = (user.clone(), room.clone());
+        for_each_bounded(
+            "start threads",
+            opts.threads,
+            ctx.setup_concurrency,
+            move |i| {
+                let (writer, target) = (writer.clone(), target.clone());
+                async move {
+                    let root = writer.send(&target, &message(0, i)).await?;
+                    let mut reply = message(1, i);
+                    reply["m.relates_to"] = json!({
+                        "rel_type": "m.thread", "event_id": root, "is_falling_back": true,
+                        "m.in_reply_to": { "event_id": root },
+                    });
+                    writer.send(&target, &reply).await.map(drop)
+                }
+            },
+        )
+        .await?;
+        Ok(Self { opts, user, room })
+    }
+
+    pub async fn run(&self, ctx: &Ctx, _run: usize) -> Result<RunOutput> {
+        self.user.threads(&self.room, None, self.opts.page).await?;
+        let monitor = ctx.monitor();
+        let started = Instant::now();
+        let mut series = Vec::with_capacity(self.opts.samples);
+        for _ in 0..self.opts.samples {
+            let t0 = Instant::now();
+            let reply = self.user.threads(&self.room, None, self.opts.page).await?;
+            series.push((t0.duration_since(started).as_secs_f64(), ms(t0.elapsed())));
+            let roots = reply.body["chunk"].as_array().map_or(0, Vec::len);
+            if roots != (self.opts.page as usize).min(self.opts.threads) {
+                return Err(format!("/threads gave {roots} roots").into());
+            }
+        }
+        // The whole list, page by page.
+        let t0 = Instant::now();
+        let (mut seen, mut pages, mut from) = (0, 0, None::<String>);
+        loop {
+            let reply = self
+                .user
+                .threads(&self.room, from.as_deref(), self.opts.page)
+                .await?;
+            seen += reply.body["chunk"].as_array().map_or(0, Vec::len);
+            pages += 1;
+            match reply.body["next_batch"].as_str() {
+                Some(next) if pages <= self.opts.threads => from = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        let whole = ms(t0.elapsed());
+        if seen != self.opts.threads {
+            return Err(format!("/threads listed {seen} of {} threads", self.opts.threads).into());
+        }
+        let latencies: Vec<f64> = series.iter().map(|s| s.1).collect();
+        let mut figures = vec![
+            fig("threads", self.opts.threads as f64),
+            fig("first_page_p50_ms", percentile(&latencies, 50.0)),
+            fig("first_page_p99_ms", percentile(&latencies, 99.0)),
+            fig("whole_list_ms", whole),
+            fig("pages", pages as f64),
+        ];
+        finish_monitor(monitor, &mut figures).await;
+        Ok(RunOutput { figures, series })
+    }
+}

@@ -311,12 +311,23 @@ impl EventView<'_> {
                 }),
             );
         }
-        if !summary.references.is_empty() {
-            let chunk: Vec<Value> = summary
-                .references
-                .iter()
-                .map(|id| serde_json::json!({ "event_id": id }))
-                .collect();
+        let mut chunk = Vec::new();
+        for reference in &summary.references {
+            // Only IDs are bundled, but only of events in the room the viewer may see.
+            let Ok(id) = EventId::parse(&reference.event_id) else {
+                continue;
+            };
+            let probe =
+                serde_json::json!({ "event_id": id.as_str(), "type": reference.event_type });
+            if self.services.event_in_room(room_id, &id)?
+                && self
+                    .services
+                    .may_see_event(room_id, viewer.user_id, &probe, reference.count)?
+            {
+                chunk.push(serde_json::json!({ "event_id": id.as_str() }));
+            }
+        }
+        if !chunk.is_empty() {
             relations.insert(
                 relations::REFERENCE.into(),
                 serde_json::json!({ "chunk": chunk }),

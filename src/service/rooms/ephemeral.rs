@@ -15,7 +15,10 @@ use serde_json::{Map, Value, json};
 use super::timeline::activity::Change;
 use crate::{
     Error, Result,
-    service::{Services, push::counts::ReadEntries},
+    service::{
+        Services,
+        push::counts::{MAIN_THREAD, ReadEntries},
+    },
     store::{Batch, Cf, keys},
     utils,
 };
@@ -142,14 +145,14 @@ impl Services {
         }
         // A threaded receipt names the thread its event is in (a thread's root is in its own
         // thread and in the main timeline).
-        if let Some(thread) = thread
-            && thread != event_id.as_str()
-        {
+        if let Some(thread) = thread {
             let pdu = self
                 .timeline
                 .pdu_json(event_id)?
                 .ok_or_else(|| Error::not_found("No such event in this room."))?;
-            if self.thread_of(&pdu)? != thread {
+            let in_thread = self.thread_of(&pdu)?;
+            let own_root = thread == event_id.as_str() && in_thread == MAIN_THREAD;
+            if in_thread != thread && !own_root {
                 return Err(Error::invalid_param(format!(
                     "{event_id} is not in the thread {thread}."
                 )));

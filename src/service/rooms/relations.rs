@@ -45,6 +45,8 @@ pub const REFERENCE: &str = "m.reference";
 
 /// Most index entries one `/relations` or `/threads` request reads.
 const MAX_SCAN: usize = 2000;
+/// Most references bundled with an event (the rest are for `/relations` to page through).
+const MAX_REFERENCES: usize = 50;
 /// How deep `recurse=true` follows relations of relations (the spec asks for at least 3).
 pub const RECURSION_DEPTH: u64 = 3;
 
@@ -209,8 +211,8 @@ pub struct Summary {
     pub edit: Option<Child>,
     /// Replies in its thread: how many, the latest, whether the viewer wrote one.
     pub thread: Option<ThreadSummary>,
-    /// Events that reference it.
-    pub references: Vec<String>,
+    /// Events that reference it (the first [`MAX_REFERENCES`]).
+    pub references: Vec<Child>,
 }
 
 pub struct ThreadSummary {
@@ -279,7 +281,9 @@ impl Services {
                         }
                     }
                 }
-                REFERENCE if !edits_only => summary.references.push(child.event_id),
+                REFERENCE if !edits_only && summary.references.len() < MAX_REFERENCES => {
+                    summary.references.push(child)
+                }
                 _ => {}
             }
         }
@@ -307,15 +311,11 @@ impl Services {
             (Direction::Backward, Some(to)) => count > to,
             (Direction::Forward, Some(to)) => count <= to,
         };
+        let prefix = keys::prefix(parent.as_bytes());
         let candidates: Box<dyn Iterator<Item = Result<Child>>> = if query.recurse {
             Box::new(self.descendants(parent, query)?.into_iter().map(Ok))
         } else {
-            let prefix = keys::prefix(parent.as_bytes());
-            let children: Vec<Result<Child>> =
-                children(&self.store, &prefix, query.from, query.direction)
-                    .take(MAX_SCAN)
-                    .collect();
-            Box::new(children.into_iter())
+            children(&self.store, &prefix, query.from, query.direction)
         };
         let mut candidates = candidates.peekable();
         let mut events = Vec::new();
@@ -519,6 +519,11 @@ impl EventConsumer for RelationIndex {
             && let Some(count) = services.timeline.count_of(redacted.event_id)?
         {
             work.delete = Some(relation_key(relation.parent, count));
+            if relation.rel_type == THREAD {
+                let sender = pdu::str_field(redacted.pdu, "sender").unwrap_or_default();
+                work.thread_change =
+                    services.thread_without(event.room_id, relation.parent, count, sender)?;
+            }
         }
         if let Some(relation) = relation_of(event.pdu)
             && services.check_relation(event, &relation)?
@@ -622,6 +627,52 @@ struct RelationWork {
     put: Option<NewRelation>,
     /// A redacted event's entry.
     delete: Option<Vec<u8>>,
+    /// A redacted thread reply's thread, as it is without it.
+    thread_change: Option<ThreadChange>,
+}
+
+/// What redacting one of a thread's replies changes in the thread indexes.
+struct ThreadChange {
+    room: Vec<u8>,
+    root: String,
+    /// The activity entry to drop (the redacted reply was the latest) and the reply that is
+    /// latest now, if any is left.
+    latest: Option<(u64, Option<u64>)>,
+    /// The redactor's participant entry, when it was their only reply.
+    participant: Option<Vec<u8>>,
+}
+
+impl Services {
+    /// The change to a thread's indexes when its reply at stream count `redacted` (sent by
+    /// `sender`) is redacted: one scan of the root's children.
+    fn thread_without(
+        &self,
+        room_id: &RoomId,
+        root: &str,
+        redacted: u64,
+        sender: &str,
+    ) -> Result<Option<ThreadChange>> {
+        let mut latest_left = None;
+        let mut sender_left = false;
+        let prefix = keys::prefix(root.as_bytes());
+        for child in children(&self.store, &prefix, None, Direction::Forward) {
+            let child = child?;
+            if child.rel_type == THREAD && child.count != redacted {
+                latest_left = Some(child.count);
+                sender_left |= child.sender == sender;
+            }
+        }
+        let current = self
+            .store
+            .get(Cf::ThreadRoots, root.as_bytes())?
+            .and_then(|c| keys::parse_u64_be(&c));
+        Ok(Some(ThreadChange {
+            room: room_id.as_bytes().to_vec(),
+            root: root.to_owned(),
+            latest: (current == Some(redacted)).then_some((redacted, latest_left)),
+            participant: (!sender_left).then(|| keys::join([root.as_bytes(), sender.as_bytes()])),
+        }))
+    }
 }
 
 struct NewRelation {
@@ -641,6 +692,32 @@ impl Staged for RelationWork {
     fn write(&mut self, batch: &mut Batch, count: u64) -> Result<()> {
         if let Some(key) = self.delete.take() {
             batch.delete(Cf::Relations, key);
+        }
+        if let Some(change) = self.thread_change.take() {
+            if let Some(participant) = change.participant {
+                batch.delete(Cf::ThreadParticipants, participant);
+            }
+            if let Some((dropped, latest)) = change.latest {
+                batch.delete(
+                    Cf::ThreadActivity,
+                    keys::join([&change.room, &keys::u64_be(dropped)[..]]),
+                );
+                match latest {
+                    Some(latest) => {
+                        batch.put(
+                            Cf::ThreadRoots,
+                            change.root.as_bytes(),
+                            keys::u64_be(latest),
+                        );
+                        batch.put(
+                            Cf::ThreadActivity,
+                            keys::join([&change.room, &keys::u64_be(latest)[..]]),
+                            change.root.into_bytes(),
+                        );
+                    }
+                    None => batch.delete(Cf::ThreadRoots, change.root.into_bytes()),
+                }
+            }
         }
         let Some(new) = self.put.take() else {
             return Ok(());

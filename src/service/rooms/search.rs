@@ -39,6 +39,9 @@ const MAX_WORDS: usize = 2000;
 const MAX_QUERY_WORDS: usize = 10;
 /// Most index entries one query word reads per room.
 const MAX_POSTINGS: usize = 100_000;
+/// Matches checked for visibility per request, and visible ones counted (`count`).
+const MAX_EXAMINED: usize = 5000;
+const MAX_COUNTED: usize = 1000;
 /// Results per page when the filter names no limit, and the most a page may have.
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
@@ -264,51 +267,61 @@ impl Services {
             .map(|(room, _)| room)
             .collect();
         let mut hits = Vec::new();
-        let mut matched_words = BTreeSet::new();
         for room_id in &rooms {
-            self.search_room(
-                room_id,
-                &terms,
-                &query.fields,
-                &mut hits,
-                &mut matched_words,
-            )?;
+            self.search_room(room_id, &terms, &query.fields, &mut hits)?;
         }
         match query.order {
             Order::Recent => hits.sort_by_key(|hit| std::cmp::Reverse(hit.count)),
             Order::Rank => hits.sort_by(|a, b| b.rank.cmp(&a.rank).then(b.count.cmp(&a.count))),
         }
-        let total = hits.len();
-        let mut view = self.event_view(Some(viewer));
-        let mut results = Vec::new();
-        let mut next_batch = None;
-        for (index, hit) in hits.iter().enumerate().skip(query.skip) {
+        // Only what the user may see counts, is paged through and lends words to the
+        // highlights; the visible matches are counted up to a bound (the spec's count is
+        // approximate), reading no more than a bounded number of matches.
+        let mut visible = Vec::new();
+        for hit in hits.iter().take(MAX_EXAMINED) {
             let Some(event_id) = self.timeline.event_at(&hit.room_id, hit.count)? else {
                 continue;
             };
-            let event = view.event(&hit.room_id, &event_id, Some(hit.count), Detail::Timeline)?;
-            let returned = index + 1;
-            if !query.filter.matches(&event)
-                || !self.may_see_event(&hit.room_id, viewer.user_id, &event, hit.count)?
-            {
+            // Indexed events are messages, names and topics: never the viewer's membership,
+            // so the type is all `may_see_event` needs besides the ID.
+            let probe = json!({ "event_id": event_id.as_str(), "type": "m.room.message" });
+            if self.may_see_event(&hit.room_id, viewer.user_id, &probe, hit.count)? {
+                visible.push((hit, event_id));
+                if visible.len() >= MAX_COUNTED.max(query.skip + limit + 1) {
+                    break;
+                }
+            }
+        }
+        let mut view = self.event_view(Some(viewer));
+        let mut results = Vec::new();
+        let mut highlights = BTreeSet::new();
+        for (hit, event_id) in visible.iter().skip(query.skip).take(limit) {
+            let event = view.event(&hit.room_id, event_id, Some(hit.count), Detail::Timeline)?;
+            if !query.filter.matches(&event) {
                 continue;
+            }
+            for field in ["body", "name", "topic"] {
+                if let Some(text) = event["content"][field].as_str() {
+                    highlights.extend(
+                        words(text)
+                            .into_iter()
+                            .filter(|w| terms.iter().any(|t| w.starts_with(t.as_str()))),
+                    );
+                }
             }
             let mut result = json!({ "rank": hit.rank, "result": event });
             if query.context {
-                result["context"] = self.search_context(&hit.room_id, viewer, &event_id, query)?;
+                result["context"] = self.search_context(&hit.room_id, viewer, event_id, query)?;
             }
             results.push(result);
-            if results.len() == limit {
-                if returned < hits.len() {
-                    next_batch = Some(returned);
-                }
-                break;
-            }
         }
+        let next_batch = (visible.len() > query.skip + limit).then_some(query.skip + limit);
+        let total = visible.len();
+        highlights.extend(terms.iter().cloned());
         let mut answer = json!({
             "results": results,
             "count": total,
-            "highlights": matched_words.into_iter().take(50).collect::<Vec<_>>(),
+            "highlights": highlights.into_iter().take(50).collect::<Vec<_>>(),
         });
         if let Some(next) = next_batch {
             answer["next_batch"] = next.to_string().into();
@@ -338,24 +351,28 @@ impl Services {
         Ok(answer)
     }
 
-    /// The events of one room that have every word of `terms` (prefix matches).
+    /// The events of one room that have every word of `terms` (prefix matches). Each word's
+    /// entries are read newest first, so a word too common to read whole keeps its newest
+    /// matches.
     fn search_room(
         &self,
         room_id: &RoomId,
         terms: &[String],
         fields: &[Field],
         hits: &mut Vec<Hit>,
-        matched_words: &mut BTreeSet<String>,
     ) -> Result<()> {
         let room = room_id.as_bytes();
         let mut found: Option<HashMap<u64, u32>> = None;
         for term in terms {
             let mut prefix = keys::prefix(room);
             prefix.extend_from_slice(term.as_bytes());
+            let Some(end) = keys::prefix_end(&prefix) else {
+                continue;
+            };
             let mut this: HashMap<u64, u32> = HashMap::new();
             for item in self
                 .store
-                .scan_prefix(Cf::SearchWords, &prefix)
+                .scan_prefix_rev_from(Cf::SearchWords, &prefix, &end)
                 .take(MAX_POSTINGS)
             {
                 let (key, value) = item?;
@@ -375,10 +392,6 @@ impl Services {
                     .and_then(|t| t.try_into().ok())
                     .map_or(1, u32::from_be_bytes);
                 *this.entry(count).or_default() += times;
-                if matched_words.len() < 50 {
-                    matched_words
-                        .insert(String::from_utf8_lossy(&key[room.len() + 1..split]).into_owned());
-                }
             }
             found = Some(match found {
                 None => this,
@@ -417,6 +430,10 @@ impl Services {
             limit,
             &ruma::api::client::filter::RoomEventFilter::default(),
         )?;
+        let (cut_before, cut_after) = (
+            context.events_before.len() > query.before_limit,
+            context.events_after.len() > query.after_limit,
+        );
         let before: Vec<Value> = context
             .events_before
             .into_iter()
@@ -427,9 +444,27 @@ impl Services {
             .into_iter()
             .take(query.after_limit)
             .collect();
+        // Where the events returned end (not those read and left out), as `/messages` tokens.
+        let count_of = |event: Option<&Value>| -> Result<Option<u64>> {
+            let id = event
+                .and_then(|e| e["event_id"].as_str())
+                .unwrap_or(event_id.as_str());
+            Ok(match EventId::parse(id) {
+                Ok(id) => self.timeline.count_of(&id)?,
+                Err(_) => None,
+            })
+        };
+        let start = match cut_before {
+            true => count_of(before.last())?.map_or(context.start, |c| c.saturating_sub(1)),
+            false => context.start,
+        };
+        let end = match cut_after {
+            true => count_of(after.last())?.unwrap_or(context.end),
+            false => context.end,
+        };
         let mut answer = json!({
-            "start": context.start.to_string(),
-            "end": context.end.to_string(),
+            "start": start.to_string(),
+            "end": end.to_string(),
             "events_before": before,
             "events_after": after,
         });

@@ -16,6 +16,10 @@ use crate::{Error, Result, service::Services};
 /// Deepest a walk goes, whatever the client asks, and the most rooms one walk visits.
 pub const MAX_DEPTH: usize = 10;
 const MAX_ROOMS: usize = 500;
+/// Servers asked about one room (the first of its `via`), and requests to other servers per
+/// walk: a space's state cannot make one request fan out without bound.
+const MAX_VIA: usize = 3;
+const MAX_REMOTE_REQUESTS: usize = 50;
 
 /// What `/hierarchy` asks for.
 pub struct HierarchyQuery {
@@ -219,6 +223,8 @@ struct RemoteRooms {
     known: HashMap<OwnedRoomId, Value>,
     /// Rooms whose own answer (with `children_state`) is in `known`.
     walked: HashSet<OwnedRoomId>,
+    /// Requests made so far.
+    requests: usize,
 }
 
 impl RemoteRooms {
@@ -238,7 +244,15 @@ impl RemoteRooms {
         if !services.federation.enabled {
             return self.known.get(room_id).cloned();
         }
-        for server in via.iter().filter(|s| **s != services.server_name) {
+        for server in via
+            .iter()
+            .filter(|s| **s != services.server_name)
+            .take(MAX_VIA)
+        {
+            if self.requests >= MAX_REMOTE_REQUESTS {
+                break;
+            }
+            self.requests += 1;
             let mut request = get_hierarchy::v1::Request::new(room_id.to_owned());
             request.suggested_only = suggested_only;
             let answer = match services.send_federation_request(server, request).await {
