@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{
     client_event::{Detail, Viewer},
+    members::Membership,
     sync_filter::EventMatcher,
 };
 use crate::{Error, Result, service::Services};
@@ -47,12 +48,27 @@ impl Services {
         if event["type"] == "m.room.member" && event["state_key"] == user_id.as_str() {
             return Ok(true);
         }
-        let timeline = &self.timeline;
         let event_id = event["event_id"]
             .as_str()
             .and_then(|id| EventId::parse(id).ok());
         let event_id = event_id.ok_or_else(|| Error::internal("client event without ID"))?;
-        let state = timeline.state_hash_before(&event_id)?;
+        let state = self.timeline.state_hash_before(&event_id)?;
+        self.may_see_at(room_id, user_id, state, count, None)
+    }
+
+    /// The core of [`Services::may_see_event`] for an event that is not about the user's own
+    /// membership: `state` is the state before it, `count` its stream count; `known` the
+    /// user's current membership in the room when the caller has read it (callers checking
+    /// many events read it once), else it is read if needed.
+    pub fn may_see_at(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        state: u64,
+        count: u64,
+        known: Option<Option<&Membership>>,
+    ) -> Result<bool> {
+        let timeline = &self.timeline;
         let visibility = timeline.history_visibility_at(state)?;
         Ok(match &*visibility {
             "world_readable" => true,
@@ -68,15 +84,31 @@ impl Services {
                 then == "join" || (&*visibility == "invited" && then == "invite")
             }
             // shared (also when unset, and unknown values, which the spec says to treat so)
-            _ => match self.members.membership(room_id, user_id)? {
-                Some(m) if m.membership == "join" => true,
-                // Up to their leave, if they had joined (not a refused invite or a withdrawn
-                // knock).
-                Some(m) if m.membership == "leave" || m.membership == "ban" => {
-                    count <= m.count && self.left_after_joining(user_id, &m)?
+            _ => match known {
+                Some(known) => self.shared_visible(user_id, count, known)?,
+                None => {
+                    let current = self.members.membership(room_id, user_id)?;
+                    self.shared_visible(user_id, count, current.as_ref())?
                 }
-                _ => false,
             },
+        })
+    }
+
+    /// `shared` history: members see it while joined, and up to their leave if they had
+    /// joined.
+    fn shared_visible(
+        &self,
+        user_id: &UserId,
+        count: u64,
+        membership: Option<&Membership>,
+    ) -> Result<bool> {
+        Ok(match membership {
+            Some(m) if m.membership == "join" => true,
+            // Up to their leave, if they had joined (not a refused invite or a withdrawn knock).
+            Some(m) if m.membership == "leave" || m.membership == "ban" => {
+                count <= m.count && self.left_after_joining(user_id, m)?
+            }
+            _ => false,
         })
     }
 

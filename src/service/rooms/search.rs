@@ -20,6 +20,7 @@ use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
 
 use super::{
     client_event::{Detail, Viewer},
+    members::Membership,
     pdu,
     sync_filter::EventMatcher,
     timeline::pipeline::{Appending, EventConsumer, Staged},
@@ -278,15 +279,28 @@ impl Services {
         // highlights; the visible matches are counted up to a bound (the spec's count is
         // approximate), reading no more than a bounded number of matches.
         let mut visible = Vec::new();
+        let mut memberships: HashMap<&RoomId, Option<Membership>> = HashMap::new();
         for hit in hits.iter().take(MAX_EXAMINED) {
-            let Some(event_id) = self.timeline.event_at(&hit.room_id, hit.count)? else {
+            let Some((short, state)) = self.timeline.short_and_state_at(&hit.room_id, hit.count)?
+            else {
                 continue;
             };
-            // Indexed events are messages, names and topics: never the viewer's membership,
-            // so the type is all `may_see_event` needs besides the ID.
-            let probe = json!({ "event_id": event_id.as_str(), "type": "m.room.message" });
-            if self.may_see_event(&hit.room_id, viewer.user_id, &probe, hit.count)? {
-                visible.push((hit, event_id));
+            if !memberships.contains_key(&*hit.room_id) {
+                let membership = self.members.membership(&hit.room_id, viewer.user_id)?;
+                memberships.insert(&hit.room_id, membership);
+            }
+            let membership = memberships.get(&*hit.room_id).and_then(Option::as_ref);
+            // Indexed events are messages, names and topics, never the viewer's own
+            // membership: the state before the event decides.
+            let may_see = self.may_see_at(
+                &hit.room_id,
+                viewer.user_id,
+                state,
+                hit.count,
+                Some(membership),
+            )?;
+            if may_see {
+                visible.push((hit, short));
                 if visible.len() >= MAX_COUNTED.max(query.skip + limit + 1) {
                     break;
                 }
@@ -295,7 +309,11 @@ impl Services {
         let mut view = self.event_view(Some(viewer));
         let mut results = Vec::new();
         let mut highlights = BTreeSet::new();
-        for (hit, event_id) in visible.iter().skip(query.skip).take(limit) {
+        for (hit, short) in visible.iter().skip(query.skip).take(limit) {
+            let Some(event_id) = self.timeline.event_id_of(*short)? else {
+                continue;
+            };
+            let event_id = &event_id;
             let event = view.event(&hit.room_id, event_id, Some(hit.count), Detail::Timeline)?;
             if !query.filter.matches(&event) {
                 continue;

@@ -327,16 +327,26 @@ impl Timeline {
         ))
     }
 
-    /// The event at stream count `count` of a room's timeline (one point read and the short
-    /// ID's event ID, usually cached).
-    pub fn event_at(&self, room_id: &RoomId, count: u64) -> Result<Option<OwnedEventId>> {
+    /// The short ID of the event at stream count `count` of a room's timeline, and the state
+    /// before it (two point reads).
+    pub fn short_and_state_at(&self, room_id: &RoomId, count: u64) -> Result<Option<(u64, u64)>> {
         let key = keys::join([room_id.as_bytes(), &keys::u64_be(count)]);
-        let Some(short) = self.store.get(Cf::Timeline, &key)? else {
+        let Some(short) = self
+            .store
+            .get(Cf::Timeline, &key)?
+            .and_then(|s| keys::parse_u64_be(&s))
+        else {
             return Ok(None);
         };
-        let Some(short) = keys::parse_u64_be(&short) else {
-            return Ok(None);
-        };
+        Ok(self
+            .store
+            .get(Cf::EventState, &keys::u64_be(short))?
+            .and_then(|b| keys::parse_u64_be(&b))
+            .map(|state| (short, state)))
+    }
+
+    /// The event ID of a short ID (usually cached).
+    pub fn event_id_of(&self, short: u64) -> Result<Option<OwnedEventId>> {
         Ok(self
             .short
             .event_id(short)?
