@@ -13,8 +13,9 @@ use ruma::api::client::{
 use ruma::{EventId, RoomId, UInt};
 use serde_json::{Value, json};
 
+use super::room::stream_token;
 use crate::{
-    Error, Result,
+    Result,
     api::ruma::{Ruma, State},
     service::rooms::{
         client_event::Viewer,
@@ -26,14 +27,6 @@ use crate::{
 /// Events per page when the client names no limit, and the most it may ask for.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
-
-fn token(t: Option<&str>) -> Result<Option<u64>> {
-    t.map(|t| {
-        t.parse::<u64>()
-            .map_err(|_| Error::invalid_param("Unknown pagination token."))
-    })
-    .transpose()
-}
 
 fn limit(limit: Option<UInt>) -> usize {
     limit.map_or(DEFAULT_LIMIT, |l| {
@@ -80,7 +73,7 @@ fn relations_response(
         ruma::api::Direction::Forward => Direction::Forward,
         _ => Direction::Backward,
     };
-    let from = token(params.from)?;
+    let from = stream_token(params.from)?;
     let page = services.relations(
         params.room_id,
         viewer,
@@ -89,7 +82,7 @@ fn relations_response(
             rel_type,
             event_type,
             from,
-            to: token(params.to)?,
+            to: stream_token(params.to)?,
             direction,
             limit: limit(params.limit),
             recurse: params.recurse,
@@ -158,7 +151,7 @@ pub async fn threads(
         &body.room_id,
         request.viewer(),
         body.include == threads_v1::IncludeThreads::Participated,
-        token(body.from.as_deref())?,
+        stream_token(body.from.as_deref())?,
         limit(body.limit),
     )?;
     Ok(Json(page_json(page)))

@@ -253,6 +253,17 @@ pub async fn get_state_event(
     )))
 }
 
+/// A pagination token of the room's stream (`/messages`, `/sync`'s `prev_batch`,
+/// `/relations`, `/threads`): a stream count, else 400 `M_INVALID_PARAM`.
+pub(super) fn stream_token(token: Option<&str>) -> Result<Option<u64>> {
+    token
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| Error::invalid_param("Unknown pagination token."))
+        })
+        .transpose()
+}
+
 /// Most events one `/messages` page returns.
 const MAX_MESSAGES: usize = 1000;
 
@@ -261,15 +272,10 @@ pub async fn messages(
     request: Ruma<messages_v3::Request>,
 ) -> Result<axum::Json<Value>> {
     let body = &request.body;
-    let token = |t: &Option<String>| -> Result<Option<u64>> {
-        t.as_deref()
-            .map(|t| {
-                t.parse::<u64>()
-                    .map_err(|_| Error::invalid_param("Unknown pagination token."))
-            })
-            .transpose()
-    };
-    let (from, to) = (token(&body.from)?, token(&body.to)?);
+    let (from, to) = (
+        stream_token(body.from.as_deref())?,
+        stream_token(body.to.as_deref())?,
+    );
     let direction = match body.dir {
         ruma::api::Direction::Forward => Direction::Forward,
         _ => Direction::Backward,

@@ -112,6 +112,19 @@ impl Services {
         })
     }
 
+    /// 403 unless `user_id` is or was a member of the room (joined, or left or banned after):
+    /// who may page through its history at all (`/messages`, `/threads`,
+    /// `/timestamp_to_event`); which events they see is [`Services::may_see_event`]'s.
+    pub fn require_history_reader(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let membership = self.members.membership(room_id, user_id)?;
+        if membership.is_none_or(|m| {
+            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
+        }) {
+            return Err(Error::forbidden("You are not a member of this room."));
+        }
+        Ok(())
+    }
+
     /// A page of a room's history for `user_id`, from stream position `from` (default: the
     /// newest end going backward, the oldest going forward), up to `limit` visible events that
     /// pass `filter`.
@@ -129,12 +142,7 @@ impl Services {
     ) -> Result<Page> {
         let user_id = viewer.user_id;
         let mut view = self.event_view(Some(viewer));
-        let membership = self.members.membership(room_id, user_id)?;
-        if membership.is_none_or(|m| {
-            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
-        }) {
-            return Err(Error::forbidden("You are not a member of this room."));
-        }
+        self.require_history_reader(room_id, user_id)?;
         let mut events = Vec::new();
         let mut scanned = 0;
         let mut position = match direction {
@@ -310,12 +318,7 @@ impl Services {
         ts: u64,
         forward: bool,
     ) -> Result<(ruma::OwnedEventId, u64)> {
-        let membership = self.members.membership(room_id, user_id)?;
-        if membership.is_none_or(|m| {
-            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
-        }) {
-            return Err(Error::forbidden("You are not a member of this room."));
-        }
+        self.require_history_reader(room_id, user_id)?;
         let mut inspected = 0;
         let found = self.timeline.find_by_timestamp(
             room_id,

@@ -418,12 +418,7 @@ impl Services {
         limit: usize,
     ) -> Result<RelationsPage> {
         let user_id = viewer.user_id;
-        let membership = self.members.membership(room_id, user_id)?;
-        if membership.is_none_or(|m| {
-            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
-        }) {
-            return Err(Error::forbidden("You are not allowed to view this room."));
-        }
+        self.require_history_reader(room_id, user_id)?;
         let mut view = self.event_view(Some(viewer));
         let prefix = keys::prefix(room_id.as_bytes());
         let mut start = prefix.clone();
