@@ -112,6 +112,12 @@ pub struct Config {
     /// fetch arbitrary URLs.
     #[serde(default)]
     pub url_preview_enabled: bool,
+    /// Thread subscriptions (MSC4306, and MSC4308's sliding-sync extension), as Element X
+    /// uses them: the endpoints, and two push rules by which a thread's messages notify only
+    /// users subscribed to it (mentions still notify). Off by default, because clients that
+    /// never subscribe (most but Element X today) would then stop notifying about threads.
+    #[serde(default)]
+    pub thread_subscriptions: bool,
     /// Largest page or image `/preview_url` downloads, in bytes.
     #[serde(default = "default_url_preview_max_size")]
     pub url_preview_max_size: u64,

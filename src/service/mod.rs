@@ -57,6 +57,8 @@ pub struct Services {
     pub alias_lock: std::sync::Mutex<()>,
     /// Serialises changes of push rules (read, change, write back).
     pub push_rules_lock: tokio::sync::Mutex<()>,
+    /// Serialises thread-subscription changes (`rooms::thread_subscriptions`).
+    pub thread_subscriptions_lock: tokio::sync::Mutex<()>,
     /// Last-active times of presence refreshes (see `presence`).
     pub presence: presence::Presence,
     /// End-to-end encryption: the lock around one-time key claims (see `e2ee`).
@@ -140,6 +142,7 @@ impl Services {
             typing: rooms::ephemeral::Typing::default(),
             alias_lock: std::sync::Mutex::new(()),
             push_rules_lock: tokio::sync::Mutex::new(()),
+            thread_subscriptions_lock: tokio::sync::Mutex::new(()),
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),

@@ -100,15 +100,34 @@ impl Services {
     /// stay), or the defaults.
     pub fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
         let stored = self.account_data.get(user_id, None, EVENT_TYPE)?;
+        let mut defaults = server_default_rules(user_id);
+        if !self.thread_subscriptions_enabled() {
+            defaults.postcontent.clear();
+        }
         // Content a client wrote by hand that is no rule set counts as none.
         Ok(
             match stored.and_then(|raw| serde_json::from_str::<PushRulesContent>(raw.get()).ok()) {
                 Some(content) => {
                     let mut rules = content.global;
-                    rules.update_with_server_default(server_default_rules(user_id));
+                    // ruma's merge leaves `postcontent` out; it holds only server-default
+                    // rules (clients may not add any), so the user's switches and actions
+                    // are carried over here.
+                    let stored_postcontent = std::mem::take(&mut rules.postcontent);
+                    let postcontent = std::mem::take(&mut defaults.postcontent);
+                    rules.update_with_server_default(defaults);
+                    rules.postcontent = postcontent
+                        .into_iter()
+                        .map(|mut rule| {
+                            if let Some(old) = stored_postcontent.get(rule.rule_id.as_str()) {
+                                rule.enabled = old.enabled;
+                                rule.actions = old.actions.clone();
+                            }
+                            rule
+                        })
+                        .collect();
                     rules
                 }
-                None => server_default_rules(user_id),
+                None => defaults,
             },
         )
     }
@@ -159,6 +178,12 @@ impl Services {
         before: Option<&str>,
         after: Option<&str>,
     ) -> Result<()> {
+        // MSC4306: the postcontent kind holds the server's rules only.
+        if matches!(rule, NewPushRule::PostContent(_)) {
+            return Err(Error::invalid_param(
+                "Rules of the postcontent kind cannot be added.",
+            ));
+        }
         self.change_push_rules(user_id, |rules| {
             rules.insert(rule, after, before).map_err(|e| match e {
                 InsertPushRuleError::UnknownRuleId => {

@@ -266,6 +266,13 @@ column_families! {
     /// `room_id 0xFF word 0xFF stream count (u64 BE)` → field (1 body, 2 name, 3 topic) ++
     /// occurrences (u32 BE): the search index (`service::rooms::search`).
     SearchWords => "search_words",
+    /// `user_id 0xFF room_id 0xFF root event_id` → state (0 unsubscribed, 1 automatic, 2
+    /// manual) ++ stream count of the change (u64 BE): thread subscriptions
+    /// (`service::rooms::thread_subscriptions`).
+    ThreadSubscriptions => "thread_subscriptions",
+    /// `user_id 0xFF stream count (u64 BE)` → `room_id 0xFF root event_id`: each user's
+    /// subscription changes, the latest per thread.
+    ThreadSubscriptionChanges => "thread_subscription_changes",
 }
 
 /// A key and its value, as read from a scan.

@@ -44,4 +44,5 @@ mod sliding_sync;
 mod spaces;
 mod synapse;
 mod sync;
+mod thread_subscriptions;
 mod voip;

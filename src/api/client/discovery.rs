@@ -50,6 +50,15 @@ pub async fn versions(
             "org.matrix.msc4140".to_owned(),
             services.delayed_events.max_delay_ms > 0,
         ),
+        // Thread subscriptions and their sliding-sync extension, when turned on.
+        (
+            "org.matrix.msc4306".to_owned(),
+            services.thread_subscriptions_enabled(),
+        ),
+        (
+            "org.matrix.msc4308".to_owned(),
+            services.thread_subscriptions_enabled(),
+        ),
     ]);
     RumaResponse(response)
 }

@@ -30,6 +30,7 @@ mod session;
 mod sliding_sync;
 mod space;
 mod sync;
+mod thread_subscriptions;
 mod to_device;
 mod user_directory;
 mod voip;
@@ -127,6 +128,19 @@ pub fn routes(router: Router<State>) -> Router<State> {
             _,
         >(relations::relating_events_by_type_and_event_type)
         .ruma_route::<c::threads::get_threads::v1::Request, _, _>(relations::threads)
+        // Thread subscriptions (MSC4306/MSC4308), when turned on.
+        .ruma_route::<c::threads::subscribe_thread::unstable::Request, _, _>(
+            thread_subscriptions::subscribe,
+        )
+        .ruma_route::<c::threads::get_thread_subscription::unstable::Request, _, _>(
+            thread_subscriptions::get,
+        )
+        .ruma_route::<c::threads::unsubscribe_thread::unstable::Request, _, _>(
+            thread_subscriptions::unsubscribe,
+        )
+        .ruma_route::<c::threads::get_thread_subscriptions_changes::unstable::Request, _, _>(
+            thread_subscriptions::changes,
+        )
         .ruma_route::<c::space::get_hierarchy::v1::Request, _, _>(space::hierarchy)
         .ruma_route::<c::search::search_events::v3::Request, _, _>(search::search)
         // Reporting to the admins.

@@ -39,8 +39,12 @@ pub async fn get(
     request: Ruma<get_rule_v3::Request>,
 ) -> Result<RumaResponse<get_rule_v3::Response>> {
     let body = &request.body;
-    let rule = services.push_rule(request.user(), body.kind.clone(), &body.rule_id)?;
-    Ok(RumaResponse(get_rule_v3::Response::new(rule.into())))
+    let rule = match services.push_rule(request.user(), body.kind.clone(), &body.rule_id)? {
+        // ruma's conversion panics on this kind (MSC4306's): convert the rule itself.
+        ruma::push::AnyPushRule::PostContent(rule) => rule.into(),
+        rule => rule.into(),
+    };
+    Ok(RumaResponse(get_rule_v3::Response::new(rule)))
 }
 
 pub async fn set(

@@ -13,9 +13,12 @@ use crate::{
     api::ruma::{Ruma, State},
     service::{
         presence::PresenceUpdate,
-        rooms::sliding_sync::{
-            ExtensionsRequest, ListFilters, ListRequest, MAX_TIMELINE_LIMIT, RequiredState,
-            RoomConfig, Scope, ScopeRoom, SlidingRequest, ToDeviceRequest,
+        rooms::{
+            sliding_sync::{
+                ExtensionsRequest, ListFilters, ListRequest, MAX_TIMELINE_LIMIT, RequiredState,
+                RoomConfig, Scope, ScopeRoom, SlidingRequest, ToDeviceRequest,
+            },
+            thread_subscriptions::MAX_CHANGES,
         },
     },
 };
@@ -146,6 +149,16 @@ pub async fn sliding_sync(
             &ext.receipts.rooms,
         ),
         typing: scope(ext.typing.enabled, &ext.typing.lists, &ext.typing.rooms),
+        thread_subscriptions: (ext.thread_subscriptions.enabled == Some(true)
+            && services.thread_subscriptions_enabled())
+        .then(|| {
+            ext.thread_subscriptions
+                .limit
+                .map_or(MAX_CHANGES, |l| {
+                    usize::try_from(u64::from(l)).unwrap_or(MAX_CHANGES)
+                })
+                .clamp(1, MAX_CHANGES)
+        }),
     };
     let options = SlidingRequest {
         device_id: request.device(),

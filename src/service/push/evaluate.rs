@@ -228,13 +228,22 @@ impl Services {
             context = context.with_power_levels(power_levels.clone());
         }
         let ts = utils::now_millis();
+        let thread_rules = self.thread_subscriptions_enabled();
         let mut notified = Vec::new();
         for (user, display_name) in candidates {
             let rules = self.push_ruleset(&user)?;
+            // MSC4306's condition: whether this user follows the event's thread (one point
+            // read, for thread events only).
+            if thread_rules && thread != MAIN_THREAD {
+                let subscribed = self.subscribed_to_thread(&user, room_id, &thread)?;
+                context = context.with_has_thread_subscription_fn(move |_| {
+                    Box::pin(std::future::ready(subscribed))
+                });
+            }
             context.user_id = user;
             context.user_display_name = display_name;
             // The first rule that applies decides; every condition ruma evaluates completes at
-            // once (no thread subscriptions here).
+            // once (the thread-subscription answer is ready before).
             let mut actions: &[Action] = &[];
             for rule in rules.iter() {
                 if rule.applies(&flattened, &context).now_or_never() == Some(true) {

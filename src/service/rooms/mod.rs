@@ -24,6 +24,7 @@ pub mod state_res;
 pub mod state_store;
 pub mod sync;
 pub mod sync_filter;
+pub mod thread_subscriptions;
 pub mod timeline;
 pub mod upgrade;
 

@@ -1,5 +1,5 @@
 //! Sliding-sync extensions: `to_device` (MSC3885), `e2ee` (MSC3884), `account_data`
-//! (MSC3959), `receipts` (MSC3960) and `typing` (MSC3961). Each runs only when enabled in the
+//! (MSC3959), `receipts` (MSC3960), `typing` (MSC3961) and thread subscriptions (MSC4308). Each runs only when enabled in the
 //! request (nothing is remembered between requests). The room-scoped ones cover the rooms their
 //! `lists`/`rooms` name; of those, an incremental answer reads only the rooms the recent
 //! activity names (and the rooms sent for the first time in this answer, which get everything).
@@ -195,6 +195,28 @@ impl Services {
             }
             news |= !rooms.is_empty();
             out.insert("typing".into(), json!({ "rooms": rooms }));
+        }
+
+        if let Some(limit) = extensions.thread_subscriptions {
+            // The latest changes since the client's position; older ones of that span are
+            // paged through `/thread_subscriptions` from `prev_batch`.
+            let changes =
+                self.thread_subscription_changes(user_id, from.unwrap_or(0), Some(now + 1), limit)?;
+            news |= !changes.is_empty();
+            let mut answer = Map::new();
+            if !changes.subscribed.is_empty() {
+                answer.insert("subscribed".into(), Value::Object(changes.subscribed));
+            }
+            if !changes.unsubscribed.is_empty() {
+                answer.insert("unsubscribed".into(), Value::Object(changes.unsubscribed));
+            }
+            if let Some(before) = changes.more_before {
+                answer.insert("prev_batch".into(), json!(before.to_string()));
+            }
+            out.insert(
+                "io.element.msc4308.thread_subscriptions".into(),
+                Value::Object(answer),
+            );
         }
         Ok((Value::Object(out), news))
     }

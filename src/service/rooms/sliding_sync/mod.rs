@@ -241,6 +241,8 @@ pub struct ExtensionsRequest {
     pub account_data: Option<Scope>,
     pub receipts: Option<Scope>,
     pub typing: Option<Scope>,
+    /// MSC4308: at most this many thread-subscription changes.
+    pub thread_subscriptions: Option<usize>,
 }
 
 /// The `to_device` extension: messages after `since` (acknowledging those up to it).
