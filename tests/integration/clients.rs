@@ -286,8 +286,9 @@ async fn matrix_js_sdk_syncs_with_sliding_sync() {
 
 /// matrix-sdk and matrix-sdk-ui 0.18 (what Element X is built on) drive culvert's simplified
 /// sliding sync: `SyncService` with its room-list and encryption connections, the sorted room
-/// list, a room subscription and timeline, an invite joined through the SDK, and an encrypted
-/// message decrypted (`tests/clients/rust-sdk`, built by `scripts/test`).
+/// list, a room subscription and timeline, an invite joined through the SDK, an encrypted
+/// message decrypted, and thread subscriptions (MSC4306/MSC4308) made, skipped and synced
+/// (`tests/clients/rust-sdk`, built by `scripts/test`).
 #[tokio::test]
 async fn matrix_sdk_syncs_like_element_x() {
     let bin = std::env::var_os("SDK_SLIDING_SYNC_BIN")
@@ -300,7 +301,8 @@ async fn matrix_sdk_syncs_like_element_x() {
         );
         return;
     };
-    let server = TestServer::start().await;
+    // Thread subscriptions on: the scenario's last step uses them.
+    let server = TestServer::start_with("thread_subscriptions = true").await;
     let output = tokio::process::Command::new(bin)
         .args(["--homeserver", &server.base])
         .output()
@@ -311,6 +313,10 @@ async fn matrix_sdk_syncs_like_element_x() {
     assert!(
         output.status.success() && stdout.contains("sdk sliding sync: ok"),
         "matrix-sdk sliding sync failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("6. an older reply's automatic subscription was skipped"),
+        "the thread-subscription step did not run:\n{stdout}"
     );
 }
 

@@ -17,7 +17,12 @@
 //!    the SDK, the list shows the room joined;
 //! 5. alice starts her own `SyncService`, creates an encrypted room, invites bob, bob joins,
 //!    alice sends an encrypted message, bob's timeline shows it decrypted (to-device and the
-//!    e2ee extension at work).
+//!    e2ee extension at work);
+//! 6. thread subscriptions (MSC4306/MSC4308; the server runs with `thread_subscriptions`): a
+//!    second device of bob's subscribes to a thread alice started; bob's syncing client learns
+//!    it through the sliding-sync extension; bob unsubscribes through the SDK, whose automatic
+//!    subscription for an older reply the server then skips; a newer reply's automatic
+//!    subscription from the other device reaches bob's client as automatic.
 //!
 //! Build (its own workspace and Cargo.lock, not culvert's):
 //! `cargo build --manifest-path tests/clients/rust-sdk/Cargo.toml`. With `RUST_LOG` set (e.g.
@@ -41,13 +46,14 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures_util::{StreamExt as _, pin_mut};
 use matrix_sdk::{
-    Client, Room, RoomState,
+    Client, Room, RoomState, ThreadingSupport,
     ruma::{
-        OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+        OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
         api::client::{
             account::register,
             keys::get_keys,
             room::create_room::{self, v3::RoomPreset},
+            threads::subscribe_thread,
             uiaa,
         },
         events::{
@@ -59,6 +65,7 @@ use matrix_sdk::{
         },
     },
     sliding_sync::VersionBuilder,
+    store::{StoredThreadSubscription, ThreadSubscriptionStatus},
 };
 use matrix_sdk_ui::{
     eyeball_im::Vector,
@@ -231,6 +238,7 @@ impl Names {
 /// A user's SDK client.
 struct User {
     client: Client,
+    localpart: String,
     user_id: OwnedUserId,
     device_id: OwnedDeviceId,
 }
@@ -247,6 +255,9 @@ async fn register(homeserver: &str, localpart: &str) -> Result<User> {
         Client::builder()
             .homeserver_url(homeserver)
             .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
+            .with_threading_support(ThreadingSupport::Enabled {
+                with_subscriptions: true,
+            })
             .build(),
     )
     .await?;
@@ -308,9 +319,31 @@ async fn register(homeserver: &str, localpart: &str) -> Result<User> {
         .context("subscribing the event cache")?;
     Ok(User {
         client,
+        localpart: localpart.to_owned(),
         user_id,
         device_id,
     })
+}
+
+/// Logs `localpart` in on a new device (a client that does not sync), as [`register`] set
+/// the password.
+async fn login(homeserver: &str, localpart: &str) -> Result<Client> {
+    let client = bounded(
+        &format!("building a second SDK client for {localpart}"),
+        Client::builder().homeserver_url(homeserver).build(),
+    )
+    .await?;
+    let password = format!("{localpart}-password");
+    bounded(
+        &format!("logging {localpart} in on a second device"),
+        client
+            .matrix_auth()
+            .login_username(localpart, &password)
+            .initial_device_display_name("sdk-sliding-sync phone")
+            .into_future(),
+    )
+    .await?;
+    Ok(client)
 }
 
 /// Builds and starts a user's `SyncService` (room-list and encryption connections).
@@ -712,6 +745,96 @@ async fn run(homeserver: &str) -> Result<()> {
         bodies(&timeline_messages(&timeline).await)
     ));
     drop(timeline);
+
+    // 6. Thread subscriptions.
+    let send_text =
+        async |room: &Room, content: serde_json::Value, what: &str| -> Result<OwnedEventId> {
+            Ok(bounded(what, room.send_raw("m.room.message", content))
+                .await?
+                .response
+                .event_id)
+        };
+    let alice_r1 = &rooms[0];
+    let root = send_text(
+        alice_r1,
+        serde_json::json!({ "msgtype": "m.text", "body": "a thread" }),
+        "alice starting a thread in sdk room 1",
+    )
+    .await?;
+    let in_thread = |body: &str| {
+        serde_json::json!({ "msgtype": "m.text", "body": body,
+            "m.relates_to": { "rel_type": "m.thread", "event_id": root } })
+    };
+    let first_reply = send_text(alice_r1, in_thread("first reply"), "alice replying").await?;
+    let bob_phone = login(homeserver, &bob.localpart).await?;
+    bounded(
+        "bob's second device subscribing to the thread (PUT .../subscription)",
+        bob_phone.send(subscribe_thread::unstable::Request::new(
+            r1.clone(),
+            root.clone(),
+            None,
+        )),
+    )
+    .await?;
+    let status_in_store = async |want: Option<ThreadSubscriptionStatus>| {
+        services
+            .wait_for(
+                &format!("bob's client to store the thread's subscription as {want:?} (sliding-sync extension)"),
+                async || {
+                    let stored = bob
+                        .client
+                        .state_store()
+                        .load_thread_subscription(&r1, &root)
+                        .await
+                        .context("reading bob's state store")?;
+                    let status = stored.map(|s: StoredThreadSubscription| s.status);
+                    Ok(if status == want { Look::Done(()) } else { Look::NotYet(format!("{status:?}")) })
+                },
+            )
+            .await
+    };
+    status_in_store(Some(ThreadSubscriptionStatus::Subscribed {
+        automatic: false,
+    }))
+    .await?;
+    progress.say("6. bob's client learnt the subscription made on his other device");
+    bounded(
+        "bob unsubscribing through the SDK (Room::unsubscribe_thread)",
+        bob_r1.unsubscribe_thread(root.clone()),
+    )
+    .await?;
+    // An automatic subscription for a reply bob had when he unsubscribed: the server skips
+    // it (409 M_CONFLICTING_UNSUBSCRIPTION, which the SDK takes as done).
+    bounded(
+        "bob's automatic subscription for the older reply (Room::subscribe_thread)",
+        bob_r1.subscribe_thread(root.clone(), Some(first_reply.clone())),
+    )
+    .await?;
+    let fetched = bounded(
+        "fetching bob's subscription (Room::fetch_thread_subscription)",
+        bob_r1.fetch_thread_subscription(root.clone()),
+    )
+    .await?;
+    ensure!(
+        fetched.is_none(),
+        "the server re-subscribed bob for a reply older than his unsubscription: {fetched:?}"
+    );
+    let second_reply =
+        send_text(alice_r1, in_thread("second reply"), "alice replying again").await?;
+    bounded(
+        "bob's second device subscribing automatically for the newer reply",
+        bob_phone.send(subscribe_thread::unstable::Request::new(
+            r1.clone(),
+            root.clone(),
+            Some(second_reply),
+        )),
+    )
+    .await?;
+    status_in_store(Some(ThreadSubscriptionStatus::Subscribed {
+        automatic: true,
+    }))
+    .await?;
+    progress.say("6. an older reply's automatic subscription was skipped, a newer one's reached bob's client");
 
     // Done: both sync services still healthy; stop them.
     services.check()?;
