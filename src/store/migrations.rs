@@ -9,7 +9,7 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 5;
+pub const CURRENT: u64 = 6;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -22,6 +22,7 @@ const STEPS: &[Step] = &[
     index_room_servers,
     index_relations,
     index_words,
+    reindex_relations,
 ];
 
 /// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
@@ -89,8 +90,8 @@ fn index_room_servers(store: &Store) -> Result<Batch, rocksdb::Error> {
 fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
     use crate::service::rooms::{relations, timeline::StoredPdu};
     let mut batch = Batch::new();
-    // Each thread root's room and latest reply.
-    let mut threads: std::collections::BTreeMap<String, (Vec<u8>, u64)> = Default::default();
+    // Each thread's latest reply and reply count, by (room, root).
+    let mut threads: std::collections::BTreeMap<(Vec<u8>, String), (u64, i64)> = Default::default();
     let mut read = 0u64;
     for item in store.scan_prefix(Cf::Timeline, &[]) {
         let (key, short) = item?;
@@ -114,26 +115,24 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
         let Ok(stored) = serde_json::from_slice::<StoredPdu>(&bytes) else {
             continue;
         };
-        let Some(relations::IndexEntries {
-            relation: (key, value),
-            participant,
-        }) = relations::index_entries(stored.event_id.as_str(), &stored.pdu, count)
+        let Some(relations::IndexEntries { puts, thread_root }) =
+            relations::index_entries(stored.event_id.as_str(), &stored.pdu, count)
         else {
             continue;
         };
-        batch.put(Cf::Relations, key, value);
-        if let (Some(participant), Some(relation)) =
-            (participant, relations::relation_of(&stored.pdu))
-        {
-            batch.put(Cf::ThreadParticipants, participant, Vec::new());
-            let latest = threads
-                .entry(relation.parent.to_owned())
-                .or_insert_with(|| (room.to_vec(), count));
-            latest.1 = latest.1.max(count);
+        for (cf, key, value) in puts {
+            batch.put(cf, key, value);
+        }
+        if let Some(root) = thread_root {
+            let thread = threads.entry((room.to_vec(), root)).or_insert((count, 0));
+            thread.0 = thread.0.max(count);
+            thread.1 += 1;
         }
     }
-    for (root, (room, latest)) in threads {
-        batch.put(Cf::ThreadRoots, root.as_bytes(), keys::u64_be(latest));
+    for ((room, root), (latest, replies)) in threads {
+        let key = keys::join([room.as_slice(), root.as_bytes()]);
+        batch.put(Cf::ThreadRoots, key.clone(), keys::u64_be(latest));
+        batch.put(Cf::ThreadCounts, key, replies.to_be_bytes());
         batch.put(
             Cf::ThreadActivity,
             keys::join([room.as_slice(), &keys::u64_be(latest)]),
@@ -142,6 +141,35 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
     }
     info!(events = read, "relations indexed");
     Ok(batch)
+}
+
+/// 5 → 6: the relation indexes in their new layout — children by kind (`relation_kinds`),
+/// reactions by key (`annotations`), threads keyed by room with reply counters
+/// (`thread_roots`, `thread_counts`): the old entries are dropped and every event indexed again
+/// as in 3 → 4.
+fn reindex_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
+    for cf in [
+        Cf::Relations,
+        Cf::RelationKinds,
+        Cf::Annotations,
+        Cf::ThreadRoots,
+        Cf::ThreadCounts,
+        Cf::ThreadActivity,
+        Cf::ThreadParticipants,
+    ] {
+        let mut batch = Batch::new();
+        let mut dropped = 0u64;
+        for item in store.scan_prefix(cf, &[]) {
+            let (key, _) = item?;
+            batch.delete(cf, key.to_vec());
+            dropped += 1;
+            if dropped.is_multiple_of(100_000) {
+                store.write(std::mem::take(&mut batch))?;
+            }
+        }
+        store.write(batch)?;
+    }
+    index_relations(store)
 }
 
 /// 4 → 5: fills the search index (`search_words`) for events stored before the commit
@@ -315,6 +343,8 @@ mod tests {
                     serde_json::to_vec(&stored).unwrap(),
                 );
             }
+            // An entry of the old layout (keyed by the root alone), which 5 → 6 drops.
+            batch.put(Cf::ThreadRoots, b"$root".to_vec(), keys::u64_be(12));
             batch.put(Cf::Global, VERSION_KEY, keys::u64_be(3));
             store.write(batch).unwrap();
         }
@@ -330,10 +360,30 @@ mod tests {
                 keys::join([b"$root".as_slice(), &keys::u64_be(12)]),
             ]
         );
+        assert_eq!(store.get(Cf::ThreadRoots, b"$root").unwrap(), None);
+        let thread = keys::join([room, b"$root".as_slice()]);
         assert_eq!(
-            store.get(Cf::ThreadRoots, b"$root").unwrap(),
+            store.get(Cf::ThreadRoots, &thread).unwrap(),
             Some(keys::u64_be(12).to_vec())
         );
+        assert_eq!(
+            store
+                .get(Cf::ThreadCounts, &thread)
+                .unwrap()
+                .map(|c| crate::store::parse_counter(&c)),
+            Some(2)
+        );
+        // By kind: the two thread replies under kind 3.
+        let kinds: Vec<_> = store
+            .scan_prefix(Cf::RelationKinds, b"$root\xff")
+            .map(|item| item.unwrap().0.to_vec())
+            .collect();
+        let kind_key = |count: u64| {
+            let mut key = b"$root\xff\x03".to_vec();
+            key.extend(keys::u64_be(count));
+            key
+        };
+        assert_eq!(kinds, vec![kind_key(11), kind_key(12)]);
         assert_eq!(
             store
                 .get(Cf::ThreadActivity, &keys::join([room, &keys::u64_be(12)]))

@@ -253,8 +253,18 @@ column_families! {
     /// empty): the events that relate to an event (`m.relates_to`), in timeline order. See
     /// `service::rooms::relations`.
     Relations => "relations",
-    /// `root event_id` → stream count (u64 BE) of the thread's latest reply.
+    /// `room_id 0xFF root event_id` → stream count (u64 BE) of the thread's latest reply in
+    /// that room (schema 6; before: keyed by the root alone).
     ThreadRoots => "thread_roots",
+    /// `room_id 0xFF root event_id` → how many replies the thread has (a counter, i64 BE).
+    ThreadCounts => "thread_counts",
+    /// `parent event_id 0xFF kind (1 byte) stream count (u64 BE)` → as `relations`: an
+    /// event's children by kind (1 edit, 2 reference, 3 thread, 4 annotation, 5 other), so
+    /// that bundling reads edits and references without walking reactions and replies.
+    RelationKinds => "relation_kinds",
+    /// `parent event_id 0xFF sender 0xFF type 0xFF key` → stream count: each reaction, for
+    /// the one-reaction-per-key rule.
+    Annotations => "annotations",
     /// `room_id 0xFF stream count (u64 BE)` → root event ID: each room's threads by latest
     /// activity (an entry counts only while `thread_roots` gives the root that count).
     ThreadActivity => "thread_activity",
@@ -367,7 +377,38 @@ impl std::ops::Sub for ReadStats {
 #[derive(Default)]
 pub struct Batch {
     batch: WriteBatch,
-    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<(Cf, Vec<u8>, Op)>,
+}
+
+enum Op {
+    Put(Vec<u8>),
+    Delete,
+    /// Adds to a counter of a [`COUNTER_CFS`] column family.
+    Add(i64),
+}
+
+/// Column families whose values are counters (i64 BE) changed by [`Batch::add`]: RocksDB adds
+/// the operands up (a merge operator), so several additions in one batch, or in batches that
+/// did not read each other's, all count.
+const COUNTER_CFS: &[Cf] = &[Cf::ThreadCounts];
+
+/// The counters' merge operator: the base value plus every operand.
+fn add_counters(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let sum = existing
+        .into_iter()
+        .chain(operands)
+        .map(parse_counter)
+        .fold(0i64, i64::wrapping_add);
+    Some(sum.to_be_bytes().to_vec())
+}
+
+/// A counter's value (0 for anything that is not one).
+pub fn parse_counter(bytes: &[u8]) -> i64 {
+    bytes.try_into().map(i64::from_be_bytes).unwrap_or(0)
 }
 
 impl Batch {
@@ -375,10 +416,15 @@ impl Batch {
         Self::default()
     }
     pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push((cf, key.into(), Some(value.into())));
+        self.ops.push((cf, key.into(), Op::Put(value.into())));
     }
     pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
-        self.ops.push((cf, key.into(), None));
+        self.ops.push((cf, key.into(), Op::Delete));
+    }
+    /// Adds `delta` to a counter (see [`COUNTER_CFS`]); `put` sets one outright.
+    pub fn add(&mut self, cf: Cf, key: impl Into<Vec<u8>>, delta: i64) {
+        debug_assert!(COUNTER_CFS.contains(&cf), "{} holds no counters", cf.name());
+        self.ops.push((cf, key.into(), Op::Add(delta)));
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -424,9 +470,13 @@ impl Store {
                 }
             }
         }
-        let descriptors = names
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, db_opts.clone()));
+        let descriptors = names.iter().map(|name| {
+            let mut cf_opts = db_opts.clone();
+            if COUNTER_CFS.iter().any(|cf| cf.name() == name) {
+                cf_opts.set_merge_operator_associative("add_i64", add_counters);
+            }
+            ColumnFamilyDescriptor::new(name, cf_opts)
+        });
 
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             let text = e.to_string();
@@ -517,8 +567,9 @@ impl Store {
                 watched.push((i, key.clone()));
             }
             match value {
-                Some(value) => batch.put_cf(self.handle(cf), key, value),
-                None => batch.delete_cf(self.handle(cf), key),
+                Op::Put(value) => batch.put_cf(self.handle(cf), key, value),
+                Op::Delete => batch.delete_cf(self.handle(cf), key),
+                Op::Add(delta) => batch.merge_cf(self.handle(cf), key, delta.to_be_bytes()),
             }
         }
         self.inner.db.write_opt(batch, &self.inner.write_options)?;
@@ -664,6 +715,36 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_add_up_within_a_batch_across_batches_and_restarts() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let read = |store: &Store| {
+            store
+                .get(Cf::ThreadCounts, b"k")
+                .unwrap()
+                .map(|v| parse_counter(&v))
+        };
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut batch = Batch::new();
+            batch.add(Cf::ThreadCounts, b"k".to_vec(), 1);
+            batch.add(Cf::ThreadCounts, b"k".to_vec(), 1);
+            store.write(batch).unwrap();
+            let mut batch = Batch::new();
+            batch.add(Cf::ThreadCounts, b"k".to_vec(), -1);
+            batch.add(Cf::ThreadCounts, b"k".to_vec(), 5);
+            store.write(batch).unwrap();
+            assert_eq!(read(&store), Some(6));
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(read(&store), Some(6));
+        let mut batch = Batch::new();
+        batch.put(Cf::ThreadCounts, b"k".to_vec(), 10i64.to_be_bytes());
+        batch.add(Cf::ThreadCounts, b"k".to_vec(), 2);
+        store.write(batch).unwrap();
+        assert_eq!(read(&store), Some(12));
+    }
 
     #[test]
     fn batches_persist_and_prefix_scans_stay_inside_their_prefix() {

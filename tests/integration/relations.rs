@@ -641,3 +641,60 @@ async fn remote_replies_edits_and_reactions_count_on_both_servers() {
         .await;
     assert_eq!(ids(&bobs_threads["chunk"]), vec![root]);
 }
+
+/// Bundling costs the same however many reactions and replies an event has: reactions are
+/// never read for it, a thread's count is a counter (store reads, not time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundling_reads_do_not_grow_with_reactions_and_replies() {
+    let server = TestServer::start_with(NO_LIMITS).await;
+    let (alice, bob, _carol, room) = room_with_three(&server).await;
+    let message = send_message(&server, &alice, &room, text("popular")).await;
+    let root = send_message(&server, &alice, &room, text("busy thread")).await;
+    let mut n = 0;
+    let mut grow = async |by: usize| {
+        for _ in 0..by {
+            n += 1;
+            send(
+                &server,
+                &bob,
+                &room,
+                "m.reaction",
+                reaction(&message, &format!("k{n}")),
+            )
+            .await;
+            send_message(
+                &server,
+                &bob,
+                &room,
+                thread_reply(&root, &format!("reply {n}")),
+            )
+            .await;
+        }
+    };
+    grow(3).await;
+    // Measured warm (the second read of each), so caches count the same both times.
+    let cost = async |id: &str| {
+        event(&server, &alice, &room, id).await;
+        let before = server.services().store.read_stats();
+        let event = event(&server, &alice, &room, id).await;
+        (server.services().store.read_stats() - before, event)
+    };
+    let (message_small, _) = cost(&message).await;
+    let (root_small, event_small) = cost(&root).await;
+    assert_eq!(
+        event_small["unsigned"]["m.relations"]["m.thread"]["count"],
+        3
+    );
+    grow(200).await;
+    let (message_big, _) = cost(&message).await;
+    let (root_big, event_big) = cost(&root).await;
+    let thread = &event_big["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["count"], 203, "{event_big}");
+    assert_eq!(thread["latest_event"]["content"]["body"], "reply 203");
+    assert_eq!(thread["current_user_participated"], true); // alice wrote the root
+    assert_eq!(
+        message_big, message_small,
+        "a message's cost grew with its reactions"
+    );
+    assert_eq!(root_big, root_small, "a root's cost grew with its replies");
+}

@@ -95,6 +95,51 @@ fn relation_key(parent: &str, count: u64) -> Vec<u8> {
     keys::join([parent.as_bytes(), &keys::u64_be(count)])
 }
 
+/// The kinds of `relation_kinds`, in key order: bundling reads the first two in one scan.
+const KIND_EDIT: u8 = 1;
+const KIND_REFERENCE: u8 = 2;
+const KIND_THREAD: u8 = 3;
+const KIND_ANNOTATION: u8 = 4;
+const KIND_OTHER: u8 = 5;
+
+fn kind_of(rel_type: &str) -> u8 {
+    match rel_type {
+        REPLACE => KIND_EDIT,
+        REFERENCE => KIND_REFERENCE,
+        THREAD => KIND_THREAD,
+        ANNOTATION => KIND_ANNOTATION,
+        _ => KIND_OTHER,
+    }
+}
+
+/// The prefix of `parent`'s children of one kind in `relation_kinds`.
+fn kind_prefix(parent: &str, kind: u8) -> Vec<u8> {
+    let mut key = keys::prefix(parent.as_bytes());
+    key.push(kind);
+    key
+}
+
+fn kind_key(parent: &str, kind: u8, count: u64) -> Vec<u8> {
+    let mut key = kind_prefix(parent, kind);
+    key.extend(keys::u64_be(count));
+    key
+}
+
+/// A thread's key in `thread_roots` and `thread_counts`: replies count in their own room.
+fn thread_key(room: &[u8], root: &str) -> Vec<u8> {
+    keys::join([room, root.as_bytes()])
+}
+
+/// A reaction's key in `annotations`.
+fn annotation_key(parent: &str, sender: &str, event_type: &str, key: &str) -> Vec<u8> {
+    keys::join([
+        parent.as_bytes(),
+        sender.as_bytes(),
+        event_type.as_bytes(),
+        key.as_bytes(),
+    ])
+}
+
 fn child_value(
     ts: u64,
     event_id: &str,
@@ -137,11 +182,12 @@ fn origin_server_ts(pdu: &CanonicalJsonObject) -> u64 {
 
 /// An event's entries, as the migration that indexes older databases writes them.
 pub struct IndexEntries {
-    /// Its `relations` key and value.
-    pub relation: (Vec<u8>, Vec<u8>),
-    /// For a thread reply, its `thread_participants` key. (The thread's place in the activity
-    /// order is the migration's to work out.)
-    pub participant: Option<Vec<u8>>,
+    /// Its entries in `relations`, `relation_kinds`, and `annotations` or
+    /// `thread_participants`.
+    pub puts: Vec<(Cf, Vec<u8>, Vec<u8>)>,
+    /// For a thread reply, the root (the thread's count, latest reply and place in the
+    /// activity order are the migration's to work out).
+    pub thread_root: Option<String>,
 }
 
 /// The index entries of one stored event with stream count `count`, if it relates to another.
@@ -160,11 +206,31 @@ pub fn index_entries(
         event_type,
         sender,
     );
-    let participant = (relation.rel_type == THREAD)
-        .then(|| keys::join([relation.parent.as_bytes(), sender.as_bytes()]));
+    let parent = relation.parent;
+    let kind = kind_of(relation.rel_type);
+    let mut puts = vec![
+        (Cf::Relations, relation_key(parent, count), value.clone()),
+        (Cf::RelationKinds, kind_key(parent, kind, count), value),
+    ];
+    if kind == KIND_THREAD {
+        puts.push((
+            Cf::ThreadParticipants,
+            keys::join([parent.as_bytes(), sender.as_bytes()]),
+            Vec::new(),
+        ));
+    }
+    if kind == KIND_ANNOTATION
+        && let Some(key) = relation.key
+    {
+        puts.push((
+            Cf::Annotations,
+            annotation_key(parent, sender, event_type, key),
+            keys::u64_be(count).to_vec(),
+        ));
+    }
     Some(IndexEntries {
-        relation: (relation_key(relation.parent, count), value),
-        participant,
+        puts,
+        thread_root: (kind == KIND_THREAD).then(|| parent.to_owned()),
     })
 }
 
@@ -172,6 +238,7 @@ pub fn index_entries(
 /// starting after/before `from` (exclusive forward, inclusive backward, like `/messages`).
 fn children<'a>(
     store: &'a Store,
+    cf: Cf,
     prefix: &'a [u8],
     from: Option<u64>,
     direction: Direction,
@@ -186,18 +253,14 @@ fn children<'a>(
         Direction::Forward => {
             let mut start = prefix.to_vec();
             start.extend(keys::u64_be(from.map_or(0, |f| f.saturating_add(1))));
-            Box::new(
-                store
-                    .scan_prefix_from(Cf::Relations, prefix, &start)
-                    .filter_map(parse),
-            )
+            Box::new(store.scan_prefix_from(cf, prefix, &start).filter_map(parse))
         }
         Direction::Backward => {
             let mut start = prefix.to_vec();
             start.extend(keys::u64_be(from.unwrap_or(u64::MAX)));
             Box::new(
                 store
-                    .scan_prefix_rev_from(Cf::Relations, prefix, &start)
+                    .scan_prefix_rev_from(cf, prefix, &start)
                     .filter_map(parse),
             )
         }
@@ -228,9 +291,11 @@ impl Summary {
 }
 
 impl Services {
-    /// The summary of `event_id`'s children (one prefix scan). `original` is the event as
-    /// stored, whose sender and type an edit must share; `edits_only` skips threads and
-    /// references (for events bundled inside another's aggregations).
+    /// The summary of `event_id`'s children: edits and references in one short scan (the
+    /// kinds before replies and reactions), the thread from its counters — however many
+    /// reactions and replies the event has. `original` is the event as stored, whose sender
+    /// and type an edit must share; `edits_only` skips threads and references (for events
+    /// bundled inside another's aggregations).
     pub fn relation_summary(
         &self,
         event_id: &EventId,
@@ -249,12 +314,27 @@ impl Services {
         if edits_only && !editable {
             return Ok(summary);
         }
-        let prefix = keys::prefix(event_id.as_bytes());
-        let mut thread: Option<ThreadSummary> = None;
-        for child in children(&self.store, &prefix, None, Direction::Forward) {
-            let child = child?;
+        let parent = event_id.as_str();
+        let prefix = keys::prefix(parent.as_bytes());
+        let first = if editable { KIND_EDIT } else { KIND_REFERENCE };
+        let last = if edits_only {
+            KIND_EDIT
+        } else {
+            KIND_REFERENCE
+        };
+        for item in
+            self.store
+                .scan_prefix_from(Cf::RelationKinds, &prefix, &kind_prefix(parent, first))
+        {
+            let (key, value) = item?;
+            if key.get(prefix.len()).is_none_or(|kind| *kind > last) {
+                break;
+            }
+            let Some(child) = parse_child(&key, &value) else {
+                continue;
+            };
             match child.rel_type.as_str() {
-                REPLACE if editable && child.sender == sender && child.event_type == event_type => {
+                REPLACE if child.sender == sender && child.event_type == event_type => {
                     let newer = summary.edit.as_ref().is_none_or(|best| {
                         (child.origin_server_ts, &child.event_id)
                             > (best.origin_server_ts, &best.event_id)
@@ -263,32 +343,62 @@ impl Services {
                         summary.edit = Some(child);
                     }
                 }
-                THREAD if !edits_only => {
-                    let participated = viewer.is_some_and(|v| v.as_str() == child.sender);
-                    match &mut thread {
-                        Some(t) => {
-                            t.count += 1;
-                            t.participated |= participated;
-                            t.latest = child;
-                        }
-                        None => {
-                            thread = Some(ThreadSummary {
-                                count: 1,
-                                participated: participated
-                                    || viewer.is_some_and(|v| v.as_str() == sender),
-                                latest: child,
-                            })
-                        }
+                REFERENCE => {
+                    summary.references.push(child);
+                    if summary.references.len() == MAX_REFERENCES {
+                        break;
                     }
-                }
-                REFERENCE if !edits_only && summary.references.len() < MAX_REFERENCES => {
-                    summary.references.push(child)
                 }
                 _ => {}
             }
         }
-        summary.thread = thread;
+        if !edits_only && let Some(room) = pdu::str_field(original, "room_id") {
+            summary.thread = self.thread_summary(room, parent, sender, viewer)?;
+        }
         Ok(summary)
+    }
+
+    /// A thread root's replies in `room`: the count, the latest, whether the viewer took
+    /// part (a point read for an event that has no thread; four for a root).
+    fn thread_summary(
+        &self,
+        room: &str,
+        root: &str,
+        root_sender: &str,
+        viewer: Option<&UserId>,
+    ) -> Result<Option<ThreadSummary>> {
+        let key = thread_key(room.as_bytes(), root);
+        let Some(latest) = self
+            .store
+            .get(Cf::ThreadRoots, &key)?
+            .and_then(|c| keys::parse_u64_be(&c))
+        else {
+            return Ok(None);
+        };
+        let Some(latest) = self
+            .store
+            .get(Cf::Relations, &relation_key(root, latest))?
+            .and_then(|value| parse_child(&relation_key(root, latest), &value))
+        else {
+            return Ok(None);
+        };
+        let count = self
+            .store
+            .get(Cf::ThreadCounts, &key)?
+            .map_or(0, |c| crate::store::parse_counter(&c));
+        let participated = match viewer {
+            Some(viewer) if viewer.as_str() == root_sender => true,
+            Some(viewer) => self.store.contains(
+                Cf::ThreadParticipants,
+                &keys::join([root.as_bytes(), viewer.as_bytes()]),
+            )?,
+            None => false,
+        };
+        Ok(Some(ThreadSummary {
+            count: u64::try_from(count).unwrap_or(0).max(1),
+            latest,
+            participated,
+        }))
     }
 
     /// A page of the events that relate to `parent` (`/relations`), as `viewer` may see them.
@@ -311,11 +421,19 @@ impl Services {
             (Direction::Backward, Some(to)) => count > to,
             (Direction::Forward, Some(to)) => count <= to,
         };
-        let prefix = keys::prefix(parent.as_bytes());
+        // One relation type: that kind's entries only (not every reaction for a thread).
+        let prefix = match query.rel_type {
+            Some(rel_type) => kind_prefix(parent.as_str(), kind_of(rel_type)),
+            None => keys::prefix(parent.as_bytes()),
+        };
+        let cf = match query.rel_type {
+            Some(_) => Cf::RelationKinds,
+            None => Cf::Relations,
+        };
         let candidates: Box<dyn Iterator<Item = Result<Child>>> = if query.recurse {
             Box::new(self.descendants(parent, query)?.into_iter().map(Ok))
         } else {
-            children(&self.store, &prefix, query.from, query.direction)
+            children(&self.store, cf, &prefix, query.from, query.direction)
         };
         let mut candidates = candidates.peekable();
         let mut events = Vec::new();
@@ -360,7 +478,13 @@ impl Services {
             let mut next = Vec::new();
             for id in &level {
                 let prefix = keys::prefix(id.as_bytes());
-                for child in children(&self.store, &prefix, None, Direction::Forward) {
+                for child in children(
+                    &self.store,
+                    Cf::Relations,
+                    &prefix,
+                    None,
+                    Direction::Forward,
+                ) {
                     let child = child?;
                     next.push(child.event_id.clone());
                     found.push(child);
@@ -440,13 +564,16 @@ impl Services {
                 continue;
             };
             // Only the root's current entry counts (an older reply's may linger).
-            let current = self
-                .store
-                .get(Cf::ThreadRoots, &root)?
-                .and_then(|c| keys::parse_u64_be(&c));
             let Ok(root_id) = EventId::parse(String::from_utf8_lossy(&root).as_ref()) else {
                 continue;
             };
+            let current = self
+                .store
+                .get(
+                    Cf::ThreadRoots,
+                    &thread_key(room_id.as_bytes(), root_id.as_str()),
+                )?
+                .and_then(|c| keys::parse_u64_be(&c));
             if current == Some(count)
                 && self.event_in_room(room_id, &root_id)?
                 && (!participated_only || self.participated(&root_id, user_id)?)
@@ -513,9 +640,24 @@ impl EventConsumer for RelationIndex {
             && let Some(relation) = relation_of(redacted.pdu)
             && let Some(count) = services.timeline.count_of(redacted.event_id)?
         {
-            work.delete = Some(relation_key(relation.parent, count));
-            if relation.rel_type == THREAD {
-                let sender = pdu::str_field(redacted.pdu, "sender").unwrap_or_default();
+            let sender = pdu::str_field(redacted.pdu, "sender").unwrap_or_default();
+            let event_type = pdu::str_field(redacted.pdu, "type").unwrap_or_default();
+            let kind = kind_of(relation.rel_type);
+            work.delete
+                .push((Cf::Relations, relation_key(relation.parent, count)));
+            work.delete
+                .push((Cf::RelationKinds, kind_key(relation.parent, kind, count)));
+            if kind == KIND_ANNOTATION
+                && let Some(key) = relation.key
+            {
+                // Only its own entry (another event with the same reaction may hold it).
+                let reacted = annotation_key(relation.parent, sender, event_type, key);
+                let holder = services.store.get(Cf::Annotations, &reacted)?;
+                if holder.as_deref() == Some(&keys::u64_be(count)[..]) {
+                    work.delete.push((Cf::Annotations, reacted));
+                }
+            }
+            if kind == KIND_THREAD {
                 work.thread_change =
                     services.thread_without(event.room_id, relation.parent, count, sender)?;
             }
@@ -523,8 +665,10 @@ impl EventConsumer for RelationIndex {
         if let Some(relation) = relation_of(event.pdu)
             && services.check_relation(event, &relation)?
         {
+            let kind = kind_of(relation.rel_type);
             work.put = Some(NewRelation {
                 parent: relation.parent.to_owned(),
+                kind,
                 value: child_value(
                     origin_server_ts(event.pdu),
                     event.event_id.as_str(),
@@ -532,7 +676,17 @@ impl EventConsumer for RelationIndex {
                     event.event_type,
                     event.sender.as_str(),
                 ),
-                thread: if relation.rel_type == THREAD {
+                annotation: match (kind, relation.key) {
+                    (KIND_ANNOTATION, Some(key)) => Some(annotation_key(
+                        relation.parent,
+                        event.sender.as_str(),
+                        event.event_type,
+                        key,
+                    )),
+                    _ => None,
+                },
+                thread: if kind == KIND_THREAD {
+                    let key = thread_key(event.room_id.as_bytes(), relation.parent);
                     Some(ThreadReply {
                         room: event.room_id.as_bytes().to_vec(),
                         participant: keys::join([
@@ -541,15 +695,16 @@ impl EventConsumer for RelationIndex {
                         ]),
                         latest: services
                             .store
-                            .get(Cf::ThreadRoots, relation.parent.as_bytes())?
+                            .get(Cf::ThreadRoots, &key)?
                             .and_then(|c| keys::parse_u64_be(&c)),
+                        key,
                     })
                 } else {
                     None
                 },
             });
         }
-        Ok((work.put.is_some() || work.delete.is_some()).then(|| Box::new(work) as _))
+        Ok((work.put.is_some() || !work.delete.is_empty()).then(|| Box::new(work) as _))
     }
 }
 
@@ -590,19 +745,17 @@ impl Services {
                 let Some(key) = relation.key else {
                     return refuse(ErrorKind::InvalidParam, "An annotation needs a key.");
                 };
-                let prefix = keys::prefix(parent_id.as_bytes());
-                for child in children(&self.store, &prefix, None, Direction::Forward) {
-                    let child = child?;
-                    if child.rel_type == ANNOTATION
-                        && child.sender == event.sender.as_str()
-                        && child.event_type == event.event_type
-                        && child.key == key
-                    {
-                        return refuse(
-                            ErrorKind::DuplicateAnnotation,
-                            "You already reacted with this key.",
-                        );
-                    }
+                let reacted = annotation_key(
+                    parent_id.as_str(),
+                    event.sender.as_str(),
+                    event.event_type,
+                    key,
+                );
+                if self.store.contains(Cf::Annotations, &reacted)? {
+                    return refuse(
+                        ErrorKind::DuplicateAnnotation,
+                        "You already reacted with this key.",
+                    );
                 }
             }
             THREAD if relation_of(&parent.pdu).is_some() => {
@@ -620,8 +773,8 @@ impl Services {
 #[derive(Default)]
 struct RelationWork {
     put: Option<NewRelation>,
-    /// A redacted event's entry.
-    delete: Option<Vec<u8>>,
+    /// A redacted event's entries.
+    delete: Vec<(Cf, Vec<u8>)>,
     /// A redacted thread reply's thread, as it is without it.
     thread_change: Option<ThreadChange>,
 }
@@ -639,7 +792,7 @@ struct ThreadChange {
 
 impl Services {
     /// The change to a thread's indexes when its reply at stream count `redacted` (sent by
-    /// `sender`) is redacted: one scan of the root's children.
+    /// `sender`) is redacted: one scan of the root's replies.
     fn thread_without(
         &self,
         room_id: &RoomId,
@@ -649,17 +802,23 @@ impl Services {
     ) -> Result<Option<ThreadChange>> {
         let mut latest_left = None;
         let mut sender_left = false;
-        let prefix = keys::prefix(root.as_bytes());
-        for child in children(&self.store, &prefix, None, Direction::Forward) {
+        let prefix = kind_prefix(root, KIND_THREAD);
+        for child in children(
+            &self.store,
+            Cf::RelationKinds,
+            &prefix,
+            None,
+            Direction::Forward,
+        ) {
             let child = child?;
-            if child.rel_type == THREAD && child.count != redacted {
+            if child.count != redacted {
                 latest_left = Some(child.count);
                 sender_left |= child.sender == sender;
             }
         }
         let current = self
             .store
-            .get(Cf::ThreadRoots, root.as_bytes())?
+            .get(Cf::ThreadRoots, &thread_key(room_id.as_bytes(), root))?
             .and_then(|c| keys::parse_u64_be(&c));
         Ok(Some(ThreadChange {
             room: room_id.as_bytes().to_vec(),
@@ -672,12 +831,17 @@ impl Services {
 
 struct NewRelation {
     parent: String,
+    kind: u8,
     value: Vec<u8>,
+    /// A reaction's `annotations` key.
+    annotation: Option<Vec<u8>>,
     thread: Option<ThreadReply>,
 }
 
 struct ThreadReply {
     room: Vec<u8>,
+    /// The thread's `thread_roots`/`thread_counts` key.
+    key: Vec<u8>,
     participant: Vec<u8>,
     /// The thread's latest reply before this one.
     latest: Option<u64>,
@@ -685,10 +849,12 @@ struct ThreadReply {
 
 impl Staged for RelationWork {
     fn write(&mut self, batch: &mut Batch, count: u64) -> Result<()> {
-        if let Some(key) = self.delete.take() {
-            batch.delete(Cf::Relations, key);
+        for (cf, key) in self.delete.drain(..) {
+            batch.delete(cf, key);
         }
         if let Some(change) = self.thread_change.take() {
+            let key = thread_key(&change.room, &change.root);
+            batch.add(Cf::ThreadCounts, key.clone(), -1);
             if let Some(participant) = change.participant {
                 batch.delete(Cf::ThreadParticipants, participant);
             }
@@ -699,27 +865,32 @@ impl Staged for RelationWork {
                 );
                 match latest {
                     Some(latest) => {
-                        batch.put(
-                            Cf::ThreadRoots,
-                            change.root.as_bytes(),
-                            keys::u64_be(latest),
-                        );
+                        batch.put(Cf::ThreadRoots, key, keys::u64_be(latest));
                         batch.put(
                             Cf::ThreadActivity,
                             keys::join([&change.room, &keys::u64_be(latest)[..]]),
                             change.root.into_bytes(),
                         );
                     }
-                    None => batch.delete(Cf::ThreadRoots, change.root.into_bytes()),
+                    None => batch.delete(Cf::ThreadRoots, key),
                 }
             }
         }
         let Some(new) = self.put.take() else {
             return Ok(());
         };
+        batch.put(
+            Cf::RelationKinds,
+            kind_key(&new.parent, new.kind, count),
+            new.value.clone(),
+        );
         batch.put(Cf::Relations, relation_key(&new.parent, count), new.value);
+        if let Some(annotation) = new.annotation {
+            batch.put(Cf::Annotations, annotation, keys::u64_be(count));
+        }
         if let Some(thread) = new.thread {
             batch.put(Cf::ThreadParticipants, thread.participant, Vec::new());
+            batch.add(Cf::ThreadCounts, thread.key.clone(), 1);
             // A backfilled reply older than the latest does not move the thread.
             if thread.latest.is_none_or(|latest| latest < count) {
                 if let Some(latest) = thread.latest {
@@ -728,7 +899,7 @@ impl Staged for RelationWork {
                         keys::join([&thread.room, &keys::u64_be(latest)[..]]),
                     );
                 }
-                batch.put(Cf::ThreadRoots, new.parent.as_bytes(), keys::u64_be(count));
+                batch.put(Cf::ThreadRoots, thread.key, keys::u64_be(count));
                 batch.put(
                     Cf::ThreadActivity,
                     keys::join([&thread.room, &keys::u64_be(count)[..]]),
