@@ -698,3 +698,22 @@ async fn bundling_reads_do_not_grow_with_reactions_and_replies() {
     );
     assert_eq!(root_big, root_small, "a root's cost grew with its replies");
 }
+
+/// An `m.replace` without `m.new_content` is no edit: never bundled, though still a relation.
+#[tokio::test]
+async fn an_edit_without_new_content_is_not_bundled() {
+    let server = TestServer::start_with(NO_LIMITS).await;
+    let (alice, _bob, _carol, room) = room_with_three(&server).await;
+    let original = send_message(&server, &alice, &room, text("original")).await;
+    let valid = send_message(&server, &alice, &room, edit(&original, "edited")).await;
+    let mut broken = edit(&original, "broken");
+    broken.as_object_mut().unwrap().remove("m.new_content");
+    let broken = send_message(&server, &alice, &room, broken).await;
+    let event = event(&server, &alice, &room, &original).await;
+    assert_eq!(
+        event["unsigned"]["m.relations"]["m.replace"]["event_id"], valid,
+        "{event}"
+    );
+    let all = relations(&server, &alice, &room, &original).await;
+    assert_eq!(ids(&all["chunk"]), vec![broken, valid]);
+}

@@ -112,6 +112,23 @@ fn kind_of(rel_type: &str) -> u8 {
     }
 }
 
+/// The kind an event's relation is indexed under: an `m.replace` without `m.new_content` is
+/// no edit (unless encrypted: the server cannot look inside), so it is never bundled as one.
+fn entry_kind(relation: &Relation<'_>, pdu: &CanonicalJsonObject) -> u8 {
+    let kind = kind_of(relation.rel_type);
+    let encrypted = pdu::str_field(pdu, "type") == Some("m.room.encrypted");
+    let has_new_content = matches!(
+        pdu.get("content"),
+        Some(CanonicalJsonValue::Object(content))
+            if matches!(content.get("m.new_content"), Some(CanonicalJsonValue::Object(_)))
+    );
+    if kind == KIND_EDIT && !encrypted && !has_new_content {
+        KIND_OTHER
+    } else {
+        kind
+    }
+}
+
 /// The prefix of `parent`'s children of one kind in `relation_kinds`.
 fn kind_prefix(parent: &str, kind: u8) -> Vec<u8> {
     let mut key = keys::prefix(parent.as_bytes());
@@ -207,7 +224,7 @@ pub fn index_entries(
         sender,
     );
     let parent = relation.parent;
-    let kind = kind_of(relation.rel_type);
+    let kind = entry_kind(&relation, pdu);
     let mut puts = vec![
         (Cf::Relations, relation_key(parent, count), value.clone()),
         (Cf::RelationKinds, kind_key(parent, kind, count), value),
@@ -642,7 +659,7 @@ impl EventConsumer for RelationIndex {
         {
             let sender = pdu::str_field(redacted.pdu, "sender").unwrap_or_default();
             let event_type = pdu::str_field(redacted.pdu, "type").unwrap_or_default();
-            let kind = kind_of(relation.rel_type);
+            let kind = entry_kind(&relation, redacted.pdu);
             work.delete
                 .push((Cf::Relations, relation_key(relation.parent, count)));
             work.delete
@@ -665,7 +682,7 @@ impl EventConsumer for RelationIndex {
         if let Some(relation) = relation_of(event.pdu)
             && services.check_relation(event, &relation)?
         {
-            let kind = kind_of(relation.rel_type);
+            let kind = entry_kind(&relation, event.pdu);
             work.put = Some(NewRelation {
                 parent: relation.parent.to_owned(),
                 kind,
