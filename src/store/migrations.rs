@@ -91,7 +91,8 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
     use crate::service::rooms::{relations, timeline::StoredPdu};
     let mut batch = Batch::new();
     // Each thread's latest reply and reply count, by (room, root).
-    let mut threads: std::collections::BTreeMap<(Vec<u8>, String), (u64, i64)> = Default::default();
+    let mut threads: std::collections::BTreeMap<(Vec<u8>, String), (u64, Vec<u8>, i64)> =
+        Default::default();
     let mut read = 0u64;
     for item in store.scan_prefix(Cf::Timeline, &[]) {
         let (key, short) = item?;
@@ -120,18 +121,32 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
         else {
             continue;
         };
+        if let Some(root) = thread_root {
+            // Its `relations` value (the first entry), kept for the latest reply.
+            let child = puts
+                .first()
+                .map(|(_, _, value)| value.clone())
+                .unwrap_or_default();
+            let thread = threads
+                .entry((room.to_vec(), root))
+                .or_insert((count, child.clone(), 0));
+            if count >= thread.0 {
+                thread.0 = count;
+                thread.1 = child;
+            }
+            thread.2 += 1;
+        }
         for (cf, key, value) in puts {
             batch.put(cf, key, value);
         }
-        if let Some(root) = thread_root {
-            let thread = threads.entry((room.to_vec(), root)).or_insert((count, 0));
-            thread.0 = thread.0.max(count);
-            thread.1 += 1;
-        }
     }
-    for ((room, root), (latest, replies)) in threads {
+    for ((room, root), (latest, child, replies)) in threads {
         let key = keys::join([room.as_slice(), root.as_bytes()]);
-        batch.put(Cf::ThreadRoots, key.clone(), keys::u64_be(latest));
+        batch.put(
+            Cf::ThreadRoots,
+            key.clone(),
+            relations::thread_root_entry(latest, &child),
+        );
         batch.put(Cf::ThreadCounts, key, replies.to_be_bytes());
         batch.put(
             Cf::ThreadActivity,
@@ -363,7 +378,10 @@ mod tests {
         assert_eq!(store.get(Cf::ThreadRoots, b"$root").unwrap(), None);
         let thread = keys::join([room, b"$root".as_slice()]);
         assert_eq!(
-            store.get(Cf::ThreadRoots, &thread).unwrap(),
+            store
+                .get(Cf::ThreadRoots, &thread)
+                .unwrap()
+                .map(|v| v[..8].to_vec()),
             Some(keys::u64_be(12).to_vec())
         );
         assert_eq!(

@@ -254,7 +254,8 @@ column_families! {
     /// `service::rooms::relations`.
     Relations => "relations",
     /// `room_id 0xFF root event_id` → stream count (u64 BE) of the thread's latest reply in
-    /// that room (schema 6; before: keyed by the root alone).
+    /// that room ++ that reply's `relations` value (schema 6; before: keyed by the root alone,
+    /// the count only).
     ThreadRoots => "thread_roots",
     /// `room_id 0xFF root event_id` → how many replies the thread has (a counter, i64 BE).
     ThreadCounts => "thread_counts",

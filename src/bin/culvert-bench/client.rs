@@ -320,10 +320,21 @@ impl User {
 
     /// Sends an `m.room.message`; returns its event ID.
     pub async fn send(&self, room_id: &str, content: &Value) -> Result<String> {
+        self.send_event(room_id, "m.room.message", content).await
+    }
+
+    /// Sends a message event of any type; returns its event ID.
+    pub async fn send_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<String> {
         let txn = self.txn.fetch_add(1, Ordering::Relaxed);
         let path = format!(
-            "/_matrix/client/v3/rooms/{}/send/m.room.message/cb{}.{txn}",
+            "/_matrix/client/v3/rooms/{}/send/{}/cb{}.{txn}",
             enc(room_id),
+            enc(event_type),
             crate::START_NONCE.as_str()
         );
         let reply = self.call_ok(Method::PUT, &path, Some(content)).await?;

@@ -1091,9 +1091,16 @@ impl Search {
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct ThreadsOpts {
-    /// Threads in the room (a root and one reply each).
+    /// Threads in the room (a root and `--replies` replies each).
     #[arg(long, default_value_t = 1000)]
     pub threads: usize,
+    /// Replies in each thread.
+    #[arg(long, default_value_t = 1)]
+    pub replies: usize,
+    /// Reactions on each root (distinct keys), which a root's bundled aggregations must not
+    /// cost reading.
+    #[arg(long, default_value_t = 0)]
+    pub reactions: usize,
     /// Thread roots per `/threads` page.
     #[arg(long, default_value_t = 50)]
     pub page: u32,
@@ -1111,11 +1118,14 @@ pub struct Threads {
 impl Threads {
     pub async fn prepare(ctx: &Ctx, opts: ThreadsOpts) -> Result<Self> {
         check_limits("--threads", opts.threads, 100_000)?;
+        check_limits("--replies", opts.replies.max(1), 10_000)?;
+        check_limits("--reactions", opts.reactions.max(1), 10_000)?;
         check_limits("--page", opts.page as usize, 1_000)?;
         check_limits("--samples", opts.samples, 10_000)?;
         let user = ctx.users("threader", 1).await?.remove(0);
         let room = user.create_room("bench threads").await?;
         let (writer, target) = (user.clone(), room.clone());
+        let (replies, reactions) = (opts.replies, opts.reactions);
         for_each_bounded(
             "start threads",
             opts.threads,
@@ -1124,12 +1134,21 @@ impl Threads {
                 let (writer, target) = (writer.clone(), target.clone());
                 async move {
                     let root = writer.send(&target, &message(0, i)).await?;
-                    let mut reply = message(1, i);
-                    reply["m.relates_to"] = json!({
-                        "rel_type": "m.thread", "event_id": root, "is_falling_back": true,
-                        "m.in_reply_to": { "event_id": root },
-                    });
-                    writer.send(&target, &reply).await.map(drop)
+                    for r in 0..replies {
+                        let mut reply = message(1 + r, i);
+                        reply["m.relates_to"] = json!({
+                            "rel_type": "m.thread", "event_id": root, "is_falling_back": true,
+                            "m.in_reply_to": { "event_id": root },
+                        });
+                        writer.send(&target, &reply).await?;
+                    }
+                    for k in 0..reactions {
+                        let reaction = json!({ "m.relates_to": {
+                            "rel_type": "m.annotation", "event_id": root, "key": format!("r{k}"),
+                        } });
+                        writer.send_event(&target, "m.reaction", &reaction).await?;
+                    }
+                    Ok(())
                 }
             },
         )

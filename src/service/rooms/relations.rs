@@ -147,6 +147,19 @@ fn thread_key(room: &[u8], root: &str) -> Vec<u8> {
     keys::join([room, root.as_bytes()])
 }
 
+/// A `thread_roots` value: the latest reply's stream count, then its `relations` value (so
+/// bundling the thread reads no other entry for it).
+fn thread_root_value(latest: u64, child: &[u8]) -> Vec<u8> {
+    let mut value = keys::u64_be(latest).to_vec();
+    value.extend_from_slice(child);
+    value
+}
+
+/// The latest reply's stream count of a `thread_roots` value.
+fn thread_latest(value: &[u8]) -> Option<u64> {
+    keys::parse_u64_be(value.get(..8)?)
+}
+
 /// A reaction's key in `annotations`.
 fn annotation_key(parent: &str, sender: &str, event_type: &str, key: &str) -> Vec<u8> {
     keys::join([
@@ -195,6 +208,12 @@ fn origin_server_ts(pdu: &CanonicalJsonObject) -> u64 {
         Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
         _ => 0,
     }
+}
+
+/// The `thread_roots` value for a thread whose latest reply (at `latest`) has the
+/// `relations` value `child` — for the migration.
+pub fn thread_root_entry(latest: u64, child: &[u8]) -> Vec<u8> {
+    thread_root_value(latest, child)
 }
 
 /// An event's entries, as the migration that indexes older databases writes them.
@@ -385,17 +404,11 @@ impl Services {
         viewer: Option<&UserId>,
     ) -> Result<Option<ThreadSummary>> {
         let key = thread_key(room.as_bytes(), root);
-        let Some(latest) = self
-            .store
-            .get(Cf::ThreadRoots, &key)?
-            .and_then(|c| keys::parse_u64_be(&c))
-        else {
+        let Some(value) = self.store.get(Cf::ThreadRoots, &key)? else {
             return Ok(None);
         };
-        let Some(latest) = self
-            .store
-            .get(Cf::Relations, &relation_key(root, latest))?
-            .and_then(|value| parse_child(&relation_key(root, latest), &value))
+        let Some(latest) = thread_latest(&value)
+            .and_then(|count| parse_child(&relation_key(root, count), &value[8..]))
         else {
             return Ok(None);
         };
@@ -590,7 +603,7 @@ impl Services {
                     Cf::ThreadRoots,
                     &thread_key(room_id.as_bytes(), root_id.as_str()),
                 )?
-                .and_then(|c| keys::parse_u64_be(&c));
+                .and_then(|c| thread_latest(&c));
             if current == Some(count)
                 && self.event_in_room(room_id, &root_id)?
                 && (!participated_only || self.participated(&root_id, user_id)?)
@@ -713,7 +726,7 @@ impl EventConsumer for RelationIndex {
                         latest: services
                             .store
                             .get(Cf::ThreadRoots, &key)?
-                            .and_then(|c| keys::parse_u64_be(&c)),
+                            .and_then(|c| thread_latest(&c)),
                         key,
                     })
                 } else {
@@ -801,8 +814,8 @@ struct ThreadChange {
     room: Vec<u8>,
     root: String,
     /// The activity entry to drop (the redacted reply was the latest) and the reply that is
-    /// latest now, if any is left.
-    latest: Option<(u64, Option<u64>)>,
+    /// latest now, if any is left (its count and `relations` value).
+    latest: Option<(u64, Option<(u64, Vec<u8>)>)>,
     /// The redactor's participant entry, when it was their only reply.
     participant: Option<Vec<u8>>,
 }
@@ -836,7 +849,15 @@ impl Services {
         let current = self
             .store
             .get(Cf::ThreadRoots, &thread_key(room_id.as_bytes(), root))?
-            .and_then(|c| keys::parse_u64_be(&c));
+            .and_then(|c| thread_latest(&c));
+        // The reply that becomes the latest, with its entry for `thread_roots`.
+        let latest_left = match latest_left {
+            Some(count) if current == Some(redacted) => self
+                .store
+                .get(Cf::Relations, &relation_key(root, count))?
+                .map(|value| (count, value)),
+            _ => None,
+        };
         Ok(Some(ThreadChange {
             room: room_id.as_bytes().to_vec(),
             root: root.to_owned(),
@@ -881,8 +902,8 @@ impl Staged for RelationWork {
                     keys::join([&change.room, &keys::u64_be(dropped)[..]]),
                 );
                 match latest {
-                    Some(latest) => {
-                        batch.put(Cf::ThreadRoots, key, keys::u64_be(latest));
+                    Some((latest, child)) => {
+                        batch.put(Cf::ThreadRoots, key, thread_root_value(latest, &child));
                         batch.put(
                             Cf::ThreadActivity,
                             keys::join([&change.room, &keys::u64_be(latest)[..]]),
@@ -901,7 +922,11 @@ impl Staged for RelationWork {
             kind_key(&new.parent, new.kind, count),
             new.value.clone(),
         );
-        batch.put(Cf::Relations, relation_key(&new.parent, count), new.value);
+        batch.put(
+            Cf::Relations,
+            relation_key(&new.parent, count),
+            new.value.clone(),
+        );
         if let Some(annotation) = new.annotation {
             batch.put(Cf::Annotations, annotation, keys::u64_be(count));
         }
@@ -916,7 +941,11 @@ impl Staged for RelationWork {
                         keys::join([&thread.room, &keys::u64_be(latest)[..]]),
                     );
                 }
-                batch.put(Cf::ThreadRoots, thread.key, keys::u64_be(count));
+                batch.put(
+                    Cf::ThreadRoots,
+                    thread.key,
+                    thread_root_value(count, &new.value),
+                );
                 batch.put(
                     Cf::ThreadActivity,
                     keys::join([&thread.room, &keys::u64_be(count)[..]]),
