@@ -112,6 +112,12 @@ pub struct Config {
     /// fetch arbitrary URLs.
     #[serde(default)]
     pub url_preview_enabled: bool,
+    /// How long an access token lives when the client asked for a refresh token (`/login`,
+    /// `/register` with `refresh_token: true`), in ms; it refreshes through `/refresh` before.
+    /// 0: no refresh tokens are handed out, and access tokens never expire (as for clients
+    /// that do not ask).
+    #[serde(default = "default_access_token_lifetime_ms")]
+    pub access_token_lifetime_ms: u64,
     /// Thread subscriptions (MSC4306, and MSC4308's sliding-sync extension), as Element X
     /// uses them: the endpoints, and two push rules by which a thread's messages notify only
     /// users subscribed to it (mentions still notify). Off by default, because clients that
@@ -310,6 +316,10 @@ fn default_max_request_size() -> u32 {
 fn default_max_upload_size() -> u64 {
     50 * 1024 * 1024
 }
+fn default_access_token_lifetime_ms() -> u64 {
+    5 * 60 * 1000
+}
+
 fn default_url_preview_max_size() -> u64 {
     10 * 1024 * 1024
 }

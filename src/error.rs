@@ -92,6 +92,17 @@ impl Error {
             "Unknown access token.",
         )
     }
+    /// `M_UNKNOWN_TOKEN` with `soft_logout: true`: the session can come back (a refresh, or
+    /// logging in again to the same device).
+    pub fn soft_logout(message: impl Into<String>) -> Self {
+        let mut data = UnknownTokenErrorData::new();
+        data.soft_logout = true;
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::UnknownToken(data),
+            message,
+        )
+    }
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, message)
     }

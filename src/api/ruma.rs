@@ -180,7 +180,7 @@ where
                         appservice = Some(service);
                         (Some(identity.user_id), Some(identity.device_id))
                     }
-                    None => match services.devices.authenticate(&token)? {
+                    None => match services.devices.authenticate(&token).await? {
                         Some(session) => (Some(session.user_id), Some(session.device_id)),
                         None => return Err(Error::unknown_token()),
                     },

@@ -67,6 +67,7 @@ impl Services {
             Some(new.device_id.clone()),
             new.display_name,
             None,
+            None,
         )?;
         self.store.write(batch)?;
         if let Err(e) = self.upload_keys(user_id, &new.device_id, new.keys).await {

@@ -3,6 +3,14 @@
 //! An access token is 32 random alphanumerics. Only its SHA-256 is stored (as the key of the
 //! `access_tokens` column family), so authenticating a request is one point read, and a copy of
 //! the database does not hand out working tokens.
+//!
+//! Refresh tokens (spec v1.3): a session that asked for them gets an access token that expires
+//! (`access_token_lifetime_ms`) and a refresh token (`refresh_tokens`, also stored hashed).
+//! `/refresh` issues a *next* pair beside the current one; the current pair keeps working until
+//! the next access or refresh token is first used, which makes the next pair current and
+//! revokes the old one — so a client that lost the answer to `/refresh` is not logged out. An
+//! expired access token is refused with `soft_logout: true`: the device stays, and refreshing
+//! brings it back.
 
 use std::net::IpAddr;
 
@@ -24,6 +32,109 @@ pub struct DeviceRecord {
     pub created_ts: u64,
     /// Hex SHA-256 of the device's current access token.
     pub token_hash: String,
+    /// Hex SHA-256 of the refresh token that goes with it (sessions that asked for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_hash: Option<String>,
+    /// A pair `/refresh` issued and the client has not used yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<TokenPair>,
+}
+
+/// An access token and its refresh token, by their hashes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenPair {
+    pub access_hash: String,
+    pub refresh_hash: String,
+}
+
+/// The tokens a login, registration or refresh hands out.
+#[derive(Clone, Debug)]
+pub struct NewTokens {
+    pub access_token: String,
+    /// With `refreshable`: the refresh token, and the access token's lifetime.
+    pub refresh_token: Option<String>,
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A fresh access token (and, when `refreshable` names a lifetime, an expiring one with a
+/// refresh token): the tokens, their hashes and the access token's expiry time.
+struct Minted {
+    tokens: NewTokens,
+    access_hash: [u8; 32],
+    refresh_hash: Option<[u8; 32]>,
+    expires_at: Option<u64>,
+}
+
+fn mint(refreshable: Option<u64>) -> Minted {
+    let access_token = utils::random_string(TOKEN_LEN);
+    let access_hash = utils::sha256(access_token.as_bytes());
+    let (refresh_token, refresh_hash, expires_at) = match refreshable {
+        Some(lifetime) => {
+            let refresh = utils::random_string(TOKEN_LEN);
+            let hash = utils::sha256(refresh.as_bytes());
+            (
+                Some(refresh),
+                Some(hash),
+                Some(utils::now_millis().saturating_add(lifetime)),
+            )
+        }
+        None => (None, None, None),
+    };
+    Minted {
+        tokens: NewTokens {
+            access_token,
+            refresh_token,
+            expires_in_ms: refreshable,
+        },
+        access_hash,
+        refresh_hash,
+        expires_at,
+    }
+}
+
+/// An `access_tokens` or `refresh_tokens` value: `user 0xFF device`, then for an expiring
+/// access token `0xFF` its expiry (ms, decimal), and for a pair not used yet `0xFF n`.
+fn token_value(device_key: &[u8], expires_at: Option<u64>, next: bool) -> Vec<u8> {
+    let mut value = device_key.to_vec();
+    if expires_at.is_some() || next {
+        value.push(keys::SEP);
+        if let Some(at) = expires_at {
+            value.extend(at.to_string().into_bytes());
+        }
+    }
+    if next {
+        value.extend([keys::SEP, b'n']);
+    }
+    value
+}
+
+/// What a token's value says.
+struct TokenOwner {
+    session: Session,
+    expires_at: Option<u64>,
+    next: bool,
+}
+
+fn parse_token_value(value: &[u8]) -> Result<TokenOwner> {
+    let corrupt = || Error::internal("corrupt token record");
+    let mut parts = keys::split(value);
+    let (Some(user), Some(device)) = (parts.next(), parts.next()) else {
+        return Err(corrupt());
+    };
+    let user_id = std::str::from_utf8(user)
+        .ok()
+        .and_then(|s| UserId::parse(s).ok())
+        .ok_or_else(corrupt)?;
+    let device_id: OwnedDeviceId = String::from_utf8_lossy(device).as_ref().into();
+    let expires_at = parts
+        .next()
+        .and_then(|at| std::str::from_utf8(at).ok()?.parse().ok());
+    let next = parts.next() == Some(b"n");
+    Ok(TokenOwner {
+        session: Session { user_id, device_id },
+        expires_at,
+        next,
+    })
 }
 
 /// Who a valid access token belongs to.
@@ -54,34 +165,134 @@ impl Devices {
         keys::join([user_id.as_bytes(), device_id.as_bytes()])
     }
 
-    /// Looks up the session an access token belongs to: one point read.
-    pub fn authenticate(&self, token: &str) -> Result<Option<Session>> {
+    /// Looks up the session an access token belongs to: one point read. An expired token is
+    /// refused with `soft_logout`; the first use of a token `/refresh` issued makes its pair
+    /// the device's current one.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Session>> {
         let hash = utils::sha256(token.as_bytes());
         let Some(value) = self.store.get(Cf::AccessTokens, &hash)? else {
             return Ok(None);
         };
-        let mut parts = keys::split(&value);
-        let (Some(user), Some(device)) = (parts.next(), parts.next()) else {
-            return Err(Error::internal("corrupt access token record"));
+        let owner = parse_token_value(&value)?;
+        if owner.expires_at.is_some_and(|at| utils::now_millis() >= at) {
+            return Err(Error::soft_logout(
+                "The access token has expired: refresh it.",
+            ));
+        }
+        if owner.next {
+            self.promote(&owner.session, &utils::hex(&hash), None)
+                .await?;
+        }
+        Ok(Some(owner.session))
+    }
+
+    /// Makes the device's next pair (the one holding `access_hash` or `refresh_hash`) current,
+    /// revoking the pair it replaces. Nothing happens if it is current already.
+    async fn promote(
+        &self,
+        session: &Session,
+        access_hash: &str,
+        refresh_hash: Option<&str>,
+    ) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let (user_id, device_id) = (&session.user_id, &session.device_id);
+        let Some(mut record) = self.get(user_id, device_id)? else {
+            return Ok(());
         };
-        let user_id = std::str::from_utf8(user)
-            .ok()
-            .and_then(|s| UserId::parse(s).ok())
-            .ok_or_else(|| Error::internal("corrupt access token record"))?;
-        let device_id: OwnedDeviceId = String::from_utf8_lossy(device).as_ref().into();
-        Ok(Some(Session { user_id, device_id }))
+        let Some(next) = record.next.take().filter(|next| {
+            next.access_hash == access_hash || Some(next.refresh_hash.as_str()) == refresh_hash
+        }) else {
+            return Ok(());
+        };
+        let key = Self::device_key(user_id, device_id);
+        let mut batch = Batch::new();
+        batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
+        if let Some(old) = &record.refresh_hash {
+            batch.delete(Cf::RefreshTokens, decode_hex(old)?);
+        }
+        // The pair loses its "next" mark (its access token keeps its expiry).
+        let access_key = decode_hex(&next.access_hash)?;
+        if let Some(value) = self.store.get(Cf::AccessTokens, &access_key)? {
+            let owner = parse_token_value(&value)?;
+            batch.put(
+                Cf::AccessTokens,
+                access_key,
+                token_value(&key, owner.expires_at, false),
+            );
+        }
+        batch.put(
+            Cf::RefreshTokens,
+            decode_hex(&next.refresh_hash)?,
+            token_value(&key, None, false),
+        );
+        record.token_hash = next.access_hash;
+        record.refresh_hash = Some(next.refresh_hash);
+        batch.put(Cf::Devices, key, serde_json::to_vec(&record)?);
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    /// `/refresh`: a new pair for the device the refresh token belongs to. Using a refresh
+    /// token `/refresh` issued makes its pair current first; a next pair never used is
+    /// replaced. `None` for an unknown or revoked refresh token.
+    pub async fn refresh(&self, refresh_token: &str, lifetime: u64) -> Result<Option<NewTokens>> {
+        let hash = utils::sha256(refresh_token.as_bytes());
+        let Some(value) = self.store.get(Cf::RefreshTokens, &hash)? else {
+            return Ok(None);
+        };
+        let owner = parse_token_value(&value)?;
+        let hex = utils::hex(&hash);
+        if owner.next {
+            self.promote(&owner.session, "", Some(&hex)).await?;
+        }
+        let _guard = self.write_lock.lock().await;
+        let (user_id, device_id) = (&owner.session.user_id, &owner.session.device_id);
+        let Some(mut record) = self.get(user_id, device_id)? else {
+            return Ok(None);
+        };
+        if record.refresh_hash.as_deref() != Some(hex.as_str()) {
+            // Revoked meanwhile (a concurrent refresh, or a logout).
+            return Ok(None);
+        }
+        let key = Self::device_key(user_id, device_id);
+        let mut batch = Batch::new();
+        if let Some(unused) = record.next.take() {
+            batch.delete(Cf::AccessTokens, decode_hex(&unused.access_hash)?);
+            batch.delete(Cf::RefreshTokens, decode_hex(&unused.refresh_hash)?);
+        }
+        let minted = mint(Some(lifetime));
+        let refresh_hash = minted.refresh_hash.unwrap_or_default();
+        batch.put(
+            Cf::AccessTokens,
+            minted.access_hash.to_vec(),
+            token_value(&key, minted.expires_at, true),
+        );
+        batch.put(
+            Cf::RefreshTokens,
+            refresh_hash.to_vec(),
+            token_value(&key, None, true),
+        );
+        record.next = Some(TokenPair {
+            access_hash: utils::hex(&minted.access_hash),
+            refresh_hash: utils::hex(&refresh_hash),
+        });
+        batch.put(Cf::Devices, key, serde_json::to_vec(&record)?);
+        self.store.write(batch)?;
+        Ok(Some(minted.tokens))
     }
 
     /// Logs a device in: creates it (with a random ID unless one is given) or, for an existing
-    /// device, replaces its access token (the old one stops working). Returns the device ID and
-    /// the new access token.
+    /// device, replaces its tokens (the old ones stop working). With `refreshable` (a lifetime
+    /// in ms), the access token expires and comes with a refresh token. Returns the device ID
+    /// and the new tokens.
     pub async fn create_session(
         &self,
         user_id: &UserId,
         device_id: Option<OwnedDeviceId>,
         display_name: Option<String>,
         ip: Option<IpAddr>,
-    ) -> Result<(OwnedDeviceId, String)> {
+        refreshable: Option<u64>,
+    ) -> Result<(OwnedDeviceId, NewTokens)> {
         let _guard = self.write_lock.lock().await;
         let mut batch = Batch::new();
         let existing = match &device_id {
@@ -91,51 +302,62 @@ impl Devices {
         let session = match existing {
             Some(mut record) => {
                 let device_id = device_id.expect("an existing device was looked up by its ID");
-                batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
-                let token = utils::random_string(TOKEN_LEN);
-                let token_hash = utils::sha256(token.as_bytes());
-                record.token_hash = utils::hex(&token_hash);
+                revoke_tokens_into(&mut batch, &record)?;
+                let minted = mint(refreshable);
+                let key = Self::device_key(user_id, &device_id);
+                record.token_hash = utils::hex(&minted.access_hash);
+                record.refresh_hash = minted.refresh_hash.map(|h| utils::hex(&h));
+                record.next = None;
                 if display_name.is_some() {
                     record.display_name = display_name;
                 }
                 record.last_seen_ip = ip.map(|ip| ip.to_string());
                 record.last_seen_ts = Some(utils::now_millis());
-                let key = Self::device_key(user_id, &device_id);
                 batch.put(Cf::Devices, key.clone(), serde_json::to_vec(&record)?);
-                batch.put(Cf::AccessTokens, token_hash.to_vec(), key);
-                (device_id, token)
+                put_tokens_into(&mut batch, &key, &minted);
+                (device_id, minted.tokens)
             }
-            None => Self::new_device_into(&mut batch, user_id, device_id, display_name, ip)?,
+            None => Self::new_device_into(
+                &mut batch,
+                user_id,
+                device_id,
+                display_name,
+                ip,
+                refreshable,
+            )?,
         };
         self.store.write(batch)?;
         Ok(session)
     }
 
-    /// Adds a brand-new device with a fresh access token to `batch` (for a device that does not
-    /// exist yet, e.g. during registration). Returns the device ID and the access token.
+    /// Adds a brand-new device with fresh tokens to `batch` (for a device that does not exist
+    /// yet, e.g. during registration; `refreshable` as for [`Devices::create_session`]).
+    /// Returns the device ID and the tokens.
     pub fn new_device_into(
         batch: &mut Batch,
         user_id: &UserId,
         device_id: Option<OwnedDeviceId>,
         display_name: Option<String>,
         ip: Option<IpAddr>,
-    ) -> Result<(OwnedDeviceId, String)> {
+        refreshable: Option<u64>,
+    ) -> Result<(OwnedDeviceId, NewTokens)> {
         let device_id =
             device_id.unwrap_or_else(|| utils::random_string(DEVICE_ID_LEN).to_uppercase().into());
-        let token = utils::random_string(TOKEN_LEN);
-        let token_hash = utils::sha256(token.as_bytes());
+        let minted = mint(refreshable);
         let now = utils::now_millis();
         let record = DeviceRecord {
             display_name,
             last_seen_ip: ip.map(|ip| ip.to_string()),
             last_seen_ts: Some(now),
             created_ts: now,
-            token_hash: utils::hex(&token_hash),
+            token_hash: utils::hex(&minted.access_hash),
+            refresh_hash: minted.refresh_hash.map(|h| utils::hex(&h)),
+            next: None,
         };
         let key = Self::device_key(user_id, &device_id);
         batch.put(Cf::Devices, key.clone(), serde_json::to_vec(&record)?);
-        batch.put(Cf::AccessTokens, token_hash.to_vec(), key);
-        Ok((device_id, token))
+        put_tokens_into(batch, &key, &minted);
+        Ok((device_id, minted.tokens))
     }
 
     pub fn get(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
@@ -245,7 +467,7 @@ impl Devices {
         device_id: &DeviceId,
         record: &DeviceRecord,
     ) -> Result<()> {
-        batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
+        revoke_tokens_into(batch, record)?;
         let device_key = Self::device_key(user_id, device_id);
         let prefix = keys::prefix(&device_key);
         // The member events lazy-loading `/sync` sent it, and its sliding-sync connections.
@@ -271,6 +493,35 @@ impl Devices {
     }
 }
 
+/// Adds a fresh session's tokens (current, not "next") to `batch`.
+fn put_tokens_into(batch: &mut Batch, device_key: &[u8], minted: &Minted) {
+    batch.put(
+        Cf::AccessTokens,
+        minted.access_hash.to_vec(),
+        token_value(device_key, minted.expires_at, false),
+    );
+    if let Some(refresh) = minted.refresh_hash {
+        batch.put(
+            Cf::RefreshTokens,
+            refresh.to_vec(),
+            token_value(device_key, None, false),
+        );
+    }
+}
+
+/// Adds the removal of every token a device holds (current and next pair) to `batch`.
+fn revoke_tokens_into(batch: &mut Batch, record: &DeviceRecord) -> Result<()> {
+    batch.delete(Cf::AccessTokens, decode_hex(&record.token_hash)?);
+    if let Some(refresh) = &record.refresh_hash {
+        batch.delete(Cf::RefreshTokens, decode_hex(refresh)?);
+    }
+    if let Some(next) = &record.next {
+        batch.delete(Cf::AccessTokens, decode_hex(&next.access_hash)?);
+        batch.delete(Cf::RefreshTokens, decode_hex(&next.refresh_hash)?);
+    }
+    Ok(())
+}
+
 fn decode_hex(hex: &str) -> Result<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return Err(Error::internal("corrupt token hash"));
@@ -282,4 +533,14 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>> {
                 .map_err(|_| Error::internal("corrupt token hash"))
         })
         .collect()
+}
+
+impl crate::service::Services {
+    /// The lifetime of a session's access token when the client asked for a refresh token
+    /// (`refresh_token: true`) and the server hands them out; `None` otherwise (the token
+    /// never expires).
+    pub fn refreshable(&self, asked: bool) -> Option<u64> {
+        let lifetime = self.config.access_token_lifetime_ms;
+        (asked && lifetime > 0).then_some(lifetime)
+    }
 }

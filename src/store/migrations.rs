@@ -91,7 +91,7 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
     use crate::service::rooms::{relations, timeline::StoredPdu};
     let mut batch = Batch::new();
     // Each thread's latest reply and reply count, by (room, root).
-    let mut threads: std::collections::BTreeMap<(Vec<u8>, String), (u64, Vec<u8>, i64)> =
+    let mut threads: std::collections::BTreeMap<(Vec<u8>, String), ThreadTally> =
         Default::default();
     let mut read = 0u64;
     for item in store.scan_prefix(Cf::Timeline, &[]) {
@@ -127,20 +127,30 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
                 .first()
                 .map(|(_, _, value)| value.clone())
                 .unwrap_or_default();
-            let thread = threads
-                .entry((room.to_vec(), root))
-                .or_insert((count, child.clone(), 0));
-            if count >= thread.0 {
-                thread.0 = count;
-                thread.1 = child;
+            let thread = threads.entry((room.to_vec(), root)).or_insert(ThreadTally {
+                latest: count,
+                child: child.clone(),
+                replies: 0,
+            });
+            if count >= thread.latest {
+                thread.latest = count;
+                thread.child = child;
             }
-            thread.2 += 1;
+            thread.replies += 1;
         }
         for (cf, key, value) in puts {
             batch.put(cf, key, value);
         }
     }
-    for ((room, root), (latest, child, replies)) in threads {
+    for (
+        (room, root),
+        ThreadTally {
+            latest,
+            child,
+            replies,
+        },
+    ) in threads
+    {
         let key = keys::join([room.as_slice(), root.as_bytes()]);
         batch.put(
             Cf::ThreadRoots,
@@ -156,6 +166,14 @@ fn index_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
     }
     info!(events = read, "relations indexed");
     Ok(batch)
+}
+
+/// One thread as the relation migration finds it: its latest reply (count and `relations`
+/// value) and how many replies it has.
+struct ThreadTally {
+    latest: u64,
+    child: Vec<u8>,
+    replies: i64,
 }
 
 /// 5 → 6: the relation indexes in their new layout — children by kind (`relation_kinds`),

@@ -57,8 +57,13 @@ column_families! {
     Profile => "profile",
     /// `user_id 0xFF device_id` → [`crate::service::devices::DeviceRecord`] (JSON).
     Devices => "devices",
-    /// `sha256(access_token)` → `user_id 0xFF device_id`. Tokens themselves are never stored.
+    /// `sha256(access_token)` → `user_id 0xFF device_id`, then for a token that expires `0xFF`
+    /// its expiry (ms, decimal) and `0xFF n` while `/refresh` issued it and it was not used
+    /// yet. Tokens themselves are never stored.
     AccessTokens => "access_tokens",
+    /// SHA-256 of a refresh token → `user_id 0xFF device_id` (`0xFF n` while `/refresh` issued
+    /// it and it was not used yet): see `service::devices`.
+    RefreshTokens => "refresh_tokens",
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → content (JSON). Empty room = global.
     AccountData => "account_data",
     /// `event_id` → short event id (u64 BE). See `service::rooms::short`.

@@ -320,6 +320,15 @@ async fn matrix_sdk_syncs_like_element_x() {
     );
 }
 
+/// matrix-js-sdk logs in with a refresh token and keeps creating rooms, sending and syncing
+/// across three expiries of a two-second access token through its own refresh logic
+/// (`tests/clients/js/refresh.mjs`).
+#[tokio::test]
+async fn matrix_js_sdk_refreshes_its_access_token_across_expiries() {
+    let server = TestServer::start_with("access_token_lifetime_ms = 2000").await;
+    run_js(&server, "refresh.mjs", "js refresh: ok").await;
+}
+
 /// matrix-js-sdk registers a pusher, sees a room's unread count rise through its own sync and
 /// fall after its read receipt; the gateway in the test gets the push
 /// (`tests/clients/js/push.mjs`).

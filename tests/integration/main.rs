@@ -32,6 +32,7 @@ mod public_rooms;
 mod push;
 mod push_rules;
 mod redaction;
+mod refresh_tokens;
 mod registration;
 mod relations;
 mod reporting;

@@ -115,11 +115,12 @@ pub fn routes() -> Router<State> {
     router
 }
 
-fn authenticate(services: &State, parts: &Parts) -> Result<OwnedUserId> {
+async fn authenticate(services: &State, parts: &Parts) -> Result<OwnedUserId> {
     let token = access_token(parts).ok_or_else(Error::missing_token)?;
     services
         .devices
-        .authenticate(&token)?
+        .authenticate(&token)
+        .await?
         .map(|session| session.user_id)
         .ok_or_else(Error::unknown_token)
 }
@@ -188,7 +189,7 @@ fn check_declared_length(parts: &Parts, limit: u64) -> Result<()> {
 /// `POST /_matrix/media/v3/upload`
 async fn upload(AxumState(services): AxumState<State>, request: Request) -> Result<Response> {
     let (parts, body) = request.into_parts();
-    let user = authenticate(&services, &parts)?;
+    let user = authenticate(&services, &parts).await?;
     let limit = services.media.max_upload_size;
     check_declared_length(&parts, limit)?;
     let (content_type, filename) = upload_metadata(&parts);
@@ -205,7 +206,7 @@ async fn upload(AxumState(services): AxumState<State>, request: Request) -> Resu
 /// `POST /_matrix/media/v1/create`
 async fn create(AxumState(services): AxumState<State>, request: Request) -> Result<Response> {
     let (parts, _) = request.into_parts();
-    let user = authenticate(&services, &parts)?;
+    let user = authenticate(&services, &parts).await?;
     let (mxc, expires) = services.media.create_pending(&user)?;
     Ok(Json(json!({ "content_uri": mxc, "unused_expires_at": expires })).into_response())
 }
@@ -217,7 +218,7 @@ async fn upload_to(
     request: Request,
 ) -> Result<Response> {
     let (parts, body) = request.into_parts();
-    let user = authenticate(&services, &parts)?;
+    let user = authenticate(&services, &parts).await?;
     let [server, media_id] = &args[..] else {
         return Err(Error::invalid_param("Bad media path."));
     };
@@ -240,7 +241,7 @@ async fn upload_to(
 /// `GET /_matrix/client/v1/media/config` and the legacy one.
 async fn config(AxumState(services): AxumState<State>, request: Request) -> Result<Response> {
     let (parts, _) = request.into_parts();
-    authenticate(&services, &parts)?;
+    authenticate(&services, &parts).await?;
     Ok(Json(json!({ "m.upload.size": services.media.max_upload_size })).into_response())
 }
 
@@ -248,7 +249,7 @@ async fn config(AxumState(services): AxumState<State>, request: Request) -> Resu
 /// endpoint answers like one that is not built.
 async fn preview_url(AxumState(services): AxumState<State>, request: Request) -> Result<Response> {
     let (parts, _) = request.into_parts();
-    let user = authenticate(&services, &parts)?;
+    let user = authenticate(&services, &parts).await?;
     if !services.media.previews.enabled {
         return Err(Error::unrecognized(
             StatusCode::NOT_FOUND,
@@ -276,7 +277,7 @@ async fn download_authenticated(
     request: Request,
 ) -> Result<Response> {
     let (parts, _) = request.into_parts();
-    authenticate(&services, &parts)?;
+    authenticate(&services, &parts).await?;
     download(&services, &parts, &args, true).await
 }
 
@@ -344,7 +345,7 @@ async fn thumbnail_authenticated(
     request: Request,
 ) -> Result<Response> {
     let (parts, _) = request.into_parts();
-    authenticate(&services, &parts)?;
+    authenticate(&services, &parts).await?;
     thumbnail(&services, &parts, &args, true).await
 }
 

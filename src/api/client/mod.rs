@@ -65,6 +65,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::session::login::v3::Request, _, _>(session::login)
         .ruma_route::<c::session::logout::v3::Request, _, _>(session::logout)
         .ruma_route::<c::session::logout_all::v3::Request, _, _>(session::logout_all)
+        .ruma_route::<c::session::refresh_token::v3::Request, _, _>(session::refresh)
         .ruma_route::<c::account::whoami::v3::Request, _, _>(account::whoami)
         .ruma_route::<c::account::change_password::v3::Request, _, _>(account::change_password)
         .ruma_route::<c::account::deactivate::v3::Request, _, _>(account::deactivate)

@@ -81,6 +81,7 @@ pub async fn register(
     let bootstrap =
         services.registration_policy()? == RegistrationPolicy::Token { bootstrap: true };
 
+    let refreshable = services.refreshable(body.refresh_token);
     let mut session = None;
     let record = services
         .users
@@ -95,6 +96,7 @@ pub async fn register(
                     body.device_id.clone(),
                     body.initial_device_display_name.clone(),
                     client_ip,
+                    refreshable,
                 ));
             }
         })
@@ -103,9 +105,11 @@ pub async fn register(
 
     let mut response = register_v3::Response::new(user_id);
     if let Some(session) = session {
-        let (device_id, access_token) = session?;
+        let (device_id, tokens) = session?;
         response.device_id = Some(device_id);
-        response.access_token = Some(access_token);
+        response.access_token = Some(tokens.access_token);
+        response.refresh_token = tokens.refresh_token;
+        response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
     }
     Ok(RumaResponse(response))
 }
@@ -131,6 +135,7 @@ async fn register_for_appservice(
     services
         .appservices
         .check_user_exclusive(&user_id, Some(service))?;
+    let refreshable = services.refreshable(body.refresh_token);
     let mut session = None;
     services
         .users
@@ -142,6 +147,7 @@ async fn register_for_appservice(
                     body.device_id.clone(),
                     body.initial_device_display_name.clone(),
                     client_ip,
+                    refreshable,
                 ));
             }
         })
@@ -149,9 +155,11 @@ async fn register_for_appservice(
     tracing::info!(user = %user_id, appservice = service.id(), "appservice registered a user");
     let mut response = register_v3::Response::new(user_id);
     if let Some(session) = session {
-        let (device_id, access_token) = session?;
+        let (device_id, tokens) = session?;
         response.device_id = Some(device_id);
-        response.access_token = Some(access_token);
+        response.access_token = Some(tokens.access_token);
+        response.refresh_token = tokens.refresh_token;
+        response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
     }
     Ok(RumaResponse(response))
 }

@@ -1,5 +1,7 @@
 //! Sessions: `/login` (flows and password login), `/logout`, `/logout/all`.
 
+use std::time::Duration;
+
 use axum::extract;
 use ruma::api::client::{
     session::{
@@ -9,6 +11,7 @@ use ruma::api::client::{
         login::v3::{self as login_v3, LoginInfo},
         logout::v3 as logout_v3,
         logout_all::v3 as logout_all_v3,
+        refresh_token::v3 as refresh_v3,
     },
     uiaa::UserIdentifier,
 };
@@ -16,7 +19,7 @@ use ruma::api::client::{
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
-    service::{ratelimit::Action, users::Users},
+    service::{devices::NewTokens, ratelimit::Action, users::Users},
 };
 
 pub async fn login_types(
@@ -65,21 +68,18 @@ pub async fn login(
         if !services.users.is_active(&user_id)? {
             return Err(Error::forbidden("No such user, or it is deactivated."));
         }
-        let (device_id, access_token) = services
+        let (device_id, tokens) = services
             .devices
             .create_session(
                 &user_id,
                 body.device_id.clone(),
                 body.initial_device_display_name.clone(),
                 client_ip,
+                services.refreshable(body.refresh_token),
             )
             .await?;
         tracing::info!(user = %user_id, device = %device_id, appservice = service.id(), "appservice login");
-        return Ok(RumaResponse(login_v3::Response::new(
-            user_id,
-            access_token,
-            device_id,
-        )));
+        return Ok(RumaResponse(login_response(user_id, device_id, tokens)));
     }
 
     let LoginInfo::Password(password) = &body.login_info else {
@@ -124,21 +124,70 @@ pub async fn login(
         return Err(wrong());
     }
 
-    let (device_id, access_token) = services
+    let (device_id, tokens) = services
         .devices
         .create_session(
             &user_id,
             body.device_id.clone(),
             body.initial_device_display_name.clone(),
             client_ip,
+            services.refreshable(body.refresh_token),
         )
         .await?;
     tracing::info!(user = %user_id, device = %device_id, "logged in");
-    let mut response = login_v3::Response::new(user_id, access_token, device_id);
+    let mut response = login_response(user_id, device_id, tokens);
     #[allow(deprecated)]
     {
         response.home_server = Some(services.server_name.clone());
     }
+    Ok(RumaResponse(response))
+}
+
+fn login_response(
+    user_id: ruma::OwnedUserId,
+    device_id: ruma::OwnedDeviceId,
+    tokens: NewTokens,
+) -> login_v3::Response {
+    let mut response = login_v3::Response::new(user_id, tokens.access_token, device_id);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in = tokens.expires_in_ms.map(Duration::from_millis);
+    response
+}
+
+/// `POST /refresh` (spec v1.3): a new access token (and refresh token) for the device the
+/// refresh token belongs to; an unknown, revoked or replaced one is `M_UNKNOWN_TOKEN`.
+pub async fn refresh(
+    extract::State(services): extract::State<State>,
+    request: Ruma<refresh_v3::Request>,
+) -> Result<RumaResponse<refresh_v3::Response>> {
+    if request.rate_limited() {
+        services
+            .rate_limiter
+            .check(Action::Login, &request.ip_key())
+            .map_err(Error::limit_exceeded)?;
+    }
+    let lifetime = services.config.access_token_lifetime_ms;
+    let tokens = match lifetime {
+        0 => None,
+        lifetime => {
+            services
+                .devices
+                .refresh(&request.body.refresh_token, lifetime)
+                .await?
+        }
+    };
+    let tokens = tokens.ok_or_else(|| {
+        Error::new(
+            http::StatusCode::UNAUTHORIZED,
+            ruma::api::error::ErrorKind::UnknownToken(
+                ruma::api::error::UnknownTokenErrorData::new(),
+            ),
+            "Unknown or revoked refresh token.",
+        )
+    })?;
+    let mut response = refresh_v3::Response::new(tokens.access_token);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in_ms = tokens.expires_in_ms.map(Duration::from_millis);
     Ok(RumaResponse(response))
 }
 

@@ -809,13 +809,16 @@ struct RelationWork {
     thread_change: Option<ThreadChange>,
 }
 
+/// A reply's stream count and its `relations` value.
+type ReplyEntry = (u64, Vec<u8>);
+
 /// What redacting one of a thread's replies changes in the thread indexes.
 struct ThreadChange {
     room: Vec<u8>,
     root: String,
     /// The activity entry to drop (the redacted reply was the latest) and the reply that is
     /// latest now, if any is left (its count and `relations` value).
-    latest: Option<(u64, Option<(u64, Vec<u8>)>)>,
+    latest: Option<(u64, Option<ReplyEntry>)>,
     /// The redactor's participant entry, when it was their only reply.
     participant: Option<Vec<u8>>,
 }
