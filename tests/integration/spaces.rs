@@ -189,6 +189,10 @@ async fn hierarchy_walks_the_rooms_each_user_may_see() {
     let mut token = None;
     loop {
         let page = hierarchy(&server, &alice, &space, &query).await;
+        assert!(
+            !room_ids(&page).is_empty(),
+            "a token led to an empty page: {query}"
+        );
         seen.extend(room_ids(&page));
         match page["next_batch"].as_str() {
             Some(next) => {
@@ -200,6 +204,13 @@ async fn hierarchy_walks_the_rooms_each_user_may_see() {
         assert!(seen.len() <= 6, "{seen:?}");
     }
     assert_eq!(seen, room_ids(&all));
+    // A page that takes every room the user may see has no token, even when rooms they may
+    // not see come after (here a private room last in the subspace, hidden from Bob).
+    let hidden = server.create_room(&alice, json!({})).await;
+    add_child(&server, &alice, &subspace, &hidden, here, json!({})).await;
+    let exact = hierarchy(&server, &bob, &space, "?limit=5").await;
+    assert_eq!(room_ids(&exact).len(), 5, "{exact}");
+    assert!(exact.get("next_batch").is_none(), "{exact}");
     let changed = server
         .get(
             &format!(

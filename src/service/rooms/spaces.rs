@@ -131,14 +131,15 @@ impl Services {
             if walked <= query.skip {
                 continue;
             }
-            rooms.push(node.summary);
             if rooms.len() == query.limit {
-                let more = !stack.is_empty();
+                // A room the user may see follows: the next page starts with it (a token only
+                // when a page with something on it follows).
                 return Ok(HierarchyPage {
                     rooms,
-                    next: more.then_some(walked),
+                    next: Some(walked - 1),
                 });
             }
+            rooms.push(node.summary);
         }
         Ok(HierarchyPage { rooms, next: None })
     }
