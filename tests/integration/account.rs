@@ -142,3 +142,141 @@ async fn deactivation_is_final() {
         "M_USER_IN_USE",
     );
 }
+
+/// Third-party identifiers: none are verified here, and every endpoint says so the spec's way
+/// (never 404): an empty list, refused verification tokens, nothing to add or remove.
+#[tokio::test]
+async fn third_party_identifiers_are_answered_as_unsupported() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let token = Some(alice.token.as_str());
+    let (status, list) = server.get("/_matrix/client/v3/account/3pid", token).await;
+    assert_eq!((status, list), (StatusCode::OK, json!({ "threepids": [] })));
+    let email = json!({ "client_secret": "secret", "email": "a@example.org", "send_attempt": 1 });
+    let phone = json!({ "client_secret": "secret", "country": "GB",
+                        "phone_number": "07700900000", "send_attempt": 1 });
+    for (path, body, auth, status, errcode) in [
+        (
+            "register/email/requestToken",
+            &email,
+            None,
+            StatusCode::FORBIDDEN,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            "register/msisdn/requestToken",
+            &phone,
+            None,
+            StatusCode::FORBIDDEN,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            "account/3pid/email/requestToken",
+            &email,
+            token,
+            StatusCode::FORBIDDEN,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            "account/3pid/msisdn/requestToken",
+            &phone,
+            token,
+            StatusCode::FORBIDDEN,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            "account/password/email/requestToken",
+            &email,
+            None,
+            StatusCode::BAD_REQUEST,
+            "M_THREEPID_NOT_FOUND",
+        ),
+        (
+            "account/password/msisdn/requestToken",
+            &phone,
+            None,
+            StatusCode::BAD_REQUEST,
+            "M_THREEPID_NOT_FOUND",
+        ),
+    ] {
+        let result = server
+            .post(&format!("/_matrix/client/v3/{path}"), auth, body.clone())
+            .await;
+        assert_error(&result, status, errcode);
+    }
+    let add = server
+        .post(
+            "/_matrix/client/v3/account/3pid/add",
+            token,
+            json!({ "client_secret": "secret", "sid": "1" }),
+        )
+        .await;
+    assert_error(&add, StatusCode::BAD_REQUEST, "M_THREEPID_AUTH_FAILED");
+    let bind = server
+        .post(
+            "/_matrix/client/v3/account/3pid/bind",
+            token,
+            json!({ "client_secret": "secret", "sid": "1", "id_server": "id.example.org",
+                    "id_access_token": "x" }),
+        )
+        .await;
+    assert_error(&bind, StatusCode::BAD_REQUEST, "M_THREEPID_AUTH_FAILED");
+    for path in ["delete", "unbind"] {
+        let removed = server
+            .post(
+                &format!("/_matrix/client/v3/account/3pid/{path}"),
+                token,
+                json!({ "medium": "email", "address": "a@example.org" }),
+            )
+            .await;
+        assert_eq!(
+            removed,
+            (
+                StatusCode::OK,
+                json!({ "id_server_unbind_result": "no-support" })
+            )
+        );
+    }
+    // Bad input and no token still get their errors.
+    let bad = server
+        .post(
+            "/_matrix/client/v3/register/email/requestToken",
+            None,
+            json!({}),
+        )
+        .await;
+    assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{}", bad.1);
+    let anonymous = server.get("/_matrix/client/v3/account/3pid", None).await;
+    assert_error(&anonymous, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN");
+}
+
+/// `GET /admin/whois/{userId}`: a user's devices and where they were last seen, for the user
+/// and for admins; 403 for others, 404 for unknown users.
+#[tokio::test]
+async fn whois_shows_sessions_to_the_user_and_to_admins() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let admin = server.register("admin", "admin-password-1").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let path = |user: &str| format!("/_matrix/client/v3/admin/whois/{user}");
+    for asker in [&alice, &admin] {
+        let (status, body) = server.get(&path(&alice.user_id), Some(&asker.token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["user_id"], alice.user_id);
+        let connection = &body["devices"][&alice.device_id]["sessions"][0]["connections"][0];
+        assert_eq!(connection["ip"], "127.0.0.1", "{body}");
+        assert!(connection["last_seen"].is_u64(), "{body}");
+    }
+    assert_error(
+        &server.get(&path(&alice.user_id), Some(&bob.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server
+            .get(&path("@nobody:test.local"), Some(&admin.token))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+}

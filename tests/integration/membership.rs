@@ -348,3 +348,69 @@ async fn an_empty_body_counts_as_no_fields() {
         "M_BAD_JSON"
     );
 }
+
+/// `GET /mutual_rooms` (v1.19) and its unstable path: the rooms both users are joined to, a
+/// page at a time; asking about oneself is 400; an unknown user shares nothing.
+#[tokio::test]
+async fn mutual_rooms_lists_rooms_both_users_joined() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let mut shared = Vec::new();
+    for _ in 0..3 {
+        let room = server
+            .create_room(&alice, json!({ "preset": "public_chat" }))
+            .await;
+        server.join(&bob, &room).await;
+        shared.push(room);
+    }
+    // Alice alone, and a room Bob left.
+    server.create_room(&alice, json!({})).await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", shared[2]),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    shared.truncate(2);
+    shared.sort();
+    let path = |user: &str| format!("/_matrix/client/v1/mutual_rooms?user_id={user}");
+    let (status, body) = server.get(&path(&bob.user_id), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "joined": shared, "count": 2 }));
+    let unstable = server
+        .get(
+            &format!(
+                "/_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms?user_id={}",
+                alice.user_id
+            ),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(unstable, (StatusCode::OK, json!({ "joined": shared })));
+    let nobody = server
+        .get(&path("@nobody:test.local"), Some(&alice.token))
+        .await;
+    assert_eq!(nobody.1, json!({ "joined": [], "count": 0 }));
+    assert_error(
+        &server.get(&path(&alice.user_id), Some(&alice.token)).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &server
+            .get(
+                &format!("{}&from=junk", path(&bob.user_id)),
+                Some(&alice.token),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let missing = server
+        .get("/_matrix/client/v1/mutual_rooms", Some(&alice.token))
+        .await;
+    assert_eq!(missing.0, StatusCode::BAD_REQUEST, "{}", missing.1);
+}

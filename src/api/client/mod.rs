@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod admin;
 mod appservice;
 mod context;
 mod dehydrated;
@@ -16,6 +17,7 @@ mod keys;
 mod lifecycle;
 pub(crate) mod media;
 mod membership;
+mod mutual_rooms;
 mod openid;
 mod presence;
 mod profile;
@@ -31,6 +33,7 @@ mod sliding_sync;
 mod space;
 mod sync;
 mod thread_subscriptions;
+mod threepid;
 mod to_device;
 mod user_directory;
 mod voip;
@@ -66,6 +69,37 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::session::logout::v3::Request, _, _>(session::logout)
         .ruma_route::<c::session::logout_all::v3::Request, _, _>(session::logout_all)
         .ruma_route::<c::session::refresh_token::v3::Request, _, _>(session::refresh)
+        // Third-party identifiers: none are verified here (see `threepid`).
+        .ruma_route::<c::account::get_3pids::v3::Request, _, _>(threepid::list)
+        .ruma_route::<c::account::request_registration_token_via_email::v3::Request, _, _>(
+            threepid::register_email,
+        )
+        .ruma_route::<c::account::request_registration_token_via_msisdn::v3::Request, _, _>(
+            threepid::register_msisdn,
+        )
+        .ruma_route::<c::account::request_3pid_management_token_via_email::v3::Request, _, _>(
+            threepid::account_email,
+        )
+        .ruma_route::<c::account::request_3pid_management_token_via_msisdn::v3::Request, _, _>(
+            threepid::account_msisdn,
+        )
+        .ruma_route::<c::account::request_password_change_token_via_email::v3::Request, _, _>(
+            threepid::password_email,
+        )
+        .ruma_route::<c::account::request_password_change_token_via_msisdn::v3::Request, _, _>(
+            threepid::password_msisdn,
+        )
+        .ruma_route::<c::account::add_3pid::v3::Request, _, _>(threepid::add)
+        .ruma_route::<c::account::bind_3pid::v3::Request, _, _>(threepid::bind)
+        .ruma_route::<c::account::delete_3pid::v3::Request, _, _>(threepid::delete)
+        .ruma_route::<c::account::unbind_3pid::v3::Request, _, _>(threepid::unbind)
+        .ruma_route::<c::admin::get_user_info::v3::Request, _, _>(admin::whois)
+        .ruma_route::<c::membership::get_mutual_rooms::v1::Request, _, _>(
+            mutual_rooms::mutual_rooms,
+        )
+        .ruma_route::<c::membership::get_mutual_rooms::unstable::Request, _, _>(
+            mutual_rooms::mutual_rooms_unstable,
+        )
         .ruma_route::<c::account::whoami::v3::Request, _, _>(account::whoami)
         .ruma_route::<c::account::change_password::v3::Request, _, _>(account::change_password)
         .ruma_route::<c::account::deactivate::v3::Request, _, _>(account::deactivate)

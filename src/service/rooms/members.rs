@@ -314,3 +314,22 @@ impl Staged for MemberChange {
         Ok(())
     }
 }
+
+impl crate::service::Services {
+    /// The rooms both users are joined to, in room ID order: one prefix scan of `a`'s rooms
+    /// and a point read of `b`'s membership in each room `a` is joined to.
+    pub fn mutual_rooms(&self, a: &UserId, b: &UserId) -> Result<Vec<OwnedRoomId>> {
+        let mut shared = Vec::new();
+        for (room_id, membership) in self.members.rooms_of(a)? {
+            if membership.membership == "join"
+                && self
+                    .members
+                    .membership(&room_id, b)?
+                    .is_some_and(|m| m.membership == "join")
+            {
+                shared.push(room_id);
+            }
+        }
+        Ok(shared)
+    }
+}
