@@ -13,6 +13,7 @@ pub mod federation;
 pub mod filters;
 pub mod globals;
 pub mod key_backup;
+pub mod login_tokens;
 pub mod media;
 pub mod outbound_guard;
 pub mod presence;
@@ -57,6 +58,8 @@ pub struct Services {
     pub alias_lock: std::sync::Mutex<()>,
     /// Serialises changes of push rules (read, change, write back).
     pub push_rules_lock: tokio::sync::Mutex<()>,
+    /// Serialises the use and making of login tokens (`login_tokens`).
+    pub login_tokens_lock: tokio::sync::Mutex<()>,
     /// Serialises thread-subscription changes (`rooms::thread_subscriptions`).
     pub thread_subscriptions_lock: tokio::sync::Mutex<()>,
     /// Last-active times of presence refreshes (see `presence`).
@@ -143,6 +146,7 @@ impl Services {
             alias_lock: std::sync::Mutex::new(()),
             push_rules_lock: tokio::sync::Mutex::new(()),
             thread_subscriptions_lock: tokio::sync::Mutex::new(()),
+            login_tokens_lock: tokio::sync::Mutex::new(()),
             presence: presence::Presence::default(),
             e2ee: e2ee::E2ee::default(),
             key_backup: key_backup::KeyBackup::default(),

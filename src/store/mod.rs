@@ -64,6 +64,8 @@ column_families! {
     /// SHA-256 of a refresh token → `user_id 0xFF device_id` (`0xFF n` while `/refresh` issued
     /// it and it was not used yet): see `service::devices`.
     RefreshTokens => "refresh_tokens",
+    /// SHA-256 of a login token (`/login/get_token`) → `user_id 0xFF expiry (ms, decimal)`.
+    LoginTokens => "login_tokens",
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → content (JSON). Empty room = global.
     AccountData => "account_data",
     /// `event_id` → short event id (u64 BE). See `service::rooms::short`.

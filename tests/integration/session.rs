@@ -12,7 +12,11 @@ async fn login_flows_and_password_login() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body["flows"],
-        json!([{ "type": "m.login.password" }, { "type": "m.login.application_service" }])
+        json!([
+            { "type": "m.login.password" },
+            { "type": "m.login.token", "get_login_token": true },
+            { "type": "m.login.application_service" }
+        ])
     );
 
     let registered = server.register("alice", "correct horse").await;
@@ -52,6 +56,17 @@ async fn login_flows_and_password_login() {
                 "/_matrix/client/v3/login",
                 None,
                 json!({ "type": "m.login.token", "token": "x" }),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({ "type": "m.login.sso" }),
             )
             .await,
         StatusCode::BAD_REQUEST,
@@ -128,4 +143,61 @@ async fn login_is_rate_limited_per_ip() {
     let limited = server.login("limited", "pw").await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
     assert!(limited.1["retry_after_ms"].as_u64().unwrap() > 1000);
+}
+
+/// `POST /login/get_token` (v1.7): after the password again, a token that signs one other
+/// device in with `m.login.token`, once.
+#[tokio::test]
+async fn a_login_token_signs_in_one_other_device_once() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let capabilities = server
+        .get("/_matrix/client/v3/capabilities", Some(&alice.token))
+        .await
+        .1;
+    assert_eq!(
+        capabilities["capabilities"]["m.get_login_token"]["enabled"],
+        true
+    );
+    let path = "/_matrix/client/v1/login/get_token";
+    let (status, uia) = server.post(path, Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+    assert_eq!(uia["flows"], json!([{ "stages": ["m.login.password"] }]));
+    let auth = |password: &str| {
+        json!({ "auth": { "type": "m.login.password", "session": uia["session"],
+                          "identifier": { "type": "m.id.user", "user": "alice" },
+                          "password": password } })
+    };
+    let (status, _) = server.post(path, Some(&alice.token), auth("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, answer) = server
+        .post(path, Some(&alice.token), auth("alice-password-1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["expires_in_ms"], 120_000);
+    let token = answer["login_token"].as_str().expect("login_token");
+
+    let login = json!({ "type": "m.login.token", "token": token,
+                        "initial_device_display_name": "the other device" });
+    let (status, session) = server
+        .post("/_matrix/client/v3/login", None, login.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(session["user_id"], alice.user_id);
+    assert_ne!(session["device_id"], alice.device_id.as_str());
+    server
+        .assert_token_alive(session["access_token"].as_str().unwrap())
+        .await;
+    // Once only.
+    assert_error(
+        &server.post("/_matrix/client/v3/login", None, login).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    // Not without an access token.
+    assert_error(
+        &server.post(path, None, json!({})).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
 }

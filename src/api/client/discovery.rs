@@ -148,6 +148,6 @@ pub async fn capabilities(
         capabilities.set_avatar_url.enabled = true;
     }
     capabilities.thirdparty_id_changes.enabled = false;
-    capabilities.get_login_token.enabled = false;
+    capabilities.get_login_token.enabled = true;
     RumaResponse(capabilities_v3::Response::new(capabilities))
 }

@@ -69,6 +69,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::session::logout::v3::Request, _, _>(session::logout)
         .ruma_route::<c::session::logout_all::v3::Request, _, _>(session::logout_all)
         .ruma_route::<c::session::refresh_token::v3::Request, _, _>(session::refresh)
+        .ruma_route::<c::session::get_login_token::v1::Request, _, _>(session::get_login_token)
         // Third-party identifiers: none are verified here (see `threepid`).
         .ruma_route::<c::account::get_3pids::v3::Request, _, _>(threepid::list)
         .ruma_route::<c::account::request_registration_token_via_email::v3::Request, _, _>(

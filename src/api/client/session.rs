@@ -1,12 +1,15 @@
-//! Sessions: `/login` (flows and password login), `/logout`, `/logout/all`.
+//! Sessions: `/login` (flows; password, login-token and appservice login), `/login/get_token`,
+//! `/refresh`, `/logout`, `/logout/all`.
 
 use std::time::Duration;
 
 use axum::extract;
 use ruma::api::client::{
     session::{
+        get_login_token::v1 as login_token_v1,
         get_login_types::v3::{
             self as login_types_v3, ApplicationServiceLoginType, LoginType, PasswordLoginType,
+            TokenLoginType,
         },
         login::v3::{self as login_v3, LoginInfo},
         logout::v3 as logout_v3,
@@ -25,8 +28,11 @@ use crate::{
 pub async fn login_types(
     _: Ruma<login_types_v3::Request>,
 ) -> RumaResponse<login_types_v3::Response> {
+    let mut token = TokenLoginType::new();
+    token.get_login_token = true;
     RumaResponse(login_types_v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::Token(token),
         LoginType::ApplicationService(ApplicationServiceLoginType::new()),
     ]))
 }
@@ -82,11 +88,30 @@ pub async fn login(
         return Ok(RumaResponse(login_response(user_id, device_id, tokens)));
     }
 
+    if let LoginInfo::Token(token) = &body.login_info {
+        // `m.login.token`: a token `/login/get_token` made, used once.
+        let user_id = services.redeem_login_token(&token.token).await?;
+        if !services.users.is_active(&user_id)? {
+            return Err(Error::forbidden("This account has been deactivated."));
+        }
+        let (device_id, tokens) = services
+            .devices
+            .create_session(
+                &user_id,
+                body.device_id.clone(),
+                body.initial_device_display_name.clone(),
+                client_ip,
+                services.refreshable(body.refresh_token),
+            )
+            .await?;
+        tracing::info!(user = %user_id, device = %device_id, "logged in with a login token");
+        return Ok(RumaResponse(login_response(user_id, device_id, tokens)));
+    }
     let LoginInfo::Password(password) = &body.login_info else {
         return Err(Error::new(
             http::StatusCode::BAD_REQUEST,
             ruma::api::error::ErrorKind::Unknown,
-            "Unsupported login type; this server offers m.login.password.",
+            "Unsupported login type; this server offers m.login.password and m.login.token.",
         ));
     };
     // `user` is the pre-r0.4 way of naming the account; some clients still send it.
@@ -152,6 +177,33 @@ fn login_response(
     response.refresh_token = tokens.refresh_token;
     response.expires_in = tokens.expires_in_ms.map(Duration::from_millis);
     response
+}
+
+/// `POST /login/get_token` (spec v1.7): after the user confirms their password, a token that
+/// signs one other device in (`m.login.token`) within two minutes.
+pub async fn get_login_token(
+    extract::State(services): extract::State<State>,
+    request: Ruma<login_token_v1::Request>,
+) -> Result<RumaResponse<login_token_v1::Response>> {
+    if request.rate_limited() {
+        services
+            .rate_limiter
+            .check(Action::Login, request.user().as_str())
+            .map_err(Error::limit_exceeded)?;
+    }
+    let user_id = request.user().to_owned();
+    services
+        .confirm_password(
+            &format!("login_token:{user_id}"),
+            request.body.auth.as_ref(),
+            &user_id,
+        )
+        .await?;
+    let token = services.create_login_token(&user_id).await?;
+    Ok(RumaResponse(login_token_v1::Response::new(
+        Duration::from_millis(crate::service::login_tokens::LIFETIME_MS),
+        token,
+    )))
 }
 
 /// `POST /refresh` (spec v1.3): a new access token (and refresh token) for the device the
