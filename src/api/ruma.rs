@@ -181,7 +181,14 @@ where
                         (Some(identity.user_id), Some(identity.device_id))
                     }
                     None => match services.devices.authenticate(&token).await? {
-                        Some(session) => (Some(session.user_id), Some(session.device_id)),
+                        Some(session) => {
+                            let path = parts
+                                .extensions
+                                .get::<MatchedPath>()
+                                .map_or(parts.uri.path(), |m| m.as_str());
+                            check_restriction(services, &session.user_id, &parts.method, path)?;
+                            (Some(session.user_id), Some(session.device_id))
+                        }
                         None => return Err(Error::unknown_token()),
                     },
                 },
@@ -226,6 +233,66 @@ where
             client_ip,
             appservice,
         })
+    }
+}
+
+/// Refuses what a locked or suspended account may not do (spec v1.18): a locked one anything
+/// but logging out (401 `M_USER_LOCKED`, a soft logout); a suspended one what acts on rooms
+/// or its profile — sending, state, joining, inviting, knocking, moderating, creating and
+/// upgrading rooms, aliases and the room directory, profile changes, media uploads (403
+/// `M_USER_SUSPENDED`). Reading, leaving, redacting, receipts, keys, devices, logging out and
+/// deactivating stay allowed. `path` is the route's template.
+pub fn check_restriction(
+    services: &Services,
+    user_id: &ruma::UserId,
+    method: &http::Method,
+    path: &str,
+) -> Result<(), Error> {
+    let restriction = services.users.restriction(user_id);
+    if restriction.locked && !(path.ends_with("/logout") || path.ends_with("/logout/all")) {
+        return Err(Error::with_fields(
+            http::StatusCode::UNAUTHORIZED,
+            ruma::api::error::ErrorKind::UserLocked,
+            "This account has been locked by the server's administrators.",
+            [("soft_logout", serde_json::Value::Bool(true))],
+        ));
+    }
+    if restriction.suspended && suspended_may_not(method, path) {
+        return Err(Error::new(
+            http::StatusCode::FORBIDDEN,
+            ruma::api::error::ErrorKind::UserSuspended,
+            "This account is suspended: it may read, but not act in rooms or change its profile.",
+        ));
+    }
+    Ok(())
+}
+
+fn suspended_may_not(method: &http::Method, path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    match *method {
+        http::Method::PUT => [
+            "/send/",
+            "/state/",
+            "/profile/",
+            "/directory/room/",
+            "/directory/list/room/",
+            "/upload/",
+        ]
+        .iter()
+        .any(|part| path.contains(part)),
+        http::Method::POST => {
+            path.ends_with("/createRoom")
+                || path.contains("/join/")
+                || path.ends_with("/join")
+                || path.contains("/knock/")
+                || [
+                    "/invite", "/kick", "/ban", "/unban", "/upgrade", "/upload", "/create",
+                ]
+                .iter()
+                .any(|end| path.ends_with(end))
+        }
+        http::Method::DELETE => path.contains("/profile/") || path.contains("/directory/room/"),
+        _ => false,
     }
 }
 

@@ -132,7 +132,7 @@ impl Services {
         timeline.register_consumer(Arc::new(delayed_events::DelayedEventCommits(store.clone())));
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
-            users: users::Users::new(store.clone()),
+            users: users::Users::new(store.clone())?,
             devices: devices::Devices::new(store.clone()),
             account_data: account_data::AccountData::new(store.clone()),
             uiaa: uiaa::Uiaa::default(),

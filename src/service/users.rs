@@ -1,6 +1,10 @@
-//! Accounts: creation, passwords, admin flag, deactivation, profiles.
+//! Accounts: creation, passwords, admin flag, deactivation, profiles, and the restrictions
+//! admins put on an account (spec v1.18): *locked* (every request but logging out refused with
+//! `M_USER_LOCKED`) and *suspended* (reading allowed, acting on rooms and profile refused with
+//! `M_USER_SUSPENDED`). The restricted accounts are also kept in memory, so checking a
+//! request costs no read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use argon2::{
     Argon2,
@@ -30,6 +34,17 @@ pub struct UserRecord {
     #[serde(default)]
     pub guest: bool,
     pub created_ts: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
+}
+
+/// What an admin restricted an account to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restriction {
+    pub locked: bool,
+    pub suspended: bool,
 }
 
 pub struct Users {
@@ -37,17 +52,81 @@ pub struct Users {
     /// Serialises read-modify-write of user records (creation, password, deactivation): these are
     /// rare, so one lock is simpler than per-user ones.
     write_lock: Mutex<()>,
+    /// The locked or suspended accounts (see [`Users::restriction`]).
+    restricted: std::sync::RwLock<HashMap<OwnedUserId, Restriction>>,
 }
 
 /// Longest localpart we accept (the spec caps the whole user ID at 255 bytes).
 const MAX_USER_ID_LEN: usize = 255;
 
 impl Users {
-    pub fn new(store: Store) -> Self {
-        Self {
+    /// Opens the accounts, reading which are locked or suspended (one pass over the
+    /// accounts at start-up).
+    pub fn new(store: Store) -> Result<Self> {
+        let mut restricted = HashMap::new();
+        for item in store.scan_prefix(Cf::Users, &[]) {
+            let (key, value) = item?;
+            let Ok(record) = serde_json::from_slice::<UserRecord>(&value) else {
+                continue;
+            };
+            if (record.locked || record.suspended)
+                && let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&key).as_ref())
+            {
+                restricted.insert(
+                    user_id,
+                    Restriction {
+                        locked: record.locked,
+                        suspended: record.suspended,
+                    },
+                );
+            }
+        }
+        Ok(Self {
             store,
             write_lock: Mutex::new(()),
+            restricted: std::sync::RwLock::new(restricted),
+        })
+    }
+
+    /// Whether the account is locked or suspended (no read: kept in memory).
+    pub fn restriction(&self, user_id: &UserId) -> Restriction {
+        self.restricted
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(user_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Locks or unlocks, suspends or unsuspends an account (`None`: unchanged).
+    pub async fn set_restriction(
+        &self,
+        user_id: &UserId,
+        locked: Option<bool>,
+        suspended: Option<bool>,
+    ) -> Result<Restriction> {
+        let _guard = self.write_lock.lock().await;
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user."))?;
+        record.locked = locked.unwrap_or(record.locked);
+        record.suspended = suspended.unwrap_or(record.suspended);
+        self.store
+            .put(Cf::Users, user_id.as_bytes(), &serde_json::to_vec(&record)?)?;
+        let restriction = Restriction {
+            locked: record.locked,
+            suspended: record.suspended,
+        };
+        let mut restricted = self
+            .restricted
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if restriction == Restriction::default() {
+            restricted.remove(user_id);
+        } else {
+            restricted.insert(user_id.to_owned(), restriction);
         }
+        Ok(restriction)
     }
 
     /// Turns what a user typed (a localpart or a full user ID on this server) into a user ID
@@ -181,6 +260,8 @@ impl Users {
             deactivated: false,
             guest,
             created_ts: utils::now_millis(),
+            locked: false,
+            suspended: false,
         };
         let mut batch = Batch::new();
         batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);

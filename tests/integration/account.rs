@@ -280,3 +280,144 @@ async fn whois_shows_sessions_to_the_user_and_to_admins() {
         "M_NOT_FOUND",
     );
 }
+
+/// Admins lock and suspend accounts (spec v1.18): only admins ask or change, about local,
+/// active, non-admin accounts; a suspended account reads but may not act in rooms, upload or
+/// change its profile; a locked one may only log out; both survive a restart.
+#[tokio::test]
+async fn admins_lock_and_suspend_accounts() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let admin = server.register("admin", "admin-password-1").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let room = server
+        .create_room(&bob, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&alice, &room).await;
+    let lock = |user: &str| format!("/_matrix/client/v1/admin/lock/{user}");
+    let suspend = |user: &str| format!("/_matrix/client/v1/admin/suspend/{user}");
+
+    let caps = |who: &Session| {
+        let who = who.token.clone();
+        let server = &server;
+        async move {
+            server
+                .get("/_matrix/client/v3/capabilities", Some(&who))
+                .await
+                .1["capabilities"]["m.account_moderation"]
+                .clone()
+        }
+    };
+    assert_eq!(caps(&admin).await, json!({ "lock": true, "suspend": true }));
+    assert!(caps(&alice).await.as_object().is_none_or(|c| c.is_empty()));
+
+    // Who may ask, about whom.
+    assert_error(
+        &server.get(&lock(&alice.user_id), Some(&bob.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &server
+            .get(&lock("@alice:elsewhere.org"), Some(&admin.token))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &server
+            .get(&suspend("@nobody:test.local"), Some(&admin.token))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server.get(&lock(&admin.user_id), Some(&admin.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        server.get(&lock(&alice.user_id), Some(&admin.token)).await,
+        (StatusCode::OK, json!({ "locked": false }))
+    );
+
+    // Suspended: reads and leaving work; sending, creating rooms, profile and uploads do not.
+    let suspended = server
+        .put(
+            &suspend(&alice.user_id),
+            Some(&admin.token),
+            json!({ "suspended": true }),
+        )
+        .await;
+    assert_eq!(suspended, (StatusCode::OK, json!({ "suspended": true })));
+    let token = Some(alice.token.as_str());
+    assert_eq!(
+        server.get("/_matrix/client/v3/sync", token).await.0,
+        StatusCode::OK
+    );
+    for result in [
+        server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/s1"),
+                token,
+                json!({ "msgtype": "m.text", "body": "hi" }),
+            )
+            .await,
+        server
+            .post("/_matrix/client/v3/createRoom", token, json!({}))
+            .await,
+        server
+            .put(
+                &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+                token,
+                json!({ "displayname": "A" }),
+            )
+            .await,
+        server
+            .post("/_matrix/media/v1/create", token, json!({}))
+            .await,
+    ] {
+        assert_error(&result, StatusCode::FORBIDDEN, "M_USER_SUSPENDED");
+    }
+    let left = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(left.0, StatusCode::OK, "{}", left.1);
+    server
+        .put(
+            &suspend(&alice.user_id),
+            Some(&admin.token),
+            json!({ "suspended": false }),
+        )
+        .await;
+    server.join(&alice, &room).await;
+
+    // Locked: nothing but logging out, and it holds across a restart.
+    let locked = server
+        .put(
+            &lock(&alice.user_id),
+            Some(&admin.token),
+            json!({ "locked": true }),
+        )
+        .await;
+    assert_eq!(locked, (StatusCode::OK, json!({ "locked": true })));
+    let server = server.restart().await;
+    let refused = server.get("/_matrix/client/v3/account/whoami", token).await;
+    assert_error(&refused, StatusCode::UNAUTHORIZED, "M_USER_LOCKED");
+    assert_eq!(refused.1["soft_logout"], true, "{}", refused.1);
+    assert_eq!(
+        server
+            .get(&lock(&alice.user_id), Some(&admin.token))
+            .await
+            .1,
+        json!({ "locked": true })
+    );
+    let out = server
+        .post("/_matrix/client/v3/logout", token, json!({}))
+        .await;
+    assert_eq!(out.0, StatusCode::OK, "{}", out.1);
+}

@@ -130,7 +130,7 @@ pub fn well_known_server(router: Router<State>) -> Router<State> {
 
 pub async fn capabilities(
     extract::State(services): extract::State<State>,
-    _: Ruma<capabilities_v3::Request>,
+    request: Ruma<capabilities_v3::Request>,
 ) -> RumaResponse<capabilities_v3::Response> {
     let mut capabilities = Capabilities::new();
     let available: BTreeMap<RoomVersionId, RoomVersionStability> = SUPPORTED_ROOM_VERSIONS
@@ -149,5 +149,13 @@ pub async fn capabilities(
     }
     capabilities.thirdparty_id_changes.enabled = false;
     capabilities.get_login_token.enabled = true;
+    // Admins may lock and suspend accounts (spec v1.18).
+    let admin = request
+        .sender_user
+        .as_ref()
+        .and_then(|user| services.users.get(user).ok().flatten())
+        .is_some_and(|record| record.admin);
+    capabilities.account_moderation.lock = admin;
+    capabilities.account_moderation.suspend = admin;
     RumaResponse(capabilities_v3::Response::new(capabilities))
 }

@@ -117,12 +117,14 @@ pub fn routes() -> Router<State> {
 
 async fn authenticate(services: &State, parts: &Parts) -> Result<OwnedUserId> {
     let token = access_token(parts).ok_or_else(Error::missing_token)?;
-    services
+    let user = services
         .devices
         .authenticate(&token)
         .await?
         .map(|session| session.user_id)
-        .ok_or_else(Error::unknown_token)
+        .ok_or_else(Error::unknown_token)?;
+    crate::api::ruma::check_restriction(services, &user, &parts.method, parts.uri.path())?;
+    Ok(user)
 }
 
 fn query(parts: &Parts) -> HashMap<String, String> {

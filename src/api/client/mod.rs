@@ -95,6 +95,10 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::account::delete_3pid::v3::Request, _, _>(threepid::delete)
         .ruma_route::<c::account::unbind_3pid::v3::Request, _, _>(threepid::unbind)
         .ruma_route::<c::admin::get_user_info::v3::Request, _, _>(admin::whois)
+        .ruma_route::<c::admin::is_user_locked::v1::Request, _, _>(admin::is_locked)
+        .ruma_route::<c::admin::lock_user::v1::Request, _, _>(admin::lock)
+        .ruma_route::<c::admin::is_user_suspended::v1::Request, _, _>(admin::is_suspended)
+        .ruma_route::<c::admin::suspend_user::v1::Request, _, _>(admin::suspend)
         .ruma_route::<c::membership::get_mutual_rooms::v1::Request, _, _>(
             mutual_rooms::mutual_rooms,
         )
