@@ -159,3 +159,11 @@ pub async fn capabilities(
     capabilities.account_moderation.suspend = admin;
     RumaResponse(capabilities_v3::Response::new(capabilities))
 }
+
+/// `GET /.well-known/matrix/policy_server` (spec v1.18): culvert is no policy server, so it
+/// has no key to publish.
+pub async fn policy_server(
+    _: Ruma<ruma::api::client::discovery::discover_policy_server::Request>,
+) -> Result<Json<serde_json::Value>> {
+    Err(Error::not_found("This server is not a policy server."))
+}

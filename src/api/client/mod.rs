@@ -19,6 +19,7 @@ pub(crate) mod media;
 mod membership;
 mod mutual_rooms;
 mod openid;
+mod peeking;
 mod presence;
 mod profile;
 mod push;
@@ -52,6 +53,9 @@ pub fn routes(router: Router<State>) -> Router<State> {
             discovery::well_known_client,
         )
         .ruma_route::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
+        .ruma_route::<c::discovery::discover_policy_server::Request, _, _>(
+            discovery::policy_server,
+        )
         .ruma_route::<c::voip::get_turn_server_info::v3::Request, _, _>(voip::turn_server)
         .ruma_route::<c::rtc::transports::v1::Request, _, _>(discovery::rtc_transports)
         .route(
@@ -94,6 +98,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .ruma_route::<c::account::bind_3pid::v3::Request, _, _>(threepid::bind)
         .ruma_route::<c::account::delete_3pid::v3::Request, _, _>(threepid::delete)
         .ruma_route::<c::account::unbind_3pid::v3::Request, _, _>(threepid::unbind)
+        .ruma_route::<c::peeking::listen_to_new_events::v3::Request, _, _>(peeking::events)
+        .ruma_route::<c::peeking::get_current_state::v3::Request, _, _>(peeking::initial_sync)
         .ruma_route::<c::admin::get_user_info::v3::Request, _, _>(admin::whois)
         .ruma_route::<c::admin::is_user_locked::v1::Request, _, _>(admin::is_locked)
         .ruma_route::<c::admin::lock_user::v1::Request, _, _>(admin::lock)

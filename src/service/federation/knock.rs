@@ -54,7 +54,7 @@ fn no_knocking(version: &RoomVersionId) -> Error {
 
 impl Services {
     /// The content of a current state event `(event_type, "")` of a local room.
-    fn current_content(&self, room_id: &RoomId, event_type: &str) -> Result<Value> {
+    pub(crate) fn current_content(&self, room_id: &RoomId, event_type: &str) -> Result<Value> {
         let state = self.timeline.current_state(room_id)?;
         Ok(match state.get(&(event_type.to_owned(), String::new())) {
             Some(id) => self.timeline.event_fields(room_id, id)?["content"].take(),

@@ -119,10 +119,23 @@ impl Services {
         let membership = self.members.membership(room_id, user_id)?;
         if membership.is_none_or(|m| {
             m.membership != "join" && m.membership != "leave" && m.membership != "ban"
-        }) {
+        }) && !self.world_readable(room_id)?
+        {
             return Err(Error::forbidden("You are not a member of this room."));
         }
         Ok(())
+    }
+
+    /// Whether the room's history is readable by anyone now (`world_readable`): who is not a
+    /// member may peek into it.
+    pub fn world_readable(&self, room_id: &RoomId) -> Result<bool> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Ok(false);
+        }
+        Ok(
+            self.current_content(room_id, "m.room.history_visibility")?["history_visibility"]
+                == "world_readable",
+        )
     }
 
     /// A page of a room's history for `user_id`, from stream position `from` (default: the

@@ -112,18 +112,20 @@ impl Services {
         Ok(profile)
     }
 
-    /// The state `user_id` may read: the current state while joined; the state as it was when
-    /// they left (or were kicked or banned) afterwards; nothing otherwise.
+    /// The state `user_id` may read: the current state while joined (or, not joined, of a
+    /// `world_readable` room); the state as it was when they left (or were kicked or banned)
+    /// afterwards; nothing otherwise.
     pub fn visible_state(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
     ) -> Result<HashMap<(String, String), OwnedEventId>> {
         let not_member = || Error::forbidden("You are not a member of this room.");
-        let membership = self
-            .members
-            .membership(room_id, user_id)?
-            .ok_or_else(not_member)?;
+        let membership = match self.members.membership(room_id, user_id)? {
+            Some(m) if m.membership == "join" || !self.world_readable(room_id)? => m,
+            _ if self.world_readable(room_id)? => return self.timeline.current_state(room_id),
+            _ => return Err(not_member()),
+        };
         match membership.membership.as_str() {
             "join" => self.timeline.current_state(room_id),
             "leave" | "ban" if self.left_after_joining(user_id, &membership)? => {

@@ -13,6 +13,7 @@ pub mod history;
 pub mod members;
 pub mod membership;
 pub mod pdu;
+pub mod peeking;
 pub mod profile;
 pub mod redaction;
 pub mod relations;
