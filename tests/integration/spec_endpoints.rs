@@ -44,7 +44,7 @@ async fn every_spec_endpoint_has_a_handler() {
         while let Some(open) = rest.find('{') {
             concrete.push_str(&rest[..open]);
             let close = rest[open..].find('}').expect("closing brace") + open;
-            concrete.push_str("x");
+            concrete.push('x');
             rest = &rest[close + 1..];
         }
         concrete.push_str(rest);
