@@ -186,7 +186,13 @@ where
                                 .extensions
                                 .get::<MatchedPath>()
                                 .map_or(parts.uri.path(), |m| m.as_str());
-                            check_restriction(services, &session.user_id, &parts.method, path)?;
+                            check_restriction(
+                                services,
+                                &session.user_id,
+                                &parts.method,
+                                path,
+                                parts.uri.path(),
+                            )?;
                             (Some(session.user_id), Some(session.device_id))
                         }
                         None => return Err(Error::unknown_token()),
@@ -241,14 +247,23 @@ where
 /// or its profile — sending, state, joining, inviting, knocking, moderating, creating and
 /// upgrading rooms, aliases and the room directory, profile changes, media uploads (403
 /// `M_USER_SUSPENDED`). Reading, leaving, redacting, receipts, keys, devices, logging out and
-/// deactivating stay allowed. `path` is the route's template.
+/// deactivating stay allowed. A guest may only call what the spec's guest access allows
+/// (403 `M_GUEST_ACCESS_FORBIDDEN`). `path` is the route's template, `uri_path` the request's.
 pub fn check_restriction(
     services: &Services,
     user_id: &ruma::UserId,
     method: &http::Method,
     path: &str,
+    uri_path: &str,
 ) -> Result<(), Error> {
     let restriction = services.users.restriction(user_id);
+    if restriction.guest && !guest_may(method, path, uri_path) {
+        return Err(Error::new(
+            http::StatusCode::FORBIDDEN,
+            ruma::api::error::ErrorKind::GuestAccessForbidden,
+            "Guest accounts may not do this: register a full account.",
+        ));
+    }
     if restriction.locked && !(path.ends_with("/logout") || path.ends_with("/logout/all")) {
         return Err(Error::with_fields(
             http::StatusCode::UNAUTHORIZED,
@@ -265,6 +280,78 @@ pub fn check_restriction(
         ));
     }
     Ok(())
+}
+
+/// What the spec's guest access allows a guest account (by route template): reading rooms
+/// and syncing, joining and leaving, sending messages, typing and receipts, its devices,
+/// keys, to-device messages, account data, filters, presence and display name, and media.
+fn guest_may(method: &http::Method, path: &str, uri_path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let ends = |suffixes: &[&str]| suffixes.iter().any(|s| path.ends_with(s));
+    let has = |parts: &[&str]| parts.iter().any(|s| path.contains(s));
+    match *method {
+        http::Method::GET => {
+            ends(&[
+                "/pushrules",
+                "/sync",
+                "/events",
+                "/state",
+                "/members",
+                "/messages",
+                "/initialSync",
+                "/joined_members",
+                "/account/whoami",
+                "/capabilities",
+                "/turnServer",
+                "/devices",
+                "/keys/changes",
+                "/joined_rooms",
+                "/versions",
+                "/login",
+            ]) || has(&[
+                "/state/",
+                "/context/",
+                "/event/",
+                "/relations/",
+                "/presence/",
+                "/profile/",
+                "/devices/",
+                "/account_data/",
+                "/filter/",
+                "/media/",
+                "/pushrules/",
+            ])
+        }
+        http::Method::PUT => {
+            // Messages only (`m.room.message`), not other events.
+            (path.contains("/send/") && uri_path.contains("/send/m.room.message/"))
+                || (path.contains("/profile/") && uri_path.ends_with("/displayname"))
+                || has(&[
+                    "/typing/",
+                    "/presence/",
+                    "/devices/",
+                    "/sendToDevice/",
+                    "/account_data/",
+                ])
+        }
+        http::Method::POST => {
+            path.contains("/join/")
+                || ends(&[
+                    "/join",
+                    "/leave",
+                    "/read_markers",
+                    "/keys/query",
+                    "/keys/upload",
+                    "/keys/claim",
+                    "/filter",
+                    "/logout",
+                    "/logout/all",
+                    "/register",
+                ])
+                || path.contains("/receipt/")
+        }
+        _ => false,
+    }
 }
 
 fn suspended_may_not(method: &http::Method, path: &str) -> bool {

@@ -40,11 +40,12 @@ pub struct UserRecord {
     pub suspended: bool,
 }
 
-/// What an admin restricted an account to.
+/// What an account is restricted to: by an admin (locked, suspended), or as a guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Restriction {
     pub locked: bool,
     pub suspended: bool,
+    pub guest: bool,
 }
 
 pub struct Users {
@@ -69,16 +70,15 @@ impl Users {
             let Ok(record) = serde_json::from_slice::<UserRecord>(&value) else {
                 continue;
             };
-            if (record.locked || record.suspended)
+            let restriction = Restriction {
+                locked: record.locked,
+                suspended: record.suspended,
+                guest: record.guest && !record.deactivated,
+            };
+            if restriction != Restriction::default()
                 && let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&key).as_ref())
             {
-                restricted.insert(
-                    user_id,
-                    Restriction {
-                        locked: record.locked,
-                        suspended: record.suspended,
-                    },
-                );
+                restricted.insert(user_id, restriction);
             }
         }
         Ok(Self {
@@ -113,9 +113,15 @@ impl Users {
         record.suspended = suspended.unwrap_or(record.suspended);
         self.store
             .put(Cf::Users, user_id.as_bytes(), &serde_json::to_vec(&record)?)?;
+        Ok(self.remember_restriction(user_id, &record))
+    }
+
+    /// Keeps the in-memory restriction of an account in step with its record.
+    fn remember_restriction(&self, user_id: &UserId, record: &UserRecord) -> Restriction {
         let restriction = Restriction {
             locked: record.locked,
             suspended: record.suspended,
+            guest: record.guest && !record.deactivated,
         };
         let mut restricted = self
             .restricted
@@ -126,7 +132,30 @@ impl Users {
         } else {
             restricted.insert(user_id.to_owned(), restriction);
         }
-        Ok(restriction)
+        restriction
+    }
+
+    /// Makes a guest account a full one (`/register` with the guest's access token): a
+    /// password, and no more guest restrictions. `extra` adds to the same batch.
+    pub async fn upgrade_guest(
+        &self,
+        user_id: &UserId,
+        password_hash: String,
+        extra: impl FnOnce(&mut Batch),
+    ) -> Result<UserRecord> {
+        let _guard = self.write_lock.lock().await;
+        let mut record = self
+            .get(user_id)?
+            .filter(|r| r.guest && !r.deactivated)
+            .ok_or_else(|| Error::forbidden("Only an active guest account can be upgraded."))?;
+        record.guest = false;
+        record.password_hash = Some(password_hash);
+        let mut batch = Batch::new();
+        batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
+        extra(&mut batch);
+        self.store.write(batch)?;
+        self.remember_restriction(user_id, &record);
+        Ok(record)
     }
 
     /// Turns what a user typed (a localpart or a full user ID on this server) into a user ID
@@ -273,6 +302,7 @@ impl Users {
         );
         extra(&mut batch);
         self.store.write(batch)?;
+        self.remember_restriction(user_id, &record);
         Ok(record)
     }
 
@@ -334,6 +364,7 @@ impl Users {
         }
         devices.delete_all_into(&mut batch, user_id, None)?;
         self.store.write(batch)?;
+        self.remember_restriction(user_id, &record);
         Ok(())
     }
 

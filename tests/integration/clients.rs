@@ -320,6 +320,36 @@ async fn matrix_sdk_syncs_like_element_x() {
     );
 }
 
+/// matrix-nio as a guest: registers with `kind=guest`, peeks at a world-readable room's state,
+/// joins it (it lets guests in), reads through its own sync, writes, and is refused creating
+/// a room (`tests/clients/nio_guest.py`).
+#[tokio::test]
+async fn matrix_nio_guest_reads_and_joins_a_world_readable_room() {
+    let Some(python) = nio_python() else {
+        crate::common::skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
+        );
+        return;
+    };
+    let server = TestServer::start_with(
+        "allow_guest_registration = true\nrate_limits = { enabled = false }",
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_guest.py");
+    let output = tokio::process::Command::new(python)
+        .args([script, "--homeserver", &server.base])
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("nio guest: ok"),
+        "nio guest failed:\n{stdout}\n{stderr}"
+    );
+}
+
 /// matrix-js-sdk logs in with a refresh token and keeps creating rooms, sending and syncing
 /// across three expiries of a two-second access token through its own refresh logic
 /// (`tests/clients/js/refresh.mjs`).

@@ -290,3 +290,133 @@ async fn registration_is_rate_limited() {
         limited.1
     );
 }
+
+/// Guest access as the spec has it: a guest reads world-readable rooms, joins only rooms that
+/// let guests in, sends messages there and nothing else, is refused what guests may not do
+/// (`M_GUEST_ACCESS_FORBIDDEN`), and becomes a full account under the same ID.
+#[tokio::test]
+async fn guests_do_what_guest_access_allows_and_can_upgrade() {
+    let server = TestServer::start_with(
+        "allow_guest_registration = true\nrate_limits = { enabled = false }",
+    )
+    .await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let open = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "initial_state": [
+                { "type": "m.room.history_visibility", "state_key": "",
+                  "content": { "history_visibility": "world_readable" } },
+                { "type": "m.room.guest_access", "state_key": "",
+                  "content": { "guest_access": "can_join" } }] }),
+        )
+        .await;
+    let members_only = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.say(&alice, &open, "welcome").await;
+
+    let (status, guest) = server
+        .post("/_matrix/client/v3/register?kind=guest", None, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{guest}");
+    let token = guest["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let guest_id = guest["user_id"].as_str().unwrap().to_owned();
+    let t = Some(token.as_str());
+
+    // Reading without joining, then joining the room that lets guests in, and writing.
+    let (status, history) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{open}/messages?dir=b"),
+            t,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let (status, joined) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{open}/join"),
+            t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let (status, sent) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{open}/send/m.room.message/g1"),
+            t,
+            json!({ "msgtype": "m.text", "body": "hello from a guest" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    assert_eq!(
+        server.get("/_matrix/client/v3/sync", t).await.0,
+        StatusCode::OK
+    );
+    // A room without guest access: no.
+    assert_error(
+        &server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{members_only}/join"),
+                t,
+                json!({}),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    // What guests may not do at all.
+    for result in [
+        server
+            .post("/_matrix/client/v3/createRoom", t, json!({}))
+            .await,
+        server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{open}/send/m.reaction/g2"),
+                t,
+                json!({}),
+            )
+            .await,
+        server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{open}/state/m.room.topic/"),
+                t,
+                json!({ "topic": "guests rule" }),
+            )
+            .await,
+        server
+            .post(
+                "/_matrix/client/v3/user_directory/search",
+                t,
+                json!({ "search_term": "alice" }),
+            )
+            .await,
+    ] {
+        assert_error(&result, StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN");
+    }
+
+    // Upgrading: the same user ID, a password, a new session; guest limits gone.
+    let body = json!({ "password": "guest-now-full-1" });
+    let (status, uia) = server
+        .post("/_matrix/client/v3/register", t, body.clone())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+    let mut body = body;
+    body["auth"] = json!({ "type": "m.login.dummy", "session": uia["session"] });
+    let (status, upgraded) = server.post("/_matrix/client/v3/register", t, body).await;
+    assert_eq!(status, StatusCode::OK, "{upgraded}");
+    assert_eq!(upgraded["user_id"], guest_id.as_str());
+    let full = upgraded["access_token"].as_str().unwrap();
+    let (_, whoami) = server
+        .get("/_matrix/client/v3/account/whoami", Some(full))
+        .await;
+    assert_ne!(whoami["is_guest"], true, "{whoami}");
+    let (status, created) = server
+        .post("/_matrix/client/v3/createRoom", Some(full), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let localpart = guest_id[1..guest_id.find(':').unwrap()].to_owned();
+    server.login_ok(&localpart, "guest-now-full-1").await;
+}

@@ -123,7 +123,8 @@ async fn authenticate(services: &State, parts: &Parts) -> Result<OwnedUserId> {
         .await?
         .map(|session| session.user_id)
         .ok_or_else(Error::unknown_token)?;
-    crate::api::ruma::check_restriction(services, &user, &parts.method, parts.uri.path())?;
+    let path = parts.uri.path();
+    crate::api::ruma::check_restriction(services, &user, &parts.method, path, path)?;
     Ok(user)
 }
 

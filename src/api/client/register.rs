@@ -36,11 +36,63 @@ pub async fn register(
         return register_for_appservice(&services, &service, request).await;
     }
     let client_ip = request.client_ip;
+    let upgrading = request
+        .sender_user
+        .clone()
+        .filter(|user| services.users.restriction(user).guest);
     let body = request.body;
     if body.login_type == Some(LoginType::ApplicationService) {
         return Err(Error::missing_token());
     }
     let guest = body.kind == RegistrationKind::Guest;
+    // A guest registering with its access token (and its own name, or none) becomes a full
+    // account under the same user ID.
+    if let Some(guest_id) = upgrading.filter(|id| {
+        !guest
+            && body
+                .username
+                .as_deref()
+                .is_none_or(|name| name == id.localpart() || name == id.as_str())
+    }) {
+        let flows = services
+            .registration_flows()?
+            .ok_or_else(|| Error::forbidden("Registration is disabled on this server."))?;
+        let password = body
+            .password
+            .clone()
+            .ok_or_else(|| Error::bad_json("A full account needs a password."))?;
+        services
+            .user_interactive_auth("register", &flows, body.auth.as_ref(), None)
+            .await?;
+        let hash = users::hash_password_bounded(password).await?;
+        let refreshable = services.refreshable(body.refresh_token);
+        let mut session = None;
+        services
+            .users
+            .upgrade_guest(&guest_id, hash, |batch| {
+                if !body.inhibit_login {
+                    session = Some(Devices::new_device_into(
+                        batch,
+                        &guest_id,
+                        body.device_id.clone(),
+                        body.initial_device_display_name.clone(),
+                        client_ip,
+                        refreshable,
+                    ));
+                }
+            })
+            .await?;
+        tracing::info!(user = %guest_id, "a guest account became a full account");
+        let mut response = register_v3::Response::new(guest_id);
+        if let Some(session) = session {
+            let (device_id, tokens) = session?;
+            response.device_id = Some(device_id);
+            response.access_token = Some(tokens.access_token);
+            response.refresh_token = tokens.refresh_token;
+            response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
+        }
+        return Ok(RumaResponse(response));
+    }
 
     let user_id = if guest {
         if !services.config.allow_guest_registration {

@@ -283,6 +283,14 @@ impl Services {
         via: &[OwnedServerName],
         reason: Option<&str>,
     ) -> Result<()> {
+        // Guests join only rooms of this server that let guests in.
+        if self.users.restriction(user_id).guest
+            && !(self.is_resident(room_id)?
+                && self.current_content(room_id, "m.room.guest_access")?["guest_access"]
+                    == "can_join")
+        {
+            return Err(Error::forbidden("This room does not let guests join."));
+        }
         if self.is_resident(room_id)? || !self.federation.enabled {
             self.set_membership(room_id, user_id, user_id, "join", reason)
                 .await?;
