@@ -95,32 +95,21 @@ async fn matrix_nio_registers_with_a_registration_token() {
 /// redact, type and send a receipt, each observing the other through its own `/sync`.
 #[tokio::test]
 async fn matrix_nio_two_users_in_a_room() {
-    let Some(python) = nio_python() else {
-        crate::common::skip(
-            Some("REQUIRE_REAL_CLIENTS"),
-            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
-        );
-        return;
-    };
     let server = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_rooms.py");
-    let output = tokio::process::Command::new(python)
-        .args([script, "--homeserver", &server.base])
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("nio rooms: ok"),
-        "nio rooms failed:\n{stdout}\n{stderr}"
-    );
+    run_nio_script(&server, "nio_rooms.py", "nio rooms: ok").await;
 }
 
 /// The media scenario: a nio client uploads an image, downloads it (authenticated media) and
 /// its cropped and scaled thumbnails; the script checks bytes, names and dimensions.
 #[tokio::test]
 async fn matrix_nio_uploads_and_downloads_media() {
+    let server = TestServer::start().await;
+    run_nio_script(&server, "nio_media.py", "nio media: ok").await;
+}
+
+/// Runs a matrix-nio script of `tests/clients` against `server`; it must end with `ok_line`.
+/// Skipped (and under `REQUIRE_REAL_CLIENTS` failed) without a Python that has matrix-nio.
+async fn run_nio_script(server: &TestServer, script: &str, ok_line: &str) {
     let Some(python) = nio_python() else {
         crate::common::skip(
             Some("REQUIRE_REAL_CLIENTS"),
@@ -128,18 +117,17 @@ async fn matrix_nio_uploads_and_downloads_media() {
         );
         return;
     };
-    let server = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_media.py");
+    let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = tokio::process::Command::new(python)
-        .args([script, "--homeserver", &server.base])
+        .args([&script, "--homeserver", &server.base])
         .output()
         .await
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success() && stdout.contains("nio media: ok"),
-        "nio media failed:\n{stdout}\n{stderr}"
+        output.status.success() && stdout.contains(ok_line),
+        "{script} failed:\n{stdout}\n{stderr}"
     );
 }
 
@@ -325,29 +313,11 @@ async fn matrix_sdk_syncs_like_element_x() {
 /// a room (`tests/clients/nio_guest.py`).
 #[tokio::test]
 async fn matrix_nio_guest_reads_and_joins_a_world_readable_room() {
-    let Some(python) = nio_python() else {
-        crate::common::skip(
-            Some("REQUIRE_REAL_CLIENTS"),
-            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
-        );
-        return;
-    };
     let server = TestServer::start_with(
         "allow_guest_registration = true\nrate_limits = { enabled = false }",
     )
     .await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_guest.py");
-    let output = tokio::process::Command::new(python)
-        .args([script, "--homeserver", &server.base])
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("nio guest: ok"),
-        "nio guest failed:\n{stdout}\n{stderr}"
-    );
+    run_nio_script(&server, "nio_guest.py", "nio guest: ok").await;
 }
 
 /// matrix-js-sdk logs in with a refresh token and keeps creating rooms, sending and syncing

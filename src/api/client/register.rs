@@ -85,11 +85,7 @@ pub async fn register(
         tracing::info!(user = %guest_id, "a guest account became a full account");
         let mut response = register_v3::Response::new(guest_id);
         if let Some(session) = session {
-            let (device_id, tokens) = session?;
-            response.device_id = Some(device_id);
-            response.access_token = Some(tokens.access_token);
-            response.refresh_token = tokens.refresh_token;
-            response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
+            with_session(&mut response, session?);
         }
         return Ok(RumaResponse(response));
     }
@@ -157,11 +153,7 @@ pub async fn register(
 
     let mut response = register_v3::Response::new(user_id);
     if let Some(session) = session {
-        let (device_id, tokens) = session?;
-        response.device_id = Some(device_id);
-        response.access_token = Some(tokens.access_token);
-        response.refresh_token = tokens.refresh_token;
-        response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
+        with_session(&mut response, session?);
     }
     Ok(RumaResponse(response))
 }
@@ -207,11 +199,7 @@ async fn register_for_appservice(
     tracing::info!(user = %user_id, appservice = service.id(), "appservice registered a user");
     let mut response = register_v3::Response::new(user_id);
     if let Some(session) = session {
-        let (device_id, tokens) = session?;
-        response.device_id = Some(device_id);
-        response.access_token = Some(tokens.access_token);
-        response.refresh_token = tokens.refresh_token;
-        response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
+        with_session(&mut response, session?);
     }
     Ok(RumaResponse(response))
 }
@@ -247,4 +235,15 @@ pub async fn token_validity(
     }
     let valid = services.registration_token_valid(&request.body.token)?;
     Ok(RumaResponse(token_validity_v1::Response::new(valid)))
+}
+
+/// Puts a registration's new session (device and tokens) into its answer.
+fn with_session(
+    response: &mut register_v3::Response,
+    (device_id, tokens): (ruma::OwnedDeviceId, crate::service::devices::NewTokens),
+) {
+    response.device_id = Some(device_id);
+    response.access_token = Some(tokens.access_token);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
 }

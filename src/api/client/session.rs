@@ -22,7 +22,7 @@ use ruma::api::client::{
 use crate::{
     Error, Result,
     api::ruma::{Ruma, RumaResponse, State},
-    service::{devices::NewTokens, ratelimit::Action, users::Users},
+    service::{ratelimit::Action, users::Users},
 };
 
 pub async fn login_types(
@@ -74,18 +74,8 @@ pub async fn login(
         if !services.users.is_active(&user_id)? {
             return Err(Error::forbidden("No such user, or it is deactivated."));
         }
-        let (device_id, tokens) = services
-            .devices
-            .create_session(
-                &user_id,
-                body.device_id.clone(),
-                body.initial_device_display_name.clone(),
-                client_ip,
-                services.refreshable(body.refresh_token),
-            )
-            .await?;
-        tracing::info!(user = %user_id, device = %device_id, appservice = service.id(), "appservice login");
-        return Ok(RumaResponse(login_response(user_id, device_id, tokens)));
+        tracing::info!(user = %user_id, appservice = service.id(), "appservice login");
+        return start_session(&services, &body, client_ip, user_id).await;
     }
 
     if let LoginInfo::Token(token) = &body.login_info {
@@ -94,18 +84,8 @@ pub async fn login(
         if !services.users.is_active(&user_id)? {
             return Err(Error::forbidden("This account has been deactivated."));
         }
-        let (device_id, tokens) = services
-            .devices
-            .create_session(
-                &user_id,
-                body.device_id.clone(),
-                body.initial_device_display_name.clone(),
-                client_ip,
-                services.refreshable(body.refresh_token),
-            )
-            .await?;
-        tracing::info!(user = %user_id, device = %device_id, "logged in with a login token");
-        return Ok(RumaResponse(login_response(user_id, device_id, tokens)));
+        tracing::info!(user = %user_id, "login with a login token");
+        return start_session(&services, &body, client_ip, user_id).await;
     }
     let LoginInfo::Password(password) = &body.login_info else {
         return Err(Error::new(
@@ -149,6 +129,17 @@ pub async fn login(
         return Err(wrong());
     }
 
+    start_session(&services, &body, client_ip, user_id).await
+}
+
+/// The end of every login: a session on the device the client named (or a new one), with a
+/// refresh token when asked for and handed out.
+async fn start_session(
+    services: &State,
+    body: &login_v3::Request,
+    client_ip: Option<std::net::IpAddr>,
+    user_id: ruma::OwnedUserId,
+) -> Result<RumaResponse<login_v3::Response>> {
     let (device_id, tokens) = services
         .devices
         .create_session(
@@ -160,23 +151,14 @@ pub async fn login(
         )
         .await?;
     tracing::info!(user = %user_id, device = %device_id, "logged in");
-    let mut response = login_response(user_id, device_id, tokens);
+    let mut response = login_v3::Response::new(user_id, tokens.access_token, device_id);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in = tokens.expires_in_ms.map(Duration::from_millis);
     #[allow(deprecated)]
     {
         response.home_server = Some(services.server_name.clone());
     }
     Ok(RumaResponse(response))
-}
-
-fn login_response(
-    user_id: ruma::OwnedUserId,
-    device_id: ruma::OwnedDeviceId,
-    tokens: NewTokens,
-) -> login_v3::Response {
-    let mut response = login_v3::Response::new(user_id, tokens.access_token, device_id);
-    response.refresh_token = tokens.refresh_token;
-    response.expires_in = tokens.expires_in_ms.map(Duration::from_millis);
-    response
 }
 
 /// `POST /login/get_token` (spec v1.7): after the user confirms their password, a token that
