@@ -139,6 +139,34 @@ impl Services {
             .contains(Cf::CrossSigningKeys, &key_of(user_id, MASTER))?)
     }
 
+    /// Whether `upload` names only keys the user has already, the same public keys (a client
+    /// retrying an upload whose answer it lost): no user-interactive auth needed then (spec
+    /// v1.11, MSC3967). Signatures added since do not count.
+    pub fn signing_keys_unchanged(
+        &self,
+        user_id: &UserId,
+        upload: &SigningKeysUpload,
+    ) -> Result<bool> {
+        let mut any = false;
+        for (usage, key) in [
+            (MASTER, &upload.master_key),
+            (SELF_SIGNING, &upload.self_signing_key),
+            (USER_SIGNING, &upload.user_signing_key),
+        ] {
+            let Some(key) = key else { continue };
+            any = true;
+            let same = self
+                .cross_signing_key(user_id, usage)?
+                .is_some_and(|stored| {
+                    stored["keys"] == key["keys"] && stored["usage"] == key["usage"]
+                });
+            if !same {
+                return Ok(false);
+            }
+        }
+        Ok(any)
+    }
+
     /// `/keys/device_signing/upload` (after any user-interactive auth): stores the given
     /// cross-signing keys. The self-signing and user-signing keys must carry a valid signature
     /// by the master key (the uploaded one, else the stored one).

@@ -750,6 +750,24 @@ async fn cross_signing_keys_are_uploaded_checked_and_queried() {
     assert!(seen["self_signing_keys"][&alice.user_id].is_object());
     assert_eq!(seen["user_signing_keys"], json!({}), "{seen}");
 
+    // The same keys again (a retry whose answer was lost): accepted without the password
+    // (MSC3967, spec v1.11); one of them changed is not.
+    let (status, response) = server
+        .post(
+            SIGNING_UPLOAD,
+            Some(&alice.token),
+            keys.body(&alice.user_id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let mut partly_new = keys.body(&alice.user_id);
+    partly_new["user_signing_key"] =
+        CrossSigning::new().body(&alice.user_id)["user_signing_key"].clone();
+    let result = server
+        .post(SIGNING_UPLOAD, Some(&alice.token), partly_new)
+        .await;
+    assert_eq!(result.0, StatusCode::UNAUTHORIZED, "{}", result.1);
+
     // Replacing keys needs the password.
     let fresh = CrossSigning::new();
     let result = server

@@ -386,9 +386,11 @@ async fn thumbnails_from_png_jpeg_webp_and_gif() {
         assert_eq!(dimensions(&got.body), (32, 32), "{content_type}");
     }
 
-    // An image smaller than the thumbnail is served as it is.
-    let small = image_bytes(20, 10, image::ImageFormat::Png);
-    let mxc = upload(&server, &alice, small.clone(), "image/png", None).await;
+    // An image smaller than the thumbnail keeps its size: a JPEG is served as it is; other
+    // formats, which may be animated, as their first frame (a thumbnail is never animated
+    // unless asked for, spec v1.11), never upscaled.
+    let small_jpeg = image_bytes(20, 10, image::ImageFormat::Jpeg);
+    let mxc = upload(&server, &alice, small_jpeg.clone(), "image/jpeg", None).await;
     let got = get(
         &server,
         &format!("{V1}/thumbnail/{}/{}?width=96&height=96", mxc.0, mxc.1),
@@ -396,7 +398,32 @@ async fn thumbnails_from_png_jpeg_webp_and_gif() {
     )
     .await;
     assert_eq!(got.status, StatusCode::OK);
-    assert!(got.body == small);
+    assert!(got.body == small_jpeg);
+    let mut animated = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut animated);
+        let frames = [image::Rgba([0, 0, 0, 255]), image::Rgba([255, 0, 0, 255])]
+            .map(|pixel| image::Frame::new(image::RgbaImage::from_pixel(20, 10, pixel)));
+        encoder.encode_frames(frames).expect("a two-frame GIF");
+    }
+    for (small, content_type) in [
+        (image_bytes(20, 10, image::ImageFormat::Png), "image/png"),
+        (animated, "image/gif"),
+    ] {
+        let mxc = upload(&server, &alice, small, content_type, None).await;
+        let got = get(
+            &server,
+            &format!("{V1}/thumbnail/{}/{}?width=96&height=96", mxc.0, mxc.1),
+            Some(&alice.token),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK, "{content_type}");
+        assert!(
+            got.body.starts_with(b"\x89PNG"),
+            "{content_type}: not one PNG frame"
+        );
+        assert_eq!(dimensions(&got.body), (20, 10), "{content_type}");
+    }
 
     // A tall narrow image is cropped, never stretched: 40 wide stays 40 wide.
     let narrow = image_bytes(40, 500, image::ImageFormat::Png);

@@ -78,6 +78,10 @@ async fn create_private_room_in_default_version_12() {
     );
     assert_eq!(state[&key("m.room.name", "")]["name"], "Lounge");
     assert_eq!(state[&key("m.room.topic", "")]["topic"], "Chat");
+    assert_eq!(
+        state[&key("m.room.topic", "")]["m.topic"],
+        json!({ "m.text": [{ "mimetype": "text/plain", "body": "Chat" }] })
+    );
     assert_eq!(state.len(), 9);
 }
 

@@ -109,6 +109,10 @@ pub async fn upload_signing_keys(
         user_signing_key: raw(&body.user_signing_key)?,
     };
     if services.has_master_key(user_id)? {
+        // The keys the user has already, uploaded again: nothing to confirm or change.
+        if services.signing_keys_unchanged(user_id, &upload)? {
+            return Ok(Json(json!({})));
+        }
         let purpose = format!("device_signing_upload:{user_id}");
         services
             .confirm_password(&purpose, body.auth.as_ref(), user_id)

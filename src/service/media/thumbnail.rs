@@ -91,7 +91,7 @@ pub fn can_thumbnail(content_type: &str) -> bool {
 }
 
 pub enum Made {
-    /// The original is no larger than the thumbnail would be: serve it as it is.
+    /// The original is a JPEG no larger than the thumbnail would be: serve it as it is.
     Original { width: u32, height: u32 },
     Encoded {
         bytes: Vec<u8>,
@@ -153,17 +153,25 @@ pub fn make(path: &Path, size: Size) -> Result<Made> {
     if width == 0 || height == 0 {
         return Err(cannot_thumbnail("empty image"));
     }
-    if width <= size.width && height <= size.height {
+    // Already small: a JPEG is served as it is; the other formats may be animated (GIF, WebP,
+    // APNG), which a thumbnail must not be unless asked for (culvert never makes animated
+    // ones), so their first frame is re-encoded, at its own size.
+    let small = width <= size.width && height <= size.height;
+    if small && format == ImageFormat::Jpeg {
         return Ok(Made::Original { width, height });
     }
-    let thumb = match size.method {
-        // Never upscaled: a side shorter than the crop is kept, the other cropped to match.
-        Method::Crop => image.resize_to_fill(
-            size.width.min(width),
-            size.height.min(height),
-            FilterType::Triangle,
-        ),
-        Method::Scale => image.resize(size.width, size.height, FilterType::Triangle),
+    let thumb = if small {
+        image
+    } else {
+        match size.method {
+            // Never upscaled: a side shorter than the crop is kept, the other cropped to match.
+            Method::Crop => image.resize_to_fill(
+                size.width.min(width),
+                size.height.min(height),
+                FilterType::Triangle,
+            ),
+            Method::Scale => image.resize(size.width, size.height, FilterType::Triangle),
+        }
     };
     let mut bytes = Vec::new();
     // Photos stay JPEG (smaller); everything else becomes PNG, which keeps transparency.

@@ -216,7 +216,12 @@ impl Services {
             send("m.room.name", String::new(), json!({ "name": name })).await?;
         }
         if let Some(topic) = request.topic {
-            send("m.room.topic", String::new(), json!({ "topic": topic })).await?;
+            // The plain topic and, since v1.15 (MSC3765), the same as a text block.
+            let content = json!({
+                "topic": topic,
+                "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] },
+            });
+            send("m.room.topic", String::new(), content).await?;
         }
 
         // 7. Invitations.
