@@ -1,7 +1,14 @@
 //! Per-user account data, global (room `None`) or per room. Each change takes a stream count
 //! (kept beside the content), so `/sync` sends what changed since a token and wakes on changes.
+//!
+//! One type the server itself acts on: `m.ignored_user_list`. Ignored users' events (but not
+//! their state events) are left out of the ignorer's timelines (`/sync`, sliding sync,
+//! `/messages`, `/context`), their invites out of `/sync`, and they notify no one who ignores
+//! them. The list is kept parsed in a cache, so looking it up costs no read.
 
-use ruma::{RoomId, UserId};
+use std::{collections::HashSet, sync::Arc};
+
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Value, value::RawValue};
 
 use crate::{
@@ -12,6 +19,22 @@ use crate::{
 
 pub struct AccountData {
     store: Store,
+    /// Each user's `m.ignored_user_list`, parsed (see [`Services::ignored_users`]).
+    ignored: quick_cache::sync::Cache<OwnedUserId, Arc<HashSet<OwnedUserId>>>,
+}
+
+/// The account data type of the users a user ignores.
+pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// Whether `event` (client format) is one `ignored` hides: sent by an ignored user, and not
+/// a state event (the room's state stays whole).
+pub fn hidden_by(ignored: &HashSet<OwnedUserId>, event: &Value) -> bool {
+    !ignored.is_empty()
+        && event.get("state_key").is_none()
+        && event["sender"]
+            .as_str()
+            .and_then(|s| UserId::parse(s).ok())
+            .is_some_and(|sender| ignored.contains(&sender))
 }
 
 fn key(user_id: &UserId, room_id: Option<&RoomId>, event_type: &str) -> Vec<u8> {
@@ -27,7 +50,10 @@ fn scope(user_id: &UserId, room_id: Option<&RoomId>) -> Vec<u8> {
 
 impl AccountData {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            ignored: quick_cache::sync::Cache::new(4096),
+        }
     }
 
     /// The stored content, as the JSON the client uploaded.
@@ -59,6 +85,9 @@ impl Services {
         let key = key(user_id, room_id, event_type);
         let mut batch = Batch::new();
         batch.put(Cf::AccountData, key.clone(), content.get().as_bytes());
+        if room_id.is_none() && event_type == IGNORED_USER_LIST {
+            self.account_data.ignored.remove(user_id);
+        }
         // Room account data is news in that room for sliding sync (`timeline::activity`).
         let change = room_id.map(|room_id| (room_id, Change::AccountData));
         self.timeline
@@ -102,5 +131,29 @@ impl Services {
             }));
         }
         Ok(events)
+    }
+}
+
+impl Services {
+    /// The users `user_id` ignores (`m.ignored_user_list`), from the cache or one read.
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
+        if let Some(ignored) = self.account_data.ignored.get(user_id) {
+            return Ok(ignored);
+        }
+        let ignored: HashSet<OwnedUserId> = self
+            .account_data
+            .get(user_id, None, IGNORED_USER_LIST)?
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            .and_then(|content| {
+                content["ignored_users"]
+                    .as_object()
+                    .map(|users| users.keys().filter_map(|u| UserId::parse(u).ok()).collect())
+            })
+            .unwrap_or_default();
+        let ignored = Arc::new(ignored);
+        self.account_data
+            .ignored
+            .insert(user_id.to_owned(), ignored.clone());
+        Ok(ignored)
     }
 }

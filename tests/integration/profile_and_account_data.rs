@@ -352,3 +352,113 @@ async fn room_account_data_tags_read_markers_and_sync() {
         "M_FORBIDDEN",
     );
 }
+
+/// `m.ignored_user_list`: an ignored user's messages leave the ignorer's timelines (`/sync`,
+/// `/messages`, `/context`) but their state events stay; their invites are not shown; they
+/// notify no one who ignores them; unignoring shows new messages again.
+#[tokio::test]
+async fn ignored_users_are_hidden_from_the_ignorer() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let ignore = |users: Value| {
+        let (server, bob) = (&server, &bob);
+        async move {
+            let (status, _) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                        bob.user_id
+                    ),
+                    Some(&bob.token),
+                    json!({ "ignored_users": users }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    ignore(json!({ alice.user_id.clone(): {} })).await;
+    let hidden = server.say(&alice, &room, "you will not see this").await;
+    let topic = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&alice.token),
+            json!({ "topic": "state stays" }),
+        )
+        .await;
+    assert_eq!(topic.0, StatusCode::OK);
+    let bodies = |events: &Value| -> Vec<String> {
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let sync = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(bodies(timeline).is_empty(), "{timeline}");
+    assert!(
+        timeline
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.topic"),
+        "state events of ignored users stay: {timeline}"
+    );
+    let counts = &sync["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(
+        counts["notification_count"].as_u64().unwrap_or(0),
+        0,
+        "{counts}"
+    );
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+            &bob,
+        )
+        .await;
+    assert!(bodies(&messages["chunk"]).is_empty(), "{messages}");
+    let topic_id = topic.1["event_id"].as_str().unwrap();
+    let context = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/context/{topic_id}"),
+            &bob,
+        )
+        .await;
+    assert!(bodies(&context["events_before"]).is_empty(), "{context}");
+    // Alice's invites to Bob are not shown either.
+    let other = server
+        .create_room(&alice, json!({ "invite": [bob.user_id] }))
+        .await;
+    let sync = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+    assert!(sync["rooms"]["invite"].get(&other).is_none(), "{sync}");
+    // Alice herself sees her messages; unignored, Bob sees new ones.
+    let own = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+            &alice,
+        )
+        .await;
+    assert!(
+        own["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_id"] == hidden.as_str())
+    );
+    ignore(json!({})).await;
+    server.say(&alice, &room, "visible again").await;
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+            &bob,
+        )
+        .await;
+    assert!(bodies(&messages["chunk"]).contains(&"visible again".to_owned()));
+}

@@ -231,6 +231,10 @@ impl Services {
         let thread_rules = self.thread_subscriptions_enabled();
         let mut notified = Vec::new();
         for (user, display_name) in candidates {
+            // Who ignores the sender is not notified (a cache lookup, no read).
+            if self.ignored_users(&user)?.contains(event.sender) {
+                continue;
+            }
             let rules = self.push_ruleset(&user)?;
             // MSC4306's condition: whether this user follows the event's thread (one point
             // read, for thread events only).

@@ -75,8 +75,11 @@ impl Services {
         };
         let (before_limit, after_limit) = split_limit(limit);
         let matcher = EventMatcher::from_room_event_filter(filter);
+        let ignored = self.ignored_users(user_id)?;
         let wanted = |event: &Value, count: u64| -> Result<bool> {
-            Ok(matcher.matches(event) && self.may_see_event(room_id, user_id, event, count)?)
+            Ok(matcher.matches(event)
+                && !crate::service::account_data::hidden_by(&ignored, event)
+                && self.may_see_event(room_id, user_id, event, count)?)
         };
 
         // Backward from the event, newest first.

@@ -156,6 +156,7 @@ impl Services {
         let user_id = viewer.user_id;
         let mut view = self.event_view(Some(viewer));
         self.require_history_reader(room_id, user_id)?;
+        let ignored = self.ignored_users(user_id)?;
         let mut events = Vec::new();
         let mut scanned = 0;
         let mut position = match direction {
@@ -183,7 +184,10 @@ impl Services {
             for (count, event_id) in &batch {
                 scanned += 1;
                 let event = view.event(room_id, event_id, Some(*count), Detail::Timeline)?;
-                if filter.matches(&event) && self.may_see_event(room_id, user_id, &event, *count)? {
+                if filter.matches(&event)
+                    && !crate::service::account_data::hidden_by(&ignored, &event)
+                    && self.may_see_event(room_id, user_id, &event, *count)?
+                {
                     events.push(event);
                 }
                 if events.len() == limit || scanned == MAX_SCAN {

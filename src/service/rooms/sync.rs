@@ -26,6 +26,7 @@ use super::{
     sync_filter::{EventMatcher, LazyMembers, SyncFilter},
     timeline::activity::Change,
 };
+use crate::service::account_data::hidden_by;
 use crate::{
     Error, Result,
     service::Services,
@@ -143,6 +144,7 @@ impl Services {
                     .collect()
             })
         });
+        let ignored = self.ignored_users(user_id)?;
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -172,6 +174,9 @@ impl Services {
                         join.insert(room_id.to_string(), room);
                     }
                 }
+                // Invites from users the user ignores are not shown.
+                "invite"
+                    if changed_membership && self.invited_by(&membership.event_id, &ignored)? => {}
                 "invite" if changed_membership => {
                     // An invite to a room on another server: its state as that server gave it.
                     let events = match self.remote_invite(user_id, &room_id)? {
@@ -364,6 +369,22 @@ impl Services {
         self.read_timeline(viewer, room_id, window.floor, window.upto, limit, filter)
     }
 
+    /// Whether the invite `event_id` (a stored member event) was sent by one of `ignored`.
+    pub(crate) fn invited_by(
+        &self,
+        event_id: &EventId,
+        ignored: &HashSet<ruma::OwnedUserId>,
+    ) -> Result<bool> {
+        if ignored.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.timeline.pdu_json(event_id)?.is_some_and(|pdu| {
+            super::pdu::str_field(&pdu, "sender")
+                .and_then(|s| UserId::parse(s).ok())
+                .is_some_and(|sender| ignored.contains(&sender))
+        }))
+    }
+
     /// Reads a room's timeline backwards from `upto` down to `floor` (exclusive), keeping the
     /// events `matcher` passes and the viewer may see, up to `limit` of them (in the client
     /// format, `room_id` still in). `/sync` and sliding sync share it.
@@ -377,6 +398,7 @@ impl Services {
         matcher: &EventMatcher,
     ) -> Result<TimelinePart> {
         let user_id = viewer.user_id;
+        let ignored = self.ignored_users(user_id)?;
         let mut view = self.event_view(Some(viewer));
         let mut newest = None;
         let mut kept = Vec::new();
@@ -403,7 +425,10 @@ impl Services {
                 scanned += 1;
                 oldest_scanned = Some(count);
                 let event = view.event(room_id, &event_id, Some(count), Detail::Timeline)?;
-                if matcher.matches(&event) && self.may_see_event(room_id, user_id, &event, count)? {
+                if matcher.matches(&event)
+                    && !hidden_by(&ignored, &event)
+                    && self.may_see_event(room_id, user_id, &event, count)?
+                {
                     kept.push((count, event_id, event));
                 }
             }
