@@ -11,7 +11,7 @@
 //! holds a token at or past the response that carried them), then sends those after `S`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Mutex, MutexGuard},
 };
 
@@ -196,6 +196,7 @@ pub fn delete_device_into(
     let prefix = keys::prefix(&device_key);
     for cf in [
         Cf::OneTimeKeys,
+        Cf::OneTimeKeyOrder,
         Cf::FallbackKeys,
         Cf::ToDevice,
         Cf::ToDeviceTxn,
@@ -208,6 +209,45 @@ pub fn delete_device_into(
 }
 
 impl Services {
+    /// The last upload place of a device's one-time keys of one algorithm (`order` is
+    /// `user 0xFF device 0xFF algorithm`); 0 when none is stored.
+    fn last_key_place(&self, order: &[u8]) -> Result<u64> {
+        let prefix = keys::prefix(order);
+        let mut start = prefix.clone();
+        start.extend(keys::u64_be(u64::MAX));
+        Ok(self
+            .store
+            .scan_prefix_rev_from(Cf::OneTimeKeyOrder, &prefix, &start)
+            .next()
+            .transpose()?
+            .and_then(|(key, _)| keys::parse_u64_be(&key[prefix.len()..]))
+            .unwrap_or(0))
+    }
+
+    /// The oldest one-time key of a device and algorithm (`device_part`): its order entry's
+    /// key, its ID and content. One seek in the order, one point read; keys stored before the
+    /// order existed are all indexed by the schema 7 migration.
+    fn oldest_one_time_key(&self, device_part: &[u8]) -> Result<Option<(Vec<u8>, String, Value)>> {
+        let prefix = keys::prefix(device_part);
+        for item in self.store.scan_prefix(Cf::OneTimeKeyOrder, &prefix) {
+            let (place, key_id) = item?;
+            let mut store_key = prefix.clone();
+            store_key.extend_from_slice(&key_id);
+            match self.store.get(Cf::OneTimeKeys, &store_key)? {
+                Some(value) => {
+                    return Ok(Some((
+                        place.to_vec(),
+                        String::from_utf8_lossy(&key_id).into_owned(),
+                        serde_json::from_slice(&value)?,
+                    )));
+                }
+                // An order entry whose key is gone (never expected): skip it.
+                None => continue,
+            }
+        }
+        Ok(None)
+    }
+
     fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.server_name
     }
@@ -272,6 +312,9 @@ impl Services {
         }
         let mut batch = Batch::new();
         let guard = self.e2ee.lock();
+        // Each new key also takes the next place in its device's upload order (claims hand
+        // out the oldest first, MSC4225); the places continue after the last one stored.
+        let mut next_place: HashMap<String, u64> = HashMap::new();
         for (id, key) in &upload.one_time_keys {
             let (algorithm, key_id) = split_key_id(id)?;
             let store_key = keys::join([
@@ -288,7 +331,27 @@ impl Services {
                         "One-time key {id} was already uploaded with different content."
                     )));
                 }
-                None => batch.put(Cf::OneTimeKeys, store_key, serde_json::to_vec(key)?),
+                None => {
+                    batch.put(Cf::OneTimeKeys, store_key, serde_json::to_vec(key)?);
+                    let order = keys::join([
+                        user_id.as_bytes(),
+                        device_id.as_bytes(),
+                        algorithm.as_bytes(),
+                    ]);
+                    let place = match next_place.get_mut(algorithm) {
+                        Some(place) => place,
+                        None => {
+                            let last = self.last_key_place(&order)?;
+                            next_place.entry(algorithm.to_owned()).or_insert(last)
+                        }
+                    };
+                    *place += 1;
+                    batch.put(
+                        Cf::OneTimeKeyOrder,
+                        keys::join([order.as_slice(), &keys::u64_be(*place)]),
+                        key_id.as_bytes(),
+                    );
+                }
             }
         }
         for (id, key) in &upload.fallback_keys {
@@ -457,14 +520,14 @@ impl Services {
                     algorithm.as_bytes(),
                 ]);
                 let prefix = keys::prefix(&device_part);
-                let one_time = self.store.scan_prefix(Cf::OneTimeKeys, &prefix).next();
+                let one_time = self.oldest_one_time_key(&device_part)?;
                 let (key_id, key) = match one_time {
-                    Some(item) => {
-                        let (store_key, value) = item?;
-                        batch.delete(Cf::OneTimeKeys, store_key.to_vec());
-                        let key_id =
-                            String::from_utf8_lossy(&store_key[prefix.len()..]).into_owned();
-                        (key_id, serde_json::from_slice::<Value>(&value)?)
+                    Some((place, key_id, value)) => {
+                        batch.delete(Cf::OneTimeKeyOrder, place);
+                        let mut store_key = prefix.clone();
+                        store_key.extend_from_slice(key_id.as_bytes());
+                        batch.delete(Cf::OneTimeKeys, store_key);
+                        (key_id, value)
                     }
                     None => {
                         let Some(value) = self.store.get(Cf::FallbackKeys, &device_part)? else {

@@ -9,7 +9,7 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 6;
+pub const CURRENT: u64 = 7;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -23,6 +23,7 @@ const STEPS: &[Step] = &[
     index_relations,
     index_words,
     reindex_relations,
+    order_one_time_keys,
 ];
 
 /// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
@@ -203,6 +204,29 @@ fn reindex_relations(store: &Store) -> Result<Batch, rocksdb::Error> {
         store.write(batch)?;
     }
     index_relations(store)
+}
+
+/// 6 → 7: the upload order of one-time keys (`one_time_key_order`), which claims follow
+/// (MSC4225): keys stored before it get places in key-ID order, before any uploaded later.
+fn order_one_time_keys(store: &Store) -> Result<Batch, rocksdb::Error> {
+    let mut batch = Batch::new();
+    let mut places: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+    for item in store.scan_prefix(Cf::OneTimeKeys, &[]) {
+        let (key, _) = item?;
+        // `user 0xFF device 0xFF algorithm 0xFF key_id`.
+        let Some(split) = key.iter().rposition(|b| *b == keys::SEP) else {
+            continue;
+        };
+        let (device_part, key_id) = (&key[..split], &key[split + 1..]);
+        let place = places.entry(device_part.to_vec()).or_insert(0);
+        *place += 1;
+        batch.put(
+            Cf::OneTimeKeyOrder,
+            keys::join([device_part, &keys::u64_be(*place)]),
+            key_id.to_vec(),
+        );
+    }
+    Ok(batch)
 }
 
 /// 4 → 5: fills the search index (`search_words`) for events stored before the commit
@@ -447,6 +471,46 @@ mod tests {
                     &keys::join([b"$root".as_slice(), b"@a:x"])
                 )
                 .unwrap()
+        );
+    }
+
+    #[test]
+    fn version_6_databases_get_their_one_time_keys_ordered() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let device = keys::join([b"@a:x".as_slice(), b"DEV", b"signed_curve25519"]);
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut batch = Batch::new();
+            for id in [b"K2".as_slice(), b"K1"] {
+                batch.put(
+                    Cf::OneTimeKeys,
+                    keys::join([device.as_slice(), id]),
+                    b"{}".to_vec(),
+                );
+            }
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(6));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let order: Vec<(Vec<u8>, Vec<u8>)> = store
+            .scan_prefix(Cf::OneTimeKeyOrder, &keys::prefix(&device))
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (
+                    keys::join([device.as_slice(), &keys::u64_be(1)]),
+                    b"K1".to_vec()
+                ),
+                (
+                    keys::join([device.as_slice(), &keys::u64_be(2)]),
+                    b"K2".to_vec()
+                ),
+            ]
         );
     }
 

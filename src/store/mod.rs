@@ -141,6 +141,9 @@ column_families! {
     /// `user_id 0xFF device_id 0xFF algorithm 0xFF key_id` → one-time key (JSON): unclaimed
     /// one-time keys; claiming deletes the entry.
     OneTimeKeys => "one_time_keys",
+    /// `user_id 0xFF device_id 0xFF algorithm 0xFF place (u64 BE)` → key ID: the order a
+    /// device's one-time keys were uploaded in; claims take the oldest (MSC4225, schema 7).
+    OneTimeKeyOrder => "one_time_key_order",
     /// `user_id 0xFF device_id 0xFF algorithm` → `{key_id, key, used}` JSON: the device's
     /// fallback key per algorithm (handed out when no one-time key is left, then marked used).
     FallbackKeys => "fallback_keys",

@@ -1342,3 +1342,51 @@ async fn versions_advertise_cross_signing() {
         "{versions}"
     );
 }
+
+/// One-time keys are claimed in the order they were uploaded, not by key ID (MSC4225, spec
+/// v1.13): a client that uploads `Z…` before `A…` gets `Z…` claimed first, and a retried
+/// upload of a key keeps its first place.
+#[tokio::test]
+async fn one_time_keys_are_claimed_oldest_first() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    for batch in [["Z1", "Z2"], ["A1", "A2"]] {
+        let keys: serde_json::Map<String, Value> = batch
+            .iter()
+            .map(|id| {
+                (
+                    format!("signed_curve25519:{id}"),
+                    json!({ "key": format!("key{id}"), "signatures": {} }),
+                )
+            })
+            .collect();
+        upload_ok(&server, &alice, json!({ "one_time_keys": keys })).await;
+    }
+    // The first batch again (a retry): no new places.
+    upload_ok(
+        &server,
+        &alice,
+        json!({ "one_time_keys": {
+            "signed_curve25519:Z1": { "key": "keyZ1", "signatures": {} },
+            "signed_curve25519:Z2": { "key": "keyZ2", "signatures": {} } } }),
+    )
+    .await;
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        claimed.push(claimed_id(&claim(&server, &bob, &alice).await, &alice).unwrap());
+    }
+    assert_eq!(
+        claimed,
+        [
+            "signed_curve25519:Z1",
+            "signed_curve25519:Z2",
+            "signed_curve25519:A1",
+            "signed_curve25519:A2"
+        ]
+    );
+    assert_eq!(
+        claimed_id(&claim(&server, &bob, &alice).await, &alice),
+        None
+    );
+}
