@@ -177,6 +177,18 @@ where
                 Some(token) => match services.appservices.by_as_token(&token) {
                     Some(service) => {
                         let identity = appservice_identity::<T>(services, &service, &parts).await?;
+                        // A locked or suspended user stays so when a bridge acts for them.
+                        let path = parts
+                            .extensions
+                            .get::<MatchedPath>()
+                            .map_or(parts.uri.path(), |m| m.as_str());
+                        check_restriction(
+                            services,
+                            &identity.user_id,
+                            &parts.method,
+                            path,
+                            parts.uri.path(),
+                        )?;
                         appservice = Some(service);
                         (Some(identity.user_id), Some(identity.device_id))
                     }
@@ -372,11 +384,12 @@ fn suspended_may_not(method: &http::Method, path: &str) -> bool {
                 || path.contains("/join/")
                 || path.ends_with("/join")
                 || path.contains("/knock/")
-                || [
-                    "/invite", "/kick", "/ban", "/unban", "/upgrade", "/upload", "/create",
-                ]
-                .iter()
-                .any(|end| path.ends_with(end))
+                || ["/invite", "/kick", "/ban", "/unban", "/upgrade"]
+                    .iter()
+                    .any(|end| path.ends_with(end))
+                // Media uploads, not key uploads (`/keys/upload` stays allowed).
+                || (path.contains("/media/")
+                    && (path.ends_with("/upload") || path.ends_with("/create")))
         }
         http::Method::DELETE => path.contains("/profile/") || path.contains("/directory/room/"),
         _ => false,

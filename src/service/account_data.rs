@@ -85,9 +85,7 @@ impl Services {
         let key = key(user_id, room_id, event_type);
         let mut batch = Batch::new();
         batch.put(Cf::AccountData, key.clone(), content.get().as_bytes());
-        if room_id.is_none() && event_type == IGNORED_USER_LIST {
-            self.account_data.ignored.remove(user_id);
-        }
+
         // Room account data is news in that room for sliding sync (`timeline::activity`).
         let change = room_id.map(|room_id| (room_id, Change::AccountData));
         self.timeline
@@ -96,6 +94,10 @@ impl Services {
                 Ok(())
             })
             .await?;
+        // After the write: a lookup meanwhile cannot put the old list back for good.
+        if room_id.is_none() && event_type == IGNORED_USER_LIST {
+            self.account_data.ignored.remove(user_id);
+        }
         Ok(())
     }
 

@@ -387,6 +387,11 @@ async fn admins_lock_and_suspend_accounts() {
         )
         .await;
     assert_eq!(left.0, StatusCode::OK, "{}", left.1);
+    // Encryption keys are not media: their uploads stay allowed.
+    let keys = server
+        .post("/_matrix/client/v3/keys/upload", token, json!({}))
+        .await;
+    assert_eq!(keys.0, StatusCode::OK, "{}", keys.1);
     server
         .put(
             &suspend(&alice.user_id),

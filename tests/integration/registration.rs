@@ -397,8 +397,9 @@ async fn guests_do_what_guest_access_allows_and_can_upgrade() {
         assert_error(&result, StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN");
     }
 
-    // Upgrading: the same user ID, a password, a new session; guest limits gone.
-    let body = json!({ "password": "guest-now-full-1" });
+    // Upgrading: the same user ID, a password, new tokens for the same device (the guest's
+    // token stops working); guest limits gone.
+    let body = json!({ "password": "guest-now-full-1", "device_id": guest["device_id"] });
     let (status, uia) = server
         .post("/_matrix/client/v3/register", t, body.clone())
         .await;
@@ -408,6 +409,8 @@ async fn guests_do_what_guest_access_allows_and_can_upgrade() {
     let (status, upgraded) = server.post("/_matrix/client/v3/register", t, body).await;
     assert_eq!(status, StatusCode::OK, "{upgraded}");
     assert_eq!(upgraded["user_id"], guest_id.as_str());
+    assert_eq!(upgraded["device_id"], guest["device_id"]);
+    server.assert_token_dead(&token).await;
     let full = upgraded["access_token"].as_str().unwrap();
     let (_, whoami) = server
         .get("/_matrix/client/v3/account/whoami", Some(full))

@@ -715,5 +715,7 @@ async fn an_edit_without_new_content_is_not_bundled() {
         "{event}"
     );
     let all = relations(&server, &alice, &room, &original).await;
-    assert_eq!(ids(&all["chunk"]), vec![broken, valid]);
+    assert_eq!(ids(&all["chunk"]), vec![broken.clone(), valid.clone()]);
+    let edits = relations(&server, &alice, &room, &format!("{original}/m.replace")).await;
+    assert_eq!(ids(&edits["chunk"]), vec![broken, valid]);
 }

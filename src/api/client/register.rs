@@ -65,23 +65,27 @@ pub async fn register(
             .user_interactive_auth("register", &flows, body.auth.as_ref(), None)
             .await?;
         let hash = users::hash_password_bounded(password).await?;
-        let refreshable = services.refreshable(body.refresh_token);
-        let mut session = None;
         services
             .users
-            .upgrade_guest(&guest_id, hash, |batch| {
-                if !body.inhibit_login {
-                    session = Some(Devices::new_device_into(
-                        batch,
+            .upgrade_guest(&guest_id, hash, |_| {})
+            .await?;
+        // The session like a login's: a device the guest names keeps its ID but gets new
+        // tokens (its old ones stop working).
+        let session = match body.inhibit_login {
+            true => None,
+            false => Some(
+                services
+                    .devices
+                    .create_session(
                         &guest_id,
                         body.device_id.clone(),
                         body.initial_device_display_name.clone(),
                         client_ip,
-                        refreshable,
-                    ));
-                }
-            })
-            .await?;
+                        services.refreshable(body.refresh_token),
+                    )
+                    .await,
+            ),
+        };
         tracing::info!(user = %guest_id, "a guest account became a full account");
         let mut response = register_v3::Response::new(guest_id);
         if let Some(session) = session {

@@ -55,22 +55,29 @@ impl Services {
                 EVENTS_LIMIT,
                 &everything,
             )?;
-            if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
-                let end = match page.end {
-                    Some(end) if page.events.len() == EVENTS_LIMIT => end,
-                    _ => now.max(start),
-                };
+            // A page that stopped early (full, or at the scan budget) ends where it stopped,
+            // so nothing after it is skipped; otherwise everything up to `now` was read.
+            if !page.events.is_empty()
+                || page.end.is_some()
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(Peeked {
                     start,
-                    end,
+                    end: page.end.unwrap_or(now.max(start)),
                     events: page.events,
                 });
             }
-            if tokio::time::timeout_at(deadline, committed.changed())
-                .await
-                .is_err()
-            {
-                continue;
+            match tokio::time::timeout_at(deadline, committed.changed()).await {
+                // A commit, or the timeout: one more look answers.
+                Err(_) | Ok(Ok(())) => continue,
+                // No more commits will be announced (shutting down): answer now.
+                Ok(Err(_)) => {
+                    return Ok(Peeked {
+                        start,
+                        end: now.max(start),
+                        events: Vec::new(),
+                    });
+                }
             }
         }
     }

@@ -451,12 +451,14 @@ impl Services {
             (Direction::Backward, Some(to)) => count > to,
             (Direction::Forward, Some(to)) => count <= to,
         };
-        // One relation type: that kind's entries only (not every reaction for a thread).
-        let prefix = match query.rel_type {
+        // One relation type: that kind's entries only (not every reaction for a thread) —
+        // except edits, whose malformed ones are filed under "other" and still listed here.
+        let by_kind = query.rel_type.filter(|t| *t != REPLACE);
+        let prefix = match by_kind {
             Some(rel_type) => kind_prefix(parent.as_str(), kind_of(rel_type)),
             None => keys::prefix(parent.as_bytes()),
         };
-        let cf = match query.rel_type {
+        let cf = match by_kind {
             Some(_) => Cf::RelationKinds,
             None => Cf::Relations,
         };
