@@ -201,3 +201,39 @@ async fn a_login_token_signs_in_one_other_device_once() {
         "M_MISSING_TOKEN",
     );
 }
+
+/// A login token past its two minutes is refused (its record made expired directly in the
+/// store: the test does not wait two minutes), and used up all the same.
+#[tokio::test]
+async fn an_expired_login_token_is_refused() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let mut batch = culvert::store::Batch::new();
+    batch.put(
+        culvert::store::Cf::LoginTokens,
+        culvert::utils::sha256(b"expired-login-token").to_vec(),
+        culvert::store::keys::join([alice.user_id.as_bytes(), b"1"]),
+    );
+    server.services().store.write(batch).unwrap();
+    let login = json!({ "type": "m.login.token", "token": "expired-login-token" });
+    for _ in 0..2 {
+        assert_error(
+            &server
+                .post("/_matrix/client/v3/login", None, login.clone())
+                .await,
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+    }
+    assert!(
+        server
+            .services()
+            .store
+            .get(
+                culvert::store::Cf::LoginTokens,
+                &culvert::utils::sha256(b"expired-login-token")
+            )
+            .unwrap()
+            .is_none()
+    );
+}
