@@ -438,6 +438,19 @@ async fn ignored_users_are_hidden_from_the_ignorer() {
         .await;
     let sync = server.get_ok("/_matrix/client/v3/sync", &bob).await;
     assert!(sync["rooms"]["invite"].get(&other).is_none(), "{sync}");
+    let (status, sliding) = server
+        .post(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(&bob.token),
+            json!({ "lists": { "all": { "ranges": [[0, 20]], "timeline_limit": 1 } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sliding}");
+    assert!(sliding["rooms"].get(&other).is_none(), "{sliding}");
+    assert_eq!(
+        sliding["lists"]["all"]["count"], 1,
+        "only the shared room: {sliding}"
+    );
     // Alice herself sees her messages; unignored, Bob sees new ones.
     let own = server
         .get_ok(

@@ -119,3 +119,62 @@ async fn redaction_permissions_and_erasure() {
         );
     }
 }
+
+/// A redaction sent through `PUT /send/m.room.redaction` (spec v1.18, MSC4169), in a room
+/// version that keeps `redacts` at the top level (10) and one that keeps it in the content
+/// (11): the target is redacted either way, with the same permission rules as `/redact`.
+#[tokio::test]
+async fn redactions_may_be_sent_like_any_event() {
+    for version in ["10", "11"] {
+        let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+        let alice = server.register("alice", "pw").await;
+        let bob = server.register("bob", "pw").await;
+        let (_, created) = server
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&alice.token),
+                json!({ "preset": "public_chat", "room_version": version }),
+            )
+            .await;
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        server.join(&bob, &room).await;
+        let target = server.say(&bob, &room, "to be redacted").await;
+        let alices = server.say(&alice, &room, "alice's own").await;
+        let send = |who: &Session, txn: &str, content: Value| {
+            let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.redaction/{txn}");
+            let token = who.token.clone();
+            let server = &server;
+            async move { server.put(&path, Some(&token), content).await }
+        };
+        let (status, sent) = send(&bob, "r1", json!({ "redacts": target, "reason": "oops" })).await;
+        assert_eq!(status, StatusCode::OK, "{version}: {sent}");
+        assert!(
+            stored_content(&server, &target).get("body").is_none(),
+            "{version}"
+        );
+        let redaction = server
+            .get_ok(
+                &format!(
+                    "/_matrix/client/v3/rooms/{room}/event/{}",
+                    sent["event_id"].as_str().unwrap()
+                ),
+                &alice,
+            )
+            .await;
+        let redacts = if version == "10" {
+            &redaction["redacts"]
+        } else {
+            &redaction["content"]["redacts"]
+        };
+        assert_eq!(redacts, target.as_str(), "{version}: {redaction}");
+        assert_eq!(redaction["content"]["reason"], "oops");
+        // Bob may not redact Alice's message; a redaction without `redacts` is malformed.
+        assert_error(
+            &send(&bob, "r2", json!({ "redacts": alices })).await,
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
+        let missing = send(&bob, "r3", json!({ "reason": "no target" })).await;
+        assert_eq!(missing.0, StatusCode::BAD_REQUEST, "{}", missing.1);
+    }
+}

@@ -125,11 +125,6 @@ pub async fn send_message(
 ) -> Result<Response> {
     let body = &request.body;
     let event_type = body.event_type.to_string();
-    if event_type == "m.room.redaction" {
-        return Err(Error::bad_json(
-            "Use the /redact endpoint to redact events.",
-        ));
-    }
     let content = Value::Object(object(body.body.json(), "The event content")?);
     let txn = ClientTxn::new(
         request.user(),
@@ -137,6 +132,29 @@ pub async fn send_message(
         &body.room_id,
         body.txn_id.as_str(),
     );
+    // A redaction sent like any event (spec v1.18, MSC4169): `redacts` in the content, moved
+    // where the room version wants it by the redaction path.
+    if event_type == "m.room.redaction" {
+        if delayed_events::requested_delay(query.as_deref())?.is_some() {
+            return Err(Error::invalid_param("Redactions cannot be delayed here."));
+        }
+        let target = content["redacts"]
+            .as_str()
+            .and_then(|id| ruma::EventId::parse(id).ok())
+            .ok_or_else(|| {
+                Error::bad_json("A redaction needs `redacts`: the event ID to redact.")
+            })?;
+        let event_id = services
+            .redact_event(
+                &body.room_id,
+                request.user(),
+                &target,
+                content["reason"].as_str(),
+                &txn,
+            )
+            .await?;
+        return Ok(RumaResponse(send_v3::Response::new(event_id)).into_response());
+    }
     let event = LocalEvent {
         event_type: &event_type,
         state_key: None,

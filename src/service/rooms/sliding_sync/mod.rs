@@ -367,7 +367,21 @@ impl Services {
             user_id,
             device_id: Some(request.device_id),
         };
-        let rooms = self.list_rooms(user_id, now)?;
+        let mut rooms = self.list_rooms(user_id, now)?;
+        // Invites from users the user ignores are not listed (a read per invite, and only
+        // when the user ignores someone).
+        let ignored = self.ignored_users(user_id)?;
+        if !ignored.is_empty() {
+            let mut hidden = HashSet::new();
+            for room in &rooms {
+                if room.membership.membership == "invite"
+                    && self.invited_by(&room.membership.event_id, &ignored)?
+                {
+                    hidden.insert(room.room_id.clone());
+                }
+            }
+            rooms.retain(|room| !hidden.contains(&room.room_id));
+        }
         let dms = self.direct_rooms(user_id)?;
 
         // The lists: filtered, ordered by latest activity, counted; the rooms in their ranges.
