@@ -177,36 +177,11 @@ where
                 Some(token) => match services.appservices.by_as_token(&token) {
                     Some(service) => {
                         let identity = appservice_identity::<T>(services, &service, &parts).await?;
-                        // A locked or suspended user stays so when a bridge acts for them.
-                        let path = parts
-                            .extensions
-                            .get::<MatchedPath>()
-                            .map_or(parts.uri.path(), |m| m.as_str());
-                        check_restriction(
-                            services,
-                            &identity.user_id,
-                            &parts.method,
-                            path,
-                            parts.uri.path(),
-                        )?;
                         appservice = Some(service);
                         (Some(identity.user_id), Some(identity.device_id))
                     }
                     None => match services.devices.authenticate(&token).await? {
-                        Some(session) => {
-                            let path = parts
-                                .extensions
-                                .get::<MatchedPath>()
-                                .map_or(parts.uri.path(), |m| m.as_str());
-                            check_restriction(
-                                services,
-                                &session.user_id,
-                                &parts.method,
-                                path,
-                                parts.uri.path(),
-                            )?;
-                            (Some(session.user_id), Some(session.device_id))
-                        }
+                        Some(session) => (Some(session.user_id), Some(session.device_id)),
                         None => return Err(Error::unknown_token()),
                     },
                 },
@@ -214,6 +189,15 @@ where
                 None => (None, None),
             },
         };
+
+        // The account's restrictions, whoever acts for it (a device, or a bridge).
+        if let Some(user_id) = &sender_user {
+            let path = parts
+                .extensions
+                .get::<MatchedPath>()
+                .map_or(parts.uri.path(), |m| m.as_str());
+            check_restriction(services, user_id, &parts.method, path, parts.uri.path())?;
+        }
 
         let bytes = read_body(&parts, body, services.config.max_request_size as usize).await?;
         if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
