@@ -124,6 +124,13 @@ pub struct Config {
     /// never subscribe (most but Element X today) would then stop notifying about threads.
     #[serde(default)]
     pub thread_subscriptions: bool,
+    /// Serve the three legacy mention push rules (`.m.rule.contains_display_name`,
+    /// `.m.rule.contains_user_name`, `.m.rule.roomnotif`), which spec v1.17 removed
+    /// (MSC4210): with them, a message naming a user in its text highlights for them even
+    /// when its client sends no `m.mentions` (older clients and simple bots). Off by default,
+    /// as the spec says; on, `/versions` stops at v1.16.
+    #[serde(default)]
+    pub legacy_mention_push_rules: bool,
     /// Largest page or image `/preview_url` downloads, in bytes.
     #[serde(default = "default_url_preview_max_size")]
     pub url_preview_max_size: u64,

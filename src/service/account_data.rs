@@ -1,12 +1,22 @@
 //! Per-user account data, global (room `None`) or per room. Each change takes a stream count
 //! (kept beside the content), so `/sync` sends what changed since a token and wakes on changes.
 //!
-//! One type the server itself acts on: `m.ignored_user_list`. Ignored users' events (but not
+//! Two types the server itself acts on. `m.ignored_user_list`: ignored users' events (but not
 //! their state events) are left out of the ignorer's timelines (`/sync`, sliding sync,
 //! `/messages`, `/context`), their invites out of `/sync`, and they notify no one who ignores
-//! them. The list is kept parsed in a cache, so looking it up costs no read.
+//! them. `m.invite_permission_config` (spec v1.18, MSC4380): with `default_action: block`,
+//! invites to the user are refused (403 `M_INVITE_BLOCKED`, from this server's users and
+//! other servers alike), and those already received are left out of `/sync` and sliding sync
+//! and notify no one (they come back if blocking is switched off). Both are kept parsed in
+//! caches, so looking them up costs no read.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Value, value::RawValue};
@@ -21,10 +31,17 @@ pub struct AccountData {
     store: Store,
     /// Each user's `m.ignored_user_list`, parsed (see [`Services::ignored_users`]).
     ignored: quick_cache::sync::Cache<OwnedUserId, Arc<HashSet<OwnedUserId>>>,
+    /// Whether each user blocks invites (see [`Services::invites_blocked`]).
+    invites_blocked: quick_cache::sync::Cache<OwnedUserId, bool>,
+    /// Counts writes of the cached types: a lookup that read the store while one happened
+    /// does not keep what it read in the cache (see [`AccountData::cached`]).
+    writes: AtomicU64,
 }
 
 /// The account data type of the users a user ignores.
 pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+/// The account data type by which a user blocks invites.
+pub const INVITE_PERMISSION_CONFIG: &str = "m.invite_permission_config";
 
 /// Whether `event` (client format) is one `ignored` hides: sent by an ignored user, and not
 /// a state event (the room's state stays whole).
@@ -53,7 +70,36 @@ impl AccountData {
         Self {
             store,
             ignored: quick_cache::sync::Cache::new(4096),
+            invites_blocked: quick_cache::sync::Cache::new(4096),
+            writes: AtomicU64::new(0),
         }
+    }
+
+    /// A cached value of a user's global account data of `event_type`, or `parse` of what
+    /// the store holds, cached unless a write of a cached type happened meanwhile (then it
+    /// may be the old value).
+    fn cached<V: Clone>(
+        &self,
+        cache: &quick_cache::sync::Cache<OwnedUserId, V>,
+        user_id: &UserId,
+        event_type: &str,
+        parse: impl FnOnce(Option<Value>) -> V,
+    ) -> Result<V> {
+        if let Some(value) = cache.get(user_id) {
+            return Ok(value);
+        }
+        let writes = self.writes.load(Ordering::SeqCst);
+        let content = self
+            .get(user_id, None, event_type)?
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+        let value = parse(content);
+        cache.insert(user_id.to_owned(), value.clone());
+        // A write since the read may have come before or after this insert: either way the
+        // value is taken out again (the writer's own removal may have come before the insert).
+        if self.writes.load(Ordering::SeqCst) != writes {
+            cache.remove(user_id);
+        }
+        Ok(value)
     }
 
     /// The stored content, as the JSON the client uploaded.
@@ -94,9 +140,12 @@ impl Services {
                 Ok(())
             })
             .await?;
-        // After the write: a lookup meanwhile cannot put the old list back for good.
-        if room_id.is_none() && event_type == IGNORED_USER_LIST {
+        // After the write, counted first: a lookup that read the old value meanwhile does not
+        // cache it (`AccountData::cached`), and one that cached it before is removed here.
+        if room_id.is_none() && matches!(event_type, IGNORED_USER_LIST | INVITE_PERMISSION_CONFIG) {
+            self.account_data.writes.fetch_add(1, Ordering::SeqCst);
             self.account_data.ignored.remove(user_id);
+            self.account_data.invites_blocked.remove(user_id);
         }
         Ok(())
     }
@@ -139,23 +188,45 @@ impl Services {
 impl Services {
     /// The users `user_id` ignores (`m.ignored_user_list`), from the cache or one read.
     pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
-        if let Some(ignored) = self.account_data.ignored.get(user_id) {
-            return Ok(ignored);
+        let data = &self.account_data;
+        data.cached(&data.ignored, user_id, IGNORED_USER_LIST, |content| {
+            Arc::new(
+                content
+                    .and_then(|content| {
+                        content["ignored_users"].as_object().map(|users| {
+                            users.keys().filter_map(|u| UserId::parse(u).ok()).collect()
+                        })
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+    }
+
+    /// Whether `user_id` blocks all invites (`m.invite_permission_config` with
+    /// `default_action: block`; anything else lets invites through), from the cache or one
+    /// read. Users of other servers: their server decides.
+    pub fn invites_blocked(&self, user_id: &UserId) -> Result<bool> {
+        if user_id.server_name() != self.server_name {
+            return Ok(false);
         }
-        let ignored: HashSet<OwnedUserId> = self
-            .account_data
-            .get(user_id, None, IGNORED_USER_LIST)?
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-            .and_then(|content| {
-                content["ignored_users"]
-                    .as_object()
-                    .map(|users| users.keys().filter_map(|u| UserId::parse(u).ok()).collect())
-            })
-            .unwrap_or_default();
-        let ignored = Arc::new(ignored);
-        self.account_data
-            .ignored
-            .insert(user_id.to_owned(), ignored.clone());
-        Ok(ignored)
+        let data = &self.account_data;
+        data.cached(
+            &data.invites_blocked,
+            user_id,
+            INVITE_PERMISSION_CONFIG,
+            |content| content.is_some_and(|content| content["default_action"] == "block"),
+        )
+    }
+
+    /// Refuses an invite to `invitee` who blocks invites: 403 `M_INVITE_BLOCKED`.
+    pub fn check_invite_permitted(&self, invitee: &UserId) -> Result<()> {
+        if self.invites_blocked(invitee)? {
+            return Err(crate::Error::new(
+                http::StatusCode::FORBIDDEN,
+                ruma::api::error::ErrorKind::InviteBlocked,
+                format!("{invitee} does not accept invites."),
+            ));
+        }
+        Ok(())
     }
 }

@@ -76,6 +76,26 @@ impl Services {
         Ok(())
     }
 
+    /// Creates an appservice's device for one of its users (MSC4190) and announces it, as
+    /// `delete_devices` announces a deletion. Returns false when the device existed.
+    pub async fn create_appservice_device(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+        display_name: Option<String>,
+    ) -> Result<bool> {
+        if !self
+            .devices
+            .create_tokenless(user_id, device_id, display_name)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.announce_device_list_change(&[user_id]).await?;
+        self.federate_device_change(user_id, device_id, false).await;
+        Ok(true)
+    }
+
     /// Deletes all of a user's devices except `keep`, announcing it (see `delete_devices`).
     pub async fn delete_all_devices(
         &self,

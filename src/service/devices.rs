@@ -360,6 +360,35 @@ impl Devices {
         Ok((device_id, minted.tokens))
     }
 
+    /// Adds a device without tokens: an appservice's (MSC4190), which it acts from with its
+    /// own token and the `device_id` query parameter. Returns false when the device exists.
+    pub async fn create_tokenless(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<bool> {
+        let _guard = self.write_lock.lock().await;
+        if self.get(user_id, device_id)?.is_some() {
+            return Ok(false);
+        }
+        let record = DeviceRecord {
+            display_name,
+            last_seen_ip: None,
+            last_seen_ts: None,
+            created_ts: utils::now_millis(),
+            token_hash: String::new(),
+            refresh_hash: None,
+            next: None,
+        };
+        self.store.put(
+            Cf::Devices,
+            &Self::device_key(user_id, device_id),
+            &serde_json::to_vec(&record)?,
+        )?;
+        Ok(true)
+    }
+
     pub fn get(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
         match self
             .store

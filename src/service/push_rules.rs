@@ -24,12 +24,17 @@ struct PushRulesContent {
     global: Ruleset,
 }
 
-/// The server-default rules: ruma's (spec v1.19) and the three legacy mention rules the spec
-/// still lists and older clients still read — `.m.rule.contains_display_name` after
-/// `.m.rule.is_user_mention`, `.m.rule.roomnotif` after `.m.rule.is_room_mention`, and the
-/// content rule `.m.rule.contains_user_name`. (Events with `m.mentions` skip the legacy ones.)
-pub fn server_default_rules(user_id: &UserId) -> Ruleset {
+/// The server-default rules: ruma's (spec v1.19), and with `legacy` the three legacy mention
+/// rules spec v1.17 removed (MSC4210, see `Config::legacy_mention_push_rules`) —
+/// `.m.rule.contains_display_name` after `.m.rule.is_user_mention`, `.m.rule.roomnotif` after
+/// `.m.rule.is_room_mention`, and the content rule `.m.rule.contains_user_name`. (Events with
+/// `m.mentions` skip the legacy ones.) Without them, a stored rule set loses its copies of
+/// them: ruma's merge drops server-default rules the defaults no longer have.
+pub fn server_default_rules(user_id: &UserId, legacy: bool) -> Ruleset {
     let defaults = Ruleset::server_default(user_id);
+    if !legacy {
+        return defaults;
+    }
     let mut json = serde_json::to_value(&defaults).unwrap_or_else(|_| json!({}));
     let contains_display_name = json!({
         "rule_id": ".m.rule.contains_display_name",
@@ -100,7 +105,7 @@ impl Services {
     /// stay), or the defaults.
     pub fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
         let stored = self.account_data.get(user_id, None, EVENT_TYPE)?;
-        let mut defaults = server_default_rules(user_id);
+        let mut defaults = server_default_rules(user_id, self.config.legacy_mention_push_rules);
         if !self.thread_subscriptions_enabled() {
             defaults.postcontent.clear();
         }

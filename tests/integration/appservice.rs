@@ -552,7 +552,7 @@ async fn masquerading_with_user_id_and_device_id() {
         let wrong = server
             .get(&path.replace(&device, "NOSUCHDEVICE"), Some(AS_TOKEN))
             .await;
-        assert_error(&wrong, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        assert_error(&wrong, StatusCode::BAD_REQUEST, "M_UNKNOWN_DEVICE");
     }
     // Outside its namespace: refused.
     let other = server
@@ -587,6 +587,122 @@ async fn masquerading_with_user_id_and_device_id() {
         .get("/_matrix/client/v3/account/whoami", Some("not-a-token"))
         .await;
     assert_error(&bad, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+}
+
+/// Spec v1.17 (MSC4190): an appservice creates a device for its user with `PUT /devices`
+/// (201, then 200 for a rename), acts from it, uploads and resets cross-signing keys and
+/// deletes devices without user-interactive auth; a normal user gets 404 for a device it does
+/// not have and still needs its password.
+#[tokio::test]
+async fn appservices_manage_devices_without_passwords() {
+    let Setup { server, .. } = setup().await;
+    let (status, body) = as_register(&server, "irc_dee").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let dee = "@irc_dee:test.local";
+    let device_path = |device: &str| as_user(&format!("/_matrix/client/v3/devices/{device}"), dee);
+
+    let (status, body) = server
+        .put(
+            &device_path("BRIDGED"),
+            Some(AS_TOKEN),
+            json!({ "display_name": "bridge" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .put(
+            &device_path("BRIDGED"),
+            Some(AS_TOKEN),
+            json!({ "display_name": "bridge 2" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, device) = server.get(&device_path("BRIDGED"), Some(AS_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(device["display_name"], "bridge 2");
+    // The new device acts (MSC4326), and has no token of its own to log in with.
+    let me = server
+        .get(
+            &format!(
+                "{}&device_id=BRIDGED",
+                as_user("/_matrix/client/v3/account/whoami", dee)
+            ),
+            Some(AS_TOKEN),
+        )
+        .await;
+    assert_eq!(me.0, StatusCode::OK, "{}", me.1);
+    assert_eq!(me.1["device_id"], "BRIDGED");
+
+    // Cross-signing keys, uploaded and then replaced: no password asked.
+    let key = |name: &str, usage: &str| {
+        let public = format!("{name}{}", "A".repeat(43 - name.len()));
+        json!({
+            "user_id": dee,
+            "usage": [usage],
+            "keys": { format!("ed25519:{public}"): public },
+        })
+    };
+    for generation in ["first", "second"] {
+        let (status, body) = server
+            .post(
+                &as_user("/_matrix/client/v3/keys/device_signing/upload", dee),
+                Some(AS_TOKEN),
+                json!({ "master_key": key(generation, "master") }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{generation}: {body}");
+    }
+
+    // Deleting devices: one, then several; no password asked.
+    for device in ["GONE1", "GONE2", "GONE3"] {
+        let (status, body) = server
+            .put(&device_path(device), Some(AS_TOKEN), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = server
+        .delete(&device_path("GONE1"), Some(AS_TOKEN), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .post(
+            &as_user("/_matrix/client/v3/delete_devices", dee),
+            Some(AS_TOKEN),
+            json!({ "devices": ["GONE2", "GONE3"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, devices) = server
+        .get(&as_user("/_matrix/client/v3/devices", dee), Some(AS_TOKEN))
+        .await;
+    let ids: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"BRIDGED"), "{devices}");
+    assert!(!ids.iter().any(|d| d.starts_with("GONE")), "{devices}");
+
+    // A normal user: no device created, and a password needed to delete.
+    let alice = server.register("alice", "pw-alice-1").await;
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/devices/MADEUP",
+            Some(&alice.token),
+            json!({ "display_name": "x" }),
+        )
+        .await;
+    assert_error(&(status, body), StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let (status, body) = server
+        .delete(
+            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["flows"].is_array(), "{body}");
 }
 
 /// `rate_limited: false`: the appservice's requests skip the rate limits others meet.

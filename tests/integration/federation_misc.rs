@@ -1,6 +1,6 @@
 //! Federation between two culverts, the remaining pieces: knocking on a room of another server,
 //! restricted joins vouched for by the resident server, the space hierarchy over federation,
-//! and other servers' public room directories.
+//! other servers' public room directories, and invites sent as state or blocked.
 
 use reqwest::StatusCode;
 use ruma::{RoomId, ServerName, api::federation::space::get_hierarchy};
@@ -498,5 +498,86 @@ async fn openid_tokens_prove_who_a_user_is_for_an_hour() {
             .get(culvert::store::Cf::OpenidTokens, b"expired-token")
             .unwrap()
             .is_none()
+    );
+}
+
+/// Invites across servers as state events and against invite blocking (MSC4380): an invite
+/// sent with `PUT /state/m.room.member` reaches the invitee's server; B refuses invites to a
+/// user who blocks them, A's client hears 403 `M_INVITE_BLOCKED` (from `/invite`, `/state`
+/// and `/createRoom`), and the refused invite is withdrawn rather than left in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_invites_as_state_and_blocked_invites() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let carol = b.register("carol", "carol-password-1").await;
+    let room = a
+        .create_room(&alice, json!({ "preset": "private_chat" }))
+        .await;
+    let member_path =
+        |user: &str| format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}");
+
+    // Carol is invited through /state: B hears of it.
+    let (status, body) = a
+        .put(
+            &member_path(&carol.user_id),
+            Some(&alice.token),
+            json!({ "membership": "invite", "reason": "as state" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    b.sync_until(&carol, "the invite sent as state", |sync| {
+        sync["rooms"]["invite"][&room].is_object()
+    })
+    .await;
+
+    // Bob blocks invites.
+    let (status, body) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.invite_permission_config",
+                bob.user_id
+            ),
+            Some(&bob.token),
+            json!({ "default_action": "block" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refused = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_INVITE_BLOCKED");
+    // Withdrawn: the room does not show Bob as invited.
+    assert_eq!(
+        membership_on(&a, &alice, &room, &bob.user_id).await,
+        "leave"
+    );
+    let refused = a
+        .put(
+            &member_path(&bob.user_id),
+            Some(&alice.token),
+            json!({ "membership": "invite" }),
+        )
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_INVITE_BLOCKED");
+    let refused = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "invite": [bob.user_id], "is_direct": true }),
+        )
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_INVITE_BLOCKED");
+    let sync = b.get_ok("/_matrix/client/v3/sync?timeout=0", &bob).await;
+    assert!(
+        sync["rooms"]["invite"]
+            .as_object()
+            .is_none_or(|invites| invites.is_empty()),
+        "{sync}"
     );
 }

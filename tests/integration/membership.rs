@@ -414,3 +414,133 @@ async fn mutual_rooms_lists_rooms_both_users_joined() {
         .await;
     assert_eq!(missing.0, StatusCode::BAD_REQUEST, "{}", missing.1);
 }
+
+/// Invite blocking (spec v1.18, MSC4380): with `m.invite_permission_config` set to block,
+/// `/invite`, an invite sent as state and `/createRoom` with the user among its invitees are
+/// refused with 403 `M_INVITE_BLOCKED` (the room is then not created), invites received
+/// before are left out of `/sync` and sliding sync, and other users are invited as before.
+/// Any other `default_action` lets invites through, and the hidden invite comes back.
+#[tokio::test]
+async fn blocked_invites_are_refused_and_hidden() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let carol = server.register("carol", "carol-password-1").await;
+    let earlier = server
+        .create_room(&alice, json!({ "invite": [bob.user_id] }))
+        .await;
+    let config = |content: Value| {
+        let (server, bob) = (&server, &bob);
+        async move {
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/user/{}/account_data/m.invite_permission_config",
+                        bob.user_id
+                    ),
+                    Some(&bob.token),
+                    content,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let sliding_rooms = || {
+        let (server, bob) = (&server, &bob);
+        async move {
+            let (status, body) = server
+                .post(
+                    "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                    Some(&bob.token),
+                    json!({ "lists": { "all": { "ranges": [[0, 20]], "timeline_limit": 1 } } }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let sync = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+    assert!(sync["rooms"]["invite"][&earlier].is_object(), "{sync}");
+
+    config(json!({ "default_action": "block" })).await;
+    // The invite received before: out of /sync and sliding sync.
+    let sync = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+    assert!(sync["rooms"]["invite"].get(&earlier).is_none(), "{sync}");
+    let sliding = sliding_rooms().await;
+    assert!(sliding["rooms"].get(&earlier).is_none(), "{sliding}");
+    assert_eq!(sliding["lists"]["all"]["count"], 0, "{sliding}");
+
+    // New invites, by every endpoint: refused.
+    let room = server.create_room(&alice, json!({})).await;
+    let refused = post(
+        &server,
+        &alice,
+        format!("/_matrix/client/v3/rooms/{room}/invite"),
+        json!({ "user_id": bob.user_id }),
+    )
+    .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_INVITE_BLOCKED");
+    let refused = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+                bob.user_id
+            ),
+            Some(&alice.token),
+            json!({ "membership": "invite" }),
+        )
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_INVITE_BLOCKED");
+    let joined_before = server
+        .get_ok("/_matrix/client/v3/joined_rooms", &alice)
+        .await;
+    let refused = post(
+        &server,
+        &alice,
+        "/_matrix/client/v3/createRoom".to_owned(),
+        json!({ "invite": [carol.user_id, bob.user_id], "is_direct": true }),
+    )
+    .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_INVITE_BLOCKED");
+    let joined_after = server
+        .get_ok("/_matrix/client/v3/joined_rooms", &alice)
+        .await;
+    assert_eq!(joined_before, joined_after, "no room was created");
+    let members = server
+        .get_ok(&format!("/_matrix/client/v3/rooms/{room}/members"), &alice)
+        .await;
+    assert_eq!(members["chunk"].as_array().unwrap().len(), 1, "{members}");
+    // Carol, who blocks nothing, is invited as before.
+    let invited = post(
+        &server,
+        &alice,
+        format!("/_matrix/client/v3/rooms/{room}/invite"),
+        json!({ "user_id": carol.user_id }),
+    )
+    .await;
+    assert_eq!(invited.0, StatusCode::OK, "{}", invited.1);
+
+    // Any other value lets invites through; the earlier invite is listed again.
+    for content in [
+        json!({ "default_action": "allow" }),
+        json!({ "default_action": 7 }),
+        json!({}),
+    ] {
+        config(content.clone()).await;
+        let sync = server.get_ok("/_matrix/client/v3/sync", &bob).await;
+        assert!(
+            sync["rooms"]["invite"][&earlier].is_object(),
+            "{content}: {sync}"
+        );
+    }
+    let sliding = sliding_rooms().await;
+    assert!(sliding["rooms"][&earlier].is_object(), "{sliding}");
+    let invited = post(
+        &server,
+        &alice,
+        format!("/_matrix/client/v3/rooms/{room}/invite"),
+        json!({ "user_id": bob.user_id }),
+    )
+    .await;
+    assert_eq!(invited.0, StatusCode::OK, "{}", invited.1);
+}

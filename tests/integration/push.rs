@@ -95,8 +95,13 @@ impl Gateway {
 }
 
 /// Loopback gateways need the deny-list off.
+/// A server for these tests: with the legacy mention rules, which the tests of names and
+/// `@room` in message bodies rely on (see `mentions_without_the_legacy_rules` for the default).
 async fn server() -> TestServer {
-    TestServer::start_with("rate_limits = { enabled = false }\nip_range_denylist = []").await
+    TestServer::start_with(
+        "rate_limits = { enabled = false }\nip_range_denylist = []\nlegacy_mention_push_rules = true",
+    )
+    .await
 }
 
 fn pusher(url: &str, pushkey: &str, format: Option<&str>) -> Value {
@@ -300,6 +305,32 @@ async fn messages_mentions_and_names_count_and_receipts_reset() {
     send(&server, &alice, &room, text("after")).await;
     let server = server.restart().await;
     assert_eq!(counts(&sync(&server, &bob).await, &room), (1, 0));
+}
+
+/// Without the legacy mention rules (spec v1.17, the default): a name or `@room` in a body
+/// notifies but does not highlight; `m.mentions` does.
+#[tokio::test]
+async fn mentions_without_the_legacy_rules() {
+    let server = TestServer::start_with("rate_limits = { enabled = false }").await;
+    let (alice, bob, room) = two_in_a_room(&server).await;
+    send(&server, &alice, &room, text("look Bobby and bob")).await;
+    send(&server, &alice, &room, text("@room listen")).await;
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (2, 0));
+    send(
+        &server,
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "hi", "m.mentions": { "user_ids": [bob.user_id] } }),
+    )
+    .await;
+    send(
+        &server,
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "all", "m.mentions": { "room": true } }),
+    )
+    .await;
+    assert_eq!(counts(&sync(&server, &bob).await, &room), (4, 2));
 }
 
 #[tokio::test]

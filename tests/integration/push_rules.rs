@@ -7,6 +7,80 @@ use serde_json::json;
 use crate::common::{TestServer, assert_error, next_batch};
 
 const RULES: &str = "/_matrix/client/v3/pushrules";
+/// The configuration that keeps the legacy mention rules spec v1.17 removed.
+const LEGACY: &str = "legacy_mention_push_rules = true";
+
+/// Spec v1.17 (MSC4210): by default the three legacy mention rules are not served, a rule set
+/// stored with them loses them (its other switches kept), and `/versions` lists v1.17 and
+/// later; with them configured, `/versions` stops at v1.16.
+#[tokio::test]
+async fn the_legacy_mention_rules_are_gone_by_default() {
+    let legacy = ["contains_display_name", "contains_user_name", "roomnotif"];
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let all = server.get_ok(&format!("{RULES}/"), &alice).await;
+    for rule in legacy {
+        assert!(
+            !all.to_string().contains(&format!(".m.rule.{rule}\"")),
+            "{rule}: {all}"
+        );
+    }
+    assert!(all.to_string().contains(".m.rule.is_user_mention"), "{all}");
+    // A set stored while the server served them (with a switch changed), as it was stored.
+    let user = ruma::UserId::parse(&alice.user_id).unwrap();
+    let mut stored = serde_json::to_value(ruma::push::Ruleset::server_default(&user)).unwrap();
+    stored["override"].as_array_mut().unwrap().push(json!({
+        "rule_id": ".m.rule.roomnotif", "default": true, "enabled": false,
+        "conditions": [{ "kind": "event_match", "key": "content.body", "pattern": "@room" }],
+        "actions": ["notify"],
+    }));
+    for rule in stored["override"].as_array_mut().unwrap() {
+        if rule["rule_id"] == ".m.rule.suppress_notices" {
+            rule["enabled"] = json!(false);
+        }
+    }
+    let content = serde_json::value::to_raw_value(&json!({ "global": stored })).unwrap();
+    server
+        .services()
+        .set_account_data(&user, None, "m.push_rules", &content)
+        .await
+        .unwrap();
+    let all = server.get_ok(&format!("{RULES}/"), &alice).await;
+    assert!(!all.to_string().contains(".m.rule.roomnotif"), "{all}");
+    let notices = server
+        .get_ok(
+            &format!("{RULES}/global/override/.m.rule.suppress_notices/enabled"),
+            &alice,
+        )
+        .await;
+    assert_eq!(notices["enabled"], false, "the user's switch stays");
+    let (status, _) = server
+        .get(
+            &format!("{RULES}/global/override/.m.rule.roomnotif"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    async fn versions(server: &TestServer) -> serde_json::Value {
+        let (_, body) = server.get("/_matrix/client/versions", None).await;
+        body["versions"].clone()
+    }
+    let listed = versions(&server).await;
+    for version in ["v1.16", "v1.17", "v1.18", "v1.19"] {
+        assert!(
+            listed.to_string().contains(&format!("\"{version}\"")),
+            "{listed}"
+        );
+    }
+    let server = TestServer::start_with(LEGACY).await;
+    let listed = versions(&server).await;
+    assert_eq!(
+        listed.as_array().unwrap().last().unwrap(),
+        "v1.16",
+        "{listed}"
+    );
+}
 
 #[tokio::test]
 async fn push_rules_default_then_changed_by_the_user() {
@@ -133,11 +207,11 @@ async fn push_rules_default_then_changed_by_the_user() {
 }
 
 /// Clients that never ask `/pushrules` (nheko) read the rules from the first sync: they are
-/// there from the start, with the legacy mention rules older clients still match on, and every
-/// kind is listed.
+/// there from the start, with the legacy mention rules older clients still match on when the
+/// server is configured to keep them, and every kind is listed.
 #[tokio::test]
 async fn a_first_sync_carries_the_default_rules_with_the_legacy_mention_rules() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(LEGACY).await;
     let alice = server.register("alice", "pw").await;
     let sync = server.get_ok("/_matrix/client/v3/sync", &alice).await;
     let event = sync["account_data"]["events"]
@@ -242,7 +316,7 @@ async fn a_first_sync_carries_the_default_rules_with_the_legacy_mention_rules() 
 /// A rule set stored before a default rule existed gets it (enabled switches kept).
 #[tokio::test]
 async fn stored_rules_gain_new_server_defaults() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(LEGACY).await;
     let alice = server.register("alice", "pw").await;
     // The rule set as ruma's defaults alone wrote it, with the master rule switched on.
     let user = ruma::UserId::parse(&alice.user_id).unwrap();

@@ -1,6 +1,13 @@
-//! Device management: list, get, rename, delete (behind user-interactive auth).
+//! Device management: list, get, rename, delete (behind user-interactive auth). Appservices
+//! (spec v1.17, MSC4190) also create devices for their users through `PUT /devices/{id}`, and
+//! delete them and upload cross-signing keys without user-interactive auth: they have no
+//! password to give.
 
-use axum::{Json, extract};
+use axum::{
+    Json, extract,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use ruma::{
     OwnedDeviceId,
     api::client::device::{
@@ -57,23 +64,33 @@ pub async fn get(
     Ok(Json(device_json(device_id, &record)))
 }
 
+/// `PUT /devices/{deviceId}`: renames a device; an appservice's request for a device its user
+/// does not have creates it (201).
 pub async fn update(
     extract::State(services): extract::State<State>,
     request: Ruma<update_v3::Request>,
-) -> Result<RumaResponse<update_v3::Response>> {
+) -> Result<Response> {
     let body = &request.body;
     if services
         .devices
         .get(request.user(), &body.device_id)?
         .is_none()
     {
-        return Err(no_such_device());
+        if request.appservice.is_none() {
+            return Err(no_such_device());
+        }
+        if services
+            .create_appservice_device(request.user(), &body.device_id, body.display_name.clone())
+            .await?
+        {
+            return Ok((StatusCode::CREATED, Json(json!({}))).into_response());
+        }
     }
     services
         .devices
         .set_display_name(request.user(), &body.device_id, body.display_name.clone())
         .await?;
-    Ok(RumaResponse(update_v3::Response::new()))
+    Ok(RumaResponse(update_v3::Response::new()).into_response())
 }
 
 pub async fn delete(
@@ -85,10 +102,12 @@ pub async fn delete(
     if services.devices.get(user_id, device_id)?.is_none() {
         return Err(no_such_device());
     }
-    let purpose = format!("delete_device:{user_id}:{device_id}");
-    services
-        .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
-        .await?;
+    if request.appservice.is_none() {
+        let purpose = format!("delete_device:{user_id}:{device_id}");
+        services
+            .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
+            .await?;
+    }
     services
         .delete_devices(user_id, std::slice::from_ref(device_id))
         .await?;
@@ -100,10 +119,12 @@ pub async fn delete_many(
     request: Ruma<delete_many_v3::Request>,
 ) -> Result<RumaResponse<delete_many_v3::Response>> {
     let user_id = request.user();
-    let purpose = format!("delete_devices:{user_id}");
-    services
-        .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
-        .await?;
+    if request.appservice.is_none() {
+        let purpose = format!("delete_devices:{user_id}");
+        services
+            .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
+            .await?;
+    }
     services
         .delete_devices(user_id, &request.body.devices)
         .await?;

@@ -20,19 +20,32 @@ use crate::{
     service::rooms::SUPPORTED_ROOM_VERSIONS,
 };
 
-/// The spec versions whose client-server endpoints, as far as they exist here, follow that
-/// version. Raised as the rooms, E2EE and media work lands (see ARCHITECTURE.md).
+/// The spec versions whose client-server endpoints and behaviours culvert follows (see
+/// ARCHITECTURE.md, "Spec versions").
 const SUPPORTED_VERSIONS: &[&str] = &[
     "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-    "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16",
+    "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18",
+    "v1.19",
 ];
+
+/// The last version that still had the legacy mention push rules: served (by config), they
+/// keep `/versions` from claiming a later one.
+const LAST_WITH_LEGACY_MENTIONS: &str = "v1.16";
 
 pub async fn versions(
     extract::State(services): extract::State<State>,
     _: Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
+    let legacy = services.config.legacy_mention_push_rules;
+    let last = SUPPORTED_VERSIONS
+        .iter()
+        .position(|v| legacy && *v == LAST_WITH_LEGACY_MENTIONS)
+        .unwrap_or(SUPPORTED_VERSIONS.len() - 1);
     let mut response = get_supported_versions::Response::new(
-        SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+        SUPPORTED_VERSIONS[..=last]
+            .iter()
+            .map(|v| (*v).to_owned())
+            .collect(),
     );
     response.unstable_features = BTreeMap::from([
         // Authenticated media (a v1.11 feature) without claiming the rest of v1.11: clients
@@ -50,6 +63,9 @@ pub async fn versions(
             "org.matrix.msc4140".to_owned(),
             services.delayed_events.max_delay_ms > 0,
         ),
+        // Invite blocking (MSC4380, v1.18) under its stable names, for clients that look for
+        // it here when the server stops short of v1.18 (legacy mention rules served).
+        ("org.matrix.msc4380.stable".to_owned(), true),
         // Thread subscriptions and their sliding-sync extension, when turned on.
         (
             "org.matrix.msc4306".to_owned(),

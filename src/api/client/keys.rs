@@ -91,7 +91,8 @@ pub async fn claim(
 
 /// `POST /keys/device_signing/upload`. Replacing existing cross-signing keys needs the
 /// account's password (user-interactive auth); the first upload, when the user has no master
-/// key yet, does not (as the spec allows, so clients can bootstrap cross-signing silently).
+/// key yet, does not (as the spec allows, so clients can bootstrap cross-signing silently),
+/// nor does an appservice's for its users (spec v1.17, MSC4190).
 pub async fn upload_signing_keys(
     extract::State(services): extract::State<State>,
     request: Ruma<signing_v3::Request>,
@@ -108,7 +109,7 @@ pub async fn upload_signing_keys(
         self_signing_key: raw(&body.self_signing_key)?,
         user_signing_key: raw(&body.user_signing_key)?,
     };
-    if services.has_master_key(user_id)? {
+    if request.appservice.is_none() && services.has_master_key(user_id)? {
         // The keys the user has already, uploaded again: nothing to confirm or change.
         if services.signing_keys_unchanged(user_id, &upload)? {
             return Ok(Json(json!({})));

@@ -217,6 +217,10 @@ pub async fn send_state(
             .await?;
         return Ok(Json(json!({ "delay_id": delay_id })).into_response());
     }
+    let invites_remote_user = event_type == "m.room.member"
+        && content["membership"] == "invite"
+        && ruma::UserId::parse(&body.state_key)
+            .is_ok_and(|invitee| invitee.server_name() != services.server_name);
     let event_id = with_origin_ts(
         ts,
         services.send_state_event(
@@ -228,6 +232,12 @@ pub async fn send_state(
         ),
     )
     .await?;
+    // An invite sent as state reaches the invitee's server as `/invite` does.
+    if invites_remote_user {
+        services
+            .send_remote_invite(&body.room_id, &event_id)
+            .await?;
+    }
     Ok(RumaResponse(state_v3::Response::new(event_id)).into_response())
 }
 

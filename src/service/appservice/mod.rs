@@ -675,8 +675,8 @@ impl crate::service::Services {
     /// Resolves an appservice request: the user it masquerades as (`user_id`, which must be in
     /// its user namespace, else 403 `M_EXCLUSIVE`; and registered, else 403 `M_FORBIDDEN`,
     /// unless `registering`), or its sender (created on first use); and the device it acts
-    /// from (`device_id`, MSC3202: one of that user's devices), else a fixed one per
-    /// appservice.
+    /// from (`device_id`, spec v1.17's MSC4326: one of that user's devices, which the
+    /// appservice may create through `PUT /devices/{id}`), else a fixed one per appservice.
     pub async fn appservice_identity(
         &self,
         service: &Appservice,
@@ -728,10 +728,13 @@ impl crate::service::Services {
         let device_id = match device_id {
             Some(raw) => {
                 let device_id = ruma::OwnedDeviceId::from(raw);
+                // Spec v1.17 (MSC4326): 400 `M_UNKNOWN_DEVICE`.
                 if !registering && self.devices.get(&user_id, &device_id)?.is_none() {
-                    return Err(Error::forbidden(format!(
-                        "{user_id} has no device {device_id}."
-                    )));
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        ruma::api::error::ErrorKind::UnknownDevice,
+                        format!("{user_id} has no device {device_id}."),
+                    ));
                 }
                 device_id
             }

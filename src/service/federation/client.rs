@@ -54,12 +54,36 @@ impl FederationError {
     }
 }
 
+/// Whether a remote error body says `M_INVITE_BLOCKED` (or its unstable names).
+fn invite_blocked(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|error| {
+        matches!(
+            error["errcode"].as_str(),
+            Some(
+                "M_INVITE_BLOCKED"
+                    | "ORG.MATRIX.MSC4380.INVITE_BLOCKED"
+                    | "ORG.MATRIX.MSC4155.INVITE_BLOCKED"
+            )
+        )
+    })
+}
+
 impl From<FederationError> for Error {
     fn from(e: FederationError) -> Self {
         match &e {
             FederationError::Disabled => Error::forbidden(e.to_string()),
             FederationError::Remote { status, .. } if *status == StatusCode::NOT_FOUND => {
                 Error::not_found(e.to_string())
+            }
+            // The invitee's server blocks invites (MSC4380): the client hears it as such.
+            FederationError::Remote { status, body, .. }
+                if *status == StatusCode::FORBIDDEN && invite_blocked(body) =>
+            {
+                Error::new(
+                    StatusCode::FORBIDDEN,
+                    ruma::api::error::ErrorKind::InviteBlocked,
+                    e.to_string(),
+                )
             }
             FederationError::Remote { status, .. } if *status == StatusCode::FORBIDDEN => {
                 Error::forbidden(e.to_string())

@@ -94,8 +94,42 @@ impl Services {
     }
 
     /// Sends a local invite of a remote user to the user's server, which signs it too; our copy
-    /// gains its signature.
+    /// gains its signature. The invite is in the room already; when that server refuses it
+    /// (it blocks invites, MSC4380) or cannot be reached, the inviter withdraws it, so the room
+    /// does not show an invite the user never got (if the inviter may: withdrawing takes the
+    /// power to kick). The error is returned either way.
     pub async fn send_remote_invite(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
+        let Err(error) = self.deliver_remote_invite(room_id, event_id).await else {
+            return Ok(());
+        };
+        let pdu = self.timeline.pdu_json(event_id)?;
+        let field = |name| {
+            pdu.as_ref()
+                .and_then(|pdu| str_field(pdu, name))
+                .and_then(|u| UserId::parse(u).ok())
+        };
+        if let (Some(inviter), Some(invitee)) = (field("sender"), field("state_key")) {
+            let content = serde_json::json!({
+                "membership": "leave",
+                "reason": "The invitee's server did not accept the invite.",
+            });
+            if let Err(e) = self
+                .send_state_event(
+                    room_id,
+                    &inviter,
+                    "m.room.member",
+                    invitee.as_str(),
+                    content,
+                )
+                .await
+            {
+                tracing::info!(room = %room_id, %invitee, "the refused invite stays: {e}");
+            }
+        }
+        Err(error)
+    }
+
+    async fn deliver_remote_invite(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
         let room = self
             .timeline
             .room(room_id)?
@@ -171,6 +205,7 @@ impl Services {
         if target.server_name() != self.server_name || !self.users.is_active(&target)? {
             return Err(Error::not_found("No such user here."));
         }
+        self.check_invite_permitted(&target)?;
         ruma::signatures::sign_event(
             self.server_name.as_str(),
             self.globals.signing_key(),

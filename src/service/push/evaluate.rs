@@ -173,8 +173,11 @@ impl Services {
                 match target {
                     Some(target) => match room.members.iter().find(|(m, _)| *m == target) {
                         Some(member) => vec![member.clone()],
+                        // An invite the user blocks (MSC4380) is never shown, so it does
+                        // not notify either.
                         None if invited
-                            && self.appservices.interested_in_user(&target).is_empty() =>
+                            && self.appservices.interested_in_user(&target).is_empty()
+                            && !self.invites_blocked(&target)? =>
                         {
                             let name = self.display_name_in_room(room_id, &target)?;
                             vec![(target, name)]

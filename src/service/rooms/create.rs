@@ -69,6 +69,8 @@ impl Services {
                     "No user {invitee} on this server."
                 )));
             }
+            // Before anything is created: a local invitee who blocks invites (MSC4380).
+            self.check_invite_permitted(invitee)?;
         }
         for (event_type, state_key, content) in &request.initial_state {
             if !content.is_object() {
@@ -224,7 +226,10 @@ impl Services {
             send("m.room.topic", String::new(), content).await?;
         }
 
-        // 7. Invitations.
+        // 7. Invitations. A remote invitee's server that blocks the invite (MSC4380) makes the
+        // request fail with `M_INVITE_BLOCKED` once every invite was tried (the room stays, as
+        // a room whose invites failed does, and the invite can be retried).
+        let mut blocked = Vec::new();
         for invitee in &request.invite {
             let mut content = json!({ "membership": "invite" });
             for (field, value) in self.member_profile(invitee).await? {
@@ -240,7 +245,26 @@ impl Services {
                 && let Err(e) = self.send_remote_invite(&room_id, &invite).await
             {
                 tracing::info!(room = %room_id, %invitee, "the invitee's server refused the invite: {e}");
+                if matches!(
+                    &e,
+                    Error::Matrix {
+                        kind: ruma::api::error::ErrorKind::InviteBlocked,
+                        ..
+                    }
+                ) {
+                    blocked.push(invitee.to_string());
+                }
             }
+        }
+        if !blocked.is_empty() {
+            return Err(Error::new(
+                http::StatusCode::FORBIDDEN,
+                ruma::api::error::ErrorKind::InviteBlocked,
+                format!(
+                    "The room {room_id} was created, but these users' servers block invites: {}.",
+                    blocked.join(", ")
+                ),
+            ));
         }
         tracing::info!(room = %room_id, %version, creator = %sender, "room created");
         Ok(room_id)

@@ -53,6 +53,14 @@ impl Services {
         state_key: &str,
         content: Value,
     ) -> Result<OwnedEventId> {
+        // An invite to a user of this server who blocks invites (MSC4380), whichever endpoint
+        // sends it: `/invite`, `/state`, `/createRoom`.
+        if event_type == "m.room.member"
+            && content["membership"] == "invite"
+            && let Ok(invitee) = UserId::parse(state_key)
+        {
+            self.check_invite_permitted(&invitee)?;
+        }
         let event = LocalEvent::state(event_type, state_key, content);
         self.timeline
             .append(room_id, sender, event, &self.signer())

@@ -145,6 +145,7 @@ impl Services {
             })
         });
         let ignored = self.ignored_users(user_id)?;
+        let invites_blocked = self.invites_blocked(user_id)?;
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -174,9 +175,12 @@ impl Services {
                         join.insert(room_id.to_string(), room);
                     }
                 }
-                // Invites from users the user ignores are not shown.
+                // Invites from users the user ignores are not shown, nor any while the user
+                // blocks invites (MSC4380).
                 "invite"
-                    if changed_membership && self.invited_by(&membership.event_id, &ignored)? => {}
+                    if changed_membership
+                        && (invites_blocked
+                            || self.invited_by(&membership.event_id, &ignored)?) => {}
                 "invite" if changed_membership => {
                     // An invite to a room on another server: its state as that server gave it.
                     let events = match self.remote_invite(user_id, &room_id)? {

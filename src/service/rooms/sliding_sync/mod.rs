@@ -369,13 +369,14 @@ impl Services {
         };
         let mut rooms = self.list_rooms(user_id, now)?;
         // Invites from users the user ignores are not listed (a read per invite, and only
-        // when the user ignores someone).
+        // when the user ignores someone), nor any while the user blocks invites (MSC4380).
         let ignored = self.ignored_users(user_id)?;
-        if !ignored.is_empty() {
+        let invites_blocked = self.invites_blocked(user_id)?;
+        if invites_blocked || !ignored.is_empty() {
             let mut hidden = HashSet::new();
             for room in &rooms {
                 if room.membership.membership == "invite"
-                    && self.invited_by(&room.membership.event_id, &ignored)?
+                    && (invites_blocked || self.invited_by(&room.membership.event_id, &ignored)?)
                 {
                     hidden.insert(room.room_id.clone());
                 }
