@@ -220,11 +220,8 @@ async fn user_command(config: Config, command: UserCommand) -> Result<(), StartE
         }
         UserCommand::Deactivate { name } => {
             let user_id = existing_user(&services, &name)?;
-            services
-                .users
-                .deactivate(&user_id, &services.devices)
-                .await?;
-            println!("deactivated {user_id}");
+            services.deactivate_account(&user_id, false).await?;
+            println!("deactivated {user_id}; it left its rooms");
         }
         UserCommand::List => {
             for (user_id, record) in services.users.list()? {

@@ -1,7 +1,9 @@
 //! The HTTP surface: where a request enters. Routing, CORS, request logging, and the fallbacks
 //! that answer unknown paths honestly. Handlers live in `client/` and `server/` (one file per
-//! spec area) and stay thin: parse, call a service, answer.
+//! spec area), and `admin/` (Synapse's admin API), and stay thin: parse, call a service,
+//! answer.
 
+pub mod admin;
 pub mod client;
 pub mod ruma;
 pub mod server;
@@ -21,7 +23,7 @@ pub use ruma::State;
 
 /// The whole application: every route, with CORS and logging around it.
 pub fn router(state: State) -> Router {
-    server::routes(client::routes(Router::new()))
+    admin::routes(server::routes(client::routes(Router::new())))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(catch_panic))

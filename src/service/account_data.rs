@@ -186,6 +186,39 @@ impl Services {
 }
 
 impl Services {
+    /// All of a user's account data: global (type → content) and per room (room → type →
+    /// content). One prefix scan (admins' requests).
+    pub fn all_account_data(
+        &self,
+        user_id: &UserId,
+    ) -> Result<(
+        serde_json::Map<String, Value>,
+        serde_json::Map<String, Value>,
+    )> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut global = serde_json::Map::new();
+        let mut rooms = serde_json::Map::new();
+        for item in self.store.scan_prefix(Cf::AccountData, &prefix) {
+            let (key, content) = item?;
+            let rest = &key[prefix.len()..];
+            let Some(at) = rest.iter().position(|b| *b == keys::SEP) else {
+                continue;
+            };
+            let room = String::from_utf8_lossy(&rest[..at]).into_owned();
+            let event_type = String::from_utf8_lossy(&rest[at + 1..]).into_owned();
+            let content: Value = serde_json::from_slice(&content)?;
+            if room.is_empty() {
+                global.insert(event_type, content);
+            } else if let Value::Object(of_room) = rooms
+                .entry(room)
+                .or_insert_with(|| Value::Object(Default::default()))
+            {
+                of_room.insert(event_type, content);
+            }
+        }
+        Ok((global, rooms))
+    }
+
     /// The users `user_id` ignores (`m.ignored_user_list`), from the cache or one read.
     pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
         let data = &self.account_data;

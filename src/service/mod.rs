@@ -2,6 +2,7 @@
 //! `crate::api` call into these; these call into `crate::store`.
 
 pub mod account_data;
+pub mod admin;
 pub mod appservice;
 pub mod cross_signing;
 pub mod dehydrated;

@@ -106,13 +106,58 @@ impl Services {
 
     /// Every report kept, oldest first.
     pub fn reports(&self) -> Result<Vec<ReportRecord>> {
+        Ok(self
+            .reports_with_ids()?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect())
+    }
+
+    /// Every report kept with its ID (the hex of its key), oldest first. One scan.
+    pub fn reports_with_ids(&self) -> Result<Vec<(String, ReportRecord)>> {
         let mut reports = Vec::new();
         for item in self.store.scan_prefix(Cf::Reports, &[]) {
-            let (_, value) = item?;
+            let (key, value) = item?;
             if let Ok(record) = serde_json::from_slice(&value) {
-                reports.push(record);
+                reports.push((utils::hex(&key), record));
             }
         }
         Ok(reports)
     }
+
+    /// One report by its ID; `None` for an ID that names none.
+    pub fn report(&self, id: &str) -> Result<Option<ReportRecord>> {
+        let Some(key) = report_key(id) else {
+            return Ok(None);
+        };
+        Ok(match self.store.get(Cf::Reports, &key)? {
+            Some(value) => serde_json::from_slice(&value).ok(),
+            None => None,
+        })
+    }
+
+    /// Deletes a report; false when the ID names none.
+    pub fn delete_report(&self, id: &str) -> Result<bool> {
+        let Some(key) = report_key(id) else {
+            return Ok(false);
+        };
+        if !self.store.contains(Cf::Reports, &key)? {
+            return Ok(false);
+        }
+        let mut batch = crate::store::Batch::new();
+        batch.delete(Cf::Reports, key);
+        self.store.write(batch)?;
+        Ok(true)
+    }
+}
+
+/// The key a report ID (32 hex digits) stands for.
+fn report_key(id: &str) -> Option<Vec<u8>> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..32)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&id[i..i + 2], 16).ok())
+        .collect()
 }

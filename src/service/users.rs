@@ -38,6 +38,12 @@ pub struct UserRecord {
     pub locked: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// Deactivated with erasure asked for (Synapse's GDPR flag, shown to admins).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
+    /// `bot` or `support` (set by admins), or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<String>,
 }
 
 /// What an account is restricted to: by an admin (locked, suspended), or as a guest.
@@ -291,6 +297,8 @@ impl Users {
             created_ts: utils::now_millis(),
             locked: false,
             suspended: false,
+            erased: false,
+            user_type: None,
         };
         let mut batch = Batch::new();
         batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
@@ -336,24 +344,19 @@ impl Users {
     }
 
     pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
-        let _guard = self.write_lock.lock().await;
-        let mut record = self
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("No such user."))?;
-        record.admin = admin;
-        self.store
-            .put(Cf::Users, user_id.as_bytes(), &serde_json::to_vec(&record)?)?;
-        Ok(())
+        self.update(user_id, |record| record.admin = admin).await
     }
 
-    /// Deactivates an account for good: password, profile, devices and access tokens are removed
-    /// in one batch; the record stays (marked deactivated) so the name is never reused.
-    pub async fn deactivate(&self, user_id: &UserId, devices: &Devices) -> Result<()> {
+    /// Deactivates an account: password, profile, devices and access tokens are removed in one
+    /// batch; the record stays (marked deactivated, and `erased` if asked) so the name is never
+    /// reused. (`Services::deactivate_account` also takes the account out of its rooms.)
+    pub async fn deactivate(&self, user_id: &UserId, devices: &Devices, erase: bool) -> Result<()> {
         let _guard = self.write_lock.lock().await;
         let mut record = self
             .get(user_id)?
             .ok_or_else(|| Error::not_found("No such user."))?;
         record.deactivated = true;
+        record.erased |= erase;
         record.password_hash = None;
         let mut batch = Batch::new();
         batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
@@ -368,7 +371,36 @@ impl Users {
         Ok(())
     }
 
-    /// Every account (admin CLI only: this is a full scan).
+    /// Makes a deactivated account active again (an admin's decision; it needs a new
+    /// password to log in, set beside).
+    pub async fn reactivate(&self, user_id: &UserId) -> Result<()> {
+        self.update(user_id, |record| {
+            record.deactivated = false;
+            record.erased = false;
+        })
+        .await
+    }
+
+    /// Sets or clears the user type.
+    pub async fn set_user_type(&self, user_id: &UserId, user_type: Option<String>) -> Result<()> {
+        self.update(user_id, |record| record.user_type = user_type)
+            .await
+    }
+
+    /// Changes one account's record (read, change, write under the lock).
+    async fn update(&self, user_id: &UserId, change: impl FnOnce(&mut UserRecord)) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user."))?;
+        change(&mut record);
+        self.store
+            .put(Cf::Users, user_id.as_bytes(), &serde_json::to_vec(&record)?)?;
+        self.remember_restriction(user_id, &record);
+        Ok(())
+    }
+
+    /// Every account (admin requests and the CLI only: this is a full scan).
     pub fn list(&self) -> Result<Vec<(OwnedUserId, UserRecord)>> {
         let mut users = Vec::new();
         for item in self.store.scan_prefix(Cf::Users, b"") {

@@ -1,6 +1,7 @@
 //! Integration tests: each starts real culvert servers and talks HTTP to them.
 
 mod account;
+mod admin_api;
 mod appservice;
 mod bench_tool;
 mod cli;

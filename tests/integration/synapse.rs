@@ -57,6 +57,10 @@ pub fn available() -> Option<PathBuf> {
     python
 }
 
+/// Synapse's shared secret for registering accounts through its admin API (an admin, for the
+/// admin-API script).
+const SHARED_SECRET: &str = "culvert-tests-shared-secret";
+
 /// A Synapse with the user `sam` and a federating culvert with the user `alice`, the set-up
 /// of most tests here; `None` (skip) as [`available`] says.
 async fn synapse_and_culvert() -> Option<(Synapse, TestServer, Session, Session)> {
@@ -108,6 +112,7 @@ media_store_path: {d}/media
 signing_key_path: {d}/signing.key
 enable_registration: true
 enable_registration_without_verification: true
+registration_shared_secret: "{SHARED_SECRET}"
 report_stats: false
 bcrypt_rounds: 4
 presence:
@@ -315,6 +320,22 @@ async fn synapse_sees(
     if follow_sync(sync, check).await.is_none() {
         panic!("Synapse never saw {what}\n{}", synapse.log_tail());
     }
+}
+
+/// The admin-API script (`tests/clients/admin_api.py`) culvert passes (`admin_api.rs`) passes
+/// against Synapse too: what it asserts is Synapse's behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_script_passes_against_synapse() {
+    let Some(python) = available() else {
+        return;
+    };
+    let synapse = Synapse::start(&python).await;
+    crate::admin_api::run_admin_script(
+        &synapse.base,
+        &synapse.server_name,
+        &["--shared-secret", SHARED_SECRET],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

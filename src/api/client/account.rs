@@ -70,12 +70,8 @@ pub async fn deactivate(
         .confirm_password(&purpose, request.body.auth.as_ref(), user_id)
         .await?;
     services
-        .users
-        .deactivate(user_id, &services.devices)
+        .deactivate_account(user_id, request.body.erase)
         .await?;
-    // Its devices are gone: a device-list change (see `Services::delete_devices`).
-    services.announce_device_list_change(&[user_id]).await?;
-    tracing::info!(user = %user_id, "account deactivated");
     Ok(RumaResponse(deactivate_v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
     )))

@@ -34,6 +34,12 @@ pub async fn whois(
     if user_id.server_name() != services.server_name || !services.users.exists(user_id)? {
         return Err(Error::not_found("No such user on this server."));
     }
+    Ok(Json(whois_json(&services, user_id)?))
+}
+
+/// A user's devices and where each was last seen, as whois answers (also the Synapse admin
+/// API's).
+pub(crate) fn whois_json(services: &State, user_id: &UserId) -> Result<Value> {
     let mut devices = Map::new();
     for (device_id, record) in services.devices.list(user_id)? {
         let mut connection = Map::new();
@@ -48,7 +54,7 @@ pub async fn whois(
             json!({ "sessions": [{ "connections": [connection] }] }),
         );
     }
-    Ok(Json(json!({ "user_id": user_id, "devices": devices })))
+    Ok(json!({ "user_id": user_id, "devices": devices }))
 }
 
 /// Who may lock or suspend `target`: an admin, about a local, active account that is not

@@ -2,7 +2,7 @@
 
 mod account;
 mod account_data;
-mod admin;
+pub(crate) mod admin;
 mod appservice;
 mod context;
 mod dehydrated;

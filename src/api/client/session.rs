@@ -140,6 +140,14 @@ async fn start_session(
     client_ip: Option<std::net::IpAddr>,
     user_id: ruma::OwnedUserId,
 ) -> Result<RumaResponse<login_v3::Response>> {
+    // A locked account gets no new session (told only after its password was right).
+    if services.users.restriction(&user_id).locked {
+        return Err(Error::new(
+            http::StatusCode::UNAUTHORIZED,
+            ruma::api::error::ErrorKind::UserLocked,
+            "This account has been locked by the server's administrators.",
+        ));
+    }
     let (device_id, tokens) = services
         .devices
         .create_session(

@@ -1,0 +1,190 @@
+//! Synapse's admin API (`/_synapse/admin/…`), the part web admin UIs (Ketesa, synapse-admin)
+//! and admin scripts use, so they work against culvert unchanged. Only server admins may call
+//! it (403 `M_FORBIDDEN` for others, as Synapse answers), and every change is logged with the
+//! admin who made it. The handlers are thin: the work is in `service::admin` and the
+//! services it calls, shared with the other admin paths.
+//!
+//! These endpoints have no ruma types: [`Admin`] authenticates, [`AdminJson`] parses bodies
+//! into the handlers' own structs with Matrix errors for what does not parse.
+
+pub mod rooms;
+pub mod users;
+
+use axum::{
+    Router,
+    extract::{FromRequest, FromRequestParts, Request},
+    routing::{get, post, put},
+};
+use http::request::Parts;
+use ruma::{OwnedUserId, UserId};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    Error, Result,
+    api::ruma::{State, access_token, read_body},
+};
+
+pub fn routes(router: Router<State>) -> Router<State> {
+    const V1: &str = "/_synapse/admin/v1";
+    const V2: &str = "/_synapse/admin/v2";
+    router
+        .route(&format!("{V1}/server_version"), get(users::server_version))
+        .route(&format!("{V2}/users"), get(users::list_v2))
+        .route("/_synapse/admin/v3/users", get(users::list_v3))
+        .route(
+            &format!("{V2}/users/{{user_id}}"),
+            get(users::get_account).put(users::put_account),
+        )
+        .route(
+            &format!("{V1}/users/{{user_id}}/admin"),
+            get(users::get_admin).put(users::put_admin),
+        )
+        .route(&format!("{V1}/whois/{{user_id}}"), get(users::whois))
+        .route(
+            &format!("{V1}/users/{{user_id}}/joined_rooms"),
+            get(users::joined_rooms),
+        )
+        .route(
+            &format!("{V1}/users/{{user_id}}/memberships"),
+            get(users::memberships),
+        )
+        .route(
+            &format!("{V2}/users/{{user_id}}/devices"),
+            get(users::devices).post(users::create_device),
+        )
+        .route(
+            &format!("{V2}/users/{{user_id}}/devices/{{device_id}}"),
+            get(users::device)
+                .put(users::rename_device)
+                .delete(users::delete_device),
+        )
+        .route(
+            &format!("{V2}/users/{{user_id}}/delete_devices"),
+            post(users::delete_devices),
+        )
+        .route(
+            &format!("{V1}/users/{{user_id}}/accountdata"),
+            get(users::account_data),
+        )
+        .route(
+            &format!("{V1}/users/{{user_id}}/pushers"),
+            get(users::pushers),
+        )
+        .route(
+            &format!("{V1}/username_available"),
+            get(users::username_available),
+        )
+        .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
+        .route(
+            &format!("{V1}/reset_password/{{user_id}}"),
+            post(users::reset_password),
+        )
+        .route(
+            &format!("{V1}/deactivate/{{user_id}}"),
+            post(users::deactivate),
+        )
+        .route(&format!("{V1}/rooms"), get(rooms::list))
+        .route(&format!("{V1}/rooms/{{room_id}}"), get(rooms::details))
+        .route(
+            &format!("{V1}/rooms/{{room_id}}/members"),
+            get(rooms::members),
+        )
+        .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(&format!("{V1}/event_reports"), get(rooms::event_reports))
+        .route(
+            &format!("{V1}/event_reports/{{id}}"),
+            get(rooms::event_report_details).delete(rooms::delete_event_report),
+        )
+}
+
+/// The server admin a request comes from: its access token is an admin's device's (no
+/// appservice acts as an admin). 401 without a valid token, 403 `M_FORBIDDEN` for others.
+pub struct Admin(pub OwnedUserId);
+
+impl Admin {
+    /// Logs what the admin did (the audit trail: who, what, to whom).
+    pub fn audit(&self, action: &str, target: &dyn std::fmt::Display) {
+        tracing::info!(admin = %self.0, action, target = %target, "admin action");
+    }
+}
+
+impl FromRequestParts<State> for Admin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, services: &State) -> Result<Self> {
+        let token = access_token(parts).ok_or_else(Error::missing_token)?;
+        let session = services
+            .devices
+            .authenticate(&token)
+            .await?
+            .ok_or_else(Error::unknown_token)?;
+        // A locked account is refused as everywhere (the check the client API makes).
+        crate::api::ruma::check_restriction(
+            services,
+            &session.user_id,
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.path(),
+        )?;
+        if !services
+            .users
+            .get(&session.user_id)?
+            .is_some_and(|r| r.admin && !r.deactivated)
+        {
+            return Err(Error::forbidden("You are not a server admin"));
+        }
+        Ok(Admin(session.user_id))
+    }
+}
+
+/// A JSON body parsed into `T`: an empty body counts as `{}`; what is not JSON is 400
+/// `M_NOT_JSON`, what does not fit `T` 400 `M_BAD_JSON` naming the problem.
+pub struct AdminJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<State> for AdminJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, services: &State) -> Result<Self> {
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts, body, services.config.max_request_size as usize).await?;
+        let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|_| Error::not_json("The request body is not valid JSON."))?;
+        serde_json::from_value(value)
+            .map(AdminJson)
+            .map_err(|e| Error::bad_json(format!("The request body does not fit: {e}")))
+    }
+}
+
+/// The query string parsed into `T`: 400 `M_INVALID_PARAM` naming what does not fit.
+pub struct AdminQuery<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<State> for AdminQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &State) -> Result<Self> {
+        serde_html_form::from_str(parts.uri.query().unwrap_or_default())
+            .map(AdminQuery)
+            .map_err(|e| Error::invalid_param(format!("Invalid query parameters: {e}")))
+    }
+}
+
+/// A user ID from the path that must be one of this server's: 400 otherwise (as Synapse
+/// answers).
+pub fn local_user(services: &State, raw: &str) -> Result<OwnedUserId> {
+    let user_id = UserId::parse(raw)
+        .map_err(|e| Error::invalid_param(format!("Invalid user ID {raw:?}: {e}")))?;
+    if user_id.server_name() != services.server_name {
+        return Err(Error::invalid_param("Can only look up local users"));
+    }
+    Ok(user_id)
+}
+
+/// A local user ID from the path that names an existing account: 404 otherwise.
+pub fn existing_user(services: &State, raw: &str) -> Result<OwnedUserId> {
+    let user_id = local_user(services, raw)?;
+    if !services.users.exists(&user_id)? {
+        return Err(Error::not_found("User not found"));
+    }
+    Ok(user_id)
+}

@@ -1,0 +1,270 @@
+//! Synapse's room admin API (rooms: list, details, members, state) and event reports (list,
+//! details, delete).
+
+use axum::{
+    Json,
+    extract::{self, Path},
+};
+use ruma::{OwnedRoomId, RoomId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Admin, AdminQuery};
+use crate::{
+    Error, Result,
+    api::ruma::State,
+    service::{
+        admin::{AdminRoom, RoomOrder},
+        reports::{ReportRecord, Reported},
+        rooms::client_event::{Detail, Viewer},
+    },
+};
+
+fn room_id(raw: &str) -> Result<OwnedRoomId> {
+    RoomId::parse(raw).map_err(|e| Error::invalid_param(format!("Invalid room ID {raw:?}: {e}")))
+}
+
+fn known_room(services: &State, raw: &str) -> Result<AdminRoom> {
+    services
+        .admin_room(&room_id(raw)?)?
+        .ok_or_else(|| Error::not_found("Room not found"))
+}
+
+/// A room in a listing (Synapse's fields).
+fn listed(room: &AdminRoom) -> Value {
+    let d = &room.description;
+    json!({
+        "room_id": d.room_id,
+        "name": d.name,
+        "canonical_alias": d.canonical_alias,
+        "joined_members": d.num_joined_members,
+        "joined_local_members": room.joined_local_members,
+        "version": d.room_version.as_str(),
+        "creator": room.creator,
+        "encryption": d.encryption,
+        "federatable": room.federatable,
+        "public": room.public,
+        "join_rules": room.join_rules,
+        "guest_access": room.guest_access,
+        "history_visibility": room.history_visibility,
+        "state_events": room.state_events,
+        "room_type": d.room_type,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    from: Option<usize>,
+    limit: Option<usize>,
+    order_by: Option<String>,
+    dir: Option<String>,
+    search_term: Option<String>,
+}
+
+/// `GET /v1/rooms`: every room this server knows, paginated by offset.
+pub async fn list(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    AdminQuery(query): AdminQuery<ListQuery>,
+) -> Result<Json<Value>> {
+    let order = match query.order_by.as_deref() {
+        None => RoomOrder::Name,
+        Some(name) => RoomOrder::parse(name)
+            .ok_or_else(|| Error::invalid_param(format!("Unknown value for order_by: {name}")))?,
+    };
+    let backwards = match query.dir.as_deref() {
+        None | Some("f") => false,
+        Some("b") => true,
+        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
+    };
+    let from = query.from.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100);
+    let search = query.search_term.as_deref().filter(|t| !t.is_empty());
+    let (page, total) = services.admin_list_rooms(search, order, backwards, from, limit)?;
+    let mut body = json!({
+        "offset": from,
+        "rooms": page.iter().map(listed).collect::<Vec<_>>(),
+        "total_rooms": total,
+    });
+    if from + page.len() < total {
+        body["next_batch"] = json!(from + page.len());
+    }
+    if from > 0 {
+        body["prev_batch"] = json!(from.saturating_sub(limit));
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v1/rooms/{roomId}`.
+pub async fn details(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>> {
+    let room = known_room(&services, &raw)?;
+    let d = &room.description;
+    let mut body = listed(&room);
+    body["avatar"] = json!(d.avatar_url);
+    body["topic"] = json!(d.topic);
+    body["tombstoned"] = json!(room.replacement_room.is_some());
+    body["replacement_room"] = json!(room.replacement_room);
+    body["forgotten"] = json!(false);
+    let mut devices = 0;
+    for (user, membership) in services.members.of_room(&d.room_id)? {
+        if membership == "join" && user.server_name() == services.server_name {
+            devices += services.devices.list(&user)?.len();
+        }
+    }
+    body["joined_local_devices"] = json!(devices);
+    Ok(Json(body))
+}
+
+/// `GET /v1/rooms/{roomId}/members`: the joined members.
+pub async fn members(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>> {
+    let room = known_room(&services, &raw)?;
+    let members: Vec<String> = services
+        .members
+        .of_room(&room.description.room_id)?
+        .into_iter()
+        .filter(|(_, membership)| membership == "join")
+        .map(|(user, _)| user.to_string())
+        .collect();
+    Ok(Json(json!({ "total": members.len(), "members": members })))
+}
+
+/// `GET /v1/rooms/{roomId}/state`: the current state events.
+pub async fn state(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>> {
+    let room = known_room(&services, &raw)?;
+    let room_id = &room.description.room_id;
+    let viewer = Viewer {
+        user_id: &admin.0,
+        device_id: None,
+    };
+    let mut view = services.event_view(Some(viewer));
+    let mut events = Vec::new();
+    for event_id in services.timeline.current_state(room_id)?.values() {
+        events.push(view.event(room_id, event_id, None, Detail::State)?);
+    }
+    Ok(Json(json!({ "state": events })))
+}
+
+/// An event report as Synapse lists it (`score` is not kept here); `None` for reports of
+/// rooms and users, which this endpoint does not list.
+fn event_report(services: &State, id: &str, record: &ReportRecord) -> Result<Option<Value>> {
+    let Reported::Event { room_id, event_id } = &record.reported else {
+        return Ok(None);
+    };
+    let room = RoomId::parse(room_id)
+        .ok()
+        .and_then(|r| services.admin_room(&r).ok().flatten());
+    let sender = ruma::EventId::parse(event_id)
+        .ok()
+        .and_then(|e| services.timeline.pdu_json(&e).ok().flatten())
+        .and_then(|pdu| crate::service::rooms::pdu::str_field(&pdu, "sender").map(str::to_owned));
+    Ok(Some(json!({
+        "id": id,
+        "received_ts": record.ts,
+        "room_id": room_id,
+        "event_id": event_id,
+        "user_id": record.reporter,
+        "score": null,
+        "reason": record.reason,
+        "sender": sender,
+        "canonical_alias": room.as_ref().and_then(|r| r.description.canonical_alias.clone()),
+        "name": room.as_ref().and_then(|r| r.description.name.clone()),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct ReportsQuery {
+    from: Option<usize>,
+    limit: Option<usize>,
+    dir: Option<String>,
+    user_id: Option<String>,
+    room_id: Option<String>,
+}
+
+/// `GET /v1/event_reports`: newest first unless `dir=f`.
+pub async fn event_reports(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    AdminQuery(query): AdminQuery<ReportsQuery>,
+) -> Result<Json<Value>> {
+    let mut reports = services.reports_with_ids()?;
+    match query.dir.as_deref() {
+        None | Some("b") => reports.reverse(),
+        Some("f") => {}
+        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
+    }
+    let mut listed = Vec::new();
+    for (id, record) in &reports {
+        if query
+            .user_id
+            .as_deref()
+            .is_some_and(|u| !record.reporter.contains(u))
+        {
+            continue;
+        }
+        if let Some(report) = event_report(&services, id, record)? {
+            if query
+                .room_id
+                .as_deref()
+                .is_some_and(|r| report["room_id"] != r)
+            {
+                continue;
+            }
+            listed.push(report);
+        }
+    }
+    let total = listed.len();
+    let from = query.from.unwrap_or(0);
+    let page: Vec<Value> = listed
+        .into_iter()
+        .skip(from)
+        .take(query.limit.unwrap_or(100))
+        .collect();
+    let mut body = json!({ "total": total });
+    if from + page.len() < total {
+        body["next_token"] = json!(from + page.len());
+    }
+    body["event_reports"] = Value::Array(page);
+    Ok(Json(body))
+}
+
+/// `GET /v1/event_reports/{id}`: the report and the reported event.
+pub async fn event_report_details(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let not_found = || Error::not_found("Event report not found");
+    let record = services.report(&id)?.ok_or_else(not_found)?;
+    let mut report = event_report(&services, &id, &record)?.ok_or_else(not_found)?;
+    let pdu = report["event_id"]
+        .as_str()
+        .and_then(|e| ruma::EventId::parse(e).ok())
+        .and_then(|e| services.timeline.pdu_json(&e).ok().flatten());
+    report["event_json"] = serde_json::to_value(pdu)?;
+    Ok(Json(report))
+}
+
+/// `DELETE /v1/event_reports/{id}`.
+pub async fn delete_event_report(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    if !services.delete_report(&id)? {
+        return Err(Error::not_found("Event report not found"));
+    }
+    admin.audit("delete report", &id);
+    Ok(Json(json!({})))
+}

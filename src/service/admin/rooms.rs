@@ -1,0 +1,185 @@
+//! What a server admin sees of rooms: every room this server knows, described from its
+//! current state, listed, searched and sorted.
+
+use ruma::{OwnedRoomId, RoomId};
+use serde_json::Value;
+
+use crate::{
+    Result,
+    service::{Services, rooms::directory::RoomDescription},
+    store::Cf,
+};
+
+/// A room as admins see it: its description and what only admins are told.
+pub struct AdminRoom {
+    pub description: RoomDescription,
+    pub creator: Option<String>,
+    pub federatable: bool,
+    pub public: bool,
+    pub guest_access: Option<String>,
+    pub history_visibility: Option<String>,
+    pub join_rules: Option<String>,
+    pub joined_local_members: u64,
+    pub state_events: u64,
+    pub replacement_room: Option<String>,
+}
+
+/// How a room listing is sorted (Synapse's `order_by`; ties by room ID).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum RoomOrder {
+    Name,
+    CanonicalAlias,
+    JoinedMembers,
+    JoinedLocalMembers,
+    Version,
+    Creator,
+    Encryption,
+    Federatable,
+    Public,
+    JoinRules,
+    GuestAccess,
+    HistoryVisibility,
+    StateEvents,
+}
+
+impl RoomOrder {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "name" | "alphabetical" => Self::Name,
+            "canonical_alias" => Self::CanonicalAlias,
+            "joined_members" | "size" => Self::JoinedMembers,
+            "joined_local_members" => Self::JoinedLocalMembers,
+            "version" => Self::Version,
+            "creator" => Self::Creator,
+            "encryption" => Self::Encryption,
+            "federatable" => Self::Federatable,
+            "public" => Self::Public,
+            "join_rules" => Self::JoinRules,
+            "guest_access" => Self::GuestAccess,
+            "history_visibility" => Self::HistoryVisibility,
+            "state_events" => Self::StateEvents,
+            _ => return None,
+        })
+    }
+
+    /// Whether the natural order is largest first (sizes), as Synapse sorts them.
+    fn largest_first(self) -> bool {
+        matches!(
+            self,
+            Self::JoinedMembers | Self::JoinedLocalMembers | Self::StateEvents
+        )
+    }
+}
+
+impl Services {
+    /// One room, described for admins; `None` for a room this server does not know.
+    pub fn admin_room(&self, room_id: &RoomId) -> Result<Option<AdminRoom>> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Ok(None);
+        }
+        let description = self.describe_room(room_id)?;
+        let state = self.timeline.current_state(room_id)?;
+        let content = |event_type: &str| -> Result<Value> {
+            Ok(match state.get(&(event_type.to_owned(), String::new())) {
+                Some(event_id) => self.timeline.event_fields(room_id, event_id)?["content"].take(),
+                None => Value::Null,
+            })
+        };
+        let text = |value: &Value, field: &str| value[field].as_str().map(str::to_owned);
+        let create = content("m.room.create")?;
+        // The creator: the create event's sender (`creator` before room version 11).
+        let creator = match state.get(&("m.room.create".to_owned(), String::new())) {
+            Some(event_id) => text(&self.timeline.event_fields(room_id, event_id)?, "sender"),
+            None => None,
+        };
+        let members = self.members.of_room(room_id)?;
+        let joined_local_members = members
+            .iter()
+            .filter(|(user, m)| m == "join" && user.server_name() == self.server_name)
+            .count() as u64;
+        Ok(Some(AdminRoom {
+            creator,
+            federatable: create["m.federate"].as_bool().unwrap_or(true),
+            public: self.is_published(room_id)?,
+            guest_access: text(&content("m.room.guest_access")?, "guest_access"),
+            history_visibility: text(&content("m.room.history_visibility")?, "history_visibility"),
+            join_rules: text(&content("m.room.join_rules")?, "join_rule"),
+            joined_local_members,
+            state_events: state.len() as u64,
+            replacement_room: text(&content("m.room.tombstone")?, "replacement_room"),
+            description,
+        }))
+    }
+
+    /// A page of the rooms this server knows whose name, canonical alias or ID contains
+    /// `search` (any case), sorted; and how many match. One scan of the rooms, each
+    /// described from its state.
+    pub fn admin_list_rooms(
+        &self,
+        search: Option<&str>,
+        order: RoomOrder,
+        backwards: bool,
+        from: usize,
+        limit: usize,
+    ) -> Result<(Vec<AdminRoom>, usize)> {
+        let search = search.map(str::to_lowercase);
+        let mut rooms = Vec::new();
+        for item in self.store.scan_prefix(Cf::Rooms, b"") {
+            let (key, _) = item?;
+            let Some(room_id) = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|r| OwnedRoomId::try_from(r).ok())
+            else {
+                continue;
+            };
+            let Some(room) = self.admin_room(&room_id)? else {
+                continue;
+            };
+            if let Some(term) = &search {
+                let d = &room.description;
+                let found = [
+                    d.name.as_deref(),
+                    d.canonical_alias.as_deref(),
+                    Some(d.room_id.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|text| text.to_lowercase().contains(term.as_str()));
+                if !found {
+                    continue;
+                }
+            }
+            rooms.push(room);
+        }
+        rooms.sort_by(|a, b| {
+            let (da, db) = (&a.description, &b.description);
+            let by = match order {
+                RoomOrder::Name => da.name.cmp(&db.name),
+                RoomOrder::CanonicalAlias => da.canonical_alias.cmp(&db.canonical_alias),
+                RoomOrder::JoinedMembers => da.num_joined_members.cmp(&db.num_joined_members),
+                RoomOrder::JoinedLocalMembers => {
+                    a.joined_local_members.cmp(&b.joined_local_members)
+                }
+                RoomOrder::Version => da.room_version.as_str().cmp(db.room_version.as_str()),
+                RoomOrder::Creator => a.creator.cmp(&b.creator),
+                RoomOrder::Encryption => da.encryption.cmp(&db.encryption),
+                RoomOrder::Federatable => a.federatable.cmp(&b.federatable),
+                RoomOrder::Public => a.public.cmp(&b.public),
+                RoomOrder::JoinRules => a.join_rules.cmp(&b.join_rules),
+                RoomOrder::GuestAccess => a.guest_access.cmp(&b.guest_access),
+                RoomOrder::HistoryVisibility => a.history_visibility.cmp(&b.history_visibility),
+                RoomOrder::StateEvents => a.state_events.cmp(&b.state_events),
+            };
+            let by = if order.largest_first() {
+                by.reverse()
+            } else {
+                by
+            };
+            let by = if backwards { by.reverse() } else { by };
+            by.then_with(|| da.room_id.cmp(&db.room_id))
+        });
+        let total = rooms.len();
+        let page = rooms.into_iter().skip(from).take(limit).collect();
+        Ok((page, total))
+    }
+}
