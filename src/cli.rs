@@ -1,5 +1,6 @@
-//! The command line: `culvert [serve]`, `check-config`, and `user …` admin commands that work on
-//! the database while the server is stopped.
+//! The command line: `culvert [serve]`, `check-config`, and `user …` admin commands, which
+//! open the database while the server is stopped and ask the running server otherwise
+//! (through its admin API, with the token it leaves for the command line: `service::admin::cli`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -33,7 +34,7 @@ enum Command {
     Serve,
     /// Check the configuration and print the effective settings, then exit.
     CheckConfig,
-    /// Manage accounts (stop the server first: the database is opened directly).
+    /// Manage accounts, whether the server runs or not.
     #[command(subcommand)]
     User(UserCommand),
     /// Replace the server's signing key (stop the server first). The old key stays published
@@ -180,7 +181,14 @@ fn init_logging(filter: &str) {
 }
 
 async fn user_command(config: Config, command: UserCommand) -> Result<(), StartError> {
-    let services = Services::open(config)?;
+    let services = match Services::open(config.clone()) {
+        Ok(services) => services,
+        // The server runs: ask it.
+        Err(StartError::Store(crate::store::StoreError::Locked(_))) => {
+            return live::user_command(&config, command).await;
+        }
+        Err(e) => return Err(e),
+    };
     let server_name = services.server_name.clone();
     match command {
         UserCommand::Create {
@@ -235,6 +243,9 @@ async fn user_command(config: Config, command: UserCommand) -> Result<(), StartE
                 if record.guest {
                     flags.push("guest");
                 }
+                if record.locked {
+                    flags.push("locked");
+                }
                 println!("{user_id}\t{}", flags.join(","));
             }
         }
@@ -259,5 +270,156 @@ fn password_or_random(password: Option<String>) -> (String, bool) {
     match password {
         Some(password) => (password, false),
         None => (utils::random_string(20), true),
+    }
+}
+
+/// The `user` commands against a running server: the same work through its admin API.
+mod live {
+    use reqwest::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::{UserCommand, password_or_random};
+    use crate::{
+        config::Config,
+        service::{StartError, admin::cli, users::Users},
+    };
+
+    struct Server {
+        http: reqwest::Client,
+        access: cli::CliAccess,
+    }
+
+    impl Server {
+        async fn call(
+            &self,
+            method: Method,
+            path: &str,
+            body: Option<Value>,
+        ) -> Result<(StatusCode, Value), StartError> {
+            let mut request = self
+                .http
+                .request(method, format!("{}/_synapse/admin{path}", self.access.url))
+                .bearer_auth(&self.access.token);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| StartError::Other(format!("cannot reach the running server: {e}")))?;
+            let status = response.status();
+            let body = response.json().await.unwrap_or(Value::Null);
+            Ok((status, body))
+        }
+
+        /// The answer, or its Matrix error as the command's error.
+        async fn ok(
+            &self,
+            method: Method,
+            path: &str,
+            body: Option<Value>,
+        ) -> Result<Value, StartError> {
+            let (status, body) = self.call(method, path, body).await?;
+            if status.is_success() {
+                return Ok(body);
+            }
+            Err(StartError::Other(format!(
+                "the server refused: {} {}",
+                body["errcode"].as_str().unwrap_or(status.as_str()),
+                body["error"].as_str().unwrap_or_default()
+            )))
+        }
+    }
+
+    pub async fn user_command(config: &Config, command: UserCommand) -> Result<(), StartError> {
+        let access = cli::read_access(&config.database_path).map_err(StartError::Other)?;
+        if access.url.starts_with("https") {
+            return Err(StartError::Other(
+                "the server runs with TLS, which this command does not speak: stop it first".into(),
+            ));
+        }
+        let server = Server {
+            http: reqwest::Client::new(),
+            access,
+        };
+        let server_name = &config.server_name;
+        match command {
+            UserCommand::Create {
+                name,
+                admin,
+                password,
+            } => {
+                let user_id = Users::parse_new_localpart(&name, server_name)?;
+                let path = format!("/v2/users/{user_id}");
+                let (status, _) = server.call(Method::GET, &path, None).await?;
+                if status == StatusCode::OK {
+                    return Err(StartError::Other(format!("{user_id} exists already")));
+                }
+                let (password, generated) = password_or_random(password);
+                let body = json!({ "password": password, "admin": admin });
+                let created = server.ok(Method::PUT, &path, Some(body)).await?;
+                let admin = created["admin"].as_bool().unwrap_or(false);
+                println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+                if generated {
+                    println!("password: {password}");
+                }
+            }
+            UserCommand::ResetPassword { name, password } => {
+                let user_id = Users::parse_existing(&name, server_name)?;
+                let (password, generated) = password_or_random(password);
+                let body = json!({ "new_password": password, "logout_devices": true });
+                server
+                    .ok(
+                        Method::POST,
+                        &format!("/v1/reset_password/{user_id}"),
+                        Some(body),
+                    )
+                    .await?;
+                println!("password of {user_id} reset; all its devices were logged out");
+                if generated {
+                    println!("password: {password}");
+                }
+            }
+            UserCommand::Deactivate { name } => {
+                let user_id = Users::parse_existing(&name, server_name)?;
+                server
+                    .ok(
+                        Method::POST,
+                        &format!("/v1/deactivate/{user_id}"),
+                        Some(json!({})),
+                    )
+                    .await?;
+                println!("deactivated {user_id}; it left its rooms");
+            }
+            UserCommand::List => {
+                let mut from = 0u64;
+                loop {
+                    let path = format!("/v3/users?locked=true&limit=500&from={from}");
+                    let page = server.ok(Method::GET, &path, None).await?;
+                    for user in page["users"].as_array().into_iter().flatten() {
+                        let flags: Vec<&str> = [
+                            ("admin", "admin"),
+                            ("deactivated", "deactivated"),
+                            ("is_guest", "guest"),
+                            ("locked", "locked"),
+                        ]
+                        .into_iter()
+                        .filter(|(field, _)| user[field] == true)
+                        .map(|(_, flag)| flag)
+                        .collect();
+                        println!(
+                            "{}\t{}",
+                            user["name"].as_str().unwrap_or_default(),
+                            flags.join(",")
+                        );
+                    }
+                    match page["next_token"].as_str().and_then(|t| t.parse().ok()) {
+                        Some(next) => from = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -79,6 +79,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     } else {
         "http"
     };
+    services.write_cli_access(addr, services.config.tls.is_some())?;
     tracing::info!(%addr, scheme, server_name = %services.server_name, "culvert is listening");
     Ok(RunningServer {
         addr,

@@ -22,6 +22,7 @@ pub mod push;
 pub mod push_rules;
 pub mod ratelimit;
 pub mod registration;
+pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod uiaa;
@@ -48,6 +49,9 @@ pub struct Services {
     pub devices: devices::Devices,
     pub account_data: account_data::AccountData,
     pub uiaa: uiaa::Uiaa,
+    pub registration_tokens: registration_tokens::RegistrationTokens,
+    /// The command line's token for this run (`admin::cli`).
+    pub cli_token: admin::cli::CliToken,
     pub rate_limiter: ratelimit::RateLimiter,
     pub short_ids: Arc<rooms::short::ShortIds>,
     pub timeline: rooms::timeline::Timeline,
@@ -137,6 +141,8 @@ impl Services {
             devices: devices::Devices::new(store.clone()),
             account_data: account_data::AccountData::new(store.clone()),
             uiaa: uiaa::Uiaa::default(),
+            registration_tokens: registration_tokens::RegistrationTokens::new(store.clone()),
+            cli_token: admin::cli::CliToken::default(),
             rate_limiter: ratelimit::RateLimiter::new(config.rate_limits.clone()),
             globals,
             short_ids,

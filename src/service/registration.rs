@@ -4,7 +4,11 @@
 //! - `allow_registration = true` with a `registration_token`: flow `m.login.registration_token`,
 //!   then `m.login.dummy`.
 //! - `allow_registration = false`: closed — except while no account exists at all, when a
-//!   one-time bootstrap token (logged at start-up) lets the owner create the first, admin, account.
+//!   one-time bootstrap token (logged at start-up) lets the owner create the first, admin,
+//!   account; and while an admin-made registration token is valid
+//!   (`service::registration_tokens`): then registering takes one of those.
+//!
+//! Admin-made tokens are accepted wherever a token is asked for.
 
 use ruma::api::client::uiaa::{AuthFlow, AuthType};
 
@@ -33,6 +37,9 @@ impl Services {
         if self.users.none_exist()? && self.globals.bootstrap_token(false)?.is_some() {
             return Ok(RegistrationPolicy::Token { bootstrap: true });
         }
+        if self.registration_tokens.any_valid()? {
+            return Ok(RegistrationPolicy::Token { bootstrap: false });
+        }
         Ok(RegistrationPolicy::Closed)
     }
 
@@ -50,16 +57,42 @@ impl Services {
         })
     }
 
-    /// Whether `token` is the registration token in force (compared in constant time).
+    /// Whether `token` is a registration token in force: the configured one or the bootstrap
+    /// one (compared in constant time), or a valid admin-made one.
     pub fn registration_token_valid(&self, token: &str) -> Result<bool> {
-        let expected = match self.registration_policy()? {
+        let policy = self.registration_policy()?;
+        let expected = match policy {
             RegistrationPolicy::Token { bootstrap: false } => {
                 self.config.registration_token.clone()
             }
             RegistrationPolicy::Token { bootstrap: true } => self.globals.bootstrap_token(false)?,
             RegistrationPolicy::Open | RegistrationPolicy::Closed => None,
         };
-        Ok(expected.is_some_and(|e| utils::constant_time_eq(e.as_bytes(), token.as_bytes())))
+        if expected.is_some_and(|e| utils::constant_time_eq(e.as_bytes(), token.as_bytes())) {
+            return Ok(true);
+        }
+        Ok(
+            matches!(policy, RegistrationPolicy::Token { bootstrap: false })
+                && self.registration_tokens.is_valid(token)?,
+        )
+    }
+
+    /// The admin-made token a registration passed with, if that is what `token` is (the
+    /// configured one is not counted).
+    pub fn admin_registration_token(&self, token: Option<String>) -> Result<Option<String>> {
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        if self
+            .config
+            .registration_token
+            .as_deref()
+            .is_some_and(|c| utils::constant_time_eq(c.as_bytes(), token.as_bytes()))
+            || self.registration_tokens.get(&token)?.is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(token))
     }
 
     /// At start-up: when registration is closed and nobody has an account yet, make sure a

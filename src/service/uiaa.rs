@@ -25,11 +25,15 @@ struct UiaaSession {
     flows: Vec<AuthFlow>,
     completed: Vec<AuthType>,
     created: Instant,
+    /// The registration token its `m.login.registration_token` stage passed with.
+    registration_token: Option<String>,
 }
 
 /// The outcome of checking one stage's `auth` dict.
 pub enum StageResult {
     Completed,
+    /// `m.login.registration_token` passed with this token (counted once the account exists).
+    CompletedWithToken(String),
     /// The stage was attempted and failed; the client may retry in the same session.
     Failed(ErrorKind, String),
 }
@@ -44,13 +48,14 @@ impl Uiaa {
     ///
     /// `attempt` is `None` when the request carried no `auth`; otherwise it is the session the
     /// client named (if any), the stage type it attempted, and the checked result of that stage.
-    /// Returns `Ok(())` once a whole flow is complete, otherwise the 401 answer to send.
+    /// Returns, once a whole flow is complete, the registration token the session passed with
+    /// (if any); otherwise the 401 answer to send.
     pub fn step(
         &self,
         purpose: &str,
         flows: &[AuthFlow],
         attempt: Option<(Option<&str>, AuthType, StageResult)>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
 
@@ -82,8 +87,11 @@ impl Uiaa {
         let session = sessions
             .get_mut(&id)
             .expect("session present: looked up or just made");
+        if let StageResult::CompletedWithToken(token) = &result {
+            session.registration_token = Some(token.clone());
+        }
         match result {
-            StageResult::Completed => {
+            StageResult::Completed | StageResult::CompletedWithToken(_) => {
                 let allowed = session.flows.iter().any(|f| f.stages.contains(&stage));
                 if !allowed {
                     let err = StandardErrorBody::new(
@@ -100,8 +108,9 @@ impl Uiaa {
                     .iter()
                     .any(|f| f.stages.iter().all(|s| session.completed.contains(s)));
                 if done {
-                    sessions.remove(&id);
-                    Ok(())
+                    Ok(sessions
+                        .remove(&id)
+                        .and_then(|session| session.registration_token))
                 } else {
                     Err(Self::info(session, &id, None))
                 }
@@ -130,6 +139,7 @@ impl Uiaa {
                 flows: flows.to_vec(),
                 completed: Vec::new(),
                 created: Instant::now(),
+                registration_token: None,
             },
         );
         Ok(id)
@@ -148,14 +158,15 @@ impl Uiaa {
 impl super::Services {
     /// Runs one step of user-interactive authentication for `purpose`, checking the stage the
     /// client attempted in `auth`. `user` is the account the request acts on (password stages
-    /// must prove they are that account). Returns `Ok(())` when a flow is complete.
+    /// must prove they are that account). Returns, when a flow is complete, the registration
+    /// token it passed with (if any).
     pub async fn user_interactive_auth(
         &self,
         purpose: &str,
         flows: &[AuthFlow],
         auth: Option<&ruma::api::client::uiaa::AuthData>,
         user: Option<&ruma::UserId>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         use ruma::api::client::uiaa::{AuthData, UserIdentifier};
 
         let Some(auth) = auth else {
@@ -166,7 +177,7 @@ impl super::Services {
             AuthData::Dummy(_) => (AuthType::Dummy, StageResult::Completed),
             AuthData::RegistrationToken(t) => {
                 let result = if self.registration_token_valid(&t.token)? {
-                    StageResult::Completed
+                    StageResult::CompletedWithToken(t.token.clone())
                 } else {
                     StageResult::Failed(ErrorKind::Forbidden, "Invalid registration token.".into())
                 };
@@ -219,6 +230,7 @@ impl super::Services {
         let flows = [AuthFlow::new(vec![AuthType::Password])];
         self.user_interactive_auth(purpose, &flows, auth, Some(user))
             .await
+            .map(|_| ())
     }
 
     /// Checks a password on a blocking thread (Argon2 takes tens of milliseconds of CPU).

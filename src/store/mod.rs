@@ -284,6 +284,12 @@ column_families! {
     /// report time (ms, u64 BE) ++ 8 random bytes → `ReportRecord` JSON: reports of events,
     /// rooms and users, for the admins (`service::reports`).
     Reports => "reports",
+    /// registration token → `TokenRecord` JSON (`uses_allowed`, `completed`, `expiry_time`):
+    /// the tokens admins hand out (`service::registration_tokens`).
+    RegistrationTokens => "registration_tokens",
+    /// `room_id` → the user ID of the admin who blocked it: rooms no local user may join,
+    /// knock on or be invited to (`service::admin::rooms`).
+    BlockedRooms => "blocked_rooms",
     /// `room_id 0xFF word 0xFF stream count (u64 BE)` → field (1 body, 2 name, 3 topic) ++
     /// occurrences (u32 BE): the search index (`service::rooms::search`).
     SearchWords => "search_words",

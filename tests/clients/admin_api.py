@@ -344,6 +344,29 @@ def main():
         "an unknown room order",
     )
 
+    # Blocking a room: this server's users can no longer join it; unblocked, they can.
+    _, public = server.call(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        ann_token,
+        {"name": f"Public {run}", "preset": "public_chat"},
+        expect=200,
+    )
+    public_id = public["room_id"]
+    block_path = f"/_synapse/admin/v1/rooms/{public_id}/block"
+    _, block = server.call("GET", block_path, admin, expect=200)
+    check(block == {"block": False}, f"not blocked: {block}")
+    _, block = server.call("PUT", block_path, admin, {"block": True}, expect=200)
+    check(block == {"block": True}, f"blocked: {block}")
+    _, block = server.call("GET", block_path, admin, expect=200)
+    check(block == {"block": True, "user_id": admin_id}, f"blocked by: {block}")
+    joiner = server.login(made[2], "lister-password-1")["access_token"]
+    # (403; Synapse's errcode is M_UNKNOWN, culvert's M_FORBIDDEN.)
+    status, body = server.call("POST", f"/_matrix/client/v3/join/{public_id}", joiner, {})
+    check(status == 403, f"joining a blocked room: {status} {body}")
+    server.call("PUT", block_path, admin, {"block": False}, expect=200)
+    server.call("POST", f"/_matrix/client/v3/join/{public_id}", joiner, {}, expect=200)
+
     # Event reports: listed, shown with the event, deleted.
     _, sent = server.call(
         "PUT",
@@ -384,6 +407,47 @@ def main():
         "M_NOT_FOUND",
         "a deleted report",
     )
+
+    # Registration tokens: made, listed, changed, deleted; bad ones refused.
+    tokens = "/_synapse/admin/v1/registration_tokens"
+    token = f"tok{run}"
+    _, made_token = server.call(
+        "POST", f"{tokens}/new", admin, {"token": token, "uses_allowed": 1}, expect=200
+    )
+    check(
+        made_token
+        == {"token": token, "uses_allowed": 1, "pending": 0, "completed": 0, "expiry_time": None},
+        f"new token: {made_token}",
+    )
+    _, random_token = server.call("POST", f"{tokens}/new", admin, {"length": 10}, expect=200)
+    check(len(random_token["token"]) == 10, f"a random token of 10: {random_token}")
+    for bad, what in [
+        ({"token": token}, "a token that exists"),
+        ({"token": "bad token!"}, "a token with a space"),
+        ({"uses_allowed": -1}, "negative uses"),
+        ({"expiry_time": 1000}, "an expiry in the past"),
+    ]:
+        refused(server.call("POST", f"{tokens}/new", admin, bad), what)
+    _, shown = server.call("GET", f"{tokens}/{token}", admin, expect=200)
+    check(shown == made_token, f"token shown: {shown}")
+    far = 4102444800000
+    _, changed = server.call(
+        "PUT", f"{tokens}/{token}", admin, {"uses_allowed": 5, "expiry_time": far}, expect=200
+    )
+    check(changed["uses_allowed"] == 5 and changed["expiry_time"] == far, f"changed: {changed}")
+    _, changed = server.call("PUT", f"{tokens}/{token}", admin, {"uses_allowed": None}, expect=200)
+    check(
+        changed["uses_allowed"] is None and changed["expiry_time"] == far,
+        f"unlimited uses, same expiry: {changed}",
+    )
+    _, valid = server.call("GET", f"{tokens}?valid=true", admin, expect=200)
+    check(token in [t["token"] for t in valid["registration_tokens"]], f"valid: {valid}")
+    _, invalid = server.call("GET", f"{tokens}?valid=false", admin, expect=200)
+    check(token not in [t["token"] for t in invalid["registration_tokens"]], f"invalid: {invalid}")
+    server.call("DELETE", f"{tokens}/{token}", admin, expect=200)
+    error(server.call("GET", f"{tokens}/{token}", admin), 404, "M_NOT_FOUND", "a deleted token")
+    error(server.call("DELETE", f"{tokens}/{token}", admin), 404, "M_NOT_FOUND", "deleted twice")
+    server.call("DELETE", f"{tokens}/{random_token['token']}", admin, expect=200)
 
     # Account data and pushers.
     server.call(
@@ -520,6 +584,10 @@ def main():
         ("GET", f"/_synapse/admin/v1/rooms/{room_id}/members"),
         ("GET", f"/_synapse/admin/v1/rooms/{room_id}/state"),
         ("GET", "/_synapse/admin/v1/event_reports"),
+        ("GET", f"/_synapse/admin/v1/rooms/{room_id}/block"),
+        ("PUT", f"/_synapse/admin/v1/rooms/{room_id}/block"),
+        ("GET", "/_synapse/admin/v1/registration_tokens"),
+        ("POST", "/_synapse/admin/v1/registration_tokens/new"),
     ]:
         body = {} if method in ("PUT", "POST") else None
         error(server.call(method, path, plain, body), 403, "M_FORBIDDEN", f"{method} {path}")

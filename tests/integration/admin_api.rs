@@ -193,3 +193,113 @@ async fn admin_api_bad_input_and_effects() {
     let (status, _) = server.get(users, Some(&second.token)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "its tokens are gone");
 }
+
+/// Registration tokens made through the admin API open a closed server to their holders, each
+/// for as many registrations as it allows, counted when the account is made.
+#[tokio::test]
+async fn admin_registration_tokens_let_people_register_on_a_closed_server() {
+    let server = TestServer::start_with("allow_registration = false").await;
+    let services = server.services();
+    let owner = ruma::UserId::parse("@owner:test.local").unwrap();
+    let hash = culvert::service::users::hash_password("owner-password-1").unwrap();
+    services
+        .users
+        .create(&owner, Some(hash), true, false, |_| {})
+        .await
+        .unwrap();
+    let owner = server.login_ok("owner", "owner-password-1").await;
+    const REGISTER: &str = "/_matrix/client/v3/register";
+    let closed = server
+        .post(
+            REGISTER,
+            None,
+            json!({ "username": "early", "password": "early-password-1" }),
+        )
+        .await;
+    assert_error(&closed, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
+    let (status, made) = server
+        .post(
+            "/_synapse/admin/v1/registration_tokens/new",
+            Some(&owner.token),
+            json!({ "token": "family", "uses_allowed": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    let register = |name: &'static str| {
+        let server = &server;
+        async move {
+            let body = json!({ "username": name, "password": "their-password-1" });
+            let (status, uia) = server.post(REGISTER, None, body.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+            assert_eq!(
+                uia["flows"],
+                json!([{ "stages": ["m.login.registration_token", "m.login.dummy"] }])
+            );
+            let mut with_token = body.clone();
+            with_token["auth"] = json!({
+                "type": "m.login.registration_token", "token": "family", "session": uia["session"],
+            });
+            let (status, answer) = server.post(REGISTER, None, with_token).await;
+            if answer["completed"] != json!(["m.login.registration_token"]) {
+                return (status, answer);
+            }
+            let mut dummy = body;
+            dummy["auth"] = json!({ "type": "m.login.dummy", "session": uia["session"] });
+            server.post(REGISTER, None, dummy).await
+        }
+    };
+    let (status, body) = register("dora").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, token) = server
+        .get(
+            "/_synapse/admin/v1/registration_tokens/family",
+            Some(&owner.token),
+        )
+        .await;
+    assert_eq!(token["completed"], 1, "{token}");
+    // Used up: registration is closed again.
+    let (status, body) = server
+        .post(
+            REGISTER,
+            None,
+            json!({ "username": "eve", "password": "their-password-1" }),
+        )
+        .await;
+    assert_error(&(status, body), StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    // More uses: open again, and a wrong token is refused at its stage.
+    let (status, _) = server
+        .put(
+            "/_synapse/admin/v1/registration_tokens/family",
+            Some(&owner.token),
+            json!({ "uses_allowed": 2 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, uia) = server
+        .post(
+            REGISTER,
+            None,
+            json!({ "username": "mallory", "password": "their-password-1",
+                    "auth": { "type": "m.login.registration_token", "token": "guess" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{uia}");
+    assert_eq!(uia["errcode"], "M_FORBIDDEN", "{uia}");
+    let (status, body) = register("frank").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, token) = server
+        .get(
+            "/_synapse/admin/v1/registration_tokens/family",
+            Some(&owner.token),
+        )
+        .await;
+    assert_eq!(token["completed"], 2, "{token}");
+    assert!(
+        server
+            .services()
+            .users
+            .exists(&ruma::UserId::parse("@frank:test.local").unwrap())
+            .unwrap()
+    );
+}

@@ -166,8 +166,10 @@ fn invalid_config_names_the_key() {
     );
 }
 
-#[tokio::test]
-async fn user_commands_work_offline_and_refuse_a_running_server() {
+// Two threads: the command line's process is waited for on one while the server answers it
+// on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_work_offline_and_against_a_running_server() {
     let dir = tempfile::TempDir::new().unwrap();
     let config_path = dir.path().join("culvert.toml");
     std::fs::write(&config_path, test_config(&dir.path().join("db"), "")).unwrap();
@@ -216,7 +218,7 @@ async fn user_commands_work_offline_and_refuse_a_running_server() {
     let output = run(&["user", "reset-password", "nobody"]);
     assert!(!output.status.success());
 
-    // The server sees what the CLI wrote; while it runs, the CLI is told the database is busy.
+    // The server sees what the CLI wrote.
     let server =
         TestServer::start_on(dir.path().join("db"), "rate_limits = { enabled = false }").await;
     server.login_ok("root", "new-s3cret").await;
@@ -224,11 +226,72 @@ async fn user_commands_work_offline_and_refuse_a_running_server() {
         server.login("plain", &generated).await.0,
         reqwest::StatusCode::FORBIDDEN
     );
+    // While it runs, the same commands go through it (its admin API, with the token it left
+    // for the command line in a file only its own account may read).
+    let access = dir.path().join("db").join("admin-cli.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&access).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only access file");
+    }
     let output = run(&["user", "list"]);
-    assert!(!output.status.success());
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("@root:test.local\tadmin"), "{out}");
+    assert!(out.contains("@plain:test.local\tdeactivated"), "{out}");
+    let output = run(&["user", "create", "carol", "--password", "carol-pass-1"]);
+    assert!(output.status.success(), "{}", text(&output));
     assert!(
-        text(&output).contains("in use by another process"),
+        text(&output).contains("created @carol:test.local"),
         "{}",
         text(&output)
+    );
+    let carol = server.login_ok("carol", "carol-pass-1").await;
+    let output = run(&["user", "create", "carol"]);
+    assert!(
+        !output.status.success() && text(&output).contains("exists"),
+        "{}",
+        text(&output)
+    );
+    let output = run(&["user", "create", "Bad Name"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    let output = run(&[
+        "user",
+        "reset-password",
+        "carol",
+        "--password",
+        "carol-pass-2",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let (status, _) = server
+        .get("/_matrix/client/v3/account/whoami", Some(&carol.token))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "logged out");
+    server.login_ok("carol", "carol-pass-2").await;
+    let output = run(&["user", "deactivate", "carol"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        server.login("carol", "carol-pass-2").await.0,
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let output = run(&["user", "reset-password", "nobody"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    // The token is the command line's, for the admin API only, and changes with each start.
+    let token: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&access).unwrap()).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let (status, _) = server.get("/_synapse/admin/v2/users", Some(&token)).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let (status, _) = server
+        .get("/_matrix/client/v3/account/whoami", Some(&token))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    let server = server.restart().await;
+    let (status, _) = server.get("/_synapse/admin/v2/users", Some(&token)).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "a new token each start"
     );
 }

@@ -7,6 +7,7 @@
 //! These endpoints have no ruma types: [`Admin`] authenticates, [`AdminJson`] parses bodies
 //! into the handlers' own structs with Matrix errors for what does not parse.
 
+pub mod registration_tokens;
 pub mod rooms;
 pub mod users;
 
@@ -17,7 +18,7 @@ use axum::{
 };
 use http::request::Parts;
 use ruma::{OwnedUserId, UserId};
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{
     Error, Result,
@@ -90,6 +91,24 @@ pub fn routes(router: Router<State>) -> Router<State> {
             get(rooms::members),
         )
         .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(
+            &format!("{V1}/rooms/{{room_id}}/block"),
+            get(rooms::get_block).put(rooms::put_block),
+        )
+        .route(
+            &format!("{V1}/registration_tokens"),
+            get(registration_tokens::list),
+        )
+        .route(
+            &format!("{V1}/registration_tokens/new"),
+            post(registration_tokens::create),
+        )
+        .route(
+            &format!("{V1}/registration_tokens/{{token}}"),
+            get(registration_tokens::get)
+                .put(registration_tokens::update)
+                .delete(registration_tokens::delete),
+        )
         .route(&format!("{V1}/event_reports"), get(rooms::event_reports))
         .route(
             &format!("{V1}/event_reports/{{id}}"),
@@ -98,7 +117,8 @@ pub fn routes(router: Router<State>) -> Router<State> {
 }
 
 /// The server admin a request comes from: its access token is an admin's device's (no
-/// appservice acts as an admin). 401 without a valid token, 403 `M_FORBIDDEN` for others.
+/// appservice acts as an admin), or the command line's (the server's own user). 401 without
+/// a valid token, 403 `M_FORBIDDEN` for others.
 pub struct Admin(pub OwnedUserId);
 
 impl Admin {
@@ -113,6 +133,10 @@ impl FromRequestParts<State> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, services: &State) -> Result<Self> {
         let token = access_token(parts).ok_or_else(Error::missing_token)?;
+        // The command line on this machine (`service::admin::cli`).
+        if services.is_cli_token(&token) {
+            return Ok(Admin(services.server_user()));
+        }
         let session = services
             .devices
             .authenticate(&token)
@@ -167,6 +191,16 @@ impl<T: DeserializeOwned> FromRequestParts<State> for AdminQuery<T> {
             .map(AdminQuery)
             .map_err(|e| Error::invalid_param(format!("Invalid query parameters: {e}")))
     }
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`, with
+/// `#[serde(default)]`).
+pub fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A user ID from the path that must be one of this server's: 400 otherwise (as Synapse

@@ -9,7 +9,7 @@ use ruma::{OwnedRoomId, RoomId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, AdminQuery};
+use super::{Admin, AdminJson, AdminQuery};
 use crate::{
     Error, Result,
     api::ruma::State,
@@ -267,4 +267,43 @@ pub async fn delete_event_report(
     }
     admin.audit("delete report", &id);
     Ok(Json(json!({})))
+}
+
+/// `GET /v1/rooms/{roomId}/block`: whether the room is blocked, and by whom.
+pub async fn get_block(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>> {
+    let room_id = room_id(&raw)?;
+    Ok(Json(match services.room_blocked_by(&room_id)? {
+        Some(admin) => json!({ "block": true, "user_id": admin }),
+        None => json!({ "block": false }),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct Block {
+    block: bool,
+}
+
+/// `PUT /v1/rooms/{roomId}/block`: blocks a room (known here or not) for this server's users
+/// — no joining, knocking or invites — or lifts the block.
+pub async fn put_block(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(raw): Path<String>,
+    AdminJson(body): AdminJson<Block>,
+) -> Result<Json<Value>> {
+    let room_id = room_id(&raw)?;
+    services.set_room_blocked(&room_id, &admin.0, body.block)?;
+    admin.audit(
+        if body.block {
+            "block room"
+        } else {
+            "unblock room"
+        },
+        &room_id,
+    );
+    Ok(Json(json!({ "block": body.block })))
 }

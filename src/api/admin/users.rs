@@ -11,7 +11,7 @@ use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Admin, AdminJson, AdminQuery, existing_user, local_user};
+use super::{Admin, AdminJson, AdminQuery, existing_user, local_user, present};
 use crate::{
     Error, Result,
     api::ruma::State,
@@ -194,11 +194,6 @@ pub struct PutAccount {
     locked: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     user_type: Option<Option<String>>,
-}
-
-/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 /// `PUT /v2/users/{userId}`: creates the account (201) or changes it (200); answers with it.

@@ -61,13 +61,19 @@ pub async fn register(
             .password
             .clone()
             .ok_or_else(|| Error::bad_json("A full account needs a password."))?;
-        services
+        let token = services
             .user_interactive_auth("register", &flows, body.auth.as_ref(), None)
             .await?;
+        let token = services.admin_registration_token(token)?;
         let hash = users::hash_password_bounded(password).await?;
+        let _tokens = token_use(&services, token.as_deref()).await?;
         services
             .users
-            .upgrade_guest(&guest_id, hash, |_| {})
+            .upgrade_guest(&guest_id, hash, |batch| {
+                if let Some(token) = &token {
+                    let _ = services.registration_tokens.use_into(batch, token);
+                }
+            })
             .await?;
         // The session like a login's: a device the guest names keeps its ID but gets new
         // tokens (its old ones stop working).
@@ -94,6 +100,9 @@ pub async fn register(
         return Ok(RumaResponse(response));
     }
 
+    // The admin-made registration token the account is made with: one use, counted in the
+    // account's batch.
+    let mut used_token = None;
     let user_id = if guest {
         if !services.config.allow_guest_registration {
             return Err(Error::forbidden("Guest access is disabled on this server."));
@@ -120,9 +129,10 @@ pub async fn register(
         }
         // Names in an appservice's exclusive namespace are the appservice's to register.
         services.appservices.check_user_exclusive(&user_id, None)?;
-        services
+        let token = services
             .user_interactive_auth("register", &flows, body.auth.as_ref(), None)
             .await?;
+        used_token = services.admin_registration_token(token)?;
         user_id
     };
 
@@ -135,11 +145,16 @@ pub async fn register(
 
     let refreshable = services.refreshable(body.refresh_token);
     let mut session = None;
+    let _tokens = token_use(&services, used_token.as_deref()).await?;
     let record = services
         .users
         .create(&user_id, password_hash, false, guest, |batch| {
             if bootstrap {
                 Globals::remove_bootstrap_token(batch);
+            }
+            if let Some(token) = &used_token {
+                // Still valid: checked under the lock just before.
+                let _ = services.registration_tokens.use_into(batch, token);
             }
             if !body.inhibit_login {
                 session = Some(Devices::new_device_into(
@@ -160,6 +175,27 @@ pub async fn register(
         with_session(&mut response, session?);
     }
     Ok(RumaResponse(response))
+}
+
+/// Before an account is made with an admin-made token: the tokens' lock (held until the
+/// account's batch, which counts the use, is written) once the token is still valid — another
+/// registration may have taken its last use since the token stage — else 401 `M_FORBIDDEN`.
+async fn token_use<'a>(
+    services: &'a State,
+    token: Option<&str>,
+) -> Result<Option<tokio::sync::MutexGuard<'a, ()>>> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let guard = services.registration_tokens.lock().await;
+    if !services.registration_tokens.is_valid(token)? {
+        return Err(Error::new(
+            http::StatusCode::UNAUTHORIZED,
+            ruma::api::error::ErrorKind::Forbidden,
+            "The registration token was used up or expired meanwhile.",
+        ));
+    }
+    Ok(Some(guard))
 }
 
 /// `m.login.application_service`: an appservice registers a user of its namespace; no

@@ -4,6 +4,7 @@
 //! thing. These are admins' requests, not hot paths: listings read every account or room.
 
 pub mod accounts;
+pub mod cli;
 pub mod rooms;
 
 pub use accounts::{Account, AccountChanges, AccountFilter, AccountOrder};

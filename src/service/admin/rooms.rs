@@ -1,13 +1,13 @@
 //! What a server admin sees of rooms: every room this server knows, described from its
 //! current state, listed, searched and sorted.
 
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
-    Result,
+    Error, Result,
     service::{Services, rooms::directory::RoomDescription},
-    store::Cf,
+    store::{Batch, Cf},
 };
 
 /// A room as admins see it: its description and what only admins are told.
@@ -72,6 +72,36 @@ impl RoomOrder {
 }
 
 impl Services {
+    /// The admin who blocked a room, if it is blocked (one point read).
+    pub fn room_blocked_by(&self, room_id: &RoomId) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .get(Cf::BlockedRooms, room_id.as_bytes())?
+            .map(|admin| String::from_utf8_lossy(&admin).into_owned()))
+    }
+
+    /// Blocks a room (known here or not) for this server's users, or lifts the block.
+    pub fn set_room_blocked(&self, room_id: &RoomId, admin: &UserId, block: bool) -> Result<()> {
+        let mut batch = Batch::new();
+        if block {
+            batch.put(Cf::BlockedRooms, room_id.as_bytes(), admin.as_bytes());
+        } else {
+            batch.delete(Cf::BlockedRooms, room_id.as_bytes().to_vec());
+        }
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    /// Refuses joining, knocking on and inviting to a blocked room: 403 `M_FORBIDDEN`.
+    pub fn check_room_not_blocked(&self, room_id: &RoomId) -> Result<()> {
+        if self.store.contains(Cf::BlockedRooms, room_id.as_bytes())? {
+            return Err(Error::forbidden(
+                "This room has been blocked on this server.",
+            ));
+        }
+        Ok(())
+    }
+
     /// One room, described for admins; `None` for a room this server does not know.
     pub fn admin_room(&self, room_id: &RoomId) -> Result<Option<AdminRoom>> {
         if self.timeline.room(room_id)?.is_none() {

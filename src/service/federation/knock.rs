@@ -282,6 +282,7 @@ impl Services {
         via: &[OwnedServerName],
         reason: Option<&str>,
     ) -> Result<()> {
+        self.check_room_not_blocked(room_id)?;
         if self.is_resident(room_id)? || !self.federation.enabled {
             self.knock(room_id, user_id, reason).await?;
             return Ok(());

@@ -283,6 +283,7 @@ impl Services {
         via: &[OwnedServerName],
         reason: Option<&str>,
     ) -> Result<()> {
+        self.check_room_not_blocked(room_id)?;
         // Guests join only rooms of this server that let guests in.
         if self.users.restriction(user_id).guest
             && !(self.is_resident(room_id)?

@@ -19,6 +19,9 @@ impl Services {
         membership: &str,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        if matches!(membership, "join" | "invite" | "knock") {
+            self.check_room_not_blocked(room_id)?;
+        }
         if self.timeline.room(room_id)?.is_none() {
             // Refusing an invite to a room that lives elsewhere.
             if membership == "leave"
