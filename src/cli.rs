@@ -215,12 +215,8 @@ async fn user_command(config: Config, command: UserCommand) -> Result<(), StartE
             let user_id = existing_user(&services, &name)?;
             let (password, generated) = password_or_random(password);
             let hash = users::hash_password(&password)?;
-            services
-                .users
-                .set_password_hash(&user_id, Some(hash), |batch| {
-                    services.devices.delete_all_into(batch, &user_id, None)
-                })
-                .await?;
+            // As the admin API does it (and announcing the devices' going).
+            services.set_password(&user_id, hash, true).await?;
             println!("password of {user_id} reset; all its devices were logged out");
             if generated {
                 println!("password: {password}");
