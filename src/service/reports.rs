@@ -2,6 +2,8 @@
 //! through the admin API. Nothing is sent anywhere; the reporter learns only that the report
 //! was taken.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use ruma::{EventId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +13,9 @@ use crate::{
     store::{Cf, keys},
     utils,
 };
+
+/// Orders the reports one process keeps within one millisecond.
+static REPORT_SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 /// Longest reason kept; longer ones are cut (at a character boundary).
 const MAX_REASON: usize = 4096;
@@ -95,10 +100,13 @@ impl Services {
             ts: utils::now_millis(),
         };
         tracing::info!(reporter = %reporter, reported = ?record.reported, "report received");
-        // Time first (the admins read them in order), random bytes apart reports of one ms.
+        // Time first (the admins read them in order); within one millisecond this process's
+        // sequence keeps them in the order they came, and random bytes keep apart reports of
+        // one millisecond from two runs of the server.
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&keys::u64_be(record.ts));
-        utils::random_bytes(&mut key[8..]);
+        key[8..12].copy_from_slice(&REPORT_SEQUENCE.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        utils::random_bytes(&mut key[12..]);
         self.store
             .put(Cf::Reports, &key, &serde_json::to_vec(&record)?)?;
         Ok(())
