@@ -131,6 +131,10 @@ pub struct Config {
     /// as the spec says; on, `/versions` stops at v1.16.
     #[serde(default)]
     pub legacy_mention_push_rules: bool,
+    /// The admin room (`#admins:server`): the server's admins are its members and give
+    /// commands there (`!admin help`). On by default.
+    #[serde(default = "default_true")]
+    pub admin_room: bool,
     /// Largest page or image `/preview_url` downloads, in bytes.
     #[serde(default = "default_url_preview_max_size")]
     pub url_preview_max_size: u64,

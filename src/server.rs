@@ -42,6 +42,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     services.start_appservice_senders();
     services.start_push_sender()?;
     services.run_delayed_events();
+    if let Err(e) = services.open_admin_room().await {
+        tracing::warn!("the admin room could not be opened: {e}");
+    }
+    services.run_admin_commands();
 
     let listener = TcpListener::bind(addr)
         .await

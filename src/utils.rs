@@ -29,6 +29,33 @@ pub fn random_string(len: usize) -> String {
     out
 }
 
+/// A time in milliseconds since the epoch as people read it: `2026-12-06 10:15 UTC`.
+pub fn format_millis(ms: u64) -> String {
+    let minutes = ms / 60_000;
+    let (days, minute_of_day) = (minutes / 1440, minutes % 1440);
+    // Days since 1970-01-01 to a proleptic Gregorian date, counted in 400-year eras that
+    // start on 1 March (so the leap day ends a year).
+    let days = days as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minute_of_day / 60,
+        minute_of_day % 60
+    )
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, data);
     digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
@@ -57,6 +84,13 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_dates() {
+        assert_eq!(format_millis(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_millis(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(format_millis(1_796_552_100_000), "2026-12-06 10:15 UTC");
+    }
 
     #[test]
     fn random_strings_are_alphanumeric_and_distinct() {

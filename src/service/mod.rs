@@ -85,6 +85,8 @@ pub struct Services {
     pub push: push::Push,
     /// Delayed events (MSC4140) and their timer (see `delayed_events`).
     pub delayed_events: delayed_events::DelayedEvents,
+    /// The admin room and its command queue (see `admin::admin_room`).
+    pub admin_room: Arc<admin::admin_room::AdminRoom>,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -135,6 +137,12 @@ impl Services {
         )));
         timeline.register_consumer(Arc::new(rooms::sliding_sync::room_list::BumpStamps));
         timeline.register_consumer(Arc::new(delayed_events::DelayedEventCommits(store.clone())));
+        let admin_room = Arc::new(admin::admin_room::AdminRoom::new(admin::cli::server_user(
+            &config.server_name,
+        )));
+        timeline.register_consumer(Arc::new(admin::admin_room::AdminCommandQueue(
+            admin_room.clone(),
+        )));
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone())?,
@@ -166,6 +174,7 @@ impl Services {
                 store.clone(),
                 config.max_event_delay_duration.as_millis(),
             ),
+            admin_room,
             store,
             config,
         });

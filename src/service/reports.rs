@@ -105,7 +105,11 @@ impl Services {
         // one millisecond from two runs of the server.
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&keys::u64_be(record.ts));
-        key[8..12].copy_from_slice(&REPORT_SEQUENCE.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        key[8..12].copy_from_slice(
+            &REPORT_SEQUENCE
+                .fetch_add(1, Ordering::Relaxed)
+                .to_be_bytes(),
+        );
         utils::random_bytes(&mut key[12..]);
         self.store
             .put(Cf::Reports, &key, &serde_json::to_vec(&record)?)?;

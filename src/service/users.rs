@@ -63,6 +63,10 @@ pub struct Users {
     restricted: std::sync::RwLock<HashMap<OwnedUserId, Restriction>>,
 }
 
+/// The localpart of the server's own user (`@culvert:server`), who answers in the admin room
+/// and as whom the command line acts: no account, and no one may register it.
+pub const SERVER_LOCALPART: &str = "culvert";
+
 /// Longest localpart we accept (the spec caps the whole user ID at 255 bytes).
 const MAX_USER_ID_LEN: usize = 255;
 
@@ -176,6 +180,13 @@ impl Users {
                 http::StatusCode::BAD_REQUEST,
                 ruma::api::error::ErrorKind::InvalidUsername,
                 "User names may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'.",
+            ));
+        }
+        if localpart == SERVER_LOCALPART {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::UserInUse,
+                "That name belongs to the server itself.",
             ));
         }
         Self::user_id(localpart, server_name)

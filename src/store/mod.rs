@@ -49,7 +49,8 @@ macro_rules! column_families {
 
 column_families! {
     /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON),
-    /// `bootstrap_registration_token` (UTF-8), `shortid_reserved` (u64 BE).
+    /// `bootstrap_registration_token` (UTF-8), `shortid_reserved` (u64 BE), `admin_room`
+    /// (the admin room's ID, UTF-8).
     Global => "global",
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
     Users => "users",
@@ -281,8 +282,9 @@ column_families! {
     ThreadActivity => "thread_activity",
     /// `root event_id 0xFF user_id` → nothing: who replied in a thread.
     ThreadParticipants => "thread_participants",
-    /// report time (ms, u64 BE) ++ 8 random bytes → `ReportRecord` JSON: reports of events,
-    /// rooms and users, for the admins (`service::reports`).
+    /// report time (ms, u64 BE) ++ the process's report sequence (u32 BE) ++ 4 random bytes →
+    /// `ReportRecord` JSON: reports of events, rooms and users, for the admins
+    /// (`service::reports`).
     Reports => "reports",
     /// registration token → `TokenRecord` JSON (`uses_allowed`, `completed`, `expiry_time`):
     /// the tokens admins hand out (`service::registration_tokens`).
@@ -290,6 +292,10 @@ column_families! {
     /// `room_id` → the user ID of the admin who blocked it: rooms no local user may join,
     /// knock on or be invited to (`service::admin::rooms`).
     BlockedRooms => "blocked_rooms",
+    /// stream count (u64 BE) of an admin's `!admin …` message in the admin room →
+    /// `{room_id, event_id, sender, line}` JSON: commands still to run and answer, written in
+    /// the message's batch (`service::admin::admin_room`).
+    AdminCommands => "admin_commands",
     /// `room_id 0xFF word 0xFF stream count (u64 BE)` → field (1 body, 2 name, 3 topic) ++
     /// occurrences (u32 BE): the search index (`service::rooms::search`).
     SearchWords => "search_words",

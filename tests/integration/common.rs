@@ -23,6 +23,12 @@ pub struct TestServer {
 /// The config every test server gets; `extra` lines go into `[global]`. Registration is open
 /// unless `extra` says otherwise.
 pub fn test_config(dir: &std::path::Path, extra: &str) -> String {
+    // The admin room invites the first account: only the tests of the admin room want that.
+    let admin_room = if extra.contains("admin_room") {
+        ""
+    } else {
+        "admin_room = false"
+    };
     let registration = if extra.contains("allow_registration") {
         ""
     } else {
@@ -40,6 +46,7 @@ database_path = "{}"
 address = "127.0.0.1"
 {name_and_port}
 {registration}
+{admin_room}
 {extra}
 "#,
         dir.display()

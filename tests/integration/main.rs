@@ -2,6 +2,7 @@
 
 mod account;
 mod admin_api;
+mod admin_room;
 mod appservice;
 mod bench_tool;
 mod cli;

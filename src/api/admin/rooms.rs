@@ -14,7 +14,7 @@ use crate::{
     Error, Result,
     api::ruma::State,
     service::{
-        admin::{AdminRoom, RoomOrder},
+        admin::{RoomOrder, RoomOverview},
         reports::{ReportRecord, Reported},
         rooms::client_event::{Detail, Viewer},
     },
@@ -24,14 +24,14 @@ fn room_id(raw: &str) -> Result<OwnedRoomId> {
     RoomId::parse(raw).map_err(|e| Error::invalid_param(format!("Invalid room ID {raw:?}: {e}")))
 }
 
-fn known_room(services: &State, raw: &str) -> Result<AdminRoom> {
+fn known_room(services: &State, raw: &str) -> Result<RoomOverview> {
     services
-        .admin_room(&room_id(raw)?)?
+        .room_overview(&room_id(raw)?)?
         .ok_or_else(|| Error::not_found("Room not found"))
 }
 
 /// A room in a listing (Synapse's fields).
-fn listed(room: &AdminRoom) -> Value {
+fn listed(room: &RoomOverview) -> Value {
     let d = &room.description;
     json!({
         "room_id": d.room_id,
@@ -164,7 +164,7 @@ fn event_report(services: &State, id: &str, record: &ReportRecord) -> Result<Opt
     };
     let room = RoomId::parse(room_id)
         .ok()
-        .and_then(|r| services.admin_room(&r).ok().flatten());
+        .and_then(|r| services.room_overview(&r).ok().flatten());
     let sender = ruma::EventId::parse(event_id)
         .ok()
         .and_then(|e| services.timeline.pdu_json(&e).ok().flatten())

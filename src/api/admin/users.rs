@@ -281,7 +281,7 @@ pub async fn put_admin(
     if !body.admin && user_id == admin.0 {
         return Err(Error::invalid_param("You may not demote yourself."));
     }
-    services.users.set_admin(&user_id, body.admin).await?;
+    services.set_admin(&user_id, body.admin).await?;
     admin.audit(
         if body.admin {
             "make admin"

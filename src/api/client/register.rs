@@ -169,6 +169,10 @@ pub async fn register(
         })
         .await?;
     tracing::info!(user = %user_id, admin = record.admin, guest, "registered a new account");
+    if record.admin {
+        // The first account: into the admin room.
+        services.sync_admin_room_member(&user_id, false).await;
+    }
 
     let mut response = register_v3::Response::new(user_id);
     if let Some(session) = session {

@@ -263,6 +263,9 @@ impl Services {
                 )
                 .await?;
             tracing::info!(user = %user_id, "account created by an admin");
+            if changes.admin == Some(true) {
+                self.sync_admin_room_member(user_id, true).await;
+            }
         } else {
             if changes.deactivated == Some(true) {
                 self.deactivate_account(user_id, false).await?;
@@ -275,7 +278,7 @@ impl Services {
                 self.users.reactivate(user_id).await?;
             }
             if let Some(admin) = changes.admin {
-                self.users.set_admin(user_id, admin).await?;
+                self.set_admin(user_id, admin).await?;
             }
         }
         if let Some(user_type) = changes.user_type {
@@ -302,6 +305,13 @@ impl Services {
             self.propagate_profile(user_id).await;
         }
         Ok(created)
+    }
+
+    /// Makes an account an admin or not, and invites it to the admin room or removes it.
+    pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
+        self.users.set_admin(user_id, admin).await?;
+        self.sync_admin_room_member(user_id, true).await;
+        Ok(())
     }
 
     /// A new password hash; with `logout_devices`, every device is logged out in the same

@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, path::Path, sync::OnceLock};
 
-use ruma::OwnedUserId;
+use ruma::{OwnedUserId, ServerName};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, service::Services, utils};
@@ -62,9 +62,18 @@ impl Services {
 
     /// The server's own user, as whom the command line acts.
     pub fn server_user(&self) -> OwnedUserId {
-        OwnedUserId::try_from(format!("@culvert:{}", self.server_name))
-            .expect("a server name makes a valid user ID")
+        server_user(&self.server_name)
     }
+}
+
+/// The server's own user on `server_name` (`@culvert:server`).
+pub fn server_user(server_name: &ServerName) -> OwnedUserId {
+    OwnedUserId::try_from(format!(
+        "@{}:{}",
+        crate::service::users::SERVER_LOCALPART,
+        server_name
+    ))
+    .expect("a server name makes a valid user ID")
 }
 
 /// Replaces `path` with `contents`, readable and writable by the owner only.

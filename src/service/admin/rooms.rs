@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// A room as admins see it: its description and what only admins are told.
-pub struct AdminRoom {
+pub struct RoomOverview {
     pub description: RoomDescription,
     pub creator: Option<String>,
     pub federatable: bool,
@@ -103,7 +103,7 @@ impl Services {
     }
 
     /// One room, described for admins; `None` for a room this server does not know.
-    pub fn admin_room(&self, room_id: &RoomId) -> Result<Option<AdminRoom>> {
+    pub fn room_overview(&self, room_id: &RoomId) -> Result<Option<RoomOverview>> {
         if self.timeline.room(room_id)?.is_none() {
             return Ok(None);
         }
@@ -127,7 +127,7 @@ impl Services {
             .iter()
             .filter(|(user, m)| m == "join" && user.server_name() == self.server_name)
             .count() as u64;
-        Ok(Some(AdminRoom {
+        Ok(Some(RoomOverview {
             creator,
             federatable: create["m.federate"].as_bool().unwrap_or(true),
             public: self.is_published(room_id)?,
@@ -151,7 +151,7 @@ impl Services {
         backwards: bool,
         from: usize,
         limit: usize,
-    ) -> Result<(Vec<AdminRoom>, usize)> {
+    ) -> Result<(Vec<RoomOverview>, usize)> {
         let search = search.map(str::to_lowercase);
         let mut rooms = Vec::new();
         for item in self.store.scan_prefix(Cf::Rooms, b"") {
@@ -162,7 +162,7 @@ impl Services {
             else {
                 continue;
             };
-            let Some(room) = self.admin_room(&room_id)? else {
+            let Some(room) = self.room_overview(&room_id)? else {
                 continue;
             };
             if let Some(term) = &search {

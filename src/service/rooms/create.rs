@@ -41,6 +41,16 @@ impl Services {
                 "Room creation is disabled on this server.",
             ));
         }
+        self.create_room_anyway(sender, request).await
+    }
+
+    /// [`Services::create_room`] even where users may not create rooms: for the server's own
+    /// rooms (the admin room).
+    pub(crate) async fn create_room_anyway(
+        &self,
+        sender: &UserId,
+        request: CreateRoom,
+    ) -> Result<OwnedRoomId> {
         let version = request
             .version
             .clone()

@@ -21,8 +21,8 @@
 //!
 //! The consumers today: the membership index (`rooms::members`), the public-join-rooms set of
 //! the user directory, the relation and thread indexes (`rooms::relations`), the federation outbox (`federation::outbox`), the appservice queue
-//! (`appservice::queue`), sliding sync's bump stamps, delayed events (`delayed_events`) and
-//! push evaluation (`push::evaluate`); ARCHITECTURE.md says what each adds. They are
+//! (`appservice::queue`), sliding sync's bump stamps, delayed events (`delayed_events`), push
+//! evaluation (`push::evaluate`) and the admin room's command queue (`admin::admin_room`); ARCHITECTURE.md says what each adds. They are
 //! registered once at start-up (`Services::open`).
 
 use std::sync::{Arc, RwLock};
