@@ -36,6 +36,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let services = Services::open(config)?;
     services.announce_bootstrap_token()?;
+    services.finish_interrupted_purges().await?;
     services.start_federation_sender()?;
     expire_presence_periodically(&services);
     expire_typing_periodically(&services);

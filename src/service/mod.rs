@@ -87,6 +87,8 @@ pub struct Services {
     pub delayed_events: delayed_events::DelayedEvents,
     /// The admin room and its command queue (see `admin::admin_room`).
     pub admin_room: Arc<admin::admin_room::AdminRoom>,
+    /// Room deletions of this run and their progress (see `admin::room_deletion`).
+    pub room_deletions: admin::room_deletion::Deletions,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -175,6 +177,7 @@ impl Services {
                 config.max_event_delay_duration.as_millis(),
             ),
             admin_room,
+            room_deletions: admin::room_deletion::Deletions::default(),
             store,
             config,
         });

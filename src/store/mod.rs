@@ -50,7 +50,7 @@ macro_rules! column_families {
 column_families! {
     /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON),
     /// `bootstrap_registration_token` (UTF-8), `shortid_reserved` (u64 BE), `admin_room`
-    /// (the admin room's ID, UTF-8).
+    /// (the admin room's ID, UTF-8), `purge:<room_id>` (empty: a purge not yet finished).
     Global => "global",
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
     Users => "users",
@@ -406,6 +406,8 @@ pub struct Batch {
 enum Op {
     Put(Vec<u8>),
     Delete,
+    /// Deletes every key from the op's key (included) up to this one (excluded).
+    DeleteRange(Vec<u8>),
     /// Adds to a counter of a [`COUNTER_CFS`] column family.
     Add(i64),
 }
@@ -443,6 +445,15 @@ impl Batch {
     }
     pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
         self.ops.push((cf, key.into(), Op::Delete));
+    }
+    /// Deletes every key that starts with `prefix` (one range tombstone, however many keys).
+    /// Not for column families someone watches ([`Store::watch_writes`]): they are told of
+    /// single keys only.
+    pub fn delete_prefix(&mut self, cf: Cf, prefix: impl Into<Vec<u8>>) {
+        let start = prefix.into();
+        // A prefix of 0xFF bytes only (no key of ours) has no end: everything from it.
+        let end = keys::prefix_end(&start).unwrap_or_else(|| vec![0xFF; start.len() + 256]);
+        self.ops.push((cf, start, Op::DeleteRange(end)));
     }
     /// Adds `delta` to a counter (see [`COUNTER_CFS`]); `put` sets one outright.
     pub fn add(&mut self, cf: Cf, key: impl Into<Vec<u8>>, delta: i64) {
@@ -587,11 +598,17 @@ impl Store {
         let mut watched = Vec::new();
         for (cf, key, value) in ops {
             for (i, _) in watchers.iter().enumerate().filter(|(_, (w, _))| *w == cf) {
+                debug_assert!(
+                    !matches!(value, Op::DeleteRange(_)),
+                    "range deletions in watched {}",
+                    cf.name()
+                );
                 watched.push((i, key.clone()));
             }
             match value {
                 Op::Put(value) => batch.put_cf(self.handle(cf), key, value),
                 Op::Delete => batch.delete_cf(self.handle(cf), key),
+                Op::DeleteRange(end) => batch.delete_range_cf(self.handle(cf), key, end),
                 Op::Add(delta) => batch.merge_cf(self.handle(cf), key, delta.to_be_bytes()),
             }
         }

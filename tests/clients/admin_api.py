@@ -367,6 +367,48 @@ def main():
     server.call("PUT", block_path, admin, {"block": False}, expect=200)
     server.call("POST", f"/_matrix/client/v3/join/{public_id}", joiner, {}, expect=200)
 
+    # Deleting a room in the background: its members leave, it is blocked and purged, and
+    # its status is polled until complete.
+    _, started = server.call(
+        "DELETE", f"/_synapse/admin/v2/rooms/{public_id}", admin, {"block": True}, expect=200
+    )
+    delete_id = started["delete_id"]
+    check(isinstance(delete_id, str) and delete_id, f"a delete ID: {started}")
+    for _ in range(200):
+        _, status = server.call(
+            "GET", f"/_synapse/admin/v2/rooms/delete_status/{delete_id}", admin, expect=200
+        )
+        if status["status"] in ("complete", "failed"):
+            break
+        time.sleep(0.1)
+    check(status["status"] == "complete", f"deleted: {status}")
+    kicked = sorted(status["shutdown_room"]["kicked_users"])
+    check(kicked == sorted([ann, made[2]]), f"the members left: {status}")
+    _, of_room = server.call(
+        "GET", f"/_synapse/admin/v2/rooms/{public_id}/delete_status", admin, expect=200
+    )
+    check(
+        [r["delete_id"] for r in of_room["results"]] == [delete_id]
+        and of_room["results"][0]["status"] == "complete",
+        f"the room's deletions: {of_room}",
+    )
+    error(
+        server.call("GET", f"/_synapse/admin/v1/rooms/{public_id}", admin),
+        404,
+        "M_NOT_FOUND",
+        "a purged room",
+    )
+    _, block = server.call("GET", block_path, admin, expect=200)
+    check(block["block"] is True, f"the deleted room stays blocked: {block}")
+    status, body = server.call("POST", f"/_matrix/client/v3/join/{public_id}", joiner, {})
+    check(status == 403, f"joining the deleted room: {status} {body}")
+    error(
+        server.call("GET", f"/_synapse/admin/v2/rooms/delete_status/nosuch{run}", admin),
+        404,
+        "M_NOT_FOUND",
+        "an unknown delete ID",
+    )
+
     # Event reports: listed, shown with the event, deleted.
     _, sent = server.call(
         "PUT",
@@ -586,10 +628,12 @@ def main():
         ("GET", "/_synapse/admin/v1/event_reports"),
         ("GET", f"/_synapse/admin/v1/rooms/{room_id}/block"),
         ("PUT", f"/_synapse/admin/v1/rooms/{room_id}/block"),
+        ("DELETE", f"/_synapse/admin/v2/rooms/{room_id}"),
+        ("GET", f"/_synapse/admin/v2/rooms/{room_id}/delete_status"),
         ("GET", "/_synapse/admin/v1/registration_tokens"),
         ("POST", "/_synapse/admin/v1/registration_tokens/new"),
     ]:
-        body = {} if method in ("PUT", "POST") else None
+        body = {} if method in ("PUT", "POST", "DELETE") else None
         error(server.call(method, path, plain, body), 403, "M_FORBIDDEN", f"{method} {path}")
         error(server.call(method, path, None, body), 401, "M_MISSING_TOKEN", f"{method} {path}")
     print("admin API: all checks passed")

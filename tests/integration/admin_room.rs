@@ -276,6 +276,41 @@ async fn admins_command_the_server_from_the_admin_room() {
     .await;
     server.join(&alice, &public).await;
 
+    // Deleting a room: its members leave, it is purged; the admin room itself cannot go.
+    let doomed = server
+        .create_room(
+            &bob,
+            json!({ "preset": "public_chat", "room_alias_name": "doomed" }),
+        )
+        .await;
+    let deleted = command(
+        &server,
+        &alice,
+        &room,
+        "!admin rooms delete #doomed:test.local",
+    )
+    .await;
+    assert!(
+        body(&deleted).contains("1 local members left") && body(&deleted).contains("purged"),
+        "{deleted}"
+    );
+    assert!(
+        server
+            .services()
+            .timeline
+            .room(&ruma::RoomId::parse(&doomed).unwrap())
+            .unwrap()
+            .is_none()
+    );
+    let kept = command(
+        &server,
+        &alice,
+        &room,
+        &format!("!admin rooms delete {room}"),
+    )
+    .await;
+    assert!(body(&kept).starts_with("Failed:"), "{kept}");
+
     // Registration tokens and reports.
     let token = command(&server, &alice, &room, "!admin tokens create abc --uses 2").await;
     assert!(body(&token).contains("abc"), "{token}");

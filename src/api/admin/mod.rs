@@ -14,7 +14,7 @@ pub mod users;
 use axum::{
     Router,
     extract::{FromRequest, FromRequestParts, Request},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 use http::request::Parts;
 use ruma::{OwnedUserId, UserId};
@@ -85,7 +85,22 @@ pub fn routes(router: Router<State>) -> Router<State> {
             post(users::deactivate),
         )
         .route(&format!("{V1}/rooms"), get(rooms::list))
-        .route(&format!("{V1}/rooms/{{room_id}}"), get(rooms::details))
+        .route(
+            &format!("{V1}/rooms/{{room_id}}"),
+            get(rooms::details).delete(rooms::delete_now),
+        )
+        .route(
+            &format!("{V2}/rooms/{{room_id}}"),
+            delete(rooms::delete_in_background),
+        )
+        .route(
+            &format!("{V2}/rooms/{{room_id}}/delete_status"),
+            get(rooms::delete_status_of_room),
+        )
+        .route(
+            &format!("{V2}/rooms/delete_status/{{delete_id}}"),
+            get(rooms::delete_status),
+        )
         .route(
             &format!("{V1}/rooms/{{room_id}}/members"),
             get(rooms::members),

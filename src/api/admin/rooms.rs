@@ -1,11 +1,11 @@
-//! Synapse's room admin API (rooms: list, details, members, state) and event reports (list,
-//! details, delete).
+//! Synapse's room admin API (rooms: list, details, members, state, block, delete with its
+//! status) and event reports (list, details, delete).
 
 use axum::{
     Json,
     extract::{self, Path},
 };
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -14,7 +14,10 @@ use crate::{
     Error, Result,
     api::ruma::State,
     service::{
-        admin::{RoomOrder, RoomOverview},
+        admin::{
+            RoomOrder, RoomOverview,
+            room_deletion::{DeleteRoom, Deletion},
+        },
         reports::{ReportRecord, Reported},
         rooms::client_event::{Detail, Viewer},
     },
@@ -306,4 +309,121 @@ pub async fn put_block(
         &room_id,
     );
     Ok(Json(json!({ "block": body.block })))
+}
+
+/// The body of a room deletion (Synapse's names and defaults: purged, not blocked).
+#[derive(Deserialize)]
+pub struct DeleteBody {
+    new_room_user_id: Option<String>,
+    room_name: Option<String>,
+    message: Option<String>,
+    #[serde(default)]
+    block: bool,
+    #[serde(default = "yes")]
+    purge: bool,
+    #[serde(default)]
+    force_purge: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl DeleteBody {
+    fn request(self) -> Result<DeleteRoom> {
+        let new_room_user_id = match self.new_room_user_id {
+            Some(raw) => Some(UserId::parse(&raw).map_err(|e| {
+                Error::invalid_param(format!("Invalid new_room_user_id {raw:?}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(DeleteRoom {
+            new_room_user_id,
+            room_name: self.room_name,
+            message: self.message,
+            block: self.block,
+            purge: self.purge,
+            force_purge: self.force_purge,
+        })
+    }
+}
+
+fn shutdown_json(deletion: &Deletion) -> Value {
+    serde_json::to_value(&deletion.shutdown).unwrap_or_default()
+}
+
+fn deletion_json(deletion: &Deletion) -> Value {
+    let mut out = json!({
+        "delete_id": deletion.delete_id,
+        "status": deletion.status,
+        "shutdown_room": shutdown_json(deletion),
+    });
+    if let Some(error) = &deletion.error {
+        out["error"] = json!(error);
+    }
+    out
+}
+
+/// `DELETE /v1/rooms/{roomId}`: deletes a room and answers when done, with what became of its
+/// members and aliases.
+pub async fn delete_now(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(raw): Path<String>,
+    AdminJson(body): AdminJson<DeleteBody>,
+) -> Result<Json<Value>> {
+    let room_id = room_id(&raw)?;
+    let request = body.request()?;
+    admin.audit("delete room", &room_id);
+    let deletion = services.delete_room(&room_id, &admin.0, request).await?;
+    if let Some(error) = deletion.error {
+        return Err(Error::invalid_param(error));
+    }
+    Ok(Json(shutdown_json(&deletion)))
+}
+
+/// `DELETE /v2/rooms/{roomId}`: starts deleting a room; `delete_status` tells how far it is.
+pub async fn delete_in_background(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(raw): Path<String>,
+    AdminJson(body): AdminJson<DeleteBody>,
+) -> Result<Json<Value>> {
+    let room_id = room_id(&raw)?;
+    let request = body.request()?;
+    let delete_id = services.start_room_deletion(&room_id, &admin.0, request)?;
+    admin.audit("delete room", &room_id);
+    Ok(Json(json!({ "delete_id": delete_id })))
+}
+
+/// `GET /v2/rooms/{roomId}/delete_status`: the room's deletions of this run.
+pub async fn delete_status_of_room(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>> {
+    let room_id = room_id(&raw)?;
+    let deletions = services.room_deletions.of_room(&room_id);
+    if deletions.is_empty() {
+        return Err(Error::not_found("No deletion of this room."));
+    }
+    let results: Vec<Value> = deletions.iter().map(deletion_json).collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+/// `GET /v2/rooms/delete_status/{deleteId}`: one deletion.
+pub async fn delete_status(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(delete_id): Path<String>,
+) -> Result<Json<Value>> {
+    let deletion = services
+        .room_deletions
+        .get(&delete_id)
+        .ok_or_else(|| Error::not_found("No such deletion."))?;
+    let mut out = deletion_json(&deletion);
+    if let Some(fields) = out.as_object_mut() {
+        fields.remove("delete_id");
+    }
+    Ok(Json(out))
 }

@@ -10,7 +10,9 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        admin::{AccountChanges, AccountFilter, AccountOrder, RoomOrder},
+        admin::{
+            AccountChanges, AccountFilter, AccountOrder, RoomOrder, room_deletion::DeleteRoom,
+        },
         users::Users,
     },
     utils,
@@ -186,6 +188,17 @@ enum RoomCommand {
     Block { room: String },
     /// Lifts a room's block.
     Unblock { room: String },
+    /// Deletes a room: every local member leaves, its aliases go, and it is purged from this
+    /// server (unless --keep-history).
+    Delete {
+        room: String,
+        /// Also blocks it, so no local user may come back.
+        #[arg(long)]
+        block: bool,
+        /// Keeps its history here (members leave, nothing is purged).
+        #[arg(long)]
+        keep_history: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,7 +243,7 @@ impl Services {
     async fn run_command(&self, admin: &UserId, command: Command) -> Result<Answer> {
         match command {
             Command::Users(command) => self.run_user_command(admin, command).await,
-            Command::Rooms(command) => self.run_room_command(admin, command),
+            Command::Rooms(command) => self.run_room_command(admin, command).await,
             Command::Tokens(command) => self.run_token_command(command).await,
             Command::Reports { limit } => {
                 let mut reports = self.reports()?;
@@ -447,7 +460,7 @@ impl Services {
         })
     }
 
-    fn run_room_command(&self, admin: &UserId, command: RoomCommand) -> Result<Answer> {
+    async fn run_room_command(&self, admin: &UserId, command: RoomCommand) -> Result<Answer> {
         Ok(match command {
             RoomCommand::List { search } => {
                 let (rooms, total) = self.admin_list_rooms(
@@ -511,6 +524,47 @@ impl Services {
                 self.set_room_blocked(&room_id, admin, true)?;
                 tracing::info!(admin = %admin, room = %room_id, "room blocked in the admin room");
                 Answer::text(format!("Blocked {room_id}."))
+            }
+            RoomCommand::Delete {
+                room,
+                block,
+                keep_history,
+            } => {
+                let room_id = self.room_argument(&room)?;
+                let request = DeleteRoom {
+                    block,
+                    purge: !keep_history,
+                    ..DeleteRoom::default()
+                };
+                let deletion = self.delete_room(&room_id, admin, request).await?;
+                if let Some(error) = deletion.error {
+                    return Err(Error::invalid_param(error));
+                }
+                let shutdown = deletion.shutdown;
+                let mut said = format!(
+                    "Deleted {room_id}: {} local members left",
+                    shutdown.kicked_users.len()
+                );
+                if !shutdown.failed_to_kick_users.is_empty() {
+                    said.push_str(&format!(
+                        ", {} could not",
+                        shutdown.failed_to_kick_users.len()
+                    ));
+                }
+                if !shutdown.local_aliases.is_empty() {
+                    let aliases: Vec<String> = shutdown
+                        .local_aliases
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect();
+                    said.push_str(&format!("; aliases removed: {}", aliases.join(", ")));
+                }
+                said.push_str(if keep_history {
+                    "; history kept."
+                } else {
+                    "; purged."
+                });
+                Answer::text(said)
             }
             RoomCommand::Unblock { room } => {
                 let room_id = self.room_argument(&room)?;

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod pdu;
 pub mod peeking;
 pub mod profile;
+pub mod purge;
 pub mod redaction;
 pub mod relations;
 pub mod search;
