@@ -320,6 +320,17 @@ async fn matrix_nio_guest_reads_and_joins_a_world_readable_room() {
     run_nio_script(&server, "nio_guest.py", "nio guest: ok").await;
 }
 
+/// matrix-nio in the admin room: the first account finds the invite in its sync, joins, gives
+/// a command and reads the server's notice answering it; a non-admin is refused
+/// (`tests/clients/nio_admin_room.py`).
+#[tokio::test]
+async fn matrix_nio_gives_commands_in_the_admin_room() {
+    let server =
+        TestServer::start_with("admin_room = true
+rate_limits = { enabled = false }").await;
+    run_nio_script(&server, "nio_admin_room.py", "nio admin room: ok").await;
+}
+
 /// matrix-js-sdk logs in with a refresh token and keeps creating rooms, sending and syncing
 /// across three expiries of a two-second access token through its own refresh logic
 /// (`tests/clients/js/refresh.mjs`).
