@@ -409,6 +409,111 @@ def main():
         "an unknown delete ID",
     )
 
+    # Media: a user's uploads listed; quarantined (not served), released, protected (then
+    # quarantine has no effect); the media of a room; deleted.
+    def upload(content, name):
+        response = server.http.post(
+            f"{server.base}/_matrix/media/v3/upload?filename={name}",
+            headers={"Authorization": f"Bearer {ann_token}", "Content-Type": "text/plain"},
+            data=content,
+            timeout=30,
+            verify=False,
+        )
+        check(response.status_code == 200, f"upload: {response.status_code} {response.text}")
+        return response.json()["content_uri"]
+
+    def download(mxc):
+        server_name, media_id = mxc[len("mxc://"):].split("/", 1)
+        return server.http.get(
+            f"{server.base}/_matrix/client/v1/media/download/{server_name}/{media_id}",
+            headers={"Authorization": f"Bearer {ann_token}"},
+            timeout=30,
+            verify=False,
+        ).status_code
+
+    first_mxc = upload(b"first file", f"first{run}.txt")
+    second_mxc = upload(b"second file", f"second{run}.txt")
+    first_id = first_mxc.rsplit("/", 1)[1]
+    second_id = second_mxc.rsplit("/", 1)[1]
+    _, media = server.call("GET", f"/_synapse/admin/v1/users/{ann}/media", admin, expect=200)
+    check(media["total"] == 2, f"two uploads: {media}")
+    check(
+        [m["media_id"] for m in media["media"]] == [second_id, first_id],
+        f"newest first: {media}",
+    )
+    listed_media = media["media"][1]
+    for field, value in {
+        "media_length": 10,
+        "upload_name": f"first{run}.txt",
+        "quarantined_by": None,
+        "safe_from_quarantine": False,
+    }.items():
+        check(listed_media.get(field) == value, f"media listing: {field} in {listed_media}")
+    _, media = server.call(
+        "GET",
+        f"/_synapse/admin/v1/users/{ann}/media?limit=1&order_by=created_ts&dir=f",
+        admin,
+        expect=200,
+    )
+    check(
+        [m["media_id"] for m in media["media"]] == [first_id] and media["next_token"] == 1,
+        f"oldest first, a page: {media}",
+    )
+    quarantine_path = f"/_synapse/admin/v1/media/quarantine/{server.server_name}/{first_id}"
+    server.call("POST", quarantine_path, admin, {}, expect=200)
+    check(download(first_mxc) == 404, "quarantined media is not served")
+    _, media = server.call("GET", f"/_synapse/admin/v1/users/{ann}/media", admin, expect=200)
+    check(media["media"][1]["quarantined_by"] == admin_id, f"quarantined by: {media}")
+    server.call(
+        "POST",
+        f"/_synapse/admin/v1/media/unquarantine/{server.server_name}/{first_id}",
+        admin,
+        {},
+        expect=200,
+    )
+    check(download(first_mxc) == 200, "released media is served")
+    server.call("POST", f"/_synapse/admin/v1/media/protect/{first_id}", admin, {}, expect=200)
+    server.call("POST", quarantine_path, admin, {}, expect=200)
+    check(download(first_mxc) == 200, "protected media is not quarantined")
+    server.call("POST", f"/_synapse/admin/v1/media/unprotect/{first_id}", admin, {}, expect=200)
+    server.call(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/m1",
+        ann_token,
+        {"msgtype": "m.file", "body": "a file", "url": second_mxc},
+        expect=200,
+    )
+    _, in_room = server.call("GET", f"/_synapse/admin/v1/room/{room_id}/media", admin, expect=200)
+    check(in_room == {"local": [second_mxc], "remote": []}, f"the room's media: {in_room}")
+    _, quarantined = server.call(
+        "POST", f"/_synapse/admin/v1/room/{room_id}/media/quarantine", admin, {}, expect=200
+    )
+    check(quarantined == {"num_quarantined": 1}, f"the room's media quarantined: {quarantined}")
+    check(download(second_mxc) == 404, "the room's media is not served")
+    _, deleted = server.call(
+        "DELETE", f"/_synapse/admin/v1/media/{server.server_name}/{second_id}", admin, expect=200
+    )
+    check(deleted == {"deleted_media": [second_id], "total": 1}, f"deleted: {deleted}")
+    _, media = server.call("GET", f"/_synapse/admin/v1/users/{ann}/media", admin, expect=200)
+    check([m["media_id"] for m in media["media"]] == [first_id], f"one upload left: {media}")
+    error(
+        server.call("DELETE", f"/_synapse/admin/v1/media/{server.server_name}/{second_id}", admin),
+        404,
+        "M_NOT_FOUND",
+        "deleting deleted media",
+    )
+    error(
+        server.call("POST", "/_synapse/admin/v1/purge_media_cache?before_ts=1", admin, {}),
+        400,
+        "M_INVALID_PARAM",
+        "a time in seconds, not milliseconds",
+    )
+    a_year_ago = int(time.time() * 1000) - 365 * 24 * 3600 * 1000
+    _, purged = server.call(
+        "POST", f"/_synapse/admin/v1/purge_media_cache?before_ts={a_year_ago}", admin, {}, expect=200
+    )
+    check(purged == {"deleted": 0}, f"no remote media: {purged}")
+
     # Event reports: listed, shown with the event, deleted.
     _, sent = server.call(
         "PUT",
@@ -629,6 +734,12 @@ def main():
         ("GET", f"/_synapse/admin/v1/rooms/{room_id}/block"),
         ("PUT", f"/_synapse/admin/v1/rooms/{room_id}/block"),
         ("DELETE", f"/_synapse/admin/v2/rooms/{room_id}"),
+        ("GET", f"/_synapse/admin/v1/users/{ann}/media"),
+        ("POST", f"/_synapse/admin/v1/media/quarantine/{server.server_name}/abc"),
+        ("POST", f"/_synapse/admin/v1/media/protect/abc"),
+        ("DELETE", f"/_synapse/admin/v1/media/{server.server_name}/abc"),
+        ("GET", f"/_synapse/admin/v1/room/{room_id}/media"),
+        ("POST", "/_synapse/admin/v1/purge_media_cache?before_ts=1"),
         ("GET", f"/_synapse/admin/v2/rooms/{room_id}/delete_status"),
         ("GET", "/_synapse/admin/v1/registration_tokens"),
         ("POST", "/_synapse/admin/v1/registration_tokens/new"),

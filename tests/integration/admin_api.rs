@@ -596,3 +596,127 @@ async fn a_purge_cut_short_is_finished_at_the_next_start() {
         Vec::<(String, String)>::new()
     );
 }
+
+#[tokio::test]
+async fn media_admin_deletes_old_media_keeps_avatars_and_quarantines_a_users_uploads() {
+    let server = TestServer::start().await;
+    let root = server.register("root", "root-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let upload = |bytes: &'static [u8], name: &'static str| {
+        crate::media::upload(&server, &bob, bytes.to_vec(), "text/plain", Some(name))
+    };
+    let (host, avatar) = upload(b"my face", "face.txt").await;
+    let (_, small) = upload(b"tiny", "tiny.txt").await;
+    let (_, big) = upload(b"a larger file", "big.txt").await;
+    let set = server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/avatar_url", bob.user_id),
+            Some(&bob.token),
+            json!({ "avatar_url": format!("mxc://{host}/{avatar}") }),
+        )
+        .await;
+    assert_eq!(set.0, StatusCode::OK, "{}", set.1);
+
+    let info = server
+        .get_ok(&format!("/_synapse/admin/v1/media/{host}/{big}"), &root)
+        .await;
+    assert_eq!(info["media_info"]["media_origin"], "local");
+    assert_eq!(info["media_info"]["user_id"], bob.user_id.as_str());
+    assert_eq!(info["media_info"]["media_length"], 13);
+    let missing = server
+        .get(
+            &format!("/_synapse/admin/v1/media/{host}/nosuchmedia"),
+            Some(&root.token),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let bad = server
+        .get(
+            &format!("/_synapse/admin/v1/media/{host}/bad%20id"),
+            Some(&root.token),
+        )
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let remote = server
+        .delete(
+            "/_synapse/admin/v1/media/elsewhere.example/abc",
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_error(&remote, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let missing_ts = server
+        .post(
+            "/_synapse/admin/v1/media/delete",
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_error(&missing_ts, StatusCode::BAD_REQUEST, "M_MISSING_PARAM");
+
+    // Older than now and larger than 5 bytes: the big file; the avatar stays.
+    let now = culvert::utils::now_millis() + 1000;
+    let (status, deleted) = server
+        .post(
+            &format!("/_synapse/admin/v1/media/{host}/delete?before_ts={now}&size_gt=5"),
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted, json!({ "deleted_media": [big], "total": 1 }));
+    for kept in [&avatar, &small] {
+        server
+            .get_ok(&format!("/_synapse/admin/v1/media/{host}/{kept}"), &root)
+            .await;
+    }
+    let (status, elsewhere) = server
+        .post(
+            &format!("/_synapse/admin/v1/media/elsewhere.example/delete?before_ts={now}"),
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{elsewhere}");
+
+    // Quarantine every upload of bob's: the two left.
+    let (status, quarantined) = server
+        .post(
+            &format!("/_synapse/admin/v1/user/{}/media/quarantine", bob.user_id),
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{quarantined}");
+    assert_eq!(quarantined, json!({ "num_quarantined": 2 }));
+    let listed = server
+        .get_ok(
+            &format!("/_synapse/admin/v1/users/{}/media", bob.user_id),
+            &root,
+        )
+        .await;
+    assert!(
+        listed["media"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["quarantined_by"] == root.user_id.as_str()),
+        "{listed}"
+    );
+    let (status, all) = server
+        .delete(
+            &format!("/_synapse/admin/v1/users/{}/media", bob.user_id),
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["total"], 2, "{all}");
+    let listed = server
+        .get_ok(
+            &format!("/_synapse/admin/v1/users/{}/media", bob.user_id),
+            &root,
+        )
+        .await;
+    assert_eq!(listed["total"], 0);
+}

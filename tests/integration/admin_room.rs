@@ -311,6 +311,56 @@ async fn admins_command_the_server_from_the_admin_room() {
     .await;
     assert!(body(&kept).starts_with("Failed:"), "{kept}");
 
+    // Media: an upload quarantined (no longer served), listed, deleted.
+    let (host, media_id) = crate::media::upload(
+        &server,
+        &bob,
+        b"picture".to_vec(),
+        "text/plain",
+        Some("pic.txt"),
+    )
+    .await;
+    let mxc = format!("mxc://{host}/{media_id}");
+    let quarantined = command(
+        &server,
+        &alice,
+        &room,
+        &format!("!admin media quarantine {mxc}"),
+    )
+    .await;
+    assert!(
+        body(&quarantined).starts_with("Quarantined"),
+        "{quarantined}"
+    );
+    let download = server
+        .get(
+            &format!("/_matrix/client/v1/media/download/{host}/{media_id}"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(download.0, StatusCode::NOT_FOUND);
+    let of = command(&server, &alice, &room, "!admin media of bob").await;
+    assert!(
+        body(&of).contains(&mxc) && body(&of).contains("quarantined"),
+        "{of}"
+    );
+    let deleted = command(
+        &server,
+        &alice,
+        &room,
+        &format!("!admin media delete {mxc}"),
+    )
+    .await;
+    assert!(body(&deleted).starts_with("Deleted"), "{deleted}");
+    let again = command(
+        &server,
+        &alice,
+        &room,
+        &format!("!admin media delete {mxc}"),
+    )
+    .await;
+    assert!(body(&again).starts_with("Failed:"), "{again}");
+
     // Registration tokens and reports.
     let token = command(&server, &alice, &room, "!admin tokens create abc --uses 2").await;
     assert!(body(&token).contains("abc"), "{token}");

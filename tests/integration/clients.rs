@@ -325,9 +325,11 @@ async fn matrix_nio_guest_reads_and_joins_a_world_readable_room() {
 /// (`tests/clients/nio_admin_room.py`).
 #[tokio::test]
 async fn matrix_nio_gives_commands_in_the_admin_room() {
-    let server =
-        TestServer::start_with("admin_room = true
-rate_limits = { enabled = false }").await;
+    let server = TestServer::start_with(
+        "admin_room = true
+rate_limits = { enabled = false }",
+    )
+    .await;
     run_nio_script(&server, "nio_admin_room.py", "nio admin room: ok").await;
 }
 

@@ -73,7 +73,7 @@ async fn upload_raw(
 }
 
 /// Uploads and returns `(server_name, media_id)` from the `mxc://` URI.
-async fn upload(
+pub async fn upload(
     server: &TestServer,
     who: &Session,
     bytes: Vec<u8>,

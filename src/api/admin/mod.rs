@@ -7,6 +7,7 @@
 //! These endpoints have no ruma types: [`Admin`] authenticates, [`AdminJson`] parses bodies
 //! into the handlers' own structs with Matrix errors for what does not parse.
 
+pub mod media;
 pub mod registration_tokens;
 pub mod rooms;
 pub mod users;
@@ -124,6 +125,55 @@ pub fn routes(router: Router<State>) -> Router<State> {
                 .put(registration_tokens::update)
                 .delete(registration_tokens::delete),
         )
+        .route(
+            &format!("{V1}/media/{{server_name}}/{{media_id}}"),
+            get(media::info).delete(media::delete),
+        )
+        .route(&format!("{V1}/media/delete"), post(media::delete_old))
+        .route(
+            &format!("{V1}/media/{{server_name}}/delete"),
+            post(media::delete_old),
+        )
+        .route(
+            &format!("{V1}/media/quarantine/{{server_name}}/{{media_id}}"),
+            post(media::quarantine),
+        )
+        .route(
+            &format!("{V1}/media/unquarantine/{{server_name}}/{{media_id}}"),
+            post(media::unquarantine),
+        )
+        .route(
+            &format!("{V1}/media/protect/{{media_id}}"),
+            post(media::protect),
+        )
+        .route(
+            &format!("{V1}/media/unprotect/{{media_id}}"),
+            post(media::unprotect),
+        )
+        .route(
+            &format!("{V1}/purge_media_cache"),
+            post(media::purge_remote),
+        )
+        .route(
+            &format!("{V1}/users/{{user_id}}/media"),
+            get(media::user_media).delete(media::delete_user_media),
+        )
+        .route(
+            &format!("{V1}/room/{{room_id}}/media"),
+            get(media::room_media),
+        )
+        .route(
+            &format!("{V1}/room/{{room_id}}/media/quarantine"),
+            post(media::quarantine_room_media),
+        )
+        .route(
+            &format!("{V1}/quarantine_media/{{room_id}}"),
+            post(media::quarantine_room_media),
+        )
+        .route(
+            &format!("{V1}/user/{{user_id}}/media/quarantine"),
+            post(media::quarantine_user_media),
+        )
         .route(&format!("{V1}/event_reports"), get(rooms::event_reports))
         .route(
             &format!("{V1}/event_reports/{{id}}"),
@@ -236,4 +286,26 @@ pub fn existing_user(services: &State, raw: &str) -> Result<OwnedUserId> {
         return Err(Error::not_found("User not found"));
     }
     Ok(user_id)
+}
+
+/// A `true`/`false` query parameter (400 `M_INVALID_PARAM` for anything else).
+pub fn flag(name: &str, value: &Option<String>) -> Result<Option<bool>> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(Error::invalid_param(format!(
+            "`{name}` must be true or false, not {other:?}."
+        ))),
+    }
+}
+
+/// A non-negative integer query parameter, `default` when absent.
+pub fn number(name: &str, value: &Option<String>, default: usize) -> Result<usize> {
+    match value.as_deref() {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse()
+            .map_err(|_| Error::invalid_param(format!("`{name}` must be a non-negative integer."))),
+    }
 }

@@ -11,7 +11,7 @@ use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Admin, AdminJson, AdminQuery, existing_user, local_user, present};
+use super::{Admin, AdminJson, AdminQuery, existing_user, flag, local_user, number, present};
 use crate::{
     Error, Result,
     api::ruma::State,
@@ -41,26 +41,6 @@ pub struct ListQuery {
     locked: Option<String>,
     order_by: Option<String>,
     dir: Option<String>,
-}
-
-fn flag(name: &str, value: &Option<String>) -> Result<Option<bool>> {
-    match value.as_deref() {
-        None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(other) => Err(Error::invalid_param(format!(
-            "`{name}` must be true or false, not {other:?}."
-        ))),
-    }
-}
-
-fn number(name: &str, value: &Option<String>, default: usize) -> Result<usize> {
-    match value.as_deref() {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse()
-            .map_err(|_| Error::invalid_param(format!("`{name}` must be a non-negative integer."))),
-    }
 }
 
 /// An account in a listing (Synapse's fields; `creation_ts` in ms).

@@ -11,7 +11,9 @@ use crate::{
     service::{
         Services,
         admin::{
-            AccountChanges, AccountFilter, AccountOrder, RoomOrder, room_deletion::DeleteRoom,
+            AccountChanges, AccountFilter, AccountOrder, RoomOrder,
+            media::{MediaName, MediaOrder},
+            room_deletion::DeleteRoom,
         },
         users::Users,
     },
@@ -113,6 +115,9 @@ enum Command {
     /// Registration tokens, which let people register on a closed server.
     #[command(subcommand)]
     Tokens(TokenCommand),
+    /// Media: delete, quarantine, protect; a user's uploads.
+    #[command(subcommand)]
+    Media(MediaCommand),
     /// Reports of events, rooms and users, newest first.
     Reports {
         /// How many to show.
@@ -202,6 +207,22 @@ enum RoomCommand {
 }
 
 #[derive(Subcommand)]
+enum MediaCommand {
+    /// Deletes a piece of this server's media (mxc://server/id).
+    Delete { mxc: String },
+    /// Quarantines media: never served again, here or to other servers.
+    Quarantine { mxc: String },
+    /// Serves quarantined media again.
+    Unquarantine { mxc: String },
+    /// Protects this server's media from quarantine.
+    Protect { mxc: String },
+    /// Lifts the protection.
+    Unprotect { mxc: String },
+    /// A user's uploads, newest first.
+    Of { user: String },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Lists the registration tokens.
     List,
@@ -245,6 +266,7 @@ impl Services {
             Command::Users(command) => self.run_user_command(admin, command).await,
             Command::Rooms(command) => self.run_room_command(admin, command).await,
             Command::Tokens(command) => self.run_token_command(command).await,
+            Command::Media(command) => self.run_media_command(admin, command),
             Command::Reports { limit } => {
                 let mut reports = self.reports()?;
                 reports.reverse();
@@ -614,6 +636,93 @@ impl Services {
                 } else {
                     return Err(Error::not_found(format!("No token {token}.")));
                 }
+            }
+        })
+    }
+
+    fn run_media_command(&self, admin: &UserId, command: MediaCommand) -> Result<Answer> {
+        let parse = |mxc: &str| {
+            MediaName::parse_mxc(mxc)
+                .ok_or_else(|| Error::invalid_param(format!("{mxc} is no mxc://server/id URI.")))
+        };
+        let missing = |name: &MediaName| Error::not_found(format!("No media {}.", name.mxc()));
+        Ok(match command {
+            MediaCommand::Delete { mxc } => {
+                let name = parse(&mxc)?;
+                if !self.admin_delete_media(&name)? {
+                    return Err(missing(&name));
+                }
+                tracing::info!(admin = %admin, media = %name.mxc(), "media deleted in the admin room");
+                Answer::text(format!("Deleted {}.", name.mxc()))
+            }
+            MediaCommand::Quarantine { mxc } => {
+                let name = parse(&mxc)?;
+                match self.admin_quarantine(&name, admin, true)? {
+                    None => return Err(missing(&name)),
+                    Some(false) => Answer::text(format!(
+                        "{} is protected or quarantined already.",
+                        name.mxc()
+                    )),
+                    Some(true) => {
+                        tracing::info!(admin = %admin, media = %name.mxc(), "media quarantined in the admin room");
+                        Answer::text(format!("Quarantined {}.", name.mxc()))
+                    }
+                }
+            }
+            MediaCommand::Unquarantine { mxc } => {
+                let name = parse(&mxc)?;
+                if self.admin_quarantine(&name, admin, false)?.is_none() {
+                    return Err(missing(&name));
+                }
+                tracing::info!(admin = %admin, media = %name.mxc(), "media released in the admin room");
+                Answer::text(format!("{} is served again.", name.mxc()))
+            }
+            MediaCommand::Protect { ref mxc } | MediaCommand::Unprotect { ref mxc } => {
+                let protect = matches!(command, MediaCommand::Protect { .. });
+                let name = parse(mxc)?;
+                if name.server != self.server_name {
+                    return Err(Error::invalid_param(
+                        "Only this server's media can be protected.",
+                    ));
+                }
+                if self.admin_protect(&name.media_id, protect)?.is_none() {
+                    return Err(missing(&name));
+                }
+                tracing::info!(admin = %admin, media = %name.mxc(), protect, "media protection changed in the admin room");
+                Answer::text(if protect {
+                    format!("{} is protected from quarantine.", name.mxc())
+                } else {
+                    format!("{} is no longer protected.", name.mxc())
+                })
+            }
+            MediaCommand::Of { user } => {
+                let user_id = Users::parse_existing(&user, &self.server_name)?;
+                let rows = self
+                    .admin_user_media(&user_id, MediaOrder::CreatedTs, true)?
+                    .into_iter()
+                    .map(|(media_id, record)| {
+                        let mut flags = Vec::new();
+                        if record.quarantined {
+                            flags.push("quarantined");
+                        }
+                        if record.protected {
+                            flags.push("protected");
+                        }
+                        vec![
+                            format!("mxc://{}/{media_id}", self.server_name),
+                            record.filename.unwrap_or_default(),
+                            record.content_type.unwrap_or_default(),
+                            record.size.to_string(),
+                            utils::format_millis(record.created_ts),
+                            flags.join(", "),
+                        ]
+                    })
+                    .collect();
+                Answer::table(
+                    &format!("Uploads of {user_id}, newest first:"),
+                    &["media", "name", "type", "bytes", "uploaded", "status"],
+                    rows,
+                )
             }
         })
     }

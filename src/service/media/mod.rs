@@ -65,6 +65,12 @@ pub struct MediaRecord {
     /// Quarantined by an admin: never served.
     #[serde(default)]
     pub quarantined: bool,
+    /// The admin who quarantined it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_by: Option<String>,
+    /// Protected by an admin from quarantine (Synapse's `safe_from_quarantine`).
+    #[serde(default)]
+    pub protected: bool,
 }
 
 /// A stored thumbnail (`media_thumbnails` column family).
@@ -301,6 +307,8 @@ impl Media {
             unused_expires_ts: None,
             authenticated_only: self.freeze_legacy,
             quarantined: false,
+            quarantined_by: None,
+            protected: false,
         };
         let key = Self::media_key(&self.server_name, &media_id);
         let value = serde_json::to_vec(&record)?;
@@ -332,6 +340,8 @@ impl Media {
             unused_expires_ts: None,
             authenticated_only: self.freeze_legacy,
             quarantined: false,
+            quarantined_by: None,
+            protected: false,
         };
         let key = Self::media_key(server, media_id);
         let value = serde_json::to_vec(&record)?;
@@ -375,6 +385,8 @@ impl Media {
             unused_expires_ts: Some(expires),
             authenticated_only: self.freeze_legacy,
             quarantined: false,
+            quarantined_by: None,
+            protected: false,
         };
         self.store.put(
             Cf::Media,
@@ -662,11 +674,49 @@ impl Media {
         media_id: &str,
         quarantined: bool,
     ) -> Result<bool> {
+        self.change(server, media_id, |record| {
+            record.quarantined = quarantined;
+            if !quarantined {
+                record.quarantined_by = None;
+            }
+        })
+    }
+
+    /// Admin: quarantines a media ID in the name of admin `by`, or releases it (`None`).
+    pub fn set_quarantined_by(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        by: Option<String>,
+    ) -> Result<bool> {
+        self.change(server, media_id, |record| {
+            record.quarantined = by.is_some();
+            record.quarantined_by = by;
+        })
+    }
+
+    /// Admin: protects a media ID from quarantine, or lifts the protection.
+    pub fn set_protected(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        protected: bool,
+    ) -> Result<bool> {
+        self.change(server, media_id, |record| record.protected = protected)
+    }
+
+    /// Changes a media record (under the files' lock, as deletions take it); whether it exists.
+    fn change(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        change: impl FnOnce(&mut MediaRecord),
+    ) -> Result<bool> {
         let _guard = self.files_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(mut record) = self.get(server, media_id)? else {
             return Ok(false);
         };
-        record.quarantined = quarantined;
+        change(&mut record);
         self.store.put(
             Cf::Media,
             &Self::media_key(server, media_id),
