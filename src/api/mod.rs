@@ -54,11 +54,23 @@ async fn catch_panic(request: Request, next: Next) -> Response {
     }
 }
 
-async fn unrecognized() -> Error {
+async fn unrecognized(request: Request) -> Error {
+    drain(request).await;
     Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request.")
 }
 
-async fn method_not_allowed() -> Error {
+/// Reads a request's small body that no handler wants: left unread, it makes the HTTP server
+/// close the connection after the answer, and a client reusing the connection for its next
+/// request finds it dropped. A large body is left (the connection then closes).
+async fn drain(request: Request) {
+    use http_body_util::BodyExt;
+    let _ = http_body_util::Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await;
+}
+
+async fn method_not_allowed(request: Request) -> Error {
+    drain(request).await;
     Error::unrecognized(
         StatusCode::METHOD_NOT_ALLOWED,
         "Method not allowed on this path.",

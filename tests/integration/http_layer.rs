@@ -421,3 +421,75 @@ async fn every_route_answers_malformed_requests() {
         failures.join("\n")
     );
 }
+
+/// Sends `request` on `stream` and reads one HTTP/1.1 answer (headers and a
+/// `Content-Length` body); `None` when the server closed the connection instead.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return Some(text);
+            }
+        }
+    }
+}
+
+/// A body nobody reads (an unknown endpoint's, an admin endpoint that takes none) is read all
+/// the same: the connection stays open for the client's next request.
+#[tokio::test]
+async fn unread_bodies_do_not_close_the_connection() {
+    let server = TestServer::start().await;
+    let root = server.register("root", "root-password-1").await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let body = format!("{{\"padding\": \"{}\"}}", "x".repeat(32 * 1024));
+    for (method, path, token) in [
+        ("POST", "/_matrix/client/v3/no_such_endpoint", None),
+        ("PATCH", "/_matrix/client/v3/account/whoami", None),
+        (
+            "POST",
+            "/_synapse/admin/v1/media/protect/nosuchmedia",
+            Some(root.token.as_str()),
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let first = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = exchange(&mut stream, first.as_bytes())
+            .await
+            .expect("an answer");
+        assert!(!answer.starts_with("HTTP/1.1 2"), "{method} {path}: {answer}");
+        let second =
+            format!("GET /_matrix/client/versions HTTP/1.1\r\nHost: {address}\r\n\r\n");
+        let answer = exchange(&mut stream, second.as_bytes()).await;
+        assert!(
+            answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+            "after {method} {path}, the connection was closed: {answer:?}"
+        );
+    }
+}
