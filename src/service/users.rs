@@ -44,6 +44,9 @@ pub struct UserRecord {
     /// `bot` or `support` (set by admins), or none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_type: Option<String>,
+    /// Shadow-banned by an admin: what the account sends to others is silently dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow_banned: bool,
 }
 
 /// What an account is restricted to: by an admin (locked, suspended), or as a guest.
@@ -52,6 +55,19 @@ pub struct Restriction {
     pub locked: bool,
     pub suspended: bool,
     pub guest: bool,
+    /// Its messages, state changes, invites and typing reach nobody, and it is not told.
+    pub shadow_banned: bool,
+}
+
+impl Restriction {
+    fn of(record: &UserRecord) -> Self {
+        Self {
+            locked: record.locked,
+            suspended: record.suspended,
+            guest: record.guest && !record.deactivated,
+            shadow_banned: record.shadow_banned,
+        }
+    }
 }
 
 pub struct Users {
@@ -61,6 +77,13 @@ pub struct Users {
     write_lock: Mutex<()>,
     /// The locked or suspended accounts (see [`Users::restriction`]).
     restricted: std::sync::RwLock<HashMap<OwnedUserId, Restriction>>,
+}
+
+/// The answer a shadow-banned account gets for an event that is dropped: an event ID like
+/// any other, for an event that exists nowhere.
+pub fn fake_event_id() -> ruma::OwnedEventId {
+    ruma::OwnedEventId::try_from(format!("${}", utils::random_string(43)))
+        .expect("a random event ID is valid")
 }
 
 /// The localpart of the server's own user (`@culvert:server`), who answers in the admin room
@@ -80,11 +103,7 @@ impl Users {
             let Ok(record) = serde_json::from_slice::<UserRecord>(&value) else {
                 continue;
             };
-            let restriction = Restriction {
-                locked: record.locked,
-                suspended: record.suspended,
-                guest: record.guest && !record.deactivated,
-            };
+            let restriction = Restriction::of(&record);
             if restriction != Restriction::default()
                 && let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&key).as_ref())
             {
@@ -108,6 +127,12 @@ impl Users {
             .unwrap_or_default()
     }
 
+    /// Shadow-bans an account or lifts the ban.
+    pub async fn set_shadow_banned(&self, user_id: &UserId, banned: bool) -> Result<()> {
+        self.update(user_id, |record| record.shadow_banned = banned)
+            .await
+    }
+
     /// Locks or unlocks, suspends or unsuspends an account (`None`: unchanged).
     pub async fn set_restriction(
         &self,
@@ -128,11 +153,7 @@ impl Users {
 
     /// Keeps the in-memory restriction of an account in step with its record.
     fn remember_restriction(&self, user_id: &UserId, record: &UserRecord) -> Restriction {
-        let restriction = Restriction {
-            locked: record.locked,
-            suspended: record.suspended,
-            guest: record.guest && !record.deactivated,
-        };
+        let restriction = Restriction::of(record);
         let mut restricted = self
             .restricted
             .write()
@@ -310,6 +331,7 @@ impl Users {
             suspended: false,
             erased: false,
             user_type: None,
+            shadow_banned: false,
         };
         let mut batch = Batch::new();
         batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);

@@ -409,6 +409,43 @@ def main():
         "an unknown delete ID",
     )
 
+    # A room's history read by an admin who is no member; then made the room's admin (the
+    # room is private: invited, with the most powerful local member's level).
+    server.call(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/h1",
+        ann_token,
+        {"msgtype": "m.text", "body": f"history {run}"},
+        expect=200,
+    )
+    _, history = server.call(
+        "GET", f"/_synapse/admin/v1/rooms/{room_id}/messages?dir=b&limit=5", admin, expect=200
+    )
+    bodies = [e["content"].get("body") for e in history["chunk"]]
+    check(bodies and bodies[0] == f"history {run}", f"the admin reads the history: {history}")
+    check("start" in history and "end" in history, f"pagination tokens: {history}")
+    _, older = server.call(
+        "GET",
+        f"/_synapse/admin/v1/rooms/{room_id}/messages?dir=b&limit=5&from={history['end']}",
+        admin,
+        expect=200,
+    )
+    check(
+        all(e["event_id"] not in [h["event_id"] for h in history["chunk"]] for e in older["chunk"]),
+        f"the next page is older: {older}",
+    )
+    server.call(
+        "POST", f"/_synapse/admin/v1/rooms/{room_id}/make_room_admin", admin, {}, expect=200
+    )
+    _, state = server.call("GET", f"/_synapse/admin/v1/rooms/{room_id}/state", admin, expect=200)
+    by_key = {(e["type"], e["state_key"]): e for e in state["state"]}
+    power = by_key[("m.room.power_levels", "")]["content"]
+    check(power["users"].get(admin_id) == 100, f"the admin's power: {power}")
+    check(
+        by_key[("m.room.member", admin_id)]["content"]["membership"] == "invite",
+        f"the admin is invited: {by_key.get(('m.room.member', admin_id))}",
+    )
+
     # Media: a user's uploads listed; quarantined (not served), released, protected (then
     # quarantine has no effect); the media of a room; deleted.
     def upload(content, name):
@@ -458,6 +495,16 @@ def main():
     check(
         [m["media_id"] for m in media["media"]] == [first_id] and media["next_token"] == 1,
         f"oldest first, a page: {media}",
+    )
+    _, stats = server.call(
+        "GET", f"/_synapse/admin/v1/statistics/users/media?search_term=ann{run}", admin, expect=200
+    )
+    check(
+        stats["total"] == 1
+        and stats["users"][0]["user_id"] == ann
+        and stats["users"][0]["media_count"] == 2
+        and stats["users"][0]["media_length"] == 21,
+        f"media statistics: {stats}",
     )
     quarantine_path = f"/_synapse/admin/v1/media/quarantine/{server.server_name}/{first_id}"
     server.call("POST", quarantine_path, admin, {}, expect=200)
@@ -735,6 +782,11 @@ def main():
         ("PUT", f"/_synapse/admin/v1/rooms/{room_id}/block"),
         ("DELETE", f"/_synapse/admin/v2/rooms/{room_id}"),
         ("GET", f"/_synapse/admin/v1/users/{ann}/media"),
+        ("GET", f"/_synapse/admin/v1/rooms/{room_id}/messages"),
+        ("GET", "/_synapse/admin/v1/statistics/users/media"),
+        ("GET", "/_synapse/admin/v1/federation/destinations"),
+        ("POST", f"/_synapse/admin/v1/rooms/{room_id}/make_room_admin"),
+        ("POST", f"/_synapse/admin/v1/users/{ann}/shadow_ban"),
         ("POST", f"/_synapse/admin/v1/media/quarantine/{server.server_name}/abc"),
         ("POST", f"/_synapse/admin/v1/media/protect/abc"),
         ("DELETE", f"/_synapse/admin/v1/media/{server.server_name}/abc"),

@@ -720,3 +720,185 @@ async fn media_admin_deletes_old_media_keeps_avatars_and_quarantines_a_users_upl
         .await;
     assert_eq!(listed["total"], 0);
 }
+
+#[tokio::test]
+async fn a_shadow_banned_account_is_answered_as_usual_and_reaches_nobody() {
+    let server = TestServer::start().await;
+    let root = server.register("root", "root-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let carol = server.register("carol", "carol-password-1").await;
+    let dave = server.register("dave", "dave-password-1").await;
+    let room = server
+        .create_room(&carol, json!({ "preset": "public_chat", "topic": "calm" }))
+        .await;
+    server.join(&bob, &room).await;
+    let path = format!("/_synapse/admin/v1/users/{}/shadow_ban", bob.user_id);
+    let refused = server.post(&path, Some(&carol.token), json!({})).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let admin = server
+        .post(
+            &format!("/_synapse/admin/v1/users/{}/shadow_ban", root.user_id),
+            Some(&root.token),
+            json!({}),
+        )
+        .await;
+    assert_error(&admin, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let (status, body) = server.post(&path, Some(&root.token), json!({})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    let shown = server
+        .get_ok(&format!("/_synapse/admin/v2/users/{}", bob.user_id), &root)
+        .await;
+    assert_eq!(shown["shadow_banned"], true);
+
+    // A message, a state change, an invite, typing, a room with an invite: all "work".
+    let dropped = server.say(&bob, &room, "spam spam").await;
+    assert!(dropped.starts_with('$'));
+    let lost = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{dropped}"),
+            Some(&carol.token),
+        )
+        .await;
+    assert_error(&lost, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let (status, topic) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&bob.token),
+            json!({ "topic": "spam" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{topic}");
+    let invited = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&bob.token),
+            json!({ "user_id": dave.user_id }),
+        )
+        .await;
+    assert_eq!(invited.0, StatusCode::OK, "{}", invited.1);
+    let typing = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", bob.user_id),
+            Some(&bob.token),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    assert_eq!(typing.0, StatusCode::OK, "{}", typing.1);
+    let own = server
+        .create_room(&bob, json!({ "invite": [dave.user_id] }))
+        .await;
+    let state = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            &carol,
+        )
+        .await;
+    assert_eq!(state["topic"], "calm");
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            &carol,
+        )
+        .await;
+    assert!(!messages.to_string().contains("spam"), "{messages}");
+    let dave_sync = server
+        .get_ok("/_matrix/client/v3/sync?timeout=0", &dave)
+        .await;
+    assert!(
+        dave_sync["rooms"]["invite"]
+            .as_object()
+            .is_none_or(|i| i.is_empty()),
+        "{dave_sync}"
+    );
+    assert!(server.joined_rooms(&bob).await.contains(&own));
+    let typing_now = server
+        .services()
+        .typing_event(&ruma::RoomId::parse(&room).unwrap(), None);
+    assert!(
+        typing_now.is_none_or(|t| t["content"]["user_ids"] == json!([])),
+        "bob is not shown typing"
+    );
+
+    // Lifted: heard again.
+    let (status, _) = server.delete(&path, Some(&root.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    server.say(&bob, &room, "sorry").await;
+    server.wait_for_message(&carol, &room, "sorry").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_destinations_show_sending_and_a_reset_retries_at_once() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    // Alice is A's first account: its admin.
+    let (alice, _bob, room) = crate::federation::shared_room(&a, &b).await;
+    let b_name = b.server_name();
+    let one = format!("/_synapse/admin/v1/federation/destinations/{b_name}");
+    a.say(&alice, &room, "hello, b").await;
+    crate::common::eventually("a delivery to B", || async {
+        let (status, body) = a.get(&one, Some(&alice.token)).await;
+        status == StatusCode::OK && body["last_success_ts"].is_u64()
+    })
+    .await;
+    let list = a
+        .get_ok("/_synapse/admin/v1/federation/destinations", &alice)
+        .await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["destinations"][0]["destination"], b_name.as_str());
+    assert_eq!(list["destinations"][0]["failure_ts"], json!(null));
+    let rooms = a.get_ok(&format!("{one}/rooms"), &alice).await;
+    assert_eq!(rooms["rooms"][0]["room_id"], room.as_str(), "{rooms}");
+    let not_failing = a
+        .post(
+            &format!("{one}/reset_connection"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_error(&not_failing, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let unknown = a
+        .get(
+            "/_synapse/admin/v1/federation/destinations/nowhere.example",
+            Some(&alice.token),
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+
+    // B goes away: sending fails and backs off; a reset has it try again at once.
+    b.stop().await;
+    a.say(&alice, &room, "anyone there?").await;
+    crate::common::eventually("a failure to reach B", || async {
+        let (_, body) = a.get(&one, Some(&alice.token)).await;
+        body["failure_ts"].is_u64() && body["retry_interval"].as_u64() > Some(0)
+    })
+    .await;
+    // Failures back off (2 s, 4 s, …): wait for a long enough interval to see a reset cut it.
+    crate::common::eventually("a back-off of 4 s or more", || async {
+        let (_, body) = a.get(&one, Some(&alice.token)).await;
+        body["retry_interval"].as_u64() >= Some(4000)
+    })
+    .await;
+    let (_, before) = a.get(&one, Some(&alice.token)).await;
+    let reset_at = culvert::utils::now_millis();
+    let (status, body) = a
+        .post(
+            &format!("{one}/reset_connection"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    let retried = crate::common::poll(
+        std::time::Duration::from_millis(3000),
+        std::time::Duration::from_millis(50),
+        || async {
+            let (_, body) = a.get(&one, Some(&alice.token)).await;
+            (body["retry_last_ts"].as_u64() >= Some(reset_at)).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        retried.is_some(),
+        "no retry within 3 s of the reset; before it: {before}"
+    );
+}

@@ -311,6 +311,20 @@ async fn admins_command_the_server_from_the_admin_room() {
     .await;
     assert!(body(&kept).starts_with("Failed:"), "{kept}");
 
+    // Shadow-banning.
+    let banned = command(&server, &alice, &room, "!admin users shadow-ban carol").await;
+    assert!(body(&banned).contains("shadow-banned"), "{banned}");
+    let list = command(&server, &alice, &room, "!admin users list").await;
+    assert!(body(&list).contains("shadow-banned"), "{list}");
+    command(&server, &alice, &room, "!admin users unban carol").await;
+    assert!(
+        !server
+            .services()
+            .users
+            .restriction(&ruma::UserId::parse(&carol.user_id).unwrap())
+            .shadow_banned
+    );
+
     // Media: an upload quarantined (no longer served), listed, deleted.
     let (host, media_id) = crate::media::upload(
         &server,

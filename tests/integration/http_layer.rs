@@ -483,12 +483,16 @@ async fn unread_bodies_do_not_close_the_connection() {
         let answer = exchange(&mut stream, first.as_bytes())
             .await
             .expect("an answer");
-        assert!(!answer.starts_with("HTTP/1.1 2"), "{method} {path}: {answer}");
-        let second =
-            format!("GET /_matrix/client/versions HTTP/1.1\r\nHost: {address}\r\n\r\n");
+        assert!(
+            !answer.starts_with("HTTP/1.1 2"),
+            "{method} {path}: {answer}"
+        );
+        let second = format!("GET /_matrix/client/versions HTTP/1.1\r\nHost: {address}\r\n\r\n");
         let answer = exchange(&mut stream, second.as_bytes()).await;
         assert!(
-            answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
             "after {method} {path}, the connection was closed: {answer:?}"
         );
     }

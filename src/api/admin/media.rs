@@ -348,3 +348,87 @@ pub async fn quarantine_user_media(
     admin.audit("quarantine a user's media", &user_id);
     Ok(Json(json!({ "num_quarantined": count })))
 }
+
+#[derive(Deserialize)]
+pub struct StatisticsQuery {
+    from: Option<String>,
+    limit: Option<String>,
+    order_by: Option<String>,
+    dir: Option<String>,
+    from_ts: Option<String>,
+    until_ts: Option<String>,
+    search_term: Option<String>,
+}
+
+/// `GET /v1/statistics/users/media`: each local user's uploads, counted and summed.
+pub async fn statistics(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    AdminQuery(query): AdminQuery<StatisticsQuery>,
+) -> Result<Json<Value>> {
+    let from = number("from", &query.from, 0)?;
+    let limit = number("limit", &query.limit, 100)?;
+    let from_ts = number("from_ts", &query.from_ts, 0)? as u64;
+    let until_ts = match &query.until_ts {
+        Some(_) => number("until_ts", &query.until_ts, 0)? as u64,
+        None => u64::MAX,
+    };
+    if until_ts <= from_ts {
+        return Err(Error::invalid_param("`until_ts` must be after `from_ts`."));
+    }
+    let backwards = match query.dir.as_deref() {
+        None | Some("f") => false,
+        Some("b") => true,
+        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
+    };
+    let mut users: Vec<(ruma::OwnedUserId, Option<String>, u64, u64)> = Vec::new();
+    for (user_id, count, bytes) in services.admin_media_statistics(from_ts, until_ts)? {
+        let displayname = services
+            .users
+            .profile_field(&user_id, "displayname")?
+            .and_then(|v| v.as_str().map(str::to_owned));
+        if let Some(term) = query.search_term.as_deref().filter(|t| !t.is_empty()) {
+            let term = term.to_lowercase();
+            let in_name = displayname
+                .as_deref()
+                .is_some_and(|d| d.to_lowercase().contains(&term));
+            if !user_id.as_str().to_lowercase().contains(&term) && !in_name {
+                continue;
+            }
+        }
+        users.push((user_id, displayname, count, bytes));
+    }
+    match query.order_by.as_deref() {
+        None | Some("user_id") => {}
+        Some("displayname") => users.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0))),
+        Some("media_count") => users.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0))),
+        Some("media_length") => users.sort_by(|a, b| a.3.cmp(&b.3).then(a.0.cmp(&b.0))),
+        Some(other) => {
+            return Err(Error::invalid_param(format!(
+                "Unknown value for order_by: {other}"
+            )));
+        }
+    }
+    if backwards {
+        users.reverse();
+    }
+    let total = users.len();
+    let page: Vec<Value> = users
+        .iter()
+        .skip(from)
+        .take(limit)
+        .map(|(user_id, displayname, count, bytes)| {
+            json!({
+                "user_id": user_id,
+                "displayname": displayname,
+                "media_count": count,
+                "media_length": bytes,
+            })
+        })
+        .collect();
+    let mut body = json!({ "users": page, "total": total });
+    if from + limit < total {
+        body["next_token"] = json!(from + limit);
+    }
+    Ok(Json(body))
+}

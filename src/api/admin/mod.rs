@@ -7,6 +7,7 @@
 //! These endpoints have no ruma types: [`Admin`] authenticates, [`AdminJson`] parses bodies
 //! into the handlers' own structs with Matrix errors for what does not parse.
 
+pub mod federation;
 pub mod media;
 pub mod registration_tokens;
 pub mod rooms;
@@ -27,9 +28,35 @@ use crate::{
 };
 
 pub fn routes(router: Router<State>) -> Router<State> {
+    router.merge(admin_routes().layer(axum::middleware::from_fn(read_whole_body)))
+}
+
+/// The largest admin request body: they are small (Synapse's admin API has none near this).
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// Reads each admin request's body before its handler runs, whether the handler uses it or
+/// not: a body left unread makes the HTTP server close the connection after answering, and a
+/// client reusing the connection for its next request finds it dropped (the admin script
+/// did, now and then, after a `POST …/quarantine` with `{}`).
+async fn read_whole_body(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match read_body(&parts, body, MAX_ADMIN_BODY).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn admin_routes() -> Router<State> {
     const V1: &str = "/_synapse/admin/v1";
     const V2: &str = "/_synapse/admin/v2";
-    router
+    Router::new()
         .route(&format!("{V1}/server_version"), get(users::server_version))
         .route(&format!("{V2}/users"), get(users::list_v2))
         .route("/_synapse/admin/v3/users", get(users::list_v3))
@@ -78,6 +105,10 @@ pub fn routes(router: Router<State>) -> Router<State> {
         )
         .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
         .route(
+            &format!("{V1}/users/{{user_id}}/shadow_ban"),
+            post(users::shadow_ban).delete(users::shadow_ban),
+        )
+        .route(
             &format!("{V1}/reset_password/{{user_id}}"),
             post(users::reset_password),
         )
@@ -107,6 +138,14 @@ pub fn routes(router: Router<State>) -> Router<State> {
             get(rooms::members),
         )
         .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(
+            &format!("{V1}/rooms/{{room_id}}/messages"),
+            get(rooms::messages),
+        )
+        .route(
+            &format!("{V1}/rooms/{{room_id}}/make_room_admin"),
+            post(rooms::make_room_admin),
+        )
         .route(
             &format!("{V1}/rooms/{{room_id}}/block"),
             get(rooms::get_block).put(rooms::put_block),
@@ -155,6 +194,10 @@ pub fn routes(router: Router<State>) -> Router<State> {
             post(media::purge_remote),
         )
         .route(
+            &format!("{V1}/statistics/users/media"),
+            get(media::statistics),
+        )
+        .route(
             &format!("{V1}/users/{{user_id}}/media"),
             get(media::user_media).delete(media::delete_user_media),
         )
@@ -173,6 +216,22 @@ pub fn routes(router: Router<State>) -> Router<State> {
         .route(
             &format!("{V1}/user/{{user_id}}/media/quarantine"),
             post(media::quarantine_user_media),
+        )
+        .route(
+            &format!("{V1}/federation/destinations"),
+            get(federation::list),
+        )
+        .route(
+            &format!("{V1}/federation/destinations/{{destination}}"),
+            get(federation::one),
+        )
+        .route(
+            &format!("{V1}/federation/destinations/{{destination}}/rooms"),
+            get(federation::rooms),
+        )
+        .route(
+            &format!("{V1}/federation/destinations/{{destination}}/reset_connection"),
+            post(federation::reset_connection),
         )
         .route(&format!("{V1}/event_reports"), get(rooms::event_reports))
         .route(

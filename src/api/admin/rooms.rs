@@ -427,3 +427,88 @@ pub async fn delete_status(
     }
     Ok(Json(out))
 }
+
+#[derive(Deserialize)]
+pub struct MakeRoomAdminBody {
+    user_id: Option<String>,
+}
+
+/// `POST /v1/rooms/{roomIdOrAlias}/make_room_admin`: gives a local user (the admin by
+/// default) the power of the room's most powerful local member.
+pub async fn make_room_admin(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(raw): Path<String>,
+    AdminJson(body): AdminJson<MakeRoomAdminBody>,
+) -> Result<Json<Value>> {
+    let room_id = match ruma::RoomAliasId::parse(&raw) {
+        Ok(alias) => services
+            .resolve_alias(&alias)?
+            .ok_or_else(|| Error::not_found("Room not found"))?,
+        Err(_) => room_id(&raw)?,
+    };
+    let target = match body.user_id {
+        Some(raw) => super::existing_user(&services, &raw)?,
+        None => admin.0.clone(),
+    };
+    if !services.users.is_active(&target)? {
+        return Err(Error::invalid_param(format!(
+            "{target} is no active account of this server."
+        )));
+    }
+    services.make_room_admin(&room_id, &target).await?;
+    admin.audit("make room admin", &format!("{target} in {room_id}"));
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    dir: Option<String>,
+    filter: Option<String>,
+}
+
+/// `GET /v1/rooms/{roomId}/messages`: a room's history as `/messages` gives it, whatever the
+/// admin may see as a member (backwards from the newest unless `dir=f`).
+pub async fn messages(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(raw): Path<String>,
+    AdminQuery(query): AdminQuery<MessagesQuery>,
+) -> Result<Json<Value>> {
+    use crate::api::client::room::{MAX_MESSAGES, stream_token};
+    use crate::service::rooms::{history::Direction, sync_filter::EventMatcher};
+    let room_id = room_id(&raw)?;
+    let from = stream_token(query.from.as_deref())?;
+    let to = stream_token(query.to.as_deref())?;
+    let direction = match query.dir.as_deref() {
+        None | Some("b") => Direction::Backward,
+        Some("f") => Direction::Forward,
+        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
+    };
+    let limit = super::number("limit", &query.limit, 10)?.clamp(1, MAX_MESSAGES);
+    let filter: ruma::api::client::filter::RoomEventFilter = match &query.filter {
+        Some(raw) => serde_json::from_str(raw)
+            .map_err(|e| Error::invalid_param(format!("Invalid filter: {e}")))?,
+        None => Default::default(),
+    };
+    let matcher = EventMatcher::from_room_event_filter(&filter);
+    let limit = matcher.limit.map_or(limit, |l| l.min(limit));
+    let viewer = Viewer {
+        user_id: &admin.0,
+        device_id: None,
+    };
+    let page =
+        services.messages_for_admin(&room_id, viewer, from, to, direction, limit, &matcher)?;
+    let start = from.unwrap_or_else(|| match direction {
+        Direction::Backward => services.timeline.current_count(),
+        Direction::Forward => 0,
+    });
+    let mut response = json!({ "start": start.to_string(), "chunk": page.events, "state": [] });
+    if let Some(end) = page.end {
+        response["end"] = json!(end.to_string());
+    }
+    Ok(Json(response))
+}

@@ -52,7 +52,7 @@ fn listed(account: &Account) -> Value {
         "is_guest": record.guest,
         "admin": record.admin,
         "deactivated": record.deactivated,
-        "shadow_banned": false,
+        "shadow_banned": record.shadow_banned,
         "displayname": account.displayname,
         "avatar_url": account.avatar_url,
         "creation_ts": record.created_ts,
@@ -72,7 +72,7 @@ fn details(account: &Account) -> Value {
         "deactivated": record.deactivated,
         "locked": record.locked,
         "suspended": record.suspended,
-        "shadow_banned": false,
+        "shadow_banned": record.shadow_banned,
         "creation_ts": record.created_ts / 1000,
         "appservice_id": null,
         "consent_server_notice_sent": null,
@@ -562,4 +562,22 @@ pub async fn deactivate(
     );
     // No identity server is bound to: nothing to unbind.
     Ok(Json(json!({ "id_server_unbind_result": "success" })))
+}
+
+/// `POST /v1/users/{userId}/shadow_ban` and `DELETE` to lift it: the account's messages,
+/// state changes, invites and typing silently reach nobody (it gets event IDs as usual).
+pub async fn shadow_ban(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    method: http::Method,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>> {
+    let user_id = existing_user(&services, &user_id)?;
+    let ban = method == http::Method::POST;
+    if ban && services.users.get(&user_id)?.is_some_and(|r| r.admin) {
+        return Err(Error::invalid_param("Admins cannot be shadow-banned."));
+    }
+    services.users.set_shadow_banned(&user_id, ban).await?;
+    admin.audit(if ban { "shadow-ban" } else { "lift shadow-ban" }, &user_id);
+    Ok(Json(json!({})))
 }

@@ -27,7 +27,7 @@ mod push_rules;
 mod register;
 mod relations;
 mod report;
-mod room;
+pub(crate) mod room;
 mod search;
 mod session;
 mod sliding_sync;

@@ -30,6 +30,7 @@ use crate::{
         sync_filter::EventMatcher,
         timeline::{ClientTxn, LocalEvent, with_origin_ts},
     },
+    service::users,
 };
 
 fn object(json: &serde_json::value::RawValue, what: &str) -> Result<Map<String, Value>> {
@@ -107,7 +108,12 @@ pub async fn create_room(
         initial_state,
         name: body.name.clone(),
         topic: body.topic.clone(),
-        invite: body.invite.clone(),
+        // A shadow-banned account's room is made, its invites are not.
+        invite: if services.users.restriction(request.user()).shadow_banned {
+            Vec::new()
+        } else {
+            body.invite.clone()
+        },
         is_direct: body.is_direct,
         alias,
     };
@@ -126,6 +132,9 @@ pub async fn send_message(
     let body = &request.body;
     let event_type = body.event_type.to_string();
     let content = Value::Object(object(body.body.json(), "The event content")?);
+    if services.users.restriction(request.user()).shadow_banned {
+        return Ok(RumaResponse(send_v3::Response::new(users::fake_event_id())).into_response());
+    }
     let txn = ClientTxn::new(
         request.user(),
         request.device(),
@@ -199,6 +208,9 @@ pub async fn send_state(
     let body = &request.body;
     let event_type = body.event_type.to_string();
     let content = Value::Object(object(body.body.json(), "The event content")?);
+    if services.users.restriction(request.user()).shadow_banned {
+        return Ok(RumaResponse(state_v3::Response::new(users::fake_event_id())).into_response());
+    }
     if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
         services.check_canonical_alias(&body.room_id, &content)?;
     }
@@ -283,7 +295,7 @@ pub async fn get_state_event(
 
 /// A pagination token of the room's stream (`/messages`, `/sync`'s `prev_batch`,
 /// `/relations`, `/threads`): a stream count, else 400 `M_INVALID_PARAM`.
-pub(super) fn stream_token(token: Option<&str>) -> Result<Option<u64>> {
+pub(crate) fn stream_token(token: Option<&str>) -> Result<Option<u64>> {
     token
         .map(|t| {
             t.parse::<u64>()
@@ -293,7 +305,7 @@ pub(super) fn stream_token(token: Option<&str>) -> Result<Option<u64>> {
 }
 
 /// Most events one `/messages` page returns.
-const MAX_MESSAGES: usize = 1000;
+pub(crate) const MAX_MESSAGES: usize = 1000;
 
 pub async fn messages(
     extract::State(services): extract::State<State>,

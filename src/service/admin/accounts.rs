@@ -193,7 +193,7 @@ impl Services {
                 AccountOrder::Admin => a_rec.admin.cmp(&b_rec.admin),
                 AccountOrder::UserType => a_rec.user_type.cmp(&b_rec.user_type),
                 AccountOrder::Deactivated => a_rec.deactivated.cmp(&b_rec.deactivated),
-                AccountOrder::ShadowBanned => Ordering::Equal,
+                AccountOrder::ShadowBanned => a_rec.shadow_banned.cmp(&b_rec.shadow_banned),
                 AccountOrder::CreationTs => a_rec.created_ts.cmp(&b_rec.created_ts),
                 AccountOrder::Displayname | AccountOrder::AvatarUrl | AccountOrder::LastSeenTs => {
                     match (a, b) {

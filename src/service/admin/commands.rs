@@ -118,6 +118,9 @@ enum Command {
     /// Media: delete, quarantine, protect; a user's uploads.
     #[command(subcommand)]
     Media(MediaCommand),
+    /// Other servers: how sending to each goes.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Reports of events, rooms and users, newest first.
     Reports {
         /// How many to show.
@@ -173,6 +176,10 @@ enum UserCommand {
     Lock { user: String },
     /// Unlocks an account.
     Unlock { user: String },
+    /// Shadow-bans an account: its messages, invites and typing silently reach nobody.
+    ShadowBan { user: String },
+    /// Lifts a shadow-ban.
+    Unban { user: String },
     /// An account's devices, with where and when each was last seen.
     Whois { user: String },
 }
@@ -223,6 +230,14 @@ enum MediaCommand {
 }
 
 #[derive(Subcommand)]
+enum FederationCommand {
+    /// Every other server this one shares rooms with or sends to, failing ones first.
+    Status,
+    /// Forgets a failing server's failures and tries again now.
+    Reset { server: String },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Lists the registration tokens.
     List,
@@ -267,6 +282,50 @@ impl Services {
             Command::Rooms(command) => self.run_room_command(admin, command).await,
             Command::Tokens(command) => self.run_token_command(command).await,
             Command::Media(command) => self.run_media_command(admin, command),
+            Command::Federation(FederationCommand::Status) => {
+                let now = utils::now_millis();
+                let mut all = self.admin_destinations()?;
+                all.sort_by_key(|(_, state)| {
+                    std::cmp::Reverse(state.as_ref().and_then(|s| s.failure_ts).is_some())
+                });
+                let rows = all
+                    .into_iter()
+                    .map(|(name, state)| {
+                        let state = state.unwrap_or_default();
+                        let status = match (state.failure_ts, state.retry_last_ts) {
+                            (Some(since), Some(last)) => format!(
+                                "failing since {}, next try in {} s",
+                                utils::format_millis(since),
+                                (last + state.retry_interval_ms).saturating_sub(now) / 1000
+                            ),
+                            _ if state.last_success_ts.is_some() => "ok".to_owned(),
+                            _ => "nothing sent since the start".to_owned(),
+                        };
+                        vec![
+                            name.to_string(),
+                            status,
+                            state
+                                .last_success_ts
+                                .map(utils::format_millis)
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                Ok(Answer::table(
+                    "Other servers:",
+                    &["server", "sending", "last delivered"],
+                    rows,
+                ))
+            }
+            Command::Federation(FederationCommand::Reset { server }) => {
+                let name = ruma::ServerName::parse(&server)
+                    .map_err(|e| Error::invalid_param(format!("Invalid server name: {e}")))?;
+                if !self.federation.destinations.reset(&name) {
+                    return Err(Error::invalid_param(format!("{name} is not failing.")));
+                }
+                tracing::info!(admin = %admin, server = %name, "federation reset in the admin room");
+                Ok(Answer::text(format!("Trying {name} again now.")))
+            }
             Command::Reports { limit } => {
                 let mut reports = self.reports()?;
                 reports.reverse();
@@ -346,6 +405,7 @@ impl Services {
                             (a.record.guest, "guest"),
                             (a.record.locked, "locked"),
                             (a.record.suspended, "suspended"),
+                            (a.record.shadow_banned, "shadow-banned"),
                             (a.record.deactivated, "deactivated"),
                         ] {
                             if on {
@@ -454,6 +514,21 @@ impl Services {
                     .await?;
                 tracing::info!(admin = %admin, user = %user_id, "account unlocked in the admin room");
                 Answer::text(format!("Unlocked {user_id}."))
+            }
+            UserCommand::ShadowBan { user } => {
+                let user_id = existing(&user)?;
+                if self.users.get(&user_id)?.is_some_and(|r| r.admin) {
+                    return Err(Error::invalid_param("Admins cannot be shadow-banned."));
+                }
+                self.users.set_shadow_banned(&user_id, true).await?;
+                tracing::info!(admin = %admin, user = %user_id, "shadow-banned in the admin room");
+                Answer::text(format!("{user_id} is shadow-banned."))
+            }
+            UserCommand::Unban { user } => {
+                let user_id = existing(&user)?;
+                self.users.set_shadow_banned(&user_id, false).await?;
+                tracing::info!(admin = %admin, user = %user_id, "shadow-ban lifted in the admin room");
+                Answer::text(format!("{user_id} is no longer shadow-banned."))
             }
             UserCommand::Whois { user } => {
                 let user_id = existing(&user)?;

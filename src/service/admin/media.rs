@@ -117,6 +117,35 @@ impl Services {
         Ok(media)
     }
 
+    /// How many uploads and bytes each local user has, of the media uploaded in
+    /// `[from_ts, until_ts)`: `(user, count, bytes)` by user ID.
+    pub fn admin_media_statistics(
+        &self,
+        from_ts: u64,
+        until_ts: u64,
+    ) -> Result<Vec<(ruma::OwnedUserId, u64, u64)>> {
+        let mut by_user: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for (_, record) in self.local_media()? {
+            let Some(uploader) = record.uploader else {
+                continue;
+            };
+            if record.created_ts < from_ts || record.created_ts >= until_ts {
+                continue;
+            }
+            let entry = by_user.entry(uploader).or_default();
+            entry.0 += 1;
+            entry.1 += record.size;
+        }
+        Ok(by_user
+            .into_iter()
+            .filter_map(|(user, (count, bytes))| {
+                ruma::OwnedUserId::try_from(user)
+                    .ok()
+                    .map(|u| (u, count, bytes))
+            })
+            .collect())
+    }
+
     /// Deletes media of this server (400 for another server's: only its copy is here, and
     /// `purge_media_cache` deletes those). `false` when there is no such media.
     pub fn admin_delete_media(&self, name: &MediaName) -> Result<bool> {

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod admin_room;
 pub mod cli;
 pub mod commands;
+pub mod federation;
 pub mod media;
 pub mod room_deletion;
 pub mod rooms;

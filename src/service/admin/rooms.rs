@@ -213,3 +213,69 @@ impl Services {
         Ok((page, total))
     }
 }
+
+impl Services {
+    /// Gives `target` (a local account) the power of the room's most powerful local member,
+    /// through a power-levels event that member sends; a target outside a room that is not
+    /// public is invited by that member. 400 when no local member may change power levels.
+    pub async fn make_room_admin(&self, room_id: &RoomId, target: &UserId) -> Result<()> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        let mut strongest: Option<(ruma::OwnedUserId, i64)> = None;
+        for (user_id, membership) in self.members.of_room(room_id)? {
+            if membership != "join" || user_id.server_name() != self.server_name {
+                continue;
+            }
+            let power = self.power_level(room_id, &user_id)?;
+            if strongest.as_ref().is_none_or(|(_, best)| power > *best) {
+                strongest = Some((user_id, power));
+            }
+        }
+        let needed = self.state_power_needed(room_id, "m.room.power_levels")?;
+        let Some((admin, power)) = strongest.filter(|(_, power)| *power >= needed) else {
+            return Err(Error::invalid_param(
+                "No local member of the room may change its power levels.",
+            ));
+        };
+        let state = self.timeline.current_state(room_id)?;
+        let mut content = match state.get(&("m.room.power_levels".to_owned(), String::new())) {
+            Some(event_id) => self.timeline.event_fields(room_id, event_id)?["content"].take(),
+            None => serde_json::json!({}),
+        };
+        let users = content
+            .as_object_mut()
+            .ok_or_else(|| Error::internal("power levels that are no object"))?
+            .entry("users")
+            .or_insert_with(|| serde_json::json!({}));
+        // A room creator's power (room version 12) is above any number: give the highest
+        // level anyone has, at least 100.
+        let level = if power == i64::MAX {
+            users
+                .as_object()
+                .into_iter()
+                .flat_map(|u| u.values())
+                .filter_map(Value::as_i64)
+                .max()
+                .unwrap_or(100)
+                .max(100)
+        } else {
+            power
+        };
+        // The most powerful local member already is (the target asked for itself).
+        if admin != target {
+            users[target.as_str()] = serde_json::json!(level);
+            self.send_state_event(room_id, &admin, "m.room.power_levels", "", content)
+                .await?;
+        }
+        let present = self
+            .members
+            .membership(room_id, target)?
+            .is_some_and(|m| matches!(m.membership.as_str(), "join" | "invite"));
+        if !present && self.describe_room(room_id)?.join_rule != "public" {
+            self.set_membership(room_id, &admin, target, "invite", None)
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod destinations;
 pub mod edus;
 pub mod inbound;
 pub mod invite;
@@ -46,6 +47,8 @@ pub struct Federation {
     pub keys: server_keys::KeyCache,
     /// Where rooms' new events go; a consumer of the commit pipeline.
     pub outbox: Arc<outbox::Outbox>,
+    /// How sending to each destination goes (failures, back-off), for the admins.
+    pub destinations: destinations::Destinations,
 }
 
 impl Federation {
@@ -83,6 +86,7 @@ impl Federation {
             http,
             keys: server_keys::KeyCache::new(store),
             outbox: Arc::new(outbox::Outbox::new(config.server_name.clone(), members)),
+            destinations: destinations::Destinations::default(),
         })
     }
 

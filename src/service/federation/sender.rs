@@ -151,11 +151,26 @@ impl Services {
 /// The task of one destination: sends its queue in order until it is empty, then waits.
 async fn drain(services: Weak<Services>, destination: OwnedServerName, notify: Arc<Notify>) {
     let mut backoff: Option<Duration> = None;
+    let reset = match services.upgrade() {
+        Some(services) => services.federation.destinations.reset_signal(&destination),
+        None => return,
+    };
     loop {
         let Some(services) = services.upgrade() else {
             return;
         };
         let sent = send_next(&services, &destination).await;
+        let destinations = &services.federation.destinations;
+        match &sent {
+            Ok(true) => destinations.succeeded(&destination),
+            Ok(false) => {}
+            Err(e) => {
+                let wait = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                tracing::info!(%destination, retry_in_secs = wait.as_secs(), "federation send failed: {e}");
+                destinations.failed(&destination, wait);
+                backoff = Some(wait);
+            }
+        }
         drop(services);
         match sent {
             Ok(true) => backoff = None,
@@ -163,11 +178,13 @@ async fn drain(services: Weak<Services>, destination: OwnedServerName, notify: A
                 // Empty: wait for news (or check again now and then).
                 let _ = tokio::time::timeout(Duration::from_secs(60), notify.notified()).await;
             }
-            Err(e) => {
-                let wait = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
-                tracing::info!(%destination, retry_in_secs = wait.as_secs(), "federation send failed: {e}");
-                backoff = Some(wait);
-                tokio::time::sleep(wait).await;
+            Err(_) => {
+                // The back-off, unless an admin resets the destination meanwhile.
+                let wait = backoff.unwrap_or(FIRST_BACKOFF);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = reset.notified() => backoff = None,
+                }
             }
         }
     }
