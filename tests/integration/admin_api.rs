@@ -902,3 +902,112 @@ async fn federation_destinations_show_sending_and_a_reset_retries_at_once() {
         "no retry within 3 s of the reset; before it: {before}"
     );
 }
+
+#[tokio::test]
+async fn server_notices_reach_a_user_in_a_tagged_room_only_the_server_writes_in() {
+    let server = TestServer::start().await;
+    let root = server.register("root", "root-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let path = "/_synapse/admin/v1/send_server_notice";
+    let notice = |text: &str| json!({ "user_id": bob.user_id, "content": { "msgtype": "m.text", "body": text } });
+    let refused = server.post(path, Some(&bob.token), notice("x")).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let remote = server
+        .post(
+            path,
+            Some(&root.token),
+            json!({ "user_id": "@x:elsewhere.example", "content": {} }),
+        )
+        .await;
+    assert_error(&remote, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let nobody = server
+        .post(
+            path,
+            Some(&root.token),
+            json!({ "user_id": "@nobody:test.local", "content": {} }),
+        )
+        .await;
+    assert_error(&nobody, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+
+    let (status, sent) = server
+        .post(path, Some(&root.token), notice("Maintenance at 10:00"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let invited = server
+        .sync_until(&bob, "the notices room's invite", |body| {
+            body["rooms"]["invite"]
+                .as_object()
+                .is_some_and(|i| !i.is_empty())
+        })
+        .await;
+    let room = invited["rooms"]["invite"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    server.join(&bob, &room).await;
+    let tag = server
+        .get_ok(
+            &format!("/_matrix/client/v3/user/{}/rooms/{room}/tags", bob.user_id),
+            &bob,
+        )
+        .await;
+    assert!(tag["tags"]["m.server_notice"].is_object(), "{tag}");
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"),
+            &bob,
+        )
+        .await;
+    let first = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "Maintenance at 10:00")
+        .expect("the notice");
+    assert_eq!(first["sender"], "@culvert:test.local");
+    assert_eq!(first["event_id"], sent["event_id"]);
+    let speak = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            Some(&bob.token),
+            json!({ "msgtype": "m.text", "body": "hi" }),
+        )
+        .await;
+    assert_error(&speak, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
+    // A transaction ID makes it idempotent; the same room serves the next notice.
+    let txn_path = format!("{path}/txn1");
+    let (_, once) = server
+        .put(&txn_path, Some(&root.token), notice("Once"))
+        .await;
+    let (_, again) = server
+        .put(&txn_path, Some(&root.token), notice("Once"))
+        .await;
+    assert_eq!(once["event_id"], again["event_id"], "{once} {again}");
+    server.wait_for_message(&bob, &room, "Once").await;
+
+    // Left: the next notice comes in a new room.
+    let left = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(left.0, StatusCode::OK);
+    let (status, _) = server
+        .post(path, Some(&root.token), notice("After leaving"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let invited = server
+        .sync_until(&bob, "a new notices room", |body| {
+            body["rooms"]["invite"]
+                .as_object()
+                .is_some_and(|i| i.keys().any(|r| *r != room))
+        })
+        .await;
+    assert!(invited["rooms"]["invite"][room.as_str()].is_null());
+}

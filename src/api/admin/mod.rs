@@ -105,6 +105,14 @@ fn admin_routes() -> Router<State> {
         )
         .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
         .route(
+            &format!("{V1}/send_server_notice"),
+            post(users::send_server_notice),
+        )
+        .route(
+            &format!("{V1}/send_server_notice/{{txn_id}}"),
+            put(users::send_server_notice_txn),
+        )
+        .route(
             &format!("{V1}/users/{{user_id}}/shadow_ban"),
             post(users::shadow_ban).delete(users::shadow_ban),
         )

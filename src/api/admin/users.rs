@@ -581,3 +581,50 @@ pub async fn shadow_ban(
     admin.audit(if ban { "shadow-ban" } else { "lift shadow-ban" }, &user_id);
     Ok(Json(json!({})))
 }
+
+#[derive(Deserialize)]
+pub struct ServerNoticeBody {
+    user_id: String,
+    content: Value,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    state_key: Option<String>,
+}
+
+async fn server_notice(
+    services: &State,
+    admin: &Admin,
+    body: ServerNoticeBody,
+    txn: Option<&str>,
+) -> Result<Json<Value>> {
+    let user_id = local_user(services, &body.user_id)?;
+    let notice = crate::service::admin::server_notices::Notice {
+        event_type: body.event_type.as_deref().unwrap_or("m.room.message"),
+        state_key: body.state_key.as_deref(),
+        content: body.content,
+    };
+    let event_id = services
+        .send_server_notice(&user_id, notice, txn.map(|t| (admin.0.as_ref(), t)))
+        .await?;
+    admin.audit("send server notice", &user_id);
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `POST /v1/send_server_notice`.
+pub async fn send_server_notice(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    AdminJson(body): AdminJson<ServerNoticeBody>,
+) -> Result<Json<Value>> {
+    server_notice(&services, &admin, body, None).await
+}
+
+/// `PUT /v1/send_server_notice/{txnId}`: idempotent per admin and transaction ID.
+pub async fn send_server_notice_txn(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(txn_id): Path<String>,
+    AdminJson(body): AdminJson<ServerNoticeBody>,
+) -> Result<Json<Value>> {
+    server_notice(&services, &admin, body, Some(&txn_id)).await
+}

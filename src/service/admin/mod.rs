@@ -11,6 +11,7 @@ pub mod federation;
 pub mod media;
 pub mod room_deletion;
 pub mod rooms;
+pub mod server_notices;
 
 pub use accounts::{Account, AccountChanges, AccountFilter, AccountOrder};
 pub use rooms::{RoomOrder, RoomOverview};
