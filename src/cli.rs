@@ -1,6 +1,7 @@
-//! The command line: `culvert [serve]`, `check-config`, and `user …` admin commands, which
-//! open the database while the server is stopped and ask the running server otherwise
-//! (through its admin API, with the token it leaves for the command line: `service::admin::cli`).
+//! The command line: `culvert [serve]`, `check-config`, `user …` admin commands and `backup …`:
+//! `user` and `backup create` open the database while the server is stopped and ask the
+//! running server otherwise (through its admin API, with the token it leaves for the command
+//! line: `service::admin::cli`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -40,6 +41,27 @@ enum Command {
     /// Replace the server's signing key (stop the server first). The old key stays published
     /// in `old_verify_keys`, so what it signed still verifies.
     RotateSigningKey,
+    /// Backups of the database and the media files, in `[global.backup] path`.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCommand {
+    /// Take a backup (the running server takes it if it runs; writes go on meanwhile).
+    Create,
+    /// List the backups kept.
+    List,
+    /// Check a backup (the newest unless ID): database files against their checksums, media
+    /// files against their hashes.
+    Verify { id: Option<u32> },
+    /// Restore a backup (the newest unless ID) into a new, empty database directory; point
+    /// `database_path` at it (media go to its `media` directory).
+    Restore {
+        id: Option<u32>,
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +168,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::User(command) => user_command(config, command).await,
+            Command::Backup(command) => backup_command(config, command).await,
             Command::RotateSigningKey => {
                 let services = Services::open(config)?;
                 let key_id = services.globals.rotate_signing_key()?;
@@ -253,6 +276,68 @@ async fn user_command(config: Config, command: UserCommand) -> Result<(), StartE
     Ok(())
 }
 
+async fn backup_command(config: Config, command: BackupCommand) -> Result<(), StartError> {
+    use crate::service::backup;
+    backup::settings(&config).map_err(StartError::Other)?;
+    match command {
+        BackupCommand::Create => {
+            let store = match crate::store::Store::open(
+                &config.database_path,
+                &crate::store::StoreOptions::default(),
+            ) {
+                Ok(store) => store,
+                // The server runs: it takes the backup.
+                Err(crate::store::StoreError::Locked(_)) => {
+                    return live::create_backup(&config).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let report = tokio::task::spawn_blocking(move || backup::create(&store, &config))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .map_err(StartError::Other)?;
+            println!(
+                "backup {} taken: {} bytes of database files; {} media files copied ({} in the backup directory)",
+                report.backup.id, report.backup.size, report.media_copied, report.media_files
+            );
+        }
+        BackupCommand::List => {
+            let backups = backup::list(&config).map_err(StartError::Other)?;
+            if backups.is_empty() {
+                println!("no backups yet");
+            }
+            for b in backups {
+                println!(
+                    "{}\t{}\t{} bytes\t{} files",
+                    b.id,
+                    utils::format_millis(b.timestamp.max(0) as u64 * 1000),
+                    b.size,
+                    b.files
+                );
+            }
+        }
+        BackupCommand::Verify { id } => {
+            let id = tokio::task::spawn_blocking(move || backup::verify(&config, id))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .map_err(StartError::Other)?;
+            println!("backup {id} is sound");
+        }
+        BackupCommand::Restore { id, to } => {
+            let target = to.clone();
+            let id = tokio::task::spawn_blocking(move || backup::restore(&config, id, &to))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .map_err(StartError::Other)?;
+            println!(
+                "backup {id} restored into {}: set database_path to it (media are in its media directory)",
+                target.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn existing_user(services: &Services, name: &str) -> Result<ruma::OwnedUserId, StartError> {
     let user_id = Users::parse_existing(name, &services.server_name)?;
     match services.users.get(&user_id)? {
@@ -294,7 +379,7 @@ mod live {
         ) -> Result<(StatusCode, Value), StartError> {
             let mut request = self
                 .http
-                .request(method, format!("{}/_synapse/admin{path}", self.access.url))
+                .request(method, format!("{}{path}", self.access.url))
                 .bearer_auth(&self.access.token);
             if let Some(body) = body {
                 request = request.json(&body);
@@ -327,17 +412,35 @@ mod live {
         }
     }
 
-    pub async fn user_command(config: &Config, command: UserCommand) -> Result<(), StartError> {
+    /// The running server, through the access file it left.
+    fn connect(config: &Config) -> Result<Server, StartError> {
         let access = cli::read_access(&config.database_path).map_err(StartError::Other)?;
         if access.url.starts_with("https") {
             return Err(StartError::Other(
                 "the server runs with TLS, which this command does not speak: stop it first".into(),
             ));
         }
-        let server = Server {
+        Ok(Server {
             http: reqwest::Client::new(),
             access,
-        };
+        })
+    }
+
+    /// `culvert backup create` while the server runs: it takes the backup.
+    pub async fn create_backup(config: &Config) -> Result<(), StartError> {
+        let server = connect(config)?;
+        let report = server
+            .ok(Method::POST, "/_culvert/admin/v1/backups", Some(json!({})))
+            .await?;
+        println!(
+            "backup {} taken by the running server: {} bytes of database files; {} media files copied ({} in the backup directory)",
+            report["backup_id"], report["size"], report["media_copied"], report["media_files"]
+        );
+        Ok(())
+    }
+
+    pub async fn user_command(config: &Config, command: UserCommand) -> Result<(), StartError> {
+        let server = connect(config)?;
         let server_name = &config.server_name;
         match command {
             UserCommand::Create {
@@ -346,7 +449,7 @@ mod live {
                 password,
             } => {
                 let user_id = Users::parse_new_localpart(&name, server_name)?;
-                let path = format!("/v2/users/{user_id}");
+                let path = format!("/_synapse/admin/v2/users/{user_id}");
                 let (status, _) = server.call(Method::GET, &path, None).await?;
                 if status == StatusCode::OK {
                     return Err(StartError::Other(format!("{user_id} exists already")));
@@ -367,7 +470,7 @@ mod live {
                 server
                     .ok(
                         Method::POST,
-                        &format!("/v1/reset_password/{user_id}"),
+                        &format!("/_synapse/admin/v1/reset_password/{user_id}"),
                         Some(body),
                     )
                     .await?;
@@ -381,7 +484,7 @@ mod live {
                 server
                     .ok(
                         Method::POST,
-                        &format!("/v1/deactivate/{user_id}"),
+                        &format!("/_synapse/admin/v1/deactivate/{user_id}"),
                         Some(json!({})),
                     )
                     .await?;
@@ -390,7 +493,8 @@ mod live {
             UserCommand::List => {
                 let mut from = 0u64;
                 loop {
-                    let path = format!("/v3/users?locked=true&limit=500&from={from}");
+                    let path =
+                        format!("/_synapse/admin/v3/users?locked=true&limit=500&from={from}");
                     let page = server.ok(Method::GET, &path, None).await?;
                     for user in page["users"].as_array().into_iter().flatten() {
                         let flags: Vec<&str> = [

@@ -201,6 +201,9 @@ pub struct Config {
     /// Where media files live (Conduit's `[global.media]` table).
     #[serde(default)]
     pub media: MediaConfig,
+    /// Online backups (`[global.backup]`); absent: `culvert backup` has nowhere to write.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
     #[serde(default)]
     pub emergency_password: Option<String>,
     /// `CULVERT_*`/`CONDUIT_*` environment variables that name no key, left out (warned about
@@ -216,6 +219,21 @@ pub struct TlsConfig {
     pub certs: PathBuf,
     /// Path to the PEM private key.
     pub key: PathBuf,
+}
+
+/// Where backups go and how many are kept (`[global.backup]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The backup directory: outside the database directory (ideally on another disk).
+    pub path: PathBuf,
+    /// Backups kept; older ones are removed when a new one is taken.
+    #[serde(default = "default_backups_kept")]
+    pub keep: usize,
+}
+
+fn default_backups_kept() -> usize {
+    7
 }
 
 /// What `/.well-known/matrix/{client,server}` answer. Unset: 404.

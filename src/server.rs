@@ -34,6 +34,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             "config key `{key}` is accepted for Conduit compatibility but has no effect in culvert"
         );
     }
+    if config.backup.is_some() {
+        crate::service::backup::settings(&config).map_err(StartError::Other)?;
+    }
     let services = Services::open(config)?;
     services.announce_bootstrap_token()?;
     services.finish_interrupted_purges().await?;

@@ -6,6 +6,7 @@
 //! `durability` setting decides whether it is also fsynced, to survive a power cut
 //! ([`durability`]).
 
+pub mod backup;
 pub mod durability;
 pub mod keys;
 mod migrations;

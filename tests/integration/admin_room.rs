@@ -391,6 +391,8 @@ async fn admins_command_the_server_from_the_admin_room() {
     assert_eq!(status, StatusCode::OK, "{reported}");
     let reports = command(&server, &alice, &room, "!admin reports").await;
     assert!(body(&reports).contains("too loud"), "{reports}");
+    let backup = command(&server, &alice, &room, "!admin backup").await;
+    assert!(body(&backup).contains("no backup directory"), "{backup}");
     let stats = command(&server, &alice, &room, "!admin server").await;
     assert!(body(&stats).contains("active accounts"), "{stats}");
 

@@ -4,6 +4,7 @@ mod account;
 mod admin_api;
 mod admin_room;
 mod appservice;
+mod backup;
 mod bench_tool;
 mod cli;
 mod client_format;

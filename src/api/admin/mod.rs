@@ -7,6 +7,7 @@
 //! These endpoints have no ruma types: [`Admin`] authenticates, [`AdminJson`] parses bodies
 //! into the handlers' own structs with Matrix errors for what does not parse.
 
+pub mod backups;
 pub mod federation;
 pub mod media;
 pub mod registration_tokens;
@@ -240,6 +241,10 @@ fn admin_routes() -> Router<State> {
         .route(
             &format!("{V1}/federation/destinations/{{destination}}/reset_connection"),
             post(federation::reset_connection),
+        )
+        .route(
+            "/_culvert/admin/v1/backups",
+            get(backups::list).post(backups::create),
         )
         .route(&format!("{V1}/event_reports"), get(rooms::event_reports))
         .route(

@@ -129,6 +129,8 @@ enum Command {
     },
     /// This server's version and size.
     Server,
+    /// Takes a backup of the database and the media files now.
+    Backup,
 }
 
 #[derive(Subcommand)]
@@ -357,6 +359,14 @@ impl Services {
                     &["when", "by", "about", "reason"],
                     rows,
                 ))
+            }
+            Command::Backup => {
+                let report = self.create_backup().await?;
+                tracing::info!(admin = %admin, id = report.backup.id, "backup taken in the admin room");
+                Ok(Answer::text(format!(
+                    "Backup {} taken: {} bytes of database files; {} media files copied ({} in the backup directory).",
+                    report.backup.id, report.backup.size, report.media_copied, report.media_files
+                )))
             }
             Command::Server => {
                 let accounts = self.users.list()?;
