@@ -360,6 +360,37 @@ impl Devices {
         Ok((device_id, minted.tokens))
     }
 
+    /// A device an admin acts as the user from (Synapse's `users/{id}/login`): listed among
+    /// the user's devices under `display_name`, its token expiring at `valid_until` (ms since
+    /// the epoch) if given, with no refresh token. Returns the access token.
+    pub async fn create_admin_login(
+        &self,
+        user_id: &UserId,
+        display_name: String,
+        valid_until: Option<u64>,
+    ) -> Result<String> {
+        let _guard = self.write_lock.lock().await;
+        let mut minted = mint(None);
+        minted.expires_at = valid_until;
+        let now = utils::now_millis();
+        let device_id: OwnedDeviceId = utils::random_string(DEVICE_ID_LEN).to_uppercase().into();
+        let record = DeviceRecord {
+            display_name: Some(display_name),
+            last_seen_ip: None,
+            last_seen_ts: Some(now),
+            created_ts: now,
+            token_hash: utils::hex(&minted.access_hash),
+            refresh_hash: None,
+            next: None,
+        };
+        let key = Self::device_key(user_id, &device_id);
+        let mut batch = Batch::new();
+        batch.put(Cf::Devices, key.clone(), serde_json::to_vec(&record)?);
+        put_tokens_into(&mut batch, &key, &minted);
+        self.store.write(batch)?;
+        Ok(minted.tokens.access_token)
+    }
+
     /// Adds a device without tokens: an appservice's (MSC4190), which it acts from with its
     /// own token and the `device_id` query parameter. Returns false when the device exists.
     pub async fn create_tokenless(

@@ -721,6 +721,19 @@ def main():
         "no new password",
     )
 
+    # Acting as a user: a token of theirs (not for oneself).
+    _, puppet = server.call(
+        "POST", f"/_synapse/admin/v1/users/{made[3]}/login", admin, {}, expect=200
+    )
+    _, who = server.call(
+        "GET", "/_matrix/client/v3/account/whoami", puppet["access_token"], expect=200
+    )
+    check(who["user_id"] == made[3], f"the token acts as the user: {who}")
+    refused(
+        server.call("POST", f"/_synapse/admin/v1/users/{admin_id}/login", admin, {}),
+        "logging in as oneself",
+    )
+
     # Deactivation with erasure: no login, no profile, out of the room.
     _, body = server.call(
         "POST", f"/_synapse/admin/v1/deactivate/{ann}", admin, {"erase": True}, expect=200
@@ -787,6 +800,7 @@ def main():
         ("GET", "/_synapse/admin/v1/federation/destinations"),
         ("POST", f"/_synapse/admin/v1/rooms/{room_id}/make_room_admin"),
         ("POST", f"/_synapse/admin/v1/users/{ann}/shadow_ban"),
+        ("POST", f"/_synapse/admin/v1/users/{ann}/login"),
         ("POST", f"/_synapse/admin/v1/media/quarantine/{server.server_name}/abc"),
         ("POST", f"/_synapse/admin/v1/media/protect/abc"),
         ("DELETE", f"/_synapse/admin/v1/media/{server.server_name}/abc"),

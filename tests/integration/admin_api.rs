@@ -1011,3 +1011,40 @@ async fn server_notices_reach_a_user_in_a_tagged_room_only_the_server_writes_in(
         .await;
     assert!(invited["rooms"]["invite"][room.as_str()].is_null());
 }
+
+#[tokio::test]
+async fn an_admin_acts_as_a_user_with_a_token_that_expires() {
+    let server = TestServer::start().await;
+    let root = server.register("root", "root-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let path = format!("/_synapse/admin/v1/users/{}/login", bob.user_id);
+    let refused = server.post(&path, Some(&bob.token), json!({})).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let past = server
+        .post(&path, Some(&root.token), json!({ "valid_until_ms": 1 }))
+        .await;
+    assert_error(&past, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let until = culvert::utils::now_millis() + 1500;
+    let (status, body) = server
+        .post(&path, Some(&root.token), json!({ "valid_until_ms": until }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let who = server
+        .get("/_matrix/client/v3/account/whoami", Some(&token))
+        .await;
+    assert_eq!(who.1["user_id"], bob.user_id.as_str(), "{}", who.1);
+    // The user sees the device it acts from.
+    let devices = server.get_ok("/_matrix/client/v3/devices", &bob).await;
+    assert!(
+        devices
+            .to_string()
+            .contains(&format!("Admin login by {}", root.user_id)),
+        "{devices}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let expired = server
+        .get("/_matrix/client/v3/account/whoami", Some(&token))
+        .await;
+    assert_error(&expired, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+}

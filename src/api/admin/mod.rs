@@ -106,6 +106,10 @@ fn admin_routes() -> Router<State> {
         )
         .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
         .route(
+            &format!("{V1}/users/{{user_id}}/login"),
+            post(users::login_as),
+        )
+        .route(
             &format!("{V1}/send_server_notice"),
             post(users::send_server_notice),
         )

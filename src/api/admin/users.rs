@@ -628,3 +628,44 @@ pub async fn send_server_notice_txn(
 ) -> Result<Json<Value>> {
     server_notice(&services, &admin, body, Some(&txn_id)).await
 }
+
+#[derive(Deserialize)]
+pub struct LoginAsBody {
+    valid_until_ms: Option<u64>,
+}
+
+/// `POST /v1/users/{userId}/login`: an access token to act as the user (a device of the
+/// user's, named after the admin, so the user sees it; expiring at `valid_until_ms`).
+pub async fn login_as(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(user_id): Path<String>,
+    AdminJson(body): AdminJson<LoginAsBody>,
+) -> Result<Json<Value>> {
+    let user_id = existing_user(&services, &user_id)?;
+    if user_id == admin.0 {
+        return Err(Error::invalid_param(
+            "Cannot use admin API to login as self",
+        ));
+    }
+    if !services.users.is_active(&user_id)? {
+        return Err(Error::invalid_param("The account is deactivated."));
+    }
+    if body
+        .valid_until_ms
+        .is_some_and(|t| t <= crate::utils::now_millis())
+    {
+        return Err(Error::invalid_param("`valid_until_ms` is in the past."));
+    }
+    let token = services
+        .devices
+        .create_admin_login(
+            &user_id,
+            format!("Admin login by {}", admin.0),
+            body.valid_until_ms,
+        )
+        .await?;
+    services.announce_device_list_change(&[&user_id]).await?;
+    admin.audit("log in as", &user_id);
+    Ok(Json(json!({ "access_token": token })))
+}
