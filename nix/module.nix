@@ -10,7 +10,22 @@
 let
   cfg = config.services.culvert;
   format = pkgs.formats.toml { };
-  configFile = format.generate "conduit.toml" { global = cfg.settings; };
+  settings =
+    cfg.settings
+    // lib.optionalAttrs cfg.backup.enable {
+      backup = {
+        inherit (cfg.backup) path keep;
+      };
+    };
+  configFile = format.generate "conduit.toml" { global = settings; };
+  # A backup directory under /var/lib is one of the service's state directories.
+  backupStateDirectory = lib.removePrefix "/var/lib/" cfg.backup.path;
+  stateDirectories = [
+    "culvert"
+  ]
+  ++ lib.optional (
+    cfg.backup.enable && lib.hasPrefix "/var/lib/" cfg.backup.path
+  ) backupStateDirectory;
 in
 {
   options.services.culvert = {
@@ -70,6 +85,31 @@ in
       };
     };
 
+    backup = {
+      enable = lib.mkEnableOption ''
+        backups of the database and the media files (`culvert backup create`), taken by the
+        running server on a timer; `culvert backup list|verify|restore` read them
+      '';
+      path = lib.mkOption {
+        type = lib.types.str;
+        default = "/var/lib/culvert-backups";
+        description = ''
+          The backup directory, outside the database directory. Under /var/lib it is made
+          as a state directory of the service; elsewhere it must exist, writable by it.
+        '';
+      };
+      keep = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 7;
+        description = "Backups kept; older ones go when a new one is taken.";
+      };
+      startAt = lib.mkOption {
+        type = lib.types.str;
+        default = "daily";
+        description = "When backups are taken (a systemd calendar expression).";
+      };
+    };
+
     extraEnvironment = lib.mkOption {
       type = lib.types.attrsOf lib.types.str;
       default = { };
@@ -95,7 +135,10 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         DynamicUser = true;
-        StateDirectory = "culvert";
+        # Named, so that the backup unit runs as the same (dynamic) user.
+        User = "culvert";
+        StateDirectory = stateDirectories;
+        ReadWritePaths = lib.optional cfg.backup.enable cfg.backup.path;
         StateDirectoryMode = "0700";
         WorkingDirectory = "/var/lib/culvert";
         NoNewPrivileges = true;
@@ -126,6 +169,27 @@ in
         CapabilityBoundingSet = "";
         UMask = "0077";
         LimitNOFILE = 65536;
+      };
+    };
+
+    # The backup: asks the running server (which writes the backup); with the server
+    # stopped, opens the database itself.
+    systemd.services.culvert-backup = lib.mkIf cfg.backup.enable {
+      description = "culvert backup (database and media files)";
+      after = [ "culvert.service" ];
+      startAt = cfg.backup.startAt;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} --config ${configFile} backup create";
+        DynamicUser = true;
+        User = "culvert";
+        StateDirectory = stateDirectories;
+        ReadWritePaths = [ cfg.backup.path ];
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        UMask = "0077";
       };
     };
   };

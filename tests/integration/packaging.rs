@@ -56,6 +56,33 @@ fn the_systemd_unit_verifies() {
     .unwrap();
     let text = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
     assert!(!text.contains("Unknown"), "{text}");
+
+    // The daily backup: a timer (off until enabled) and the one-shot unit it starts.
+    let backup = std::fs::read_to_string(repo().join("debian/culvert-backup.service")).unwrap();
+    assert!(
+        backup.contains(
+            "ExecStart=/usr/bin/culvert --config /etc/culvert/conduit.toml backup create"
+        )
+    );
+    let timer = std::fs::read_to_string(repo().join("debian/culvert-backup.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=daily") && timer.contains("WantedBy=timers.target"));
+    std::fs::write(
+        dir.path().join("culvert-backup.service"),
+        backup.replace("/usr/bin/culvert", env!("CARGO_BIN_EXE_culvert")),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("culvert-backup.timer"), timer).unwrap();
+    for unit in ["culvert-backup.service", "culvert-backup.timer"] {
+        let text = run(Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(unit)));
+        assert!(!text.contains("Unknown"), "{unit}: {text}");
+    }
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains(r#"{ unit-name = "culvert-backup", enable = false, start = false }"#),
+        "the package installs the backup units, off"
+    );
 }
 
 #[test]
@@ -73,6 +100,16 @@ fn the_nix_files_parse() {
     assert!(files.len() >= 4, "{files:?}");
     for file in &files {
         run(Command::new("nix-instantiate").arg("--parse").arg(file));
+    }
+    // The module's backup option: the config's `backup` key and a timer-started unit.
+    let module = std::fs::read_to_string(repo().join("nix/module.nix")).unwrap();
+    for needed in [
+        "backup = {",
+        "systemd.services.culvert-backup",
+        "startAt = cfg.backup.startAt",
+        "backup create",
+    ] {
+        assert!(module.contains(needed), "nix/module.nix lacks {needed:?}");
     }
 }
 
