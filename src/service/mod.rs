@@ -90,6 +90,8 @@ pub struct Services {
     pub admin_room: Arc<admin::admin_room::AdminRoom>,
     /// Room deletions of this run and their progress (see `admin::room_deletion`).
     pub room_deletions: admin::room_deletion::Deletions,
+    /// History purges of this run and their status (see `admin::room_deletion`).
+    pub history_purges: admin::room_deletion::HistoryPurges,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -179,6 +181,7 @@ impl Services {
             ),
             admin_room,
             room_deletions: admin::room_deletion::Deletions::default(),
+            history_purges: admin::room_deletion::HistoryPurges::default(),
             store,
             config,
         });

@@ -721,6 +721,30 @@ def main():
         "no new password",
     )
 
+    # Purging history (local events kept without delete_local_events): polled to its end.
+    _, started = server.call(
+        "POST",
+        f"/_synapse/admin/v1/purge_history/{room_id}",
+        admin,
+        {"purge_up_to_ts": int(time.time() * 1000)},
+        expect=200,
+    )
+    for _ in range(100):
+        _, purge = server.call(
+            "GET",
+            f"/_synapse/admin/v1/purge_history_status/{started['purge_id']}",
+            admin,
+            expect=200,
+        )
+        if purge["status"] != "active":
+            break
+        time.sleep(0.1)
+    check(purge["status"] == "complete", f"the purge: {purge}")
+    refused(
+        server.call("POST", f"/_synapse/admin/v1/purge_history/{room_id}", admin, {}),
+        "a purge with no point",
+    )
+
     # Acting as a user: a token of theirs (not for oneself).
     _, puppet = server.call(
         "POST", f"/_synapse/admin/v1/users/{made[3]}/login", admin, {}, expect=200
@@ -801,6 +825,7 @@ def main():
         ("POST", f"/_synapse/admin/v1/rooms/{room_id}/make_room_admin"),
         ("POST", f"/_synapse/admin/v1/users/{ann}/shadow_ban"),
         ("POST", f"/_synapse/admin/v1/users/{ann}/login"),
+        ("POST", f"/_synapse/admin/v1/purge_history/{room_id}"),
         ("POST", f"/_synapse/admin/v1/media/quarantine/{server.server_name}/abc"),
         ("POST", f"/_synapse/admin/v1/media/protect/abc"),
         ("DELETE", f"/_synapse/admin/v1/media/{server.server_name}/abc"),

@@ -1048,3 +1048,185 @@ async fn an_admin_acts_as_a_user_with_a_token_that_expires() {
         .await;
     assert_error(&expired, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_history_takes_old_messages_and_keeps_state_and_the_rest() {
+    let server = TestServer::start().await;
+    let root = server.register("root", "root-password-1").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Old times" }),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        ids.push(
+            server
+                .say(&alice, &room, &format!("message{n} oldword"))
+                .await,
+        );
+    }
+    let reaction = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/r1"),
+            Some(&alice.token),
+            json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": ids[1], "key": "👍" } }),
+        )
+        .await;
+    assert_eq!(reaction.0, StatusCode::OK);
+    let reply = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/reply1"),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "in the thread",
+                    "m.relates_to": { "rel_type": "m.thread", "event_id": ids[2] } }),
+        )
+        .await;
+    assert_eq!(reply.0, StatusCode::OK);
+    let reply_id = reply.1["event_id"].as_str().unwrap().to_owned();
+    let point = server.say(&alice, &room, "message6 kept").await;
+    let last = server.say(&alice, &room, "message7 newest").await;
+
+    let path = format!("/_synapse/admin/v1/purge_history/{room}");
+    let refused = server.post(&path, Some(&alice.token), json!({})).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let no_point = server.post(&path, Some(&root.token), json!({})).await;
+    assert_error(&no_point, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let unknown = server
+        .post(
+            "/_synapse/admin/v1/purge_history/!nosuch:test.local",
+            Some(&root.token),
+            json!({ "purge_up_to_ts": 1 }),
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let status_of = |purge_id: String| {
+        let server = &server;
+        let root = &root;
+        async move {
+            crate::common::poll(
+                crate::common::PATIENCE,
+                std::time::Duration::from_millis(50),
+                || {
+                    let purge_id = purge_id.clone();
+                    async move {
+                        let status = server
+                            .get_ok(
+                                &format!("/_synapse/admin/v1/purge_history_status/{purge_id}"),
+                                root,
+                            )
+                            .await;
+                        (status["status"] != "active").then_some(status)
+                    }
+                },
+            )
+            .await
+            .expect("the purge ends")
+        }
+    };
+    let event = |id: String| {
+        let server = &server;
+        let alice = &alice;
+        let room = room.clone();
+        async move {
+            server
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{room}/event/{id}"),
+                    Some(&alice.token),
+                )
+                .await
+                .0
+        }
+    };
+
+    // Local events stay unless asked for.
+    let (status, started) = server
+        .post(&format!("{path}/{point}"), Some(&root.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let done = status_of(started["purge_id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(event(ids[0].clone()).await, StatusCode::OK);
+
+    // With delete_local_events: everything before the point but the state.
+    let (_, started) = server
+        .post(
+            &path,
+            Some(&root.token),
+            json!({ "purge_up_to_event_id": point, "delete_local_events": true }),
+        )
+        .await;
+    let done = status_of(started["purge_id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    for gone in ids.iter().chain([&reply_id]) {
+        assert_eq!(event(gone.clone()).await, StatusCode::NOT_FOUND, "{gone}");
+    }
+    for kept in [&point, &last] {
+        assert_eq!(event(kept.clone()).await, StatusCode::OK, "{kept}");
+    }
+    let name = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            &alice,
+        )
+        .await;
+    assert_eq!(name["name"], "Old times");
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+            &alice,
+        )
+        .await;
+    let bodies = crate::common::message_bodies(&messages["chunk"]);
+    assert_eq!(bodies, ["message7 newest", "message6 kept"], "{messages}");
+    assert!(
+        messages["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create"),
+        "state events stay: {messages}"
+    );
+    let (status, found) = server
+        .post(
+            "/_matrix/client/v3/search",
+            Some(&alice.token),
+            json!({ "search_categories": { "room_events": { "search_term": "oldword" } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(
+        found["search_categories"]["room_events"]["count"], 0,
+        "{found}"
+    );
+    let threads = server
+        .get_ok(&format!("/_matrix/client/v1/rooms/{room}/threads"), &alice)
+        .await;
+    assert_eq!(threads["chunk"], json!([]), "{threads}");
+    server
+        .get_ok("/_matrix/client/v3/sync?timeout=0", &alice)
+        .await;
+
+    // By time: up to the newest, which always stays.
+    let (_, started) = server
+        .post(
+            &path,
+            Some(&root.token),
+            json!({ "purge_up_to_ts": culvert::utils::now_millis() + 60_000,
+                    "delete_local_events": true }),
+        )
+        .await;
+    let done = status_of(started["purge_id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(event(point.clone()).await, StatusCode::NOT_FOUND);
+    assert_eq!(event(last.clone()).await, StatusCode::OK);
+    let missing = server
+        .get(
+            "/_synapse/admin/v1/purge_history_status/nosuch",
+            Some(&root.token),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+}

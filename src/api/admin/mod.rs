@@ -152,6 +152,18 @@ fn admin_routes() -> Router<State> {
         )
         .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
         .route(
+            &format!("{V1}/purge_history/{{room_id}}"),
+            post(rooms::purge_history),
+        )
+        .route(
+            &format!("{V1}/purge_history/{{room_id}}/{{event_id}}"),
+            post(rooms::purge_history_to_event),
+        )
+        .route(
+            &format!("{V1}/purge_history_status/{{purge_id}}"),
+            get(rooms::purge_history_status),
+        )
+        .route(
             &format!("{V1}/rooms/{{room_id}}/messages"),
             get(rooms::messages),
         )

@@ -512,3 +512,76 @@ pub async fn messages(
     }
     Ok(Json(response))
 }
+
+#[derive(Deserialize)]
+pub struct PurgeHistoryBody {
+    #[serde(default)]
+    delete_local_events: bool,
+    purge_up_to_event_id: Option<String>,
+    purge_up_to_ts: Option<u64>,
+}
+
+async fn start_purge(
+    services: &State,
+    admin: &Admin,
+    raw_room: &str,
+    path_event: Option<&str>,
+    body: PurgeHistoryBody,
+) -> Result<Json<Value>> {
+    use crate::service::rooms::purge::HistoryPoint;
+    let room_id = room_id(raw_room)?;
+    let event = path_event.map(str::to_owned).or(body.purge_up_to_event_id);
+    let point = match (event, body.purge_up_to_ts) {
+        (Some(raw), _) => HistoryPoint::Event(
+            ruma::EventId::parse(&raw)
+                .map_err(|e| Error::invalid_param(format!("Invalid event ID {raw:?}: {e}")))?,
+        ),
+        (None, Some(ts)) => HistoryPoint::Timestamp(ts),
+        (None, None) => {
+            return Err(Error::invalid_param(
+                "must specify purge_up_to_event_id or purge_up_to_ts",
+            ));
+        }
+    };
+    let purge_id = services.start_history_purge(&room_id, point, body.delete_local_events)?;
+    admin.audit("purge history", &room_id);
+    Ok(Json(json!({ "purge_id": purge_id })))
+}
+
+/// `POST /v1/purge_history/{roomId}`: purges a room's history up to an event or a time, in
+/// the background.
+pub async fn purge_history(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path(room): Path<String>,
+    AdminJson(body): AdminJson<PurgeHistoryBody>,
+) -> Result<Json<Value>> {
+    start_purge(&services, &admin, &room, None, body).await
+}
+
+/// `POST /v1/purge_history/{roomId}/{eventId}`.
+pub async fn purge_history_to_event(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    Path((room, event)): Path<(String, String)>,
+    AdminJson(body): AdminJson<PurgeHistoryBody>,
+) -> Result<Json<Value>> {
+    start_purge(&services, &admin, &room, Some(&event), body).await
+}
+
+/// `GET /v1/purge_history_status/{purgeId}`.
+pub async fn purge_history_status(
+    extract::State(services): extract::State<State>,
+    _: Admin,
+    Path(purge_id): Path<String>,
+) -> Result<Json<Value>> {
+    let (status, error) = services
+        .history_purges
+        .get(&purge_id)
+        .ok_or_else(|| Error::not_found("No such purge."))?;
+    let mut body = json!({ "status": status });
+    if let Some(error) = error {
+        body["error"] = json!(error);
+    }
+    Ok(Json(body))
+}

@@ -337,3 +337,63 @@ impl Services {
         Ok(room_id)
     }
 }
+
+/// Where a history purge is (Synapse's `purge_history_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeStatus {
+    Active,
+    Complete,
+    Failed,
+}
+
+/// The history purges of this run: purge ID → status and error.
+#[derive(Default)]
+pub struct HistoryPurges(Mutex<std::collections::HashMap<String, (PurgeStatus, Option<String>)>>);
+
+impl HistoryPurges {
+    pub fn get(&self, purge_id: &str) -> Option<(PurgeStatus, Option<String>)> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(purge_id).cloned()
+    }
+
+    fn set(&self, purge_id: &str, status: PurgeStatus, error: Option<String>) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(purge_id.to_owned(), (status, error));
+    }
+}
+
+impl Services {
+    /// Starts purging a room's history in the background (`rooms::purge::purge_history`);
+    /// returns the purge's ID. 404 for a room this server does not know.
+    pub fn start_history_purge(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        point: crate::service::rooms::purge::HistoryPoint,
+        delete_local: bool,
+    ) -> Result<String> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        let purge_id = utils::random_string(16);
+        self.history_purges
+            .set(&purge_id, PurgeStatus::Active, None);
+        let services = Arc::clone(self);
+        let (room_id, id) = (room_id.to_owned(), purge_id.clone());
+        tokio::spawn(async move {
+            let result = services.purge_history(&room_id, point, delete_local).await;
+            match result {
+                Ok(_) => services
+                    .history_purges
+                    .set(&id, PurgeStatus::Complete, None),
+                Err(e) => {
+                    tracing::warn!(room = %room_id, "purging history failed: {e}");
+                    services
+                        .history_purges
+                        .set(&id, PurgeStatus::Failed, Some(e.to_string()));
+                }
+            }
+        });
+        Ok(purge_id)
+    }
+}

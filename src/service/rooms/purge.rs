@@ -1,5 +1,6 @@
 //! Purging a room: taking everything this server keeps of it out of the store, once its local
-//! members have left (an admin's room deletion, `service::admin::room_deletion`).
+//! members have left (an admin's room deletion, `service::admin::room_deletion`); and purging
+//! a room's old history ([`Services::purge_history`], described there).
 //!
 //! Two steps, each durable:
 //! 1. One batch takes the room out of every reader's view — its record, timeline, members,
@@ -255,4 +256,195 @@ impl Services {
 /// Whether `needle` occurs in `haystack`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Where a history purge stops: the events before it go.
+#[derive(Clone, Debug)]
+pub enum HistoryPoint {
+    Event(ruma::OwnedEventId),
+    /// The first event at or after this `origin_server_ts` (ms) and the later ones stay.
+    Timestamp(u64),
+}
+
+impl Services {
+    /// Purges a room's history before `point` (Synapse's `purge_history`): its message events
+    /// — not its state events, which the room's state and auth rest on — go with their index
+    /// entries (timeline, timestamps, search words, relations, threads they root, the local
+    /// members' notifications); local users' events only with `delete_local`, as they may be
+    /// the only copies there are. The room's newest event always stays. Returns how many
+    /// events went. Batches of [`EVENTS_PER_BATCH`], each under the room's lock.
+    ///
+    /// Events another server still has may come back through backfill when someone pages
+    /// back to the start of what is left.
+    pub async fn purge_history(
+        &self,
+        room_id: &RoomId,
+        point: HistoryPoint,
+        delete_local: bool,
+    ) -> Result<u64> {
+        if self.timeline.room(room_id)?.is_none() {
+            return Err(crate::Error::not_found("Room not found"));
+        }
+        let prefix = keys::prefix(room_id.as_bytes());
+        let newest = self
+            .store
+            .scan_prefix_rev_from(
+                Cf::Timeline,
+                &prefix,
+                &keys::prefix_end(&prefix).unwrap_or_default(),
+            )
+            .next()
+            .transpose()?
+            .and_then(|(key, _)| keys::parse_u64_be(&key[prefix.len()..]));
+        let Some(newest) = newest else {
+            return Ok(0);
+        };
+        let end = match point {
+            HistoryPoint::Event(event_id) => {
+                if !self.event_in_room(room_id, &event_id)? {
+                    return Err(crate::Error::not_found("No such event in this room."));
+                }
+                self.timeline
+                    .count_of(&event_id)?
+                    .ok_or_else(|| crate::Error::not_found("No such event in this room."))?
+            }
+            HistoryPoint::Timestamp(ts) => self
+                .timeline
+                .find_by_timestamp(room_id, ts, true, |_, count, _| Ok(Some(count)))?
+                .unwrap_or(newest),
+        }
+        .min(newest);
+        let local_members: Vec<OwnedUserId> = self
+            .members
+            .of_room(room_id)?
+            .into_iter()
+            .map(|(user_id, _)| user_id)
+            .filter(|u| u.server_name() == self.server_name)
+            .collect();
+        let mut purged = 0;
+        let mut from = prefix.clone();
+        loop {
+            let chunk: Vec<(u64, u64)> = self
+                .store
+                .scan_prefix_from(Cf::Timeline, &prefix, &from)
+                .take(EVENTS_PER_BATCH)
+                .map(|item| {
+                    let (key, value) = item?;
+                    Ok((
+                        keys::parse_u64_be(&key[prefix.len()..]).unwrap_or(u64::MAX),
+                        keys::parse_u64_be(&value).unwrap_or(0),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            let _guard = self.timeline.lock_room(room_id).await;
+            let mut batch = Batch::new();
+            let mut done = false;
+            for (count, short) in chunk {
+                if count >= end {
+                    done = true;
+                    break;
+                }
+                if self.purge_event_into(
+                    &mut batch,
+                    room_id,
+                    count,
+                    short,
+                    delete_local,
+                    &local_members,
+                )? {
+                    purged += 1;
+                }
+            }
+            self.store.write(batch)?;
+            if done {
+                break;
+            }
+            from = keys::join([room_id.as_bytes(), &keys::u64_be(last + 1)]);
+        }
+        tracing::info!(room = %room_id, purged, "history purged");
+        Ok(purged)
+    }
+
+    /// One event of a history purge into `batch`, if it is to go (not a state event, not a
+    /// local user's without `delete_local`).
+    fn purge_event_into(
+        &self,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        count: u64,
+        short: u64,
+        delete_local: bool,
+        local_members: &[OwnedUserId],
+    ) -> Result<bool> {
+        let Some(event_id) = self.short_ids.event_id(short)? else {
+            return Ok(false);
+        };
+        let Ok(event_id) = ruma::OwnedEventId::try_from(event_id) else {
+            return Ok(false);
+        };
+        let Some(pdu) = self.timeline.pdu_json(&event_id)? else {
+            return Ok(false);
+        };
+        let field = |name: &str| match pdu.get(name) {
+            Some(ruma::CanonicalJsonValue::String(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        if pdu.contains_key("state_key") {
+            return Ok(false);
+        }
+        let local = field("sender")
+            .and_then(|s| ruma::UserId::parse(s).ok())
+            .is_some_and(|s| s.server_name() == self.server_name);
+        if local && !delete_local {
+            return Ok(false);
+        }
+        let room = room_id.as_bytes();
+        crate::service::rooms::timeline::unindex_timeline(batch, count, room_id, short, &pdu);
+        for (key, _) in crate::service::rooms::search::index_entries(room, &pdu, count) {
+            batch.delete(Cf::SearchWords, key);
+        }
+        // Its own entries under the event it relates to (a reaction's only if it holds it).
+        if let Some(entries) =
+            crate::service::rooms::relations::index_entries(event_id.as_str(), &pdu, count)
+        {
+            for (cf, key, value) in entries.puts {
+                match cf {
+                    Cf::Relations | Cf::RelationKinds => batch.delete(cf, key),
+                    Cf::Annotations
+                        if self.store.get(cf, &key)?.as_deref() == Some(value.as_slice()) =>
+                    {
+                        batch.delete(cf, key)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // The entries under it, and the thread it roots.
+        for cf in EVENT_PREFIXED {
+            batch.delete_prefix(cf, keys::prefix(event_id.as_bytes()));
+        }
+        let thread = keys::join([room, event_id.as_bytes()]);
+        if let Some(value) = self.store.get(Cf::ThreadRoots, &thread)?
+            && let Some(latest) = value.get(..8).and_then(keys::parse_u64_be)
+        {
+            batch.delete(
+                Cf::ThreadActivity,
+                keys::join([room, &keys::u64_be(latest)]),
+            );
+        }
+        batch.delete(Cf::ThreadRoots, thread.clone());
+        batch.delete(Cf::ThreadCounts, thread);
+        for user_id in local_members {
+            let user = user_id.as_bytes();
+            batch.delete(Cf::Notifications, keys::join([user, &keys::u64_be(count)]));
+            batch.delete(
+                Cf::UnreadNotifications,
+                keys::join([user, room, &keys::u64_be(count)]),
+            );
+        }
+        Ok(true)
+    }
 }

@@ -776,6 +776,31 @@ pub(crate) fn index_timeline(
     );
 }
 
+/// Takes out what [`index_timeline`] wrote for an event, and the event itself (a history
+/// purge): afterwards the event is unknown here but for its short ID.
+pub(crate) fn unindex_timeline(
+    batch: &mut Batch,
+    count: u64,
+    room_id: &RoomId,
+    short_event: u64,
+    pdu: &CanonicalJsonObject,
+) {
+    let origin_server_ts = match pdu.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+        _ => 0,
+    };
+    batch.delete(
+        Cf::Timeline,
+        keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
+    );
+    batch.delete(Cf::EventCount, keys::u64_be(short_event).to_vec());
+    batch.delete(
+        Cf::TimestampEvents,
+        timestamp_key(room_id, origin_server_ts, count),
+    );
+    batch.delete(Cf::Pdus, keys::u64_be(short_event).to_vec());
+}
+
 /// Forks: the parts of the append path that state resolution (`state_res.rs`) needs.
 impl Timeline {
     /// `room` with its state set to the resolution of the states after its extremities,
