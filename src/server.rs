@@ -164,6 +164,17 @@ impl RunningServer {
             .store
             .flush()
             .map_err(|e| StartError::Other(e.to_string()))?;
+        // Background tasks hold the services weakly, and strongly only for a moment at a
+        // time (a tick, a queue's turn): let them finish that moment, so that the database is
+        // closed — and its lock free for the next process — once this returns.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&self.services) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.services) > 1 {
+            tracing::warn!("a background task still holds the database after 5 s");
+        }
+        drop(self.services);
         tracing::info!("culvert stopped");
         Ok(())
     }

@@ -1230,3 +1230,67 @@ async fn purging_history_takes_old_messages_and_keeps_state_and_the_rest() {
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "M_NOT_FOUND");
 }
+
+/// Every route of the admin API (read from its route table, so a new one is covered the day
+/// it is added) refuses an account that is no admin (403) and a request without a token
+/// (401), whatever the method; only `server_version` is public, as in Synapse.
+#[tokio::test]
+async fn every_admin_route_refuses_non_admins() {
+    let server = TestServer::start().await;
+    let _root = server.register("root", "root-password-1").await;
+    let bob = server.register("bob", "bob-password-1").await;
+    let room = server
+        .create_room(&bob, json!({ "preset": "private_chat" }))
+        .await;
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/admin/mod.rs"))
+            .unwrap();
+    let table = &source[source.find("fn admin_routes").unwrap()..];
+    let table = &table[..table.find("\n}\n").unwrap()];
+    let mut routes = Vec::new();
+    for block in table.split(".route(").skip(1) {
+        let path = block.split('"').nth(1).expect("a path").to_owned();
+        let path = path
+            .replace("{V1}", "/_synapse/admin/v1")
+            .replace("{V2}", "/_synapse/admin/v2")
+            .replace("{{user_id}}", &bob.user_id)
+            .replace("{{room_id}}", &room)
+            .replace("{{event_id}}", "$event")
+            .replace("{{server_name}}", "test.local")
+            .replace("{{destination}}", "elsewhere.example");
+        let path = regex_free_fill(&path);
+        for method in ["get", "post", "put", "delete"] {
+            if block.contains(&format!("{method}(")) {
+                routes.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    assert!(routes.len() > 60, "the route table was read: {routes:?}");
+    for (method, path) in &routes {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        if path.ends_with("/server_version") {
+            continue;
+        }
+        let body = Some(json!({}));
+        let as_bob = server
+            .request(method.clone(), path, Some(&bob.token), body.clone())
+            .await;
+        assert_error(&as_bob, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        let anonymous = server.request(method.clone(), path, None, body).await;
+        assert_error(&anonymous, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN");
+    }
+}
+
+/// Fills the route parameters left (`{{name}}`) with a placeholder value.
+fn regex_free_fill(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("a closed parameter") + start + 2;
+        out.push('x');
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}

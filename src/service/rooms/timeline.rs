@@ -755,10 +755,7 @@ pub(crate) fn index_timeline(
     short_event: u64,
     pdu: &CanonicalJsonObject,
 ) {
-    let origin_server_ts = match pdu.get("origin_server_ts") {
-        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
-        _ => 0,
-    };
+    let origin_server_ts = origin_ts(pdu);
     batch.put(
         Cf::Timeline,
         keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
@@ -776,6 +773,14 @@ pub(crate) fn index_timeline(
     );
 }
 
+/// An event's `origin_server_ts` (0 when missing or negative).
+fn origin_ts(pdu: &CanonicalJsonObject) -> u64 {
+    match pdu.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Takes out what [`index_timeline`] wrote for an event, and the event itself (a history
 /// purge): afterwards the event is unknown here but for its short ID.
 pub(crate) fn unindex_timeline(
@@ -785,10 +790,7 @@ pub(crate) fn unindex_timeline(
     short_event: u64,
     pdu: &CanonicalJsonObject,
 ) {
-    let origin_server_ts = match pdu.get("origin_server_ts") {
-        Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
-        _ => 0,
-    };
+    let origin_server_ts = origin_ts(pdu);
     batch.delete(
         Cf::Timeline,
         keys::join([room_id.as_bytes(), &keys::u64_be(count)]),
