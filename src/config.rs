@@ -316,6 +316,11 @@ pub struct RateLimitConfig {
     /// Sustained registration attempts (and availability checks) per minute, per client IP.
     pub register_per_minute: u32,
     pub register_burst: u32,
+    /// Sustained events a user may send per minute (messages and state, not appservices');
+    /// 0: no limit (the default). Admins exempt or limit single users otherwise
+    /// (`override_ratelimit`).
+    pub message_per_minute: u32,
+    pub message_burst: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -326,6 +331,8 @@ impl Default for RateLimitConfig {
             login_burst: 10,
             register_per_minute: 10,
             register_burst: 10,
+            message_per_minute: 0,
+            message_burst: 10,
         }
     }
 }

@@ -203,6 +203,7 @@ impl Services {
                 &services,
             ))));
         services.index_public_join_rooms()?;
+        services.load_message_limits()?;
         Ok(services)
     }
 }

@@ -1,5 +1,5 @@
 //! Token-bucket rate limits for the endpoints where guessing happens (login, registration,
-//! delayed-event updates).
+//! delayed-event updates), reports, and — when configured — the events users send.
 //! In memory; a restart forgets them, which is fine for this purpose.
 
 use std::{
@@ -18,6 +18,8 @@ pub enum Action {
     DelayedEventUpdate,
     /// Reporting an event, a room or a user.
     Report,
+    /// Sending an event (when `message_per_minute` is set).
+    Message,
 }
 
 /// Delayed-event updates per minute and burst, per user or client IP: Element Call restarts
@@ -36,6 +38,16 @@ struct Bucket {
 pub struct RateLimiter {
     config: RateLimitConfig,
     buckets: Mutex<HashMap<(Action, String), Bucket>>,
+    /// Users whose sending an admin limits otherwise (`override_ratelimit`): events per
+    /// second and burst; 0 per second: no limit. Kept in `global` too (`service::admin`).
+    overrides: std::sync::RwLock<HashMap<String, MessageLimit>>,
+}
+
+/// A user's own limit on sending events (Synapse's `override_ratelimit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MessageLimit {
+    pub messages_per_second: u32,
+    pub burst_count: u32,
 }
 
 /// Forget buckets once this many exist (full ones are dropped first), bounding memory.
@@ -46,6 +58,39 @@ impl RateLimiter {
         Self {
             config,
             buckets: Mutex::new(HashMap::new()),
+            overrides: Default::default(),
+        }
+    }
+
+    /// Sets (or with `None` removes) a user's own limit on sending events.
+    pub fn set_override(&self, user: &str, limit: Option<MessageLimit>) {
+        let mut overrides = self.overrides.write().unwrap_or_else(|p| p.into_inner());
+        match limit {
+            Some(limit) => overrides.insert(user.to_owned(), limit),
+            None => overrides.remove(user),
+        };
+    }
+
+    pub fn override_of(&self, user: &str) -> Option<MessageLimit> {
+        let overrides = self.overrides.read().unwrap_or_else(|p| p.into_inner());
+        overrides.get(user).copied()
+    }
+
+    /// Takes one token of `user`'s event sending; free (no lock, no lookup) when events are
+    /// not limited, which is the default.
+    pub fn check_message(&self, user: &str) -> Result<(), Duration> {
+        if !self.config.enabled || self.config.message_per_minute == 0 {
+            return Ok(());
+        }
+        match self.override_of(user) {
+            Some(limit) if limit.messages_per_second == 0 => Ok(()),
+            Some(limit) => self.take(
+                Action::Message,
+                user,
+                f64::from(limit.messages_per_second),
+                f64::from(limit.burst_count.max(1)),
+            ),
+            None => self.check(Action::Message, user),
         }
     }
 
@@ -55,6 +100,7 @@ impl RateLimiter {
             Action::Register => (self.config.register_per_minute, self.config.register_burst),
             Action::DelayedEventUpdate => DELAYED_EVENT_UPDATES,
             Action::Report => REPORTS,
+            Action::Message => (self.config.message_per_minute, self.config.message_burst),
         };
         (f64::from(per_minute) / 60.0, f64::from(burst.max(1)))
     }
@@ -66,6 +112,12 @@ impl RateLimiter {
             return Ok(());
         }
         let (rate, burst) = self.limits(action);
+        self.take(action, key, rate, burst)
+    }
+
+    /// Takes one token from `key`'s bucket for `action`, refilled at `rate` per second up to
+    /// `burst`.
+    fn take(&self, action: Action, key: &str, rate: f64, burst: f64) -> Result<(), Duration> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_BUCKETS {

@@ -52,7 +52,8 @@ column_families! {
     /// `name` → value: `schema_version` (u64 BE), `signing_key` (JSON),
     /// `bootstrap_registration_token` (UTF-8), `shortid_reserved` (u64 BE), `admin_room`
     /// (the admin room's ID, UTF-8), `purge:<room_id>` (empty: a purge not yet finished),
-    /// `server_notices:<user_id>` (the user's server notices room, UTF-8).
+    /// `server_notices:<user_id>` (the user's server notices room, UTF-8),
+    /// `ratelimit_override:<user_id>` (`{messages_per_second, burst_count}` JSON).
     Global => "global",
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
     Users => "users",

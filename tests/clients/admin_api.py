@@ -745,6 +745,20 @@ def main():
         "a purge with no point",
     )
 
+    # A user's own rate limit: none, set (0: unlimited), removed.
+    limit_path = f"/_synapse/admin/v1/users/{made[3]}/override_ratelimit"
+    _, limit = server.call("GET", limit_path, admin, expect=200)
+    check(limit == {}, f"no override yet: {limit}")
+    _, limit = server.call(
+        "POST", limit_path, admin, {"messages_per_second": 0, "burst_count": 0}, expect=200
+    )
+    check(limit == {"messages_per_second": 0, "burst_count": 0}, f"the override: {limit}")
+    _, limit = server.call("GET", limit_path, admin, expect=200)
+    check(limit == {"messages_per_second": 0, "burst_count": 0}, f"the override read: {limit}")
+    server.call("DELETE", limit_path, admin, expect=200)
+    _, limit = server.call("GET", limit_path, admin, expect=200)
+    check(limit == {}, f"the override removed: {limit}")
+
     # Acting as a user: a token of theirs (not for oneself).
     _, puppet = server.call(
         "POST", f"/_synapse/admin/v1/users/{made[3]}/login", admin, {}, expect=200
@@ -826,6 +840,7 @@ def main():
         ("POST", f"/_synapse/admin/v1/users/{ann}/shadow_ban"),
         ("POST", f"/_synapse/admin/v1/users/{ann}/login"),
         ("POST", f"/_synapse/admin/v1/purge_history/{room_id}"),
+        ("GET", f"/_synapse/admin/v1/users/{ann}/override_ratelimit"),
         ("POST", f"/_synapse/admin/v1/media/quarantine/{server.server_name}/abc"),
         ("POST", f"/_synapse/admin/v1/media/protect/abc"),
         ("DELETE", f"/_synapse/admin/v1/media/{server.server_name}/abc"),

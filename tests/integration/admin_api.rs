@@ -1294,3 +1294,80 @@ fn regex_free_fill(path: &str) -> String {
     out.push_str(rest);
     out
 }
+
+#[tokio::test]
+async fn sending_is_limited_when_configured_and_admins_override_it_per_user() {
+    let server = TestServer::start_with(
+        "rate_limits = { enabled = true, message_per_minute = 60, message_burst = 3 }",
+    )
+    .await;
+    let root = server.register("root", "root-password-1").await;
+    let alice = server.register("alice", "alice-password-1").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "private_chat" }))
+        .await;
+    let send = |n: u32| {
+        let server = &server;
+        let alice = &alice;
+        let room = room.clone();
+        async move {
+            server
+                .put(
+                    &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{n}"),
+                    Some(&alice.token),
+                    json!({ "msgtype": "m.text", "body": format!("m{n}") }),
+                )
+                .await
+        }
+    };
+    // createRoom's events do not count; sends do: a burst of 3, then 429.
+    for n in 0..3 {
+        assert_eq!(send(n).await.0, StatusCode::OK);
+    }
+    let limited = send(3).await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    assert!(
+        limited.1["retry_after_ms"].as_u64().is_some(),
+        "{}",
+        limited.1
+    );
+
+    let path = format!(
+        "/_synapse/admin/v1/users/{}/override_ratelimit",
+        alice.user_id
+    );
+    assert_eq!(server.get_ok(&path, &root).await, json!({}));
+    let (status, set) = server
+        .post(
+            &path,
+            Some(&root.token),
+            json!({ "messages_per_second": 0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set, json!({ "messages_per_second": 0, "burst_count": 0 }));
+    for n in 10..20 {
+        assert_eq!(send(n).await.0, StatusCode::OK, "exempt");
+    }
+    // Kept across a restart.
+    let server = server.restart().await;
+    assert_eq!(
+        server.get_ok(&path, &root).await,
+        json!({ "messages_per_second": 0, "burst_count": 0 })
+    );
+    let (status, _) = server.delete(&path, Some(&root.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.get_ok(&path, &root).await, json!({}));
+    let mut refused = false;
+    for n in 30..35 {
+        let (status, _) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{n}"),
+                Some(&alice.token),
+                json!({ "msgtype": "m.text", "body": "again" }),
+            )
+            .await;
+        refused |= status == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(refused, "the server's limit is back");
+}

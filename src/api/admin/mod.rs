@@ -110,6 +110,12 @@ fn admin_routes() -> Router<State> {
             post(users::login_as),
         )
         .route(
+            &format!("{V1}/users/{{user_id}}/override_ratelimit"),
+            get(users::override_ratelimit)
+                .post(users::override_ratelimit)
+                .delete(users::override_ratelimit),
+        )
+        .route(
             &format!("{V1}/send_server_notice"),
             post(users::send_server_notice),
         )

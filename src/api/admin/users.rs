@@ -669,3 +669,46 @@ pub async fn login_as(
     admin.audit("log in as", &user_id);
     Ok(Json(json!({ "access_token": token })))
 }
+
+#[derive(Deserialize)]
+pub struct MessageLimitBody {
+    #[serde(default)]
+    messages_per_second: u32,
+    #[serde(default)]
+    burst_count: u32,
+}
+
+/// `GET`, `POST` and `DELETE /v1/users/{userId}/override_ratelimit`: a user's own limit on
+/// sending events (0 per second: none), instead of `rate_limits.message_per_minute`.
+pub async fn override_ratelimit(
+    extract::State(services): extract::State<State>,
+    admin: Admin,
+    method: http::Method,
+    Path(user_id): Path<String>,
+    AdminJson(body): AdminJson<MessageLimitBody>,
+) -> Result<Json<Value>> {
+    use crate::service::ratelimit::MessageLimit;
+    let user_id = existing_user(&services, &user_id)?;
+    match method {
+        http::Method::POST => {
+            let limit = MessageLimit {
+                messages_per_second: body.messages_per_second,
+                burst_count: body.burst_count,
+            };
+            services.set_message_limit(&user_id, Some(limit))?;
+            admin.audit("override rate limit", &user_id);
+            Ok(Json(serde_json::to_value(limit)?))
+        }
+        http::Method::DELETE => {
+            services.set_message_limit(&user_id, None)?;
+            admin.audit("remove rate limit override", &user_id);
+            Ok(Json(json!({})))
+        }
+        _ => Ok(Json(
+            match services.rate_limiter.override_of(user_id.as_str()) {
+                Some(limit) => serde_json::to_value(limit)?,
+                None => json!({}),
+            },
+        )),
+    }
+}

@@ -124,6 +124,18 @@ pub async fn create_room(
     Ok(RumaResponse(create_v3::Response::new(room_id)))
 }
 
+/// The limit on the events a user sends (`rate_limits.message_per_minute`, off by default;
+/// appservices are not limited).
+fn check_message_rate<T>(services: &State, request: &Ruma<T>) -> Result<()> {
+    if request.rate_limited() {
+        services
+            .rate_limiter
+            .check_message(request.user().as_str())
+            .map_err(Error::limit_exceeded)?;
+    }
+    Ok(())
+}
+
 pub async fn send_message(
     extract::State(services): extract::State<State>,
     extract::RawQuery(query): extract::RawQuery,
@@ -135,6 +147,7 @@ pub async fn send_message(
     if services.users.restriction(request.user()).shadow_banned {
         return Ok(RumaResponse(send_v3::Response::new(users::fake_event_id())).into_response());
     }
+    check_message_rate(&services, &request)?;
     let txn = ClientTxn::new(
         request.user(),
         request.device(),
@@ -211,6 +224,7 @@ pub async fn send_state(
     if services.users.restriction(request.user()).shadow_banned {
         return Ok(RumaResponse(state_v3::Response::new(users::fake_event_id())).into_response());
     }
+    check_message_rate(&services, &request)?;
     if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
         services.check_canonical_alias(&body.room_id, &content)?;
     }

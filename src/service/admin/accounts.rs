@@ -314,6 +314,42 @@ impl Services {
         Ok(())
     }
 
+    /// Sets a user's own limit on sending events (`None`: the server's), kept in `global`
+    /// (`ratelimit_override:<user_id>`) and in the rate limiter.
+    pub fn set_message_limit(
+        &self,
+        user_id: &UserId,
+        limit: Option<crate::service::ratelimit::MessageLimit>,
+    ) -> Result<()> {
+        let key = message_limit_key(user_id.as_str());
+        match &limit {
+            Some(limit) => {
+                self.store
+                    .put(crate::store::Cf::Global, &key, &serde_json::to_vec(limit)?)?
+            }
+            None => {
+                let mut batch = crate::store::Batch::new();
+                batch.delete(crate::store::Cf::Global, key);
+                self.store.write(batch)?;
+            }
+        }
+        self.rate_limiter.set_override(user_id.as_str(), limit);
+        Ok(())
+    }
+
+    /// At start-up: the users' own limits into the rate limiter.
+    pub fn load_message_limits(&self) -> Result<()> {
+        let prefix = message_limit_key("");
+        for item in self.store.scan_prefix(crate::store::Cf::Global, &prefix) {
+            let (key, value) = item?;
+            if let Ok(limit) = serde_json::from_slice(&value) {
+                let user = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                self.rate_limiter.set_override(&user, Some(limit));
+            }
+        }
+        Ok(())
+    }
+
     /// A new password hash; with `logout_devices`, every device is logged out in the same
     /// batch (and that announced as a device-list change).
     pub async fn set_password(
@@ -358,4 +394,8 @@ impl Services {
         tracing::info!(user = %user_id, erase, "account deactivated");
         Ok(())
     }
+}
+
+fn message_limit_key(user: &str) -> Vec<u8> {
+    [b"ratelimit_override:".as_slice(), user.as_bytes()].concat()
 }
