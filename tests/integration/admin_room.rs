@@ -116,6 +116,20 @@ async fn admins_command_the_server_from_the_admin_room() {
         )
         .await;
     assert_eq!(create["m.federate"], false, "the admin room stays here");
+    let guests = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access/"),
+            &alice,
+        )
+        .await;
+    assert_eq!(guests["guest_access"], "forbidden");
+    let member = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@culvert:test.local"),
+            &alice,
+        )
+        .await;
+    assert_eq!(member["displayname"], "culvert", "{member}");
 
     // Help, with and without `help`, and clap's word on a wrong command.
     let help = command(&server, &alice, &room, "!admin help").await;
@@ -148,6 +162,7 @@ async fn admins_command_the_server_from_the_admin_room() {
     let taken = command(&server, &alice, &room, "!admin users create bob").await;
     assert!(body(&taken).starts_with("Failed:"), "{taken}");
     let list = command(&server, &alice, &room, "!admin users list").await;
+    assert!(body(&list).starts_with("3 accounts:"), "{list}");
     for user in [&alice, &bob, &carol] {
         assert!(body(&list).contains(&user.user_id), "{list}");
     }

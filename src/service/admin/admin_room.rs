@@ -128,6 +128,15 @@ impl Services {
         };
         let mut creation_content = Map::new();
         creation_content.insert("m.federate".into(), json!(false));
+        // The server's own user shows as "culvert" in clients (its member events carry it).
+        if self
+            .users
+            .profile_field(server_user, "displayname")?
+            .is_none()
+        {
+            self.users
+                .set_profile_field(server_user, "displayname", Some(&json!("culvert")))?;
+        }
         self.create_room_anyway(
             server_user,
             CreateRoom {
@@ -135,7 +144,12 @@ impl Services {
                 preset: Preset::PrivateChat,
                 creation_content,
                 power_level_override: Map::new(),
-                initial_state: Vec::new(),
+                // The private preset lets guests join by invite; nobody but admins here.
+                initial_state: vec![(
+                    "m.room.guest_access".to_owned(),
+                    String::new(),
+                    json!({ "guest_access": "forbidden" }),
+                )],
                 name: Some("Admins".to_owned()),
                 topic: Some(format!(
                     "This server's admins. Send `{COMMAND_PREFIX} help` for the commands."

@@ -82,6 +82,15 @@ impl Answer {
     }
 }
 
+/// "1 account:", "3 accounts:".
+fn counted(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}:")
+    } else {
+        format!("{n} {thing}s:")
+    }
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -431,7 +440,7 @@ impl Services {
                     })
                     .collect();
                 Answer::table(
-                    &format!("{total} accounts:"),
+                    &counted(total, "account"),
                     &["user", "display name", "status", "last seen"],
                     rows,
                 )
@@ -591,7 +600,7 @@ impl Services {
                     })
                     .collect();
                 Answer::table(
-                    &format!("{total} rooms:"),
+                    &counted(total, "room"),
                     &["room", "name", "alias", "members", "of them here"],
                     rows,
                 )

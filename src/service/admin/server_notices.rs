@@ -106,7 +106,11 @@ impl Services {
                     preset: Preset::PrivateChat,
                     creation_content: Map::new(),
                     power_level_override: power,
-                    initial_state: Vec::new(),
+                    initial_state: vec![(
+                        "m.room.guest_access".to_owned(),
+                        String::new(),
+                        json!({ "guest_access": "forbidden" }),
+                    )],
                     name: Some("Server Notices".to_owned()),
                     topic: None,
                     invite: vec![user_id.to_owned()],
