@@ -105,9 +105,16 @@ pub struct Ruma<T> {
     /// Set when the request came with an application service's `as_token`; `sender_user` is
     /// then the user it acts as (its sender, or the `user_id` it masquerades as).
     pub appservice: Option<Arc<Appservice>>,
+    /// The account's restrictions, as the extractor read them to check the request
+    /// (handlers ask this instead of reading them again).
+    pub restriction: crate::service::users::Restriction,
 }
 
 impl<T> Ruma<T> {
+    /// Whether the sender is shadow-banned: what it sends is to reach nobody.
+    pub fn shadow_banned(&self) -> bool {
+        self.restriction.shadow_banned
+    }
     /// The authenticated user. Only call on endpoints whose auth is [`AuthKind::Required`].
     pub fn user(&self) -> &UserId {
         self.sender_user
@@ -191,12 +198,14 @@ where
         };
 
         // The account's restrictions, whoever acts for it (a device, or a bridge).
+        let mut restriction = crate::service::users::Restriction::default();
         if let Some(user_id) = &sender_user {
             let path = parts
                 .extensions
                 .get::<MatchedPath>()
                 .map_or(parts.uri.path(), |m| m.as_str());
-            check_restriction(services, user_id, &parts.method, path, parts.uri.path())?;
+            restriction =
+                check_restriction(services, user_id, &parts.method, path, parts.uri.path())?;
         }
 
         let bytes = read_body(&parts, body, services.config.max_request_size as usize).await?;
@@ -234,6 +243,7 @@ where
             sender_device,
             client_ip,
             appservice,
+            restriction,
         })
     }
 }
@@ -245,13 +255,14 @@ where
 /// `M_USER_SUSPENDED`). Reading, leaving, redacting, receipts, keys, devices, logging out and
 /// deactivating stay allowed. A guest may only call what the spec's guest access allows
 /// (403 `M_GUEST_ACCESS_FORBIDDEN`). `path` is the route's template, `uri_path` the request's.
+/// Returns the restrictions it read, for the handler.
 pub fn check_restriction(
     services: &Services,
     user_id: &ruma::UserId,
     method: &http::Method,
     path: &str,
     uri_path: &str,
-) -> Result<(), Error> {
+) -> Result<crate::service::users::Restriction, Error> {
     let restriction = services.users.restriction(user_id);
     if restriction.guest && !guest_may(method, path, uri_path) {
         return Err(Error::new(
@@ -275,7 +286,7 @@ pub fn check_restriction(
             "This account is suspended: it may read, but not act in rooms or change its profile.",
         ));
     }
-    Ok(())
+    Ok(restriction)
 }
 
 /// What the spec's guest access allows a guest account (by route template): reading rooms

@@ -2,50 +2,19 @@
 //! admin UI's API layer does, with Python's `requests` (an HTTP client of its own), against
 //! culvert here and against a real Synapse in `synapse.rs` — the same assertions pass on both.
 
-use std::path::PathBuf;
-
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::common::{TestServer, assert_error};
 
-/// The Python of the real-client tests (`NIO_PYTHON`), when it has `requests`.
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("NIO_PYTHON").map(PathBuf::from)?;
-    let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import requests"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    ok.then_some(candidate)
-}
-
 /// Runs the admin script against a server; `None` when no Python with `requests` is there
 /// (and that is allowed).
 pub async fn run_admin_script(base: &str, server_name: &str, admin: &[&str]) -> Option<()> {
-    let Some(python) = python() else {
-        crate::common::skip(
-            Some("REQUIRE_REAL_CLIENTS"),
-            "set NIO_PYTHON to a Python with requests installed (see scripts/test)",
-        );
-        return None;
-    };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/admin_api.py");
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .args([base, server_name])
-        .args(admin)
-        .output()
+    let mut args = vec![base, server_name];
+    args.extend_from_slice(admin);
+    crate::common::run_python_client("requests", "admin_api.py", &args, "all checks passed")
         .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the admin script failed against {base}:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
-    Some(())
+        .map(|_| ())
 }
 
 #[tokio::test]

@@ -9,48 +9,20 @@ use std::path::PathBuf;
 
 use crate::common::TestServer;
 
-fn nio_python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("NIO_PYTHON").map(PathBuf::from)?;
-    let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import nio"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    ok.then_some(candidate)
-}
-
 /// Runs the nio smoke script against `server`; `None` when nio is unavailable (and allowed to be).
 async fn run_nio_smoke(server: &TestServer, user: &str, extra_args: &[&str]) -> Option<()> {
-    let Some(python) = nio_python() else {
-        crate::common::skip(
-            Some("REQUIRE_REAL_CLIENTS"),
-            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
-        );
-        return None;
-    };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_smoke.py");
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .args([
-            "--homeserver",
-            &server.base,
-            "--username",
-            user,
-            "--password",
-            "nio-password-1",
-        ])
-        .args(extra_args)
-        .output()
+    let mut args = vec![
+        "--homeserver",
+        server.base.as_str(),
+        "--username",
+        user,
+        "--password",
+        "nio-password-1",
+    ];
+    args.extend_from_slice(extra_args);
+    crate::common::run_python_client("nio", "nio_smoke.py", &args, "nio smoke: ok")
         .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "nio smoke failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("nio smoke: ok"), "{stdout}\n{stderr}");
-    Some(())
+        .map(|_| ())
 }
 
 #[tokio::test]
@@ -110,25 +82,7 @@ async fn matrix_nio_uploads_and_downloads_media() {
 /// Runs a matrix-nio script of `tests/clients` against `server`; it must end with `ok_line`.
 /// Skipped (and under `REQUIRE_REAL_CLIENTS` failed) without a Python that has matrix-nio.
 async fn run_nio_script(server: &TestServer, script: &str, ok_line: &str) {
-    let Some(python) = nio_python() else {
-        crate::common::skip(
-            Some("REQUIRE_REAL_CLIENTS"),
-            "set NIO_PYTHON to a Python with matrix-nio installed (see scripts/test)",
-        );
-        return;
-    };
-    let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new(python)
-        .args([&script, "--homeserver", &server.base])
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains(ok_line),
-        "{script} failed:\n{stdout}\n{stderr}"
-    );
+    crate::common::run_python_client("nio", script, &["--homeserver", &server.base], ok_line).await;
 }
 
 /// The directory of the matrix-js-sdk scripts, when their dependencies are installed there

@@ -552,3 +552,44 @@ pub fn skip(requirement: Option<&str>, reason: &str) {
         written.expect("TEST_SKIP_LOG is writable");
     }
 }
+
+/// Runs `tests/clients/<script>` with the real-client tests' Python (`NIO_PYTHON`) and `args`,
+/// and asserts that it succeeded and printed `ok_line`; returns its output. `None` when that
+/// Python lacks the client library `module` (a failure under `REQUIRE_REAL_CLIENTS`, as
+/// `scripts/test` sets it).
+pub async fn run_python_client(
+    module: &str,
+    script: &str,
+    args: &[&str],
+    ok_line: &str,
+) -> Option<String> {
+    let python = std::env::var_os("NIO_PYTHON")
+        .map(std::path::PathBuf::from)
+        .filter(|python| {
+            std::process::Command::new(python)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(python) = python else {
+        skip(
+            Some("REQUIRE_REAL_CLIENTS"),
+            &format!("set NIO_PYTHON to a Python with {module} installed (see scripts/test)"),
+        );
+        return None;
+    };
+    let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(ok_line),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    Some(stdout)
+}

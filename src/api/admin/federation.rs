@@ -9,7 +9,7 @@ use ruma::{OwnedServerName, ServerName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, AdminQuery, number};
+use super::{Admin, AdminQuery, backwards, number};
 use crate::{Error, Result, api::ruma::State, service::federation::destinations::DestinationState};
 
 fn destination_json(name: &ServerName, state: Option<&DestinationState>) -> Value {
@@ -51,11 +51,7 @@ pub async fn list(
 ) -> Result<Json<Value>> {
     let from = number("from", &query.from, 0)?;
     let limit = number("limit", &query.limit, 100)?;
-    let backwards = match query.dir.as_deref() {
-        None | Some("f") => false,
-        Some("b") => true,
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
-    };
+    let backwards = backwards(&query.dir, false)?;
     let mut all = services.admin_destinations()?;
     if let Some(part) = query.destination.as_deref().filter(|p| !p.is_empty()) {
         all.retain(|(name, _)| name.as_str().contains(part));

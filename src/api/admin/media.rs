@@ -5,11 +5,11 @@ use axum::{
     Json,
     extract::{self, Path},
 };
-use ruma::{RoomId, ServerName};
+use ruma::ServerName;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, AdminQuery, existing_user, flag, local_user, number};
+use super::{Admin, AdminQuery, backwards, existing_user, flag, local_user, number, room_id};
 use crate::{
     Error, Result,
     api::ruma::State,
@@ -22,10 +22,6 @@ use crate::{
 fn media_name(server: &str, media_id: &str) -> Result<MediaName> {
     MediaName::parse_mxc(&format!("mxc://{server}/{media_id}"))
         .ok_or_else(|| Error::invalid_param("Invalid server name or media ID."))
-}
-
-fn room_id(raw: &str) -> Result<ruma::OwnedRoomId> {
-    RoomId::parse(raw).map_err(|e| Error::invalid_param(format!("Invalid room ID {raw:?}: {e}")))
 }
 
 /// One piece of media in a listing (Synapse's fields).
@@ -264,13 +260,8 @@ pub async fn user_media(
         Some(name) => MediaOrder::parse(name)
             .ok_or_else(|| Error::invalid_param(format!("Unknown value for order_by: {name}")))?,
     };
-    let backwards = match query.dir.as_deref() {
-        // Neither given: newest first, as Synapse has always listed them.
-        None => query.order_by.is_none(),
-        Some("f") => false,
-        Some("b") => true,
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
-    };
+    // Neither given: newest first, as Synapse has always listed them.
+    let backwards = backwards(&query.dir, query.order_by.is_none())?;
     let from = number("from", &query.from, 0)?;
     let limit = number("limit", &query.limit, 100)?;
     let media = services.admin_user_media(&user_id, order, backwards)?;
@@ -376,11 +367,7 @@ pub async fn statistics(
     if until_ts <= from_ts {
         return Err(Error::invalid_param("`until_ts` must be after `from_ts`."));
     }
-    let backwards = match query.dir.as_deref() {
-        None | Some("f") => false,
-        Some("b") => true,
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
-    };
+    let backwards = backwards(&query.dir, false)?;
     let mut users: Vec<(ruma::OwnedUserId, Option<String>, u64, u64)> = Vec::new();
     for (user_id, count, bytes) in services.admin_media_statistics(from_ts, until_ts)? {
         let displayname = services

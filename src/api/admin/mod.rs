@@ -403,3 +403,19 @@ pub fn number(name: &str, value: &Option<String>, default: usize) -> Result<usiz
             .map_err(|_| Error::invalid_param(format!("`{name}` must be a non-negative integer."))),
     }
 }
+
+/// A `dir` query parameter: whether it asks for backwards (`b`), `default` when absent.
+pub fn backwards(dir: &Option<String>, default: bool) -> Result<bool> {
+    match dir.as_deref() {
+        None => Ok(default),
+        Some("f") => Ok(false),
+        Some("b") => Ok(true),
+        Some(_) => Err(Error::invalid_param("`dir` must be f or b.")),
+    }
+}
+
+/// A room ID from the path (400 `M_INVALID_PARAM` when it is none).
+pub fn room_id(raw: &str) -> Result<ruma::OwnedRoomId> {
+    ruma::RoomId::parse(raw)
+        .map_err(|e| Error::invalid_param(format!("Invalid room ID {raw:?}: {e}")))
+}

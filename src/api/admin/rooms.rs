@@ -5,11 +5,11 @@ use axum::{
     Json,
     extract::{self, Path},
 };
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, AdminJson, AdminQuery};
+use super::{Admin, AdminJson, AdminQuery, backwards, room_id};
 use crate::{
     Error, Result,
     api::ruma::State,
@@ -22,10 +22,6 @@ use crate::{
         rooms::client_event::{Detail, Viewer},
     },
 };
-
-fn room_id(raw: &str) -> Result<OwnedRoomId> {
-    RoomId::parse(raw).map_err(|e| Error::invalid_param(format!("Invalid room ID {raw:?}: {e}")))
-}
 
 fn known_room(services: &State, raw: &str) -> Result<RoomOverview> {
     services
@@ -75,11 +71,7 @@ pub async fn list(
         Some(name) => RoomOrder::parse(name)
             .ok_or_else(|| Error::invalid_param(format!("Unknown value for order_by: {name}")))?,
     };
-    let backwards = match query.dir.as_deref() {
-        None | Some("f") => false,
-        Some("b") => true,
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
-    };
+    let backwards = backwards(&query.dir, false)?;
     let from = query.from.unwrap_or(0);
     let limit = query.limit.unwrap_or(100);
     let search = query.search_term.as_deref().filter(|t| !t.is_empty());
@@ -202,10 +194,8 @@ pub async fn event_reports(
     AdminQuery(query): AdminQuery<ReportsQuery>,
 ) -> Result<Json<Value>> {
     let mut reports = services.reports_with_ids()?;
-    match query.dir.as_deref() {
-        None | Some("b") => reports.reverse(),
-        Some("f") => {}
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
+    if backwards(&query.dir, true)? {
+        reports.reverse();
     }
     let mut listed = Vec::new();
     for (id, record) in &reports {
@@ -483,10 +473,10 @@ pub async fn messages(
     let room_id = room_id(&raw)?;
     let from = stream_token(query.from.as_deref())?;
     let to = stream_token(query.to.as_deref())?;
-    let direction = match query.dir.as_deref() {
-        None | Some("b") => Direction::Backward,
-        Some("f") => Direction::Forward,
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
+    let direction = if backwards(&query.dir, true)? {
+        Direction::Backward
+    } else {
+        Direction::Forward
     };
     let limit = super::number("limit", &query.limit, 10)?.clamp(1, MAX_MESSAGES);
     let filter: ruma::api::client::filter::RoomEventFilter = match &query.filter {

@@ -11,7 +11,9 @@ use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Admin, AdminJson, AdminQuery, existing_user, flag, local_user, number, present};
+use super::{
+    Admin, AdminJson, AdminQuery, backwards, existing_user, flag, local_user, number, present,
+};
 use crate::{
     Error, Result,
     api::ruma::State,
@@ -111,11 +113,7 @@ async fn list(services: &State, query: ListQuery, v3: bool) -> Result<Json<Value
         Some(name) => AccountOrder::parse(name)
             .ok_or_else(|| Error::invalid_param(format!("Unknown value for order_by: {name}")))?,
     };
-    let backwards = match query.dir.as_deref() {
-        None | Some("f") => false,
-        Some("b") => true,
-        Some(_) => return Err(Error::invalid_param("`dir` must be f or b.")),
-    };
+    let backwards = backwards(&query.dir, false)?;
     let from = number("from", &query.from, 0)?;
     let limit = number("limit", &query.limit, 100)?;
     let (page, total) = services.admin_list_accounts(&filter, order, backwards, from, limit)?;

@@ -18,7 +18,7 @@ pub async fn typing(
     if request.user() != body.user_id {
         return Err(Error::forbidden("You may only set your own typing state."));
     }
-    if services.users.restriction(request.user()).shadow_banned {
+    if request.shadow_banned() {
         return Ok(RumaResponse(typing_v3::Response::new()));
     }
     let timeout = match &body.state {

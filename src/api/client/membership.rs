@@ -83,7 +83,7 @@ pub async fn invite(
     };
     let room_id = &request.body.room_id;
     let reason = recipient.reason.as_deref();
-    if services.users.restriction(request.user()).shadow_banned {
+    if request.shadow_banned() {
         return Ok(RumaResponse(invite_v3::Response::new()));
     }
     // A bridged user the bridge has not created yet: ask it first.

@@ -109,7 +109,7 @@ pub async fn create_room(
         name: body.name.clone(),
         topic: body.topic.clone(),
         // A shadow-banned account's room is made, its invites are not.
-        invite: if services.users.restriction(request.user()).shadow_banned {
+        invite: if request.shadow_banned() {
             Vec::new()
         } else {
             body.invite.clone()
@@ -144,7 +144,7 @@ pub async fn send_message(
     let body = &request.body;
     let event_type = body.event_type.to_string();
     let content = Value::Object(object(body.body.json(), "The event content")?);
-    if services.users.restriction(request.user()).shadow_banned {
+    if request.shadow_banned() {
         return Ok(RumaResponse(send_v3::Response::new(users::fake_event_id())).into_response());
     }
     check_message_rate(&services, &request)?;
@@ -221,7 +221,7 @@ pub async fn send_state(
     let body = &request.body;
     let event_type = body.event_type.to_string();
     let content = Value::Object(object(body.body.json(), "The event content")?);
-    if services.users.restriction(request.user()).shadow_banned {
+    if request.shadow_banned() {
         return Ok(RumaResponse(state_v3::Response::new(users::fake_event_id())).into_response());
     }
     check_message_rate(&services, &request)?;
