@@ -204,6 +204,9 @@ pub struct Config {
     /// Online backups (`[global.backup]`); absent: `culvert backup` has nowhere to write.
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// Prometheus metrics (`[global.metrics]`); absent: not served.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub emergency_password: Option<String>,
     /// `CULVERT_*`/`CONDUIT_*` environment variables that name no key, left out (warned about
@@ -230,6 +233,15 @@ pub struct BackupConfig {
     /// Backups kept; older ones are removed when a new one is taken.
     #[serde(default = "default_backups_kept")]
     pub keep: usize,
+}
+
+/// Where the Prometheus metrics are served (`[global.metrics]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The address of the metrics listener (`/metrics`), e.g. `127.0.0.1:9167`: its own
+    /// port, never the public one.
+    pub address: std::net::SocketAddr,
 }
 
 fn default_backups_kept() -> usize {
@@ -558,6 +570,18 @@ impl Config {
             return Err(ConfigError(format!(
                 "invalid configuration key `matrix_rtc.transports`: transport {} has no `type`",
                 i + 1
+            )));
+        }
+        if let Some(metrics) = &self.metrics
+            && metrics.address.port() == self.port
+            && self.port != 0
+            && (metrics.address.ip() == self.address
+                || metrics.address.ip().is_unspecified()
+                || self.address.is_unspecified())
+        {
+            return Err(ConfigError(format!(
+                "invalid configuration key `metrics.address`: {} is the server's own port; the metrics need a port of their own",
+                metrics.address
             )));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {

@@ -15,7 +15,16 @@ use crate::{
 pub struct RunningServer {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `[global.metrics]` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub services: Arc<Services>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+    metrics: Option<Listener>,
+}
+
+/// A second listener (the metrics'), stopped with the server.
+struct Listener {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -51,6 +60,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     services.run_admin_commands();
 
+    let (metrics_addr, metrics) = match services.config.metrics.as_ref() {
+        Some(config) => {
+            let (addr, listener) = serve_metrics(&services, config.address).await?;
+            (Some(addr), Some(listener))
+        }
+        None => (None, None),
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))?;
@@ -91,10 +107,36 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tracing::info!(%addr, scheme, server_name = %services.server_name, "culvert is listening");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         services,
         shutdown,
         task,
+        metrics,
     })
+}
+
+/// Binds the metrics listener (`GET /metrics`) and serves it.
+async fn serve_metrics(
+    services: &Arc<Services>,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, Listener), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Other(format!("cannot listen on {addr} for the metrics: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let app = api::metrics::router(Arc::downgrade(services));
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = shutdown_rx.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "metrics are served at /metrics");
+    Ok((addr, Listener { shutdown, task }))
 }
 
 /// Every 30 seconds, users whose clients stopped syncing go offline. The task holds the
@@ -155,6 +197,10 @@ impl RunningServer {
     /// Stops accepting requests, lets in-flight ones finish, then flushes the database.
     pub async fn stop(self) -> Result<(), StartError> {
         let _ = self.shutdown.send(());
+        if let Some(metrics) = self.metrics {
+            let _ = metrics.shutdown.send(());
+            let _ = metrics.task.await;
+        }
         match self.task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(StartError::Other(format!("server error: {e}"))),

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod metrics;
 pub mod ruma;
 pub mod server;
 
@@ -21,12 +22,20 @@ use http::{HeaderValue, Method, StatusCode, header};
 use crate::Error;
 pub use ruma::State;
 
-/// The whole application: every route, with CORS and logging around it.
+/// The whole application: every route, with CORS and logging around it (and the metrics'
+/// timing when they are served).
 pub fn router(state: State) -> Router {
-    admin::routes(server::routes(client::routes(Router::new())))
+    let mut router = admin::routes(server::routes(client::routes(Router::new())))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn(catch_panic));
+    if state.config.metrics.is_some() {
+        router = router.layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record_request,
+        ));
+    }
+    router
         .layer(middleware::from_fn(cors))
         .layer(middleware::from_fn(log_request))
         .with_state(state)

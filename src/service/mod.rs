@@ -17,6 +17,7 @@ pub mod globals;
 pub mod key_backup;
 pub mod login_tokens;
 pub mod media;
+pub mod metrics;
 pub mod outbound_guard;
 pub mod presence;
 pub mod push;
@@ -92,6 +93,8 @@ pub struct Services {
     pub room_deletions: admin::room_deletion::Deletions,
     /// History purges of this run and their status (see `admin::room_deletion`).
     pub history_purges: admin::room_deletion::HistoryPurges,
+    /// Counts for the Prometheus metrics (see `metrics`).
+    pub metrics: metrics::Metrics,
 }
 
 /// Why the server (or an admin command) could not start; worded for the operator.
@@ -112,6 +115,7 @@ impl Services {
             cache_capacity_bytes: (config.db_cache_capacity_mb.max(1.0) * 1024.0 * 1024.0) as usize,
             max_open_files: config.rocksdb_max_open_files,
             durability: config.durability,
+            statistics: config.metrics.is_some(),
         };
         let store = Store::open(&config.database_path, &options)?;
         let globals = globals::Globals::load(store.clone())?;
@@ -148,6 +152,8 @@ impl Services {
         timeline.register_consumer(Arc::new(admin::admin_room::AdminCommandQueue(
             admin_room.clone(),
         )));
+        let metrics = metrics::Metrics::default();
+        timeline.register_consumer(metrics.event_counter());
         let services = Arc::new(Self {
             server_name: config.server_name.clone(),
             users: users::Users::new(store.clone())?,
@@ -182,6 +188,7 @@ impl Services {
             admin_room,
             room_deletions: admin::room_deletion::Deletions::default(),
             history_purges: admin::room_deletion::HistoryPurges::default(),
+            metrics,
             store,
             config,
         });

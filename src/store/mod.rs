@@ -8,6 +8,8 @@
 
 pub mod backup;
 pub mod durability;
+mod figures;
+pub use figures::StoreFigures;
 pub mod keys;
 mod migrations;
 
@@ -320,6 +322,9 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: usize,
     pub max_open_files: i32,
     pub durability: Durability,
+    /// Keep RocksDB's statistics (block cache hits and misses, compaction bytes) for
+    /// [`Store::figures`]: on only when metrics are served.
+    pub statistics: bool,
 }
 
 impl Default for StoreOptions {
@@ -328,6 +333,7 @@ impl Default for StoreOptions {
             cache_capacity_bytes: 32 << 20,
             max_open_files: 512,
             durability: Durability::default(),
+            statistics: false,
         }
     }
 }
@@ -361,7 +367,10 @@ struct Inner {
     write_options: WriteOptions,
     durability: Durability,
     group: GroupSync,
-    _cache: Cache,
+    cache: Cache,
+    cache_capacity: usize,
+    /// The database's options when it keeps statistics (their tickers are read from here).
+    statistics: Option<Options>,
     point_reads: AtomicU64,
     keys_scanned: AtomicU64,
     watchers: RwLock<Vec<(Cf, WriteWatcher)>>,
@@ -497,6 +506,11 @@ impl Store {
         // families under a write burst kept well over 100 MiB (BENCHMARKS.md).
         db_opts.set_write_buffer_size(8 << 20);
         db_opts.set_db_write_buffer_size(32 << 20);
+        if options.statistics {
+            // Tickers only: histograms and timers cost time on every read.
+            db_opts.enable_statistics();
+            db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+        }
 
         // Column families that a newer culvert created must be opened too, or RocksDB refuses.
         let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
@@ -533,7 +547,9 @@ impl Store {
                 write_options,
                 durability: options.durability,
                 group: GroupSync::default(),
-                _cache: cache,
+                cache,
+                cache_capacity: options.cache_capacity_bytes,
+                statistics: options.statistics.then(|| db_opts.clone()),
                 point_reads: AtomicU64::new(0),
                 keys_scanned: AtomicU64::new(0),
                 watchers: RwLock::new(Vec::new()),

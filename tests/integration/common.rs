@@ -93,6 +93,11 @@ impl TestServer {
         }
     }
 
+    /// The metrics listener's address (with `metrics = { address = … }` in the config).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().expect("running").metrics_addr
+    }
+
     pub fn services(&self) -> &culvert::service::Services {
         &self.server.as_ref().expect("running").services
     }

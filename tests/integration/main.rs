@@ -27,6 +27,7 @@ mod http_layer;
 mod lifecycle;
 mod media;
 mod membership;
+mod metrics;
 mod packaging;
 mod peeking;
 mod people;

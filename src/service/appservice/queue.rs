@@ -26,6 +26,7 @@ use crate::{
     Result,
     service::{
         Services,
+        metrics::Outcome,
         rooms::{
             client_event::Detail,
             timeline::pipeline::{Appending, EventConsumer, Origin, Staged},
@@ -538,6 +539,7 @@ async fn run_sender(services: Weak<Services>, service: Arc<Appservice>) {
                 let Some(services) = services.upgrade() else {
                     return;
                 };
+                services.metrics.appservice_transaction(Outcome::sent);
                 if let Err(e) = services.acknowledge_transaction(&service, txn_id) {
                     tracing::error!(
                         appservice = service.id(),
@@ -546,6 +548,9 @@ async fn run_sender(services: Weak<Services>, service: Arc<Appservice>) {
                 }
             }
             Err(e) => {
+                if let Some(services) = services.upgrade() {
+                    services.metrics.appservice_transaction(Outcome::failed);
+                }
                 tracing::warn!(
                     appservice = service.id(),
                     txn_id,

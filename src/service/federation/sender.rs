@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::{
     Result,
-    service::Services,
+    service::{Services, metrics::Outcome},
     store::{Batch, Cf, keys},
 };
 
@@ -162,9 +162,13 @@ async fn drain(services: Weak<Services>, destination: OwnedServerName, notify: A
         let sent = send_next(&services, &destination).await;
         let destinations = &services.federation.destinations;
         match &sent {
-            Ok(true) => destinations.succeeded(&destination),
+            Ok(true) => {
+                destinations.succeeded(&destination);
+                services.metrics.federation_transaction(Outcome::sent);
+            }
             Ok(false) => {}
             Err(e) => {
+                services.metrics.federation_transaction(Outcome::failed);
                 let wait = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
                 tracing::info!(%destination, retry_in_secs = wait.as_secs(), "federation send failed: {e}");
                 destinations.failed(&destination, wait);

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    service::{Services, rooms::pdu},
+    service::{Services, metrics::Outcome, rooms::pdu},
     store::{Batch, Cf, keys},
     utils,
 };
@@ -200,11 +200,13 @@ impl Services {
             let body = self.notification_body(user_id, record, &notification, badge)?;
             match self.post_to_gateway(record, &body).await {
                 Ok(rejected) if rejected.contains(&record.pusher.ids.pushkey) => {
+                    self.metrics.push(Outcome::rejected);
                     tracing::info!(%user_id, app_id = %record.pusher.ids.app_id, "the gateway rejected the pushkey: pusher removed");
                     self.remove_pusher(user_id, key).await?;
                     return Ok(Step::Rejected);
                 }
                 Ok(_) => {
+                    self.metrics.push(Outcome::sent);
                     *last_badge = Some(badge);
                     failing_since = None;
                     if !self.record_progress(key, count, None).await? {
@@ -215,10 +217,12 @@ impl Services {
                 Err(e) => {
                     let since = failing_since.unwrap_or_else(utils::now_millis);
                     if utils::now_millis().saturating_sub(since) > GIVE_UP_AFTER_MS {
+                        self.metrics.push(Outcome::given_up);
                         tracing::warn!(%user_id, "giving up a notification after a day of failures: {e}");
                         self.record_progress(key, count, None).await?;
                         return Ok(Step::Progressed);
                     }
+                    self.metrics.push(Outcome::failed);
                     self.record_progress(key, record.last_count, Some(since))
                         .await?;
                     return Err(e);

@@ -29,7 +29,7 @@ use super::{
 use crate::service::account_data::hidden_by;
 use crate::{
     Error, Result,
-    service::Services,
+    service::{Services, metrics::SyncApi},
     store::{Batch, Cf, keys},
 };
 
@@ -93,6 +93,14 @@ impl Services {
     /// Answers a `/sync`: immediately when something changed (or `full_state` was asked for),
     /// otherwise after waiting up to `timeout` for a new event.
     pub async fn sync(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<Value> {
+        let answer = self.sync_answer(user_id, request).await;
+        if answer.is_ok() {
+            self.metrics.sync_response(SyncApi::sync);
+        }
+        answer
+    }
+
+    async fn sync_answer(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<Value> {
         let mut committed = self.timeline.subscribe();
         // E2EE: a token at or past the response that carried to-device messages acknowledges them.
         if let Some(since) = request.since {
@@ -109,6 +117,7 @@ impl Services {
         // Nothing to say yet: free the empty answer before parking (an idle client costs only
         // its connection and this future).
         drop((response, lazy));
+        let _parked = self.metrics.long_poll(SyncApi::sync);
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
             match tokio::time::timeout_at(deadline, committed.changed()).await {

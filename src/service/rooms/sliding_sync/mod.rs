@@ -34,7 +34,11 @@ use self::{
     room_list::{ListRoom, RoomLists},
 };
 use super::client_event::Viewer;
-use crate::{Result, service::Services, store::Batch};
+use crate::{
+    Result,
+    service::{Services, metrics::SyncApi},
+    store::Batch,
+};
 
 /// The most timeline events one room gets in one answer (larger limits are clamped).
 pub const MAX_TIMELINE_LIMIT: u64 = 100;
@@ -284,6 +288,18 @@ impl Services {
         user_id: &UserId,
         request: SlidingRequest<'_>,
     ) -> Result<Value> {
+        let answer = self.sliding_sync_answer(user_id, request).await;
+        if answer.is_ok() {
+            self.metrics.sync_response(SyncApi::sliding_sync);
+        }
+        answer
+    }
+
+    async fn sliding_sync_answer(
+        &self,
+        user_id: &UserId,
+        request: SlidingRequest<'_>,
+    ) -> Result<Value> {
         let mut committed = self.timeline.subscribe();
         let position = match &request.pos {
             None => None,
@@ -309,6 +325,7 @@ impl Services {
             })
             .unwrap_or_else(|never| match never {});
         let deadline = tokio::time::Instant::now() + request.timeout;
+        let mut parked = None;
         loop {
             {
                 let mut guard = cell.lock().await;
@@ -344,6 +361,7 @@ impl Services {
                 }
             }
             // Nothing yet: wait for a commit (or the timeout), then look again.
+            parked.get_or_insert_with(|| self.metrics.long_poll(SyncApi::sliding_sync));
             if tokio::time::timeout_at(deadline, committed.changed())
                 .await
                 .is_err()
