@@ -44,6 +44,28 @@ enum Command {
     /// Backups of the database and the media files, in `[global.backup] path`.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Move in from another homeserver: its database into this server's (stop both first).
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// A Conduit database (0.9–0.11, RocksDB): the signing key, accounts with their
+    /// passwords, devices and access tokens, account data, filters, rooms with their
+    /// history, aliases, the directory and media. The config's server_name must be
+    /// Conduit's. The Conduit database is only read.
+    Conduit {
+        /// Conduit's `database_path` (its media are read from `media/` inside it).
+        #[arg(long)]
+        from: PathBuf,
+        /// Read everything and report what would be imported; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Import into a database that already holds accounts or rooms.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +191,17 @@ pub fn main() -> ExitCode {
             }
             Command::User(command) => user_command(config, command).await,
             Command::Backup(command) => backup_command(config, command).await,
+            Command::Import(ImportCommand::Conduit {
+                from,
+                dry_run,
+                force,
+            }) => {
+                let options = crate::service::import::ImportOptions { dry_run, force };
+                let report =
+                    crate::service::import::conduit::import(config, &from, options).await?;
+                print!("{}", report.render(dry_run));
+                Ok(())
+            }
             Command::RotateSigningKey => {
                 let services = Services::open(config)?;
                 let key_id = services.globals.rotate_signing_key()?;

@@ -558,7 +558,7 @@ struct Finished(Vec<Finalisation>);
 
 impl EventConsumer for DelayedEventCommits {
     fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
-        if event.origin == Origin::Backfill {
+        if matches!(event.origin, Origin::Backfill | Origin::Import) {
             return Ok(None);
         }
         let mut finished = Vec::new();

@@ -391,6 +391,42 @@ impl Devices {
         Ok(minted.tokens.access_token)
     }
 
+    /// Adds a device another homeserver made (`culvert import`) to `batch`, with the access
+    /// token its client holds, so that the client stays logged in.
+    pub fn import_device_into(
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+        last_seen_ts: Option<u64>,
+        access_token: Option<&str>,
+    ) -> Result<()> {
+        let key = Self::device_key(user_id, device_id);
+        let token_hash = match access_token {
+            Some(token) => {
+                let hash = utils::sha256(token.as_bytes());
+                batch.put(
+                    Cf::AccessTokens,
+                    hash.to_vec(),
+                    token_value(&key, None, false),
+                );
+                utils::hex(&hash)
+            }
+            None => String::new(),
+        };
+        let record = DeviceRecord {
+            display_name,
+            last_seen_ip: None,
+            last_seen_ts,
+            created_ts: last_seen_ts.unwrap_or_else(utils::now_millis),
+            token_hash,
+            refresh_hash: None,
+            next: None,
+        };
+        batch.put(Cf::Devices, key, serde_json::to_vec(&record)?);
+        Ok(())
+    }
+
     /// Adds a device without tokens: an appservice's (MSC4190), which it acts from with its
     /// own token and the `device_id` query parameter. Returns false when the device exists.
     pub async fn create_tokenless(

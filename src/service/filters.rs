@@ -31,6 +31,20 @@ impl Filters {
         Ok(filter_id)
     }
 
+    /// Stores a filter under the ID another homeserver gave it (`culvert import`), so that
+    /// clients' stored filter IDs keep working. (Ours are numbers; theirs may be anything.)
+    pub fn import(
+        &self,
+        user_id: &UserId,
+        filter_id: &str,
+        filter: &FilterDefinition,
+    ) -> Result<()> {
+        let key = keys::join([user_id.as_bytes(), filter_id.as_bytes()]);
+        self.store
+            .put(Cf::Filters, &key, &serde_json::to_vec(filter)?)?;
+        Ok(())
+    }
+
     pub fn get(&self, user_id: &UserId, filter_id: &str) -> Result<Option<FilterDefinition>> {
         let key = keys::join([user_id.as_bytes(), filter_id.as_bytes()]);
         match self.store.get(Cf::Filters, &key)? {

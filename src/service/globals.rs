@@ -67,6 +67,20 @@ impl Globals {
         Ok(Self { store, signing_key })
     }
 
+    /// Makes `pkcs8` (a PKCS#8 ed25519 key, as ruma reads it) under `version` the server's
+    /// signing key, in place of any: another homeserver's identity taken over by an import
+    /// (`culvert import`), before the services open. Refuses a key that does not parse.
+    pub fn import_signing_key(store: &Store, version: &str, pkcs8: &[u8]) -> Result<()> {
+        Ed25519KeyPair::from_der(pkcs8, version.to_owned())
+            .map_err(|e| Error::invalid_param(format!("The signing key is unreadable: {e}")))?;
+        let stored = StoredSigningKey {
+            version: version.to_owned(),
+            pkcs8: pkcs8.to_vec(),
+        };
+        store.put(Cf::Global, SIGNING_KEY, &serde_json::to_vec(&stored)?)?;
+        Ok(())
+    }
+
     pub fn signing_key(&self) -> &Ed25519KeyPair {
         &self.signing_key
     }

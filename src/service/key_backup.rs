@@ -176,6 +176,37 @@ impl Services {
         Ok(version.to_string())
     }
 
+    /// A backup version another homeserver kept (`culvert import`), under its number there,
+    /// so that clients that know it find it. Refused when the version exists here.
+    pub fn import_backup_version(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        body: &Value,
+    ) -> Result<()> {
+        let (algorithm, auth_data) = check_version_body(body)?;
+        let number = parse_version(version).ok_or_else(|| {
+            Error::invalid_param(format!("Backup version {version:?} is no number."))
+        })?;
+        let _guard = self.key_backup.lock();
+        let key = version_key(user_id, number);
+        if self.store.contains(Cf::BackupVersions, &key)? {
+            return Err(Error::invalid_param(format!(
+                "Backup version {version} exists here."
+            )));
+        }
+        let record = VersionRecord {
+            algorithm,
+            auth_data,
+            etag: 0,
+            count: 0,
+            deleted: false,
+        };
+        self.store
+            .put(Cf::BackupVersions, &key, &serde_json::to_vec(&record)?)?;
+        Ok(())
+    }
+
     /// `GET /room_keys/version[/{version}]`: the version's information (the current one when
     /// `version` is `None`).
     pub fn backup_info(&self, user_id: &UserId, version: Option<&str>) -> Result<Value> {

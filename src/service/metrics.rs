@@ -220,6 +220,7 @@ impl pipeline::EventConsumer for EventCounter {
             pipeline::Origin::Local => "local",
             pipeline::Origin::Remote | pipeline::Origin::RemoteJoin => "remote",
             pipeline::Origin::Backfill => "backfill",
+            pipeline::Origin::Import => "import",
         };
         let counter = self.0.get_or_create_owned(&OriginLabels { origin });
         Ok(Some(Box::new(Counted(counter))))

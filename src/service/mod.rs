@@ -14,6 +14,7 @@ pub mod e2ee;
 pub mod federation;
 pub mod filters;
 pub mod globals;
+pub mod import;
 pub mod key_backup;
 pub mod login_tokens;
 pub mod media;

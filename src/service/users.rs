@@ -347,6 +347,51 @@ impl Users {
         Ok(record)
     }
 
+    /// Adds an account another homeserver kept (`culvert import`) to `batch`, as it was there:
+    /// its password hash (an Argon2 PHC string), admin and deactivated flags. Its profile
+    /// comes separately. Returns false (and adds nothing) when the account exists here.
+    pub fn import_into(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        password_hash: Option<String>,
+        admin: bool,
+        deactivated: bool,
+    ) -> Result<bool> {
+        if self.exists(user_id)? {
+            return Ok(false);
+        }
+        let record = UserRecord {
+            password_hash,
+            admin,
+            deactivated,
+            guest: false,
+            created_ts: utils::now_millis(),
+            locked: false,
+            suspended: false,
+            erased: false,
+            user_type: None,
+            shadow_banned: false,
+        };
+        batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
+        Ok(true)
+    }
+
+    /// Adds a profile field (`displayname`, `avatar_url`, …) to `batch` (an import's).
+    pub fn import_profile_field_into(
+        batch: &mut Batch,
+        user_id: &UserId,
+        field: &str,
+        value: &JsonValue,
+    ) -> Result<()> {
+        batch.put(
+            Cf::Profile,
+            keys::join([user_id.as_bytes(), field.as_bytes()]),
+            serde_json::to_vec(value)?,
+        );
+        Ok(())
+    }
+
     /// The password hash of an active account (`None`: no such account, deactivated, or no
     /// password). Check it with [`password_matches`].
     pub fn active_password_hash(&self, user_id: &UserId) -> Result<Option<String>> {

@@ -24,6 +24,7 @@ mod federation_misc;
 mod federation_read;
 mod history;
 mod http_layer;
+mod import;
 mod lifecycle;
 mod media;
 mod membership;

@@ -109,7 +109,7 @@ struct QueuedPdu {
 
 impl EventConsumer for RoomEventQueue {
     fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
-        if event.origin == Origin::Backfill {
+        if matches!(event.origin, Origin::Backfill | Origin::Import) {
             return Ok(None);
         }
         let targets = self.0.interested_in_event(

@@ -358,6 +358,30 @@ impl Media {
         })
     }
 
+    /// Stores media another homeserver kept (`culvert import`) under its server name and
+    /// media ID, with `record`'s metadata (its hash and size are the file's). Returns false
+    /// (and keeps nothing) when that media ID is taken here.
+    pub fn import(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        file: ReceivedFile,
+        mut record: MediaRecord,
+    ) -> Result<bool> {
+        record.sha256 = Some(file.sha256.clone());
+        record.size = file.size;
+        let key = Self::media_key(server, media_id);
+        if self.store.get(Cf::Media, &key)?.is_some() {
+            return Ok(false);
+        }
+        let value = serde_json::to_vec(&record)?;
+        self.commit(&file, |batch| {
+            batch.put(Cf::Media, key, value);
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     /// `POST /create`: reserves a media ID for `uploader`; returns it and when it expires.
     pub fn create_pending(&self, uploader: &UserId) -> Result<(OwnedMxcUri, u64)> {
         let media_id = Self::new_media_id();

@@ -71,7 +71,7 @@ pub struct PushEvaluator(pub Weak<Services>);
 
 impl EventConsumer for PushEvaluator {
     fn prepare(&self, event: &Appending<'_>) -> Result<Option<Box<dyn Staged>>> {
-        if event.origin == Origin::Backfill {
+        if matches!(event.origin, Origin::Backfill | Origin::Import) {
             return Ok(None);
         }
         let Some(services) = self.0.upgrade() else {

@@ -45,6 +45,11 @@ pub enum Origin {
     /// History fetched from another server (`/backfill`), placed below the room's oldest
     /// event: not news, so nothing is queued or woken for it.
     Backfill,
+    /// Taken from another homeserver's database (`culvert import`): this server's history
+    /// as it was, in its order. Indexed like any event (members, relations, search, room
+    /// lists) but not news: nothing is sent to other servers, application services or
+    /// pushers, and no admin command runs.
+    Import,
 }
 
 /// An event being committed, as consumers see it.

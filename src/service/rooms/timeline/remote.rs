@@ -14,7 +14,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId, UserId,
     events::StateEventType,
 };
 
@@ -258,7 +258,42 @@ impl Timeline {
         event_id: &EventId,
         pdu: CanonicalJsonObject,
     ) -> Result<Appended> {
-        self.append_remote_inner(room_id, event_id, pdu, None).await
+        self.append_remote_inner(room_id, event_id, pdu, None, Origin::Remote, None)
+            .await
+    }
+
+    /// Appends an event taken from another homeserver's database (`culvert import`), in that
+    /// server's order: checked like a received event (its auth events and the state before
+    /// it), committed as [`Origin::Import`]. A room's create event starts the room. The PDU
+    /// is the event as its server signed it (a redacted event's redacted form).
+    pub async fn import_event(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: CanonicalJsonObject,
+    ) -> Result<Appended> {
+        let is_create = matches!(pdu.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create")
+            && matches!(pdu.get("state_key"), Some(CanonicalJsonValue::String(k)) if k.is_empty());
+        let new_room = if is_create && self.room(room_id)?.is_none() {
+            let version = match pdu.get("content") {
+                Some(CanonicalJsonValue::Object(content)) => match content.get("room_version") {
+                    Some(CanonicalJsonValue::String(v)) => v.clone(),
+                    _ => "1".to_owned(),
+                },
+                _ => "1".to_owned(),
+            };
+            Some(RoomRecord {
+                version: RoomVersionId::try_from(version.as_str())
+                    .map_err(|_| Error::invalid_param("Unknown room version."))?,
+                state: 0,
+                extremities: Vec::new(),
+                depth: 0,
+            })
+        } else {
+            None
+        };
+        self.append_remote_inner(room_id, event_id, pdu, None, Origin::Import, new_room)
+            .await
     }
 
     /// Like [`Timeline::append_remote`] for an event whose `prev_events` are not all known
@@ -272,8 +307,15 @@ impl Timeline {
         pdu: CanonicalJsonObject,
         state_before: State,
     ) -> Result<Appended> {
-        self.append_remote_inner(room_id, event_id, pdu, Some(state_before))
-            .await
+        self.append_remote_inner(
+            room_id,
+            event_id,
+            pdu,
+            Some(state_before),
+            Origin::Remote,
+            None,
+        )
+        .await
     }
 
     /// Stores PDUs that are not part of the room's graph here (state and auth events fetched
@@ -297,15 +339,20 @@ impl Timeline {
         event_id: &EventId,
         pdu: CanonicalJsonObject,
         given_state: Option<State>,
+        origin: Origin,
+        new_room: Option<RoomRecord>,
     ) -> Result<Appended> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         if self.has_state_for(event_id)? {
             return Ok(Appended::Known);
         }
-        let room = self
-            .room(room_id)?
-            .ok_or_else(|| Error::not_found("Unknown room."))?;
+        let room = match new_room {
+            Some(room) => room,
+            None => self
+                .room(room_id)?
+                .ok_or_else(|| Error::not_found("Unknown room."))?,
+        };
         let rules = rules_of(&room.version)?;
         let prevs = referenced_ids(&pdu, "prev_events");
         let mut missing = Vec::new();
@@ -326,6 +373,8 @@ impl Timeline {
         // 5. Allowed by the state before it?
         let state_before: State = match (given_state, prevs.as_slice()) {
             (Some(given), _) => given,
+            // A create event: nothing before it.
+            (None, []) => State::new(),
             (None, [one]) => self.state_after(one)?,
             (None, many) => self.resolve_blocking(&room.version, many)?,
         };
@@ -407,7 +456,7 @@ impl Timeline {
                 event_id,
                 short: short_event,
                 pdu: &stored.pdu,
-                origin: Origin::Remote,
+                origin,
                 sender: &event.sender,
                 event_type: &event_type,
                 state_key: event.state_key.as_deref(),

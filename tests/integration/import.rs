@@ -1,0 +1,193 @@
+//! `culvert import conduit` against a database a real Conduit (0.11.0-alpha) wrote: the
+//! fixture in `../shared/fixtures/conduit` (or `FIXTURES_DIR`), used in place and only read.
+//! After the import a culvert server is the same server: the Conduit accounts log in with
+//! their passwords, their clients' access tokens still work, and rooms, history, account data
+//! and media are there — checked through the client API by matrix-nio.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use crate::common::{TestServer, run_python_client, skip};
+
+/// The Conduit fixture, or `None` (the test is reported skipped) when this machine lacks it.
+fn fixture() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("FIXTURES_DIR").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")),
+        Some(PathBuf::from("/work/shared/fixtures")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join("conduit"))
+        .find(|dir| dir.join("manifest.json").is_file());
+    if found.is_none() {
+        skip(
+            Some("REQUIRE_FIXTURES"),
+            "no Conduit fixture (set FIXTURES_DIR to the directory holding conduit/)",
+        );
+    }
+    found
+}
+
+fn culvert(args: &[&str], config: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_culvert"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
+            command.env_remove(key);
+        }
+    }
+    command.output().expect("culvert runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Every file under `dir` with its length and modification time.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(listing(&path));
+        } else if let Ok(meta) = entry.metadata() {
+            found.push((path, meta.len(), meta.modified().expect("mtime")));
+        }
+    }
+    found.sort();
+    found
+}
+
+fn config_file(dir: &Path, server_name: &str, database: &Path) -> PathBuf {
+    let path = dir.join(format!("{server_name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\nserver_name = \"{server_name}\"\ndatabase_path = \"{}\"\nadmin_room = false\n",
+            database.display()
+        ),
+    )
+    .expect("config written");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conduit_database_moves_in_whole() {
+    let Some(fixture) = fixture() else {
+        return;
+    };
+    let source = fixture.join("database");
+    let before = listing(&source);
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let database = dir.path().join("db");
+
+    // Another server's name is refused: a server's name never changes.
+    let wrong = config_file(dir.path(), "elsewhere.test", &dir.path().join("wrong"));
+    let source_arg = source.to_str().expect("UTF-8 path");
+    let refused = culvert(&["import", "conduit", "--from", source_arg], &wrong);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("server_name = \"conduit.test\""),
+        "{}",
+        text(&refused)
+    );
+
+    let config = config_file(dir.path(), "conduit.test", &database);
+    // A dry run reads everything, reports, and writes nothing.
+    let dry = culvert(
+        &["import", "conduit", "--from", source_arg, "--dry-run"],
+        &config,
+    );
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("accounts: 3"), "{}", text(&dry));
+    assert!(!database.exists(), "a dry run wrote {}", database.display());
+
+    let imported = culvert(&["import", "conduit", "--from", source_arg], &config);
+    let report = text(&imported);
+    assert!(imported.status.success(), "{report}");
+    for line in [
+        "accounts: 3",
+        "devices: 4",
+        "media: 3",
+        "aliases: 1",
+        "rooms in the directory: 1",
+    ] {
+        assert!(report.contains(line), "no {line:?} in:\n{report}");
+    }
+    // The lobby, the DM, the encrypted room and the space (Conduit's admin room stays out).
+    assert!(report.contains("rooms: 4"), "{report}");
+    // Not a second time into the same database.
+    let again = culvert(&["import", "conduit", "--from", source_arg], &config);
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("--force"), "{}", text(&again));
+    // The source was only read.
+    assert_eq!(listing(&source), before, "the Conduit database changed");
+
+    let server = TestServer::start_on(
+        database.clone(),
+        "server_name = \"conduit.test\"\nport = 0\nrate_limits = { enabled = false }",
+    )
+    .await;
+    let manifest = fixture.join("manifest.json");
+    // The same server to others: Conduit's signing key is ours, and what it signed verifies.
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("JSON");
+    let first = facts["rooms"]["lobby"]["first_message"]["event_id"]
+        .as_str()
+        .expect("the lobby's first message");
+    let event_id = ruma::EventId::parse(first).expect("event ID");
+    let services = server.services();
+    let pdu = services
+        .timeline
+        .pdu_json(&event_id)
+        .expect("read")
+        .expect("the lobby's first message is stored");
+    let key_id = services.globals.signing_key_id();
+    let signatures = &pdu["signatures"];
+    let ruma::CanonicalJsonValue::Object(signatures) = signatures else {
+        panic!("no signatures: {signatures:?}");
+    };
+    let ruma::CanonicalJsonValue::Object(ours) = &signatures["conduit.test"] else {
+        panic!("not signed by conduit.test");
+    };
+    assert!(
+        ours.contains_key(&key_id),
+        "signed with {ours:?}, our key is {key_id}"
+    );
+    let public_key = ruma::serde::Base64::<ruma::serde::base64::Standard, Vec<u8>>::new(
+        services.globals.signing_key().public_key().to_vec(),
+    );
+    let keys = std::collections::BTreeMap::from([(
+        "conduit.test".to_owned(),
+        std::collections::BTreeMap::from([(key_id, public_key)]),
+    )]);
+    let rules = ruma::RoomVersionId::V12.rules().expect("v12 rules");
+    ruma::signatures::verify_event(&keys, &pdu, &rules).expect("Conduit's signature verifies");
+    // nio with its E2EE extra decrypts the encrypted room with the fixture's client stores.
+    run_python_client(
+        "vodozemac",
+        "nio_conduit_import.py",
+        &[
+            "--homeserver",
+            &server.base,
+            "--manifest",
+            manifest.to_str().expect("UTF-8 path"),
+            "--part",
+            "all",
+        ],
+        "conduit import: ok",
+    )
+    .await;
+}
