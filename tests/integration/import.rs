@@ -123,6 +123,7 @@ async fn a_conduit_database_moves_in_whole() {
         "media: 3",
         "aliases: 1",
         "rooms in the directory: 1",
+        "read receipts: 1",
     ] {
         assert!(report.contains(line), "no {line:?} in:\n{report}");
     }
@@ -190,4 +191,142 @@ async fn a_conduit_database_moves_in_whole() {
         "conduit import: ok",
     )
     .await;
+
+    // Bob's read receipt on the lobby's last message, as alice's sync shows it.
+    let (status, login) = server.login("alice", "alice-pw-1234").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{login}");
+    let token = login["access_token"].as_str().expect("token");
+    let (status, sync) = server.get("/_matrix/client/v3/sync", Some(token)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{sync}");
+    let lobby = facts["rooms"]["lobby"]["room_id"].as_str().expect("lobby");
+    let last = facts["rooms"]["lobby"]["last_message"]["event_id"]
+        .as_str()
+        .expect("last message");
+    let receipts = &sync["rooms"]["join"][lobby]["ephemeral"]["events"];
+    let read = receipts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == "m.receipt")
+        .map(|e| &e["content"][last]["m.read"]["@bob:conduit.test"]);
+    assert!(read.is_some_and(|r| r.is_object()), "{receipts}");
+}
+
+/// Copies `from` into `to` (files only, recursively).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("directory made");
+    for entry in std::fs::read_dir(from).expect("readable").flatten() {
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("file copied");
+        }
+    }
+}
+
+/// A Conduit that ran for a while has its data in table files, not only in its log, and
+/// Conduit compresses the bottommost level with ZSTD: a copy of the fixture rewritten that
+/// way (every tree compacted into ZSTD tables) imports the same. In that copy one message is
+/// missing, as history a server never fetched is: the next one, whose `prev_events` name it,
+/// comes in with the state Conduit kept for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
+    let Some(fixture) = fixture() else {
+        return;
+    };
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("manifest.json")).expect("manifest"))
+            .expect("JSON");
+    let lobby = &facts["rooms"]["lobby"];
+    let gone = lobby["plain_messages"][49]["event_id"]
+        .as_str()
+        .expect("message 50");
+    let after = lobby["plain_messages"][50]["event_id"]
+        .as_str()
+        .expect("message 51");
+    let room = lobby["room_id"].as_str().expect("lobby");
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let source = dir.path().join("conduit");
+    copy_dir(&fixture.join("database"), &source);
+    {
+        let mut options = rocksdb::Options::default();
+        options.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+        let trees = rocksdb::DB::list_cf(&options, &source).expect("trees");
+        let db = rocksdb::DB::open_cf(&options, &source, &trees).expect("opened read-write");
+        let by_id = db.cf_handle("eventid_pduid").expect("eventid_pduid");
+        let pdu_id = db.get_cf(by_id, gone).expect("read").expect("message 50");
+        db.delete_cf(db.cf_handle("pduid_pdu").expect("pduid_pdu"), &pdu_id)
+            .expect("deleted");
+        db.delete_cf(by_id, gone).expect("deleted");
+        for tree in &trees {
+            let cf = db.cf_handle(tree).expect("tree");
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        db.flush_wal(true).expect("flushed");
+    }
+    let tables = std::fs::read_dir(&source)
+        .expect("readable")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+        .count();
+    assert!(tables > 10, "only {tables} table files");
+
+    let database = dir.path().join("db");
+    let config = config_file(dir.path(), "conduit.test", &database);
+    let imported = culvert(
+        &[
+            "import",
+            "conduit",
+            "--from",
+            source.to_str().expect("UTF-8"),
+        ],
+        &config,
+    );
+    let report = text(&imported);
+    assert!(imported.status.success(), "{report}");
+    for line in [
+        "accounts: 3",
+        "devices: 4",
+        "events: 254",
+        "media: 3",
+        "rooms: 4",
+    ] {
+        assert!(report.contains(line), "no {line:?} in:\n{report}");
+    }
+    assert!(!report.contains("earlier events"), "{report}");
+
+    let server = TestServer::start_on(
+        database,
+        "server_name = \"conduit.test\"\nport = 0\nrate_limits = { enabled = false }",
+    )
+    .await;
+    let (status, login) = server.login("alice", "alice-pw-1234").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{login}");
+    let token = login["access_token"].as_str().expect("token");
+    let (status, event) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{after}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{event}");
+    let (status, _) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{gone}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+    // The room goes on from there: a message sent now follows the imported history.
+    let (status, sent) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/after-import"),
+            Some(token),
+            serde_json::json!({ "msgtype": "m.text", "body": "after the move" }),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{sent}");
 }

@@ -17,10 +17,13 @@
 //! - end-to-end encryption: devices' identity and one-time keys, key backups (under their
 //!   version numbers) with their sessions, to-device messages not yet delivered.
 //!
-//! Not yet: cross-signing keys, receipts, pushers, appservice registrations. Conduit's own admin room and its server user are left
+//! - public read receipts (each user's latest per room).
+//!
+//! Not yet: cross-signing keys, private read markers, pushers, appservice registrations. Conduit's own admin room and its server user are left
 //! out on purpose: culvert makes its own (`#admins`, `@culvert`).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -37,8 +40,11 @@ use super::{ImportOptions, ImportReport, Progress};
 use crate::{
     config::Config,
     service::{
-        Services, StartError, devices::Devices, globals::Globals, media::MediaRecord,
-        rooms::timeline::Appended,
+        Services, StartError,
+        devices::Devices,
+        globals::Globals,
+        media::MediaRecord,
+        rooms::{state_res::State, timeline::Appended},
     },
     store::{Batch, Cf, Store, StoreOptions},
 };
@@ -231,6 +237,7 @@ pub async fn import(
     import_accounts(&source, &server, services, &mut report).map_err(StartError::Other)?;
     import_rooms(&source, &server, services, &mut report).await?;
     import_account_data(&source, &server, services, &mut report).await?;
+    import_receipts(&source, &server, services, &mut report).await?;
     import_media(&source, &config, services, &mut report).await?;
     import_e2ee(&source, services, &mut report).await?;
     if let Some(services) = services {
@@ -395,11 +402,28 @@ async fn import_rooms(
                 report.count("events");
                 continue;
             };
-            match services
+            let mut outcome = services
                 .timeline
-                .import_event(room_id, &event_id, pdu)
-                .await
-            {
+                .import_event(room_id, &event_id, pdu.clone(), None)
+                .await;
+            // Earlier events this database never had (a room joined over federation, history
+            // not fetched): the state before the event as Conduit kept it.
+            if let Ok(Appended::MissingPrevious(_)) = &outcome {
+                match state_before(source, services, &event_id, &pdu) {
+                    Ok(Some(state)) => {
+                        outcome = services
+                            .timeline
+                            .import_event(room_id, &event_id, pdu, Some(state))
+                            .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        report.skip(format!("{event_id} in {room_id}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            match outcome {
                 Ok(Appended::New) => {
                     imported += 1;
                     report.count("events");
@@ -783,6 +807,184 @@ async fn import_e2ee(
                 .await?;
         }
         report.count("to-device messages");
+    }
+    Ok(())
+}
+
+/// The state before `event_id` as Conduit kept it (`shorteventid_shortstatehash`, then the
+/// layers of `shortstatehash_statediff`), its events — and the auth events `pdu` cites —
+/// stored here first as outliers when they are not. `None` when Conduit has no state for it.
+fn state_before(
+    source: &ConduitDb,
+    services: &Services,
+    event_id: &ruma::EventId,
+    pdu: &CanonicalJsonObject,
+) -> Result<Option<State>, String> {
+    let Some(short) = source.get("eventid_shorteventid", event_id.as_bytes())? else {
+        return Ok(None);
+    };
+    let Some(hash) = source
+        .get("shorteventid_shortstatehash", &short)?
+        .as_deref()
+        .and_then(u64_be)
+    else {
+        return Ok(None);
+    };
+    let mut state = State::new();
+    for (short_key, short_event) in state_entries(source, hash)? {
+        let key = source
+            .get("shortstatekey_statekey", &short_key.to_be_bytes())?
+            .ok_or("a state key of the state before it is unknown")?;
+        let (kind, state_key) = split_first(&key).ok_or("a state key is unreadable")?;
+        let id = source
+            .get("shorteventid_eventid", &short_event.to_be_bytes())?
+            .ok_or("an event of the state before it is unknown")?;
+        let id = OwnedEventId::try_from(text(&id)?).map_err(|e| e.to_string())?;
+        state.insert((text(kind)?.to_owned(), text(state_key)?.to_owned()), id);
+    }
+    let cited = crate::service::rooms::timeline::referenced_ids(pdu, "auth_events");
+    let mut outliers = Vec::new();
+    for id in state.values().chain(&cited) {
+        if services
+            .timeline
+            .pdu_json(id)
+            .map_err(|e| e.to_string())?
+            .is_none()
+            && let Some(pdu) = conduit_pdu(source, id)?
+        {
+            outliers.push((id.clone(), pdu));
+        }
+    }
+    services
+        .timeline
+        .store_outliers(&outliers)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(state))
+}
+
+/// An event as its server signed it, from Conduit's timeline or its outliers.
+fn conduit_pdu(
+    source: &ConduitDb,
+    event_id: &ruma::EventId,
+) -> Result<Option<CanonicalJsonObject>, String> {
+    let json = match source.get("eventid_pduid", event_id.as_bytes())? {
+        Some(pdu_id) => source.get("pduid_pdu", &pdu_id)?,
+        None => source.get("eventid_outlierpdu", event_id.as_bytes())?,
+    };
+    let Some(json) = json else {
+        return Ok(None);
+    };
+    let mut pdu: CanonicalJsonObject =
+        serde_json::from_slice(&json).map_err(|e| format!("event {event_id}: {e}"))?;
+    pdu.remove("event_id");
+    pdu.remove("unsigned");
+    Ok(Some(pdu))
+}
+
+/// A state of Conduit's compressed form: `shortstatekey → shorteventid`. Each layer
+/// (`shortstatehash_statediff`) is `parent ‖ added entries ‖ [0 ‖ removed entries]`, entries
+/// being two big-endian u64s; a parent of 0 ends the chain.
+fn state_entries(source: &ConduitDb, hash: u64) -> Result<HashMap<u64, u64>, String> {
+    let mut layers = Vec::new();
+    let mut next = hash;
+    loop {
+        if layers.len() > 1_000 {
+            return Err("a state's layers do not end".into());
+        }
+        let diff = source
+            .get("shortstatehash_statediff", &next.to_be_bytes())?
+            .ok_or("a state layer is missing")?;
+        let parent = u64_be(&diff).ok_or("a state layer is unreadable")?;
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let mut rest = &diff[8..];
+        let mut removing = false;
+        while rest.len() >= 8 {
+            let first = u64_be(rest).ok_or("a state layer is unreadable")?;
+            if first == 0 {
+                removing = true;
+                rest = &rest[8..];
+                continue;
+            }
+            let second = rest
+                .get(8..16)
+                .and_then(u64_be)
+                .ok_or("a state layer is unreadable")?;
+            if removing {
+                removed.push((first, second));
+            } else {
+                added.push((first, second));
+            }
+            rest = &rest[16..];
+        }
+        layers.push((added, removed));
+        if parent == 0 {
+            break;
+        }
+        next = parent;
+    }
+    let mut state = HashMap::new();
+    for (added, removed) in layers.into_iter().rev() {
+        for (key, event) in removed {
+            if state.get(&key) == Some(&event) {
+                state.remove(&key);
+            }
+        }
+        state.extend(added);
+    }
+    Ok(state)
+}
+
+/// Each user's latest public read receipt per room (`readreceiptid_readreceipt`: the receipt
+/// EDU as Conduit sent it), set again here: it also marks what the user has read.
+async fn import_receipts(
+    source: &ConduitDb,
+    server: &Server,
+    services: Option<&Services>,
+    report: &mut ImportReport,
+) -> Result<(), StartError> {
+    for row in source.scan("readreceiptid_readreceipt", &[]) {
+        let (_, edu) = row.map_err(StartError::Other)?;
+        let Ok(edu) = serde_json::from_slice::<Value>(&edu) else {
+            report.skip("a read receipt: unreadable".into());
+            continue;
+        };
+        let Some(room_id) = edu["room_id"]
+            .as_str()
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+        else {
+            continue;
+        };
+        if Some(&room_id) == server.admin_room.as_ref() {
+            continue;
+        }
+        let Some(events) = edu["content"].as_object() else {
+            continue;
+        };
+        for (event_id, kinds) in events {
+            let Ok(event_id) = OwnedEventId::try_from(event_id.as_str()) else {
+                continue;
+            };
+            let Some(readers) = kinds["m.read"].as_object() else {
+                continue;
+            };
+            for (user, receipt) in readers {
+                let Ok(user_id) = UserId::parse(user.as_str()) else {
+                    continue;
+                };
+                if let Some(services) = services {
+                    let thread = receipt["thread_id"].as_str();
+                    if let Err(e) = services
+                        .set_receipt(&room_id, &user_id, "m.read", &event_id, thread)
+                        .await
+                    {
+                        report.skip(format!("{user_id}'s receipt in {room_id}: {e}"));
+                        continue;
+                    }
+                }
+                report.count("read receipts");
+            }
+        }
     }
     Ok(())
 }

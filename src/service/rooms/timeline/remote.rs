@@ -265,12 +265,15 @@ impl Timeline {
     /// Appends an event taken from another homeserver's database (`culvert import`), in that
     /// server's order: checked like a received event (its auth events and the state before
     /// it), committed as [`Origin::Import`]. A room's create event starts the room. The PDU
-    /// is the event as its server signed it (a redacted event's redacted form).
+    /// is the event as its server signed it (a redacted event's redacted form). An event whose
+    /// `prev_events` that database never had comes with the state before it as that database
+    /// kept it (`state_before`; the events it names stored first, as outliers).
     pub async fn import_event(
         &self,
         room_id: &RoomId,
         event_id: &EventId,
         pdu: CanonicalJsonObject,
+        state_before: Option<State>,
     ) -> Result<Appended> {
         let is_create = matches!(pdu.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create")
             && matches!(pdu.get("state_key"), Some(CanonicalJsonValue::String(k)) if k.is_empty());
@@ -292,8 +295,15 @@ impl Timeline {
         } else {
             None
         };
-        self.append_remote_inner(room_id, event_id, pdu, None, Origin::Import, new_room)
-            .await
+        self.append_remote_inner(
+            room_id,
+            event_id,
+            pdu,
+            state_before,
+            Origin::Import,
+            new_room,
+        )
+        .await
     }
 
     /// Like [`Timeline::append_remote`] for an event whose `prev_events` are not all known
