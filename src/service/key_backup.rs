@@ -56,6 +56,19 @@ pub enum Scope<'a> {
     Session(&'a str, &'a str),
 }
 
+impl VersionRecord {
+    /// A new version: no sessions yet.
+    fn new(algorithm: String, auth_data: Value) -> Self {
+        Self {
+            algorithm,
+            auth_data,
+            etag: 0,
+            count: 0,
+            deleted: false,
+        }
+    }
+}
+
 fn version_key(user_id: &UserId, version: u64) -> Vec<u8> {
     keys::join([user_id.as_bytes(), &keys::u64_be(version)])
 }
@@ -161,13 +174,7 @@ impl Services {
         let version = self
             .newest_backup_version(user_id, false)?
             .map_or(1, |(v, _)| v + 1);
-        let record = VersionRecord {
-            algorithm,
-            auth_data,
-            etag: 0,
-            count: 0,
-            deleted: false,
-        };
+        let record = VersionRecord::new(algorithm, auth_data);
         self.store.put(
             Cf::BackupVersions,
             &version_key(user_id, version),
@@ -195,13 +202,7 @@ impl Services {
                 "Backup version {version} exists here."
             )));
         }
-        let record = VersionRecord {
-            algorithm,
-            auth_data,
-            etag: 0,
-            count: 0,
-            deleted: false,
-        };
+        let record = VersionRecord::new(algorithm, auth_data);
         self.store
             .put(Cf::BackupVersions, &key, &serde_json::to_vec(&record)?)?;
         Ok(())

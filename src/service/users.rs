@@ -49,6 +49,24 @@ pub struct UserRecord {
     pub shadow_banned: bool,
 }
 
+impl UserRecord {
+    /// A new account's record: no restriction, made now.
+    fn new(password_hash: Option<String>, admin: bool, guest: bool) -> Self {
+        Self {
+            password_hash,
+            admin,
+            deactivated: false,
+            guest,
+            created_ts: utils::now_millis(),
+            locked: false,
+            suspended: false,
+            erased: false,
+            user_type: None,
+            shadow_banned: false,
+        }
+    }
+}
+
 /// What an account is restricted to: by an admin (locked, suspended), or as a guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Restriction {
@@ -321,18 +339,7 @@ impl Users {
             return Err(user_in_use());
         }
         let first = first_may_be_admin && self.none_exist()?;
-        let record = UserRecord {
-            password_hash,
-            admin: admin || first,
-            deactivated: false,
-            guest,
-            created_ts: utils::now_millis(),
-            locked: false,
-            suspended: false,
-            erased: false,
-            user_type: None,
-            shadow_banned: false,
-        };
+        let record = UserRecord::new(password_hash, admin || first, guest);
         let mut batch = Batch::new();
         batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
         // A new account's display name defaults to its localpart, as clients expect.
@@ -362,16 +369,8 @@ impl Users {
             return Ok(false);
         }
         let record = UserRecord {
-            password_hash,
-            admin,
             deactivated,
-            guest: false,
-            created_ts: utils::now_millis(),
-            locked: false,
-            suspended: false,
-            erased: false,
-            user_type: None,
-            shadow_banned: false,
+            ..UserRecord::new(password_hash, admin, false)
         };
         batch.put(Cf::Users, user_id.as_bytes(), serde_json::to_vec(&record)?);
         Ok(true)

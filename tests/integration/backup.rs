@@ -3,7 +3,6 @@
 //! finds a damaged database file or media file; the settings' errors.
 
 use std::{
-    process::{Command, Output},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -14,30 +13,9 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{TestServer, assert_error, test_config};
-
-fn culvert(args: &[&str], config: &std::path::Path) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_culvert"));
-    command
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "error");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
-            command.env_remove(key);
-        }
-    }
-    command.output().expect("culvert runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use crate::common::{
+    TestServer, assert_error, output_text as text, run_culvert as culvert, test_config,
+};
 
 /// Every file under `dir` whose name ends with `suffix`.
 fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {

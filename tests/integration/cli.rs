@@ -1,30 +1,16 @@
 //! The `culvert` binary: configuration errors, environment overrides, admin commands.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::common::{TestServer, test_config};
+use crate::common::{TestServer, output_text as text, test_config};
 
 fn culvert(args: &[&str], envs: &[(&str, &str)], cwd: &std::path::Path) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_culvert"));
-    command.args(args).current_dir(cwd).env("RUST_LOG", "error");
-    // Keep the caller's environment from leaking config into these tests.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
-            command.env_remove(key);
-        }
-    }
-    command
+    crate::common::culvert_command()
+        .args(args)
+        .current_dir(cwd)
         .envs(envs.iter().copied())
         .output()
         .expect("culvert runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]

@@ -598,3 +598,35 @@ pub async fn run_python_client(
     );
     Some(stdout)
 }
+
+/// The `culvert` binary, logging errors only, without the caller's `CULVERT_*`/`CONDUIT_*`
+/// variables (each would be read as a config key).
+pub fn culvert_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_culvert"));
+    command.env("RUST_LOG", "error");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Runs `culvert --config <config> <args>` to its end.
+pub fn run_culvert(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    culvert_command()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("culvert runs")
+}
+
+/// What a finished command wrote, stdout then stderr.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

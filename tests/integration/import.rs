@@ -4,12 +4,11 @@
 //! their passwords, their clients' access tokens still work, and rooms, history, account data
 //! and media are there — checked through the client API by matrix-nio.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use std::path::{Path, PathBuf};
 
-use crate::common::{TestServer, run_python_client, skip};
+use crate::common::{
+    TestServer, output_text as text, run_culvert as culvert, run_python_client, skip,
+};
 
 /// The Conduit fixture, or `None` (the test is reported skipped) when this machine lacks it.
 fn fixture() -> Option<PathBuf> {
@@ -30,29 +29,6 @@ fn fixture() -> Option<PathBuf> {
         );
     }
     found
-}
-
-fn culvert(args: &[&str], config: &Path) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_culvert"));
-    command
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CULVERT_") || key.starts_with("CONDUIT_") {
-            command.env_remove(key);
-        }
-    }
-    command.output().expect("culvert runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Every file under `dir` with its length and modification time.
