@@ -66,6 +66,31 @@ enum ImportCommand {
         #[arg(long)]
         force: bool,
     },
+    /// A Synapse database (1.100 or later, SQLite): the signing key, accounts with their
+    /// passwords (bcrypt, replaced by Argon2 at the next login), devices and access tokens,
+    /// account data, push rules, filters, rooms with their history, aliases, the directory,
+    /// receipts, local media and E2EE keys. The config's server_name must be Synapse's. The
+    /// Synapse database is only read.
+    Synapse {
+        /// Synapse's homeserver.yaml (repeat for further config files; later ones win).
+        #[arg(long = "synapse-config", required_unless_present = "database")]
+        synapse_config: Vec<PathBuf>,
+        /// Its SQLite database, if not the one its config names.
+        #[arg(long)]
+        database: Option<PathBuf>,
+        /// Its media store, if not the one its config names.
+        #[arg(long)]
+        media_store: Option<PathBuf>,
+        /// Its signing key file, if not the one its config names.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Read everything and report what would be imported; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Import into a database that already holds accounts or rooms.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,6 +224,26 @@ pub fn main() -> ExitCode {
                 let options = crate::service::import::ImportOptions { dry_run, force };
                 let report =
                     crate::service::import::conduit::import(config, &from, options).await?;
+                print!("{}", report.render(dry_run));
+                Ok(())
+            }
+            Command::Import(ImportCommand::Synapse {
+                synapse_config,
+                database,
+                media_store,
+                signing_key,
+                dry_run,
+                force,
+            }) => {
+                let options = crate::service::import::ImportOptions { dry_run, force };
+                let source = crate::service::import::synapse::SynapseSource {
+                    configs: synapse_config,
+                    database,
+                    media_store,
+                    signing_key,
+                };
+                let report =
+                    crate::service::import::synapse::import(config, &source, options).await?;
                 print!("{}", report.render(dry_run));
                 Ok(())
             }

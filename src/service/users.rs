@@ -594,7 +594,35 @@ pub fn password_matches(hash: Option<&str>, password: &str) -> bool {
     }
 }
 
+/// The mark of a bcrypt hash imported from a Synapse that added a pepper to every password:
+/// `bcrypt-pepper:<hex pepper>:<bcrypt hash>` (`culvert import synapse`).
+pub const PEPPERED_BCRYPT: &str = "bcrypt-pepper:";
+
+/// Whether a stored hash is one of another server's, to be replaced by an Argon2 hash once the
+/// password is known (at the next login).
+pub fn is_foreign_hash(hash: &str) -> bool {
+    hash.starts_with("$2") || hash.starts_with(PEPPERED_BCRYPT)
+}
+
+/// A bcrypt hash imported from Synapse, checked as Synapse checks it: the password in NFKC
+/// form, the pepper appended, cut to bcrypt's 72 bytes.
+fn verify_bcrypt(hash: &str, pepper: &[u8], password: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    let mut input: Vec<u8> = password.nfkc().collect::<String>().into_bytes();
+    input.extend_from_slice(pepper);
+    input.truncate(72);
+    bcrypt::verify(&input, hash).unwrap_or(false)
+}
+
 fn verify_password(hash: &str, password: &str) -> bool {
+    if let Some(rest) = hash.strip_prefix(PEPPERED_BCRYPT) {
+        return rest.split_once(':').is_some_and(|(pepper, hash)| {
+            utils::unhex(pepper).is_some_and(|pepper| verify_bcrypt(hash, &pepper, password))
+        });
+    }
+    if hash.starts_with("$2") {
+        return verify_bcrypt(hash, b"", password);
+    }
     PasswordHash::new(hash)
         .map(|parsed| {
             Argon2::default()

@@ -333,6 +333,11 @@ pub fn federating_config(dir: &std::path::Path, extra: &str) -> String {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    federating_config_on(dir, port, extra)
+}
+
+/// [`federating_config`] on a given port (`localhost:<port>` is the server's name).
+pub fn federating_config_on(dir: &std::path::Path, port: u16, extra: &str) -> String {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let cert_path = dir.join("tls-cert.pem");

@@ -39,12 +39,12 @@ fn device_keys_signed_as(user_id: &str, device_id: &str, signing_device: &str) -
     serde_json::to_value(object).unwrap()
 }
 
-fn device_keys(who: &Session) -> Value {
+pub(crate) fn device_keys(who: &Session) -> Value {
     device_keys_signed_as(&who.user_id, &who.device_id, &who.device_id)
 }
 
 /// `n` signed_curve25519 one-time keys with IDs `{prefix}{i}`.
-fn one_time_keys(prefix: &str, n: usize) -> Value {
+pub(crate) fn one_time_keys(prefix: &str, n: usize) -> Value {
     let mut keys = serde_json::Map::new();
     for i in 0..n {
         keys.insert(

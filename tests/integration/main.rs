@@ -25,6 +25,7 @@ mod federation_read;
 mod history;
 mod http_layer;
 mod import;
+mod import_synapse;
 mod lifecycle;
 mod media;
 mod membership;

@@ -141,6 +141,9 @@ rc_federation:
   reject_limit: 1000
   concurrent: 100
 federation_rr_transactions_per_room_per_second: 1000
+# Anyone may publish rooms to the directory (Synapse's default lets nobody).
+room_list_publication_rules:
+  - action: allow
 "#
         );
         std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
@@ -209,6 +212,38 @@ federation_rr_transactions_per_room_per_second: 1000
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the Synapse process politely (SIGTERM) and waits for it to end, as an operator
+    /// stops it before moving its data.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..300 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The directory holding its config (`homeserver.yaml`), database, media and keys.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The port it listens on (its server name is `localhost:<port>`).
+    pub fn port(&self) -> u16 {
+        self.server_name
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the server name")
     }
 
     /// The end of Synapse's log, for failure messages.
@@ -1261,7 +1296,7 @@ async fn typing_receipts_presence_and_profiles_cross_both_ways() {
 }
 
 /// Uploads on Synapse (or culvert: same API) and returns the media ID.
-async fn upload_media(
+pub(crate) async fn upload_media(
     http: &reqwest::Client,
     base: &str,
     token: &str,
@@ -1288,7 +1323,7 @@ async fn upload_media(
 }
 
 /// An authenticated v1 download: status, content type, content disposition and bytes.
-async fn download_media(
+pub(crate) async fn download_media(
     http: &reqwest::Client,
     base: &str,
     token: &str,

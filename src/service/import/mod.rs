@@ -7,6 +7,7 @@
 //! `--dry-run` reads everything and reports what would be imported, writing nothing.
 
 pub mod conduit;
+pub mod synapse;
 
 use std::{
     collections::BTreeMap,

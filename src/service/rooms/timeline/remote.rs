@@ -676,6 +676,40 @@ impl Timeline {
         auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
         join: (OwnedEventId, CanonicalJsonObject),
     ) -> Result<()> {
+        self.start_room_at(
+            room_id,
+            version,
+            state,
+            auth_chain,
+            join,
+            Origin::RemoteJoin,
+        )
+        .await
+    }
+
+    /// Like [`Timeline::join_remote_room`] for a room another homeserver's database holds
+    /// from a join on (`culvert import`): its first event there, on the state before it (the
+    /// auth chain stored already), committed as [`Origin::Import`].
+    pub async fn import_joined_room(
+        &self,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        state: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        first: (OwnedEventId, CanonicalJsonObject),
+    ) -> Result<()> {
+        self.start_room_at(room_id, version, state, Vec::new(), first, Origin::Import)
+            .await
+    }
+
+    async fn start_room_at(
+        &self,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        state: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        join: (OwnedEventId, CanonicalJsonObject),
+        origin: Origin,
+    ) -> Result<()> {
         let rules = rules_of(version)?;
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
@@ -763,7 +797,7 @@ impl Timeline {
                 event_id: &join_id,
                 short: join_short,
                 pdu: &join_stored.pdu,
-                origin: Origin::RemoteJoin,
+                origin,
                 sender: &event.sender,
                 event_type: &join_type,
                 state_key: event.state_key.as_deref(),

@@ -1,0 +1,661 @@
+//! `culvert import synapse`: a Synapse database (≥ 1.100; SQLite) into this server's. What
+//! Synapse keeps where is written down in `docs/design/synapse-layout.md` (studied from its
+//! public source and a schema it built, then checked against databases a real Synapse filled
+//! in the tests); this module reads it:
+//!
+//! - the server's signing keys (`signing_key_path`, the first signs; `old_signing_keys`
+//!   are not carried): the server stays the same server to others;
+//! - accounts with their bcrypt password hashes (accepted at login with the config's pepper
+//!   and replaced by an Argon2 hash on the first success), admins, deactivated accounts,
+//!   profiles, devices with their access tokens (clients stay logged in), filters under their
+//!   IDs, account data (global and per room, tags), push rules (the user's own rules, and the
+//!   actions and switches they changed of the server-default ones);
+//! - rooms: each room's events in Synapse's order (depth, then arrival), as their servers
+//!   signed them, through the append path as
+//!   [`Origin::Import`](crate::service::rooms::timeline::pipeline::Origin); where an event's
+//!   earlier events are not in the database (a room joined over federation), the state before
+//!   it as Synapse's state groups kept it, its events stored first as outliers. Rejected events
+//!   and outliers are not timeline events here either. Aliases, the room directory, read
+//!   receipts of local users;
+//! - local media (the files checked against their SHA-256 when Synapse recorded one);
+//! - end-to-end encryption: devices' identity, one-time and fallback keys, cross-signing keys
+//!   with the signatures users made, key backups with their sessions, to-device messages not
+//!   yet delivered.
+//!
+//! Not imported (reported): guests, remote media caches, pushers, application-service
+//! registrations (files next to Synapse's config: list them in `app_service_config_files`),
+//! access tokens that expire (sessions with refresh tokens log in again).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use futures_util::StreamExt;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomAliasId, OwnedRoomId,
+    OwnedServerName, OwnedUserId, RoomVersionId, UserId, api::client::filter::FilterDefinition,
+};
+use serde_json::{Value, json};
+
+use super::{ImportOptions, ImportReport, Progress};
+use crate::{
+    config::Config,
+    service::{
+        Services, StartError,
+        cross_signing::SigningKeysUpload,
+        devices::Devices,
+        globals::Globals,
+        media::MediaRecord,
+        push_rules::{ruleset_json, server_default_rules},
+        rooms::{state_res::State, timeline::Appended},
+        users::Users,
+    },
+    store::{Batch, Cf, Store, StoreOptions},
+};
+
+/// Where a Synapse keeps its data: from its config files, or given one by one.
+#[derive(Clone, Debug, Default)]
+pub struct SynapseSource {
+    /// `homeserver.yaml` and any further config files (later ones win, as in Synapse).
+    pub configs: Vec<PathBuf>,
+    /// The SQLite database (instead of the config's `database`).
+    pub database: Option<PathBuf>,
+    /// The media store (instead of the config's `media_store_path`).
+    pub media_store: Option<PathBuf>,
+    /// The signing key file (instead of the config's `signing_key_path`).
+    pub signing_key: Option<PathBuf>,
+}
+
+mod keys;
+mod rooms;
+mod source;
+
+use source::{Cell, SynapseDb, SynapseSettings, read_settings, seed_to_pkcs8, synapse_pdu, user};
+
+/// Imports the Synapse whose config (or files) `source` names into the database `config`
+/// names. Neither server may run.
+pub async fn import(
+    config: Config,
+    source: &SynapseSource,
+    options: ImportOptions,
+) -> Result<ImportReport, StartError> {
+    let settings = read_settings(source, &config.server_name).map_err(StartError::Other)?;
+    if settings.server_name != config.server_name {
+        return Err(StartError::Other(format!(
+            "the Synapse database is {}'s, but the config's server_name is {}: set server_name = \"{}\" (a server's name never changes)",
+            settings.server_name, config.server_name, settings.server_name
+        )));
+    }
+    let db = SynapseDb::open(&settings.database).map_err(StartError::Other)?;
+    let mut report = ImportReport::default();
+    let services = if options.dry_run {
+        None
+    } else {
+        let store = Store::open(&config.database_path, &StoreOptions::default())?;
+        let is_new = store.count_keys(Cf::Users, 1) == 0 && store.count_keys(Cf::Rooms, 1) == 0;
+        if !is_new && !options.force {
+            return Err(StartError::Other(format!(
+                "{} already holds accounts or rooms: import into a new database (or pass --force to add to this one)",
+                config.database_path.display()
+            )));
+        }
+        if is_new {
+            let (version, seed) = &settings.signing_key;
+            Globals::import_signing_key(&store, version, &seed_to_pkcs8(seed))?;
+        } else {
+            report.skip("the signing key: this database has its own (--force)".into());
+        }
+        drop(store);
+        Some(Services::open(config.clone())?)
+    };
+    report.counts.insert("signing key", 1);
+    let services = services.as_deref();
+    let run = Import {
+        db: &db,
+        settings: &settings,
+        services,
+    };
+    run.accounts(&mut report).map_err(StartError::Other)?;
+    run.rooms(&mut report).await?;
+    run.account_data(&mut report).await?;
+    run.receipts(&mut report).await?;
+    run.media(&mut report).await?;
+    run.e2ee(&mut report).await?;
+    run.left_out(&mut report);
+    if let Some(services) = services {
+        services
+            .store
+            .flush()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+    }
+    Ok(report)
+}
+
+struct Import<'a> {
+    db: &'a SynapseDb,
+    settings: &'a SynapseSettings,
+    services: Option<&'a Services>,
+}
+
+/// The hash an imported bcrypt hash is kept as: as it is, or with the pepper Synapse added to
+/// every password (`bcrypt-pepper:<hex pepper>:<hash>`), for `users::password_matches`.
+fn imported_hash(hash: &str, pepper: &str) -> String {
+    if pepper.is_empty() {
+        hash.to_owned()
+    } else {
+        format!(
+            "{}{}:{hash}",
+            crate::service::users::PEPPERED_BCRYPT,
+            crate::utils::hex(pepper.as_bytes())
+        )
+    }
+}
+
+impl Import<'_> {
+    fn accounts(&self, report: &mut ImportReport) -> Result<(), String> {
+        let users = self.db.rows(
+            "SELECT name, password_hash, admin, deactivated, is_guest FROM users ORDER BY name",
+            &[],
+        )?;
+        let mut progress = Progress::new("accounts", users.len() as u64);
+        for row in users {
+            progress.step();
+            let Some(user_id) = user(&row[0]) else {
+                report.skip(format!("account {:?}: not a user ID", row[0].text()));
+                continue;
+            };
+            if user_id.server_name() != self.settings.server_name {
+                report.skip(format!("{user_id}: not of this server"));
+                continue;
+            }
+            if row[4].flag() {
+                report.skip(format!("{user_id}: a guest account"));
+                continue;
+            }
+            let password_hash = row[1]
+                .text()
+                .filter(|h| !h.is_empty())
+                .map(|h| imported_hash(&h, &self.settings.pepper));
+            let mut batch = Batch::new();
+            if let Some(services) = self.services
+                && !services
+                    .users
+                    .import_into(
+                        &mut batch,
+                        &user_id,
+                        password_hash,
+                        row[2].flag(),
+                        row[3].flag(),
+                    )
+                    .map_err(|e| e.to_string())?
+            {
+                report.skip(format!("{user_id}: an account of that name exists here"));
+                continue;
+            }
+            report.count("accounts");
+            self.profile(&mut batch, &user_id)?;
+            self.devices(&mut batch, &user_id, report)?;
+            self.filters(&user_id, report)?;
+            if let Some(services) = self.services {
+                services.store.write(batch).map_err(|e| e.to_string())?;
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    fn profile(&self, batch: &mut Batch, user_id: &UserId) -> Result<(), String> {
+        let sql = if self.db.has_column("profiles", "full_user_id") {
+            "SELECT displayname, avatar_url FROM profiles WHERE full_user_id = $1 OR (full_user_id IS NULL AND user_id = $2)"
+        } else {
+            "SELECT displayname, avatar_url FROM profiles WHERE user_id = $2 OR user_id = $1"
+        };
+        let rows = self
+            .db
+            .rows(sql, &[user_id.as_str(), user_id.localpart()])?;
+        if let Some(row) = rows.first() {
+            for (field, cell) in [("displayname", &row[0]), ("avatar_url", &row[1])] {
+                if let Some(value) = cell.text().filter(|v| !v.is_empty()) {
+                    Users::import_profile_field_into(batch, user_id, field, &Value::String(value))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn devices(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        report: &mut ImportReport,
+    ) -> Result<(), String> {
+        // Cross-signing keys have hidden devices of their own there.
+        let devices = self.db.rows(
+            "SELECT device_id, display_name, last_seen FROM devices WHERE user_id = $1 AND COALESCE(hidden, FALSE) = FALSE",
+            &[user_id.as_str()],
+        )?;
+        for device in devices {
+            let Some(device_id) = device[0].text() else {
+                continue;
+            };
+            // The device's newest token that does not expire and acts as the user
+            // themselves (not an admin's "login as").
+            let tokens = self.db.rows(
+                "SELECT token, valid_until_ms FROM access_tokens WHERE user_id = $1 AND device_id = $2 AND puppets_user_id IS NULL ORDER BY id DESC",
+                &[user_id.as_str(), &device_id],
+            )?;
+            let token = tokens
+                .iter()
+                .find(|t| matches!(t[1], Cell::Null))
+                .and_then(|t| t[0].text());
+            if token.is_none() && !tokens.is_empty() {
+                report.skip(format!(
+                    "{user_id}'s device {device_id}: its access token expires (a refresh-token session): it logs in again"
+                ));
+            }
+            Devices::import_device_into(
+                batch,
+                user_id,
+                device_id.as_str().into(),
+                device[1].text(),
+                device[2].int().map(|t| t.max(0) as u64),
+                token.as_deref(),
+            )
+            .map_err(|e| e.to_string())?;
+            report.count("devices");
+        }
+        Ok(())
+    }
+
+    fn filters(&self, user_id: &UserId, report: &mut ImportReport) -> Result<(), String> {
+        let sql = if self.db.has_column("user_filters", "full_user_id") {
+            "SELECT filter_id, filter_json FROM user_filters WHERE full_user_id = $1 OR (full_user_id IS NULL AND user_id = $2)"
+        } else {
+            "SELECT filter_id, filter_json FROM user_filters WHERE user_id = $2 OR user_id = $1"
+        };
+        for row in self
+            .db
+            .rows(sql, &[user_id.as_str(), user_id.localpart()])?
+        {
+            let Some(filter_id) = row[0].text() else {
+                continue;
+            };
+            match row[1]
+                .json()
+                .and_then(|f| serde_json::from_value::<FilterDefinition>(f).ok())
+            {
+                Some(filter) => {
+                    if let Some(services) = self.services {
+                        services
+                            .filters
+                            .import(user_id, &filter_id, &filter)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    report.count("filters");
+                }
+                None => report.skip(format!("{user_id}'s filter {filter_id}: unreadable")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn account_data(&self, report: &mut ImportReport) -> Result<(), StartError> {
+        let local = format!("%:{}", self.settings.server_name);
+        let mut items: Vec<(OwnedUserId, Option<OwnedRoomId>, String, Value)> = Vec::new();
+        for row in self
+            .db
+            .rows(
+                "SELECT user_id, NULL, account_data_type, content FROM account_data WHERE content != '{}' AND user_id LIKE $1 \
+                 UNION ALL SELECT user_id, room_id, account_data_type, content FROM room_account_data WHERE content != '{}' AND user_id LIKE $1",
+                &[&local],
+            )
+            .map_err(StartError::Other)?
+        {
+            let (Some(user_id), Some(kind), Some(content)) = (user(&row[0]), row[2].text(), row[3].json())
+            else {
+                continue;
+            };
+            let room = row[1].text().and_then(|r| OwnedRoomId::try_from(r).ok());
+            items.push((user_id, room, kind, content));
+        }
+        // Tags: one `m.tag` per room.
+        let mut tags: BTreeMap<(OwnedUserId, OwnedRoomId), serde_json::Map<String, Value>> =
+            BTreeMap::new();
+        for row in self
+            .db
+            .rows(
+                "SELECT user_id, room_id, tag, content FROM room_tags WHERE user_id LIKE $1",
+                &[&local],
+            )
+            .map_err(StartError::Other)?
+        {
+            let (Some(user_id), Some(room), Some(tag)) = (
+                user(&row[0]),
+                row[1].text().and_then(|r| OwnedRoomId::try_from(r).ok()),
+                row[2].text(),
+            ) else {
+                continue;
+            };
+            tags.entry((user_id, room))
+                .or_default()
+                .insert(tag, row[3].json().unwrap_or_else(|| json!({})));
+        }
+        for ((user_id, room), tags) in tags {
+            items.push((user_id, Some(room), "m.tag".into(), json!({ "tags": tags })));
+        }
+        for user_id in self.push_rule_users().map_err(StartError::Other)? {
+            match self.push_rules(&user_id) {
+                Ok(rules) => items.push((user_id, None, "m.push_rules".into(), rules)),
+                Err(e) => report.skip(format!("{user_id}'s push rules: {e}")),
+            }
+        }
+        for (user_id, room, kind, content) in items {
+            let Some(services) = self.services else {
+                report.count("account data");
+                continue;
+            };
+            if services.users.get(&user_id)?.is_none() {
+                continue;
+            }
+            if let Some(room_id) = &room
+                && services.timeline.room(room_id)?.is_none()
+            {
+                report.skip(format!(
+                    "{user_id}'s {kind} for {room_id}: the room is not imported"
+                ));
+                continue;
+            }
+            let content = serde_json::value::to_raw_value(&content)
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            services
+                .set_account_data(&user_id, room.as_deref(), &kind, &content)
+                .await?;
+            report.count("account data");
+        }
+        Ok(())
+    }
+
+    fn push_rule_users(&self) -> Result<Vec<OwnedUserId>, String> {
+        let local = format!("%:{}", self.settings.server_name);
+        Ok(self
+            .db
+            .rows(
+                "SELECT user_name FROM push_rules WHERE user_name LIKE $1 UNION SELECT user_name FROM push_rules_enable WHERE user_name LIKE $1",
+                &[&local],
+            )?
+            .iter()
+            .filter_map(|r| user(&r[0]))
+            .collect())
+    }
+
+    /// A user's push rules: the server defaults with the user's own rules in Synapse's order
+    /// (by priority class, then priority), the actions they gave default rules, and their
+    /// switches.
+    fn push_rules(&self, user_id: &UserId) -> Result<Value, String> {
+        let legacy = self
+            .services
+            .is_none_or(|s| s.config.legacy_mention_push_rules);
+        let mut rules = ruleset_json(&server_default_rules(user_id, legacy));
+        let rows = self.db.rows(
+            "SELECT rule_id, priority_class, conditions, actions FROM push_rules WHERE user_name = $1 ORDER BY priority_class DESC, priority DESC",
+            &[user_id.as_str()],
+        )?;
+        let mut added: HashMap<&'static str, usize> = HashMap::new();
+        for row in &rows {
+            let Some(rule_id) = row[0].text() else {
+                continue;
+            };
+            let mut parts = rule_id.splitn(3, '/');
+            let (Some(_scope), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let actions = row[3].json().unwrap_or_else(|| json!([]));
+            let kind: &'static str = match kind {
+                "override" => "override",
+                "content" => "content",
+                "room" => "room",
+                "sender" => "sender",
+                "underride" => "underride",
+                _ => continue,
+            };
+            let Some(list) = rules[kind].as_array_mut() else {
+                continue;
+            };
+            if id.starts_with('.') {
+                // A default rule's actions, changed by the user.
+                if let Some(rule) = list.iter_mut().find(|r| r["rule_id"] == id) {
+                    rule["actions"] = actions;
+                }
+                continue;
+            }
+            let conditions = row[2].json().unwrap_or_else(|| json!([]));
+            let mut rule = json!({
+                "rule_id": id,
+                "default": false,
+                "enabled": true,
+                "actions": actions,
+            });
+            match kind {
+                "override" | "underride" => rule["conditions"] = conditions,
+                "content" => {
+                    rule["pattern"] = conditions[0]["pattern"].clone();
+                }
+                _ => {}
+            }
+            // The user's rules of a kind come before the server's, except that the master
+            // rule stays first.
+            let start = if kind == "override" {
+                usize::from(
+                    list.first()
+                        .is_some_and(|r| r["rule_id"] == ".m.rule.master"),
+                )
+            } else {
+                0
+            };
+            let at = start + added.get(kind).copied().unwrap_or(0);
+            list.insert(at.min(list.len()), rule);
+            *added.entry(kind).or_default() += 1;
+        }
+        for row in self.db.rows(
+            "SELECT rule_id, enabled FROM push_rules_enable WHERE user_name = $1",
+            &[user_id.as_str()],
+        )? {
+            let Some(rule_id) = row[0].text() else {
+                continue;
+            };
+            let mut parts = rule_id.splitn(3, '/');
+            let (Some(_), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if !matches!(
+                kind,
+                "override" | "content" | "room" | "sender" | "underride"
+            ) {
+                continue;
+            }
+            if let Some(rule) = rules[kind]
+                .as_array_mut()
+                .and_then(|list| list.iter_mut().find(|r| r["rule_id"] == id))
+            {
+                rule["enabled"] = Value::Bool(row[1].flag());
+            }
+        }
+        Ok(json!({ "global": rules }))
+    }
+
+    async fn receipts(&self, report: &mut ImportReport) -> Result<(), StartError> {
+        let local = format!("%:{}", self.settings.server_name);
+        for row in self
+            .db
+            .rows(
+                "SELECT room_id, receipt_type, user_id, event_id, thread_id FROM receipts_linearized WHERE user_id LIKE $1 ORDER BY stream_id",
+                &[&local],
+            )
+            .map_err(StartError::Other)?
+        {
+            let (Some(room_id), Some(kind), Some(user_id), Some(event_id)) = (
+                row[0].text().and_then(|r| OwnedRoomId::try_from(r).ok()),
+                row[1].text(),
+                user(&row[2]),
+                row[3].text().and_then(|e| OwnedEventId::try_from(e).ok()),
+            ) else {
+                continue;
+            };
+            if !matches!(kind.as_str(), "m.read" | "m.read.private") {
+                continue;
+            }
+            if let Some(services) = self.services {
+                let thread = row[4].text();
+                if let Err(e) = services
+                    .set_receipt(&room_id, &user_id, &kind, &event_id, thread.as_deref())
+                    .await
+                {
+                    report.skip(format!("{user_id}'s receipt in {room_id}: {e}"));
+                    continue;
+                }
+            }
+            report.count("read receipts");
+        }
+        Ok(())
+    }
+
+    async fn media(&self, report: &mut ImportReport) -> Result<(), StartError> {
+        let sha256 = if self.db.has_column("local_media_repository", "sha256") {
+            "sha256"
+        } else {
+            "NULL"
+        };
+        let rows = self
+            .db
+            .rows(
+                &format!(
+                    "SELECT media_id, media_type, upload_name, user_id, created_ts, quarantined_by, safe_from_quarantine, {sha256} \
+                     FROM local_media_repository WHERE media_length IS NOT NULL AND url_cache IS NULL"
+                ),
+                &[],
+            )
+            .map_err(StartError::Other)?;
+        let store = self.settings.media_store.clone().unwrap_or_default();
+        let mut progress = Progress::new("media", rows.len() as u64);
+        for row in rows {
+            progress.step();
+            let Some(media_id) = row[0].text() else {
+                continue;
+            };
+            // Synapse's own check of a path component.
+            if media_id.len() < 5
+                || !media_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            {
+                report.skip(format!("media {media_id:?}: not a media ID Synapse makes"));
+                continue;
+            }
+            let mxc = format!("mxc://{}/{media_id}", self.settings.server_name);
+            let path = store
+                .join("local_content")
+                .join(&media_id[..2])
+                .join(&media_id[2..4])
+                .join(&media_id[4..]);
+            if !path.is_file() {
+                report.skip(format!("{mxc}: its file {} is missing", path.display()));
+                continue;
+            }
+            let Some(services) = self.services else {
+                report.count("media");
+                continue;
+            };
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| StartError::Other(format!("{}: {e}", path.display())))?;
+            let stream =
+                tokio_util::io::ReaderStream::new(file).map(|chunk| chunk.map_err(Arc::new));
+            let received = services.media.receive(stream, u64::MAX).await?;
+            if let Some(expected) = row[7].text()
+                && received.sha256() != expected.to_ascii_lowercase()
+            {
+                report.skip(format!("{mxc}: its file does not match its hash"));
+                continue;
+            }
+            let quarantined_by = row[5].text();
+            let record = MediaRecord {
+                sha256: None,
+                content_type: row[1].text(),
+                filename: row[2].text().filter(|f| !f.is_empty()),
+                size: 0,
+                uploader: row[3].text(),
+                created_ts: row[4]
+                    .int()
+                    .map_or_else(crate::utils::now_millis, |t| t.max(0) as u64),
+                unused_expires_ts: None,
+                authenticated_only: false,
+                quarantined: quarantined_by.is_some(),
+                quarantined_by,
+                protected: row[6].flag(),
+            };
+            if services
+                .media
+                .import(&self.settings.server_name, &media_id, received, record)?
+            {
+                report.count("media");
+            } else {
+                report.skip(format!("{mxc}: exists here"));
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// What this import does not carry, counted so the report says so.
+    fn left_out(&self, report: &mut ImportReport) {
+        let pushers = self.db.count("SELECT COUNT(*) FROM pushers");
+        if pushers > 0 {
+            report.skip(format!(
+                "{pushers} pushers: phones register theirs again when their app next starts"
+            ));
+        }
+        let remote = self.db.count("SELECT COUNT(*) FROM remote_media_cache");
+        if remote > 0 {
+            report.skip(format!(
+                "{remote} cached remote media: fetched again from their servers when asked for"
+            ));
+        }
+        for file in &self.settings.appservice_files {
+            report.skip(format!(
+                "the application service registration {file}: list it in app_service_config_files in culvert's config (its tokens are in the file)"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{source::parse_signing_key, *};
+
+    #[test]
+    fn signing_keys_read_as_synapse_writes_them() {
+        // A seed of 32 zero bytes, unpadded (as Synapse writes it) and padded.
+        let line = format!("ed25519 a_AbCd {}\n", "A".repeat(43));
+        let (version, seed) = parse_signing_key(&line).unwrap();
+        assert_eq!(version, "a_AbCd");
+        assert_eq!(seed, vec![0; 32]);
+        assert!(parse_signing_key(&format!("ed25519 a_x {}=", "A".repeat(43))).is_ok());
+        assert!(parse_signing_key("ed25519 a_x AAAA").is_err());
+        assert!(parse_signing_key("").is_err());
+        let pkcs8 = seed_to_pkcs8(&seed);
+        assert!(ruma::signatures::Ed25519KeyPair::from_der(&pkcs8, version).is_ok());
+    }
+
+    #[test]
+    fn peppered_hashes_name_their_pepper() {
+        assert_eq!(imported_hash("$2b$04$x", ""), "$2b$04$x");
+        assert_eq!(
+            imported_hash("$2b$04$x", "ab"),
+            format!("{}6162:$2b$04$x", crate::service::users::PEPPERED_BCRYPT)
+        );
+    }
+}
