@@ -66,7 +66,7 @@ enum ImportCommand {
         #[arg(long)]
         force: bool,
     },
-    /// A Synapse database (1.100 or later, SQLite): the signing key, accounts with their
+    /// A Synapse database (1.100 or later, SQLite or PostgreSQL): the signing key, accounts with their
     /// passwords (bcrypt, replaced by Argon2 at the next login), devices and access tokens,
     /// account data, push rules, filters, rooms with their history, aliases, the directory,
     /// receipts, local media and E2EE keys. The config's server_name must be Synapse's. The
@@ -75,7 +75,8 @@ enum ImportCommand {
         /// Synapse's homeserver.yaml (repeat for further config files; later ones win).
         #[arg(long = "synapse-config", required_unless_present = "database")]
         synapse_config: Vec<PathBuf>,
-        /// Its SQLite database, if not the one its config names.
+        /// Its database, if not the one its config names: an SQLite file or a PostgreSQL
+        /// connection string (`postgresql://user:password@host/dbname`).
         #[arg(long)]
         database: Option<PathBuf>,
         /// Its media store, if not the one its config names.

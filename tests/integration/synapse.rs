@@ -74,6 +74,12 @@ async fn synapse_and_culvert() -> Option<(Synapse, TestServer, Session, Session)
 
 impl Synapse {
     pub async fn start(python: &std::path::Path) -> Self {
+        Self::start_on_database(python, None).await
+    }
+
+    /// A Synapse whose `database:` section is `database` (YAML, indented by two), or SQLite
+    /// in its directory (`homeserver.db`) with `None`.
+    pub async fn start_on_database(python: &std::path::Path, database: Option<&str>) -> Self {
         let dir = TempDir::new().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -86,6 +92,10 @@ impl Synapse {
         std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
         std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
         let unlimited = "{per_second: 10000, burst_count: 10000}";
+        let database = database.map_or_else(
+            || format!("  name: sqlite3\n  args:\n    database: {d}/homeserver.db"),
+            str::to_owned,
+        );
         let config = format!(
             r#"server_name: "{server_name}"
 pid_file: {d}/homeserver.pid
@@ -104,9 +114,7 @@ ip_range_whitelist: ['127.0.0.0/8', '::1/128']
 trusted_key_servers: []
 suppress_key_server_warning: true
 database:
-  name: sqlite3
-  args:
-    database: {d}/homeserver.db
+{database}
 log_config: {d}/log.yaml
 media_store_path: {d}/media
 signing_key_path: {d}/signing.key

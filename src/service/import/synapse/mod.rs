@@ -1,5 +1,5 @@
-//! `culvert import synapse`: a Synapse database (≥ 1.100; SQLite) into this server's. What
-//! Synapse keeps where is written down in `docs/design/synapse-layout.md` (studied from its
+//! `culvert import synapse`: a Synapse database (≥ 1.100; SQLite or PostgreSQL) into this
+//! server's. What Synapse keeps where is written down in `docs/design/synapse-layout.md` (studied from its
 //! public source and a schema it built, then checked against databases a real Synapse filled
 //! in the tests); this module reads it:
 //!
@@ -60,7 +60,8 @@ use crate::{
 pub struct SynapseSource {
     /// `homeserver.yaml` and any further config files (later ones win, as in Synapse).
     pub configs: Vec<PathBuf>,
-    /// The SQLite database (instead of the config's `database`).
+    /// The database instead of the config's `database`: an SQLite file, or a PostgreSQL
+    /// connection string (`postgresql://user:password@host/synapse`, or `key=value` words).
     pub database: Option<PathBuf>,
     /// The media store (instead of the config's `media_store_path`).
     pub media_store: Option<PathBuf>,

@@ -1,11 +1,11 @@
-//! Reading Synapse: its config files, its signing key, its SQLite database.
+//! Reading Synapse: its config files, its signing key, its database (SQLite or PostgreSQL).
 
 use super::*;
 
 /// What the import needs of Synapse's configuration.
 pub(super) struct SynapseSettings {
     pub(super) server_name: OwnedServerName,
-    pub(super) database: PathBuf,
+    pub(super) database: DatabaseLocation,
     pub(super) media_store: Option<PathBuf>,
     /// The first signing key: (version, 32-byte seed).
     pub(super) signing_key: (String, Vec<u8>),
@@ -41,29 +41,8 @@ pub(super) fn read_settings(
     let server_name = OwnedServerName::try_from(server_name)
         .map_err(|e| format!("Synapse's server_name {server_name:?}: {e}"))?;
     let database = match &source.database {
-        Some(path) => path.clone(),
-        None => {
-            let database = if config["database"].is_object() {
-                &config["database"]
-            } else {
-                &config["databases"]["main"]
-            };
-            match database["name"].as_str() {
-                Some("sqlite3") | None if database["args"]["database"].is_string() => {
-                    PathBuf::from(database["args"]["database"].as_str().unwrap_or_default())
-                }
-                None if config["database_path"].is_string() => {
-                    PathBuf::from(config["database_path"].as_str().unwrap_or_default())
-                }
-                Some("psycopg2") => {
-                    return Err(
-                        "Synapse's database is PostgreSQL: this culvert imports SQLite databases only so far"
-                            .into(),
-                    );
-                }
-                _ => return Err("Synapse's config names no database".into()),
-            }
-        }
+        Some(given) => DatabaseLocation::given(given)?,
+        None => DatabaseLocation::configured(&config)?,
     };
     let media_store = source.media_store.clone().or_else(|| {
         config["media_store_path"]
@@ -110,6 +89,93 @@ pub(super) fn read_settings(
         pepper,
         appservice_files,
     })
+}
+
+/// Where Synapse's database is.
+#[derive(Clone, Debug)]
+pub(super) enum DatabaseLocation {
+    Sqlite(PathBuf),
+    Postgres(Box<postgres::Config>),
+}
+
+impl DatabaseLocation {
+    /// `--database`: an SQLite file, or a PostgreSQL connection string (a
+    /// `postgresql://` URL or `key=value` words).
+    fn given(given: &Path) -> Result<Self, String> {
+        let text = given.to_string_lossy();
+        if text.starts_with("postgres://")
+            || text.starts_with("postgresql://")
+            || text.contains('=')
+        {
+            let config = text
+                .parse::<postgres::Config>()
+                .map_err(|e| format!("--database {text:?}: {e}"))?;
+            return Ok(Self::Postgres(Box::new(config)));
+        }
+        Ok(Self::Sqlite(given.to_owned()))
+    }
+
+    /// What Synapse's config names: `database` (or the `databases` entry holding its main
+    /// store, which must hold its state too), or the old `database_path`.
+    fn configured(config: &Value) -> Result<Self, String> {
+        let database = if config["database"].is_object() {
+            config["database"].clone()
+        } else if let Some(databases) = config["databases"].as_object() {
+            let holds = |entry: &Value, store: &str| {
+                entry["data_stores"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s == store))
+            };
+            let main = databases
+                .values()
+                .find(|d| holds(d, "main"))
+                .ok_or("Synapse's `databases` has none holding its main store")?;
+            if !holds(main, "state") {
+                return Err(
+                    "Synapse keeps its state in a database of its own (`databases`): this import reads one database"
+                        .into(),
+                );
+            }
+            main.clone()
+        } else if let Some(path) = config["database_path"].as_str() {
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        } else {
+            return Err("Synapse's config names no database".into());
+        };
+        let args = &database["args"];
+        match database["name"].as_str() {
+            Some("sqlite3") | None => args["database"]
+                .as_str()
+                .map(|path| Self::Sqlite(PathBuf::from(path)))
+                .ok_or_else(|| "Synapse's config names no SQLite file".into()),
+            Some("psycopg2") => {
+                // psycopg2's keywords, as Synapse hands them to it.
+                let mut pg = postgres::Config::new();
+                let text = |key: &str| args[key].as_str().map(str::to_owned);
+                if let Some(user) = text("user") {
+                    pg.user(&user);
+                }
+                if let Some(password) = text("password") {
+                    pg.password(password);
+                }
+                if let Some(name) = text("dbname").or_else(|| text("database")) {
+                    pg.dbname(&name);
+                }
+                match text("host") {
+                    Some(host) => pg.host(&host),
+                    None => pg.host("/var/run/postgresql"),
+                };
+                let port = args["port"]
+                    .as_u64()
+                    .or_else(|| text("port").and_then(|p| p.parse().ok()));
+                if let Some(port) = port.and_then(|p| u16::try_from(p).ok()) {
+                    pg.port(port);
+                }
+                Ok(Self::Postgres(Box::new(pg)))
+            }
+            Some(other) => Err(format!("Synapse's database engine {other:?} is unknown")),
+        }
+    }
 }
 
 /// The first key of a Synapse signing key file: `ed25519 <version> <base64 seed>` per line.
@@ -190,72 +256,70 @@ impl Cell {
 pub(super) type Row = Vec<Cell>;
 
 /// The Synapse database, opened read-only.
-pub(super) struct SynapseDb {
-    conn: rusqlite::Connection,
+pub(super) enum SynapseDb {
+    Sqlite(rusqlite::Connection),
+    /// A connection on a thread of its own (the `postgres` client runs its own small
+    /// runtime, which may not be started inside the import's).
+    Postgres(PgConnection),
 }
 
+/// The tables every Synapse database has.
+const SYNAPSE_TABLES: [&str; 3] = ["users", "event_json", "state_groups_state"];
+
 impl SynapseDb {
-    pub(super) fn open(path: &Path) -> Result<Self, String> {
-        if !path.is_file() {
-            return Err(format!("{} is no file", path.display()));
-        }
-        // Read-only; a write-ahead log left by a stopped Synapse is read as part of the
-        // database (never `immutable`, which would ignore it).
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let db = Self { conn };
-        let tables = db
-            .rows(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'event_json', 'state_groups_state')",
-                &[],
-            )
-            .map_err(|e| format!("{} is no SQLite database: {e}", path.display()))?;
-        if tables.len() != 3 {
-            return Err(format!(
-                "{} is an SQLite database, but not Synapse's",
-                path.display()
-            ));
+    pub(super) fn open(location: &DatabaseLocation) -> Result<Self, String> {
+        let db = match location {
+            DatabaseLocation::Sqlite(path) => {
+                if !path.is_file() {
+                    return Err(format!("{} is no file", path.display()));
+                }
+                // Read-only; a write-ahead log left by a stopped Synapse is read as part of
+                // the database (never `immutable`, which would ignore it).
+                let conn = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                Self::Sqlite(conn)
+            }
+            DatabaseLocation::Postgres(config) => Self::Postgres(PgConnection::open(config)?),
+        };
+        let sql = match db {
+            Self::Sqlite(_) => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ($1, $2, $3)"
+            }
+            Self::Postgres(_) => {
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ($1, $2, $3)"
+            }
+        };
+        let found = db
+            .rows(sql, &SYNAPSE_TABLES)
+            .map_err(|e| format!("the database cannot be read: {e}"))?;
+        if found.len() != SYNAPSE_TABLES.len() {
+            return Err("the database is not Synapse's".into());
         }
         Ok(db)
     }
 
-    /// All rows of a query (`$1`, `$2`… for the parameters).
+    /// All rows of a query (`$1`, `$2`… for the parameters, each text; cast where a number
+    /// is meant).
     pub(super) fn rows(&self, sql: &str, params: &[&str]) -> Result<Vec<Row>, String> {
-        let mut statement = self
-            .conn
-            .prepare_cached(sql)
-            .map_err(|e| format!("{e} in {sql}"))?;
-        let columns = statement.column_count();
-        let mut rows = statement
-            .query(rusqlite::params_from_iter(params.iter()))
-            .map_err(|e| format!("{e} in {sql}"))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| format!("{e} in {sql}"))? {
-            let mut cells = Vec::with_capacity(columns);
-            for i in 0..columns {
-                use rusqlite::types::ValueRef;
-                cells.push(match row.get_ref(i).map_err(|e| e.to_string())? {
-                    ValueRef::Null => Cell::Null,
-                    ValueRef::Integer(i) => Cell::Int(i),
-                    ValueRef::Real(f) => Cell::Text(f.to_string()),
-                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
-                    ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
-                });
-            }
-            out.push(cells);
+        match self {
+            Self::Sqlite(conn) => sqlite_rows(conn, sql, params),
+            Self::Postgres(pg) => pg.rows(sql, params),
         }
-        Ok(out)
     }
 
     pub(super) fn has_column(&self, table: &str, column: &str) -> bool {
-        self.rows(
-            "SELECT 1 FROM pragma_table_info($1) WHERE name = $2",
-            &[table, column],
-        )
-        .is_ok_and(|rows| !rows.is_empty())
+        let sql = match self {
+            Self::Sqlite(_) => "SELECT 1 FROM pragma_table_info($1) WHERE name = $2",
+            Self::Postgres(_) => {
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+            }
+        };
+        self.rows(sql, &[table, column])
+            .is_ok_and(|rows| !rows.is_empty())
     }
 
     pub(super) fn count(&self, sql: &str) -> u64 {
@@ -264,6 +328,161 @@ impl SynapseDb {
             .and_then(|rows| rows.first().and_then(|r| r[0].int()))
             .unwrap_or(0) as u64
     }
+}
+
+fn sqlite_rows(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[&str],
+) -> Result<Vec<Row>, String> {
+    let mut statement = conn
+        .prepare_cached(sql)
+        .map_err(|e| format!("{e} in {sql}"))?;
+    let columns = statement.column_count();
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(params.iter()))
+        .map_err(|e| format!("{e} in {sql}"))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| format!("{e} in {sql}"))? {
+        let mut cells = Vec::with_capacity(columns);
+        for i in 0..columns {
+            use rusqlite::types::ValueRef;
+            cells.push(match row.get_ref(i).map_err(|e| e.to_string())? {
+                ValueRef::Null => Cell::Null,
+                ValueRef::Integer(i) => Cell::Int(i),
+                ValueRef::Real(f) => Cell::Text(f.to_string()),
+                ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
+            });
+        }
+        out.push(cells);
+    }
+    Ok(out)
+}
+
+type PgRequest = (
+    String,
+    Vec<String>,
+    std::sync::mpsc::Sender<Result<Vec<Row>, String>>,
+);
+
+/// A PostgreSQL connection in one read-only, repeatable-read transaction (one consistent
+/// picture of the database however long the import takes), served by its own thread.
+pub(super) struct PgConnection {
+    requests: std::sync::mpsc::Sender<PgRequest>,
+}
+
+impl PgConnection {
+    fn open(config: &postgres::Config) -> Result<Self, String> {
+        let config = config.clone();
+        let (requests, incoming) = std::sync::mpsc::channel::<PgRequest>();
+        let (ready, opened) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("synapse-postgres".into())
+            .spawn(move || {
+                let client = config
+                    .connect(postgres::NoTls)
+                    .map_err(|e| format!("cannot connect to Synapse's PostgreSQL: {e}"))
+                    .and_then(|mut client| {
+                        client
+                            .batch_execute(
+                                "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                            )
+                            .map_err(|e| format!("Synapse's PostgreSQL: {e}"))?;
+                        Ok(client)
+                    });
+                let mut client = match client {
+                    Ok(client) => {
+                        let _ = ready.send(Ok(()));
+                        client
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                for (sql, params, answer) in incoming {
+                    let _ = answer.send(pg_rows(&mut client, &sql, &params));
+                }
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        opened
+            .recv()
+            .map_err(|_| "the PostgreSQL thread ended".to_owned())??;
+        Ok(Self { requests })
+    }
+
+    fn rows(&self, sql: &str, params: &[&str]) -> Result<Vec<Row>, String> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        let params = params.iter().map(|p| (*p).to_owned()).collect();
+        self.requests
+            .send((sql.to_owned(), params, answer))
+            .map_err(|_| "the PostgreSQL connection is gone".to_owned())?;
+        answered
+            .recv()
+            .map_err(|_| "the PostgreSQL connection is gone".to_owned())?
+    }
+}
+
+fn pg_rows(
+    client: &mut postgres::Client,
+    sql: &str,
+    params: &[String],
+) -> Result<Vec<Row>, String> {
+    use postgres::types::Type;
+    let typed: Vec<(&(dyn postgres::types::ToSql + Sync), Type)> = params
+        .iter()
+        .map(|p| (p as &(dyn postgres::types::ToSql + Sync), Type::TEXT))
+        .collect();
+    let rows = client
+        .query_typed(sql, &typed)
+        .map_err(|e| format!("{e} in {sql}"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut cells = Vec::with_capacity(row.len());
+        for (i, column) in row.columns().iter().enumerate() {
+            let kind = column.type_();
+            let cell = if *kind == Type::BOOL {
+                row.try_get::<_, Option<bool>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|b| Cell::Int(b.into()))
+            } else if *kind == Type::INT2 {
+                row.try_get::<_, Option<i16>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|v| Cell::Int(v.into()))
+            } else if *kind == Type::INT4 {
+                row.try_get::<_, Option<i32>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|v| Cell::Int(v.into()))
+            } else if *kind == Type::INT8 {
+                row.try_get::<_, Option<i64>>(i)
+                    .ok()
+                    .flatten()
+                    .map(Cell::Int)
+            } else if *kind == Type::BYTEA {
+                row.try_get::<_, Option<Vec<u8>>>(i)
+                    .ok()
+                    .flatten()
+                    .map(Cell::Bytes)
+            } else if *kind == Type::FLOAT8 {
+                row.try_get::<_, Option<f64>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|f| Cell::Text(f.to_string()))
+            } else {
+                match row.try_get::<_, Option<String>>(i) {
+                    Ok(text) => text.map(Cell::Text),
+                    Err(e) => return Err(format!("column {} of {sql}: {e}", column.name())),
+                }
+            };
+            cells.push(cell.unwrap_or(Cell::Null));
+        }
+        out.push(cells);
+    }
+    Ok(out)
 }
 
 pub(super) fn user(cell: &Cell) -> Option<OwnedUserId> {
