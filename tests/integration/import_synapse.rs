@@ -26,6 +26,33 @@ use crate::{
 
 const PASSWORD: &str = "synapse-password-1";
 
+/// A bridge's registration file, which Synapse's config names.
+struct Appservice {
+    _dir: TempDir,
+    /// The config line naming it.
+    config: String,
+}
+
+const AS_TOKEN: &str = "import-test-as-token";
+
+impl Appservice {
+    fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("bridge.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "id: importbridge\nurl: null\nas_token: {AS_TOKEN}\nhs_token: import-test-hs-token\nsender_localpart: importbot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@import_.*'\n  aliases: []\n  rooms: []\n"
+            ),
+        )
+        .unwrap();
+        Self {
+            config: format!("app_service_config_files: ['{}']", path.display()),
+            _dir: dir,
+        }
+    }
+}
+
 /// What the test made in Synapse, to look for after the import.
 struct Made {
     alice: Session,
@@ -324,6 +351,45 @@ async fn fill(synapse: &Synapse, second: &TestServer, carol: &Session) -> Made {
     )
     .await;
 
+    // A pusher for alice's phone.
+    ok(
+        synapse
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                &alice,
+                json!({ "kind": "http", "app_id": "org.example.app", "pushkey": "pushkey-1",
+                        "app_display_name": "Example", "device_display_name": "Phone",
+                        "lang": "en", "data": { "url": "https://push.example.org/_matrix/push/v1/notify",
+                                                "format": "event_id_only" } }),
+            )
+            .await,
+        "pusher",
+    )
+    .await;
+
+    // Media of the second server, which Synapse fetches and caches.
+    let remote_media: Vec<u8> = b"carol's picture".to_vec();
+    let remote_id = upload_media(
+        &http,
+        &second.base,
+        &carol.token,
+        remote_media.clone(),
+        "image/png",
+        "carol.png",
+    )
+    .await;
+    let (status, _, _, bytes) = download_media(
+        &http,
+        &synapse.base,
+        &alice.token,
+        &format!(
+            "/_matrix/client/v1/media/download/{}/{remote_id}",
+            second.server_name()
+        ),
+    )
+    .await;
+    assert_eq!((status, bytes), (StatusCode::OK, remote_media));
+
     // A room on the second server that alice joins over federation; they talk.
     let shared = second
         .create_room(carol, json!({ "preset": "public_chat", "name": "Across" }))
@@ -368,7 +434,8 @@ async fn a_synapse_database_moves_in_and_federates_on() {
     let Some(python) = synapse::available() else {
         return;
     };
-    let synapse = Synapse::start(&python).await;
+    let appservice = Appservice::new();
+    let synapse = Synapse::start_with(&python, None, &appservice.config).await;
     let database = synapse.dir().join("homeserver.db");
     move_in(synapse, || std::fs::read(&database).unwrap()).await;
 }
@@ -381,7 +448,13 @@ async fn a_synapse_database_on_postgresql_moves_in_and_federates_on() {
     let Some(postgres) = Postgres::start(&python) else {
         return;
     };
-    let synapse = Synapse::start_on_database(&python, Some(&postgres.synapse_database())).await;
+    let appservice = Appservice::new();
+    let synapse = Synapse::start_with(
+        &python,
+        Some(&postgres.synapse_database()),
+        &appservice.config,
+    )
+    .await;
     move_in(synapse, || postgres.dump()).await;
 }
 
@@ -435,6 +508,9 @@ async fn move_in(mut synapse: Synapse, source: impl Fn() -> Vec<u8>) {
         "key backups: 1",
         "cross-signing keys: 1",
         "cross-signing signatures: 1",
+        "pushers: 1",
+        "cached remote media: 1",
+        "application services: 1",
         "nothing was left out",
     ] {
         assert!(report.contains(line), "no {line:?} in\n{report}");
@@ -800,6 +876,23 @@ async fn check(server: &TestServer, made: &Made) {
     assert_eq!(message_rule["enabled"], false, "{message_rule}");
     let filter = server.get_ok(&format!("{user_path}/filter/0"), alice).await;
     assert_eq!(filter["room"]["timeline"]["limit"], 7, "{filter}");
+
+    // The pusher, and the bridge (its token is known here).
+    let pushers = server.get_ok("/_matrix/client/v3/pushers", alice).await;
+    assert_eq!(pushers["pushers"][0]["pushkey"], "pushkey-1", "{pushers}");
+    assert_eq!(
+        pushers["pushers"][0]["data"]["format"], "event_id_only",
+        "{pushers}"
+    );
+    let bot = server
+        .get("/_matrix/client/v3/account/whoami", Some(AS_TOKEN))
+        .await;
+    assert_eq!(
+        bot.1["user_id"],
+        format!("@importbot:{server_name}"),
+        "{}",
+        bot.1
+    );
 
     // E2EE: the device's keys (signed by the self-signing key), its one-time keys, the
     // cross-signing keys, the backup.

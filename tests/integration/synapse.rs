@@ -74,12 +74,12 @@ async fn synapse_and_culvert() -> Option<(Synapse, TestServer, Session, Session)
 
 impl Synapse {
     pub async fn start(python: &std::path::Path) -> Self {
-        Self::start_on_database(python, None).await
+        Self::start_with(python, None, "").await
     }
 
     /// A Synapse whose `database:` section is `database` (YAML, indented by two), or SQLite
-    /// in its directory (`homeserver.db`) with `None`.
-    pub async fn start_on_database(python: &std::path::Path, database: Option<&str>) -> Self {
+    /// in its directory (`homeserver.db`) with `None`; `extra` adds top-level config lines.
+    pub async fn start_with(python: &std::path::Path, database: Option<&str>, extra: &str) -> Self {
         let dir = TempDir::new().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -152,6 +152,7 @@ federation_rr_transactions_per_room_per_second: 1000
 # Anyone may publish rooms to the directory (Synapse's default lets nobody).
 room_list_publication_rules:
   - action: allow
+{extra}
 "#
         );
         std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();

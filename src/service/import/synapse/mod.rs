@@ -70,6 +70,7 @@ pub struct SynapseSource {
 }
 
 mod keys;
+mod media;
 mod rooms;
 mod source;
 
@@ -124,7 +125,8 @@ pub async fn import(
     run.receipts(&mut report).await?;
     run.media(&mut report).await?;
     run.e2ee(&mut report).await?;
-    run.left_out(&mut report);
+    run.pushers(&mut report).await?;
+    run.appservices(&mut report)?;
     if let Some(services) = services {
         services
             .store
@@ -524,112 +526,112 @@ impl Import<'_> {
         Ok(())
     }
 
-    async fn media(&self, report: &mut ImportReport) -> Result<(), StartError> {
-        let sha256 = if self.db.has_column("local_media_repository", "sha256") {
-            "sha256"
+    /// Pushers (on the devices imported with them), so that phones are woken as before.
+    async fn pushers(&self, report: &mut ImportReport) -> Result<(), StartError> {
+        let local = format!("%:{}", self.settings.server_name);
+        let device = if self.db.has_column("pushers", "device_id") {
+            "COALESCE(p.device_id, t.device_id)"
         } else {
-            "NULL"
+            "t.device_id"
+        };
+        let enabled = if self.db.has_column("pushers", "enabled") {
+            "COALESCE(p.enabled, TRUE)"
+        } else {
+            "TRUE"
         };
         let rows = self
             .db
             .rows(
                 &format!(
-                    "SELECT media_id, media_type, upload_name, user_id, created_ts, quarantined_by, safe_from_quarantine, {sha256} \
-                     FROM local_media_repository WHERE media_length IS NOT NULL AND url_cache IS NULL"
+                    "SELECT p.user_name, {device}, p.kind, p.app_id, p.app_display_name, p.device_display_name, p.pushkey, p.lang, p.data, p.profile_tag \
+                     FROM pushers p LEFT JOIN access_tokens t ON t.id = p.access_token \
+                     WHERE p.user_name LIKE $1 AND {enabled}"
                 ),
-                &[],
+                &[&local],
             )
             .map_err(StartError::Other)?;
-        let store = self.settings.media_store.clone().unwrap_or_default();
-        let mut progress = Progress::new("media", rows.len() as u64);
         for row in rows {
-            progress.step();
-            let Some(media_id) = row[0].text() else {
+            let (Some(user_id), Some(device_id), Some(app_id), Some(pushkey)) =
+                (user(&row[0]), row[1].text(), row[3].text(), row[6].text())
+            else {
+                report.skip(format!(
+                    "a pusher of {:?}: no device of its own",
+                    row[0].text()
+                ));
                 continue;
             };
-            // Synapse's own check of a path component.
-            if media_id.len() < 5
-                || !media_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-            {
-                report.skip(format!("media {media_id:?}: not a media ID Synapse makes"));
-                continue;
-            }
-            let mxc = format!("mxc://{}/{media_id}", self.settings.server_name);
-            let path = store
-                .join("local_content")
-                .join(&media_id[..2])
-                .join(&media_id[2..4])
-                .join(&media_id[4..]);
-            if !path.is_file() {
-                report.skip(format!("{mxc}: its file {} is missing", path.display()));
-                continue;
-            }
-            let Some(services) = self.services else {
-                report.count("media");
-                continue;
+            let pusher = json!({
+                "kind": row[2].text(),
+                "app_id": app_id,
+                "app_display_name": row[4].text().unwrap_or_default(),
+                "device_display_name": row[5].text().unwrap_or_default(),
+                "pushkey": pushkey,
+                "lang": row[7].text().unwrap_or_else(|| "en".into()),
+                "data": row[8].json().unwrap_or_else(|| json!({})),
+                "profile_tag": row[9].text().filter(|t| !t.is_empty()),
+            });
+            let pusher: ruma::api::client::push::Pusher = match serde_json::from_value(pusher) {
+                Ok(pusher) => pusher,
+                Err(e) => {
+                    report.skip(format!("{user_id}'s pusher {app_id}: {e}"));
+                    continue;
+                }
             };
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| StartError::Other(format!("{}: {e}", path.display())))?;
-            let stream =
-                tokio_util::io::ReaderStream::new(file).map(|chunk| chunk.map_err(Arc::new));
-            let received = services.media.receive(stream, u64::MAX).await?;
-            if let Some(expected) = row[7].text()
-                && received.sha256() != expected.to_ascii_lowercase()
-            {
-                report.skip(format!("{mxc}: its file does not match its hash"));
-                continue;
+            if let Some(services) = self.services {
+                if services
+                    .devices
+                    .get(&user_id, device_id.as_str().into())?
+                    .is_none()
+                {
+                    report.skip(format!(
+                        "{user_id}'s pusher {app_id}: its device {device_id} is not imported"
+                    ));
+                    continue;
+                }
+                let action = ruma::api::client::push::set_pusher::v3::Request::post(pusher).action;
+                if let Err(e) = services
+                    .set_pusher(&user_id, device_id.as_str().into(), action)
+                    .await
+                {
+                    report.skip(format!("{user_id}'s pusher {app_id}: {e}"));
+                    continue;
+                }
             }
-            let quarantined_by = row[5].text();
-            let record = MediaRecord {
-                sha256: None,
-                content_type: row[1].text(),
-                filename: row[2].text().filter(|f| !f.is_empty()),
-                size: 0,
-                uploader: row[3].text(),
-                created_ts: row[4]
-                    .int()
-                    .map_or_else(crate::utils::now_millis, |t| t.max(0) as u64),
-                unused_expires_ts: None,
-                authenticated_only: false,
-                quarantined: quarantined_by.is_some(),
-                quarantined_by,
-                protected: row[6].flag(),
-            };
-            if services
-                .media
-                .import(&self.settings.server_name, &media_id, received, record)?
-            {
-                report.count("media");
-            } else {
-                report.skip(format!("{mxc}: exists here"));
-            }
+            report.count("pushers");
         }
-        progress.finish();
         Ok(())
     }
 
-    /// What this import does not carry, counted so the report says so.
-    fn left_out(&self, report: &mut ImportReport) {
-        let pushers = self.db.count("SELECT COUNT(*) FROM pushers");
-        if pushers > 0 {
-            report.skip(format!(
-                "{pushers} pushers: phones register theirs again when their app next starts"
-            ));
-        }
-        let remote = self.db.count("SELECT COUNT(*) FROM remote_media_cache");
-        if remote > 0 {
-            report.skip(format!(
-                "{remote} cached remote media: fetched again from their servers when asked for"
-            ));
-        }
+    /// The application services Synapse's config names: registered here as if through the
+    /// admin API (kept in the database), so that bridges go on without a config change.
+    fn appservices(&self, report: &mut ImportReport) -> Result<(), StartError> {
         for file in &self.settings.appservice_files {
-            report.skip(format!(
-                "the application service registration {file}: list it in app_service_config_files in culvert's config (its tokens are in the file)"
-            ));
+            let path = self.settings.resolve(file);
+            let registration = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| crate::service::appservice::parse_yaml(&text));
+            let registration = match registration {
+                Ok(registration) => registration,
+                Err(e) => {
+                    report.skip(format!(
+                        "the application service registration {}: {e}",
+                        path.display()
+                    ));
+                    continue;
+                }
+            };
+            if let Some(services) = self.services
+                && let Err(e) = services.appservices.register(registration)
+            {
+                report.skip(format!(
+                    "the application service registration {}: {e}",
+                    path.display()
+                ));
+                continue;
+            }
+            report.count("application services");
         }
+        Ok(())
     }
 }
 

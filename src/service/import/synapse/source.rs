@@ -11,6 +11,20 @@ pub(super) struct SynapseSettings {
     pub(super) signing_key: (String, Vec<u8>),
     pub(super) pepper: String,
     pub(super) appservice_files: Vec<String>,
+    /// The directory of the first config file.
+    pub(super) config_dir: Option<PathBuf>,
+}
+
+impl SynapseSettings {
+    /// A path the config names: as it is (Synapse's working directory is unknown here), or
+    /// next to the config when it is relative and not found so.
+    pub(super) fn resolve(&self, path: &str) -> PathBuf {
+        let given = PathBuf::from(path);
+        match &self.config_dir {
+            Some(dir) if given.is_relative() && !given.exists() => dir.join(given),
+            _ => given,
+        }
+    }
 }
 
 /// Synapse's settings from its config files; without any (only `--database` and friends),
@@ -88,6 +102,7 @@ pub(super) fn read_settings(
         signing_key,
         pepper,
         appservice_files,
+        config_dir,
     })
 }
 
