@@ -10,6 +10,9 @@ use crate::common::{
     TestServer, output_text as text, run_culvert as culvert, run_python_client, skip,
 };
 
+const ALICE: &str = "@alice:conduit.test";
+const CONDUIT_AS_TOKEN: &str = "conduit-as-token";
+
 /// The Conduit fixture, or `None` (the test is reported skipped) when this machine lacks it.
 fn fixture() -> Option<PathBuf> {
     let candidates = [
@@ -223,6 +226,7 @@ async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
         .as_str()
         .expect("message 51");
     let room = lobby["room_id"].as_str().expect("lobby");
+    let cross = crate::e2ee::CrossSigning::new();
     let dir = tempfile::TempDir::new().expect("temp dir");
     let source = dir.path().join("conduit");
     copy_dir(&fixture.join("database"), &source);
@@ -237,6 +241,45 @@ async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
         db.delete_cf(db.cf_handle("pduid_pdu").expect("pduid_pdu"), &pdu_id)
             .expect("deleted");
         db.delete_cf(by_id, gone).expect("deleted");
+        // What the fixture lacks, written as Conduit writes it: alice's cross-signing keys, a
+        // pusher, an application service.
+        let put = |tree: &str, key: &[u8], value: &[u8]| {
+            db.put_cf(db.cf_handle(tree).expect(tree), key, value)
+                .expect("written");
+        };
+        let body = cross.body(ALICE);
+        for (tree, field, public) in [
+            ("userid_masterkeyid", "master_key", &cross.master.1),
+            (
+                "userid_selfsigningkeyid",
+                "self_signing_key",
+                &cross.self_signing.1,
+            ),
+            (
+                "userid_usersigningkeyid",
+                "user_signing_key",
+                &cross.user_signing.1,
+            ),
+        ] {
+            let key_id = [ALICE.as_bytes(), &[0xFF], public.as_bytes()].concat();
+            put("keyid_key", &key_id, body[field].to_string().as_bytes());
+            put(tree, ALICE.as_bytes(), &key_id);
+        }
+        let pusher = serde_json::json!({
+            "kind": "http", "app_id": "org.example.conduit", "pushkey": "conduit-pushkey",
+            "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
+            "data": { "url": "https://push.example.org/_matrix/push/v1/notify" },
+        });
+        put(
+            "senderkey_pusher",
+            &[ALICE.as_bytes(), &[0xFF], b"conduit-pushkey"].concat(),
+            pusher.to_string().as_bytes(),
+        );
+        put(
+            "id_appserviceregistrations",
+            b"conduitbridge",
+            format!("id: conduitbridge\nurl: null\nas_token: {CONDUIT_AS_TOKEN}\nhs_token: conduit-hs-token\nsender_localpart: conduitbot\nnamespaces:\n  users: []\n  aliases: []\n  rooms: []\n").as_bytes(),
+        );
         for tree in &trees {
             let cf = db.cf_handle(tree).expect("tree");
             db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
@@ -269,6 +312,10 @@ async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
         "events: 254",
         "media: 3",
         "rooms: 4",
+        "cross-signing keys: 1",
+        "pushers: 1",
+        "application services: 1",
+        "private read markers: ",
     ] {
         assert!(report.contains(line), "no {line:?} in:\n{report}");
     }
@@ -305,4 +352,33 @@ async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
         )
         .await;
     assert_eq!(status, reqwest::StatusCode::OK, "{sent}");
+
+    // What was added to the copy: the cross-signing keys, the pusher, the bridge.
+    let (status, keys) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(token),
+            serde_json::json!({ "device_keys": { ALICE: [] } }),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{keys}");
+    for (kind, public) in [
+        ("master_keys", &cross.master.1),
+        ("self_signing_keys", &cross.self_signing.1),
+    ] {
+        assert_eq!(
+            keys[kind][ALICE]["keys"][format!("ed25519:{public}")],
+            **public,
+            "{kind}: {keys}"
+        );
+    }
+    let (_, pushers) = server.get("/_matrix/client/v3/pushers", Some(token)).await;
+    assert_eq!(
+        pushers["pushers"][0]["pushkey"], "conduit-pushkey",
+        "{pushers}"
+    );
+    let (_, bot) = server
+        .get("/_matrix/client/v3/account/whoami", Some(CONDUIT_AS_TOKEN))
+        .await;
+    assert_eq!(bot["user_id"], "@conduitbot:conduit.test", "{bot}");
 }

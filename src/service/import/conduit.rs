@@ -17,10 +17,13 @@
 //! - end-to-end encryption: devices' identity and one-time keys, key backups (under their
 //!   version numbers) with their sessions, to-device messages not yet delivered.
 //!
-//! - public read receipts (each user's latest per room).
+//! - public read receipts (each user's latest per room), private read markers (as private
+//!   receipts at the last event they reach);
+//! - cross-signing keys (with the signatures Conduit merged into them), pushers (on the user's
+//!   most recently seen device: Conduit keeps none), application-service registrations.
 //!
-//! Not yet: cross-signing keys, private read markers, pushers, appservice registrations. Conduit's own admin room and its server user are left
-//! out on purpose: culvert makes its own (`#admins`, `@culvert`).
+//! Conduit's own admin room and its server user are left out on purpose: culvert makes its
+//! own (`#admins`, `@culvert`).
 
 use std::{
     collections::HashMap,
@@ -240,6 +243,7 @@ pub async fn import(
     import_receipts(&source, &server, services, &mut report).await?;
     import_media(&source, &config, services, &mut report).await?;
     import_e2ee(&source, services, &mut report).await?;
+    import_pushers_and_appservices(&source, services, &mut report).await?;
     if let Some(services) = services {
         services
             .store
@@ -714,9 +718,7 @@ async fn import_e2ee(
         report.count("device keys");
         *report.counts.entry("one-time keys").or_default() += count;
     }
-    if source.scan("userid_masterkeyid", &[]).next().is_some() {
-        report.skip("cross-signing keys: not imported yet (verify the devices again)".into());
-    }
+    import_cross_signing(source, services, report).await?;
 
     // Key backups: versions are decimal text here as there.
     for row in source.scan("backupid_algorithm", &[]) {
@@ -985,6 +987,168 @@ async fn import_receipts(
                 report.count("read receipts");
             }
         }
+    }
+    Ok(())
+}
+
+/// Each user's cross-signing keys: `userid_{master,selfsigning,usersigning}keyid` point at
+/// their `keyid_key` rows (the key as uploaded, signatures made later merged in).
+async fn import_cross_signing(
+    source: &ConduitDb,
+    services: Option<&Services>,
+    report: &mut ImportReport,
+) -> Result<(), StartError> {
+    let mut keys: std::collections::BTreeMap<OwnedUserId, [Option<Value>; 3]> =
+        std::collections::BTreeMap::new();
+    for (at, tree) in [
+        "userid_masterkeyid",
+        "userid_selfsigningkeyid",
+        "userid_usersigningkeyid",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for row in source.scan(tree, &[]) {
+            let (user, pointer) = row.map_err(StartError::Other)?;
+            let Ok(user_id) = UserId::parse(String::from_utf8_lossy(&user).as_ref()) else {
+                continue;
+            };
+            let key = source
+                .get("keyid_key", &pointer)
+                .map_err(StartError::Other)?
+                .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+            match key {
+                Some(key) => keys.entry(user_id).or_default()[at] = Some(key),
+                None => report.skip(format!("{user_id}'s {tree}: the key is missing")),
+            }
+        }
+    }
+    for (user_id, [master_key, self_signing_key, user_signing_key]) in keys {
+        if let Some(services) = services {
+            let upload = crate::service::cross_signing::SigningKeysUpload {
+                master_key,
+                self_signing_key,
+                user_signing_key,
+            };
+            if let Err(e) = services.upload_signing_keys(&user_id, upload).await {
+                report.skip(format!("{user_id}'s cross-signing keys: {e}"));
+                continue;
+            }
+        }
+        report.count("cross-signing keys");
+    }
+    Ok(())
+}
+
+/// Private read markers (`roomuserid_privateread`: a position in the room's timeline), pushers
+/// (`senderkey_pusher`: `@user 0xFF pushkey` → the pusher) and application-service
+/// registrations (`id_appserviceregistrations`: YAML).
+async fn import_pushers_and_appservices(
+    source: &ConduitDb,
+    services: Option<&Services>,
+    report: &mut ImportReport,
+) -> Result<(), StartError> {
+    for row in source.scan("roomuserid_privateread", &[]) {
+        let (key, count) = row.map_err(StartError::Other)?;
+        let (Some((room, user)), Some(count)) = (split_first(&key), u64_be(&count)) else {
+            continue;
+        };
+        let (Ok(room_id), Ok(user_id)) = (
+            OwnedRoomId::try_from(String::from_utf8_lossy(room).as_ref()),
+            UserId::parse(String::from_utf8_lossy(user).as_ref()),
+        ) else {
+            continue;
+        };
+        let Some(short) = source
+            .get("roomid_shortroomid", room)
+            .map_err(StartError::Other)?
+        else {
+            continue;
+        };
+        // The last event at or before the position.
+        let mut at = short.clone();
+        at.extend_from_slice(&count.to_be_bytes());
+        let Some(cf) = source.db.cf_handle("pduid_pdu") else {
+            continue;
+        };
+        let event = source
+            .db
+            .iterator_cf(cf, IteratorMode::From(&at, rocksdb::Direction::Reverse))
+            .next()
+            .and_then(|row| row.ok())
+            .filter(|(key, _)| key.starts_with(&short))
+            .and_then(|(_, pdu)| serde_json::from_slice::<Value>(&pdu).ok())
+            .and_then(|pdu| pdu["event_id"].as_str().map(str::to_owned))
+            .and_then(|id| OwnedEventId::try_from(id).ok());
+        let Some(event_id) = event else { continue };
+        if let Some(services) = services {
+            if services.timeline.room(&room_id)?.is_none() {
+                continue;
+            }
+            if let Err(e) = services
+                .set_receipt(&room_id, &user_id, "m.read.private", &event_id, None)
+                .await
+            {
+                report.skip(format!("{user_id}'s private read marker in {room_id}: {e}"));
+                continue;
+            }
+        }
+        report.count("private read markers");
+    }
+    for row in source.scan("senderkey_pusher", &[]) {
+        let (key, pusher) = row.map_err(StartError::Other)?;
+        let Some((user, _)) = split_first(&key) else {
+            continue;
+        };
+        let Ok(user_id) = UserId::parse(String::from_utf8_lossy(user).as_ref()) else {
+            continue;
+        };
+        let pusher = match serde_json::from_slice::<ruma::api::client::push::Pusher>(&pusher) {
+            Ok(pusher) => pusher,
+            Err(e) => {
+                report.skip(format!("a pusher of {user_id}: {e}"));
+                continue;
+            }
+        };
+        if let Some(services) = services {
+            // Conduit ties a pusher to no device: the one seen last carries it here.
+            let device = services
+                .devices
+                .list(&user_id)?
+                .into_iter()
+                .max_by_key(|(_, d)| d.last_seen_ts.unwrap_or(0));
+            let Some((device_id, _)) = device else {
+                report.skip(format!("a pusher of {user_id}: the user has no device"));
+                continue;
+            };
+            let action = ruma::api::client::push::set_pusher::v3::Request::post(pusher).action;
+            if let Err(e) = services.set_pusher(&user_id, &device_id, action).await {
+                report.skip(format!("a pusher of {user_id}: {e}"));
+                continue;
+            }
+        }
+        report.count("pushers");
+    }
+    for row in source.scan("id_appserviceregistrations", &[]) {
+        let (id, yaml) = row.map_err(StartError::Other)?;
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let registration = std::str::from_utf8(&yaml)
+            .map_err(|e| e.to_string())
+            .and_then(crate::service::appservice::parse_yaml);
+        let registration = match registration {
+            Ok(registration) => registration,
+            Err(e) => {
+                report.skip(format!("the application service {id:?}: {e}"));
+                continue;
+            }
+        };
+        if let Some(services) = services
+            && let Err(e) = services.appservices.register(registration)
+        {
+            report.skip(format!("the application service {id:?}: {e}"));
+            continue;
+        }
+        report.count("application services");
     }
     Ok(())
 }
