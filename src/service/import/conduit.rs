@@ -45,11 +45,10 @@ use crate::{
     service::{
         Services, StartError,
         devices::Devices,
-        globals::Globals,
         media::MediaRecord,
         rooms::{state_res::State, timeline::Appended},
     },
-    store::{Batch, Cf, Store, StoreOptions},
+    store::Batch,
 };
 
 const SEP: u8 = 0xFF;
@@ -216,26 +215,13 @@ pub async fn import(
     let source = ConduitDb::open(from).map_err(StartError::Other)?;
     let server = read_server(&source, &config.server_name).map_err(StartError::Other)?;
     let mut report = ImportReport::default();
-    let services = if options.dry_run {
-        None
-    } else {
-        let store = Store::open(&config.database_path, &StoreOptions::default())?;
-        let is_new = store.count_keys(Cf::Users, 1) == 0 && store.count_keys(Cf::Rooms, 1) == 0;
-        if !is_new && !options.force {
-            return Err(StartError::Other(format!(
-                "{} already holds accounts or rooms: import into a new database (or pass --force to add to this one)",
-                config.database_path.display()
-            )));
-        }
-        if is_new {
-            Globals::import_signing_key(&store, &server.key_version, &server.pkcs8)?;
-        } else {
-            report.skip("the signing key: this database has its own (--force)".into());
-        }
-        drop(store);
-        Some(Services::open(config.clone())?)
-    };
-    report.counts.insert("signing key", 1);
+    let services = super::open_target(
+        &config,
+        options,
+        &server.key_version,
+        &server.pkcs8,
+        &mut report,
+    )?;
     let services = services.as_deref();
     import_accounts(&source, &server, services, &mut report).map_err(StartError::Other)?;
     import_rooms(&source, &server, services, &mut report).await?;
@@ -427,20 +413,8 @@ async fn import_rooms(
                     }
                 }
             }
-            match outcome {
-                Ok(Appended::New) => {
-                    imported += 1;
-                    report.count("events");
-                }
-                Ok(Appended::Known) => {}
-                Ok(Appended::SoftFailed) => report.skip(format!(
-                    "{event_id} in {room_id}: not allowed by the room's state then (kept hidden)"
-                )),
-                Ok(Appended::MissingPrevious(missing)) => report.skip(format!(
-                    "{event_id} in {room_id}: {} earlier events are not in the database",
-                    missing.len()
-                )),
-                Err(e) => report.skip(format!("{event_id} in {room_id}: {e}")),
+            if super::tally(report, room_id, &event_id, outcome) {
+                imported += 1;
             }
         }
         if imported > 0 {
@@ -1023,19 +997,8 @@ async fn import_cross_signing(
             }
         }
     }
-    for (user_id, [master_key, self_signing_key, user_signing_key]) in keys {
-        if let Some(services) = services {
-            let upload = crate::service::cross_signing::SigningKeysUpload {
-                master_key,
-                self_signing_key,
-                user_signing_key,
-            };
-            if let Err(e) = services.upload_signing_keys(&user_id, upload).await {
-                report.skip(format!("{user_id}'s cross-signing keys: {e}"));
-                continue;
-            }
-        }
-        report.count("cross-signing keys");
+    for (user_id, keys) in keys {
+        super::import_signing_keys(services, &user_id, keys, report).await?;
     }
     Ok(())
 }

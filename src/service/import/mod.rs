@@ -11,8 +11,107 @@ pub mod synapse;
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+use ruma::{EventId, RoomId, UserId};
+use serde_json::Value;
+
+use crate::{
+    config::Config,
+    service::{
+        Services, StartError, cross_signing::SigningKeysUpload, globals::Globals,
+        rooms::timeline::Appended,
+    },
+    store::{Cf, Store, StoreOptions},
+};
+
+/// Opens the target of an import: `None` for a dry run; else the services on the config's
+/// database, refused when it holds accounts or rooms already (unless `force`). A new database
+/// first gets the source's signing key (`version`, PKCS#8), so the server stays the same to
+/// others.
+pub fn open_target(
+    config: &Config,
+    options: ImportOptions,
+    version: &str,
+    pkcs8: &[u8],
+    report: &mut ImportReport,
+) -> Result<Option<Arc<Services>>, StartError> {
+    report.counts.insert("signing key", 1);
+    if options.dry_run {
+        return Ok(None);
+    }
+    let store = Store::open(&config.database_path, &StoreOptions::default())?;
+    let is_new = store.count_keys(Cf::Users, 1) == 0 && store.count_keys(Cf::Rooms, 1) == 0;
+    if !is_new && !options.force {
+        return Err(StartError::Other(format!(
+            "{} already holds accounts or rooms: import into a new database (or pass --force to add to this one)",
+            config.database_path.display()
+        )));
+    }
+    if is_new {
+        Globals::import_signing_key(&store, version, pkcs8)?;
+    } else {
+        report.skip("the signing key: this database has its own (--force)".into());
+    }
+    drop(store);
+    // No fsync per write: an import that stops halfway is started again from an empty
+    // database anyway, and the end of the import syncs everything (`Store::flush`).
+    let mut config = config.clone();
+    config.durability = crate::store::durability::Durability::Process;
+    Ok(Some(Services::open(config)?))
+}
+
+/// Counts or reports what appending an imported event came to; true when it was stored.
+pub fn tally(
+    report: &mut ImportReport,
+    room_id: &RoomId,
+    event_id: &EventId,
+    outcome: crate::Result<Appended>,
+) -> bool {
+    match outcome {
+        Ok(Appended::New) => {
+            report.count("events");
+            return true;
+        }
+        Ok(Appended::Known) => {}
+        Ok(Appended::SoftFailed) => report.skip(format!(
+            "{event_id} in {room_id}: not allowed by the room's state then (kept hidden)"
+        )),
+        Ok(Appended::MissingPrevious(missing)) => report.skip(format!(
+            "{event_id} in {room_id}: {} earlier events are not in the database",
+            missing.len()
+        )),
+        Err(e) => report.skip(format!("{event_id} in {room_id}: {e}")),
+    }
+    false
+}
+
+/// A user's cross-signing keys (master, self-signing, user-signing) as the source kept them.
+pub async fn import_signing_keys(
+    services: Option<&Services>,
+    user_id: &UserId,
+    [master_key, self_signing_key, user_signing_key]: [Option<Value>; 3],
+    report: &mut ImportReport,
+) -> Result<(), StartError> {
+    if let Some(services) = services {
+        if services.users.get(user_id)?.is_none() {
+            return Ok(());
+        }
+        let upload = SigningKeysUpload {
+            master_key,
+            self_signing_key,
+            user_signing_key,
+        };
+        if let Err(e) = services.upload_signing_keys(user_id, upload).await {
+            report.skip(format!("{user_id}'s cross-signing keys: {e}"));
+            return Ok(());
+        }
+    }
+    report.count("cross-signing keys");
+    Ok(())
+}
 
 /// What an import is asked to do.
 #[derive(Clone, Copy, Debug, Default)]

@@ -81,22 +81,8 @@ impl Import<'_> {
             };
             signing.entry(user_id).or_default()[at] = Some(key);
         }
-        for (user_id, [master_key, self_signing_key, user_signing_key]) in signing {
-            if let Some(services) = self.services {
-                if services.users.get(&user_id)?.is_none() {
-                    continue;
-                }
-                let upload = SigningKeysUpload {
-                    master_key,
-                    self_signing_key,
-                    user_signing_key,
-                };
-                if let Err(e) = services.upload_signing_keys(&user_id, upload).await {
-                    report.skip(format!("{user_id}'s cross-signing keys: {e}"));
-                    continue;
-                }
-            }
-            report.count("cross-signing keys");
+        for (user_id, keys) in signing {
+            import_signing_keys(self.services, &user_id, keys, report).await?;
         }
         for row in db(
             "SELECT user_id, key_id, target_user_id, target_device_id, signature FROM e2e_cross_signing_signatures WHERE user_id LIKE $1",

@@ -39,20 +39,18 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::{ImportOptions, ImportReport, Progress};
+use super::{ImportOptions, ImportReport, Progress, import_signing_keys, tally};
 use crate::{
     config::Config,
     service::{
         Services, StartError,
-        cross_signing::SigningKeysUpload,
         devices::Devices,
-        globals::Globals,
         media::MediaRecord,
         push_rules::{ruleset_json, server_default_rules},
         rooms::{state_res::State, timeline::Appended},
         users::Users,
     },
-    store::{Batch, Cf, Store, StoreOptions},
+    store::Batch,
 };
 
 /// Where a Synapse keeps its data: from its config files, or given one by one.
@@ -92,27 +90,9 @@ pub async fn import(
     }
     let db = SynapseDb::open(&settings.database).map_err(StartError::Other)?;
     let mut report = ImportReport::default();
-    let services = if options.dry_run {
-        None
-    } else {
-        let store = Store::open(&config.database_path, &StoreOptions::default())?;
-        let is_new = store.count_keys(Cf::Users, 1) == 0 && store.count_keys(Cf::Rooms, 1) == 0;
-        if !is_new && !options.force {
-            return Err(StartError::Other(format!(
-                "{} already holds accounts or rooms: import into a new database (or pass --force to add to this one)",
-                config.database_path.display()
-            )));
-        }
-        if is_new {
-            let (version, seed) = &settings.signing_key;
-            Globals::import_signing_key(&store, version, &seed_to_pkcs8(seed))?;
-        } else {
-            report.skip("the signing key: this database has its own (--force)".into());
-        }
-        drop(store);
-        Some(Services::open(config.clone())?)
-    };
-    report.counts.insert("signing key", 1);
+    let (version, seed) = &settings.signing_key;
+    let services =
+        super::open_target(&config, options, version, &seed_to_pkcs8(seed), &mut report)?;
     let services = services.as_deref();
     let run = Import {
         db: &db,

@@ -146,20 +146,8 @@ impl Import<'_> {
                     }
                 }
             }
-            match outcome {
-                Ok(Appended::New) => {
-                    imported += 1;
-                    report.count("events");
-                }
-                Ok(Appended::Known) => {}
-                Ok(Appended::SoftFailed) => report.skip(format!(
-                    "{event_id} in {room_id}: not allowed by the room's state then (kept hidden)"
-                )),
-                Ok(Appended::MissingPrevious(missing)) => report.skip(format!(
-                    "{event_id} in {room_id}: {} earlier events are not in the database",
-                    missing.len()
-                )),
-                Err(e) => report.skip(format!("{event_id} in {room_id}: {e}")),
+            if tally(report, room_id, &event_id, outcome) {
+                imported += 1;
             }
         }
         Ok(imported)
