@@ -275,6 +275,23 @@ async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
             &[ALICE.as_bytes(), &[0xFF], b"conduit-pushkey"].concat(),
             pusher.to_string().as_bytes(),
         );
+        // Another server's signing keys, as Conduit caches them (a signed key document).
+        let (pair, public) = crate::e2ee::cross_signing_pair();
+        let document = crate::e2ee::signed(
+            "other.example",
+            &pair,
+            serde_json::json!({
+                "server_name": "other.example",
+                "verify_keys": { format!("ed25519:{public}"): { "key": public } },
+                "old_verify_keys": {},
+                "valid_until_ts": 4_000_000_000_000u64,
+            }),
+        );
+        put(
+            "server_signingkeys",
+            b"other.example",
+            document.to_string().as_bytes(),
+        );
         put(
             "id_appserviceregistrations",
             b"conduitbridge",
@@ -315,6 +332,7 @@ async fn a_conduit_database_in_zstd_tables_with_a_gap_imports_the_same() {
         "cross-signing keys: 1",
         "pushers: 1",
         "application services: 1",
+        "known server keys: 1",
         "private read markers: ",
     ] {
         assert!(report.contains(line), "no {line:?} in:\n{report}");

@@ -511,6 +511,7 @@ async fn move_in(mut synapse: Synapse, source: impl Fn() -> Vec<u8>) {
         "pushers: 1",
         "cached remote media: 1",
         "application services: 1",
+        "known server keys: 1",
         "nothing was left out",
     ] {
         assert!(report.contains(line), "no {line:?} in\n{report}");

@@ -115,6 +115,20 @@ impl KeyCache {
         Ok(())
     }
 
+    /// A key document another homeserver had cached (`culvert import`), kept only when it is
+    /// the server's own and signed by it. Returns whether it was kept.
+    pub fn import_document(
+        &self,
+        server: &ServerName,
+        document: &CanonicalJsonObject,
+    ) -> Result<bool> {
+        if verify_self_signed(server, document).is_err() {
+            return Ok(false);
+        }
+        self.remember(server, document)?;
+        Ok(true)
+    }
+
     fn recently_failed(&self, server: &ServerName) -> bool {
         self.failures
             .lock()

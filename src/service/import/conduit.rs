@@ -20,7 +20,8 @@
 //! - public read receipts (each user's latest per room), private read markers (as private
 //!   receipts at the last event they reach);
 //! - cross-signing keys (with the signatures Conduit merged into them), pushers (on the user's
-//!   most recently seen device: Conduit keeps none), application-service registrations.
+//!   most recently seen device: Conduit keeps none), application-service registrations, other
+//!   servers' signing keys (kept when signed by their server).
 //!
 //! Conduit's own admin room and its server user are left out on purpose: culvert makes its
 //! own (`#admins`, `@culvert`).
@@ -1091,6 +1092,26 @@ async fn import_pushers_and_appservices(
             }
         }
         report.count("pushers");
+    }
+    // Other servers' signing keys Conduit had fetched, kept when signed by their server.
+    for row in source.scan("server_signingkeys", &[]) {
+        let (server, document) = row.map_err(StartError::Other)?;
+        let (Ok(server), Ok(document)) = (
+            ruma::OwnedServerName::try_from(String::from_utf8_lossy(&server).as_ref()),
+            serde_json::from_slice::<CanonicalJsonObject>(&document),
+        ) else {
+            continue;
+        };
+        if let Some(services) = services
+            && !services
+                .federation
+                .keys
+                .import_document(&server, &document)?
+        {
+            report.skip(format!("{server}'s signing keys: not signed by {server}"));
+            continue;
+        }
+        report.count("known server keys");
     }
     for row in source.scan("id_appserviceregistrations", &[]) {
         let (id, yaml) = row.map_err(StartError::Other)?;

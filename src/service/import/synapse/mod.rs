@@ -17,14 +17,18 @@
 //!   it as Synapse's state groups kept it, its events stored first as outliers. Rejected events
 //!   and outliers are not timeline events here either. Aliases, the room directory, read
 //!   receipts of local users;
-//! - local media (the files checked against their SHA-256 when Synapse recorded one);
+//! - local media and cached remote media (the files checked against their SHA-256 when
+//!   Synapse recorded one);
 //! - end-to-end encryption: devices' identity, one-time and fallback keys, cross-signing keys
 //!   with the signatures users made, key backups with their sessions, to-device messages not
 //!   yet delivered.
 //!
-//! Not imported (reported): guests, remote media caches, pushers, application-service
-//! registrations (files next to Synapse's config: list them in `app_service_config_files`),
-//! access tokens that expire (sessions with refresh tokens log in again).
+//! - pushers (on their devices), the application services Synapse's config lists (registered
+//!   in the database), other servers' signing keys Synapse had fetched (kept when signed by
+//!   their server).
+//!
+//! Not imported (reported): guests, access tokens that expire (sessions with refresh tokens
+//! log in again), rooms Synapse had not finished joining (partial state).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -107,6 +111,7 @@ pub async fn import(
     run.e2ee(&mut report).await?;
     run.pushers(&mut report).await?;
     run.appservices(&mut report)?;
+    run.server_keys(&mut report)?;
     if let Some(services) = services {
         services
             .store
@@ -578,6 +583,44 @@ impl Import<'_> {
                 }
             }
             report.count("pushers");
+        }
+        Ok(())
+    }
+
+    /// Other servers' signing keys Synapse had fetched (each document kept only when signed
+    /// by its server), so that their events verify before their servers are asked again.
+    fn server_keys(&self, report: &mut ImportReport) -> Result<(), StartError> {
+        for row in self
+            .db
+            .rows(
+                "SELECT server_name, key_json FROM server_keys_json ORDER BY ts_added_ms",
+                &[],
+            )
+            .map_err(StartError::Other)?
+        {
+            let (Some(server), Some(document)) = (
+                row[0]
+                    .text()
+                    .and_then(|s| OwnedServerName::try_from(s).ok()),
+                row[1]
+                    .json()
+                    .and_then(|d| serde_json::from_value::<CanonicalJsonObject>(d).ok()),
+            ) else {
+                continue;
+            };
+            if server == self.settings.server_name {
+                continue;
+            }
+            if let Some(services) = self.services
+                && !services
+                    .federation
+                    .keys
+                    .import_document(&server, &document)?
+            {
+                report.skip(format!("{server}'s signing keys: not signed by {server}"));
+                continue;
+            }
+            report.count("known server keys");
         }
         Ok(())
     }
