@@ -231,12 +231,7 @@ pub async fn import(
     import_media(&source, &config, services, &mut report).await?;
     import_e2ee(&source, services, &mut report).await?;
     import_pushers_and_appservices(&source, services, &mut report).await?;
-    if let Some(services) = services {
-        services
-            .store
-            .flush()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-    }
+    super::finish(services)?;
     Ok(report)
 }
 
@@ -819,23 +814,7 @@ fn state_before(
         let id = OwnedEventId::try_from(text(&id)?).map_err(|e| e.to_string())?;
         state.insert((text(kind)?.to_owned(), text(state_key)?.to_owned()), id);
     }
-    let cited = crate::service::rooms::timeline::referenced_ids(pdu, "auth_events");
-    let mut outliers = Vec::new();
-    for id in state.values().chain(&cited) {
-        if services
-            .timeline
-            .pdu_json(id)
-            .map_err(|e| e.to_string())?
-            .is_none()
-            && let Some(pdu) = conduit_pdu(source, id)?
-        {
-            outliers.push((id.clone(), pdu));
-        }
-    }
-    services
-        .timeline
-        .store_outliers(&outliers)
-        .map_err(|e| e.to_string())?;
+    super::store_state_events(services, &state, pdu, |id| conduit_pdu(source, id))?;
     Ok(Some(state))
 }
 
@@ -1102,16 +1081,7 @@ async fn import_pushers_and_appservices(
         ) else {
             continue;
         };
-        if let Some(services) = services
-            && !services
-                .federation
-                .keys
-                .import_document(&server, &document)?
-        {
-            report.skip(format!("{server}'s signing keys: not signed by {server}"));
-            continue;
-        }
-        report.count("known server keys");
+        super::import_server_keys(services, &server, &document, report)?;
     }
     for row in source.scan("id_appserviceregistrations", &[]) {
         let (id, yaml) = row.map_err(StartError::Other)?;

@@ -15,14 +15,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::{EventId, RoomId, UserId};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, RoomId, ServerName, UserId};
 use serde_json::Value;
 
 use crate::{
     config::Config,
     service::{
-        Services, StartError, cross_signing::SigningKeysUpload, globals::Globals,
-        rooms::timeline::Appended,
+        Services, StartError,
+        cross_signing::SigningKeysUpload,
+        globals::Globals,
+        rooms::{state_res::State, timeline::Appended},
     },
     store::{Cf, Store, StoreOptions},
 };
@@ -205,4 +207,70 @@ impl Progress {
             self.started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// Stores as outliers the events a state names and the auth events `pdu` cites, with their
+/// own auth events in turn (the auth chain, so that each can be checked), where they are not
+/// here yet; `fetch` reads one from the source.
+pub fn store_state_events(
+    services: &Services,
+    state: &State,
+    pdu: &CanonicalJsonObject,
+    fetch: impl Fn(&EventId) -> Result<Option<CanonicalJsonObject>, String>,
+) -> Result<(), String> {
+    use crate::service::rooms::timeline::referenced_ids;
+    let missing = |id: &EventId| -> Result<bool, String> {
+        Ok(services
+            .timeline
+            .pdu_json(id)
+            .map_err(|e| e.to_string())?
+            .is_none())
+    };
+    let mut outliers: Vec<(OwnedEventId, CanonicalJsonObject)> = Vec::new();
+    let mut wanted: Vec<OwnedEventId> = state
+        .values()
+        .cloned()
+        .chain(referenced_ids(pdu, "auth_events"))
+        .collect();
+    while let Some(id) = wanted.pop() {
+        if outliers.iter().any(|(known, _)| *known == id) || !missing(&id)? {
+            continue;
+        }
+        if let Some(pdu) = fetch(&id)? {
+            wanted.extend(referenced_ids(&pdu, "auth_events"));
+            outliers.push((id, pdu));
+        }
+    }
+    services
+        .timeline
+        .store_outliers(&outliers)
+        .map_err(|e| e.to_string())
+}
+
+/// Another server's signing keys as the source had cached them: kept when signed by it.
+pub fn import_server_keys(
+    services: Option<&Services>,
+    server: &ServerName,
+    document: &CanonicalJsonObject,
+    report: &mut ImportReport,
+) -> Result<(), StartError> {
+    if let Some(services) = services
+        && !services.federation.keys.import_document(server, document)?
+    {
+        report.skip(format!("{server}'s signing keys: not signed by {server}"));
+        return Ok(());
+    }
+    report.count("known server keys");
+    Ok(())
+}
+
+/// The end of an import: everything written is synced to disk.
+pub fn finish(services: Option<&Services>) -> Result<(), StartError> {
+    if let Some(services) = services {
+        services
+            .store
+            .flush()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+    }
+    Ok(())
 }

@@ -112,12 +112,7 @@ pub async fn import(
     run.pushers(&mut report).await?;
     run.appservices(&mut report)?;
     run.server_keys(&mut report)?;
-    if let Some(services) = services {
-        services
-            .store
-            .flush()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-    }
+    super::finish(services)?;
     Ok(report)
 }
 
@@ -611,16 +606,7 @@ impl Import<'_> {
             if server == self.settings.server_name {
                 continue;
             }
-            if let Some(services) = self.services
-                && !services
-                    .federation
-                    .keys
-                    .import_document(&server, &document)?
-            {
-                report.skip(format!("{server}'s signing keys: not signed by {server}"));
-                continue;
-            }
-            report.count("known server keys");
+            super::import_server_keys(self.services, &server, &document, report)?;
         }
         Ok(())
     }

@@ -222,41 +222,7 @@ impl Import<'_> {
                 }
             }
         }
-        let cited = crate::service::rooms::timeline::referenced_ids(pdu, "auth_events");
-        let mut outliers = Vec::new();
-        for id in state.values().chain(&cited) {
-            if services
-                .timeline
-                .pdu_json(id)
-                .map_err(|e| e.to_string())?
-                .is_none()
-                && let Some(pdu) = self.pdu(id)?
-            {
-                outliers.push((id.clone(), pdu));
-            }
-        }
-        // Their own auth events too (the auth chain), so that each can be checked.
-        let mut i = 0;
-        while i < outliers.len() {
-            for id in crate::service::rooms::timeline::referenced_ids(&outliers[i].1, "auth_events")
-            {
-                if !outliers.iter().any(|(known, _)| *known == id)
-                    && services
-                        .timeline
-                        .pdu_json(&id)
-                        .map_err(|e| e.to_string())?
-                        .is_none()
-                    && let Some(pdu) = self.pdu(&id)?
-                {
-                    outliers.push((id, pdu));
-                }
-            }
-            i += 1;
-        }
-        services
-            .timeline
-            .store_outliers(&outliers)
-            .map_err(|e| e.to_string())?;
+        super::super::store_state_events(services, &state, pdu, |id| self.pdu(id))?;
         Ok(Some(state))
     }
 
