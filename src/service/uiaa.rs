@@ -240,14 +240,14 @@ impl super::Services {
         password: String,
     ) -> Result<bool> {
         let hash = self.users.active_password_hash(&user_id)?;
-        let foreign = hash.as_deref().is_some_and(super::users::is_foreign_hash);
+        let foreign = hash.clone().filter(|h| super::users::is_foreign_hash(h));
         let matches = super::users::password_matches_bounded(hash, password.clone()).await?;
-        if matches && foreign {
+        if matches && let Some(old) = foreign {
             // An imported hash (Synapse's bcrypt): replaced by our own now that the password
             // is known.
             let argon2 = super::users::hash_password_bounded(password).await?;
             self.users
-                .set_password_hash(&user_id, Some(argon2), |_| Ok(()))
+                .upgrade_password_hash(&user_id, &old, argon2)
                 .await?;
         }
         Ok(matches)

@@ -420,6 +420,27 @@ impl Users {
         Ok(())
     }
 
+    /// Replaces an imported hash (`old`) by `new` once the password is known, unless the
+    /// password changed meanwhile.
+    pub async fn upgrade_password_hash(
+        &self,
+        user_id: &UserId,
+        old: &str,
+        new: String,
+    ) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let Some(mut record) = self.get(user_id)? else {
+            return Ok(());
+        };
+        if record.password_hash.as_deref() != Some(old) {
+            return Ok(());
+        }
+        record.password_hash = Some(new);
+        self.store
+            .put(Cf::Users, user_id.as_bytes(), &serde_json::to_vec(&record)?)?;
+        Ok(())
+    }
+
     pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
         self.update(user_id, |record| record.admin = admin).await
     }
@@ -635,6 +656,24 @@ fn verify_password(hash: &str, password: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synapse_bcrypt_hashes_verify_as_synapse_checks_them() {
+        // Synapse hashes the NFKC form with the pepper appended: "ﬁ" is "fi" in NFKC.
+        let plain = bcrypt::hash("password-fi", 4).unwrap();
+        assert!(password_matches(Some(&plain), "password-ﬁ"));
+        assert!(!password_matches(Some(&plain), "password-fo"));
+        let peppered = bcrypt::hash("password-fipepper", 4).unwrap();
+        let stored = format!("{PEPPERED_BCRYPT}{}:{peppered}", utils::hex(b"pepper"));
+        assert!(password_matches(Some(&stored), "password-fi"));
+        assert!(!password_matches(Some(&peppered), "password-fi"));
+        assert!(!password_matches(
+            Some("bcrypt-pepper:zz:$2b$04$x"),
+            "password-fi"
+        ));
+        assert!(is_foreign_hash(&stored) && is_foreign_hash(&plain));
+        assert!(!is_foreign_hash(&hash_password("x").unwrap()));
+    }
 
     #[test]
     fn hashes_verify_and_differ() {
