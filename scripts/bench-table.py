@@ -89,6 +89,25 @@ FIGURES["push"] = [
 ]
 FIGURES["sliding-deliver"] = FIGURES["deliver"][:5] + [("skipped", "", "lower")] + FIGURES["deliver"][5:]
 ORDER = ["send", "deliver", "initial-sync", "idle", "history", "sliding-initial", "sliding-deliver", "push"]
+# Checked figures: what a server must have answered for its timings to count. A server that
+# returned fewer rooms than the user is in did less work; it is flagged, not ranked.
+CHECKS = {
+    "initial-sync": ("rooms_seen", "rooms"),
+    "sliding-initial": ("list_rooms_received", "rooms"),
+}
+
+
+def incomplete(report):
+    """Why a report's timings do not count (None when they do)."""
+    check = CHECKS.get(report.get("scenario"))
+    if not check:
+        return None
+    figure, param = check
+    seen = report.get("median", {}).get(figure)
+    wanted = report.get("params", {}).get(param)
+    if seen is None or wanted is None or seen >= wanted:
+        return None
+    return f"{figure} {seen:,.0f} of {wanted:,.0f}"
 
 
 def fmt(v):
@@ -134,8 +153,11 @@ def main():
         + " | better |",
         "|---|---|" + "---:|" * (len(ours_labels) + 2 * len(theirs_labels)) + "---|",
     ]
+    flagged = []
     for name in sorted(reports, key=key):
         by_server = reports[name]
+        unranked = {label: why for label, report in by_server.items() if (why := incomplete(report))}
+        flagged += [f"{name}, {label}: {why}" for label, why in sorted(unranked.items())]
         any_report = next(iter(by_server.values()))
         kind = any_report["scenario"]
         first = True
@@ -145,9 +167,13 @@ def main():
             if all(v is None for v in ours + theirs):
                 continue
             # The ratios are of the first culvert column that has the figure.
+            mine_label = next((l for l, v in zip(ours_labels, ours) if v is not None), None)
             mine = next((v for v in ours if v is not None), None)
             ratios = []
-            for other in theirs:
+            for other_label, other in zip(theirs_labels, theirs):
+                if better != "same" and (mine_label in unranked or other_label in unranked):
+                    ratios.append("not ranked")
+                    continue
                 # A ratio means something only for two positive figures (delivery measured
                 # from the send's 200 can be negative: the sync answered before the sender's
                 # response).
@@ -162,6 +188,10 @@ def main():
             lines.append(
                 f"| {label} | {figure}{unit} | {cells} | {' | '.join(ratios)} | {better} |"
             )
+    if flagged:
+        lines.append("")
+        lines.append("Not ranked (the server answered less than was asked, so its timings are not comparable):")
+        lines += [f"- {line}" for line in flagged]
     print("\n".join(lines))
 
 
