@@ -99,6 +99,8 @@ pub async fn import(
         super::open_target(&config, options, version, &seed_to_pkcs8(seed), &mut report)?;
     let services = services.as_deref();
     let run = Import {
+        full_user_ids: db.has_column("profiles", "full_user_id")
+            && db.has_column("user_filters", "full_user_id"),
         db: &db,
         settings: &settings,
         services,
@@ -120,6 +122,8 @@ struct Import<'a> {
     db: &'a SynapseDb,
     settings: &'a SynapseSettings,
     services: Option<&'a Services>,
+    /// Whether `profiles` and `user_filters` name users by full ID (schema 76 on), asked once.
+    full_user_ids: bool,
 }
 
 /// The hash an imported bcrypt hash is kept as: as it is, or with the pepper Synapse added to
@@ -190,7 +194,7 @@ impl Import<'_> {
     }
 
     fn profile(&self, batch: &mut Batch, user_id: &UserId) -> Result<(), String> {
-        let sql = if self.db.has_column("profiles", "full_user_id") {
+        let sql = if self.full_user_ids {
             "SELECT displayname, avatar_url FROM profiles WHERE full_user_id = $1 OR (full_user_id IS NULL AND user_id = $2)"
         } else {
             "SELECT displayname, avatar_url FROM profiles WHERE user_id = $2 OR user_id = $1"
@@ -254,7 +258,7 @@ impl Import<'_> {
     }
 
     fn filters(&self, user_id: &UserId, report: &mut ImportReport) -> Result<(), String> {
-        let sql = if self.db.has_column("user_filters", "full_user_id") {
+        let sql = if self.full_user_ids {
             "SELECT filter_id, filter_json FROM user_filters WHERE full_user_id = $1 OR (full_user_id IS NULL AND user_id = $2)"
         } else {
             "SELECT filter_id, filter_json FROM user_filters WHERE user_id = $2 OR user_id = $1"

@@ -85,6 +85,7 @@ impl Import<'_> {
             .and_then(|v| RoomVersionId::try_from(v.as_str()).ok())
             .unwrap_or(RoomVersionId::V1);
         let mut imported = 0;
+        let mut known = false;
         for row in events {
             progress.step();
             let Some(event_id) = row[0].text().and_then(|e| OwnedEventId::try_from(e).ok()) else {
@@ -103,7 +104,9 @@ impl Import<'_> {
                 report.count("events");
                 continue;
             };
-            let room_exists = services.timeline.room(room_id)?.is_some();
+            // Read until the room exists here; from then on it does.
+            let room_exists = known || services.timeline.room(room_id)?.is_some();
+            known = room_exists;
             let mut outcome = if room_exists || is_create(&pdu) {
                 services
                     .timeline
