@@ -946,3 +946,100 @@ async fn check(server: &TestServer, made: &Made) {
         .await;
     assert_eq!(session["first_message_index"], 1, "{session}");
 }
+
+/// What cannot be imported is refused with a message naming the problem, and nothing is
+/// written: another server's database, a file that is no Synapse database, a PostgreSQL that
+/// does not answer, a config without a signing key.
+#[test]
+fn a_wrong_source_is_refused_with_its_reason() {
+    let dir = TempDir::new().unwrap();
+    let db_path = dir.path().join("db");
+    let config = dir.path().join("culvert.toml");
+    std::fs::write(
+        &config,
+        test_config(&db_path, "server_name = \"here.example\"\nport = 0"),
+    )
+    .unwrap();
+    let key = dir.path().join("signing.key");
+    std::fs::write(&key, format!("ed25519 a_test {}\n", "A".repeat(43))).unwrap();
+    let junk = dir.path().join("homeserver.db");
+    std::fs::write(&junk, b"not a database at all").unwrap();
+    // Synapse's config for `name`, on the junk SQLite file or the given databases section.
+    let yaml = |name: &str, databases: &str| {
+        let path = dir.path().join(format!("{name}-{}.yaml", databases.len()));
+        let database = if databases.is_empty() {
+            format!(
+                "database:\n  name: sqlite3\n  args:\n    database: {}\n",
+                junk.display()
+            )
+        } else {
+            databases.to_owned()
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "server_name: \"{name}\"\nsigning_key_path: {}\n{database}",
+                key.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let cases = [
+        (yaml("elsewhere.example", ""), "server_name"),
+        (yaml("here.example", ""), "homeserver.db"),
+        (
+            yaml(
+                "here.example",
+                "databases:\n  main:\n    name: psycopg2\n    data_stores: [main]\n    args: {}\n",
+            ),
+            "state",
+        ),
+    ];
+    for (synapse_config, reason) in cases {
+        let run = culvert(
+            &[
+                "import",
+                "synapse",
+                "--synapse-config",
+                synapse_config.to_str().unwrap(),
+            ],
+            &config,
+        );
+        let report = text(&run);
+        assert!(!run.status.success(), "{report}");
+        assert!(report.contains(reason), "no {reason:?} in: {report}");
+        assert!(!report.contains("panicked"), "{report}");
+    }
+    // A PostgreSQL that is not there, and a key file that is none.
+    let run = culvert(
+        &[
+            "import",
+            "synapse",
+            "--database",
+            "host=/nonexistent user=synapse dbname=synapse",
+            "--signing-key",
+            key.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert!(!run.status.success(), "{}", text(&run));
+    assert!(text(&run).contains("PostgreSQL"), "{}", text(&run));
+    std::fs::write(&key, "not a key").unwrap();
+    let run = culvert(
+        &[
+            "import",
+            "synapse",
+            "--database",
+            junk.to_str().unwrap(),
+            "--signing-key",
+            key.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert!(text(&run).contains("signing key"), "{}", text(&run));
+    assert!(
+        !db_path.join("CURRENT").exists(),
+        "a refused import wrote a database"
+    );
+}

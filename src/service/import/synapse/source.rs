@@ -308,11 +308,16 @@ impl SynapseDb {
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ($1, $2, $3)"
             }
         };
+        let what = match location {
+            DatabaseLocation::Sqlite(path) => path.display().to_string(),
+            // Not the connection string: it may hold a password.
+            DatabaseLocation::Postgres(_) => "Synapse's PostgreSQL database".to_owned(),
+        };
         let found = db
             .rows(sql, &SYNAPSE_TABLES)
-            .map_err(|e| format!("the database cannot be read: {e}"))?;
+            .map_err(|e| format!("{what} cannot be read: {e}"))?;
         if found.len() != SYNAPSE_TABLES.len() {
-            return Err("the database is not Synapse's".into());
+            return Err(format!("{what} is not Synapse's database"));
         }
         Ok(db)
     }
