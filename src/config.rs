@@ -78,11 +78,19 @@ pub struct Config {
     pub log: String,
     #[serde(default)]
     pub well_known: WellKnownConfig,
-    /// RocksDB block cache size.
-    #[serde(default = "default_db_cache_capacity_mb")]
-    pub db_cache_capacity_mb: f64,
-    #[serde(default = "default_rocksdb_max_open_files")]
-    pub rocksdb_max_open_files: i32,
+    /// One figure (MiB) for the memory culvert keeps for speed: a third each for RocksDB's
+    /// block cache, its write buffers (memtables) and recently read events kept parsed
+    /// ([`Config::memory_plan`]). Default 96. `db_cache_capacity_mb` and
+    /// `pdu_cache_capacity`, when set, win over their share.
+    #[serde(default)]
+    pub memory_budget_mb: Option<f64>,
+    /// RocksDB block cache size (default: a third of `memory_budget_mb`, 32).
+    #[serde(default)]
+    pub db_cache_capacity_mb: Option<f64>,
+    /// Table files RocksDB keeps open; unset: half the process's open-files limit, which
+    /// culvert raises to its hard limit at start (`store::files`).
+    #[serde(default)]
+    pub rocksdb_max_open_files: Option<i32>,
     /// When an acknowledged write is safe: `process` (survives a killed process), `each` or
     /// `group` (survive a power cut; see `store::durability`).
     #[serde(default)]
@@ -377,17 +385,28 @@ fn default_true() -> bool {
 fn default_room_version() -> RoomVersionId {
     RoomVersionId::V12
 }
+/// `memory_budget_mb` when unset: a 32 MiB block cache, 32 MiB of memtables and 1,024
+/// parsed events.
+pub const DEFAULT_MEMORY_BUDGET_MB: f64 = 96.0;
+/// What one event kept parsed is reckoned to cost: events up to 8 KiB of JSON are kept, and a
+/// parsed one (a map node per object, a string per key and value) takes several times its JSON.
+const ASSUMED_PARSED_EVENT_BYTES: usize = 32 * 1024;
+
+/// The memory `memory_budget_mb` buys, by consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub block_cache_bytes: usize,
+    /// All column families' write buffers together.
+    pub memtable_bytes: usize,
+    /// Events kept parsed ([`crate::service::rooms::timeline`]).
+    pub parsed_events: usize,
+}
+
 fn default_trusted_servers() -> Vec<OwnedServerName> {
     vec![OwnedServerName::try_from("matrix.org").expect("valid server name")]
 }
 fn default_log() -> String {
     "info".to_owned()
-}
-fn default_db_cache_capacity_mb() -> f64 {
-    32.0
-}
-fn default_rocksdb_max_open_files() -> i32 {
-    512
 }
 
 fn default_max_event_delay() -> Millis {
@@ -604,6 +623,24 @@ impl Config {
         Ok(std::sync::Arc::new(move |ip| !guard.is_denied(ip)))
     }
 
+    /// How `memory_budget_mb` is spent (see the field).
+    pub fn memory_plan(&self) -> MemoryPlan {
+        const MIB: f64 = 1024.0 * 1024.0;
+        let third = self
+            .memory_budget_mb
+            .unwrap_or(DEFAULT_MEMORY_BUDGET_MB)
+            .max(3.0)
+            / 3.0;
+        MemoryPlan {
+            block_cache_bytes: (self.db_cache_capacity_mb.unwrap_or(third).max(1.0) * MIB) as usize,
+            memtable_bytes: (third * MIB) as usize,
+            parsed_events: self
+                .pdu_cache_capacity
+                .map(|n| n as usize)
+                .unwrap_or((third * MIB) as usize / ASSUMED_PARSED_EVENT_BYTES),
+        }
+    }
+
     pub fn unused_conduit_keys(&self) -> Vec<&'static str> {
         let set = [
             (
@@ -719,6 +756,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("durability"), "{error}");
+    }
+
+    #[test]
+    fn the_memory_budget_is_split_in_three_unless_a_share_is_set() {
+        let base = "[global]\nserver_name = \"a.b\"\ndatabase_path = \"/x\"\n";
+        let plan = |extra: &str| {
+            Config::from_toml_str(&format!("{base}{extra}"))
+                .unwrap()
+                .memory_plan()
+        };
+        const MIB: usize = 1 << 20;
+        let default = MemoryPlan {
+            block_cache_bytes: 32 * MIB,
+            memtable_bytes: 32 * MIB,
+            parsed_events: 1024,
+        };
+        assert_eq!(plan(""), default);
+        assert_eq!(plan("memory_budget_mb = 96\n"), default);
+        assert_eq!(
+            plan("memory_budget_mb = 48\n"),
+            MemoryPlan {
+                block_cache_bytes: 16 * MIB,
+                memtable_bytes: 16 * MIB,
+                parsed_events: 512,
+            }
+        );
+        assert_eq!(
+            plan("memory_budget_mb = 48\ndb_cache_capacity_mb = 8.0\npdu_cache_capacity = 100\n"),
+            MemoryPlan {
+                block_cache_bytes: 8 * MIB,
+                memtable_bytes: 16 * MIB,
+                parsed_events: 100,
+            }
+        );
+        // Nonsense is floored, never zero.
+        assert_eq!(plan("memory_budget_mb = 0\n").memtable_bytes, MIB);
     }
 
     #[test]

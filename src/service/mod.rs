@@ -112,8 +112,10 @@ pub enum StartError {
 impl Services {
     /// Opens the database named in `config` and loads the server's state.
     pub fn open(config: Config) -> Result<Arc<Self>, StartError> {
+        let memory = config.memory_plan();
         let options = StoreOptions {
-            cache_capacity_bytes: (config.db_cache_capacity_mb.max(1.0) * 1024.0 * 1024.0) as usize,
+            cache_capacity_bytes: memory.block_cache_bytes,
+            memtable_bytes: memory.memtable_bytes,
             max_open_files: config.rocksdb_max_open_files,
             durability: config.durability,
             statistics: config.metrics.is_some(),
@@ -124,7 +126,7 @@ impl Services {
         let timeline = rooms::timeline::Timeline::load(
             store.clone(),
             short_ids.clone(),
-            config.pdu_cache_capacity.map(|n| n as usize),
+            Some(memory.parsed_events),
         )?;
         let members = Arc::new(rooms::members::Members::new(store.clone()));
         let federation = federation::Federation::new(&config, store.clone(), members.clone())

@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod durability;
 mod figures;
+mod files;
 pub use figures::StoreFigures;
 pub mod keys;
 mod migrations;
@@ -320,7 +321,10 @@ pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub cache_capacity_bytes: usize,
-    pub max_open_files: i32,
+    /// All column families' memtables together (RocksDB flushes the largest at this size).
+    pub memtable_bytes: usize,
+    /// Table files RocksDB keeps open; `None`: half the open-files limit (`files`).
+    pub max_open_files: Option<i32>,
     pub durability: Durability,
     /// Keep RocksDB's statistics (block cache hits and misses, compaction bytes) for
     /// [`Store::figures`]: on only when metrics are served.
@@ -331,7 +335,8 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: 32 << 20,
-            max_open_files: 512,
+            memtable_bytes: 32 << 20,
+            max_open_files: None,
             durability: Durability::default(),
             statistics: false,
         }
@@ -492,20 +497,33 @@ impl Store {
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // Index and filter in 4 KiB partitions under a small top-level block that stays
+        // pinned: a point read loads only the partitions it needs. Whole per-file blocks
+        // (a large table's filter is over a megabyte) were evicted from a small block cache
+        // and read again for nearly every lookup once the database outgrew it: 1.8 GB/s of
+        // reads at half a million events (BENCHMARKS.md, "1,000,000 events").
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
 
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
-        db_opts.set_max_open_files(options.max_open_files);
+        let max_open_files = files::max_open_files(options.max_open_files, files::raise_limit());
+        db_opts.set_max_open_files(max_open_files);
         db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_opts.set_block_based_table_factory(&table);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_background_jobs(2);
-        // Memtables: small per column family, and at most 32 MiB for all of them together
-        // (RocksDB flushes the biggest when the total reaches it). Uncapped, 50-odd column
-        // families under a write burst kept well over 100 MiB (BENCHMARKS.md).
-        db_opts.set_write_buffer_size(8 << 20);
-        db_opts.set_db_write_buffer_size(32 << 20);
+        // Memtables: small per column family (at most 8 MiB, a quarter of the total), and
+        // capped for all of them together (RocksDB flushes when the total reaches it;
+        // `memory_budget_mb`). Uncapped, 50-odd column families under a write burst kept well
+        // over 100 MiB (BENCHMARKS.md).
+        let memtable_bytes = options.memtable_bytes.max(4 << 20);
+        db_opts.set_write_buffer_size((memtable_bytes / 4).min(8 << 20));
+        db_opts.set_db_write_buffer_size(memtable_bytes);
         if options.statistics {
             // Tickers only: histograms and timers cost time on every read.
             db_opts.enable_statistics();
@@ -537,6 +555,18 @@ impl Store {
                 StoreError::Rocks(e)
             }
         })?;
+
+        if max_open_files >= 0 {
+            let tables = db.live_files().map(|files| files.len()).unwrap_or(0);
+            if tables > max_open_files as usize {
+                tracing::warn!(
+                    tables,
+                    max_open_files,
+                    "the database has more table files than rocksdb_max_open_files: reads will \
+                     close and reopen tables, which is slow; raise it or leave it unset"
+                );
+            }
+        }
 
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.durability == Durability::Each);
