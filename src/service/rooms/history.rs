@@ -44,6 +44,19 @@ impl Services {
         event: &Value,
         count: u64,
     ) -> Result<bool> {
+        self.may_see_event_knowing(room_id, user_id, event, count, None)
+    }
+
+    /// [`Services::may_see_event`] for a caller that read the user's current membership in
+    /// the room (`known`) once for many events: a page of history or a sync timeline.
+    pub fn may_see_event_knowing(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        event: &Value,
+        count: u64,
+        known: Option<Option<&Membership>>,
+    ) -> Result<bool> {
         // An event about the user's own membership is always theirs to see.
         if event["type"] == "m.room.member" && event["state_key"] == user_id.as_str() {
             return Ok(true);
@@ -53,7 +66,7 @@ impl Services {
             .and_then(|id| EventId::parse(id).ok());
         let event_id = event_id.ok_or_else(|| Error::internal("client event without ID"))?;
         let state = self.timeline.state_hash_before(&event_id)?;
-        self.may_see_at(room_id, user_id, state, count, None)
+        self.may_see_at(room_id, user_id, state, count, known)
     }
 
     /// The core of [`Services::may_see_event`] for an event that is not about the user's own
@@ -195,6 +208,11 @@ impl Services {
         } else {
             Default::default()
         };
+        let membership = if as_member {
+            self.members.membership(room_id, user_id)?
+        } else {
+            None
+        };
         let mut events = Vec::new();
         let mut scanned = 0;
         let mut position = match direction {
@@ -224,7 +242,14 @@ impl Services {
                 let event = view.event(room_id, event_id, Some(*count), Detail::Timeline)?;
                 if filter.matches(&event)
                     && !crate::service::account_data::hidden_by(&ignored, &event)
-                    && (!as_member || self.may_see_event(room_id, user_id, &event, *count)?)
+                    && (!as_member
+                        || self.may_see_event_knowing(
+                            room_id,
+                            user_id,
+                            &event,
+                            *count,
+                            Some(membership.as_ref()),
+                        )?)
                 {
                     events.push(event);
                 }

@@ -413,6 +413,8 @@ impl Services {
         let user_id = viewer.user_id;
         let ignored = self.ignored_users(user_id)?;
         let mut view = self.event_view(Some(viewer));
+        // The viewer's membership, read at the first event that needs it.
+        let mut membership = None;
         let mut newest = None;
         let mut kept = Vec::new();
         let mut scanned = 0;
@@ -438,10 +440,13 @@ impl Services {
                 scanned += 1;
                 oldest_scanned = Some(count);
                 let event = view.event(room_id, &event_id, Some(count), Detail::Timeline)?;
-                if matcher.matches(&event)
-                    && !hidden_by(&ignored, &event)
-                    && self.may_see_event(room_id, user_id, &event, count)?
-                {
+                if matcher.matches(&event) && !hidden_by(&ignored, &event) && {
+                    if membership.is_none() {
+                        membership = Some(self.members.membership(room_id, user_id)?);
+                    }
+                    let known = membership.as_ref().map(Option::as_ref);
+                    self.may_see_event_knowing(room_id, user_id, &event, count, known)?
+                } {
                     kept.push((count, event_id, event));
                 }
             }
