@@ -9,7 +9,7 @@ use tracing::info;
 use super::{Batch, Cf, Store, StoreError, keys};
 
 /// The schema this build writes.
-pub const CURRENT: u64 = 7;
+pub const CURRENT: u64 = 8;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -24,6 +24,7 @@ const STEPS: &[Step] = &[
     index_words,
     reindex_relations,
     order_one_time_keys,
+    mark_bundled_parents,
 ];
 
 /// 1 → 2: fills the `TimestampEvents` index (`/timestamp_to_event`) for events stored before the
@@ -225,6 +226,20 @@ fn order_one_time_keys(store: &Store) -> Result<Batch, rocksdb::Error> {
             keys::join([device_part, &keys::u64_be(*place)]),
             key_id.to_vec(),
         );
+    }
+    Ok(batch)
+}
+
+/// 7 → 8: the marks of events with an edit or a reference (`relation_kinds`, kind 0), which
+/// bundling reads before it scans: one pass over `relation_kinds`.
+fn mark_bundled_parents(store: &Store) -> Result<Batch, rocksdb::Error> {
+    use crate::service::rooms::relations;
+    let mut batch = Batch::new();
+    for item in store.scan_prefix(Cf::RelationKinds, &[]) {
+        let (key, _) = item?;
+        if let Some(mark) = relations::mark_of_entry(&key) {
+            batch.put(Cf::RelationKinds, mark, Vec::<u8>::new());
+        }
     }
     Ok(batch)
 }
@@ -512,6 +527,44 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn version_7_databases_get_the_marks_of_edited_and_referenced_events() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let entry = |parent: &[u8], kind: u8, count: u64| {
+            let mut key = keys::prefix(parent);
+            key.push(kind);
+            key.extend(keys::u64_be(count));
+            key
+        };
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut batch = Batch::new();
+            // An edit, a reference (at a count whose last bytes are 0xFF 0x00), a thread reply.
+            batch.put(Cf::RelationKinds, entry(b"$edited", 1, 5), b"x".to_vec());
+            batch.put(
+                Cf::RelationKinds,
+                entry(b"$cited", 2, 0xFF00),
+                b"x".to_vec(),
+            );
+            batch.put(Cf::RelationKinds, entry(b"$root", 3, 7), b"x".to_vec());
+            batch.put(Cf::Global, VERSION_KEY, keys::u64_be(7));
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let marks: Vec<Vec<u8>> = store
+            .scan_prefix(Cf::RelationKinds, &[])
+            .map(|item| item.unwrap().0.to_vec())
+            .filter(|key| crate::service::rooms::relations::is_mark(key))
+            .collect();
+        assert_eq!(
+            marks,
+            vec![b"$cited\xff\x00".to_vec(), b"$edited\xff\x00".to_vec()]
+        );
+        assert!(!crate::service::rooms::relations::is_mark(&entry(
+            b"$cited", 2, 0xFF00
+        )));
     }
 
     #[test]

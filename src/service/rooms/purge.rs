@@ -412,7 +412,11 @@ impl Services {
         {
             for (cf, key, value) in entries.puts {
                 match cf {
-                    Cf::Relations | Cf::RelationKinds => batch.delete(cf, key),
+                    Cf::Relations => batch.delete(cf, key),
+                    // Not the parent's mark: another child may need it.
+                    Cf::RelationKinds if !crate::service::rooms::relations::is_mark(&key) => {
+                        batch.delete(cf, key)
+                    }
                     Cf::Annotations
                         if self.store.get(cf, &key)?.as_deref() == Some(value.as_slice()) =>
                     {
