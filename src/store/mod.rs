@@ -278,7 +278,8 @@ column_families! {
     ThreadCounts => "thread_counts",
     /// `parent event_id 0xFF kind (1 byte) stream count (u64 BE)` → as `relations`: an
     /// event's children by kind (1 edit, 2 reference, 3 thread, 4 annotation, 5 other), so
-    /// that bundling reads edits and references without walking reactions and replies.
+    /// that bundling reads edits and references without walking reactions and replies; and
+    /// `parent event_id 0xFF 0x00` → empty: the parent has (or had) an edit or a reference.
     RelationKinds => "relation_kinds",
     /// `parent event_id 0xFF sender 0xFF type 0xFF key` → stream count: each reaction, for
     /// the one-reaction-per-key rule.
