@@ -330,6 +330,27 @@ mod tests {
             .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
     }
 
+    mod properties {
+        use proptest::prelude::*;
+        use ruma::canonical_json::to_canonical_value;
+
+        proptest! {
+            /// Canonical JSON round trips: any JSON value canonical JSON allows becomes the
+            /// same text (keys sorted, no whitespace) however often it is converted, and that
+            /// text reads back as the value it came from.
+            #[test]
+            fn canonical_json_round_trips(value in super::content_strategy()) {
+                let text = to_canonical_value(&value).unwrap().to_string();
+                prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(&text).unwrap(), &value);
+                let again = to_canonical_value(serde_json::from_str::<serde_json::Value>(&text).unwrap())
+                    .unwrap()
+                    .to_string();
+                prop_assert_eq!(&again, &text);
+                prop_assert_eq!(&text, &serde_json::to_string(&value).unwrap());
+            }
+        }
+    }
+
     /// For any content, in every room version: an event this server builds and signs passes
     /// the receipt checks with its content unchanged and the ID its version defines; the same
     /// event with its content altered keeps valid signatures (they cover the redacted form)
