@@ -339,6 +339,62 @@ async fn a_user_joins_a_room_on_another_culvert_and_messages_flow_both_ways() {
     .await;
 }
 
+/// A big, old room always holds events of servers that are gone, whose keys nobody can fetch
+/// any more: a joining server leaves those events out of the state (as Synapse does) instead
+/// of failing the join — before, one such event made every join answer 403.
+#[tokio::test]
+async fn a_join_leaves_out_the_events_of_a_server_that_is_gone() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let gone = TestServer::start_federating("").await;
+    // Carol of the gone server joined Alice's room on A, then her server went away for good:
+    // B has never seen it, and no notary is configured (`trusted_servers = []`).
+    let (alice, carol, room) = shared_room(&a, &gone).await;
+    gone.stop().await;
+
+    let dave = b.register("dave", "dave-password-1").await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{room}?via={}", a.server_name()),
+            Some(&dave.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let members = b
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+            &dave,
+        )
+        .await;
+    assert!(members["joined"][&alice.user_id].is_object(), "{members}");
+    assert!(members["joined"][&dave.user_id].is_object(), "{members}");
+    // Carol's join could not be checked: it is not part of the state B keeps.
+    assert!(members["joined"][&carol.user_id].is_null(), "{members}");
+
+    // And the room works: Alice's next message reaches Dave.
+    a.say(&alice, &room, "welcome, dave").await;
+    let mut seen = false;
+    for _ in 0..100 {
+        let (_, page) = b
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"),
+                Some(&dave.token),
+            )
+            .await;
+        if page["chunk"].as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["content"]["body"] == "welcome, dave")
+        }) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "Alice's message did not reach B");
+}
+
 /// A room on A that a user of B joined: the set-up of the tests that feed B crafted events.
 pub(crate) async fn shared_room(
     a: &TestServer,

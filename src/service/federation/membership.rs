@@ -373,12 +373,23 @@ impl Services {
             }
             None => signed.json,
         };
+        // Each raw event is dropped once parsed: a big room's answer is tens of megabytes,
+        // and holding it whole beside its parsed form doubled the join's peak.
+        // An event that fails the receipt checks (most often: signed by a server that is
+        // gone, whose key nobody can fetch any more) is left out, as Synapse does, rather than
+        // failing the whole join: a big, old room always holds some. The state events that
+        // cite it are then refused by their own auth events (`start_room_at`), and our join
+        // still has to pass the auth rules against what is left.
+        let mut left_out = 0usize;
         let mut state = Vec::with_capacity(room_state.state.len());
         let mut seen = BTreeSet::new();
-        for pdu in &room_state.state {
-            let (id, pdu) = self
-                .check_incoming_pdu(&version, parse_object(pdu)?)
-                .await?;
+        for pdu in room_state.state {
+            let Some((id, pdu)) = self
+                .received_state_event(&version, &pdu, &mut left_out)
+                .await
+            else {
+                continue;
+            };
             if str_field(&pdu, "room_id").is_some_and(|r| r != room_id.as_str()) {
                 return Err(Error::forbidden(format!("{id} belongs to another room")));
             }
@@ -387,13 +398,19 @@ impl Services {
             }
         }
         let mut auth_chain = Vec::with_capacity(room_state.auth_chain.len());
-        for pdu in &room_state.auth_chain {
-            let (id, pdu) = self
-                .check_incoming_pdu(&version, parse_object(pdu)?)
-                .await?;
+        for pdu in room_state.auth_chain {
+            let Some((id, pdu)) = self
+                .received_state_event(&version, &pdu, &mut left_out)
+                .await
+            else {
+                continue;
+            };
             if seen.insert(id.clone()) {
                 auth_chain.push((id, pdu));
             }
+        }
+        if left_out > 0 {
+            tracing::warn!(%room_id, %server, left_out, "events of the room's state failed their checks and were left out");
         }
         self.timeline
             .join_remote_room(
@@ -404,6 +421,28 @@ impl Services {
                 (signed.event_id, join),
             )
             .await
+    }
+
+    /// One event of a `send_join` answer, parsed and checked (`check_incoming_pdu`), or
+    /// `None` (counted in `left_out`) when it fails.
+    async fn received_state_event(
+        &self,
+        version: &RoomVersionId,
+        pdu: &RawValue,
+        left_out: &mut usize,
+    ) -> Option<(OwnedEventId, CanonicalJsonObject)> {
+        let checked = match parse_object(pdu) {
+            Ok(object) => self.check_incoming_pdu(version, object).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(event) => Some(event),
+            Err(e) => {
+                tracing::debug!("a state event of a send_join answer left out: {e}");
+                *left_out += 1;
+                None
+            }
+        }
     }
 
     /// Our user's membership event made from another server's `make_join` / `make_leave` /

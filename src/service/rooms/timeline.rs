@@ -168,6 +168,17 @@ impl StoredPdu {
             sent_by: None,
         }
     }
+
+    /// The stored form of an event without a sender's transaction, serialised from borrowed
+    /// parts (no copy of the event: a big room's join stores thousands).
+    pub(crate) fn bytes_of(event_id: &EventId, pdu: &CanonicalJsonObject) -> Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            event_id: &'a EventId,
+            pdu: &'a CanonicalJsonObject,
+        }
+        Ok(serde_json::to_vec(&Borrowed { event_id, pdu })?)
+    }
 }
 
 /// What the `rooms` column family holds for each room.

@@ -719,9 +719,14 @@ impl Timeline {
         let mut state_map = State::new();
         for (event_id, pdu) in auth_chain.iter().chain(&state) {
             let short = self.short.event(event_id.as_str())?;
-            let stored = StoredPdu::new(event_id.clone(), pdu.clone());
-            outliers.put(Cf::Pdus, keys::u64_be(short), serde_json::to_vec(&stored)?);
+            outliers.put(
+                Cf::Pdus,
+                keys::u64_be(short),
+                StoredPdu::bytes_of(event_id, pdu)?,
+            );
         }
+        // Read from the store from here on (the auth rules' loader).
+        drop(auth_chain);
         for (event_id, pdu) in &state {
             if let Some(key) = state_key_of(pdu) {
                 state_map.insert(key, event_id.clone());
@@ -784,9 +789,8 @@ impl Timeline {
         // their servers, the join rule), which replaces whatever an earlier stay left.
         let kept: std::collections::HashSet<&OwnedEventId> = after.values().collect();
         let adopted: Vec<(OwnedEventId, CanonicalJsonObject)> = state
-            .iter()
+            .into_iter()
             .filter(|(event_id, _)| kept.contains(event_id))
-            .cloned()
             .chain([(join_id.clone(), join_stored.pdu.clone())])
             .collect();
         let join_type = event.event_type.to_string();
