@@ -392,6 +392,21 @@ mod tests {
             key: &'static str,
             content: serde_json::Value,
         ) -> OwnedEventId {
+            self.try_state_after(room, prev, sender, kind, key, content)
+                .await
+                .unwrap()
+        }
+
+        /// [`Fixture::state_after`], or the auth rules' refusal.
+        async fn try_state_after(
+            &self,
+            room: &OwnedRoomId,
+            prev: &OwnedEventId,
+            sender: &str,
+            kind: &'static str,
+            key: &'static str,
+            content: serde_json::Value,
+        ) -> Result<OwnedEventId> {
             self.timeline
                 .append_after(
                     room,
@@ -401,7 +416,6 @@ mod tests {
                     &self.signer(),
                 )
                 .await
-                .unwrap()
         }
 
         /// Alice's room with Bob joined at power 50, and a first topic: returns the room, Bob's
@@ -885,14 +899,7 @@ mod tests {
                 ),
                 Change::BobLeaves => (BOB, "m.room.member", BOB, json!({ "membership": "leave" })),
             };
-            self.timeline
-                .append_after(
-                    room,
-                    &user(sender),
-                    LocalEvent::state(kind, key, content),
-                    std::slice::from_ref(prev),
-                    &self.signer(),
-                )
+            self.try_state_after(room, prev, sender, kind, key, content)
                 .await
                 .ok()
         }
