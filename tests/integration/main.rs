@@ -22,6 +22,7 @@ mod federation_attack;
 mod federation_media;
 mod federation_misc;
 mod federation_read;
+mod fuzz_client_api;
 mod history;
 mod http_layer;
 mod import;
