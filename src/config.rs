@@ -54,6 +54,10 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: u32,
+    /// Seconds a client has to send a request's head (its line and headers), on a new
+    /// connection or a kept-alive one; a slower client (slowloris) is cut off. Default 30.
+    #[serde(default = "default_request_header_timeout_secs")]
+    pub request_header_timeout_secs: u64,
     #[serde(default)]
     pub allow_registration: bool,
     /// When set, registering requires this token (`m.login.registration_token`).
@@ -369,6 +373,9 @@ fn default_port() -> u16 {
 fn default_max_request_size() -> u32 {
     20 * 1024 * 1024
 }
+fn default_request_header_timeout_secs() -> u64 {
+    30
+}
 fn default_max_upload_size() -> u64 {
     50 * 1024 * 1024
 }
@@ -544,6 +551,12 @@ impl Config {
         if self.registration_token.as_deref() == Some("") {
             return Err(ConfigError(
                 "invalid configuration key `registration_token`: must not be empty (remove it to disable)".into(),
+            ));
+        }
+        if self.request_header_timeout_secs == 0 {
+            return Err(ConfigError(
+                "invalid configuration key `request_header_timeout_secs`: must be at least 1"
+                    .into(),
             ));
         }
         if self.max_request_size < 4096 {

@@ -1,9 +1,11 @@
 //! Starting and stopping the HTTP server around the services.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt;
+use axum::{Router, extract::ConnectInfo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tower::ServiceExt;
 
 use crate::{
     api,
@@ -73,29 +75,19 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let app = api::router(services.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::router(services.clone());
+    let header_timeout = Duration::from_secs(services.config.request_header_timeout_secs);
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let stopped = async {
         let _ = shutdown_rx.await;
     };
     let tls = services.config.tls.clone();
     let task = match tls {
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }),
+        None => tokio::spawn(serve(listener, app, header_timeout, stopped)),
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls)
-                .map_err(StartError::Other)?
-                // axum gives the peer address (`ConnectInfo<SocketAddr>`) to any listener
-                // wrapped this way; the closure itself does nothing.
-                .tap_io(|_| {});
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
+            let listener =
+                crate::tls::TlsListener::new(listener, tls).map_err(StartError::Other)?;
+            tokio::spawn(serve(listener, app, header_timeout, stopped))
         }
     };
     let scheme = if services.config.tls.is_some() {
@@ -115,6 +107,130 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     })
 }
 
+/// The metrics listener's time for a request head.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2) until `stopped`, then lets the requests
+/// under way finish. Written out instead of `axum::serve` to give the connections a timer: a
+/// client that sends a request head slower than `header_timeout` (slowloris: a byte now and
+/// then, holding the connection open for ever) is cut off.
+async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    stopped: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stopped);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => break,
+        };
+        let app = app.clone();
+        // Handlers learn the peer's address as `axum::serve` tells it (`ConnectInfo`).
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(request)
+            },
+        );
+        let io = FirstByteDeadline {
+            inner: io,
+            deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
+        };
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A new connection that must send its first bytes within a deadline. hyper's header timeout
+/// starts once the connection is known to speak HTTP/1.1, but telling HTTP/1.1 from HTTP/2
+/// waits for the first bytes: a client that connects and sends nothing would stay for ever.
+struct FirstByteDeadline<I> {
+    inner: I,
+    /// Dropped once a byte came.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let filled = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some(deadline) = self.deadline.as_mut() else {
+            return read;
+        };
+        if read.is_pending() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+        } else if buf.filled().len() > filled {
+            self.deadline = None;
+        }
+        read
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Binds the metrics listener (`GET /metrics`) and serves it.
 async fn serve_metrics(
     services: &Arc<Services>,
@@ -128,13 +244,10 @@ async fn serve_metrics(
         .map_err(|e| StartError::Other(e.to_string()))?;
     let app = api::metrics::router(Arc::downgrade(services));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = shutdown_rx.await;
-            })
-            .await
-    });
+    let stopped = async {
+        let _ = shutdown_rx.await;
+    };
+    let task = tokio::spawn(serve(listener, app, DEFAULT_HEADER_TIMEOUT, stopped));
     tracing::info!(%addr, "metrics are served at /metrics");
     Ok((addr, Listener { shutdown, task }))
 }

@@ -497,3 +497,63 @@ async fn unread_bodies_do_not_close_the_connection() {
         );
     }
 }
+
+/// Slowloris: clients that send a request head a byte at a time (or nothing at all) to hold
+/// connections open. They are cut off after `request_header_timeout_secs`, and the server
+/// answers everyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(
+        "rate_limits = { enabled = false }\nrequest_header_timeout_secs = 2",
+    )
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..40 {
+        let addr = addr.clone();
+        slow.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            // Every fourth client sends nothing; the others trickle a head that never ends.
+            if i % 4 != 0 {
+                stream
+                    .write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n")
+                    .await
+                    .unwrap();
+            }
+            let mut buf = [0u8; 256];
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(300));
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut buf) => match read {
+                        // The server closed (or answered and closed): cut off.
+                        Ok(0) | Err(_) => return started.elapsed(),
+                        Ok(_) => {}
+                    },
+                    _ = tick.tick() => {
+                        if started.elapsed() > std::time::Duration::from_secs(30) {
+                            panic!("a slow client was never cut off");
+                        }
+                        if i % 4 != 0 && stream.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                            return started.elapsed();
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Everyone else is served meanwhile.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let (status, body) = server.get("/_matrix/client/versions", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for client in slow {
+        let cut_off_after = client.await.unwrap();
+        assert!(
+            cut_off_after >= std::time::Duration::from_millis(1500),
+            "cut off before the timeout: {cut_off_after:?}"
+        );
+    }
+}
