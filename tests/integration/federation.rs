@@ -438,24 +438,46 @@ pub(crate) fn crafted_event_with(
     before: impl FnOnce(&mut ruma::CanonicalJsonObject),
     tamper: impl FnOnce(&mut ruma::CanonicalJsonObject),
 ) -> (String, Box<serde_json::value::RawValue>) {
+    let (id, mut json) = crafted_pdu(
+        a,
+        room,
+        sender,
+        ("m.room.message", None),
+        json!({ "msgtype": "m.text", "body": text }),
+        before,
+    );
+    tamper(&mut json);
+    (id, serde_json::value::to_raw_value(&json).unwrap())
+}
+
+/// Any event of `sender` in `room` — `kind` is its type and state key — as A would make it
+/// (A's current extremities and auth events), changed by `before`, then hashed and signed by
+/// A's key. Its ID and its JSON.
+pub(crate) fn crafted_pdu(
+    a: &TestServer,
+    room: &str,
+    sender: &str,
+    kind: (&str, Option<&str>),
+    content: serde_json::Value,
+    before: impl FnOnce(&mut ruma::CanonicalJsonObject),
+) -> (String, ruma::CanonicalJsonObject) {
     use culvert::service::rooms::{pdu, timeline::LocalEvent};
     let room_id = ruma::RoomId::parse(room).unwrap();
     let sender = UserId::parse(sender).unwrap();
     let services = a.services();
-    let (version, template) = services
+    let (version, mut template) = services
         .timeline
         .event_template(
             &room_id,
             &sender,
             LocalEvent {
-                event_type: "m.room.message",
-                state_key: None,
-                content: json!({ "msgtype": "m.text", "body": text }),
+                event_type: kind.0,
+                state_key: kind.1,
+                content,
                 redacts: None,
             },
         )
         .unwrap();
-    let mut template = template;
     before(&mut template);
     let signed = pdu::finish(
         template,
@@ -465,12 +487,7 @@ pub(crate) fn crafted_event_with(
         services.globals.signing_key(),
     )
     .unwrap();
-    let mut json = signed.json;
-    tamper(&mut json);
-    (
-        signed.event_id.to_string(),
-        serde_json::value::to_raw_value(&json).unwrap(),
-    )
+    (signed.event_id.to_string(), signed.json)
 }
 
 /// Sends `pdus` to B as one transaction signed by A; B's answer per PDU.

@@ -10,8 +10,8 @@ use ruma::{
 use serde_json::{json, value::to_raw_value};
 
 use crate::{
-    common::{TestServer, message_bodies},
-    federation::{crafted_event, crafted_event_with, name, send_to, shared_room},
+    common::{Session, TestServer, eventually, message_bodies, next_batch},
+    federation::{crafted_event, crafted_event_with, crafted_pdu, name, send_to, shared_room},
 };
 
 /// Sends a transaction from A to B as built by `fill`; B's HTTP status.
@@ -182,4 +182,345 @@ async fn an_event_at_the_highest_depth_does_not_stop_the_room() {
     let pdu = b.services().timeline.pdu_json(&next).unwrap().unwrap();
     assert_eq!(pdu["depth"], CanonicalJsonValue::Integer(highest));
     a.wait_for_message(&alice, &room, "still talking").await;
+}
+
+/// `user`'s membership in `room` as `who` on `server` sees it ("" when it has none).
+async fn membership(server: &TestServer, who: &Session, room: &str, user: &str) -> String {
+    let (_, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}"),
+            Some(&who.token),
+        )
+        .await;
+    body["membership"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The texts of the messages Bob's `/messages` shows, newest first.
+async fn history(b: &TestServer, bob: &Session, room: &str) -> Vec<String> {
+    let (status, page) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    message_bodies(&page["chunk"])
+}
+
+/// The event IDs an event of B's builds on.
+fn prev_events_of(b: &TestServer, event_id: &str) -> Vec<String> {
+    let pdu = b
+        .services()
+        .timeline
+        .pdu_json(&EventId::parse(event_id).unwrap())
+        .unwrap()
+        .expect("stored");
+    match &pdu["prev_events"] {
+        CanonicalJsonValue::Array(ids) => ids
+            .iter()
+            .filter_map(|id| match id {
+                CanonicalJsonValue::String(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("prev_events: {other:?}"),
+    }
+}
+
+/// Soft failure: Mallory's message, made before her ban and sent after it, is allowed by the
+/// state it names but not by the room's present. B keeps it in the DAG (stored, answered
+/// without error) but never shows it to a client and never builds on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_present_state_forbids_is_soft_failed() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    let mallory = a.register("mallory", "mallory-password-1").await;
+    a.join(&mallory, &room).await;
+    eventually("B sees Mallory join", || async {
+        membership(&b, &bob, &room, &mallory.user_id).await == "join"
+    })
+    .await;
+    let (held_id, held) = crafted_event(&a, &room, &mallory.user_id, "said after the ban", |_| {});
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&alice.token),
+            json!({ "user_id": mallory.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("B sees the ban", || async {
+        membership(&b, &bob, &room, &mallory.user_id).await == "ban"
+    })
+    .await;
+    let since = next_batch(&b.get_ok("/_matrix/client/v3/sync?timeout=0", &bob).await);
+
+    let results = send_to(&a, &b, "after-the-ban", vec![held]).await;
+    let held_event = EventId::parse(&held_id).unwrap();
+    assert_eq!(results.get(&held_event), Some(&Ok(())), "{results:?}");
+    assert!(
+        b.services()
+            .timeline
+            .pdu_json(&held_event)
+            .unwrap()
+            .is_some(),
+        "a soft-failed event is kept in the DAG"
+    );
+
+    // Bob's next message does not build on it, and neither it nor any sync shows it.
+    let next = b.say(&bob, &room, "after the soft-failed one").await;
+    assert!(
+        !prev_events_of(&b, &next).contains(&held_id),
+        "a soft-failed event became a forward extremity"
+    );
+    let sync = b
+        .get_ok(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            &bob,
+        )
+        .await;
+    let shown = message_bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
+    assert!(
+        shown.contains(&"after the soft-failed one".to_owned()),
+        "{sync}"
+    );
+    assert!(!shown.contains(&"said after the ban".to_owned()), "{sync}");
+    let texts = history(&b, &bob, &room).await;
+    assert!(
+        !texts.contains(&"said after the ban".to_owned()),
+        "{texts:?}"
+    );
+    let (status, _) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{held_id}"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a soft-failed event is served"
+    );
+}
+
+/// A state reset attempted by a malicious server. Bob (100) made Mallory of A a moderator
+/// who may change power levels, then demoted her; A sends a power-levels event of hers forked from before the demotion
+/// (everyone at 49), then a message of hers joining both forks. State resolution orders the
+/// more powerful sender's change first and checks hers against it: the demotion stands, her
+/// fork's levels never become the room's, and the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_power_levels_event_does_not_undo_a_demotion() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let mallory = a.register("mallory", "mallory-password-1").await;
+    let room = b
+        .create_room(&bob, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/join/{room}?via={}", b.server_name()),
+            Some(&mallory.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let levels_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/");
+    let mut levels = b.get_ok(&levels_path, &bob).await;
+    levels["users"][&mallory.user_id] = json!(50);
+    levels["events"]["m.room.power_levels"] = json!(50);
+    let (status, body) = b.put(&levels_path, Some(&bob.token), levels.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("A sees Mallory a moderator", || async {
+        a.get_ok(&levels_path, &mallory).await["users"][&mallory.user_id] == 50
+    })
+    .await;
+
+    // Her fork, made now (she may) and kept back.
+    let mut forked = levels.clone();
+    forked["users_default"] = json!(49);
+    let (fork_id, fork) = crafted_pdu(
+        &a,
+        &room,
+        &mallory.user_id,
+        ("m.room.power_levels", Some("")),
+        forked,
+        |_| {},
+    );
+    // Bob demotes her.
+    levels["users"]
+        .as_object_mut()
+        .unwrap()
+        .remove(&mallory.user_id);
+    let (status, body) = b.put(&levels_path, Some(&bob.token), levels.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let demotion_id = body["event_id"].as_str().unwrap().to_owned();
+    eventually("A sees the demotion", || async {
+        a.get_ok(&levels_path, &mallory).await["users"]
+            .get(&mallory.user_id)
+            .is_none()
+    })
+    .await;
+
+    let fork = serde_json::value::to_raw_value(&fork).unwrap();
+    let results = send_to(&a, &b, "the-fork", vec![fork]).await;
+    assert_eq!(
+        results.get(&EventId::parse(&fork_id).unwrap()),
+        Some(&Ok(())),
+        "{results:?}"
+    );
+    let depth = |id: &str| match b
+        .services()
+        .timeline
+        .pdu_json(&EventId::parse(id).unwrap())
+        .unwrap()
+        .expect("stored")["depth"]
+    {
+        CanonicalJsonValue::Integer(depth) => depth,
+        ref other => panic!("depth: {other:?}"),
+    };
+    let top = depth(&fork_id).max(depth(&demotion_id));
+    let (merge_id, merge) = crafted_event_with(
+        &a,
+        &room,
+        &mallory.user_id,
+        "joining the forks",
+        |pdu| {
+            pdu.insert(
+                "prev_events".into(),
+                CanonicalJsonValue::Array(vec![
+                    CanonicalJsonValue::String(fork_id.clone()),
+                    CanonicalJsonValue::String(demotion_id.clone()),
+                ]),
+            );
+            pdu.insert(
+                "depth".into(),
+                CanonicalJsonValue::Integer(top + ruma::Int::from(1u8)),
+            );
+        },
+        |_| {},
+    );
+    let results = send_to(&a, &b, "the-merge", vec![merge]).await;
+    assert_eq!(
+        results.get(&EventId::parse(&merge_id).unwrap()),
+        Some(&Ok(())),
+        "{results:?}"
+    );
+    // The merge went through resolution and is shown; the demotion stands.
+    b.wait_for_message(&bob, &room, "joining the forks").await;
+    let now = b.get_ok(&levels_path, &bob).await;
+    assert!(now["users"].get(&mallory.user_id).is_none(), "{now}");
+    assert_eq!(now["users_default"], 0, "the fork's levels won: {now}");
+    // Mallory, at 0, cannot set the room's state from A.
+    let (status, _) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(&mallory.token),
+            json!({ "topic": "mine now" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let _ = bob;
+}
+
+/// Events citing events that do not exist: 1,000 prev_events are refused as malformed before
+/// anything is fetched (at most 20, as ruma's format check and Synapse have it); 20 unknown
+/// ones cost B a bounded number of requests (one `/get_missing_events` round that finds
+/// nothing, `/state_ids` for each) and a refusal, and the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_citing_missing_events_cost_bounded_work() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    let made_up = |count: usize| {
+        CanonicalJsonValue::Array(
+            (0..count)
+                .map(|i| CanonicalJsonValue::String(format!("${i:0>43}")))
+                .collect(),
+        )
+    };
+    for (count, text) in [(1000, "a thousand parents"), (20, "twenty unknown parents")] {
+        let (id, pdu) = crafted_event_with(
+            &a,
+            &room,
+            &alice.user_id,
+            text,
+            |pdu| {
+                pdu.insert("prev_events".into(), made_up(count));
+            },
+            |_| {},
+        );
+        let results = send_to(&a, &b, text, vec![pdu]).await;
+        let id = EventId::parse(&id).unwrap();
+        assert!(
+            results.get(&id).is_none_or(|r| r.is_err()),
+            "{count} missing prev_events: {results:?}"
+        );
+        assert!(b.services().timeline.pdu_json(&id).unwrap().is_none());
+    }
+    a.say(&alice, &room, "the room goes on").await;
+    b.wait_for_message(&bob, &room, "the room goes on").await;
+    let texts = history(&b, &bob, &room).await;
+    assert!(!texts.iter().any(|t| t.contains("parents")), "{texts:?}");
+}
+
+/// A burst of joins: A sends the joins of 200 users B has never heard of, as a chain in four
+/// transactions of 50. B takes them all, counts them right, and its own user goes on talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_joins_is_taken_and_the_room_goes_on() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (_alice, bob, room) = shared_room(&a, &b).await;
+    let mut previous: Option<(String, ruma::Int)> = None;
+    let mut joins = Vec::new();
+    for i in 0..200 {
+        let user = format!("@spam{i}:{}", a.server_name());
+        let (id, pdu) = crafted_pdu(
+            &a,
+            &room,
+            &user,
+            ("m.room.member", Some(&user)),
+            json!({ "membership": "join" }),
+            |pdu| {
+                if let Some((prev, depth)) = &previous {
+                    pdu.insert(
+                        "prev_events".into(),
+                        CanonicalJsonValue::Array(vec![CanonicalJsonValue::String(prev.clone())]),
+                    );
+                    pdu.insert(
+                        "depth".into(),
+                        CanonicalJsonValue::Integer(*depth + ruma::Int::from(1u8)),
+                    );
+                }
+            },
+        );
+        let CanonicalJsonValue::Integer(depth) = pdu["depth"] else {
+            panic!("no depth");
+        };
+        previous = Some((id, depth));
+        joins.push(serde_json::value::to_raw_value(&pdu).unwrap());
+    }
+    for (n, transaction) in joins.chunks(50).enumerate() {
+        let results = send_to(&a, &b, &format!("joins-{n}"), transaction.to_vec()).await;
+        assert_eq!(results.len(), 50, "{results:?}");
+        assert!(results.values().all(|r| r.is_ok()), "{results:?}");
+    }
+    let members = b
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+            &bob,
+        )
+        .await;
+    assert_eq!(
+        members["joined"].as_object().unwrap().len(),
+        202,
+        "{members}"
+    );
+    b.say(&bob, &room, "still talking").await;
+    assert!(
+        history(&b, &bob, &room)
+            .await
+            .contains(&"still talking".to_owned())
+    );
 }
