@@ -11,31 +11,17 @@ Usage: power_cut_test.py CULVERT_BINARY DURABILITY CYCLES WORKDIR
 Prints one line per cycle and a summary; exits 1 if anything acknowledged was lost.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+
+from client import request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SENDERS = 8
-
-
-def request(base, method, path, token=None, body=None, timeout=10):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
 
 
 class Mount:
