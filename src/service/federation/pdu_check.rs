@@ -308,6 +308,85 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_version_1_event_id_that_does_not_parse_is_bad_json() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let v1 = RoomVersionId::V1;
+        let mut pdu = message(&services, &v1);
+        pdu.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String("no sigil".into()),
+        );
+        assert_eq!(
+            refused(&services, &v1, pdu).await,
+            (http::StatusCode::BAD_REQUEST, "M_BAD_JSON".to_owned())
+        );
+    }
+
+    /// `event_id_of` on its own: a PDU it cannot hash (no `type` to redact by) has no ID.
+    /// (Behind the format check no such PDU reaches it.)
+    #[test]
+    fn a_pdu_that_cannot_be_hashed_has_no_event_id() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V11;
+        let mut pdu = message(&services, &version);
+        pdu.insert("type".into(), CanonicalJsonValue::Integer(5u32.into()));
+        let error = event_id_of(&pdu, &version.rules().unwrap()).unwrap_err();
+        assert_eq!(
+            kind_of(&error),
+            (http::StatusCode::BAD_REQUEST, "M_BAD_JSON".to_owned())
+        );
+    }
+
+    /// A sender that is no user ID: whose servers must sign cannot be known.
+    #[tokio::test]
+    async fn a_sender_that_is_no_user_id_is_forbidden() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V10;
+        let mut pdu = message(&services, &version);
+        pdu.insert(
+            "sender".into(),
+            CanonicalJsonValue::String("alice-without-a-server".into()),
+        );
+        assert_eq!(
+            refused(&services, &version, pdu).await,
+            (http::StatusCode::FORBIDDEN, "M_FORBIDDEN".to_owned())
+        );
+    }
+
+    /// A PDU of another server's user, "signed" by that server with a key that cannot be
+    /// fetched (this test server does not federate): no key verifies it, so it is refused.
+    #[tokio::test]
+    async fn a_signature_whose_key_cannot_be_fetched_is_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let services = services(&dir);
+        let version = RoomVersionId::V10;
+        let mut pdu = message(&services, &version);
+        pdu.insert(
+            "sender".into(),
+            CanonicalJsonValue::String("@mallory:elsewhere.invalid".into()),
+        );
+        let CanonicalJsonValue::Object(signatures) = pdu.get_mut("signatures").unwrap() else {
+            unreachable!()
+        };
+        let mut theirs = CanonicalJsonObject::new();
+        theirs.insert(
+            "ed25519:gone".into(),
+            CanonicalJsonValue::String("A".repeat(86)),
+        );
+        signatures.insert(
+            "elsewhere.invalid".into(),
+            CanonicalJsonValue::Object(theirs),
+        );
+        assert_eq!(
+            refused(&services, &version, pdu).await,
+            (http::StatusCode::FORBIDDEN, "M_FORBIDDEN".to_owned())
+        );
+    }
+
     /// Generated JSON content as canonical JSON allows it: integers within ±(2^53 − 1), no
     /// floats, any Unicode in keys and strings, nested a few levels.
     fn content_strategy() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
