@@ -86,7 +86,10 @@ impl TlsListener {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.read().expect("TLS acceptor lock").clone();
+                let acceptor = acceptor
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone();
                 let done = done.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -131,7 +134,9 @@ fn reload_on_sighup(acceptor: Arc<RwLock<TlsAcceptor>>, config: TlsConfig) {
         while hangups.recv().await.is_some() {
             match load_server_config(&config) {
                 Ok(server) => {
-                    *acceptor.write().expect("TLS acceptor lock") =
+                    *acceptor
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) =
                         TlsAcceptor::from(Arc::new(server));
                     tracing::info!("SIGHUP: reloaded the TLS certificate");
                 }

@@ -114,7 +114,10 @@ impl Dns {
     }
 
     fn set_srv_target(&self, host: &str, target: Option<String>) {
-        let mut targets = self.srv_targets.write().expect("srv target lock");
+        let mut targets = self
+            .srv_targets
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match target {
             Some(target) if target != host => {
                 targets.insert(host.to_owned(), target);

@@ -63,17 +63,28 @@ impl<'a> Loader<'a> {
     }
 
     /// The event, or `None` if it is not stored (or unreadable: state resolution then ignores
-    /// it, as it ignores events it cannot verify).
+    /// it, as it ignores events it cannot verify; a storage or parse error is logged).
     fn get(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
         if let Some(pdu) = self.cache.borrow().get(event_id) {
             return pdu.clone();
         }
-        let pdu = self
-            .timeline
-            .pdu_json(event_id)
-            .ok()
-            .flatten()
-            .and_then(|json| Pdu::from_json(event_id.to_owned(), &json, self.rules).ok())
+        let json = match self.timeline.pdu_json(event_id) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(%event_id, "state resolution cannot read an event: {e}");
+                None
+            }
+        };
+        let pdu = json
+            .and_then(
+                |json| match Pdu::from_json(event_id.to_owned(), &json, self.rules) {
+                    Ok(pdu) => Some(pdu),
+                    Err(e) => {
+                        tracing::warn!(%event_id, "state resolution cannot parse an event: {e}");
+                        None
+                    }
+                },
+            )
             .map(Arc::new);
         self.cache
             .borrow_mut()

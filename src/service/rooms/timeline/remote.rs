@@ -618,11 +618,20 @@ impl Timeline {
         event_id: &EventId,
         rules: &ruma::room_version_rules::RoomVersionRules,
     ) -> bool {
-        let Ok(Some(json)) = self.pdu_json(event_id) else {
-            return false;
+        let json = match self.pdu_json(event_id) {
+            Ok(Some(json)) => json,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(%event_id, "cannot read a stored event to check it: {e}");
+                return false;
+            }
         };
-        let Ok(event) = Pdu::from_json(event_id.to_owned(), &json, rules) else {
-            return false;
+        let event = match Pdu::from_json(event_id.to_owned(), &json, rules) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(%event_id, "cannot parse a stored event to check it: {e}");
+                return false;
+            }
         };
         self.authorize_by_cited_auth_events(room_id, &event, &json, rules)
             .is_ok()
