@@ -1,14 +1,11 @@
 //! Application services: registration files, namespaces and exclusivity, `as_token`
-//! masquerading, transactions pushed in order and retried (also across restarts), the ping,
-//! user and alias queries, third-party lookups and timestamp massaging. The appservice is a
-//! small axum server inside the test.
+//! masquerading, transactions pushed in order and retried (also across restarts), ephemeral
+//! events and keys for encrypted bridges. The appservice is a small axum server inside the test
+//! (also used by `appservice_queries.rs`).
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use axum::{
@@ -23,7 +20,7 @@ use tempfile::TempDir;
 
 use crate::common::{Session, TestServer, assert_error, message_bodies, urlencode};
 
-const AS_TOKEN: &str = "fake-as-token";
+pub(crate) const AS_TOKEN: &str = "fake-as-token";
 const HS_TOKEN: &str = "fake-hs-token";
 
 /// One `PUT /transactions/{txnId}` the fake appservice received.
@@ -36,7 +33,7 @@ struct Attempt {
 }
 
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     attempts: Mutex<Vec<Attempt>>,
     /// Transactions still to refuse with a 500.
     fail_next: AtomicUsize,
@@ -44,8 +41,8 @@ struct Fake {
     down: AtomicBool,
     /// culvert's base URL, for the query handlers that register users and create rooms.
     culvert: Mutex<String>,
-    user_queries: Mutex<Vec<String>>,
-    pings: Mutex<Vec<Value>>,
+    pub(crate) user_queries: Mutex<Vec<String>>,
+    pub(crate) pings: Mutex<Vec<Value>>,
 }
 
 impl Fake {
@@ -178,7 +175,13 @@ async fn start_fake() -> (Arc<Fake>, String) {
     (fake, format!("http://{addr}"))
 }
 
-fn registration(id: &str, url: &str, as_token: &str, hs_token: &str, sender: &str) -> String {
+pub(crate) fn registration(
+    id: &str,
+    url: &str,
+    as_token: &str,
+    hs_token: &str,
+    sender: &str,
+) -> String {
     format!(
         r#"id: {id}
 url: {url}
@@ -202,13 +205,13 @@ org.matrix.msc3202: true
 }
 
 /// A culvert with the fake appservice registered (and any extra registration files).
-struct Setup {
-    server: TestServer,
-    fake: Arc<Fake>,
-    _dir: TempDir,
+pub(crate) struct Setup {
+    pub(crate) server: TestServer,
+    pub(crate) fake: Arc<Fake>,
+    pub(crate) _dir: TempDir,
 }
 
-async fn setup_with(extra_files: &[(&str, String)]) -> Setup {
+pub(crate) async fn setup_with(extra_files: &[(&str, String)]) -> Setup {
     let (fake, url) = start_fake().await;
     let dir = TempDir::new().unwrap();
     let mut paths = vec![dir.path().join("fake.yaml")];
@@ -239,7 +242,7 @@ async fn setup_with(extra_files: &[(&str, String)]) -> Setup {
     }
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     setup_with(&[]).await
 }
 
@@ -259,7 +262,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     crate::common::eventually(what, || std::future::ready(check())).await
 }
 
-fn as_user(path: &str, user: &str) -> String {
+pub(crate) fn as_user(path: &str, user: &str) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
     format!("{path}{sep}user_id={}", urlencode(user))
 }
@@ -742,7 +745,7 @@ async fn appservices_without_rate_limits_are_not_limited() {
 // ---- pushing transactions ----
 
 /// A room of alice's with the bridged user @irc_bob joined; returns (alice, room).
-async fn bridged_room(server: &TestServer) -> (Session, String) {
+pub(crate) async fn bridged_room(server: &TestServer) -> (Session, String) {
     let alice = server.register("alice", "pw-alice-1").await;
     let (status, body) = as_register(server, "irc_bob").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -1078,498 +1081,6 @@ async fn ephemeral_events_to_device_messages_and_key_counts_reach_the_bridge() {
             })
     })
     .await;
-}
-
-// ---- ping, queries, third-party lookups, timestamps ----
-
-#[tokio::test]
-async fn ping_reaches_the_appservice_or_says_why_not() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let Setup { server, fake, _dir } = setup_with(&[
-        (
-            "nourl.yaml",
-            registration("nourl", "null", "as-n", "hs-n", "nourlbot")
-                .replace("'@irc_.*:test\\.local'", "'@nourl_.*'")
-                .replace("'#irc_.*:test\\.local'", "'#nourl_.*'"),
-        ),
-        (
-            "down.yaml",
-            registration(
-                "down",
-                &format!("http://127.0.0.1:{closed}"),
-                "as-d",
-                "hs-d",
-                "downbot",
-            )
-            .replace("'@irc_.*:test\\.local'", "'@down_.*'")
-            .replace("'#irc_.*:test\\.local'", "'#down_.*'"),
-        ),
-    ])
-    .await;
-    let (status, body) = server
-        .post(
-            "/_matrix/client/v1/appservice/fake/ping",
-            Some(AS_TOKEN),
-            json!({ "transaction_id": "ping-1" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["duration_ms"].is_u64(), "{body}");
-    assert_eq!(fake.pings.lock().unwrap()[0]["transaction_id"], "ping-1");
-
-    let wrong_id = server
-        .post(
-            "/_matrix/client/v1/appservice/other/ping",
-            Some(AS_TOKEN),
-            json!({}),
-        )
-        .await;
-    assert_error(&wrong_id, StatusCode::FORBIDDEN, "M_FORBIDDEN");
-    let alice = server.register("alice", "pw-alice-1").await;
-    let not_as = server
-        .post(
-            "/_matrix/client/v1/appservice/fake/ping",
-            Some(&alice.token),
-            json!({}),
-        )
-        .await;
-    assert_error(&not_as, StatusCode::FORBIDDEN, "M_FORBIDDEN");
-    let no_url = server
-        .post(
-            "/_matrix/client/v1/appservice/nourl/ping",
-            Some("as-n"),
-            json!({}),
-        )
-        .await;
-    assert_error(&no_url, StatusCode::BAD_REQUEST, "M_URL_NOT_SET");
-    let down = server
-        .post(
-            "/_matrix/client/v1/appservice/down/ping",
-            Some("as-d"),
-            json!({}),
-        )
-        .await;
-    assert_error(&down, StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED");
-    // A user query to an appservice that does not answer: 408, as the spec says.
-    let timeout = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/profile/{}",
-                urlencode("@down_someone:test.local")
-            ),
-            Some(&alice.token),
-        )
-        .await;
-    assert_error(&timeout, StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN");
-}
-
-#[tokio::test]
-async fn unknown_users_and_aliases_in_a_namespace_are_asked_for() {
-    let Setup { server, fake, _dir } = setup().await;
-    let alice = server.register("alice", "pw-alice-1").await;
-    // A profile lookup of a ghost the bridge has not created yet: it is asked, creates it.
-    let profile = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/profile/{}",
-                urlencode("@irc_newbie:test.local")
-            ),
-            Some(&alice.token),
-        )
-        .await;
-    assert_eq!(profile.0, StatusCode::OK, "{}", profile.1);
-    assert_eq!(
-        fake.user_queries.lock().unwrap().as_slice(),
-        ["@irc_newbie:test.local"]
-    );
-    // Inviting one at room creation works the same way.
-    let room = server
-        .create_room(&alice, json!({ "invite": ["@irc_newcomer:test.local"] }))
-        .await;
-    assert!(!room.is_empty());
-    // A user the bridge does not know stays unknown.
-    let unknown = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/profile/{}",
-                urlencode("@irc_ghost:test.local")
-            ),
-            Some(&alice.token),
-        )
-        .await;
-    assert_error(&unknown, StatusCode::NOT_FOUND, "M_NOT_FOUND");
-    // Users outside every namespace are never asked about.
-    let before = fake.user_queries.lock().unwrap().len();
-    let _ = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/profile/{}",
-                urlencode("@nobody:test.local")
-            ),
-            Some(&alice.token),
-        )
-        .await;
-    assert_eq!(fake.user_queries.lock().unwrap().len(), before);
-
-    // An unknown alias in the namespace: the bridge creates the room, then it resolves.
-    let alias = urlencode("#irc_lobby:test.local");
-    let (status, body) = server
-        .get(
-            &format!("/_matrix/client/v3/directory/room/{alias}"),
-            Some(&alice.token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["room_id"].is_string());
-    // And joining by an alias works too.
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/join/{alias}"),
-            Some(&alice.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let missing = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/directory/room/{}",
-                urlencode("#elsewhere:test.local")
-            ),
-            Some(&alice.token),
-        )
-        .await;
-    assert_error(&missing, StatusCode::NOT_FOUND, "M_NOT_FOUND");
-}
-
-#[tokio::test]
-async fn third_party_lookups_go_to_the_appservice_of_the_protocol() {
-    let Setup { server, _dir, .. } = setup().await;
-    let alice = server.register("alice", "pw-alice-1").await;
-    let protocols = server
-        .get_ok("/_matrix/client/v3/thirdparty/protocols", &alice)
-        .await;
-    let irc = &protocols["irc"];
-    assert_eq!(irc["icon"], "mxc://example.org/irc", "{protocols}");
-    assert_eq!(irc["instances"][0]["network_id"], "libera");
-    assert!(irc["instances"][0]["instance_id"].is_string());
-    let one = server
-        .get_ok("/_matrix/client/v3/thirdparty/protocol/irc", &alice)
-        .await;
-    assert_eq!(one["user_fields"][1], "nickname");
-    let unknown = server
-        .get(
-            "/_matrix/client/v3/thirdparty/protocol/xmpp",
-            Some(&alice.token),
-        )
-        .await;
-    assert_error(&unknown, StatusCode::NOT_FOUND, "M_NOT_FOUND");
-    let users = server
-        .get_ok(
-            "/_matrix/client/v3/thirdparty/user/irc?nickname=alice",
-            &alice,
-        )
-        .await;
-    assert_eq!(users[0]["userid"], "@irc_alice:test.local", "{users}");
-    let none = server
-        .get(
-            "/_matrix/client/v3/thirdparty/location/irc?channel=%23x",
-            Some(&alice.token),
-        )
-        .await;
-    assert_error(&none, StatusCode::NOT_FOUND, "M_NOT_FOUND");
-}
-
-#[tokio::test]
-async fn appservices_may_date_their_events_and_publish_rooms_per_network() {
-    let Setup { server, _dir, .. } = setup().await;
-    let (alice, room) = bridged_room(&server).await;
-    let (status, body) = server
-        .put(
-            &format!(
-                "{}&ts=1234567890",
-                as_user(
-                    &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/old1"),
-                    "@irc_bob:test.local"
-                )
-            ),
-            Some(AS_TOKEN),
-            json!({ "msgtype": "m.text", "body": "from the past" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let event_id = body["event_id"].as_str().unwrap();
-    let event = server
-        .get_ok(
-            &format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"),
-            &alice,
-        )
-        .await;
-    assert_eq!(event["origin_server_ts"], 1234567890);
-    // State events too (in a room of the appservice's sender).
-    let (status, body) = server
-        .post("/_matrix/client/v3/createRoom", Some(AS_TOKEN), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let own = body["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = server
-        .put(
-            &format!("/_matrix/client/v3/rooms/{own}/state/m.room.topic/?ts=1234"),
-            Some(AS_TOKEN),
-            json!({ "topic": "old topic" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, event) = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{own}/event/{}",
-                body["event_id"].as_str().unwrap()
-            ),
-            Some(AS_TOKEN),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{event}");
-    assert_eq!(event["origin_server_ts"], 1234);
-    // A normal user's `ts` is ignored.
-    let (status, body) = server
-        .put(
-            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n1?ts=1234"),
-            Some(&alice.token),
-            json!({ "msgtype": "m.text", "body": "now" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let event_id = body["event_id"].as_str().unwrap();
-    let event = server
-        .get_ok(
-            &format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"),
-            &alice,
-        )
-        .await;
-    assert!(event["origin_server_ts"].as_u64().unwrap() > 1_600_000_000_000);
-
-    // The per-network room directory: appservices only.
-    let path = format!("/_matrix/client/v3/directory/list/appservice/libera/{room}");
-    let refused = server
-        .put(&path, Some(&alice.token), json!({ "visibility": "public" }))
-        .await;
-    assert_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN");
-    let (status, body) = server
-        .put(&path, Some(AS_TOKEN), json!({ "visibility": "public" }))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let public = server
-        .get_ok("/_matrix/client/v3/publicRooms", &alice)
-        .await;
-    assert!(
-        public["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["room_id"] == room.as_str()),
-        "{public}"
-    );
-}
-
-// ---- a real bridge framework: mautrix-python ----
-
-/// The Python with mautrix installed: `NIO_PYTHON` (the test virtualenv of `scripts/test`,
-/// which installs tests/clients/requirements.txt).
-fn mautrix_python() -> Option<std::path::PathBuf> {
-    let candidate = std::env::var_os("NIO_PYTHON").map(std::path::PathBuf::from)?;
-    let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import mautrix.appservice"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    ok.then_some(candidate)
-}
-
-/// The bridge process and its stdout lines.
-struct Bridge {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    log: std::path::PathBuf,
-}
-
-impl Bridge {
-    /// Waits (30 s at most) for a stdout line starting with `prefix`.
-    async fn expect(&mut self, prefix: &str) -> String {
-        let wait = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = self.lines.next_line().await {
-                if line.starts_with(prefix) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match wait {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "the bridge never said {prefix:?}; its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            ),
-        }
-    }
-}
-
-/// Waits (30 s at most) until `who`'s `/sync` shows a message with `body` from `sender` in
-/// `room`; returns that event.
-async fn sync_until_message(
-    server: &TestServer,
-    who: &Session,
-    room: &str,
-    sender: &str,
-    body: &str,
-) -> Value {
-    let mut since: Option<String> = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline {
-        let path = match &since {
-            Some(s) => format!("/_matrix/client/v3/sync?timeout=2000&since={s}"),
-            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
-        };
-        let response = server.get_ok(&path, who).await;
-        if let Some(events) = response["rooms"]["join"][room]["timeline"]["events"].as_array()
-            && let Some(event) = events
-                .iter()
-                .find(|e| e["sender"] == sender && e["content"]["body"] == body)
-        {
-            return event.clone();
-        }
-        since = response["next_batch"].as_str().map(str::to_owned);
-    }
-    panic!(
-        "{body:?} from {sender} never reached {}'s sync",
-        who.user_id
-    );
-}
-
-/// The acceptance scenario with a framework written elsewhere: mautrix-python's AppService runs
-/// an echo bridge (tests/clients/mautrix_bridge.py). It registers its bot and ghost, the ghost
-/// joins when a Matrix user invites it, the user's messages reach the bridge in transactions and
-/// the ghost's answers (masqueraded, timestamp-massaged) reach the user's `/sync`; after culvert
-/// restarts, the conversation goes on.
-#[tokio::test]
-async fn a_mautrix_bridge_talks_both_ways_and_survives_a_restart() {
-    let Some(python) = mautrix_python() else {
-        crate::common::skip(
-            Some("REQUIRE_REAL_CLIENTS"),
-            "set NIO_PYTHON to a Python with mautrix installed (see scripts/test)",
-        );
-        return;
-    };
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let dir = TempDir::new().unwrap();
-    let registration_path = dir.path().join("echo.yaml");
-    std::fs::write(
-        &registration_path,
-        format!(
-            r#"id: echo
-url: http://127.0.0.1:{port}
-as_token: echo-as-token-0123
-hs_token: echo-hs-token-4567
-sender_localpart: echobot
-namespaces:
-  users:
-    - exclusive: true
-      regex: '@echo_.*:test\.local'
-  aliases: []
-  rooms: []
-rate_limited: false
-de.sorunome.msc2409.push_ephemeral: true
-receive_ephemeral: true
-"#
-        ),
-    )
-    .unwrap();
-    let server = TestServer::start_with(&format!(
-        "rate_limits = {{ enabled = false }}\napp_service_config_files = [{:?}]",
-        registration_path.display().to_string()
-    ))
-    .await;
-
-    let log = dir.path().join("bridge.log");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/mautrix_bridge.py"
-    );
-    let mut child = tokio::process::Command::new(python)
-        .current_dir(dir.path())
-        .arg(script)
-        .args(["--homeserver", &server.base, "--domain", "test.local"])
-        .args(["--port", &port.to_string()])
-        .args([
-            "--as-token",
-            "echo-as-token-0123",
-            "--hs-token",
-            "echo-hs-token-4567",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    let stdout = child.stdout.take().unwrap();
-    let mut bridge = Bridge {
-        child,
-        lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
-        log,
-    };
-    bridge.expect("bridge: ready").await;
-    // The bridge registered its ghost with m.login.application_service.
-    let ghost = "@echo_ghost:test.local";
-    let profile = server
-        .get(
-            &format!("/_matrix/client/v3/profile/{}", urlencode(ghost)),
-            None,
-        )
-        .await;
-    assert_eq!(profile.1["displayname"], "Echo Ghost", "{}", profile.1);
-
-    // A Matrix user invites the ghost; the bridge sees the invite and the ghost joins.
-    let alice = server.register("alice", "pw-alice-1").await;
-    let room = server
-        .create_room(&alice, json!({ "invite": [ghost], "is_direct": true }))
-        .await;
-    bridge.expect(&format!("bridge: joined {room}")).await;
-
-    // Both ways: the user's message reaches the bridge, the ghost's answer reaches the user.
-    server.say(&alice, &room, "hello bridge").await;
-    bridge.expect("bridge: got hello bridge").await;
-    let echo = sync_until_message(&server, &alice, &room, ghost, "echo: hello bridge").await;
-    let ts = echo["origin_server_ts"].as_u64().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    assert!(
-        ts < now - 500,
-        "the bridge's massaged timestamp was kept: {echo}"
-    );
-
-    // culvert restarts (same address); the bridge keeps going.
-    let server = server.restart_same_port().await;
-    server.say(&alice, &room, "after restart").await;
-    bridge.expect("bridge: got after restart").await;
-    sync_until_message(&server, &alice, &room, ghost, "echo: after restart").await;
-
-    // Closing stdin ends the bridge.
-    drop(bridge.child.stdin.take());
-    let status = tokio::time::timeout(Duration::from_secs(15), bridge.child.wait())
-        .await
-        .expect("the bridge exits")
-        .unwrap();
-    assert!(status.success(), "bridge exit: {status}");
 }
 
 /// A message of a bridged user (sent through the appservice) reaches a sliding-sync client and

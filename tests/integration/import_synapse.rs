@@ -21,7 +21,8 @@ use crate::{
         run_culvert as culvert, skip, test_config, timeline_has, urlencode,
     },
     e2ee::{CrossSigning, device_keys_with_pair, one_time_keys, signed},
-    synapse::{self, Synapse, download_media, upload_media},
+    synapse::{self, Synapse},
+    synapse_media_and_rooms::{download_media, upload_media},
 };
 
 const PASSWORD: &str = "synapse-password-1";

@@ -2,8 +2,11 @@
 
 mod account;
 mod admin_api;
+mod admin_purge;
 mod admin_room;
 mod appservice;
+mod appservice_mautrix;
+mod appservice_queries;
 mod backup;
 mod bench_tool;
 mod cli;
@@ -16,6 +19,7 @@ mod devices;
 mod directory;
 mod e2ee;
 mod e2ee_backup;
+mod e2ee_cross_signing;
 mod ephemeral;
 mod federation;
 mod federation_attack;
@@ -53,6 +57,8 @@ mod sliding_sync;
 mod spaces;
 mod spec_endpoints;
 mod synapse;
+mod synapse_media_and_rooms;
+mod synapse_restarts;
 mod sync;
 mod thread_subscriptions;
 mod voip;
