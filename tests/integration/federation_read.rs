@@ -767,6 +767,33 @@ async fn a_server_acl_shuts_out_the_denied_server() {
         .await
         .unwrap_err();
     assert_eq!(error.status(), Some(StatusCode::FORBIDDEN));
+
+    // Lifted, the ACL lets B's next message in, and it is shown; the refused one never is.
+    let (status, body) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/"),
+            Some(&alice.token),
+            json!({ "allow": ["*"], "deny": [], "allow_ip_literals": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (allowed_id, allowed) =
+        crate::federation::crafted_event(&b, &room, &bob.user_id, "once allowed", |_| {});
+    let results = crate::federation::send_to(&b, &a, "once-allowed", vec![allowed]).await;
+    assert_eq!(
+        results.get(&EventId::parse(&allowed_id).unwrap()),
+        Some(&Ok(())),
+        "{results:?}"
+    );
+    a.wait_for_message(&alice, &room, "once allowed").await;
+    let body = a
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"),
+            &alice,
+        )
+        .await;
+    let bodies = crate::common::message_bodies(&body["chunk"]);
+    assert!(!bodies.contains(&"after the ACL".to_owned()), "{bodies:?}");
 }
 
 fn edu(value: Value) -> ruma::serde::Raw<ruma::api::federation::transactions::edu::Edu> {
