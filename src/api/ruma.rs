@@ -547,10 +547,14 @@ pub trait RouterExt {
         R::PathBuilder: AllPaths,
         H: Handler<X, State>,
         X: 'static;
+
+    /// `Router::route` for a route that is no ruma endpoint (the admin API, media, discovery),
+    /// recorded like [`RouterExt::ruma_route`]'s with the method `*`.
+    fn plain_route(self, path: &str, methods: axum::routing::MethodRouter<State>) -> Self;
 }
 
-/// Every `(method, path)` mounted through [`RouterExt::ruma_route`], for tests that try each
-/// one with bad input.
+/// Every `(method, path)` mounted through [`RouterExt`] (`*` for a plain route, which may
+/// answer several methods), for tests that try each one with bad input.
 static MOUNTED: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
@@ -588,5 +592,13 @@ impl RouterExt for Router<State> {
             }
         }
         self
+    }
+
+    fn plain_route(self, path: &str, methods: axum::routing::MethodRouter<State>) -> Self {
+        MOUNTED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(("*".to_owned(), path.to_owned()));
+        self.route(path, methods)
     }
 }

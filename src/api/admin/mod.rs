@@ -25,7 +25,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{
     Error, Result,
-    api::ruma::{State, access_token, read_body},
+    api::ruma::{RouterExt, State, access_token, read_body},
 };
 
 pub fn routes(router: Router<State>) -> Router<State> {
@@ -58,218 +58,218 @@ fn admin_routes() -> Router<State> {
     const V1: &str = "/_synapse/admin/v1";
     const V2: &str = "/_synapse/admin/v2";
     Router::new()
-        .route(&format!("{V1}/server_version"), get(users::server_version))
-        .route(&format!("{V2}/users"), get(users::list_v2))
-        .route("/_synapse/admin/v3/users", get(users::list_v3))
-        .route(
+        .plain_route(&format!("{V1}/server_version"), get(users::server_version))
+        .plain_route(&format!("{V2}/users"), get(users::list_v2))
+        .plain_route("/_synapse/admin/v3/users", get(users::list_v3))
+        .plain_route(
             &format!("{V2}/users/{{user_id}}"),
             get(users::get_account).put(users::put_account),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/admin"),
             get(users::get_admin).put(users::put_admin),
         )
-        .route(&format!("{V1}/whois/{{user_id}}"), get(users::whois))
-        .route(
+        .plain_route(&format!("{V1}/whois/{{user_id}}"), get(users::whois))
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/joined_rooms"),
             get(users::joined_rooms),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/memberships"),
             get(users::memberships),
         )
-        .route(
+        .plain_route(
             &format!("{V2}/users/{{user_id}}/devices"),
             get(users::devices).post(users::create_device),
         )
-        .route(
+        .plain_route(
             &format!("{V2}/users/{{user_id}}/devices/{{device_id}}"),
             get(users::device)
                 .put(users::rename_device)
                 .delete(users::delete_device),
         )
-        .route(
+        .plain_route(
             &format!("{V2}/users/{{user_id}}/delete_devices"),
             post(users::delete_devices),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/accountdata"),
             get(users::account_data),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/pushers"),
             get(users::pushers),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/username_available"),
             get(users::username_available),
         )
-        .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
-        .route(
+        .plain_route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/login"),
             post(users::login_as),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/override_ratelimit"),
             get(users::override_ratelimit)
                 .post(users::override_ratelimit)
                 .delete(users::override_ratelimit),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/send_server_notice"),
             post(users::send_server_notice),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/send_server_notice/{{txn_id}}"),
             put(users::send_server_notice_txn),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/shadow_ban"),
             post(users::shadow_ban).delete(users::shadow_ban),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/reset_password/{{user_id}}"),
             post(users::reset_password),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/deactivate/{{user_id}}"),
             post(users::deactivate),
         )
-        .route(&format!("{V1}/rooms"), get(rooms::list))
-        .route(
+        .plain_route(&format!("{V1}/rooms"), get(rooms::list))
+        .plain_route(
             &format!("{V1}/rooms/{{room_id}}"),
             get(rooms::details).delete(rooms::delete_now),
         )
-        .route(
+        .plain_route(
             &format!("{V2}/rooms/{{room_id}}"),
             delete(rooms::delete_in_background),
         )
-        .route(
+        .plain_route(
             &format!("{V2}/rooms/{{room_id}}/delete_status"),
             get(rooms::delete_status_of_room),
         )
-        .route(
+        .plain_route(
             &format!("{V2}/rooms/delete_status/{{delete_id}}"),
             get(rooms::delete_status),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/rooms/{{room_id}}/members"),
             get(rooms::members),
         )
-        .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
-        .route(
+        .plain_route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
+        .plain_route(
             &format!("{V1}/purge_history/{{room_id}}"),
             post(rooms::purge_history),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/purge_history/{{room_id}}/{{event_id}}"),
             post(rooms::purge_history_to_event),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/purge_history_status/{{purge_id}}"),
             get(rooms::purge_history_status),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/rooms/{{room_id}}/messages"),
             get(rooms::messages),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/rooms/{{room_id}}/make_room_admin"),
             post(rooms::make_room_admin),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/rooms/{{room_id}}/block"),
             get(rooms::get_block).put(rooms::put_block),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/registration_tokens"),
             get(registration_tokens::list),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/registration_tokens/new"),
             post(registration_tokens::create),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/registration_tokens/{{token}}"),
             get(registration_tokens::get)
                 .put(registration_tokens::update)
                 .delete(registration_tokens::delete),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/media/{{server_name}}/{{media_id}}"),
             get(media::info).delete(media::delete),
         )
-        .route(&format!("{V1}/media/delete"), post(media::delete_old))
-        .route(
+        .plain_route(&format!("{V1}/media/delete"), post(media::delete_old))
+        .plain_route(
             &format!("{V1}/media/{{server_name}}/delete"),
             post(media::delete_old),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/media/quarantine/{{server_name}}/{{media_id}}"),
             post(media::quarantine),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/media/unquarantine/{{server_name}}/{{media_id}}"),
             post(media::unquarantine),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/media/protect/{{media_id}}"),
             post(media::protect),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/media/unprotect/{{media_id}}"),
             post(media::unprotect),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/purge_media_cache"),
             post(media::purge_remote),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/statistics/users/media"),
             get(media::statistics),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/users/{{user_id}}/media"),
             get(media::user_media).delete(media::delete_user_media),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/room/{{room_id}}/media"),
             get(media::room_media),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/room/{{room_id}}/media/quarantine"),
             post(media::quarantine_room_media),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/quarantine_media/{{room_id}}"),
             post(media::quarantine_room_media),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/user/{{user_id}}/media/quarantine"),
             post(media::quarantine_user_media),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/federation/destinations"),
             get(federation::list),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/federation/destinations/{{destination}}"),
             get(federation::one),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/federation/destinations/{{destination}}/rooms"),
             get(federation::rooms),
         )
-        .route(
+        .plain_route(
             &format!("{V1}/federation/destinations/{{destination}}/reset_connection"),
             post(federation::reset_connection),
         )
-        .route(
+        .plain_route(
             "/_culvert/admin/v1/backups",
             get(backups::list).post(backups::create),
         )
-        .route(&format!("{V1}/event_reports"), get(rooms::event_reports))
-        .route(
+        .plain_route(&format!("{V1}/event_reports"), get(rooms::event_reports))
+        .plain_route(
             &format!("{V1}/event_reports/{{id}}"),
             get(rooms::event_report_details).delete(rooms::delete_event_report),
         )

@@ -16,7 +16,7 @@ use ruma::{
 
 use crate::{
     Error, Result,
-    api::ruma::{Ruma, RumaResponse, State},
+    api::ruma::{RouterExt, Ruma, RumaResponse, State},
     service::rooms::SUPPORTED_ROOM_VERSIONS,
 };
 
@@ -115,7 +115,7 @@ pub async fn rtc_transports(
 /// too: the server's contacts and support page, 404 while none is configured.
 pub fn well_known_server(router: Router<State>) -> Router<State> {
     router
-        .route(
+        .plain_route(
             "/.well-known/matrix/support",
             get(
                 |extract::State(services): extract::State<State>| async move {
@@ -131,7 +131,7 @@ pub fn well_known_server(router: Router<State>) -> Router<State> {
                 },
             ),
         )
-        .route(
+        .plain_route(
             "/.well-known/matrix/server",
             get(
                 |extract::State(services): extract::State<State>| async move {

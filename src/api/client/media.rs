@@ -20,7 +20,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::{
     Error, Result,
-    api::ruma::{State, access_token},
+    api::ruma::{RouterExt, State, access_token},
     service::media::Method,
 };
 
@@ -65,49 +65,49 @@ pub fn routes() -> Router<State> {
     let download = get(download_authenticated);
     let legacy_download = get(download_legacy);
     let mut router = Router::new()
-        .route("/_matrix/media/v1/create", post(create))
-        .route("/_matrix/client/v1/media/config", get(config))
-        .route("/_matrix/client/v1/media/preview_url", get(preview_url))
-        .route(
+        .plain_route("/_matrix/media/v1/create", post(create))
+        .plain_route("/_matrix/client/v1/media/config", get(config))
+        .plain_route("/_matrix/client/v1/media/preview_url", get(preview_url))
+        .plain_route(
             "/_matrix/client/v1/media/download/{server}/{media_id}",
             download.clone(),
         )
         // matrix-nio asks with a trailing slash when it names no file.
-        .route(
+        .plain_route(
             "/_matrix/client/v1/media/download/{server}/{media_id}/",
             download.clone(),
         )
-        .route(
+        .plain_route(
             "/_matrix/client/v1/media/download/{server}/{media_id}/{filename}",
             download,
         )
-        .route(
+        .plain_route(
             "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
             get(thumbnail_authenticated),
         );
     for version in ["v3", "r0"] {
         let base = format!("/_matrix/media/{version}");
         router = router
-            .route(&format!("{base}/upload"), post(upload))
-            .route(
+            .plain_route(&format!("{base}/upload"), post(upload))
+            .plain_route(
                 &format!("{base}/upload/{{server}}/{{media_id}}"),
                 put(upload_to),
             )
-            .route(&format!("{base}/config"), get(config))
-            .route(&format!("{base}/preview_url"), get(preview_url))
-            .route(
+            .plain_route(&format!("{base}/config"), get(config))
+            .plain_route(&format!("{base}/preview_url"), get(preview_url))
+            .plain_route(
                 &format!("{base}/download/{{server}}/{{media_id}}"),
                 legacy_download.clone(),
             )
-            .route(
+            .plain_route(
                 &format!("{base}/download/{{server}}/{{media_id}}/"),
                 legacy_download.clone(),
             )
-            .route(
+            .plain_route(
                 &format!("{base}/download/{{server}}/{{media_id}}/{{filename}}"),
                 legacy_download.clone(),
             )
-            .route(
+            .plain_route(
                 &format!("{base}/thumbnail/{{server}}/{{media_id}}"),
                 get(thumbnail_legacy),
             );

@@ -58,7 +58,7 @@ pub fn routes(router: Router<State>) -> Router<State> {
         )
         .ruma_route::<c::voip::get_turn_server_info::v3::Request, _, _>(voip::turn_server)
         .ruma_route::<c::rtc::transports::v1::Request, _, _>(discovery::rtc_transports)
-        .route(
+        .plain_route(
             "/_matrix/client/v1/rtc/transports",
             axum::routing::get(discovery::rtc_transports),
         )
