@@ -22,7 +22,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -399,7 +399,7 @@ impl Services {
         let joined = self
             .members
             .membership(event.room_id, user_id)?
-            .is_some_and(|m| m.membership == "join");
+            .is_some_and(|m| m.membership == MembershipState::Join);
         if !joined {
             return Err(Error::forbidden("You are not in this room."));
         }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value, json};
 
 use crate::{
@@ -166,7 +166,7 @@ impl Services {
                 if own_change(&room_id)? {
                     // Joined: every member is new to the client; left: maybe none is shared.
                     for (member, state) in self.members.of_room(&room_id)? {
-                        if state == "join" && member != user_id {
+                        if state == MembershipState::Join && member != user_id {
                             if joined {
                                 joined_now.insert(member);
                             } else {
@@ -255,8 +255,8 @@ impl Services {
                 continue;
             }
             let own_change = membership.count > since && membership.count <= upto;
-            match membership.membership.as_str() {
-                "join" => {
+            match membership.membership {
+                MembershipState::Join => {
                     for (member, state) in self.members.of_room(&room_id)? {
                         if member == user_id {
                             continue;
@@ -269,16 +269,16 @@ impl Services {
                         if !moved {
                             continue;
                         }
-                        if state == "join" {
+                        if state == MembershipState::Join {
                             joined_now.insert(member);
                         } else if !own_change {
                             left_candidates.insert(member);
                         }
                     }
                 }
-                "leave" | "ban" if own_change => {
+                MembershipState::Leave | MembershipState::Ban if own_change => {
                     for (member, state) in self.members.of_room(&room_id)? {
-                        if state == "join" && member != user_id {
+                        if state == MembershipState::Join && member != user_id {
                             left_candidates.insert(member);
                         }
                     }
@@ -313,7 +313,7 @@ impl Services {
                         .members
                         .rooms_of(user_id)?
                         .into_iter()
-                        .filter(|(_, m)| m.membership == "join")
+                        .filter(|(_, m)| m.membership == MembershipState::Join)
                         .map(|(room_id, _)| room_id)
                         .collect(),
                 );

@@ -13,7 +13,10 @@ use std::{
     sync::Mutex,
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, UserId, presence::PresenceState};
+use ruma::{
+    OwnedRoomId, OwnedUserId, UserId, events::room::member::MembershipState,
+    presence::PresenceState,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -267,7 +270,7 @@ impl Services {
             .members
             .rooms_of(user_id)?
             .into_iter()
-            .filter(|(_, m)| m.membership == "join")
+            .filter(|(_, m)| m.membership == MembershipState::Join)
             .map(|(room_id, _)| room_id)
             .collect())
     }
@@ -278,7 +281,7 @@ impl Services {
             if self
                 .members
                 .membership(room_id, target)?
-                .is_some_and(|m| m.membership == "join")
+                .is_some_and(|m| m.membership == MembershipState::Join)
             {
                 return Ok(true);
             }
@@ -309,7 +312,7 @@ impl Services {
                 seen.insert(user_id.to_owned());
                 for room_id in self.joined_rooms(user_id)? {
                     for (member, m) in self.members.of_room(&room_id)? {
-                        if m == "join" {
+                        if m == MembershipState::Join {
                             seen.insert(member);
                         }
                     }

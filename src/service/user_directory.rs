@@ -8,7 +8,10 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::room::member::MembershipState,
+};
 
 use crate::{
     Error, Result,
@@ -125,7 +128,7 @@ impl Services {
             .members
             .rooms_of(searcher)?
             .into_iter()
-            .filter(|(_, m)| m.membership == "join")
+            .filter(|(_, m)| m.membership == MembershipState::Join)
             .map(|(room_id, _)| room_id)
             .collect();
         for item in self.store.scan_prefix(Cf::PublicJoinRooms, b"") {
@@ -139,7 +142,7 @@ impl Services {
         let mut candidates: BTreeSet<OwnedUserId> = BTreeSet::new();
         for room_id in &rooms {
             for (user_id, membership) in self.members.of_room(room_id)? {
-                if membership == "join" {
+                if membership == MembershipState::Join {
                     candidates.insert(user_id);
                 }
             }

@@ -73,7 +73,7 @@ async fn membership(server: &TestServer, room: &str, user: &Session) -> Option<S
         .members
         .membership(&room_id, &user_id)
         .unwrap()
-        .map(|m| m.membership)
+        .map(|m| m.membership.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -768,8 +768,7 @@ async fn invites_state_redactions_kicks_and_bans_cross_both_ways() {
                 &ruma::UserId::parse(&alice.user_id).unwrap(),
             )
             .unwrap()
-            .as_deref()
-            == Some("ban")
+            == Some(ruma::events::room::member::MembershipState::Ban)
     })
     .await;
 

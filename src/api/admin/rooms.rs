@@ -5,7 +5,7 @@ use axum::{
     Json,
     extract::{self, Path},
 };
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -106,7 +106,7 @@ pub async fn details(
     body["forgotten"] = json!(false);
     let mut devices = 0;
     for (user, membership) in services.members.of_room(&d.room_id)? {
-        if membership == "join" && user.server_name() == services.server_name {
+        if membership == MembershipState::Join && user.server_name() == services.server_name {
             devices += services.devices.list(&user)?.len();
         }
     }
@@ -125,7 +125,7 @@ pub async fn members(
         .members
         .of_room(&room.description.room_id)?
         .into_iter()
-        .filter(|(_, membership)| membership == "join")
+        .filter(|(_, membership)| *membership == MembershipState::Join)
         .map(|(user, _)| user.to_string())
         .collect();
     Ok(Json(json!({ "total": members.len(), "members": members })))

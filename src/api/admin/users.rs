@@ -7,7 +7,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedUserId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -294,7 +294,7 @@ pub async fn joined_rooms(
         .members
         .rooms_of(&user_id)?
         .into_iter()
-        .filter(|(_, m)| m.membership == "join")
+        .filter(|(_, m)| m.membership == MembershipState::Join)
         .map(|(room_id, _)| room_id.to_string())
         .collect();
     Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))

@@ -17,6 +17,7 @@ use ruma::{
         room::{Visibility, aliases::v3 as aliases_v3, get_summary::v1 as summary_v1},
     },
     directory::RoomNetwork,
+    events::room::member::MembershipState,
 };
 use serde_json::{Value, json};
 
@@ -32,7 +33,7 @@ pub async fn create_alias(
 ) -> Result<RumaResponse<create_v3::Response>> {
     let body = &request.body;
     let membership = services.members.membership(&body.room_id, request.user())?;
-    if membership.is_none_or(|m| m.membership != "join") {
+    if membership.is_none_or(|m| m.membership != MembershipState::Join) {
         return Err(Error::forbidden(
             "You must be in the room to give it an alias.",
         ));

@@ -11,6 +11,7 @@ use ruma::{
         joined_rooms::v3 as joined_rooms_v3, kick_user::v3 as kick_v3, leave_room::v3 as leave_v3,
         unban_user::v3 as unban_v3,
     },
+    events::room::member::MembershipState,
 };
 
 use crate::{
@@ -65,7 +66,13 @@ pub async fn leave(
     let user = request.user();
     let room_id = &request.body.room_id;
     services
-        .set_membership(room_id, user, user, "leave", request.body.reason.as_deref())
+        .set_membership(
+            room_id,
+            user,
+            user,
+            MembershipState::Leave,
+            request.body.reason.as_deref(),
+        )
         .await?;
     Ok(RumaResponse(leave_v3::Response::new()))
 }
@@ -95,7 +102,7 @@ pub async fn invite(
             room_id,
             request.user(),
             &recipient.user_id,
-            "invite",
+            MembershipState::Invite,
             reason,
         )
         .await?;
@@ -111,7 +118,9 @@ pub async fn kick(
     let current = services
         .members
         .member_state(&body.room_id, &body.user_id)?;
-    if !current.is_some_and(|m| m == "join" || m == "invite" || m == "knock") {
+    if !current.is_some_and(|m| {
+        m == MembershipState::Join || m == MembershipState::Invite || m == MembershipState::Knock
+    }) {
         return Err(Error::forbidden("That user is not in the room."));
     }
     services
@@ -119,7 +128,7 @@ pub async fn kick(
             &body.room_id,
             request.user(),
             &body.user_id,
-            "leave",
+            MembershipState::Leave,
             body.reason.as_deref(),
         )
         .await?;
@@ -136,7 +145,7 @@ pub async fn ban(
             &body.room_id,
             request.user(),
             &body.user_id,
-            "ban",
+            MembershipState::Ban,
             body.reason.as_deref(),
         )
         .await?;
@@ -151,7 +160,7 @@ pub async fn unban(
     let current = services
         .members
         .member_state(&body.room_id, &body.user_id)?;
-    if current.is_none_or(|m| m != "ban") {
+    if current.is_none_or(|m| m != MembershipState::Ban) {
         return Err(Error::forbidden("That user is not banned."));
     }
     services
@@ -159,7 +168,7 @@ pub async fn unban(
             &body.room_id,
             request.user(),
             &body.user_id,
-            "leave",
+            MembershipState::Leave,
             body.reason.as_deref(),
         )
         .await?;
@@ -174,7 +183,7 @@ pub async fn joined_rooms(
         .members
         .rooms_of(request.user())?
         .into_iter()
-        .filter(|(_, m)| m.membership == "join")
+        .filter(|(_, m)| m.membership == MembershipState::Join)
         .map(|(room_id, _)| room_id)
         .collect();
     Ok(RumaResponse(joined_rooms_v3::Response::new(rooms)))
@@ -186,12 +195,12 @@ pub async fn joined_members(
 ) -> Result<RumaResponse<joined_members_v3::Response>> {
     let room_id = &request.body.room_id;
     let mine = services.members.membership(room_id, request.user())?;
-    if mine.is_none_or(|m| m.membership != "join") {
+    if mine.is_none_or(|m| m.membership != MembershipState::Join) {
         return Err(Error::forbidden("You are not in this room."));
     }
     let mut joined = BTreeMap::new();
     for (user_id, membership) in services.members.of_room(room_id)? {
-        if membership != "join" {
+        if membership != MembershipState::Join {
             continue;
         }
         let mut member = joined_members_v3::RoomMember::new();

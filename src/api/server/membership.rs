@@ -82,7 +82,7 @@ pub async fn send_leave(
             &body.room_id,
             &body.event_id,
             &body.pdu,
-            "leave",
+            ruma::events::room::member::MembershipState::Leave,
         )
         .await?;
     Ok(RumaResponse(create_leave_event::v2::Response::new()))

@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use crate::{
@@ -381,11 +381,14 @@ impl Services {
         self.users.deactivate(user_id, &self.devices, erase).await?;
         self.announce_device_list_change(&[user_id]).await?;
         for (room_id, membership) in self.members.rooms_of(user_id)? {
-            if !matches!(membership.membership.as_str(), "join" | "invite" | "knock") {
+            if !matches!(
+                membership.membership,
+                MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+            ) {
                 continue;
             }
             if let Err(e) = self
-                .set_membership(&room_id, user_id, user_id, "leave", None)
+                .set_membership(&room_id, user_id, user_id, MembershipState::Leave, None)
                 .await
             {
                 tracing::info!(user = %user_id, room = %room_id, "a deactivated account stays in a room: {e}");

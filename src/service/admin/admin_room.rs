@@ -20,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::room::member::MembershipState,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
 use tokio::sync::Notify;
@@ -192,21 +195,24 @@ impl Services {
             .members
             .membership(room_id, user_id)?
             .map(|m| m.membership);
-        match (admin, membership.as_deref()) {
+        match (admin, membership) {
             (true, None) => {
-                self.set_membership(room_id, server_user, user_id, "invite", None)
+                self.set_membership(room_id, server_user, user_id, MembershipState::Invite, None)
                     .await?;
             }
-            (true, Some("leave")) if reinvite => {
-                self.set_membership(room_id, server_user, user_id, "invite", None)
+            (true, Some(MembershipState::Leave)) if reinvite => {
+                self.set_membership(room_id, server_user, user_id, MembershipState::Invite, None)
                     .await?;
             }
-            (false, Some("join" | "invite" | "knock")) => {
+            (
+                false,
+                Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock),
+            ) => {
                 self.set_membership(
                     room_id,
                     server_user,
                     user_id,
-                    "leave",
+                    MembershipState::Leave,
                     Some("No longer a server admin."),
                 )
                 .await?;

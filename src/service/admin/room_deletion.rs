@@ -10,7 +10,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::room::member::MembershipState,
+};
 use serde::Serialize;
 use serde_json::{Map, json};
 
@@ -250,16 +253,19 @@ impl Services {
         }
         for (user_id, membership) in self.members.of_room(room_id)? {
             if user_id.server_name() != self.server_name
-                || !matches!(membership.as_str(), "join" | "invite" | "knock")
+                || !matches!(
+                    membership,
+                    MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+                )
             {
                 continue;
             }
             match self
-                .set_membership(room_id, &user_id, &user_id, "leave", None)
+                .set_membership(room_id, &user_id, &user_id, MembershipState::Leave, None)
                 .await
             {
                 Ok(_) => {
-                    if membership == "join"
+                    if membership == MembershipState::Join
                         && let Some(new_room) = &shutdown.new_room_id
                         && let Err(e) = self.join_room(new_room, &user_id, &[], None).await
                     {

@@ -1,7 +1,7 @@
 //! What a server admin sees of rooms: every room this server knows, described from its
 //! current state, listed, searched and sorted.
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use crate::{
@@ -125,7 +125,9 @@ impl Services {
         let members = self.members.of_room(room_id)?;
         let joined_local_members = members
             .iter()
-            .filter(|(user, m)| m == "join" && user.server_name() == self.server_name)
+            .filter(|(user, m)| {
+                *m == MembershipState::Join && user.server_name() == self.server_name
+            })
             .count() as u64;
         Ok(Some(RoomOverview {
             creator,
@@ -224,7 +226,7 @@ impl Services {
         }
         let mut strongest: Option<(ruma::OwnedUserId, i64)> = None;
         for (user_id, membership) in self.members.of_room(room_id)? {
-            if membership != "join" || user_id.server_name() != self.server_name {
+            if membership != MembershipState::Join || user_id.server_name() != self.server_name {
                 continue;
             }
             let power = self.power_level(room_id, &user_id)?;
@@ -268,12 +270,14 @@ impl Services {
             self.send_state_event(room_id, &admin, "m.room.power_levels", "", content)
                 .await?;
         }
-        let present = self
-            .members
-            .membership(room_id, target)?
-            .is_some_and(|m| matches!(m.membership.as_str(), "join" | "invite"));
+        let present = self.members.membership(room_id, target)?.is_some_and(|m| {
+            matches!(
+                m.membership,
+                MembershipState::Join | MembershipState::Invite
+            )
+        });
         if !present && self.describe_room(room_id)?.join_rule != "public" {
-            self.set_membership(room_id, &admin, target, "invite", None)
+            self.set_membership(room_id, &admin, target, MembershipState::Invite, None)
                 .await?;
         }
         Ok(())

@@ -4,7 +4,7 @@
 //! user may read and leave it, not write in it; a user who left gets a new one with the next
 //! notice. The room of each user is kept in `global` (`server_notices:<user_id>`).
 
-use ruma::{DeviceId, OwnedEventId, OwnedRoomId, UserId};
+use ruma::{DeviceId, OwnedEventId, OwnedRoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -91,7 +91,12 @@ impl Services {
             && self
                 .members
                 .membership(&room_id, user_id)?
-                .is_some_and(|m| matches!(m.membership.as_str(), "join" | "invite"))
+                .is_some_and(|m| {
+                    matches!(
+                        m.membership,
+                        MembershipState::Join | MembershipState::Invite
+                    )
+                })
         {
             return Ok(room_id);
         }

@@ -18,7 +18,7 @@ use std::{
 
 use ruma::{
     DeviceId, EventId, OwnedDeviceId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId,
-    api::federation::transactions::edu::Edu, serde::Raw,
+    api::federation::transactions::edu::Edu, events::room::member::MembershipState, serde::Raw,
 };
 use serde_json::{Map, Value, json};
 
@@ -269,7 +269,7 @@ impl Services {
             .members
             .rooms_of(&user_id)?
             .iter()
-            .any(|(_, m)| m.membership == "join");
+            .any(|(_, m)| m.membership == MembershipState::Join);
         if shares_a_room {
             self.announce_device_list_change(&[&user_id]).await?;
         }
@@ -282,7 +282,7 @@ impl Services {
     fn servers_sharing_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedServerName>> {
         let mut servers = BTreeSet::new();
         for (room_id, membership) in self.members.rooms_of(user_id)? {
-            if membership.membership == "join" {
+            if membership.membership == MembershipState::Join {
                 servers.extend(self.federation.outbox.remote_destinations(&room_id)?);
             }
         }

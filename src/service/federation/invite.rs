@@ -12,6 +12,7 @@ use ruma::{
     api::federation::membership::{
         RawStrippedState, create_invite, create_leave_event, prepare_leave_event,
     },
+    events::room::member::MembershipState,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -258,7 +259,7 @@ impl Services {
                         batch,
                         &target,
                         &room_id,
-                        "invite",
+                        MembershipState::Invite,
                         event_id.clone(),
                         count,
                     )
@@ -298,7 +299,12 @@ impl Services {
                 |batch, count| {
                     batch.delete(Cf::RemoteInvites, remote_invite_key(user_id, &room_id));
                     Members::put_outside_membership(
-                        batch, user_id, &room_id, "leave", leave_id, count,
+                        batch,
+                        user_id,
+                        &room_id,
+                        MembershipState::Leave,
+                        leave_id,
+                        count,
                     )
                 },
             )
@@ -312,7 +318,7 @@ impl Services {
         &self,
         user_id: &UserId,
         room_id: &RoomId,
-        membership: &str,
+        membership: MembershipState,
         record: RemoteInvite,
     ) -> Result<()> {
         let stored = serde_json::to_vec(&record)?;

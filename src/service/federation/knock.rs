@@ -20,6 +20,7 @@ use ruma::{
         },
     },
     directory::{Filter, RoomNetwork},
+    events::room::member::MembershipState,
 };
 use serde_json::{Value, json};
 
@@ -95,7 +96,7 @@ impl Services {
                 continue;
             }
             known_any = true;
-            if self.members.member_state(&allowed, user_id)?.as_deref() == Some("join") {
+            if self.members.member_state(&allowed, user_id)? == Some(MembershipState::Join) {
                 satisfied = true;
                 break;
             }
@@ -114,7 +115,7 @@ impl Services {
         let power = self.current_content(room_id, "m.room.power_levels")?;
         let needed = power["invite"].as_i64().unwrap_or(0);
         for (member, membership) in self.members.of_room(room_id)? {
-            if membership == "join"
+            if membership == MembershipState::Join
                 && member.server_name() == self.server_name
                 && self.power_level(room_id, &member)? >= needed
             {
@@ -144,8 +145,8 @@ impl Services {
             || (rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);
         if !restricted
             || matches!(
-                self.members.member_state(room_id, user_id)?.as_deref(),
-                Some("invite" | "join")
+                self.members.member_state(room_id, user_id)?,
+                Some(MembershipState::Invite | MembershipState::Join)
             )
         {
             return Ok(None);
@@ -217,8 +218,8 @@ impl Services {
             return Err(Error::forbidden("This room does not accept knocks."));
         }
         if matches!(
-            self.members.member_state(room_id, user_id)?.as_deref(),
-            Some("join" | "ban" | "invite")
+            self.members.member_state(room_id, user_id)?,
+            Some(MembershipState::Join | MembershipState::Ban | MembershipState::Invite)
         ) {
             return Err(Error::forbidden(
                 "You cannot knock on a room you are in, banned from or invited to.",
@@ -251,7 +252,7 @@ impl Services {
         if !rules_of(&room.version)?.authorization.knocking {
             return Err(no_knocking(&room.version));
         }
-        self.accept_membership_event(origin, room_id, event_id, pdu, "knock")
+        self.accept_membership_event(origin, room_id, event_id, pdu, MembershipState::Knock)
             .await?;
         self.knock_state_pdus(room_id)
     }
@@ -374,7 +375,7 @@ impl Services {
         self.keep_remote_membership(
             user_id,
             room_id,
-            "knock",
+            MembershipState::Knock,
             RemoteInvite {
                 event_id: signed.event_id.clone(),
                 room_version: version,

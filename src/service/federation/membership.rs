@@ -17,6 +17,7 @@ use ruma::{
             query::get_room_information,
         },
     },
+    events::room::member::MembershipState,
 };
 use serde_json::value::RawValue;
 
@@ -47,10 +48,10 @@ fn parse_object(raw: &RawValue) -> Result<CanonicalJsonObject> {
     serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Not a PDU: {e}")))
 }
 
-fn membership_of(pdu: &CanonicalJsonObject) -> Option<&str> {
+fn membership_of(pdu: &CanonicalJsonObject) -> Option<MembershipState> {
     match pdu.get("content") {
         Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
-            Some(CanonicalJsonValue::String(m)) => Some(m),
+            Some(CanonicalJsonValue::String(m)) => Some(MembershipState::from(m.as_str())),
             _ => None,
         },
         _ => None,
@@ -123,7 +124,12 @@ impl Services {
         let mut content = serde_json::json!({ "membership": "join" });
         let restricted = (join_rule == "restricted" && rules.authorization.restricted_join_rule)
             || (join_rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);
-        if join_rule != "public" && !matches!(membership.as_deref(), Some("invite" | "join")) {
+        if join_rule != "public"
+            && !matches!(
+                membership,
+                Some(MembershipState::Invite | MembershipState::Join)
+            )
+        {
             if !restricted {
                 return Err(Error::forbidden("You are not invited to this room."));
             }
@@ -152,7 +158,7 @@ impl Services {
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room."))?;
         let pdu = self
-            .accept_membership_event(origin, room_id, event_id, pdu, "join")
+            .accept_membership_event(origin, room_id, event_id, pdu, MembershipState::Join)
             .await?;
         let state_ids: Vec<OwnedEventId> = self
             .timeline
@@ -195,7 +201,7 @@ impl Services {
         room_id: &RoomId,
         event_id: &EventId,
         pdu: &RawValue,
-        membership: &str,
+        membership: MembershipState,
     ) -> Result<CanonicalJsonObject> {
         if !self.is_resident(room_id)? {
             return Err(Error::not_found("This server is not in that room."));
@@ -205,7 +211,7 @@ impl Services {
             .room(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room."))?;
         let mut pdu = parse_object(pdu)?;
-        if membership == "join" {
+        if membership == MembershipState::Join {
             self.countersign_authorised_join(&room.version, &mut pdu)?;
         }
         let (checked_id, pdu) = self.check_incoming_pdu(&room.version, pdu).await?;
@@ -217,7 +223,7 @@ impl Services {
             .ok_or_else(|| Error::bad_json("The event has no valid sender."))?;
         if str_field(&pdu, "type") != Some("m.room.member")
             || str_field(&pdu, "state_key") != Some(sender.as_str())
-            || membership_of(&pdu) != Some(membership)
+            || membership_of(&pdu).as_ref() != Some(&membership)
             || str_field(&pdu, "room_id") != Some(room_id.as_str())
         {
             return Err(Error::bad_json(format!(
@@ -293,7 +299,7 @@ impl Services {
             return Err(Error::forbidden("This room does not let guests join."));
         }
         if self.is_resident(room_id)? || !self.federation.enabled {
-            self.set_membership(room_id, user_id, user_id, "join", reason)
+            self.set_membership(room_id, user_id, user_id, MembershipState::Join, reason)
                 .await?;
             return Ok(());
         }
@@ -314,7 +320,7 @@ impl Services {
         }
         if candidates.is_empty() {
             // Nobody to ask: it is a local room we are not in (or nothing at all).
-            self.set_membership(room_id, user_id, user_id, "join", reason)
+            self.set_membership(room_id, user_id, user_id, MembershipState::Join, reason)
                 .await?;
             return Ok(());
         }

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value, json};
 
 use super::evaluate::UnreadRecord;
@@ -224,9 +224,9 @@ impl Services {
     pub fn badge_count(&self, user_id: &UserId) -> Result<u64> {
         let mut badge = 0u64;
         for (room_id, member) in self.members.rooms_of(user_id)? {
-            match member.membership.as_str() {
+            match member.membership {
                 // One seek from the floor: whether anything is unread there.
-                "join" => {
+                MembershipState::Join => {
                     let (prefix, start) = self.unread_scan(user_id, &room_id);
                     if self
                         .store
@@ -238,7 +238,7 @@ impl Services {
                         badge += 1;
                     }
                 }
-                "invite" => badge += 1,
+                MembershipState::Invite => badge += 1,
                 _ => {}
             }
         }

@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedRoomId, OwnedUserId, RoomId, UInt,
     UserId,
+    events::room::member::MembershipState,
     events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource},
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
@@ -309,7 +310,7 @@ impl Services {
             .members
             .of_room(room_id)?
             .into_iter()
-            .filter(|(_, m)| m == "join")
+            .filter(|(_, m)| *m == MembershipState::Join)
             .map(|(user, _)| user)
             .collect();
         let member_count = UInt::try_from(joined.len() as u64).unwrap_or(UInt::MAX);

@@ -385,7 +385,7 @@ impl EventView<'_> {
         if let (Some(Some(current)), Some(count)) = (self.current.get(room_id), count)
             && current.count < count
         {
-            return Ok(current.membership.clone());
+            return Ok(current.membership.as_str().to_owned());
         }
         let timeline = &self.services.timeline;
         let before = timeline.state_entries_before(&stored.event_id)?;

@@ -5,7 +5,10 @@
 //! prefix scan of its members), never by expanding the whole state: a directory answer
 //! describes every published room.
 
-use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
+use ruma::{
+    OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId,
+    events::room::member::MembershipState,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -194,7 +197,7 @@ impl Services {
             .members
             .of_room(room_id)?
             .iter()
-            .filter(|(_, membership)| membership == "join")
+            .filter(|(_, membership)| *membership == MembershipState::Join)
             .count() as u64;
         Ok(RoomDescription {
             room_id: room_id.to_owned(),
@@ -233,7 +236,7 @@ impl Services {
             let joined = self
                 .members
                 .membership(room_id, user_id)?
-                .is_some_and(|m| m.membership == "join");
+                .is_some_and(|m| m.membership == MembershipState::Join);
             if !joined
                 || self.power_level(room_id, user_id)?
                     < self.state_power_needed(room_id, "m.room.canonical_alias")?
@@ -351,7 +354,7 @@ impl Services {
         &self,
         room_id: &RoomId,
         requester: Option<&UserId>,
-    ) -> Result<(RoomDescription, Option<String>)> {
+    ) -> Result<(RoomDescription, Option<MembershipState>)> {
         let hidden = || Error::not_found("No such room, or you may not see it.");
         let room = self.timeline.room(room_id)?.ok_or_else(hidden)?;
         let membership = match requester {
@@ -367,7 +370,7 @@ impl Services {
         }
         // The spec leaves `membership` out only for unauthenticated requests; a user who never
         // had one has, in Matrix terms, left.
-        let membership = requester.map(|_| membership.unwrap_or_else(|| "leave".into()));
+        let membership = requester.map(|_| membership.unwrap_or(MembershipState::Leave));
         Ok((description, membership))
     }
 

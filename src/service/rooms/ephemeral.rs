@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    EventId, OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -49,7 +51,7 @@ struct Receipt {
 impl Services {
     fn require_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         let membership = self.members.membership(room_id, user_id)?;
-        if membership.is_none_or(|m| m.membership != "join") {
+        if membership.is_none_or(|m| m.membership != MembershipState::Join) {
             return Err(Error::forbidden("You are not in this room."));
         }
         Ok(())

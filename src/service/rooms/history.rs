@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{EventId, RoomId, UserId};
+use ruma::{EventId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use super::{
@@ -116,9 +116,12 @@ impl Services {
         membership: Option<&Membership>,
     ) -> Result<bool> {
         Ok(match membership {
-            Some(m) if m.membership == "join" => true,
+            Some(m) if m.membership == MembershipState::Join => true,
             // Up to their leave, if they had joined (not a refused invite or a withdrawn knock).
-            Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            Some(m)
+                if m.membership == MembershipState::Leave
+                    || m.membership == MembershipState::Ban =>
+            {
                 count <= m.count && self.left_after_joining(user_id, m)?
             }
             _ => false,
@@ -131,7 +134,9 @@ impl Services {
     pub fn require_history_reader(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         let membership = self.members.membership(room_id, user_id)?;
         if membership.is_none_or(|m| {
-            m.membership != "join" && m.membership != "leave" && m.membership != "ban"
+            m.membership != MembershipState::Join
+                && m.membership != MembershipState::Leave
+                && m.membership != MembershipState::Ban
         }) && !self.world_readable(room_id)?
         {
             return Err(Error::forbidden("You are not a member of this room."));
@@ -354,7 +359,7 @@ impl Services {
                     .members
                     .membership(room_id, user_id)?
                     .map(|m| m.membership);
-                if limit.as_deref() == Some("join") {
+                if limit == Some(MembershipState::Join) {
                     self.timeline.state_at_count(room_id, at)?
                 } else {
                     visible

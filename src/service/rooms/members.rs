@@ -9,7 +9,10 @@
 //! - `room_servers` (`room 0xFF server` → joined members, u64 BE): the servers with joined
 //!   members, where the room's new events go.
 
-use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId,
+    events::room::member::MembershipState,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -24,7 +27,7 @@ use crate::{
 /// A user's membership in a room, as the `user_rooms` index keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
-    pub membership: String,
+    pub membership: MembershipState,
     /// The `m.room.member` event that set it.
     pub event_id: OwnedEventId,
     /// Its stream count (for sync: what changed since a token).
@@ -34,6 +37,11 @@ pub struct Membership {
 /// The index and its reads.
 pub struct Members {
     store: Store,
+}
+
+/// A membership as `room_members` keeps it (its name, e.g. `join`).
+fn membership_of_bytes(bytes: &[u8]) -> MembershipState {
+    MembershipState::from(String::from_utf8_lossy(bytes).as_ref())
 }
 
 fn user_room_key(user_id: &str, room_id: &RoomId) -> Vec<u8> {
@@ -62,11 +70,15 @@ impl Members {
 
     /// A user's membership as the room's state has it (one point read on `room_members`).
     /// Unlike [`Members::membership`], this survives the user forgetting the room.
-    pub fn member_state(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+    pub fn member_state(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MembershipState>> {
         Ok(self
             .store
             .get(Cf::RoomMembers, &room_member_key(room_id, user_id.as_str()))?
-            .map(|m| String::from_utf8_lossy(&m).into_owned()))
+            .map(|m| membership_of_bytes(&m)))
     }
 
     /// Every room a user has a membership in (one prefix scan).
@@ -85,7 +97,7 @@ impl Members {
     }
 
     /// Every user with a membership in a room, and that membership (one prefix scan).
-    pub fn of_room(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+    pub fn of_room(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
         let prefix = keys::prefix(room_id.as_bytes());
         let mut members = Vec::new();
         for item in self.store.scan_prefix(Cf::RoomMembers, &prefix) {
@@ -94,7 +106,7 @@ impl Members {
                 .ok()
                 .and_then(|u| UserId::parse(u).ok())
                 .ok_or_else(|| Error::internal("corrupt room_members key"))?;
-            members.push((user_id, String::from_utf8_lossy(&value).into_owned()));
+            members.push((user_id, membership_of_bytes(&value)));
         }
         Ok(members)
     }
@@ -133,12 +145,12 @@ impl Members {
         batch: &mut Batch,
         user_id: &UserId,
         room_id: &RoomId,
-        membership: &str,
+        membership: MembershipState,
         event_id: OwnedEventId,
         count: u64,
     ) -> Result<()> {
         let record = Membership {
-            membership: membership.to_owned(),
+            membership,
             event_id,
             count,
         };
@@ -163,7 +175,7 @@ impl Members {
 struct MemberChange {
     user_room: Vec<u8>,
     room_member: Vec<u8>,
-    membership: String,
+    membership: MembershipState,
     event_id: OwnedEventId,
     /// `room_servers`: the key and the server's new count of joined members (0: delete).
     server_count: Option<(Vec<u8>, u64)>,
@@ -173,7 +185,7 @@ struct MemberChange {
 /// servers of the joined ones (replacing what an earlier stay in the room left).
 struct RoomReindex {
     room_id: OwnedRoomId,
-    members: Vec<(String, String, OwnedEventId)>,
+    members: Vec<(String, MembershipState, OwnedEventId)>,
     stale_servers: Vec<OwnedServerName>,
 }
 
@@ -195,9 +207,9 @@ impl Staged for RoomReindex {
             batch.put(
                 Cf::RoomMembers,
                 room_member_key(room_id, user),
-                membership.clone(),
+                membership.as_str(),
             );
-            if membership == "join"
+            if *membership == MembershipState::Join
                 && let Ok(user) = UserId::parse(user)
             {
                 *servers.entry(user.server_name().to_string()).or_default() += 1;
@@ -229,9 +241,7 @@ impl EventConsumer for Members {
             .filter_map(|(event_id, pdu)| {
                 Some((
                     pdu::str_field(pdu, "state_key")?.to_owned(),
-                    pdu::content_str(pdu, "membership")
-                        .unwrap_or_default()
-                        .to_owned(),
+                    MembershipState::from(pdu::content_str(pdu, "membership").unwrap_or_default()),
                     event_id.clone(),
                 ))
             })
@@ -251,16 +261,15 @@ impl EventConsumer for Members {
         let Some(target) = event.state_key else {
             return Ok(None);
         };
-        let membership = pdu::content_str(event.pdu, "membership")
-            .unwrap_or_default()
-            .to_owned();
+        let membership =
+            MembershipState::from(pdu::content_str(event.pdu, "membership").unwrap_or_default());
         let room_member = room_member_key(event.room_id, target);
         // A join or a leave moves its server's count in `room_servers`.
         let was_joined = self
             .store
             .get(Cf::RoomMembers, &room_member)?
-            .is_some_and(|m| m == b"join");
-        let is_joined = membership == "join";
+            .is_some_and(|m| membership_of_bytes(&m) == MembershipState::Join);
+        let is_joined = membership == MembershipState::Join;
         let server_count = match UserId::parse(target) {
             Ok(target_id) if was_joined != is_joined => {
                 let key =
@@ -304,7 +313,7 @@ impl Staged for MemberChange {
         batch.put(
             Cf::RoomMembers,
             self.room_member.clone(),
-            self.membership.clone(),
+            self.membership.as_str(),
         );
         match &self.server_count {
             Some((key, 0)) => batch.delete(Cf::RoomServers, key.clone()),
@@ -321,11 +330,11 @@ impl crate::service::Services {
     pub fn mutual_rooms(&self, a: &UserId, b: &UserId) -> Result<Vec<OwnedRoomId>> {
         let mut shared = Vec::new();
         for (room_id, membership) in self.members.rooms_of(a)? {
-            if membership.membership == "join"
+            if membership.membership == MembershipState::Join
                 && self
                     .members
                     .membership(&room_id, b)?
-                    .is_some_and(|m| m.membership == "join")
+                    .is_some_and(|m| m.membership == MembershipState::Join)
             {
                 shared.push(room_id);
             }

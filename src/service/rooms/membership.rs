@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ruma::{OwnedEventId, RoomId, UserId};
+use ruma::{OwnedEventId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value, json};
 
 use crate::{Error, Result, service::Services};
@@ -16,15 +16,16 @@ impl Services {
         room_id: &RoomId,
         sender: &UserId,
         target: &UserId,
-        membership: &str,
+        membership: MembershipState,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        if matches!(membership, "join" | "invite" | "knock") {
+        use MembershipState::{Invite, Join, Knock, Leave};
+        if matches!(membership, Join | Invite | Knock) {
             self.check_room_not_blocked(room_id)?;
         }
         if self.timeline.room(room_id)?.is_none() {
             // Refusing an invite to a room that lives elsewhere.
-            if membership == "leave"
+            if membership == Leave
                 && sender == target
                 && self.remote_invite(target, room_id)?.is_some()
             {
@@ -45,19 +46,19 @@ impl Services {
                 "Users of other servers need federation, which is disabled here.",
             ));
         }
-        if remote_target && matches!(membership, "join" | "knock") {
+        if remote_target && matches!(membership, Join | Knock) {
             return Err(Error::forbidden("Only the user's own server can do that."));
         }
-        if membership == "invite" && !remote_target && !self.users.is_active(target)? {
+        if membership == Invite && !remote_target && !self.users.is_active(target)? {
             return Err(Error::not_found(format!(
                 "No user {target} on this server."
             )));
         }
-        let mut content = json!({ "membership": membership });
+        let mut content = json!({ "membership": membership.as_str() });
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
         }
-        if membership == "join"
+        if membership == Join
             && sender == target
             && let Some(authoriser) = self.local_join_authoriser(room_id, target)?
         {
@@ -65,7 +66,7 @@ impl Services {
         }
         // Joins and invites carry the member's profile, so that clients show "bob invited
         // Alice" rather than a Matrix ID.
-        if matches!(membership, "join" | "invite") {
+        if matches!(membership, Join | Invite) {
             for (field, value) in self.member_profile(target).await? {
                 content[field] = value;
             }
@@ -73,7 +74,7 @@ impl Services {
         let event_id = self
             .send_state_event(room_id, sender, "m.room.member", target.as_str(), content)
             .await?;
-        if membership == "invite" && remote_target {
+        if membership == Invite && remote_target {
             self.send_remote_invite(room_id, &event_id).await?;
         }
         Ok(event_id)
@@ -125,13 +126,19 @@ impl Services {
     ) -> Result<HashMap<(String, String), OwnedEventId>> {
         let not_member = || Error::forbidden("You are not a member of this room.");
         let membership = match self.members.membership(room_id, user_id)? {
-            Some(m) if m.membership == "join" || !self.world_readable(room_id)? => m,
+            Some(m)
+                if m.membership == MembershipState::Join || !self.world_readable(room_id)? =>
+            {
+                m
+            }
             _ if self.world_readable(room_id)? => return self.timeline.current_state(room_id),
             _ => return Err(not_member()),
         };
-        match membership.membership.as_str() {
-            "join" => self.timeline.current_state(room_id),
-            "leave" | "ban" if self.left_after_joining(user_id, &membership)? => {
+        match membership.membership {
+            MembershipState::Join => self.timeline.current_state(room_id),
+            MembershipState::Leave | MembershipState::Ban
+                if self.left_after_joining(user_id, &membership)? =>
+            {
                 let mut state = self.timeline.state_before(&membership.event_id)?;
                 state.insert(
                     ("m.room.member".to_owned(), user_id.to_string()),
@@ -153,7 +160,7 @@ impl Services {
         user_id: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        self.set_membership(room_id, user_id, user_id, "knock", reason)
+        self.set_membership(room_id, user_id, user_id, MembershipState::Knock, reason)
             .await
     }
 
@@ -165,14 +172,16 @@ impl Services {
         let _guard = self.timeline.lock_room(room_id).await;
         match self.members.membership(room_id, user_id)? {
             None => Ok(()),
-            Some(m) if !matches!(m.membership.as_str(), "leave" | "ban") => Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ruma::api::error::ErrorKind::Unknown,
-                format!(
-                    "User {user_id} is in room {room_id} ({}): leave it first.",
-                    m.membership
-                ),
-            )),
+            Some(m) if !matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
+                Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!(
+                        "User {user_id} is in room {room_id} ({}): leave it first.",
+                        m.membership
+                    ),
+                ))
+            }
             Some(_) => {
                 self.members.forget(room_id, user_id)?;
                 // Forgetting leaves no trace in the recent activity the lists follow.

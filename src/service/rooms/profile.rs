@@ -2,7 +2,7 @@
 //! `m.room.member` join event in every room the user is joined to, since clients read names
 //! from member events, not from profiles.
 
-use ruma::{CanonicalJsonValue, RoomId, UserId};
+use ruma::{CanonicalJsonValue, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use crate::{Result, service::Services};
@@ -23,7 +23,7 @@ impl Services {
             }
         };
         for (room_id, membership) in rooms {
-            if membership.membership != "join" {
+            if membership.membership != MembershipState::Join {
                 continue;
             }
             if let Err(e) = self.update_member_profile(&room_id, user_id).await {
@@ -37,7 +37,7 @@ impl Services {
         let Some(membership) = self.members.membership(room_id, user_id)? else {
             return Ok(());
         };
-        if membership.membership != "join" {
+        if membership.membership != MembershipState::Join {
             return Ok(());
         }
         let member_event = &membership.event_id;

@@ -14,7 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedRoomId, RoomId};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedRoomId, RoomId,
+    events::room::member::MembershipState,
+};
 use serde_json::{Value, json};
 use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
 
@@ -264,7 +267,9 @@ impl Services {
             .members
             .rooms_of(viewer.user_id)?
             .into_iter()
-            .filter(|(room, m)| m.membership == "join" && query.filter.allows_room(room.as_str()))
+            .filter(|(room, m)| {
+                m.membership == MembershipState::Join && query.filter.allows_room(room.as_str())
+            })
             .map(|(room, _)| room)
             .collect();
         let mut hits = Vec::new();

@@ -7,7 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use ruma::{
-    OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId, api::federation::space::get_hierarchy,
+    OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId,
+    api::federation::space::get_hierarchy, events::room::member::MembershipState,
 };
 use serde_json::{Value, json};
 
@@ -160,8 +161,10 @@ impl Services {
                 .members
                 .membership(room_id, user_id)?
                 .map(|m| m.membership);
-            let visible = matches!(membership.as_deref(), Some("join" | "invite"))
-                || description.open_to_all()
+            let visible = matches!(
+                membership,
+                Some(MembershipState::Join | MembershipState::Invite)
+            ) || description.open_to_all()
                 || self.may_join_restricted(
                     user_id,
                     &description.join_rule,
@@ -208,7 +211,7 @@ impl Services {
                 && self
                     .members
                     .membership(&room, user_id)?
-                    .is_some_and(|m| m.membership == "join")
+                    .is_some_and(|m| m.membership == MembershipState::Join)
             {
                 return Ok(true);
             }

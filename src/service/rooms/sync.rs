@@ -16,7 +16,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use ruma::{DeviceId, EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{
+    DeviceId, EventId, OwnedEventId, OwnedRoomId, RoomId, UserId,
+    events::room::member::MembershipState,
+};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -164,8 +167,8 @@ impl Services {
                 continue;
             }
             let changed_membership = request.since.is_none_or(|s| membership.count > s);
-            match membership.membership.as_str() {
-                "join" => {
+            match membership.membership {
+                MembershipState::Join => {
                     // Joined since the last sync: the client knows nothing of the room yet.
                     let knows_room = request.since.is_some() && !changed_membership;
                     let window = Window {
@@ -186,11 +189,11 @@ impl Services {
                 }
                 // Invites from users the user ignores are not shown, nor any while the user
                 // blocks invites (MSC4380).
-                "invite"
+                MembershipState::Invite
                     if changed_membership
                         && (invites_blocked
                             || self.invited_by(&membership.event_id, &ignored)?) => {}
-                "invite" if changed_membership => {
+                MembershipState::Invite if changed_membership => {
                     // An invite to a room on another server: its state as that server gave it.
                     let events = match self.remote_invite(user_id, &room_id)? {
                         Some(remote) => self.remote_invite_state(&remote),
@@ -202,7 +205,7 @@ impl Services {
                     );
                 }
                 // Knocks: like invites, stripped state and the knock itself.
-                "knock" if changed_membership => {
+                MembershipState::Knock if changed_membership => {
                     // A knock on a room on another server: its state as that server gave it.
                     let events = match self.remote_invite(user_id, &room_id)? {
                         Some(remote) => self.remote_invite_state(&remote),
@@ -213,7 +216,7 @@ impl Services {
                         json!({ "knock_state": { "events": events } }),
                     );
                 }
-                "leave" | "ban" => {
+                MembershipState::Leave | MembershipState::Ban => {
                     if let Some(window) = leave_window(&membership, request, filter) {
                         // Who never joined (a refused invite, a withdrawn knock) sees no state.
                         let was_joined = self.left_after_joining(user_id, &membership)?;
@@ -585,22 +588,24 @@ impl Services {
     /// `m.heroes` (up to five other joined or invited members, by user ID) and member counts.
     fn room_summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
         let members = self.members.of_room(room_id)?;
-        let count = |m: &str| {
+        let count = |m: MembershipState| {
             members
                 .iter()
-                .filter(|(_, membership)| membership == m)
+                .filter(|(_, membership)| *membership == m)
                 .count()
         };
         let heroes: Vec<String> = members
             .iter()
-            .filter(|(user, m)| user != user_id && (m == "join" || m == "invite"))
+            .filter(|(user, m)| {
+                user != user_id && (*m == MembershipState::Join || *m == MembershipState::Invite)
+            })
             .map(|(user, _)| user.to_string())
             .take(5)
             .collect();
         Ok(json!({
             "m.heroes": heroes,
-            "m.joined_member_count": count("join"),
-            "m.invited_member_count": count("invite"),
+            "m.joined_member_count": count(MembershipState::Join),
+            "m.invited_member_count": count(MembershipState::Invite),
         }))
     }
 

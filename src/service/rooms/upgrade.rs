@@ -1,7 +1,9 @@
 //! Room upgrades (`POST /rooms/{roomId}/upgrade`): a new room of another version replaces an old
 //! one, which points at it with a tombstone.
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::room::member::MembershipState,
+};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -92,7 +94,7 @@ impl Services {
         if self
             .members
             .membership(room_id, sender)?
-            .is_none_or(|m| m.membership != "join")
+            .is_none_or(|m| m.membership != MembershipState::Join)
         {
             return Err(Error::forbidden("You are not in this room."));
         }

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use ruma::{DeviceId, OwnedRoomId, RoomId, UserId};
+use ruma::{DeviceId, OwnedRoomId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use self::{
@@ -204,7 +204,7 @@ pub struct ListFilters {
 
 impl ListFilters {
     fn keeps(&self, room: &ListRoom, dms: &HashSet<OwnedRoomId>) -> bool {
-        let membership = room.membership.membership.as_str();
+        let membership = &room.membership.membership;
         if self
             .is_dm
             .is_some_and(|dm| dm != dms.contains(&room.room_id))
@@ -218,7 +218,7 @@ impl ListFilters {
         }
         if self
             .is_invite
-            .is_some_and(|invite| invite != (membership == "invite"))
+            .is_some_and(|invite| invite != (*membership == MembershipState::Invite))
         {
             return false;
         }
@@ -393,7 +393,7 @@ impl Services {
         if invites_blocked || !ignored.is_empty() {
             let mut hidden = HashSet::new();
             for room in &rooms {
-                if room.membership.membership == "invite"
+                if room.membership.membership == MembershipState::Invite
                     && (invites_blocked || self.invited_by(&room.membership.event_id, &ignored)?)
                 {
                     hidden.insert(room.room_id.clone());
@@ -478,7 +478,7 @@ impl Services {
                     before.upto < room.activity
                         || before.config != fingerprint
                         || before.timeline_limit < config.timeline_limit
-                        || before.joined != (room.membership.membership == "join")
+                        || before.joined != (room.membership.membership == MembershipState::Join)
                 }
             };
             if !due {
@@ -537,9 +537,14 @@ impl Services {
 /// Whether a room belongs in lists at all: joined, invited, knocked and banned rooms do; a
 /// left room when the user was kicked, or in the answer that covers their own leave.
 fn listed(room: &ListRoom, from: Option<u64>) -> bool {
-    match room.membership.membership.as_str() {
-        "join" | "invite" | "knock" | "ban" => true,
-        "leave" => !room.left_by_self || from.is_some_and(|from| room.membership.count > from),
+    match room.membership.membership {
+        MembershipState::Join
+        | MembershipState::Invite
+        | MembershipState::Knock
+        | MembershipState::Ban => true,
+        MembershipState::Leave => {
+            !room.left_by_self || from.is_some_and(|from| room.membership.count > from)
+        }
         _ => false,
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ruma::{OwnedEventId, RoomId, UserId};
+use ruma::{OwnedEventId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use super::{RoomConfig, connection::RoomSent, room_list::ListRoom};
@@ -42,13 +42,13 @@ impl Services {
         is_dm: bool,
     ) -> Result<Option<(Value, RoomSent)>> {
         let room_id = &room.room_id;
-        let membership = room.membership.membership.as_str();
+        let membership = &room.membership.membership;
         let mut out = Map::new();
         out.insert("bump_stamp".into(), room.bump.into());
         if is_dm {
             out.insert("is_dm".into(), true.into());
         }
-        if matches!(membership, "invite" | "knock") {
+        if matches!(membership, MembershipState::Invite | MembershipState::Knock) {
             // What an invitee may see: the stripped state the invite came with.
             let invite_state = match self.remote_invite(viewer.user_id, room_id)? {
                 Some(remote) => self.remote_invite_state(&remote),
@@ -64,7 +64,7 @@ impl Services {
             };
             return Ok(Some((Value::Object(out), record)));
         }
-        let joined = membership == "join";
+        let joined = *membership == MembershipState::Join;
         // A left room ends at the leave: nothing after it is the user's to see.
         let upto = if joined { now } else { room.membership.count };
         let initial = before.is_none_or(|b| joined && !b.joined);
@@ -147,14 +147,21 @@ impl Services {
         }
         if members_changed {
             let members = self.members.of_room(room_id)?;
-            let count = |m: &str| members.iter().filter(|(_, state)| state == m).count();
-            out.insert("joined_count".into(), count("join").into());
-            out.insert("invited_count".into(), count("invite").into());
+            let count =
+                |m: MembershipState| members.iter().filter(|(_, state)| *state == m).count();
+            out.insert("joined_count".into(), count(MembershipState::Join).into());
+            out.insert(
+                "invited_count".into(),
+                count(MembershipState::Invite).into(),
+            );
             if name.as_deref().is_none_or(str::is_empty) {
                 let mut heroes = Vec::new();
                 for (user, _) in members
                     .iter()
-                    .filter(|(user, m)| *user != viewer.user_id && (m == "join" || m == "invite"))
+                    .filter(|(user, m)| {
+                        *user != viewer.user_id
+                            && (*m == MembershipState::Join || *m == MembershipState::Invite)
+                    })
                     .take(HEROES)
                 {
                     heroes.push(self.hero(&state_now, user)?);

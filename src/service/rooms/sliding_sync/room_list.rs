@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 
 use crate::{
     Result,
@@ -164,7 +164,7 @@ impl Services {
         membership: Membership,
         now: u64,
     ) -> Result<ListRoom> {
-        let joined = membership.membership == "join";
+        let joined = membership.membership == MembershipState::Join;
         let activity = if joined {
             self.timeline
                 .last_events(&room_id, now, 1)?
@@ -179,7 +179,7 @@ impl Services {
             false => membership.count,
         };
         let (encrypted, room_type) = self.room_kind(user_id, &room_id)?;
-        let left_by_self = membership.membership == "leave"
+        let left_by_self = membership.membership == MembershipState::Leave
             && self
                 .timeline
                 .pdu_json(&membership.event_id)?
