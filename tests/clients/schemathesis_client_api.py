@@ -148,7 +148,8 @@ def main():
             ]
             if args.seed:
                 command += ["--seed", args.seed]
-            run = subprocess.run(command, capture_output=True, text=True)
+            # In the scratch directory: schemathesis keeps a cache in its working directory.
+            run = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
             output = run.stdout + run.stderr
             generated = re.search(r"(\d+) generated", output)
             cases += int(generated.group(1)) if generated else 0
