@@ -581,3 +581,22 @@ async fn remote_invites_as_state_and_blocked_invites() {
         "{sync}"
     );
 }
+
+/// A server that speaks to us is up: when sending to it had been failing (here: recorded as
+/// failing, with a ten-minute back-off), its next signed request ends the back-off at once,
+/// so what is queued for it goes now rather than when the back-off runs out — after a
+/// restart or a crash, a server's peers catch it up as soon as it talks to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearing_from_a_failing_destination_ends_its_back_off() {
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = crate::federation::shared_room(&a, &b).await;
+    let destinations = &a.services().federation.destinations;
+    destinations.failed(&name(&b), std::time::Duration::from_secs(600));
+    assert!(destinations.state(&name(&b)).unwrap().failure_ts.is_some());
+    b.say(&bob, &room, "back again").await;
+    a.wait_for_message(&alice, &room, "back again").await;
+    let state = destinations.state(&name(&b)).unwrap();
+    assert!(state.failure_ts.is_none(), "{state:?}");
+    assert_eq!(state.retry_interval_ms, 0);
+}

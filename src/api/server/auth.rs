@@ -79,6 +79,10 @@ where
         x_matrix
             .verify_http_request(&http_request, &services.server_name, &key_map)
             .map_err(|e| unauthorized(format!("Bad X-Matrix signature: {e}")))?;
+        services
+            .federation
+            .destinations
+            .heard_from(&x_matrix.origin);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_request, &args).map_err(request_error)?;
         Ok(Fed {

@@ -81,6 +81,15 @@ impl Destinations {
         resets.entry(destination.to_owned()).or_default().clone()
     }
 
+    /// A server that sent us a signed request is up: if sending to it was failing, the
+    /// back-off ends now (as Synapse does) rather than up to ten minutes later — after a
+    /// restart or a crash, its peers' queued events reach it as soon as it speaks to them.
+    pub fn heard_from(&self, origin: &ServerName) {
+        if self.reset(origin) {
+            tracing::info!(%origin, "heard from a server that sending to had failed: retrying now");
+        }
+    }
+
     /// Forgets a destination's failures and has its task try again now. `false` when it
     /// was not failing.
     pub fn reset(&self, destination: &ServerName) -> bool {
