@@ -524,3 +524,161 @@ async fn a_burst_of_joins_is_taken_and_the_room_goes_on() {
             .contains(&"still talking".to_owned())
     );
 }
+
+/// A hostile server over TLS on loopback, with a signing key of its own made here (its events
+/// and requests are signed by ruma's signing in this test, not by culvert): it publishes its
+/// key, and holds every `/get_missing_events` request open for ever. Its name, its key, and
+/// the paths it was asked for.
+async fn tarpit() -> (
+    String,
+    ruma::signatures::Ed25519KeyPair,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use axum::{extract::Request, response::IntoResponse};
+    use ruma::signatures::{Ed25519KeyPair, sign_json};
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let name = format!("localhost:{}", tcp.local_addr().unwrap().port());
+    let listener = culvert::tls::TlsListener::new(
+        tcp,
+        culvert::config::TlsConfig {
+            certs: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        },
+    )
+    .unwrap();
+    let der = Ed25519KeyPair::generate();
+    let pair = Ed25519KeyPair::from_der(&der, "tarpit".to_owned()).unwrap();
+    let public =
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(pair.public_key().to_vec())
+            .encode();
+    let CanonicalJsonValue::Object(mut keys) = CanonicalJsonValue::try_from(json!({
+        "server_name": name,
+        "valid_until_ts": culvert::utils::now_millis() + 86_400_000,
+        "verify_keys": { "ed25519:tarpit": { "key": public } },
+        "old_verify_keys": {},
+    }))
+    .unwrap() else {
+        unreachable!()
+    };
+    sign_json(&name, &pair, &mut keys).unwrap();
+    let keys = serde_json::to_string(&keys).unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let log = log.clone();
+        let keys = keys.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            log.lock().unwrap().push(path.clone());
+            if path == "/_matrix/key/v2/server" {
+                return ([("content-type", "application/json")], keys).into_response();
+            }
+            if path.starts_with("/_matrix/federation/v1/get_missing_events/") {
+                std::future::pending::<()>().await;
+            }
+            (
+                StatusCode::NOT_FOUND,
+                [("content-type", "application/json")],
+                r#"{"errcode":"M_NOT_FOUND","error":"Nothing here"}"#,
+            )
+                .into_response()
+        }
+    });
+    tokio::spawn(async move {
+        let _dir = dir;
+        axum::serve(listener, router).await
+    });
+    (
+        name,
+        Ed25519KeyPair::from_der(&der, "tarpit".to_owned()).unwrap(),
+        asked,
+    )
+}
+
+/// A server that never answers `/get_missing_events` holds up nobody else: it sends B an
+/// event whose prev_events B lacks (signed with ruma's own signing in this test) and keeps
+/// B's request to fill the gap open; meanwhile the room goes on — A's messages reach Bob.
+/// (B gives up on the tarpit after its request timeout; the rounds of a gap are bounded,
+/// `a_gap_too_deep_to_fetch_takes_the_state_from_the_origin`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_get_missing_events_holds_up_nobody_else() {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    let a = TestServer::start_federating("").await;
+    let b = TestServer::start_federating("").await;
+    let (alice, bob, room) = shared_room(&a, &b).await;
+    let (tarpit, pair, asked) = tarpit().await;
+
+    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let version = b
+        .services()
+        .timeline
+        .room(&room_id)
+        .unwrap()
+        .unwrap()
+        .version;
+    let CanonicalJsonValue::Object(mut pdu) = CanonicalJsonValue::try_from(json!({
+        "room_id": room,
+        "sender": format!("@mallory:{tarpit}"),
+        "type": "m.room.message",
+        "content": { "msgtype": "m.text", "body": "from the tarpit" },
+        "origin_server_ts": culvert::utils::now_millis(),
+        "prev_events": [format!("${:0>43}", 7)],
+        "auth_events": [],
+        "depth": 100,
+    }))
+    .unwrap() else {
+        unreachable!()
+    };
+    let rules = version.rules().unwrap();
+    ruma::signatures::hash_and_sign_event(&tarpit, &pair, &mut pdu, &rules.redaction).unwrap();
+    let body = serde_json::to_vec(&json!({
+        "origin": tarpit,
+        "origin_server_ts": culvert::utils::now_millis(),
+        "pdus": [pdu],
+    }))
+    .unwrap();
+    let path = "/_matrix/federation/v1/send/tarpit-1";
+    let request = http::Request::builder()
+        .method("PUT")
+        .uri(path)
+        .body(body.clone())
+        .unwrap();
+    let input =
+        XMatrixSigningInput::new(ruma::ServerName::parse(&tarpit).unwrap(), name(&b), &pair);
+    let authorization =
+        http::HeaderValue::from(&XMatrix::sign_http_request(&request, input).unwrap());
+    let send = b
+        .http
+        .put(format!("{}{path}", b.base))
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    let stuck = tokio::spawn(send);
+
+    eventually("B asks the tarpit for the missing events", || async {
+        asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.contains("get_missing_events"))
+    })
+    .await;
+    a.say(&alice, &room, "the room goes on").await;
+    b.wait_for_message(&bob, &room, "the room goes on").await;
+    assert!(
+        !stuck.is_finished(),
+        "the tarpit's transaction is still held"
+    );
+    assert!(
+        !history(&b, &bob, &room)
+            .await
+            .contains(&"from the tarpit".to_owned())
+    );
+    stuck.abort();
+}
