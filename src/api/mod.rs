@@ -126,3 +126,41 @@ async fn log_request(request: Request, next: Next) -> Response {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{Router, body::Body, middleware, routing::get};
+    use tower::ServiceExt;
+
+    /// A handler that panics gets an answer out all the same: 500 `M_UNKNOWN`, not a dropped
+    /// connection.
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_m_unknown() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    panic!("a handler bug");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            .layer(middleware::from_fn(super::catch_panic));
+        let response = app
+            .oneshot(
+                http::Request::builder()
+                    .uri("/boom")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+    }
+}
