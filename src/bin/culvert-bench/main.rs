@@ -14,6 +14,7 @@ mod measure;
 mod push;
 mod report;
 mod scenarios;
+mod search_threads;
 mod sliding;
 
 use std::{path::PathBuf, process::ExitCode, sync::LazyLock};
@@ -26,9 +27,9 @@ use crate::{
     report::Report,
     scenarios::{
         Ctx, Deliver, DeliverOpts, History, HistoryOpts, Idle, IdleOpts, InitialSync,
-        InitialSyncOpts, Receive, RunOutput, Search, SearchOpts, Send, SendOpts, Threads,
-        ThreadsOpts,
+        InitialSyncOpts, Receive, RunOutput, Send, SendOpts,
     },
+    search_threads::{Search, SearchOpts, Threads, ThreadsOpts},
     sliding::{SlidingDeliverOpts, SlidingInitial, SlidingInitialOpts},
 };
 
