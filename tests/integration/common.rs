@@ -635,3 +635,42 @@ pub fn output_text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+impl TestServer {
+    /// The texts of the messages `who` sees in `room`'s history (`/messages`, newest first,
+    /// the last 100).
+    pub async fn history(&self, who: &Session, room: &str) -> Vec<String> {
+        let page = self
+            .get_ok(
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+                who,
+            )
+            .await;
+        message_bodies(&page["chunk"])
+    }
+}
+
+/// A TLS listener on a free loopback port with a fresh self-signed certificate, for stand-ins
+/// of other servers; and its server name (`localhost:<port>`).
+pub async fn tls_listener() -> (culvert::tls::TlsListener, String) {
+    let dir = TempDir::new().expect("temp dir");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("write certificate");
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem())
+        .expect("write key");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let name = format!("localhost:{}", tcp.local_addr().expect("bound").port());
+    // The certificate is read here, once; the files may go with `dir`.
+    let listener = culvert::tls::TlsListener::new(
+        tcp,
+        culvert::config::TlsConfig {
+            certs: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        },
+    )
+    .expect("TLS listener");
+    (listener, name)
+}

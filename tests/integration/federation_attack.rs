@@ -195,18 +195,6 @@ async fn membership(server: &TestServer, who: &Session, room: &str, user: &str) 
     body["membership"].as_str().unwrap_or_default().to_owned()
 }
 
-/// The texts of the messages Bob's `/messages` shows, newest first.
-async fn history(b: &TestServer, bob: &Session, room: &str) -> Vec<String> {
-    let (status, page) = b
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
-            Some(&bob.token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    message_bodies(&page["chunk"])
-}
-
 /// The event IDs an event of B's builds on.
 fn prev_events_of(b: &TestServer, event_id: &str) -> Vec<String> {
     let pdu = b
@@ -286,7 +274,7 @@ async fn an_event_the_present_state_forbids_is_soft_failed() {
         "{sync}"
     );
     assert!(!shown.contains(&"said after the ban".to_owned()), "{sync}");
-    let texts = history(&b, &bob, &room).await;
+    let texts = b.history(&bob, &room).await;
     assert!(
         !texts.contains(&"said after the ban".to_owned()),
         "{texts:?}"
@@ -313,19 +301,8 @@ async fn an_event_the_present_state_forbids_is_soft_failed() {
 async fn a_forked_power_levels_event_does_not_undo_a_demotion() {
     let a = TestServer::start_federating("").await;
     let b = TestServer::start_federating("").await;
-    let bob = b.register("bob", "bob-password-1").await;
-    let mallory = a.register("mallory", "mallory-password-1").await;
-    let room = b
-        .create_room(&bob, json!({ "preset": "public_chat" }))
-        .await;
-    let (status, body) = a
-        .post(
-            &format!("/_matrix/client/v3/join/{room}?via={}", b.server_name()),
-            Some(&mallory.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // The room lives on B: its creator (Bob here) is B's first user, Mallory A's.
+    let (bob, mallory, room) = shared_room(&b, &a).await;
     let levels_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/");
     let mut levels = b.get_ok(&levels_path, &bob).await;
     levels["users"][&mallory.user_id] = json!(50);
@@ -421,7 +398,6 @@ async fn a_forked_power_levels_event_does_not_undo_a_demotion() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let _ = bob;
 }
 
 /// Events citing events that do not exist: 1,000 prev_events are refused as malformed before
@@ -461,7 +437,7 @@ async fn events_citing_missing_events_cost_bounded_work() {
     }
     a.say(&alice, &room, "the room goes on").await;
     b.wait_for_message(&bob, &room, "the room goes on").await;
-    let texts = history(&b, &bob, &room).await;
+    let texts = b.history(&bob, &room).await;
     assert!(!texts.iter().any(|t| t.contains("parents")), "{texts:?}");
 }
 
@@ -519,7 +495,7 @@ async fn a_burst_of_joins_is_taken_and_the_room_goes_on() {
     );
     b.say(&bob, &room, "still talking").await;
     assert!(
-        history(&b, &bob, &room)
+        b.history(&bob, &room)
             .await
             .contains(&"still talking".to_owned())
     );
@@ -537,20 +513,7 @@ async fn tarpit() -> (
     use axum::{extract::Request, response::IntoResponse};
     use ruma::signatures::{Ed25519KeyPair, sign_json};
 
-    let dir = tempfile::TempDir::new().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let name = format!("localhost:{}", tcp.local_addr().unwrap().port());
-    let listener = culvert::tls::TlsListener::new(
-        tcp,
-        culvert::config::TlsConfig {
-            certs: dir.path().join("cert.pem"),
-            key: dir.path().join("key.pem"),
-        },
-    )
-    .unwrap();
+    let (listener, name) = crate::common::tls_listener().await;
     let der = Ed25519KeyPair::generate();
     let pair = Ed25519KeyPair::from_der(&der, "tarpit".to_owned()).unwrap();
     let public =
@@ -589,10 +552,7 @@ async fn tarpit() -> (
                 .into_response()
         }
     });
-    tokio::spawn(async move {
-        let _dir = dir;
-        axum::serve(listener, router).await
-    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
     (
         name,
         Ed25519KeyPair::from_der(&der, "tarpit".to_owned()).unwrap(),
@@ -676,7 +636,7 @@ async fn a_server_that_never_answers_get_missing_events_holds_up_nobody_else() {
         "the tarpit's transaction is still held"
     );
     assert!(
-        !history(&b, &bob, &room)
+        !b.history(&bob, &room)
             .await
             .contains(&"from the tarpit".to_owned())
     );

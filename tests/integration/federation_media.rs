@@ -336,25 +336,10 @@ async fn federation_media_endpoints_answer_multipart_to_signed_requests_only() {
 async fn old_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use axum::{extract::Request, response::IntoResponse};
 
-    let dir = tempfile::TempDir::new().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = tcp.local_addr().unwrap().port();
-    let listener = culvert::tls::TlsListener::new(
-        tcp,
-        culvert::config::TlsConfig {
-            certs: dir.path().join("cert.pem"),
-            key: dir.path().join("key.pem"),
-        },
-    )
-    .unwrap();
-    // The certificate is read once, above; the files may go.
-    drop(dir);
+    let (listener, name) = crate::common::tls_listener().await;
+    let server_name = name.clone();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    let name = format!("localhost:{port}");
     let router = axum::Router::new().fallback(move |request: Request| {
         let log = log.clone();
         let name = name.clone();
@@ -400,7 +385,7 @@ async fn old_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)
         }
     });
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (format!("localhost:{port}"), seen)
+    (server_name, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

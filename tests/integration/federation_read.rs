@@ -710,13 +710,7 @@ async fn a_server_acl_shuts_out_the_denied_server() {
             .unwrap()
             .is_none()
     );
-    let body = a
-        .get_ok(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"),
-            &alice,
-        )
-        .await;
-    let bodies = crate::common::message_bodies(&body["chunk"]);
+    let bodies = a.history(&alice, &room).await;
     assert!(bodies.contains(&"before the ACL".to_owned()), "{bodies:?}");
     assert!(!bodies.contains(&"after the ACL".to_owned()), "{bodies:?}");
 
@@ -786,13 +780,7 @@ async fn a_server_acl_shuts_out_the_denied_server() {
         "{results:?}"
     );
     a.wait_for_message(&alice, &room, "once allowed").await;
-    let body = a
-        .get_ok(
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"),
-            &alice,
-        )
-        .await;
-    let bodies = crate::common::message_bodies(&body["chunk"]);
+    let bodies = a.history(&alice, &room).await;
     assert!(!bodies.contains(&"after the ACL".to_owned()), "{bodies:?}");
 }
 
