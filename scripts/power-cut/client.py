@@ -27,3 +27,26 @@ def request(base, method, path, token=None, body=None, raw=None, timeout=10):
         except ValueError:
             pass
     return status, content if content else {}
+
+
+def send_until(stop, base, room, token, tag, acknowledged, give_up_on_error=True, pause=0.0):
+    """Sends messages to `room` as fast as they are answered (or every `pause` seconds) until
+    `stop` is set, appending the ID of each one answered 200 to `acknowledged`. Transaction
+    IDs are `{tag}n{n}`. A request that gets no answer (the server was killed) ends the loop,
+    unless `give_up_on_error` is false."""
+    import time
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            status, answer = request(
+                base, "PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{tag}n{n}",
+                token, {"msgtype": "m.text", "body": f"{tag} {n}"}, timeout=5)
+        except OSError:
+            if give_up_on_error:
+                return
+            continue
+        if status == 200:
+            acknowledged.append(answer["event_id"])
+        if pause:
+            time.sleep(pause)

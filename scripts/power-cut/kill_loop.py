@@ -21,13 +21,13 @@ import threading
 import time
 import urllib.parse
 
-from client import request
+from client import request, send_until
 from power_cut_test import Server, register
 
 SENDERS = 8
 
 
-def server_config(work, name, port):
+def server_config(work, name, port, log_level):
     """A federating server on loopback with a self-signed certificate."""
     directory = os.path.join(work, name)
     os.makedirs(directory, exist_ok=True)
@@ -42,7 +42,7 @@ def server_config(work, name, port):
                 f'database_path = "{directory}/db"\naddress = "127.0.0.1"\nport = {port}\n'
                 f'allow_registration = true\nallow_federation = true\n'
                 f'allow_invalid_tls_certificates = true\nip_range_denylist = []\n'
-                f'trusted_servers = []\nrate_limits = {{ enabled = false }}\nlog = "warn"\n'
+                f'trusted_servers = []\nrate_limits = {{ enabled = false }}\nlog = "{log_level}"\n'
                 f'admin_room = false\n'
                 f'tls = {{ certs = "{cert}", key = "{key}" }}\n')
     return config, f"https://localhost:{port}"
@@ -53,11 +53,12 @@ def main():
     # The servers present self-signed certificates.
     import ssl
     ssl._create_default_https_context = ssl._create_unverified_context
-    victim_config, victim = server_config(work, "victim", 18670)
-    peer_config, peer = server_config(work, "peer", 18671)
-    log = open(os.path.join(work, "log"), "ab")
-    peer_server = Server(binary, peer_config, log)
+    level = os.environ.get("KILL_LOOP_LOG", "warn")
+    victim_config, victim = server_config(work, "victim", 18670, level)
+    peer_config, peer = server_config(work, "peer", 18671, level)
+    peer_server = Server(binary, peer_config, open(os.path.join(work, "peer.log"), "ab"))
     peer_server.wait_ready(peer)
+    log = open(os.path.join(work, "victim.log"), "ab")
     server = Server(binary, victim_config, log)
     server.wait_ready(victim)
     try:
@@ -145,22 +146,6 @@ def run(binary, victim_config, victim, peer, server, cycles, log):
         last = {"events": [], "to_device": set(), "media": {}}
         guard = threading.Lock()
 
-        def sender(i):
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    status, answer = request(
-                        victim, "PUT",
-                        f"/_matrix/client/v3/rooms/{room}/send/m.room.message/c{cycle}s{i}n{n}",
-                        senders[i], {"msgtype": "m.text", "body": f"cycle {cycle} {i}/{n}"},
-                        timeout=5)
-                except OSError:
-                    return
-                if status == 200:
-                    with guard:
-                        last["events"].append(answer["event_id"])
-
         def courier_loop():
             n = 0
             while not stop.is_set():
@@ -205,25 +190,14 @@ def run(binary, victim_config, victim, peer, server, cycles, log):
                         last["media"][answer["content_uri"].removeprefix("mxc://")] = \
                             hashlib.sha256(data).hexdigest()
 
-        def remote_loop():
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    status, answer = request(
-                        peer, "PUT",
-                        f"/_matrix/client/v3/rooms/{room}/send/m.room.message/c{cycle}r{n}",
-                        remote, {"msgtype": "m.text", "body": f"remote {cycle}/{n}"}, timeout=5)
-                except OSError:
-                    continue
-                if status == 200:
-                    with guard:
-                        acked["remote"].append(answer["event_id"])
-                time.sleep(0.1)
-
-        threads = [threading.Thread(target=sender, args=(i,)) for i in range(SENDERS)]
-        threads += [threading.Thread(target=f) for f in
-                    (courier_loop, keys_loop, media_loop, remote_loop)]
+        threads = [threading.Thread(target=send_until, args=(
+            stop, victim, room, senders[i], f"c{cycle}s{i}", last["events"]))
+            for i in range(SENDERS)]
+        # The peer's user: the peer stays up, so a failed request is tried again.
+        threads.append(threading.Thread(target=send_until, args=(
+            stop, peer, room, remote, f"c{cycle}r", acked["remote"]),
+            kwargs={"give_up_on_error": False, "pause": 0.1}))
+        threads += [threading.Thread(target=f) for f in (courier_loop, keys_loop, media_loop)]
         for t in threads:
             t.start()
         time.sleep(1.0 + (cycle % 5) * 0.1)
@@ -243,7 +217,13 @@ def run(binary, victim_config, victim, peer, server, cycles, log):
     lost["to_device"] |= acked["to_device"] - delivered
     lost["keys"] = max(lost["keys"], acked["keys"] - one_time_keys())
     lost["media"] |= missing_media(acked["media"])
-    # Federation catches up both ways (the peer backs off from a server that was down).
+    # A restarted server speaks to its peers soon (its users do): that ends their back-off
+    # from it (`heard_from`), and federation catches up both ways.
+    status, answer = request(victim, "PUT",
+                             f"/_matrix/client/v3/rooms/{room}/send/m.room.message/back",
+                             senders[0], {"msgtype": "m.text", "body": "back"})
+    if status == 200:
+        acked["events"].append(answer["event_id"])
     deadline = time.time() + 300
     remote_missing = set(acked["remote"])
     at_peer_missing = set(acked["events"])
@@ -252,7 +232,26 @@ def run(binary, victim_config, victim, peer, server, cycles, log):
         at_peer_missing = missing_events(peer, remote, at_peer_missing)
         if remote_missing or at_peer_missing:
             time.sleep(5)
+    for event in sorted(remote_missing):
+        # What the peer has of it, and whether the victim has it in the room's timeline at
+        # all (the admin API reads history whatever the visibility; sender0 is the admin).
+        status, seen = request(peer, "GET", f"/_matrix/client/v3/rooms/{room}/event/{event}",
+                               remote)
+        status_v, found = request(victim, "GET", f"/_matrix/client/v3/rooms/{room}/event/{event}",
+                                  senders[0])
+        _, page = request(victim, "GET",
+                          f"/_synapse/admin/v1/rooms/{room}/messages?dir=b&limit=1000",
+                          senders[0])
+        in_history = isinstance(page, dict) and any(
+            e.get("event_id") == event for e in page.get("chunk", []))
+        print(f"  never arrived: {event}: on the peer {status} "
+              f"{seen.get('content', {}).get('body') if isinstance(seen, dict) else seen!r}, "
+              f"origin_server_ts {seen.get('origin_server_ts') if isinstance(seen, dict) else '-'}; "
+              f"the victim answers {status_v} {found!r:.200}; in its last 1,000 events: "
+              f"{in_history}", flush=True)
     server.kill()
+    for event in sorted(at_peer_missing):
+        print(f"  never reached the peer: {event}")
     print(f"{cycles} kills under {SENDERS} senders: "
           f"{len(acked['events'])} messages acknowledged, {len(lost['events'])} lost; "
           f"{len(acked['to_device'])} to-device, {len(lost['to_device'])} lost; "

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from client import request
+from client import request, send_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SENDERS = 8
@@ -145,22 +145,9 @@ def main():
         stop = threading.Event()
         sent = []
 
-        def sender(i):
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    status, answer = request(
-                        base, "PUT",
-                        f"/_matrix/client/v3/rooms/{room}/send/m.room.message/c{cycle}s{i}n{n}",
-                        tokens[i], {"msgtype": "m.text", "body": f"cycle {cycle} {i}/{n}"},
-                        timeout=5)
-                except OSError:
-                    return
-                if status == 200:
-                    sent.append(answer["event_id"])
-
-        threads = [threading.Thread(target=sender, args=(i,)) for i in range(SENDERS)]
+        threads = [threading.Thread(target=send_until,
+                                    args=(stop, base, room, tokens[i], f"c{cycle}s{i}", sent))
+                   for i in range(SENDERS)]
         for t in threads:
             t.start()
         time.sleep(1.0 + (cycle % 5) * 0.1)

@@ -4,8 +4,10 @@
 sets typing, sends a read receipt, uploads and downloads a small file, changes its display
 name, sends a to-device message and uploads one-time keys. Every 10 s the server's RSS (and
 its anonymous part) is sampled. At the end: what was done, the samples per tenth of the run,
-and a verdict: memory must level off — the last quarter's peak no higher than the second
-quarter's peak plus 10 % — and no request may have failed with a 5xx or gone unanswered.
+and a verdict: memory must level off — the anonymous RSS less the block cache (which fills
+towards its capacity as the data grows: a cache's bound), its peak in the last quarter no
+higher than in the second quarter plus 10 % — and no request may have failed with a 5xx or
+gone unanswered.
 
 Usage: soak.py CULVERT_BINARY MINUTES WORKDIR
 """
@@ -23,6 +25,17 @@ USERS = 20
 ROOMS = 4
 
 
+def cache_bytes(metrics):
+    """RocksDB's memtables and block cache (MiB), from culvert's own metrics."""
+    figures = {}
+    status, text = request(metrics, "GET", "/metrics")
+    for line in (text.decode() if isinstance(text, bytes) else "").splitlines():
+        for name in ("culvert_rocksdb_memtable_bytes", "culvert_rocksdb_block_cache_bytes"):
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                figures[name] = float(line.split()[-1]) / 1048576
+    return figures.get("culvert_rocksdb_memtable_bytes", 0.0), figures.get("culvert_rocksdb_block_cache_bytes", 0.0)
+
+
 def memory(pid):
     """RSS and anonymous RSS of `pid`, MiB."""
     fields = {}
@@ -36,13 +49,14 @@ def memory(pid):
 
 def main():
     binary, minutes, work = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-    port = 18660
+    port = int(os.environ.get("SOAK_PORT", "18660"))
     base = f"http://127.0.0.1:{port}"
     config = os.path.join(work, "culvert.toml")
     with open(config, "w") as f:
         f.write(f'[global]\nserver_name = "soak.localhost"\ndatabase_path = "{work}/db"\n'
                 f'address = "127.0.0.1"\nport = {port}\nallow_registration = true\n'
-                f'rate_limits = {{ enabled = false }}\nlog = "warn"\nadmin_room = false\n')
+                f'rate_limits = {{ enabled = false }}\nlog = "warn"\nadmin_room = false\n'
+                f'metrics = {{ address = "127.0.0.1:{port + 1}" }}\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CULVERT_", "CONDUIT_"))}
     log = open(os.path.join(work, "log"), "ab")
     server = subprocess.Popen([binary, "--config", config], stdout=log, stderr=subprocess.STDOUT,
@@ -54,13 +68,13 @@ def main():
                     break
             except OSError:
                 time.sleep(0.05)
-        run(base, server, minutes)
+        run(base, f"http://127.0.0.1:{port + 1}", server, minutes)
     finally:
         server.kill()
         server.wait()
 
 
-def run(base, server, minutes):
+def run(base, metrics, server, minutes):
     users = []
     for i in range(USERS):
         status, answer = request(base, "POST", "/_matrix/client/v3/register", body={
@@ -167,8 +181,10 @@ def run(base, server, minutes):
     end = started + minutes * 60
     while time.time() < end and server.poll() is None:
         rss, anon = memory(server.pid)
-        samples.append((time.time() - started, rss, anon))
-        print(f"  {samples[-1][0] / 60:5.1f} min: RSS {rss:6.1f} MiB (anonymous {anon:6.1f}), "
+        memtables, block_cache = cache_bytes(metrics)
+        samples.append((time.time() - started, rss, anon, memtables, block_cache))
+        print(f"  {samples[-1][0] / 60:5.1f} min: RSS {rss:6.1f} MiB (anonymous {anon:6.1f}; "
+              f"memtables {memtables:5.1f}, block cache {block_cache:5.1f}), "
               f"{sum(counts.values())} requests", flush=True)
         time.sleep(10)
     stop.set()
@@ -183,13 +199,19 @@ def run(base, server, minutes):
     for k in range(0, len(samples), tenth):
         part = samples[k:k + tenth]
         print(f"  {part[0][0] / 60:5.1f}-{part[-1][0] / 60:5.1f} min: RSS peak "
-              f"{max(s[1] for s in part):6.1f} MiB, anonymous peak {max(s[2] for s in part):6.1f}")
+              f"{max(s[1] for s in part):6.1f} MiB, anonymous peak {max(s[2] for s in part):6.1f}, "
+              f"memtables {part[-1][3]:5.1f}, block cache {part[-1][4]:5.1f}")
+    # The block cache fills towards its capacity as the data grows (it is read back): that is
+    # a cache's bound, not a leak. What must level off is the rest of the heap.
     quarter = max(1, len(samples) // 4)
-    second = max(s[1] for s in samples[quarter:2 * quarter] or samples)
-    last = max(s[1] for s in samples[-quarter:])
+    rest = [s[2] - s[4] for s in samples]
+    second = max(rest[quarter:2 * quarter] or rest)
+    last = max(rest[-quarter:])
     level = last <= second * 1.10
-    print(f"RSS peak, second quarter {second:.1f} MiB, last quarter {last:.1f} MiB: "
-          f"{'levelled off' if level else 'STILL GROWING'}")
+    print(f"anonymous RSS less the block cache, peak: second quarter {second:.1f} MiB, last "
+          f"quarter {last:.1f} MiB: {'levelled off' if level else 'STILL GROWING'} "
+          f"(block cache at the end {samples[-1][4]:.1f} MiB; RSS peak "
+          f"{max(s[1] for s in samples):.1f} MiB)")
     print(f"server errors or unanswered requests: {len(failures)}"
           + (f" (first: {failures[:5]})" if failures else ""))
     sys.exit(0 if level and not failures else 1)
