@@ -90,6 +90,7 @@ impl Services {
         {
             match outcome {
                 Ok((event_id, outcome)) => {
+                    tracing::debug!(%origin, %event_id, ?outcome, "a PDU of a transaction");
                     let result = match outcome {
                         Appended::New | Appended::Known => Ok(()),
                         Appended::SoftFailed => Ok(()),

@@ -312,9 +312,23 @@ impl Timeline {
         version: &RoomVersionId,
         extremities: &[OwnedEventId],
     ) -> Result<State> {
+        self.state_at_extremities_knowing(version, extremities, None)
+    }
+
+    /// [`Timeline::state_at_extremities`], with the state after one of them (`known`: a new
+    /// event not yet written) given rather than read.
+    pub fn state_at_extremities_knowing(
+        &self,
+        version: &RoomVersionId,
+        extremities: &[OwnedEventId],
+        known: Option<(&EventId, &State)>,
+    ) -> Result<State> {
         let states = extremities
             .iter()
-            .map(|id| self.state_after(id))
+            .map(|id| match known {
+                Some((event_id, state)) if event_id == id => Ok(state.clone()),
+                _ => self.state_after(id),
+            })
             .collect::<Result<Vec<_>>>()?;
         self.resolve_state(version, &states)
     }

@@ -386,7 +386,7 @@ impl Timeline {
             // A create event: nothing before it.
             (None, []) => State::new(),
             (None, [one]) => self.state_after(one)?,
-            (None, many) => self.resolve_blocking(&room.version, many)?,
+            (None, many) => self.resolve_blocking(&room.version, many, None)?,
         };
         let in_state = |state: &State, kind: &StateEventType, key: &str| {
             state
@@ -442,12 +442,21 @@ impl Timeline {
         let new_state = if extremities.len() == 1 {
             self.save_state(before, &after)?
         } else {
-            // Resolution reads the event's PDU and state from the store: write them first.
-            // (Alone they are harmless: an event without a timeline entry is not shown; and the
-            // event's commit, which waits for the disk, makes them durable too.)
-            self.store
-                .write_without_waiting(std::mem::take(&mut batch))?;
-            let resolved = self.resolve_blocking(&room.version, &extremities)?;
+            // Resolution reads the event's PDU from the store: write it first, alone. Alone it
+            // is harmless — without its state entry the event still counts as unknown, so if
+            // the process dies before the commit, the event is taken again when its server
+            // sends it again. (Its state entry written here too made it "known" after such a
+            // crash, and it was never appended: the kill -9 loop found that.) Its state after
+            // it is handed to the resolution instead.
+            let mut pdu_first = Batch::new();
+            pdu_first.put(
+                Cf::Pdus,
+                keys::u64_be(short_event),
+                serde_json::to_vec(&stored)?,
+            );
+            self.store.write_without_waiting(pdu_first)?;
+            let resolved =
+                self.resolve_blocking(&room.version, &extremities, Some((event_id, &after)))?;
             self.save_state(room.state, &resolved)?
         };
         let redacted = self.redact_target_in(&mut batch, &stored, &rules)?;
@@ -483,13 +492,15 @@ impl Timeline {
         Ok(Appended::New)
     }
 
-    /// The resolution of the states after `events`, off the async worker when it can be.
+    /// The resolution of the states after `events`, off the async worker when it can be;
+    /// `known`: an event whose state after it is given rather than read.
     fn resolve_blocking(
         &self,
         version: &ruma::RoomVersionId,
         events: &[OwnedEventId],
+        known: Option<(&EventId, &State)>,
     ) -> Result<State> {
-        let resolve = || self.state_at_extremities(version, events);
+        let resolve = || self.state_at_extremities_knowing(version, events, known);
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(resolve),
             _ => resolve(),
