@@ -14,12 +14,12 @@ Usage: soak.py CULVERT_BINARY MINUTES WORKDIR
 
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
 
 from client import request
+from power_cut_test import Server
 
 USERS = 20
 ROOMS = 4
@@ -57,21 +57,12 @@ def main():
                 f'address = "127.0.0.1"\nport = {port}\nallow_registration = true\n'
                 f'rate_limits = {{ enabled = false }}\nlog = "warn"\nadmin_room = false\n'
                 f'metrics = {{ address = "127.0.0.1:{port + 1}" }}\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CULVERT_", "CONDUIT_"))}
-    log = open(os.path.join(work, "log"), "ab")
-    server = subprocess.Popen([binary, "--config", config], stdout=log, stderr=subprocess.STDOUT,
-                              env=env)
+    server = Server(binary, config, open(os.path.join(work, "log"), "ab"))
     try:
-        for _ in range(200):
-            try:
-                if request(base, "GET", "/_matrix/client/versions", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.05)
-        run(base, f"http://127.0.0.1:{port + 1}", server, minutes)
+        server.wait_ready(base)
+        run(base, f"http://127.0.0.1:{port + 1}", server.proc, minutes)
     finally:
         server.kill()
-        server.wait()
 
 
 def run(base, metrics, server, minutes):

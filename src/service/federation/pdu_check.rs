@@ -340,17 +340,24 @@ mod tests {
         );
     }
 
+    /// [`message`], with another `sender` (the signature left as it was).
+    fn message_sent_by(
+        services: &Services,
+        version: &RoomVersionId,
+        sender: &str,
+    ) -> CanonicalJsonObject {
+        let mut pdu = message(services, version);
+        pdu.insert("sender".into(), CanonicalJsonValue::String(sender.into()));
+        pdu
+    }
+
     /// A sender that is no user ID: whose servers must sign cannot be known.
     #[tokio::test]
     async fn a_sender_that_is_no_user_id_is_forbidden() {
         let dir = tempfile::TempDir::new().unwrap();
         let services = services(&dir);
         let version = RoomVersionId::V10;
-        let mut pdu = message(&services, &version);
-        pdu.insert(
-            "sender".into(),
-            CanonicalJsonValue::String("alice-without-a-server".into()),
-        );
+        let pdu = message_sent_by(&services, &version, "alice-without-a-server");
         assert_eq!(
             refused(&services, &version, pdu).await,
             (http::StatusCode::FORBIDDEN, "M_FORBIDDEN".to_owned())
@@ -364,11 +371,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let services = services(&dir);
         let version = RoomVersionId::V10;
-        let mut pdu = message(&services, &version);
-        pdu.insert(
-            "sender".into(),
-            CanonicalJsonValue::String("@mallory:elsewhere.invalid".into()),
-        );
+        let mut pdu = message_sent_by(&services, &version, "@mallory:elsewhere.invalid");
         let CanonicalJsonValue::Object(signatures) = pdu.get_mut("signatures").unwrap() else {
             unreachable!()
         };
