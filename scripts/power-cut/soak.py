@@ -25,15 +25,50 @@ USERS = 20
 ROOMS = 4
 
 
-def cache_bytes(metrics):
-    """RocksDB's memtables and block cache (MiB), from culvert's own metrics."""
-    figures = {}
+# What culvert's metrics say about its memory, sampled beside the RSS (short name: metric).
+FIGURES = {
+    "memtables": "culvert_rocksdb_memtable_bytes",
+    "block cache": "culvert_rocksdb_block_cache_bytes",
+    "table readers": "culvert_rocksdb_table_readers_bytes",
+    "mimalloc": "culvert_allocator_rust_committed_bytes",
+    "malloc in use": "culvert_allocator_c_in_use_bytes",
+    "malloc free": "culvert_allocator_c_free_held_bytes",
+}
+
+
+def figures(metrics):
+    """The FIGURES now, MiB (0 for one culvert does not report)."""
+    values = dict.fromkeys(FIGURES, 0.0)
     status, text = request(metrics, "GET", "/metrics")
     for line in (text.decode() if isinstance(text, bytes) else "").splitlines():
-        for name in ("culvert_rocksdb_memtable_bytes", "culvert_rocksdb_block_cache_bytes"):
+        for short, name in FIGURES.items():
             if line.startswith(name + " ") or line.startswith(name + "{"):
-                figures[name] = float(line.split()[-1]) / 1048576
-    return figures.get("culvert_rocksdb_memtable_bytes", 0.0), figures.get("culvert_rocksdb_block_cache_bytes", 0.0)
+                values[short] = float(line.split()[-1]) / 1048576
+    return values
+
+
+def resident_by_allocator(pid):
+    """Anonymous resident memory of `pid` by who mapped it (MiB), from /proc/PID/smaps:
+    mimalloc reserves its arenas by the GiB (culvert's own allocations); glibc's malloc
+    (RocksDB's) has the `[heap]` and, per thread, heaps aligned to 64 MiB; thread stacks are
+    8 MiB; the rest are single large blocks glibc mapped on their own, and small mappings."""
+    totals = {"mimalloc": 0, "malloc heaps": 0, "other": 0}
+    size = start = name = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:
+                low, high = (int(x, 16) for x in head[0].split("-"))
+                size, start, name = high - low, low, head[5] if len(head) > 5 else ""
+            elif head[0] == "Anonymous:" and int(head[1]):
+                kib = int(head[1])
+                if not name and size >= 256 << 20:
+                    totals["mimalloc"] += kib
+                elif name == "[heap]" or (not name and start % (64 << 20) == 0):
+                    totals["malloc heaps"] += kib
+                else:
+                    totals["other"] += kib
+    return {k: v / 1024 for k, v in totals.items()}
 
 
 def memory(pid):
@@ -56,7 +91,8 @@ def main():
         f.write(f'[global]\nserver_name = "soak.localhost"\ndatabase_path = "{work}/db"\n'
                 f'address = "127.0.0.1"\nport = {port}\nallow_registration = true\n'
                 f'rate_limits = {{ enabled = false }}\nlog = "warn"\nadmin_room = false\n'
-                f'metrics = {{ address = "127.0.0.1:{port + 1}" }}\n')
+                f'metrics = {{ address = "127.0.0.1:{port + 1}" }}\n'
+                + os.environ.get("SOAK_CONFIG", "").replace("\\n", "\n") + "\n")
     server = Server(binary, config, open(os.path.join(work, "log"), "ab"))
     try:
         server.wait_ready(base)
@@ -172,11 +208,12 @@ def run(base, metrics, server, minutes):
     end = started + minutes * 60
     while time.time() < end and server.poll() is None:
         rss, anon = memory(server.pid)
-        memtables, block_cache = cache_bytes(metrics)
-        samples.append((time.time() - started, rss, anon, memtables, block_cache))
-        print(f"  {samples[-1][0] / 60:5.1f} min: RSS {rss:6.1f} MiB (anonymous {anon:6.1f}; "
-              f"memtables {memtables:5.1f}, block cache {block_cache:5.1f}), "
-              f"{sum(counts.values())} requests", flush=True)
+        now = figures(metrics)
+        now.update(resident_by_allocator(server.pid))
+        samples.append((time.time() - started, rss, anon, now["memtables"], now["block cache"], now))
+        print(f"  {samples[-1][0] / 60:5.1f} min: RSS {rss:6.1f} MiB, anonymous {anon:6.1f} ("
+              + ", ".join(f"{k} {v:5.1f}" for k, v in now.items())
+              + f"), {sum(counts.values())} requests", flush=True)
         time.sleep(10)
     stop.set()
     for t in threads:
@@ -190,8 +227,9 @@ def run(base, metrics, server, minutes):
     for k in range(0, len(samples), tenth):
         part = samples[k:k + tenth]
         print(f"  {part[0][0] / 60:5.1f}-{part[-1][0] / 60:5.1f} min: RSS peak "
-              f"{max(s[1] for s in part):6.1f} MiB, anonymous peak {max(s[2] for s in part):6.1f}, "
-              f"memtables {part[-1][3]:5.1f}, block cache {part[-1][4]:5.1f}")
+              f"{max(s[1] for s in part):6.1f} MiB, anonymous peak {max(s[2] for s in part):6.1f}; at "
+              f"the end: "
+              + ", ".join(f"{k} {v:5.1f}" for k, v in part[-1][5].items()))
     # The block cache fills towards its capacity as the data grows (it is read back): that is
     # a cache's bound, not a leak. What must level off is the rest of the heap.
     quarter = max(1, len(samples) // 4)

@@ -333,6 +333,11 @@ impl Services {
                 figures.block_cache_capacity_bytes,
             ),
             (
+                "table_readers_bytes",
+                "Bytes of index and filter blocks held outside the block cache",
+                figures.table_readers_bytes,
+            ),
+            (
                 "running_compactions",
                 "Compactions running now",
                 figures.running_compactions,
@@ -368,6 +373,7 @@ impl Services {
                 rocksdb.register(name, help, ConstCounter::new(value));
             }
         }
+        register_allocators(registry.sub_registry_with_prefix("allocator"));
         let reads = store.read_stats();
         registry.register(
             "store_point_reads",
@@ -425,6 +431,45 @@ fn register_process(registry: &mut Registry, started_at: f64) {
         "Threads",
         ConstGauge::new(stat.threads as i64),
     );
+}
+
+/// What the two allocators hold: mimalloc serves culvert's own (Rust) allocations, glibc's
+/// malloc RocksDB's. Read to tell a leak from memory an allocator keeps after it was freed.
+fn register_allocators(registry: &mut Registry) {
+    let mut committed = 0usize;
+    // SAFETY: every out-parameter but one is null, which mi_process_info allows.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut committed,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+    }
+    registry.register(
+        "rust_committed_bytes",
+        "Memory mimalloc holds for culvert's own allocations (in use or kept for reuse)",
+        ConstGauge::new(committed as i64),
+    );
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads malloc's bookkeeping (under its arenas' locks).
+        let info = unsafe { libc::mallinfo2() };
+        registry.register(
+            "c_in_use_bytes",
+            "Memory glibc's malloc has handed out and not yet got back (RocksDB's, mostly)",
+            ConstGauge::new((info.uordblks + info.hblkhd) as i64),
+        );
+        registry.register(
+            "c_free_held_bytes",
+            "Memory freed to glibc's malloc that it keeps in its heaps instead of returning",
+            ConstGauge::new(info.fordblks as i64),
+        );
+    }
 }
 
 struct ProcStat {

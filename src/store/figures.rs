@@ -16,6 +16,8 @@ pub struct StoreFigures {
     /// Bytes the block cache holds, and its capacity.
     pub block_cache_bytes: u64,
     pub block_cache_capacity_bytes: u64,
+    /// Bytes of index and filter blocks held outside the block cache (table readers).
+    pub table_readers_bytes: u64,
     /// Compactions running now.
     pub running_compactions: u64,
     /// Bytes compactions still have to rewrite (RocksDB's estimate).
@@ -46,6 +48,7 @@ impl Store {
             let handle = self.handle(cf);
             figures.memtable_bytes += int(handle, "rocksdb.cur-size-all-mem-tables");
             figures.sst_bytes += int(handle, "rocksdb.total-sst-files-size");
+            figures.table_readers_bytes += int(handle, "rocksdb.estimate-table-readers-mem");
             figures.pending_compaction_bytes +=
                 int(handle, "rocksdb.estimate-pending-compaction-bytes");
         }

@@ -188,6 +188,11 @@ async fn counters_move_with_requests_events_and_long_polls() {
     assert!(value(&after, "culvert_rocksdb_block_cache_capacity_bytes", &[]) > 0.0);
     assert!(has(&after, "culvert_rocksdb_block_cache_hits_total"));
     assert!(has(&after, "culvert_rocksdb_memtable_bytes"));
+    assert!(has(&after, "culvert_rocksdb_table_readers_bytes"));
+    // What each allocator holds: mimalloc culvert's own memory, glibc's malloc RocksDB's.
+    assert!(value(&after, "culvert_allocator_rust_committed_bytes", &[]) > 1_000_000.0);
+    assert!(value(&after, "culvert_allocator_c_in_use_bytes", &[]) > 1_000_000.0);
+    assert!(has(&after, "culvert_allocator_c_free_held_bytes"));
     assert!(has(&after, "culvert_federation_queue_events"));
     assert_eq!(value(&after, "culvert_users", &[]), 1.0);
     assert!(
