@@ -49,6 +49,45 @@ pub struct DeviceListChanges {
 }
 
 /// Whether sync's `device_lists` section has anything (then a long-polling sync answers).
+/// What [`Services::sync_device_lists`] needs of one joined or left room of a `/sync` answer,
+/// read before the room's part is serialised: the member events it carries.
+pub struct SyncedRoom {
+    pub room_id: OwnedRoomId,
+    pub joined: bool,
+    /// The users of its `m.room.member` events (timeline, state, state after under either
+    /// name), with the
+    /// membership each says.
+    pub members: Vec<(OwnedUserId, String)>,
+}
+
+impl SyncedRoom {
+    /// Reads a room's part of the answer (`room`, with its `timeline`, `state` and
+    /// `state_after` sections).
+    pub fn read(room_id: &RoomId, joined: bool, room: &Value) -> Self {
+        let members = [
+            "timeline",
+            "state",
+            "state_after",
+            "org.matrix.msc4222.state_after",
+        ]
+        .iter()
+        .filter_map(|part| room[part]["events"].as_array())
+        .flatten()
+        .filter(|event| event["type"] == "m.room.member")
+        .filter_map(|event| {
+            let member = UserId::parse(event["state_key"].as_str()?).ok()?;
+            let membership = event["content"]["membership"].as_str()?;
+            Some((member, membership.to_owned()))
+        })
+        .collect();
+        Self {
+            room_id: room_id.to_owned(),
+            joined,
+            members,
+        }
+    }
+}
+
 pub fn has_changes(device_lists: &Value) -> bool {
     ["changed", "left"]
         .iter()
@@ -142,69 +181,46 @@ impl Services {
         user_id: &UserId,
         since: Option<u64>,
         upto: u64,
-        rooms: &Value,
+        rooms: &[SyncedRoom],
     ) -> Result<Value> {
         let Some(since) = since else {
             return Ok(json!({ "changed": [], "left": [] }));
         };
         let mut joined_now = BTreeSet::new();
         let mut left_candidates = BTreeSet::new();
-        let own_change = |room_id: &RoomId| -> Result<bool> {
-            Ok(self
+        for room in rooms {
+            let own_change = self
                 .members
-                .membership(room_id, user_id)?
-                .is_some_and(|m| m.count > since && m.count <= upto))
-        };
-        for (section, joined) in [("join", true), ("leave", false)] {
-            let Some(section) = rooms[section].as_object() else {
-                continue;
-            };
-            for (room_id, room) in section {
-                let Ok(room_id) = RoomId::parse(room_id) else {
-                    continue;
-                };
-                if own_change(&room_id)? {
-                    // Joined: every member is new to the client; left: maybe none is shared.
-                    for (member, state) in self.members.of_room(&room_id)? {
-                        if state == MembershipState::Join && member != user_id {
-                            if joined {
-                                joined_now.insert(member);
-                            } else {
-                                left_candidates.insert(member);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if !joined {
-                    continue;
-                }
-                let events = ["timeline", "state", "state_after"]
-                    .iter()
-                    .filter_map(|part| room[part]["events"].as_array())
-                    .flatten();
-                for event in events {
-                    if event["type"] != "m.room.member" {
-                        continue;
-                    }
-                    let Some(member) = event["state_key"]
-                        .as_str()
-                        .and_then(|u| UserId::parse(u).ok())
-                    else {
-                        continue;
-                    };
-                    if member == user_id {
-                        continue;
-                    }
-                    match event["content"]["membership"].as_str() {
-                        Some("join") => {
+                .membership(&room.room_id, user_id)?
+                .is_some_and(|m| m.count > since && m.count <= upto);
+            if own_change {
+                // Joined: every member is new to the client; left: maybe none is shared.
+                for (member, state) in self.members.of_room(&room.room_id)? {
+                    if state == MembershipState::Join && member != user_id {
+                        if room.joined {
                             joined_now.insert(member);
-                        }
-                        Some("leave" | "ban") => {
+                        } else {
                             left_candidates.insert(member);
                         }
-                        _ => {}
                     }
+                }
+                continue;
+            }
+            if !room.joined {
+                continue;
+            }
+            for (member, membership) in &room.members {
+                if member == user_id {
+                    continue;
+                }
+                match membership.as_str() {
+                    "join" => {
+                        joined_now.insert(member.clone());
+                    }
+                    "leave" | "ban" => {
+                        left_candidates.insert(member.clone());
+                    }
+                    _ => {}
                 }
             }
         }

@@ -674,6 +674,54 @@ async fn full_state_and_state_after() {
     );
 }
 
+/// A member who joined in a gap of the timeline is only in the state sections; the device
+/// lists read them under either name of `state_after` (matrix-js-sdk asks with the unstable
+/// one), so the client learns to query the newcomer's devices.
+#[tokio::test]
+async fn device_lists_read_members_joined_in_a_gap_under_either_state_after() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let since = next_batch(&sync(&server, &alice, "").await);
+    server.join(&bob, &room).await;
+    server.say(&alice, &room, "one").await;
+    server.say(&alice, &room, "two").await;
+    // A timeline of one event: bob's join falls in the gap before it.
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%7D%7D";
+    for (parameter, section) in [
+        ("use_state_after", "state_after"),
+        (
+            "org.matrix.msc4222.use_state_after",
+            "org.matrix.msc4222.state_after",
+        ),
+    ] {
+        let response = sync(
+            &server,
+            &alice,
+            &format!("since={since}&filter={filter}&{parameter}=true"),
+        )
+        .await;
+        let joined = &response["rooms"]["join"][&room];
+        assert_eq!(bodies(&joined["timeline"]), vec!["two"], "{joined}");
+        assert!(
+            joined[section]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["state_key"] == bob.user_id.as_str()),
+            "bob's join in {section}: {joined}"
+        );
+        assert_eq!(
+            response["device_lists"]["changed"],
+            json!([bob.user_id]),
+            "with {parameter}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn include_leave_lists_left_rooms_on_a_first_sync() {
     let server = TestServer::start().await;

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use axum::{Json, extract};
 use ruma::api::client::sync::sync_events::v3 as sync_v3;
-use serde_json::Value;
 
 use crate::{
     Error, Result,
@@ -22,7 +21,7 @@ pub async fn sync(
     extract::State(services): extract::State<State>,
     extract::RawQuery(query): extract::RawQuery,
     request: Ruma<sync_v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::service::rooms::sync::SyncAnswer>> {
     let body = &request.body;
     // MSC4222 under its unstable name (what matrix-js-sdk sends on every sync): answered in
     // the unstable section name it reads.

@@ -14,13 +14,17 @@
 //! Filters (`sync_filter`) apply per section; with lazy-loaded members, the member events sent to
 //! each device are remembered (`lazy_loaded_members`) so they are not sent again.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
 use ruma::{
     DeviceId, EventId, OwnedEventId, OwnedRoomId, RoomId, UserId,
     events::room::member::MembershipState,
 };
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json, value::RawValue};
 
 use super::{
     client_event::{Detail, Viewer, without_room_id},
@@ -29,7 +33,7 @@ use super::{
     sync_filter::{EventMatcher, LazyMembers, SyncFilter},
     timeline::activity::Change,
 };
-use crate::service::account_data::hidden_by;
+use crate::service::{account_data::hidden_by, device_lists::SyncedRoom};
 use crate::{
     Error, Result,
     service::{Services, metrics::SyncApi},
@@ -95,7 +99,7 @@ pub(crate) struct TimelinePart {
 impl Services {
     /// Answers a `/sync`: immediately when something changed (or `full_state` was asked for),
     /// otherwise after waiting up to `timeout` for a new event.
-    pub async fn sync(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<Value> {
+    pub async fn sync(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<SyncAnswer> {
         let answer = self.sync_answer(user_id, request).await;
         if answer.is_ok() {
             self.metrics.sync_response(SyncApi::sync);
@@ -103,7 +107,7 @@ impl Services {
         answer
     }
 
-    async fn sync_answer(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<Value> {
+    async fn sync_answer(&self, user_id: &UserId, request: SyncRequest<'_>) -> Result<SyncAnswer> {
         let mut committed = self.timeline.subscribe();
         // E2EE: a token at or past the response that carried to-device messages acknowledges them.
         if let Some(since) = request.since {
@@ -113,7 +117,7 @@ impl Services {
         if request.since.is_none()
             || request.full_state
             || request.timeout.is_zero()
-            || has_changes(&response)
+            || response.has_changes()
         {
             return lazy.save_with(self, response);
         }
@@ -126,7 +130,7 @@ impl Services {
             match tokio::time::timeout_at(deadline, committed.changed()).await {
                 Ok(Ok(())) => {
                     let (response, lazy) = self.sync_once(user_id, &request)?;
-                    if has_changes(&response) {
+                    if response.has_changes() {
                         return lazy.save_with(self, response);
                     }
                 }
@@ -141,7 +145,11 @@ impl Services {
 
     /// One answer, and the lazy-loaded members it sends (remembered only if it is the answer
     /// actually given).
-    fn sync_once(&self, user_id: &UserId, request: &SyncRequest<'_>) -> Result<(Value, LazyMarks)> {
+    fn sync_once(
+        &self,
+        user_id: &UserId,
+        request: &SyncRequest<'_>,
+    ) -> Result<(SyncAnswer, LazyMarks)> {
         let now = self.timeline.current_count();
         let since = request.since.unwrap_or(0).min(now);
         let filter = &request.filter;
@@ -158,10 +166,9 @@ impl Services {
         });
         let ignored = self.ignored_users(user_id)?;
         let invites_blocked = self.invites_blocked(user_id)?;
-        let mut join = Map::new();
-        let mut invite = Map::new();
-        let mut leave = Map::new();
-        let mut knock = Map::new();
+        let mut rooms = RoomSections::default();
+        // What the device lists need of the joined and left rooms (not on a first sync).
+        let mut synced = Vec::new();
         for (room_id, membership) in self.members.rooms_of(user_id)? {
             if !filter.includes_room(room_id.as_str()) {
                 continue;
@@ -184,7 +191,10 @@ impl Services {
                         &mut lazy,
                         receipt_rooms.as_ref(),
                     )? {
-                        join.insert(room_id.to_string(), room);
+                        if request.since.is_some() {
+                            synced.push(SyncedRoom::read(&room_id, true, &room));
+                        }
+                        rooms.join.push(&room_id, &room)?;
                     }
                 }
                 // Invites from users the user ignores are not shown, nor any while the user
@@ -199,10 +209,9 @@ impl Services {
                         Some(remote) => self.remote_invite_state(&remote),
                         None => self.stripped_state(&room_id, &membership.event_id)?,
                     };
-                    invite.insert(
-                        room_id.to_string(),
-                        json!({ "invite_state": { "events": events } }),
-                    );
+                    rooms
+                        .invite
+                        .push(&room_id, &json!({ "invite_state": { "events": events } }))?;
                 }
                 // Knocks: like invites, stripped state and the knock itself.
                 MembershipState::Knock if changed_membership => {
@@ -211,10 +220,9 @@ impl Services {
                         Some(remote) => self.remote_invite_state(&remote),
                         None => self.stripped_state(&room_id, &membership.event_id)?,
                     };
-                    knock.insert(
-                        room_id.to_string(),
-                        json!({ "knock_state": { "events": events } }),
-                    );
+                    rooms
+                        .knock
+                        .push(&room_id, &json!({ "knock_state": { "events": events } }))?;
                 }
                 MembershipState::Leave | MembershipState::Ban => {
                     if let Some(window) = leave_window(&membership, request, filter) {
@@ -223,7 +231,10 @@ impl Services {
                         let room = self.left_room(
                             user_id, &room_id, &window, request, was_joined, &mut lazy,
                         )?;
-                        leave.insert(room_id.to_string(), room);
+                        if request.since.is_some() {
+                            synced.push(SyncedRoom::read(&room_id, false, &room));
+                        }
+                        rooms.leave.push(&room_id, &room)?;
                     }
                 }
                 _ => {}
@@ -242,23 +253,24 @@ impl Services {
             .into_iter()
             .filter(|e| filter.presence.matches(e))
             .collect();
-        let mut response = json!({
-            "next_batch": now.to_string(),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-            "account_data": { "events": account_data },
-            "presence": { "events": presence },
-            // E2EE (service::e2ee): the device's to-device queue and key counts.
-            "to_device": {
-                "events": self.to_device_events(user_id, request.device_id, request.since, now)?,
+        let response = SyncAnswer {
+            next_batch: now.to_string(),
+            rooms,
+            account_data: Events {
+                events: account_data,
             },
-            "device_lists": {},
-            "device_one_time_keys_count": self.one_time_key_counts(user_id, request.device_id)?,
-            "device_unused_fallback_key_types":
-                self.unused_fallback_key_types(user_id, request.device_id)?,
-        });
-        // E2EE (service::device_lists): whose devices to re-query, read off this response's rooms.
-        response["device_lists"] =
-            self.sync_device_lists(user_id, request.since, now, &response["rooms"])?;
+            presence: Events { events: presence },
+            // E2EE (service::e2ee): the device's to-device queue and key counts.
+            to_device: Events {
+                events: self.to_device_events(user_id, request.device_id, request.since, now)?,
+            },
+            // E2EE (service::device_lists): whose devices to re-query, read off this
+            // response's rooms.
+            device_lists: self.sync_device_lists(user_id, request.since, now, &synced)?,
+            device_one_time_keys_count: self.one_time_key_counts(user_id, request.device_id)?,
+            device_unused_fallback_key_types: self
+                .unused_fallback_key_types(user_id, request.device_id)?,
+        };
         Ok((response, lazy))
     }
 
@@ -691,21 +703,70 @@ fn timeline_json(timeline: TimelinePart, filter: &SyncFilter) -> Value {
 }
 
 /// Sync sends events without `room_id` (the room is the key they are listed under).
-fn has_changes(response: &Value) -> bool {
-    let rooms = &response["rooms"];
-    ["join", "invite", "leave", "knock"]
-        .iter()
-        .any(|section| rooms[section].as_object().is_some_and(|m| !m.is_empty()))
-        || response["account_data"]["events"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-        || response["presence"]["events"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-        || response["to_device"]["events"]
-            .as_array()
-            .is_some_and(|e| !e.is_empty())
-        || crate::service::device_lists::has_changes(&response["device_lists"])
+/// A `/sync` answer. Each room's part is serialised as soon as it is built, so that a large
+/// answer (a first sync over a thousand rooms) is never held as one tree of JSON values — a
+/// tree takes several times the memory of its text (BENCHMARKS.md, "A first sync, room by
+/// room").
+#[derive(Serialize)]
+pub struct SyncAnswer {
+    next_batch: String,
+    rooms: RoomSections,
+    account_data: Events,
+    presence: Events,
+    to_device: Events,
+    device_lists: Value,
+    device_one_time_keys_count: BTreeMap<String, u64>,
+    device_unused_fallback_key_types: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Events {
+    events: Vec<Value>,
+}
+
+#[derive(Default, Serialize)]
+struct RoomSections {
+    join: SerialisedRooms,
+    invite: SerialisedRooms,
+    leave: SerialisedRooms,
+    knock: SerialisedRooms,
+}
+
+/// Rooms' parts of an answer by room ID, each already JSON text.
+#[derive(Default)]
+struct SerialisedRooms(Vec<(String, Box<RawValue>)>);
+
+impl SerialisedRooms {
+    fn push(&mut self, room_id: &RoomId, room: &Value) -> Result<()> {
+        let text = serde_json::value::to_raw_value(room)?;
+        self.0.push((room_id.to_string(), text));
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for SerialisedRooms {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(room_id, room)| (room_id, room)))
+    }
+}
+
+impl SyncAnswer {
+    /// Whether the answer says anything new (else a long-poll keeps waiting).
+    fn has_changes(&self) -> bool {
+        let rooms = &self.rooms;
+        !rooms.join.is_empty()
+            || !rooms.invite.is_empty()
+            || !rooms.leave.is_empty()
+            || !rooms.knock.is_empty()
+            || !self.account_data.events.is_empty()
+            || !self.presence.events.is_empty()
+            || !self.to_device.events.is_empty()
+            || crate::service::device_lists::has_changes(&self.device_lists)
+    }
 }
 
 /// The member events sent to one device under lazy loading, remembered with the sync position
@@ -765,7 +826,7 @@ impl LazyMarks {
     }
 
     /// Remembers what `response` sent, then hands it back.
-    fn save_with(self, services: &Services, response: Value) -> Result<Value> {
+    fn save_with<T>(self, services: &Services, response: T) -> Result<T> {
         if self.sent.is_empty() {
             return Ok(response);
         }
