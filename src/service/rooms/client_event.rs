@@ -191,8 +191,19 @@ impl EventView<'_> {
             .timeline
             .stored_pdu(event_id)?
             .ok_or_else(|| Error::not_found("No such event."))?;
-        let mut event = client_fields(room_id, event_id, &stored.pdu);
-        let unsigned = self.unsigned(room_id, &stored, count, detail)?;
+        self.stored_event(room_id, &stored, count, detail)
+    }
+
+    /// [`EventView::event`] for an event already read (by its short ID, from a timeline).
+    pub(crate) fn stored_event(
+        &mut self,
+        room_id: &RoomId,
+        stored: &StoredPdu,
+        count: Option<u64>,
+        detail: Detail,
+    ) -> Result<Value> {
+        let mut event = client_fields(room_id, &stored.event_id, &stored.pdu);
+        let unsigned = self.unsigned(room_id, stored, count, detail)?;
         event.insert("unsigned".into(), Value::Object(unsigned));
         Ok(Value::Object(event))
     }

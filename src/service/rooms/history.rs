@@ -228,12 +228,14 @@ impl Services {
         loop {
             let batch = match direction {
                 Direction::Backward => {
-                    let (mut batch, _) = self.timeline.last_events(room_id, position, limit)?;
+                    let (mut batch, _) = self
+                        .timeline
+                        .last_entries_above(room_id, 0, position, limit)?;
                     batch.reverse();
                     batch.retain(|(count, _)| to.is_none_or(|to| *count > to));
                     batch
                 }
-                Direction::Forward => self.timeline.events_after(room_id, position, to, limit)?,
+                Direction::Forward => self.timeline.entries_after(room_id, position, to, limit)?,
             };
             let Some((last_count, _)) = batch.last() else {
                 return Ok(Page { events, end: None });
@@ -242,9 +244,13 @@ impl Services {
                 Direction::Backward => last_count.saturating_sub(1),
                 Direction::Forward => *last_count,
             };
-            for (count, event_id) in &batch {
+            for (count, short) in &batch {
                 scanned += 1;
-                let event = view.event(room_id, event_id, Some(*count), Detail::Timeline)?;
+                // An event purged since the entry was read is not shown.
+                let Some(stored) = self.timeline.stored_pdu_by_short(*short)? else {
+                    continue;
+                };
+                let event = view.stored_event(room_id, &stored, Some(*count), Detail::Timeline)?;
                 if filter.matches(&event)
                     && !crate::service::account_data::hidden_by(&ignored, &event)
                     && (!as_member
@@ -258,7 +264,7 @@ impl Services {
                 {
                     events.push(event);
                 }
-                if events.len() == limit || scanned == MAX_SCAN {
+                if events.len() == limit || scanned >= MAX_SCAN {
                     let end = match direction {
                         Direction::Backward => count.saturating_sub(1),
                         Direction::Forward => *count,

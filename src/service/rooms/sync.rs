@@ -439,22 +439,29 @@ impl Services {
         'read: loop {
             let (batch, more) =
                 self.timeline
-                    .last_events_above(room_id, floor, position, limit + 1)?;
+                    .last_entries_above(room_id, floor, position, limit + 1)?;
             let Some(&(first_count, _)) = batch.first() else {
                 break;
             };
-            if newest.is_none() {
-                newest = batch.last().cloned();
+            if newest.is_none()
+                && let Some(&(count, short)) = batch.last()
+            {
+                newest = Some((count, self.timeline.event_id_of_short(short)?));
             }
-            // Every entry is above the floor: `last_events_above` stops there.
-            for (count, event_id) in batch.into_iter().rev() {
+            // Every entry is above the floor: `last_entries_above` stops there.
+            for (count, short) in batch.into_iter().rev() {
                 if kept.len() == limit || scanned == MAX_SCAN {
                     limited = true;
                     break 'read;
                 }
                 scanned += 1;
                 oldest_scanned = Some(count);
-                let event = view.event(room_id, &event_id, Some(count), Detail::Timeline)?;
+                // An event purged since the entry was read is not shown.
+                let Some(stored) = self.timeline.stored_pdu_by_short(short)? else {
+                    continue;
+                };
+                let event_id = stored.event_id.clone();
+                let event = view.stored_event(room_id, &stored, Some(count), Detail::Timeline)?;
                 if matcher.matches(&event) && !hidden_by(&ignored, &event) && {
                     if membership.is_none() {
                         membership = Some(self.members.membership(room_id, user_id)?);

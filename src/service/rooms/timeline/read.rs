@@ -172,27 +172,45 @@ impl Timeline {
         upto: u64,
         limit: usize,
     ) -> Result<(Vec<(u64, OwnedEventId)>, bool)> {
+        let (entries, more) = self.last_entries_above(room_id, floor, upto, limit)?;
+        let events = entries
+            .into_iter()
+            .map(|(count, short)| Ok((count, self.event_id_of_short(short)?)))
+            .collect::<Result<_>>()?;
+        Ok((events, more))
+    }
+
+    /// [`Timeline::last_events_above`] as stream counts and short event IDs: for a reader that
+    /// reads the events themselves (by [`Timeline::stored_pdu_by_short`], which has their IDs),
+    /// without looking up each ID and then its short ID again.
+    pub fn last_entries_above(
+        &self,
+        room_id: &RoomId,
+        floor: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, bool)> {
         let prefix = keys::prefix(room_id.as_bytes());
         let start = keys::join([room_id.as_bytes(), &keys::u64_be(upto)]);
-        let mut events = Vec::with_capacity(limit.min(64));
+        let mut entries = Vec::with_capacity(limit.min(64));
         let mut more = false;
         for item in self
             .store
             .scan_prefix_rev_from(Cf::Timeline, &prefix, &start)
         {
             let (key, value) = item?;
-            let entry = self.timeline_entry(prefix.len(), &key, &value)?;
+            let entry = timeline_entry_short(prefix.len(), &key, &value)?;
             if entry.0 <= floor {
                 break;
             }
-            if events.len() == limit {
+            if entries.len() == limit {
                 more = true;
                 break;
             }
-            events.push(entry);
+            entries.push(entry);
         }
-        events.reverse();
-        Ok((events, more))
+        entries.reverse();
+        Ok((entries, more))
     }
 
     /// The state of a room after its last event with a stream count at or below `count`.
@@ -362,18 +380,33 @@ impl Timeline {
         to: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, OwnedEventId)>> {
+        self.entries_after(room_id, from, to, limit)?
+            .into_iter()
+            .map(|(count, short)| Ok((count, self.event_id_of_short(short)?)))
+            .collect()
+    }
+
+    /// [`Timeline::events_after`] as stream counts and short event IDs (see
+    /// [`Timeline::last_entries_above`]).
+    pub fn entries_after(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        to: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>> {
         let prefix = keys::prefix(room_id.as_bytes());
         let start = keys::join([room_id.as_bytes(), &keys::u64_be(from.saturating_add(1))]);
-        let mut events = Vec::new();
+        let mut entries = Vec::new();
         for item in self.store.scan_prefix_from(Cf::Timeline, &prefix, &start) {
             let (key, value) = item?;
-            let entry = self.timeline_entry(prefix.len(), &key, &value)?;
-            if events.len() == limit || to.is_some_and(|to| entry.0 > to) {
+            let entry = timeline_entry_short(prefix.len(), &key, &value)?;
+            if entries.len() == limit || to.is_some_and(|to| entry.0 > to) {
                 break;
             }
-            events.push(entry);
+            entries.push(entry);
         }
-        Ok(events)
+        Ok(entries)
     }
 
     /// An event's stream count, if it is stored (one point read after the short id).
@@ -450,13 +483,30 @@ impl Timeline {
         key: &[u8],
         value: &[u8],
     ) -> Result<(u64, OwnedEventId)> {
-        let corrupt = || Error::internal("corrupt timeline entry");
-        let count = keys::parse_u64_be(&key[prefix_len..]).ok_or_else(corrupt)?;
-        let short = keys::parse_u64_be(value).ok_or_else(corrupt)?;
-        let event_id = self.short.event_id(short)?.ok_or_else(corrupt)?;
-        Ok((
-            count,
-            EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))?,
-        ))
+        let (count, short) = timeline_entry_short(prefix_len, key, value)?;
+        Ok((count, self.event_id_of_short(short)?))
     }
+
+    /// The ID of the event with short ID `short` (which the timeline holds).
+    pub fn event_id_of_short(&self, short: u64) -> Result<OwnedEventId> {
+        let event_id = self
+            .short
+            .event_id(short)?
+            .ok_or_else(|| Error::internal("corrupt timeline entry"))?;
+        EventId::parse(&event_id).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// The stored event with short ID `short`, kept parsed (see [`Timeline::stored_pdu`]).
+    pub(crate) fn stored_pdu_by_short(&self, short: u64) -> Result<Option<Arc<StoredPdu>>> {
+        self.pdu_by_short(short)
+    }
+}
+
+/// A timeline entry: its stream count (from the key after the room's prefix) and the event's
+/// short ID (the value).
+fn timeline_entry_short(prefix_len: usize, key: &[u8], value: &[u8]) -> Result<(u64, u64)> {
+    let corrupt = || Error::internal("corrupt timeline entry");
+    let count = keys::parse_u64_be(&key[prefix_len..]).ok_or_else(corrupt)?;
+    let short = keys::parse_u64_be(value).ok_or_else(corrupt)?;
+    Ok((count, short))
 }
