@@ -54,6 +54,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     services.start_federation_sender()?;
     expire_presence_periodically(&services);
     expire_typing_periodically(&services);
+    trim_malloc_periodically();
     services.start_appservice_senders();
     services.start_push_sender()?;
     services.run_delayed_events();
@@ -284,6 +285,32 @@ fn expire_typing_periodically(services: &Arc<Services>) {
             };
             if let Err(e) = services.expire_typing().await {
                 tracing::warn!("expiring typing notifications failed: {e}");
+            }
+        }
+    });
+}
+
+/// Every minute, glibc's malloc (which serves RocksDB: block cache, memtables) gives the free
+/// pages inside its heaps back to the system. Left to itself it returns only the free memory
+/// at a heap's top: the block cache, evicting and loading blocks of every size from several
+/// threads' heaps, left more and more free memory held, and a soak grew past its caches' bounds
+/// (RELIABILITY.md, "A long run: the soak").
+fn trim_malloc_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let trimmed = tokio::task::spawn_blocking(|| {
+                let started = std::time::Instant::now();
+                // SAFETY: malloc_trim only releases free memory; any thread may call it.
+                unsafe { libc::malloc_trim(0) };
+                started.elapsed()
+            })
+            .await;
+            if let Ok(took) = trimmed {
+                tracing::debug!(?took, "malloc's free pages returned");
             }
         }
     });

@@ -30,7 +30,7 @@ FIGURES = {
     "memtables": "culvert_rocksdb_memtable_bytes",
     "block cache": "culvert_rocksdb_block_cache_bytes",
     "table readers": "culvert_rocksdb_table_readers_bytes",
-    "mimalloc": "culvert_allocator_rust_committed_bytes",
+    "mimalloc committed": "culvert_allocator_rust_committed_bytes",
     "malloc in use": "culvert_allocator_c_in_use_bytes",
     "malloc free": "culvert_allocator_c_free_held_bytes",
 }
@@ -52,7 +52,7 @@ def resident_by_allocator(pid):
     mimalloc reserves its arenas by the GiB (culvert's own allocations); glibc's malloc
     (RocksDB's) has the `[heap]` and, per thread, heaps aligned to 64 MiB; thread stacks are
     8 MiB; the rest are single large blocks glibc mapped on their own, and small mappings."""
-    totals = {"mimalloc": 0, "malloc heaps": 0, "other": 0}
+    totals = {"mimalloc resident": 0, "malloc heaps": 0, "other": 0}
     size = start = name = None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -63,7 +63,7 @@ def resident_by_allocator(pid):
             elif head[0] == "Anonymous:" and int(head[1]):
                 kib = int(head[1])
                 if not name and size >= 256 << 20:
-                    totals["mimalloc"] += kib
+                    totals["mimalloc resident"] += kib
                 elif name == "[heap]" or (not name and start % (64 << 20) == 0):
                     totals["malloc heaps"] += kib
                 else:
