@@ -431,6 +431,9 @@ impl Services {
         // The viewer's membership, read at the first event that needs it.
         let mut membership = None;
         let mut newest = None;
+        // The newest entry's stream count and short ID, its event ID read only if the loop
+        // does not read the event (a timeline limit of 0).
+        let mut newest_entry: Option<(u64, u64)> = None;
         let mut kept = Vec::new();
         let mut scanned = 0;
         let mut oldest_scanned = None;
@@ -443,10 +446,8 @@ impl Services {
             let Some(&(first_count, _)) = batch.first() else {
                 break;
             };
-            if newest.is_none()
-                && let Some(&(count, short)) = batch.last()
-            {
-                newest = Some((count, self.timeline.event_id_of_short(short)?));
+            if newest_entry.is_none() {
+                newest_entry = batch.last().copied();
             }
             // Every entry is above the floor: `last_entries_above` stops there.
             for (count, short) in batch.into_iter().rev() {
@@ -461,6 +462,10 @@ impl Services {
                     continue;
                 };
                 let event_id = stored.event_id.clone();
+                // The newest entry is the first read: its ID comes with it.
+                if newest.is_none() && newest_entry.is_some_and(|(newest, _)| newest == count) {
+                    newest = Some((count, event_id.clone()));
+                }
                 let event = view.stored_event(room_id, &stored, Some(count), Detail::Timeline)?;
                 if matcher.matches(&event) && !hidden_by(&ignored, &event) && {
                     if membership.is_none() {
@@ -476,6 +481,11 @@ impl Services {
                 break;
             }
             position = first_count - 1;
+        }
+        if newest.is_none()
+            && let Some((count, short)) = newest_entry
+        {
+            newest = Some((count, self.timeline.event_id_of_short(short)?));
         }
         kept.reverse();
         let gap = match kept.first() {
