@@ -212,7 +212,7 @@ def run(base, metrics, server, minutes):
         rss, anon = memory(server.pid)
         now = figures(metrics)
         now.update(resident_by_allocator(server.pid))
-        samples.append((time.time() - started, rss, anon, now["memtables"], now["block cache"], now))
+        samples.append((time.time() - started, rss, anon, now))
         print(f"  {samples[-1][0] / 60:5.1f} min: RSS {rss:6.1f} MiB, anonymous {anon:6.1f} ("
               + ", ".join(f"{k} {v:5.1f}" for k, v in now.items())
               + f"), {sum(counts.values())} requests", flush=True)
@@ -231,7 +231,7 @@ def run(base, metrics, server, minutes):
         print(f"  {part[0][0] / 60:5.1f}-{part[-1][0] / 60:5.1f} min: RSS peak "
               f"{max(s[1] for s in part):6.1f} MiB, anonymous peak {max(s[2] for s in part):6.1f}; at "
               f"the end: "
-              + ", ".join(f"{k} {v:5.1f}" for k, v in part[-1][5].items()))
+              + ", ".join(f"{k} {v:5.1f}" for k, v in part[-1][3].items()))
     # Two of RocksDB's figures have bounds of their own: the block cache fills towards its
     # capacity as the data is read back, and the open tables' readers (index tops,
     # properties) grow with the database up to the open-files limit. Those are bounds, not
@@ -239,14 +239,14 @@ def run(base, metrics, server, minutes):
     # blocks allocated, resident only as they fill, so it would take off too much.)
     bounded = ("block cache", "table readers")
     quarter = max(1, len(samples) // 4)
-    rest = [s[2] - sum(s[5][k] for k in bounded) for s in samples]
+    rest = [s[2] - sum(s[3][k] for k in bounded) for s in samples]
     second = max(rest[quarter:2 * quarter] or rest)
     last = max(rest[-quarter:])
     level = last <= second * 1.10
     print(f"anonymous RSS less RocksDB's {', '.join(bounded)}, peak: second quarter "
           f"{second:.1f} MiB, last quarter {last:.1f} MiB: "
           f"{'levelled off' if level else 'STILL GROWING'} "
-          f"(at the end: " + ", ".join(f"{k} {samples[-1][5][k]:.1f}" for k in bounded)
+          f"(at the end: " + ", ".join(f"{k} {samples[-1][3][k]:.1f}" for k in bounded)
           + f" MiB; RSS peak {max(s[1] for s in samples):.1f} MiB)")
     print(f"server errors or unanswered requests: {len(failures)}"
           + (f" (first: {failures[:5]})" if failures else ""))
