@@ -260,7 +260,7 @@ impl EventView<'_> {
             pdu::str_field(event, "state_key"),
         ) {
             let timeline = &self.services.timeline;
-            let before = timeline.state_entries_before(&stored.event_id)?;
+            let before = timeline.state_entries_before_stored(stored)?;
             if let Some(previous) = timeline.lookup(&before, kind, key)?
                 && previous != stored.event_id
                 && let Some(prev) = timeline.stored_pdu(&previous)?
@@ -399,7 +399,7 @@ impl EventView<'_> {
             return Ok(current.membership.as_str().to_owned());
         }
         let timeline = &self.services.timeline;
-        let before = timeline.state_entries_before(&stored.event_id)?;
+        let before = timeline.state_entries_before_stored(stored)?;
         Ok(
             match timeline.lookup(&before, "m.room.member", user_id.as_str())? {
                 Some(id) => timeline

@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::{
     client_event::{Detail, Viewer},
     members::Membership,
+    pdu,
     sync_filter::EventMatcher,
+    timeline::StoredPdu,
 };
 use crate::{Error, Result, service::Services};
 
@@ -44,19 +46,6 @@ impl Services {
         event: &Value,
         count: u64,
     ) -> Result<bool> {
-        self.may_see_event_knowing(room_id, user_id, event, count, None)
-    }
-
-    /// [`Services::may_see_event`] for a caller that read the user's current membership in
-    /// the room (`known`) once for many events: a page of history or a sync timeline.
-    pub fn may_see_event_knowing(
-        &self,
-        room_id: &RoomId,
-        user_id: &UserId,
-        event: &Value,
-        count: u64,
-        known: Option<Option<&Membership>>,
-    ) -> Result<bool> {
         // An event about the user's own membership is always theirs to see.
         if event["type"] == "m.room.member" && event["state_key"] == user_id.as_str() {
             return Ok(true);
@@ -66,6 +55,26 @@ impl Services {
             .and_then(|id| EventId::parse(id).ok());
         let event_id = event_id.ok_or_else(|| Error::internal("client event without ID"))?;
         let state = self.timeline.state_hash_before(&event_id)?;
+        self.may_see_at(room_id, user_id, state, count, None)
+    }
+
+    /// [`Services::may_see_event`] for a caller that read the event from the store (its
+    /// state is found by the short ID it was read by) and the user's current membership in
+    /// the room (`known`) once for many events: a page of history or a sync timeline.
+    pub(crate) fn may_see_stored(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        stored: &StoredPdu,
+        count: u64,
+        known: Option<Option<&Membership>>,
+    ) -> Result<bool> {
+        if pdu::str_field(&stored.pdu, "type") == Some("m.room.member")
+            && pdu::str_field(&stored.pdu, "state_key") == Some(user_id.as_str())
+        {
+            return Ok(true);
+        }
+        let state = self.timeline.state_hash_before_stored(stored)?;
         self.may_see_at(room_id, user_id, state, count, known)
     }
 
@@ -254,10 +263,10 @@ impl Services {
                 if filter.matches(&event)
                     && !crate::service::account_data::hidden_by(&ignored, &event)
                     && (!as_member
-                        || self.may_see_event_knowing(
+                        || self.may_see_stored(
                             room_id,
                             user_id,
-                            &event,
+                            &stored,
                             *count,
                             Some(membership.as_ref()),
                         )?)

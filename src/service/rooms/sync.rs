@@ -472,7 +472,7 @@ impl Services {
                         membership = Some(self.members.membership(room_id, user_id)?);
                     }
                     let known = membership.as_ref().map(Option::as_ref);
-                    self.may_see_event_knowing(room_id, user_id, &event, count, known)?
+                    self.may_see_stored(room_id, user_id, &stored, count, known)?
                 } {
                     kept.push((count, event_id, event));
                 }

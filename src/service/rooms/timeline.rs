@@ -151,6 +151,10 @@ pub(crate) struct StoredPdu {
     /// For a local event sent with a client transaction: the device and transaction ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sent_by: Option<SentBy>,
+    /// The event's short ID when it was read from the store by it (not stored: the key):
+    /// readers find the event's state by it without looking its ID up again.
+    #[serde(skip)]
+    pub(crate) short: Option<u64>,
 }
 
 /// The device that sent a local event and its transaction ID.
@@ -166,6 +170,7 @@ impl StoredPdu {
             event_id,
             pdu,
             sent_by: None,
+            short: None,
         }
     }
 
@@ -636,6 +641,7 @@ impl Timeline {
                 device_id: txn.device_id.to_owned(),
                 txn_id: txn.txn_id.to_owned(),
             }),
+            short: None,
         };
         let mut batch = Batch::new();
         batch.put(

@@ -33,7 +33,9 @@ impl Timeline {
         let Some(bytes) = self.store.get(Cf::Pdus, &keys::u64_be(short))? else {
             return Ok(None);
         };
-        let stored = Arc::new(serde_json::from_slice::<StoredPdu>(&bytes)?);
+        let mut stored = serde_json::from_slice::<StoredPdu>(&bytes)?;
+        stored.short = Some(short);
+        let stored = Arc::new(stored);
         self.parsed.keep(short, &stored, bytes.len(), ticket);
         Ok(Some(stored))
     }
@@ -91,6 +93,20 @@ impl Timeline {
             .short
             .existing_event(event_id.as_str())?
             .ok_or_else(|| Error::not_found("No such event."))?;
+        self.state_hash_before_short(short)
+    }
+
+    /// [`Timeline::state_hash_before`] of an event read from the store: by the short ID it
+    /// was read by, else by its ID.
+    pub(crate) fn state_hash_before_stored(&self, stored: &StoredPdu) -> Result<u64> {
+        match stored.short {
+            Some(short) => self.state_hash_before_short(short),
+            None => self.state_hash_before(&stored.event_id),
+        }
+    }
+
+    /// [`Timeline::state_hash_before`] by the event's short ID.
+    fn state_hash_before_short(&self, short: u64) -> Result<u64> {
         self.store
             .get(Cf::EventState, &keys::u64_be(short))?
             .and_then(|b| keys::parse_u64_be(&b))
@@ -242,6 +258,15 @@ impl Timeline {
     /// The compressed state before an event (empty before the create event).
     pub fn state_entries_before(&self, event_id: &EventId) -> Result<Vec<StateEntry>> {
         self.state_entries(self.state_hash_before(event_id)?)
+    }
+
+    /// [`Timeline::state_entries_before`] of an event read from the store (see
+    /// [`Timeline::state_hash_before_stored`]).
+    pub(crate) fn state_entries_before_stored(
+        &self,
+        stored: &StoredPdu,
+    ) -> Result<Vec<StateEntry>> {
+        self.state_entries(self.state_hash_before_stored(stored)?)
     }
 
     /// The compressed state of a snapshot (0: the empty state before a room's first event).
