@@ -3,6 +3,7 @@
 
 pub mod alias;
 pub mod auth;
+pub mod canonical_json;
 pub mod client_event;
 pub mod context;
 pub mod create;

@@ -147,6 +147,7 @@ impl<'a> LocalEvent<'a> {
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct StoredPdu {
     pub(crate) event_id: OwnedEventId,
+    #[serde(deserialize_with = "super::canonical_json::object")]
     pub(crate) pdu: CanonicalJsonObject,
     /// For a local event sent with a client transaction: the device and transaction ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
