@@ -46,8 +46,7 @@ impl Services {
         event: &Value,
         count: u64,
     ) -> Result<bool> {
-        // An event about the user's own membership is always theirs to see.
-        if event["type"] == "m.room.member" && event["state_key"] == user_id.as_str() {
+        if is_own_membership(event["type"].as_str(), event["state_key"].as_str(), user_id) {
             return Ok(true);
         }
         let event_id = event["event_id"]
@@ -69,9 +68,11 @@ impl Services {
         count: u64,
         known: Option<Option<&Membership>>,
     ) -> Result<bool> {
-        if pdu::str_field(&stored.pdu, "type") == Some("m.room.member")
-            && pdu::str_field(&stored.pdu, "state_key") == Some(user_id.as_str())
-        {
+        let (kind, state_key) = (
+            pdu::str_field(&stored.pdu, "type"),
+            pdu::str_field(&stored.pdu, "state_key"),
+        );
+        if is_own_membership(kind, state_key, user_id) {
             return Ok(true);
         }
         let state = self.timeline.state_hash_before_stored(stored)?;
@@ -439,4 +440,9 @@ impl Services {
         )?;
         found.ok_or_else(|| Error::not_found("No event found in that direction."))
     }
+}
+
+/// An event about the user's own membership is always theirs to see.
+fn is_own_membership(kind: Option<&str>, state_key: Option<&str>, user_id: &UserId) -> bool {
+    kind == Some("m.room.member") && state_key == Some(user_id.as_str())
 }
