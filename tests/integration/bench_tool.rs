@@ -54,7 +54,11 @@ async fn bench_ok(server: &TestServer, dir: &Path, name: &str, args: &[&str]) ->
     );
     let chart = std::fs::read_to_string(&svg).expect("SVG written");
     assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
-    serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("JSON")
+    // Results are committed to docs/bench: each run's samples are one path, not a line each.
+    assert!(!chart.contains("<circle") && chart.contains(r#"stroke-linecap="round""#));
+    let report = std::fs::read_to_string(&json).expect("JSON written");
+    assert_eq!(report.lines().count(), 1, "the JSON report is one line");
+    serde_json::from_str(&report).expect("JSON")
 }
 
 fn figure(report: &Value, name: &str) -> f64 {

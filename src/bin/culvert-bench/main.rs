@@ -275,8 +275,10 @@ async fn run(cli: Cli) -> Result<()> {
     };
     print!("{}", report.summary());
     if let Some(path) = &cli.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Compact: the figures are read by scripts (bench-table.py), people read the summary.
+        let mut json = serde_json::to_vec(&report.json())?;
+        json.push(b'\n');
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(path) = &cli.svg {
         std::fs::write(path, report.svg()).map_err(|e| format!("{}: {e}", path.display()))?;
