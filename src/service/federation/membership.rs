@@ -29,7 +29,7 @@ use crate::{
         Services,
         rooms::{
             pdu::str_field,
-            timeline::{Appended, LocalEvent, RoomRecord},
+            timeline::{Appended, LocalEvent, ReceivedState, RoomRecord},
         },
     },
 };
@@ -387,7 +387,7 @@ impl Services {
         // cite it are then refused by their own auth events (`start_room_at`), and our join
         // still has to pass the auth rules against what is left.
         let mut left_out = 0usize;
-        let mut state = Vec::with_capacity(room_state.state.len());
+        let mut received = ReceivedState::default();
         let mut seen = BTreeSet::new();
         for pdu in room_state.state {
             let Some((id, pdu)) = self
@@ -400,10 +400,9 @@ impl Services {
                 return Err(Error::forbidden(format!("{id} belongs to another room")));
             }
             if seen.insert(id.clone()) {
-                state.push((id, pdu));
+                received.add_state_event(id, &pdu)?;
             }
         }
-        let mut auth_chain = Vec::with_capacity(room_state.auth_chain.len());
         for pdu in room_state.auth_chain {
             let Some((id, pdu)) = self
                 .received_state_event(&version, &pdu, &mut left_out)
@@ -412,20 +411,14 @@ impl Services {
                 continue;
             };
             if seen.insert(id.clone()) {
-                auth_chain.push((id, pdu));
+                received.add_auth_event(id, &pdu)?;
             }
         }
         if left_out > 0 {
             tracing::warn!(%room_id, %server, left_out, "events of the room's state failed their checks and were left out");
         }
         self.timeline
-            .join_remote_room(
-                room_id,
-                &version,
-                state,
-                auth_chain,
-                (signed.event_id, join),
-            )
+            .join_remote_room(room_id, &version, received, (signed.event_id, join))
             .await
     }
 

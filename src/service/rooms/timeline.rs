@@ -14,7 +14,7 @@ pub mod pipeline;
 mod read;
 mod remote;
 
-pub use remote::{Appended, referenced_ids};
+pub use remote::{Appended, ReceivedState, referenced_ids};
 
 use std::{
     collections::HashMap,

@@ -91,7 +91,9 @@ impl Appending<'_> {
 /// together with our join event, which passes through it as [`Origin::RemoteJoin`].
 pub struct AdoptedState<'a> {
     pub room_id: &'a RoomId,
-    /// The state after our join: `(event ID, PDU)` of each state event.
+    /// The state after our join: each state event's ID and its `type`, `state_key`, `sender`
+    /// and `content` (the rest is in the store: a big room's state, held parsed whole, cost
+    /// more memory than anything else in a join).
     pub events: &'a [(OwnedEventId, CanonicalJsonObject)],
 }
 

@@ -68,6 +68,52 @@ pub fn referenced_ids(pdu: &CanonicalJsonObject, field: &str) -> Vec<OwnedEventI
 }
 
 /// The `(type, state_key)` of a state event.
+/// A room's state as another server described it, to start the room from (our join through
+/// `send_join`, an import): the stored form of each event, and of each state event only what
+/// the state map and the pipeline's consumers read. Not the parsed events: a big room's state
+/// and auth chain are tens of thousands of events, and a parsed event takes several times its
+/// JSON (a join of a room with 20,000 state events peaked at 160 MiB holding them all).
+#[derive(Default)]
+pub struct ReceivedState {
+    /// The stored form ([`StoredPdu`]) of every event of the state and its auth chain.
+    outliers: Vec<(OwnedEventId, Vec<u8>)>,
+    /// Each state event: its ID and its [`summary_of`].
+    state: Vec<(OwnedEventId, CanonicalJsonObject)>,
+}
+
+impl ReceivedState {
+    /// An event of the state (checked already).
+    pub fn add_state_event(
+        &mut self,
+        event_id: OwnedEventId,
+        pdu: &CanonicalJsonObject,
+    ) -> Result<()> {
+        self.outliers
+            .push((event_id.clone(), StoredPdu::bytes_of(&event_id, pdu)?));
+        self.state.push((event_id, summary_of(pdu)));
+        Ok(())
+    }
+
+    /// An event of the state's auth chain (checked already), stored as an outlier.
+    pub fn add_auth_event(
+        &mut self,
+        event_id: OwnedEventId,
+        pdu: &CanonicalJsonObject,
+    ) -> Result<()> {
+        let bytes = StoredPdu::bytes_of(&event_id, pdu)?;
+        self.outliers.push((event_id, bytes));
+        Ok(())
+    }
+}
+
+/// The fields of a state event that the state map and [`AdoptedState`]'s consumers read.
+fn summary_of(pdu: &CanonicalJsonObject) -> CanonicalJsonObject {
+    ["type", "state_key", "sender", "content"]
+        .into_iter()
+        .filter_map(|field| Some((field.to_owned(), pdu.get(field)?.clone())))
+        .collect()
+}
+
 fn state_key_of(pdu: &CanonicalJsonObject) -> Option<(String, String)> {
     Some((
         pdu::str_field(pdu, "type")?.to_owned(),
@@ -692,19 +738,11 @@ impl Timeline {
         &self,
         room_id: &RoomId,
         version: &ruma::RoomVersionId,
-        state: Vec<(OwnedEventId, CanonicalJsonObject)>,
-        auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        state: ReceivedState,
         join: (OwnedEventId, CanonicalJsonObject),
     ) -> Result<()> {
-        self.start_room_at(
-            room_id,
-            version,
-            state,
-            auth_chain,
-            join,
-            Origin::RemoteJoin,
-        )
-        .await
+        self.start_room_at(room_id, version, state, join, Origin::RemoteJoin)
+            .await
     }
 
     /// Like [`Timeline::join_remote_room`] for a room another homeserver's database holds
@@ -717,7 +755,11 @@ impl Timeline {
         state: Vec<(OwnedEventId, CanonicalJsonObject)>,
         first: (OwnedEventId, CanonicalJsonObject),
     ) -> Result<()> {
-        self.start_room_at(room_id, version, state, Vec::new(), first, Origin::Import)
+        let mut received = ReceivedState::default();
+        for (event_id, pdu) in state {
+            received.add_state_event(event_id, &pdu)?;
+        }
+        self.start_room_at(room_id, version, received, first, Origin::Import)
             .await
     }
 
@@ -725,8 +767,7 @@ impl Timeline {
         &self,
         room_id: &RoomId,
         version: &ruma::RoomVersionId,
-        state: Vec<(OwnedEventId, CanonicalJsonObject)>,
-        auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        received: ReceivedState,
         join: (OwnedEventId, CanonicalJsonObject),
         origin: Origin,
     ) -> Result<()> {
@@ -734,19 +775,18 @@ impl Timeline {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
 
-        // Outliers first: the PDUs the state and the auth rules refer to.
+        // Outliers first: the PDUs the state and the auth rules refer to (read from the store
+        // from here on, by the auth rules' loader).
+        let ReceivedState {
+            outliers: stored,
+            state,
+        } = received;
         let mut outliers = Batch::new();
         let mut state_map = State::new();
-        for (event_id, pdu) in auth_chain.iter().chain(&state) {
+        for (event_id, bytes) in stored {
             let short = self.short.event(event_id.as_str())?;
-            outliers.put(
-                Cf::Pdus,
-                keys::u64_be(short),
-                StoredPdu::bytes_of(event_id, pdu)?,
-            );
+            outliers.put(Cf::Pdus, keys::u64_be(short), bytes);
         }
-        // Read from the store from here on (the auth rules' loader).
-        drop(auth_chain);
         for (event_id, pdu) in &state {
             if let Some(key) = state_key_of(pdu) {
                 state_map.insert(key, event_id.clone());
