@@ -153,6 +153,9 @@ async fn run_js(server: &TestServer, script: &str, ok_line: &str) -> Option<()> 
     run_js_with(server, script, &[], ok_line).await.map(|_| ())
 }
 
+/// How long one matrix-js-sdk script may run (they take seconds to a minute).
+const JS_SCRIPT_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Like [`run_js`] with more arguments; answers the script's standard output.
 async fn run_js_with(
     server: &TestServer,
@@ -167,13 +170,20 @@ async fn run_js_with(
         );
         return None;
     };
-    let output = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .args([script, "--homeserver", &server.base])
-        .args(args)
-        .output()
-        .await
-        .expect("node runs");
+    // Bounded: a script that fails while a process it started lives on (holding its output
+    // open) must fail the test, not hang the suite.
+    let output = tokio::time::timeout(
+        JS_SCRIPT_LIMIT,
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .args([script, "--homeserver", &server.base])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} did not end within {JS_SCRIPT_LIMIT:?}"))
+    .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -70,10 +70,13 @@ if (process.argv.includes("--member")) {
       "--homeserver", baseUrl, "--member", JSON.stringify(alice), "--room", roomId,
     ], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
     const exited = new Promise((resolve) => child.on("exit", resolve));
-    await waitFor("alice's process to join", () => new Promise((resolve) => {
-      child.once("message", (message) => resolve(message === "joined"));
-      setTimeout(() => resolve(false), 1000);
-    }));
+    // Should this process fail, alice's must not outlive it: it holds the test's output open.
+    process.on("exit", () => child.kill("SIGKILL"));
+    // One listener from the start: a listener added per poll missed a message that came
+    // between two polls, and the wait timed out on a loaded machine.
+    let aliceJoined = false;
+    child.on("message", (message) => { aliceJoined ||= message === "joined"; });
+    await waitFor("alice's process to join", () => aliceJoined, 60_000);
 
     step("bob's client sees alice in the call; her leave is scheduled and kept alive");
     await waitFor("alice among bob's call memberships", () =>
