@@ -67,7 +67,6 @@ pub fn referenced_ids(pdu: &CanonicalJsonObject, field: &str) -> Vec<OwnedEventI
         .collect()
 }
 
-/// The `(type, state_key)` of a state event.
 /// A room's state as another server described it, to start the room from (our join through
 /// `send_join`, an import): the stored form of each event, and of each state event only what
 /// the state map and the pipeline's consumers read. Not the parsed events: a big room's state
@@ -114,6 +113,7 @@ fn summary_of(pdu: &CanonicalJsonObject) -> CanonicalJsonObject {
         .collect()
 }
 
+/// The `(type, state_key)` of a state event.
 fn state_key_of(pdu: &CanonicalJsonObject) -> Option<(String, String)> {
     Some((
         pdu::str_field(pdu, "type")?.to_owned(),
