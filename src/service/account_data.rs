@@ -66,6 +66,13 @@ fn scope(user_id: &UserId, room_id: Option<&RoomId>) -> Vec<u8> {
 }
 
 impl AccountData {
+    /// What the caches of ignored users and invite blocks take (see
+    /// [`crate::service::cache_memory`]).
+    pub fn cache_bytes(&self) -> u64 {
+        use crate::service::cache_memory::cache_bytes;
+        cache_bytes(&self.ignored) + cache_bytes(&self.invites_blocked)
+    }
+
     pub fn new(store: Store) -> Self {
         Self {
             store,

@@ -69,6 +69,11 @@ struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OriginLabels {
     origin: &'static str,
 }
@@ -308,6 +313,24 @@ impl Services {
         for (name, help, value) in gauges {
             registry.register(name, help, ConstGauge::new(value as i64));
         }
+
+        let caches = Family::<CacheLabels, Gauge<i64, AtomicI64>>::default();
+        let mut by_cache = self.timeline.cache_bytes().to_vec();
+        by_cache.extend([
+            ("short_ids", self.short_ids.cache_bytes()),
+            ("push", self.push.cache_bytes()),
+            ("account_data", self.account_data.cache_bytes()),
+        ]);
+        for (cache, bytes) in by_cache {
+            caches
+                .get_or_create(&CacheLabels { cache })
+                .set(bytes as i64);
+        }
+        registry.register(
+            "cache_bytes",
+            "Bytes culvert's own caches hold (an estimate: their tables and the heap of their entries), by cache",
+            caches,
+        );
 
         let figures = store.figures();
         let rocksdb = registry.sub_registry_with_prefix("rocksdb");

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod admin;
 pub mod appservice;
 pub mod backup;
+pub mod cache_memory;
 pub mod cross_signing;
 pub mod dehydrated;
 pub mod delayed_events;

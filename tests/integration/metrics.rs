@@ -194,6 +194,11 @@ async fn counters_move_with_requests_events_and_long_polls() {
     assert!(value(&after, "culvert_allocator_c_in_use_bytes", &[]) > 1_000_000.0);
     assert!(has(&after, "culvert_allocator_c_free_held_bytes"));
     assert!(has(&after, "culvert_federation_queue_events"));
+    // culvert's own caches: the room's state was loaded and its events read back.
+    for cache in ["state_snapshots", "parsed_events", "short_ids"] {
+        let bytes = value(&after, "culvert_cache_bytes", &[("cache", cache)]);
+        assert!(bytes > 100.0, "{cache}: {bytes} bytes");
+    }
     assert_eq!(value(&after, "culvert_users", &[]), 1.0);
     assert!(
         value(&after, "culvert_store_point_reads_total", &[])

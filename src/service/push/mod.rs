@@ -72,6 +72,13 @@ pub struct Push {
 }
 
 impl Push {
+    /// What the caches of display names and unread floors take (see
+    /// [`crate::service::cache_memory`]; the parsed rules and room contexts are left out).
+    pub fn cache_bytes(&self) -> u64 {
+        use crate::service::cache_memory::cache_bytes;
+        cache_bytes(&self.display_names) + cache_bytes(&self.unread_floors)
+    }
+
     pub fn new(config: &Config) -> Result<Self, String> {
         let guard = OutboundGuard::new(&config.ip_range_denylist)?;
         let mut roots = rustls::RootCertStore::empty();

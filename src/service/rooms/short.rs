@@ -68,6 +68,15 @@ impl ShortIds {
         })
     }
 
+    /// What the four caches take (see [`crate::service::cache_memory`]).
+    pub fn cache_bytes(&self) -> u64 {
+        use crate::service::cache_memory::cache_bytes;
+        cache_bytes(&self.event_ids)
+            + cache_bytes(&self.state_keys)
+            + cache_bytes(&self.events_by_id)
+            + cache_bytes(&self.state_keys_by_id)
+    }
+
     /// A fresh id; the caller holds the allocation lock.
     fn allocate(&self, reservation: &mut Reservation) -> Result<u64> {
         if reservation.next > reservation.reserved_until {

@@ -119,6 +119,11 @@ impl StateStore {
         Record::decode(&bytes)
     }
 
+    /// What the cached snapshots take (see [`crate::service::cache_memory`]).
+    pub fn cache_bytes(&self) -> u64 {
+        crate::service::cache_memory::cache_bytes(&self.cache)
+    }
+
     /// The full state of snapshot `id`, sorted by short state key.
     pub fn load(&self, id: u64) -> Result<Vec<StateEntry>> {
         if let Some(state) = self.cache.get(&id) {

@@ -281,6 +281,17 @@ impl Timeline {
         })
     }
 
+    /// What the timeline's caches take now, by cache (see [`crate::service::cache_memory`]).
+    pub fn cache_bytes(&self) -> [(&'static str, u64); 4] {
+        use crate::service::cache_memory::cache_bytes;
+        [
+            ("parsed_events", self.parsed.bytes()),
+            ("auth_events", cache_bytes(&self.auth_events)),
+            ("history_visibility", cache_bytes(&self.visibility)),
+            ("state_snapshots", self.states.cache_bytes()),
+        ]
+    }
+
     /// Adds a consumer to the commit pipeline (at start-up).
     pub fn register_consumer(&self, consumer: Arc<dyn pipeline::EventConsumer>) {
         self.pipeline.register(consumer);

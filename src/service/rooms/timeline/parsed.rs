@@ -71,6 +71,11 @@ impl ParsedPdus {
         }
     }
 
+    /// What the kept events take (see [`crate::service::cache_memory`]).
+    pub(super) fn bytes(&self) -> u64 {
+        crate::service::cache_memory::cache_bytes(&self.cache)
+    }
+
     /// The store wrote `key` of `pdus` (see [`crate::store::WriteWatcher`]).
     pub(super) fn written(&self, key: &[u8]) {
         let Some(short) = keys::parse_u64_be(key) else {
