@@ -23,7 +23,10 @@ use serde_json::{Value, value::RawValue};
 
 use crate::{
     Result,
-    service::{Services, rooms::timeline::activity::Change},
+    service::{
+        Services,
+        rooms::{client_event::ClientEvent, timeline::activity::Change},
+    },
     store::{Batch, Cf, Store, keys},
 };
 
@@ -46,10 +49,22 @@ pub const INVITE_PERMISSION_CONFIG: &str = "m.invite_permission_config";
 /// Whether `event` (client format) is one `ignored` hides: sent by an ignored user, and not
 /// a state event (the room's state stays whole).
 pub fn hidden_by(ignored: &HashSet<OwnedUserId>, event: &Value) -> bool {
+    hidden_sender(
+        ignored,
+        event.get("state_key").is_some(),
+        event["sender"].as_str(),
+    )
+}
+
+/// [`hidden_by`] for an event made straight from its stored form.
+pub fn hidden_event(ignored: &HashSet<OwnedUserId>, event: &ClientEvent) -> bool {
+    hidden_sender(ignored, event.is_state(), event.sender())
+}
+
+fn hidden_sender(ignored: &HashSet<OwnedUserId>, is_state: bool, sender: Option<&str>) -> bool {
     !ignored.is_empty()
-        && event.get("state_key").is_none()
-        && event["sender"]
-            .as_str()
+        && !is_state
+        && sender
             .and_then(|s| UserId::parse(s).ok())
             .is_some_and(|sender| ignored.contains(&sender))
 }

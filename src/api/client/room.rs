@@ -24,7 +24,7 @@ use crate::{
     api::ruma::{Ruma, RumaResponse, State},
     service::delayed_events::NewDelayedEvent,
     service::rooms::{
-        client_event::Detail,
+        client_event::{ClientEvent, Detail},
         create::{CreateRoom, Preset},
         history::Direction,
         sync_filter::EventMatcher,
@@ -324,7 +324,7 @@ pub(crate) const MAX_MESSAGES: usize = 1000;
 pub async fn messages(
     extract::State(services): extract::State<State>,
     request: Ruma<messages_v3::Request>,
-) -> Result<axum::Json<Value>> {
+) -> Result<axum::Json<MessagesResponse>> {
     let body = &request.body;
     let (from, to) = (
         stream_token(body.from.as_deref())?,
@@ -369,12 +369,22 @@ pub async fn messages(
         Direction::Backward => services.timeline.current_count(),
         Direction::Forward => 0,
     });
-    let mut response =
-        serde_json::json!({ "start": start.to_string(), "chunk": page.events, "state": state });
-    if let Some(end) = page.end {
-        response["end"] = Value::String(end.to_string());
-    }
-    Ok(axum::Json(response))
+    Ok(axum::Json(MessagesResponse {
+        start: start.to_string(),
+        chunk: page.events,
+        state,
+        end: page.end.map(|end| end.to_string()),
+    }))
+}
+
+/// `/messages`' answer, its events serialised straight from their stored form.
+#[derive(serde::Serialize)]
+pub struct MessagesResponse {
+    start: String,
+    chunk: Vec<ClientEvent>,
+    state: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
 }
 
 pub async fn redact(

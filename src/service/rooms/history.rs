@@ -7,7 +7,7 @@ use ruma::{EventId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use super::{
-    client_event::{Detail, Viewer},
+    client_event::{ClientEvent, Detail, Viewer},
     members::Membership,
     pdu,
     sync_filter::EventMatcher,
@@ -29,7 +29,7 @@ pub enum Direction {
 /// One page of history.
 pub struct Page {
     /// Events in the order requested (newest first when going backward).
-    pub events: Vec<Value>,
+    pub events: Vec<ClientEvent>,
     /// The token to continue from, `None` at the end of the room's history.
     pub end: Option<u64>,
 }
@@ -260,9 +260,10 @@ impl Services {
                 let Some(stored) = self.timeline.stored_pdu_by_short(*short)? else {
                     continue;
                 };
-                let event = view.stored_event(room_id, &stored, Some(*count), Detail::Timeline)?;
-                if filter.matches(&event)
-                    && !crate::service::account_data::hidden_by(&ignored, &event)
+                let event =
+                    view.client_event(room_id, stored.clone(), Some(*count), Detail::Timeline)?;
+                if filter.matches_event(&event)
+                    && !crate::service::account_data::hidden_event(&ignored, &event)
                     && (!as_member
                         || self.may_see_stored(
                             room_id,
@@ -296,15 +297,19 @@ impl Services {
         &self,
         room_id: &RoomId,
         viewer: Viewer<'_>,
-        events: &[Value],
+        events: &[ClientEvent],
     ) -> Result<Vec<Value>> {
         let mut view = self.event_view(Some(viewer));
-        let senders: BTreeSet<&str> = events.iter().filter_map(|e| e["sender"].as_str()).collect();
+        let senders: BTreeSet<&str> = events.iter().filter_map(ClientEvent::sender).collect();
         let earliest = events
             .iter()
-            .filter_map(|e| e["event_id"].as_str())
-            .filter_map(|id| EventId::parse(id).ok())
-            .filter_map(|id| Some((self.timeline.count_of(&id).ok()??, id)))
+            .filter_map(|e| {
+                let count = match e.count {
+                    Some(count) => count,
+                    None => self.timeline.count_of(e.event_id()).ok()??,
+                };
+                Some((count, e.event_id().to_owned()))
+            })
             .min();
         let Some((_, earliest)) = earliest else {
             return Ok(Vec::new());

@@ -9,7 +9,7 @@ use ruma::{RoomId, api::client::filter::RoomEventFilter};
 use serde_json::{Value, json};
 
 use super::{
-    client_event::{Detail, Viewer},
+    client_event::{ClientEvent, Detail, Viewer},
     history::Direction,
     sync_filter::EventMatcher,
 };
@@ -26,7 +26,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Peeked {
     pub start: u64,
     pub end: u64,
-    pub events: Vec<Value>,
+    pub events: Vec<ClientEvent>,
 }
 
 impl Services {

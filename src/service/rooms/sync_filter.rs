@@ -9,6 +9,8 @@ use ruma::api::client::filter::{
 };
 use serde_json::{Map, Value};
 
+use super::client_event::ClientEvent;
+
 /// Largest `limit` any filter may ask for; larger values are clamped.
 pub const MAX_LIMIT: usize = 100;
 
@@ -108,11 +110,35 @@ impl EventMatcher {
     /// Whether an event (client format; `sender` may be absent for ephemeral and account data
     /// events) passes.
     pub fn matches(&self, event: &Value) -> bool {
-        let event_type = event["type"].as_str().unwrap_or_default();
+        self.matches_parts(
+            event["type"].as_str().unwrap_or_default(),
+            event["sender"].as_str(),
+            event["room_id"].as_str(),
+            || event["content"].get("url").is_some(),
+        )
+    }
+
+    /// [`EventMatcher::matches`] for an event made straight from its stored form.
+    pub fn matches_event(&self, event: &ClientEvent) -> bool {
+        self.matches_parts(
+            event.event_type().unwrap_or_default(),
+            event.sender(),
+            Some(event.room_id().as_str()),
+            || event.has_url(),
+        )
+    }
+
+    fn matches_parts(
+        &self,
+        event_type: &str,
+        sender: Option<&str>,
+        room_id: Option<&str>,
+        has_url: impl FnOnce() -> bool,
+    ) -> bool {
         if !self.allows_type(event_type) {
             return false;
         }
-        if let Some(sender) = event["sender"].as_str() {
+        if let Some(sender) = sender {
             if self.not_senders.contains(sender) {
                 return false;
             }
@@ -120,16 +146,15 @@ impl EventMatcher {
                 return false;
             }
         }
-        if let Some(room_id) = event["room_id"].as_str()
+        if let Some(room_id) = room_id
             && !self.allows_room(room_id)
         {
             return false;
         }
-        if let Some(wanted) = self.contains_url {
-            let has_url = event["content"].get("url").is_some();
-            if has_url != wanted {
-                return false;
-            }
+        if let Some(wanted) = self.contains_url
+            && has_url() != wanted
+        {
+            return false;
         }
         true
     }
