@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Error, Result,
-    service::Services,
+    service::{Services, rooms::client_event::ClientEvent},
     store::{Batch, Cf, Store, keys},
 };
 
@@ -61,25 +61,20 @@ pub struct SyncedRoom {
 }
 
 impl SyncedRoom {
-    /// Reads a room's part of the answer (`room`, with its `timeline`, `state` and
-    /// `state_after` sections).
-    pub fn read(room_id: &RoomId, joined: bool, room: &Value) -> Self {
-        let members = [
-            "timeline",
-            "state",
-            "state_after",
-            "org.matrix.msc4222.state_after",
-        ]
-        .iter()
-        .filter_map(|part| room[part]["events"].as_array())
-        .flatten()
-        .filter(|event| event["type"] == "m.room.member")
-        .filter_map(|event| {
-            let member = UserId::parse(event["state_key"].as_str()?).ok()?;
-            let membership = event["content"]["membership"].as_str()?;
-            Some((member, membership.to_owned()))
-        })
-        .collect();
+    /// A room's part of the answer, from the events of its timeline and state sections.
+    pub fn read<'a>(
+        room_id: &RoomId,
+        joined: bool,
+        events: impl IntoIterator<Item = &'a ClientEvent>,
+    ) -> Self {
+        let members = events
+            .into_iter()
+            .filter(|event| event.event_type() == Some("m.room.member"))
+            .filter_map(|event| {
+                let member = UserId::parse(event.state_key()?).ok()?;
+                Some((member, event.membership()?.to_owned()))
+            })
+            .collect();
         Self {
             room_id: room_id.to_owned(),
             joined,

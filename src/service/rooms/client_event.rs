@@ -71,6 +71,8 @@ pub(crate) fn client_fields(
 pub struct ClientEvent {
     stored: Arc<StoredPdu>,
     room_id: OwnedRoomId,
+    /// `false` in `/sync`'s `ClientEventWithoutRoomID` format (see [`without_room_id`]).
+    with_room_id: bool,
     /// The event's stream count where the reader knew it.
     pub count: Option<u64>,
     unsigned: Map<String, Value>,
@@ -101,6 +103,28 @@ impl ClientEvent {
         self.field("state_key").is_some()
     }
 
+    pub fn state_key(&self) -> Option<&str> {
+        pdu::str_field(&self.stored.pdu, "state_key")
+    }
+
+    /// `content.membership` (of a member event).
+    pub fn membership(&self) -> Option<&str> {
+        pdu::content_str(&self.stored.pdu, "membership")
+    }
+
+    /// The event in `/sync`'s format: without `room_id`, also in the redaction it may carry.
+    pub fn without_room_id(mut self) -> Self {
+        self.with_room_id = false;
+        if let Some(because) = self
+            .unsigned
+            .get_mut("redacted_because")
+            .and_then(Value::as_object_mut)
+        {
+            because.remove("room_id");
+        }
+        self
+    }
+
     /// Whether its content has a `url` (the filters' `contains_url`).
     pub fn has_url(&self) -> bool {
         matches!(self.field("content"), Some(CanonicalJsonValue::Object(c)) if c.contains_key("url"))
@@ -119,7 +143,20 @@ impl ClientEvent {
     /// The event as a `serde_json` value, for callers that edit it.
     pub fn into_value(self) -> Value {
         let mut event = client_fields(&self.room_id, &self.stored.event_id, &self.stored.pdu);
+        if !self.with_room_id {
+            event.remove("room_id");
+        }
         event.insert("unsigned".into(), Value::Object(self.unsigned));
+        Value::Object(event)
+    }
+
+    /// [`ClientEvent::into_value`] of a copy.
+    pub fn to_value(&self) -> Value {
+        let mut event = client_fields(&self.room_id, &self.stored.event_id, &self.stored.pdu);
+        if !self.with_room_id {
+            event.remove("room_id");
+        }
+        event.insert("unsigned".into(), Value::Object(self.unsigned.clone()));
         Value::Object(event)
     }
 }
@@ -137,7 +174,9 @@ impl Serialize for ClientEvent {
         if let Some(redacts) = self.redacts() {
             map.serialize_entry("redacts", redacts)?;
         }
-        map.serialize_entry("room_id", self.room_id.as_str())?;
+        if self.with_room_id {
+            map.serialize_entry("room_id", self.room_id.as_str())?;
+        }
         for field in ["sender", "state_key", "type"] {
             if let Some(value) = self.field(field) {
                 map.serialize_entry(field, value)?;
@@ -307,9 +346,26 @@ impl EventView<'_> {
         Ok(ClientEvent {
             stored,
             room_id: room_id.to_owned(),
+            with_room_id: true,
             count,
             unsigned,
         })
+    }
+
+    /// [`EventView::event`] as a [`ClientEvent`].
+    pub(crate) fn client_event_by_id(
+        &mut self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        count: Option<u64>,
+        detail: Detail,
+    ) -> Result<ClientEvent> {
+        let stored = self
+            .services
+            .timeline
+            .stored_pdu(event_id)?
+            .ok_or_else(|| Error::not_found("No such event."))?;
+        self.client_event(room_id, stored, count, detail)
     }
 
     fn unsigned(
@@ -553,21 +609,29 @@ mod tests {
             json!({ "type": "m.custom", "sender": "@a:x" }),
         ];
         for pdu in pdus {
-            let CanonicalJsonValue::Object(pdu) = CanonicalJsonValue::try_from(pdu).unwrap()
-            else {
+            let CanonicalJsonValue::Object(pdu) = CanonicalJsonValue::try_from(pdu).unwrap() else {
                 unreachable!()
             };
             let mut unsigned = Map::new();
             unsigned.insert("age".into(), 12.into());
-            let event = ClientEvent {
-                stored: Arc::new(StoredPdu::new(ruma::owned_event_id!("$ev:x"), pdu)),
+            unsigned.insert(
+                "redacted_because".into(),
+                json!({ "event_id": "$r:x", "room_id": "!r:x", "type": "m.room.redaction" }),
+            );
+            let event = || ClientEvent {
+                stored: Arc::new(StoredPdu::new(ruma::owned_event_id!("$ev:x"), pdu.clone())),
                 room_id: ruma::owned_room_id!("!r:x"),
+                with_room_id: true,
                 count: Some(1),
-                unsigned,
+                unsigned: unsigned.clone(),
             };
-            let direct = serde_json::to_string(&event).unwrap();
-            let through_value = serde_json::to_string(&event.into_value()).unwrap();
+            let direct = serde_json::to_string(&event()).unwrap();
+            let through_value = serde_json::to_string(&event().into_value()).unwrap();
             assert_eq!(direct, through_value);
+            let direct = serde_json::to_string(&event().without_room_id()).unwrap();
+            let through_value = serde_json::to_string(&without_room_id(event().into_value()));
+            assert_eq!(direct, through_value.unwrap());
+            assert!(!direct.contains("!r:x"), "{direct}");
         }
     }
 }

@@ -24,16 +24,16 @@ use ruma::{
     events::room::member::MembershipState,
 };
 use serde::Serialize;
-use serde_json::{Value, json, value::RawValue};
+use serde_json::{Map, Value, json, value::RawValue};
 
 use super::{
-    client_event::{Detail, Viewer, without_room_id},
+    client_event::{ClientEvent, Detail, Viewer},
     members::Membership,
     state_store::StateEntry,
     sync_filter::{EventMatcher, LazyMembers, SyncFilter},
     timeline::activity::Change,
 };
-use crate::service::{account_data::hidden_by, device_lists::SyncedRoom};
+use crate::service::{account_data::hidden_event, device_lists::SyncedRoom};
 use crate::{
     Error, Result,
     service::{Services, metrics::SyncApi},
@@ -85,7 +85,7 @@ struct Window {
 
 /// The timeline of one room in one sync, newest last.
 pub(crate) struct TimelinePart {
-    pub(crate) events: Vec<(u64, OwnedEventId, Value)>,
+    pub(crate) events: Vec<(u64, OwnedEventId, ClientEvent)>,
     pub(crate) limited: bool,
     /// Whether events the client has not seen were skipped before the first returned one (a
     /// gap whose state changes must be sent), or, with nothing returned, at all.
@@ -192,7 +192,7 @@ impl Services {
                         receipt_rooms.as_ref(),
                     )? {
                         if request.since.is_some() {
-                            synced.push(SyncedRoom::read(&room_id, true, &room));
+                            synced.push(SyncedRoom::read(&room_id, true, room.events()));
                         }
                         rooms.join.push(&room_id, &room)?;
                     }
@@ -232,7 +232,7 @@ impl Services {
                             user_id, &room_id, &window, request, was_joined, &mut lazy,
                         )?;
                         if request.since.is_some() {
-                            synced.push(SyncedRoom::read(&room_id, false, &room));
+                            synced.push(SyncedRoom::read(&room_id, false, room.events()));
                         }
                         rooms.leave.push(&room_id, &room)?;
                     }
@@ -283,7 +283,7 @@ impl Services {
         request: &SyncRequest<'_>,
         lazy: &mut LazyMarks,
         receipt_rooms: Option<&HashSet<OwnedRoomId>>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<RoomPart>> {
         let filter = &request.filter;
         let mut ephemeral = Vec::new();
         if filter.ephemeral.allows_type("m.typing") {
@@ -320,7 +320,7 @@ impl Services {
             || timeline
                 .events
                 .iter()
-                .any(|(_, _, e)| e["type"] == "m.room.member");
+                .any(|(_, _, e)| e.event_type() == Some("m.room.member"));
         let summary = if membership_changed {
             self.room_summary(room_id, user_id)?
         } else {
@@ -329,18 +329,17 @@ impl Services {
         let (counts, thread_counts) = self
             .unread_counts(user_id, room_id)?
             .sync_json(filter.thread_counts);
-        let mut room = json!({
-            "summary": summary,
-            "timeline": timeline_json(timeline, filter),
-            "ephemeral": { "events": ephemeral },
-            "account_data": { "events": account_data },
-            "unread_notifications": counts,
-        });
+        let mut rest = Map::new();
+        rest.insert("summary".into(), summary);
+        rest.insert("ephemeral".into(), json!({ "events": ephemeral }));
+        rest.insert("account_data".into(), json!({ "events": account_data }));
+        rest.insert("unread_notifications".into(), counts);
         if let Some(thread_counts) = thread_counts {
-            room["unread_thread_notifications"] = thread_counts;
+            rest.insert("unread_thread_notifications".into(), thread_counts);
         }
-        room[state_key] = json!({ "events": state });
-        Ok(Some(room))
+        Ok(Some(RoomPart::new(
+            rest, timeline, filter, state_key, state,
+        )))
     }
 
     /// A left (or banned) room's part: its timeline up to the leave, and the state for it
@@ -353,7 +352,7 @@ impl Services {
         request: &SyncRequest<'_>,
         was_joined: bool,
         lazy: &mut LazyMarks,
-    ) -> Result<Value> {
+    ) -> Result<RoomPart> {
         let filter = &request.filter;
         let timeline = self.room_timeline(user_id, room_id, window, request)?;
         let (state_key, state) = if was_joined {
@@ -371,12 +370,9 @@ impl Services {
             .into_iter()
             .filter(|e| filter.room_account_data.matches(e))
             .collect();
-        let mut room = json!({
-            "timeline": timeline_json(timeline, filter),
-            "account_data": { "events": account_data },
-        });
-        room[state_key] = json!({ "events": state });
-        Ok(room)
+        let mut rest = Map::new();
+        rest.insert("account_data".into(), json!({ "events": account_data }));
+        Ok(RoomPart::new(rest, timeline, filter, state_key, state))
     }
 
     /// Reads a room's timeline backwards from `window.upto` to `window.floor`, keeping the
@@ -466,8 +462,9 @@ impl Services {
                 if newest.is_none() && newest_entry.is_some_and(|(newest, _)| newest == count) {
                     newest = Some((count, event_id.clone()));
                 }
-                let event = view.stored_event(room_id, &stored, Some(count), Detail::Timeline)?;
-                if matcher.matches(&event) && !hidden_by(&ignored, &event) && {
+                let event =
+                    view.client_event(room_id, stored.clone(), Some(count), Detail::Timeline)?;
+                if matcher.matches_event(&event) && !hidden_event(&ignored, &event) && {
                     if membership.is_none() {
                         membership = Some(self.members.membership(room_id, user_id)?);
                     }
@@ -514,7 +511,7 @@ impl Services {
         timeline: &TimelinePart,
         request: &SyncRequest<'_>,
         lazy: &mut LazyMarks,
-    ) -> Result<(&'static str, Vec<Value>)> {
+    ) -> Result<(&'static str, Vec<SyncEvent>)> {
         let filter = &request.filter;
         let mut view = self.event_view(Some(Viewer {
             user_id,
@@ -556,7 +553,7 @@ impl Services {
         let mut wanted_members: HashSet<String> = HashSet::new();
         if let LazyMembers::On { .. } = lazy_mode {
             for (_, _, event) in &timeline.events {
-                if let Some(sender) = event["sender"].as_str() {
+                if let Some(sender) = event.sender() {
                     wanted_members.insert(sender.to_owned());
                 }
             }
@@ -576,15 +573,15 @@ impl Services {
             if lazy_member && !wanted_members.contains(key) {
                 continue;
             }
-            let event = view.event(room_id, event_id, None, Detail::State)?;
-            if !filter.state.matches(&event) {
+            let event = view.client_event_by_id(room_id, event_id, None, Detail::State)?;
+            if !filter.state.matches_event(&event) {
                 continue;
             }
             if lazy_member {
                 sent_members.insert(key.clone());
                 lazy.sent(room_id, key, event_id);
             }
-            events.push(filter.project(without_room_id(event)));
+            events.push(SyncEvent::new(event, filter));
         }
         // Lazy loading: members the timeline needs whose events the delta did not carry, unless
         // this device already has them.
@@ -606,9 +603,9 @@ impl Services {
                 {
                     continue;
                 }
-                let event = view.event(room_id, &event_id, None, Detail::State)?;
+                let event = view.client_event_by_id(room_id, &event_id, None, Detail::State)?;
                 lazy.sent(room_id, member, &event_id);
-                events.push(filter.project(without_room_id(event)));
+                events.push(SyncEvent::new(event, filter));
             }
         }
         Ok((state_key, events))
@@ -707,16 +704,98 @@ pub(crate) fn changed_entries(base: &[StateEntry], now: &[StateEntry]) -> Vec<St
         .collect()
 }
 
-fn timeline_json(timeline: TimelinePart, filter: &SyncFilter) -> Value {
-    json!({
-        "events": timeline
+/// An event of a `/sync` answer, without `room_id`: written straight from its stored form, or
+/// as the value the filter's `event_fields` leave of it.
+pub(crate) struct SyncEvent {
+    event: ClientEvent,
+    projected: Option<Value>,
+}
+
+impl SyncEvent {
+    fn new(event: ClientEvent, filter: &SyncFilter) -> Self {
+        let event = event.without_room_id();
+        let projected = filter.projects().then(|| filter.project(event.to_value()));
+        Self { event, projected }
+    }
+}
+
+impl Serialize for SyncEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.projected {
+            Some(value) => value.serialize(serializer),
+            None => self.event.serialize(serializer),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TimelineSection {
+    events: Vec<SyncEvent>,
+    limited: bool,
+    prev_batch: String,
+}
+
+#[derive(Serialize)]
+struct StateSection {
+    events: Vec<SyncEvent>,
+}
+
+/// A joined or left room's part of a `/sync` answer: its timeline and state events written
+/// straight from their stored form, the other sections as values.
+pub(crate) struct RoomPart {
+    /// Summary, ephemeral events, account data, unread counts: each under its key.
+    rest: Map<String, Value>,
+    timeline: TimelineSection,
+    /// `state`, or `state_after` under the name the client asked for.
+    state_key: &'static str,
+    state: StateSection,
+}
+
+impl RoomPart {
+    fn new(
+        rest: Map<String, Value>,
+        timeline: TimelinePart,
+        filter: &SyncFilter,
+        state_key: &'static str,
+        state: Vec<SyncEvent>,
+    ) -> Self {
+        Self {
+            rest,
+            timeline: TimelineSection {
+                events: timeline
+                    .events
+                    .into_iter()
+                    .map(|(_, _, event)| SyncEvent::new(event, filter))
+                    .collect(),
+                limited: timeline.limited,
+                prev_batch: timeline.prev_batch.to_string(),
+            },
+            state_key,
+            state: StateSection { events: state },
+        }
+    }
+
+    /// Its timeline's and state section's events, whole (before `event_fields`).
+    fn events(&self) -> impl Iterator<Item = &ClientEvent> {
+        self.timeline
             .events
-            .into_iter()
-            .map(|(_, _, e)| filter.project(without_room_id(e)))
-            .collect::<Vec<_>>(),
-        "limited": timeline.limited,
-        "prev_batch": timeline.prev_batch.to_string(),
-    })
+            .iter()
+            .chain(&self.state.events)
+            .map(|e| &e.event)
+    }
+}
+
+impl Serialize for RoomPart {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.rest.len() + 2))?;
+        for (key, value) in &self.rest {
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("timeline", &self.timeline)?;
+        map.serialize_entry(self.state_key, &self.state)?;
+        map.end()
+    }
 }
 
 /// Sync sends events without `room_id` (the room is the key they are listed under).
@@ -754,7 +833,7 @@ struct RoomSections {
 struct SerialisedRooms(Vec<(String, Box<RawValue>)>);
 
 impl SerialisedRooms {
-    fn push(&mut self, room_id: &RoomId, room: &Value) -> Result<()> {
+    fn push(&mut self, room_id: &RoomId, room: &impl Serialize) -> Result<()> {
         let text = serde_json::value::to_raw_value(room)?;
         self.0.push((room_id.to_string(), text));
         Ok(())

@@ -257,6 +257,11 @@ impl SyncFilter {
         self.rooms.allows_room(room_id)
     }
 
+    /// Whether `event_fields` cuts events down (see [`SyncFilter::project`]).
+    pub fn projects(&self) -> bool {
+        self.event_fields.is_some()
+    }
+
     /// Keeps only the fields `event_fields` names (all of them when it is absent).
     pub fn project(&self, event: Value) -> Value {
         let Some(paths) = &self.event_fields else {

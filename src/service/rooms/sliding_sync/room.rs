@@ -192,7 +192,7 @@ impl Services {
         let events: Vec<Value> = timeline
             .events
             .into_iter()
-            .map(|(_, _, event)| without_room_id(event))
+            .map(|(_, _, event)| event.without_room_id().into_value())
             .collect();
         if !events.is_empty() {
             out.insert("timeline".into(), events.into());
@@ -333,11 +333,11 @@ impl Services {
 fn timeline_members(timeline: &TimelinePart) -> BTreeSet<String> {
     let mut users = BTreeSet::new();
     for (_, _, event) in &timeline.events {
-        if let Some(sender) = event["sender"].as_str() {
+        if let Some(sender) = event.sender() {
             users.insert(sender.to_owned());
         }
-        if event["type"] == "m.room.member"
-            && let Some(target) = event["state_key"].as_str()
+        if event.event_type() == Some("m.room.member")
+            && let Some(target) = event.state_key()
         {
             users.insert(target.to_owned());
         }
