@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::{Json, extract};
 use ruma::api::client::sync::sync_events::v5;
-use serde_json::Value;
 
 use crate::{
     Error, Result,
@@ -16,7 +15,7 @@ use crate::{
         rooms::{
             sliding_sync::{
                 ExtensionsRequest, ListFilters, ListRequest, MAX_TIMELINE_LIMIT, RequiredState,
-                RoomConfig, Scope, ScopeRoom, SlidingRequest, ToDeviceRequest,
+                RoomConfig, Scope, ScopeRoom, SlidingAnswer, SlidingRequest, ToDeviceRequest,
             },
             thread_subscriptions::MAX_CHANGES,
         },
@@ -65,7 +64,7 @@ fn scope(
 pub async fn sliding_sync(
     extract::State(services): extract::State<State>,
     request: Ruma<v5::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<SlidingAnswer>> {
     let body = &request.body;
     let mut lists = std::collections::BTreeMap::new();
     for (name, list) in &body.lists {

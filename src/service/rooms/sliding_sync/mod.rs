@@ -272,8 +272,18 @@ pub enum ScopeRoom {
 }
 
 /// What one pass over a request found.
+/// A sliding-sync answer: each room's part written straight from its stored events (see
+/// [`room::SlidingRoom`]) as soon as it is built, so that only its text is held.
+#[derive(serde::Serialize)]
+pub struct SlidingAnswer {
+    pos: String,
+    lists: Map<String, Value>,
+    rooms: BTreeMap<String, Box<serde_json::value::RawValue>>,
+    extensions: Value,
+}
+
 struct Answer {
-    body: Value,
+    body: SlidingAnswer,
     sent: Vec<(OwnedRoomId, RoomSent)>,
     /// Rooms or extension data (list counts alone are not news).
     news: bool,
@@ -287,7 +297,7 @@ impl Services {
         &self,
         user_id: &UserId,
         request: SlidingRequest<'_>,
-    ) -> Result<Value> {
+    ) -> Result<SlidingAnswer> {
         let answer = self.sliding_sync_answer(user_id, request).await;
         if answer.is_ok() {
             self.metrics.sync_response(SyncApi::sliding_sync);
@@ -299,7 +309,7 @@ impl Services {
         &self,
         user_id: &UserId,
         request: SlidingRequest<'_>,
-    ) -> Result<Value> {
+    ) -> Result<SlidingAnswer> {
         let mut committed = self.timeline.subscribe();
         let position = match &request.pos {
             None => None,
@@ -353,7 +363,7 @@ impl Services {
                     // again (`M_UNKNOWN_POS`), as it must after any server-side reset.
                     self.store.write_without_waiting(batch)?;
                     let mut body = answer.body;
-                    body["pos"] = Value::String(format_pos(new_position, now));
+                    body.pos = format_pos(new_position, now);
                     return Ok(body);
                 }
                 if !batch.is_empty() {
@@ -462,7 +472,7 @@ impl Services {
         }
 
         // The rooms to send: new to the connection, changed, or asked for with more.
-        let mut rooms_out = Map::new();
+        let mut rooms_out = BTreeMap::new();
         let mut sent = Vec::new();
         let mut initial_rooms = HashSet::new();
         for room_id in &relevant {
@@ -494,10 +504,12 @@ impl Services {
                 now,
                 dms.contains(room_id),
             )? {
-                if data.get("initial") == Some(&Value::Bool(true)) {
+                if data.fields.get("initial") == Some(&Value::Bool(true)) {
                     initial_rooms.insert(room_id.clone());
                 }
-                rooms_out.insert(room_id.to_string(), data);
+                // Serialised at once: the events it holds (parsed, whole) go before the next
+                // room is read, and only the text stays until the answer is sent.
+                rooms_out.insert(room_id.to_string(), serde_json::value::to_raw_value(&data)?);
                 sent.push((room_id.clone(), record));
             }
         }
@@ -511,7 +523,12 @@ impl Services {
             self.sliding_extensions(viewer, request, &scope, from, now)?;
         let news = !rooms_out.is_empty() || extension_news;
         Ok(Answer {
-            body: json!({ "lists": lists, "rooms": rooms_out, "extensions": extensions }),
+            body: SlidingAnswer {
+                pos: String::new(),
+                lists,
+                rooms: rooms_out,
+                extensions,
+            },
             sent,
             news,
         })

@@ -14,7 +14,7 @@ use crate::{
     service::{
         Services,
         rooms::{
-            client_event::{Detail, Viewer, without_room_id},
+            client_event::{ClientEvent, Detail, Viewer},
             state_store::StateEntry,
             sync::{TimelinePart, changed_entries},
             sync_filter::EventMatcher,
@@ -40,7 +40,7 @@ impl Services {
         from: Option<u64>,
         now: u64,
         is_dm: bool,
-    ) -> Result<Option<(Value, RoomSent)>> {
+    ) -> Result<Option<(SlidingRoom, RoomSent)>> {
         let room_id = &room.room_id;
         let membership = &room.membership.membership;
         let mut out = Map::new();
@@ -62,7 +62,7 @@ impl Services {
                 config: fingerprint,
                 joined: false,
             };
-            return Ok(Some((Value::Object(out), record)));
+            return Ok(Some((SlidingRoom::new(out), record)));
         }
         let joined = *membership == MembershipState::Join;
         // A left room ends at the leave: nothing after it is the user's to see.
@@ -186,24 +186,20 @@ impl Services {
         if timeline.limited {
             out.insert("limited".into(), true.into());
         }
-        if !state_events.is_empty() {
-            out.insert("required_state".into(), state_events.into());
-        }
-        let events: Vec<Value> = timeline
+        let mut part = SlidingRoom::new(out);
+        part.required_state = state_events;
+        part.timeline = timeline
             .events
             .into_iter()
-            .map(|(_, _, event)| event.without_room_id().into_value())
+            .map(|(_, _, event)| event.without_room_id())
             .collect();
-        if !events.is_empty() {
-            out.insert("timeline".into(), events.into());
-        }
         let record = RoomSent {
             upto,
             timeline_limit: config.timeline_limit,
             config: fingerprint,
             joined,
         };
-        Ok(Some((Value::Object(out), record)))
+        Ok(Some((part, record)))
     }
 
     /// Every state event the config asks for, in `state` (a room new to the client, or one
@@ -215,7 +211,7 @@ impl Services {
         state: &[StateEntry],
         config: &RoomConfig,
         timeline: &TimelinePart,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<ClientEvent>> {
         let wanted = &config.required_state;
         let me = viewer.user_id.as_str();
         let mut ids: BTreeSet<OwnedEventId> = BTreeSet::new();
@@ -258,7 +254,7 @@ impl Services {
         now: &[StateEntry],
         config: &RoomConfig,
         timeline: &TimelinePart,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<ClientEvent>> {
         let wanted = &config.required_state;
         let me = viewer.user_id.as_str();
         let mut ids: BTreeSet<OwnedEventId> = BTreeSet::new();
@@ -283,16 +279,14 @@ impl Services {
         viewer: Viewer<'_>,
         room_id: &RoomId,
         ids: BTreeSet<OwnedEventId>,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<ClientEvent>> {
         let mut view = self.event_view(Some(viewer));
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
-            events.push(without_room_id(view.event(
-                room_id,
-                &id,
-                None,
-                Detail::State,
-            )?));
+            events.push(
+                view.client_event_by_id(room_id, &id, None, Detail::State)?
+                    .without_room_id(),
+            );
         }
         Ok(events)
     }
@@ -325,6 +319,41 @@ impl Services {
             }
         }
         Ok(hero)
+    }
+}
+
+/// A room's part of a sliding-sync answer: its `required_state` and `timeline` events written
+/// straight from their stored form (see [`ClientEvent`]), the other fields as values.
+pub(crate) struct SlidingRoom {
+    pub(super) fields: Map<String, Value>,
+    required_state: Vec<ClientEvent>,
+    timeline: Vec<ClientEvent>,
+}
+
+impl SlidingRoom {
+    fn new(fields: Map<String, Value>) -> Self {
+        Self {
+            fields,
+            required_state: Vec::new(),
+            timeline: Vec::new(),
+        }
+    }
+}
+
+impl serde::Serialize for SlidingRoom {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in &self.fields {
+            map.serialize_entry(key, value)?;
+        }
+        if !self.required_state.is_empty() {
+            map.serialize_entry("required_state", &self.required_state)?;
+        }
+        if !self.timeline.is_empty() {
+            map.serialize_entry("timeline", &self.timeline)?;
+        }
+        map.end()
     }
 }
 
