@@ -141,22 +141,22 @@ impl ClientEvent {
     }
 
     /// The event as a `serde_json` value, for callers that edit it.
-    pub fn into_value(self) -> Value {
-        let mut event = client_fields(&self.room_id, &self.stored.event_id, &self.stored.pdu);
-        if !self.with_room_id {
-            event.remove("room_id");
-        }
-        event.insert("unsigned".into(), Value::Object(self.unsigned));
-        Value::Object(event)
+    pub fn into_value(mut self) -> Value {
+        let unsigned = std::mem::take(&mut self.unsigned);
+        self.value_with(unsigned)
     }
 
     /// [`ClientEvent::into_value`] of a copy.
     pub fn to_value(&self) -> Value {
+        self.value_with(self.unsigned.clone())
+    }
+
+    fn value_with(&self, unsigned: Map<String, Value>) -> Value {
         let mut event = client_fields(&self.room_id, &self.stored.event_id, &self.stored.pdu);
         if !self.with_room_id {
             event.remove("room_id");
         }
-        event.insert("unsigned".into(), Value::Object(self.unsigned.clone()));
+        event.insert("unsigned".into(), Value::Object(unsigned));
         Value::Object(event)
     }
 }
@@ -311,30 +311,12 @@ impl EventView<'_> {
         count: Option<u64>,
         detail: Detail,
     ) -> Result<Value> {
-        let stored = self
-            .services
-            .timeline
-            .stored_pdu(event_id)?
-            .ok_or_else(|| Error::not_found("No such event."))?;
-        self.stored_event(room_id, &stored, count, detail)
+        self.client_event_by_id(room_id, event_id, count, detail)
+            .map(ClientEvent::into_value)
     }
 
-    /// [`EventView::event`] for an event already read (by its short ID, from a timeline).
-    pub(crate) fn stored_event(
-        &mut self,
-        room_id: &RoomId,
-        stored: &StoredPdu,
-        count: Option<u64>,
-        detail: Detail,
-    ) -> Result<Value> {
-        let mut event = client_fields(room_id, &stored.event_id, &stored.pdu);
-        let unsigned = self.unsigned(room_id, stored, count, detail)?;
-        event.insert("unsigned".into(), Value::Object(unsigned));
-        Ok(Value::Object(event))
-    }
-
-    /// [`EventView::stored_event`] as a [`ClientEvent`], which holds the stored event and is
-    /// serialised from it.
+    /// An event already read (by its short ID, from a timeline) as a [`ClientEvent`], which
+    /// holds the stored event and is serialised from it.
     pub(crate) fn client_event(
         &mut self,
         room_id: &RoomId,
@@ -352,7 +334,7 @@ impl EventView<'_> {
         })
     }
 
-    /// [`EventView::event`] as a [`ClientEvent`].
+    /// The event `event_id` as a [`ClientEvent`].
     pub(crate) fn client_event_by_id(
         &mut self,
         room_id: &RoomId,
