@@ -115,13 +115,7 @@ impl ClientEvent {
     /// The event in `/sync`'s format: without `room_id`, also in the redaction it may carry.
     pub fn without_room_id(mut self) -> Self {
         self.with_room_id = false;
-        if let Some(because) = self
-            .unsigned
-            .get_mut("redacted_because")
-            .and_then(Value::as_object_mut)
-        {
-            because.remove("room_id");
-        }
+        strip_room_id_of_redaction(&mut self.unsigned);
         self
     }
 
@@ -246,15 +240,18 @@ fn redaction_as_client_event(
 pub fn without_room_id(mut event: Value) -> Value {
     if let Some(object) = event.as_object_mut() {
         object.remove("room_id");
-        if let Some(because) = object
-            .get_mut("unsigned")
-            .and_then(|u| u.get_mut("redacted_because"))
-            .and_then(Value::as_object_mut)
-        {
-            because.remove("room_id");
+        if let Some(Value::Object(unsigned)) = object.get_mut("unsigned") {
+            strip_room_id_of_redaction(unsigned);
         }
     }
     event
+}
+
+/// Takes `room_id` out of the redaction an event's `unsigned` may carry (`/sync`'s format).
+fn strip_room_id_of_redaction(unsigned: &mut Map<String, Value>) {
+    if let Some(Value::Object(because)) = unsigned.get_mut("redacted_because") {
+        because.remove("room_id");
+    }
 }
 
 /// Who an event is formatted for.
