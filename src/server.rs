@@ -55,6 +55,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     expire_presence_periodically(&services);
     expire_typing_periodically(&services);
     trim_malloc_periodically();
+    flush_memtables_when_quiet(&services);
     services.start_appservice_senders();
     services.start_push_sender()?;
     services.run_delayed_events();
@@ -311,6 +312,38 @@ fn trim_malloc_periodically() {
             .await;
             if let Ok(took) = trimmed {
                 tracing::debug!(?took, "malloc's free pages returned");
+            }
+        }
+    });
+}
+
+/// Once the writes have gone quiet, the memtables that hold a burst's writes are written out and
+/// their memory given back (`store::quiet_flush`). The task holds the services weakly, so it
+/// ends with the server.
+fn flush_memtables_when_quiet(services: &Arc<Services>) {
+    use crate::store::quiet_flush::{FLUSH_FROM_BYTES, QuietSpells, TICK};
+    let mut spells = QuietSpells::new(&services.store);
+    let services = Arc::downgrade(services);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(TICK);
+        loop {
+            ticks.tick().await;
+            let Some(services) = services.upgrade() else {
+                return;
+            };
+            if !spells.tick(services.store.written_bytes()) {
+                continue;
+            }
+            let store = services.store.clone();
+            drop(services);
+            match tokio::task::spawn_blocking(move || store.flush_memtables(FLUSH_FROM_BYTES)).await
+            {
+                Ok(Ok(Some(bytes))) => {
+                    tracing::debug!(bytes, "memtables flushed: writes went quiet")
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!("flushing the memtables failed: {e}"),
+                Err(e) => tracing::warn!("flushing the memtables failed: {e}"),
             }
         }
     });

@@ -13,6 +13,7 @@ mod files;
 pub use figures::StoreFigures;
 pub mod keys;
 mod migrations;
+pub mod quiet_flush;
 
 use std::{
     path::Path,
@@ -379,6 +380,8 @@ struct Inner {
     statistics: Option<Options>,
     point_reads: AtomicU64,
     keys_scanned: AtomicU64,
+    /// Bytes of the write batches applied (see [`quiet_flush`]).
+    written_bytes: AtomicU64,
     watchers: RwLock<Vec<(Cf, WriteWatcher)>>,
 }
 
@@ -583,6 +586,7 @@ impl Store {
                 statistics: options.statistics.then(|| db_opts.clone()),
                 point_reads: AtomicU64::new(0),
                 keys_scanned: AtomicU64::new(0),
+                written_bytes: AtomicU64::new(0),
                 watchers: RwLock::new(Vec::new()),
             }),
         };
@@ -662,7 +666,9 @@ impl Store {
                 Op::Add(delta) => batch.merge_cf(self.handle(cf), key, delta.to_be_bytes()),
             }
         }
+        let size = batch.size_in_bytes() as u64;
         self.inner.db.write_opt(batch, &self.inner.write_options)?;
+        self.inner.written_bytes.fetch_add(size, Ordering::Relaxed);
         for (i, key) in watched {
             (watchers[i].1)(&key);
         }

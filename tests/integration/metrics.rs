@@ -284,3 +284,72 @@ async fn the_metrics_listener_serves_metrics_alone() {
         .expect("answer");
     assert_eq!(metrics.status(), StatusCode::OK);
 }
+
+/// `culvert_rocksdb_memtable_bytes`, read from the metrics' text as served.
+async fn memtable_bytes(server: &TestServer) -> f64 {
+    let url = format!(
+        "http://{}/metrics",
+        server.metrics_addr().expect("metrics on")
+    );
+    let text = server
+        .http
+        .get(url)
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("culvert_rocksdb_memtable_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("culvert_rocksdb_memtable_bytes in the metrics")
+}
+
+/// A burst of writes, then quiet: within seconds the memtables that hold the burst are written
+/// out to table files and their memory given back (`store::quiet_flush`), and the messages are
+/// still there.
+#[tokio::test]
+async fn memtables_are_written_out_once_the_writes_go_quiet() {
+    let server = TestServer::start_with(METRICS_ON).await;
+    let alice = server.register("alice", "secret-password").await;
+    let room = server.create_room(&alice, json!({ "name": "Burst" })).await;
+    let words = "burst ".repeat(8_000);
+    for i in 0..120 {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}");
+        let content = json!({ "msgtype": "m.text", "body": format!("{i} {words}") });
+        let (status, body) = server.put(&path, Some(&alice.token), content).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let burst = memtable_bytes(&server).await;
+    assert!(
+        burst > 5_000_000.0,
+        "the burst is in the memtables: {burst}"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = memtable_bytes(&server).await;
+        if now < 1_000_000.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the memtables still hold {now} bytes 30 s after the burst"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let messages = server
+        .get_ok(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=200"),
+            &alice,
+        )
+        .await;
+    let bodies = messages["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .count();
+    assert_eq!(bodies, 120);
+}

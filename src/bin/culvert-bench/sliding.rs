@@ -109,6 +109,11 @@ pub struct SlidingInitialOpts {
     /// Measured whole-list loads per run (each on a new connection, after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub loads: usize,
+    /// Seconds to wait after setting up before measuring: a phone opens its room list on a
+    /// server that has been quiet for a while, not one still busy with the set-up's thousands
+    /// of writes (culvert writes its memtables out after a few quiet seconds).
+    #[arg(long, default_value_t = 0.0)]
+    pub settle: f64,
 }
 
 pub struct SlidingInitial {
@@ -136,9 +141,15 @@ impl SlidingInitial {
         if opts.history > 10_000 {
             return Err("--history must be at most 10000".into());
         }
+        if !(0.0..=600.0).contains(&opts.settle) {
+            return Err("--settle must be between 0 and 600 seconds".into());
+        }
         let user = ctx.users("slider", 1).await?.remove(0);
         probe_sliding_sync(&user).await?;
         fill_rooms(ctx, &user, opts.rooms, opts.history).await?;
+        if opts.settle > 0.0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(opts.settle)).await;
+        }
         Ok(Self { opts, user })
     }
 
