@@ -10,8 +10,19 @@
 //! keys). Each user's *floor* in a room — no live entry below it — is remembered in memory
 //! once a deletion commits, and scans seek from it. Forgotten (a restart, the cache's bound),
 //! a scan starts at the prefix again: slower, never wrong.
+//!
+//! A user who does not read a busy room gathers entries there, and every `/sync` of theirs
+//! asks for the room's counts: counted afresh each time, a room of a hundred members cost each
+//! new message a hundred scans of hundreds of entries (a third of the server's time in the
+//! `deliver` benchmark). So the counts are remembered with the position their entries were
+//! read up to ([`UnreadCountsCache`]), and a later read scans only what was written since:
+//! entries are written with their event's stream count, and counts become visible in order.
+//! A deletion (a receipt, the user's own event, a purge) forgets the counts it changed.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, PoisonError},
+};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value, json};
@@ -19,7 +30,7 @@ use serde_json::{Value, json};
 use super::evaluate::UnreadRecord;
 use crate::{
     Result,
-    service::Services,
+    service::{Services, cache_memory::HeapSize},
     store::{Cf, keys},
 };
 
@@ -101,6 +112,16 @@ pub struct UnreadCounts {
 }
 
 impl UnreadCounts {
+    fn add(&mut self, record: UnreadRecord) {
+        let thread = self.threads.entry(record.thread).or_default();
+        thread.0 += 1;
+        self.notifications += 1;
+        if record.highlight {
+            thread.1 += 1;
+            self.highlights += 1;
+        }
+    }
+
     /// `unread_notifications` of a `/sync` room (all threads together, or the main timeline
     /// alone when the client asked for counts per thread) and, per thread,
     /// `unread_thread_notifications`.
@@ -123,23 +144,107 @@ impl UnreadCounts {
     }
 }
 
+/// Counts of a user's entries in a room below a stream count.
+#[derive(Clone)]
+struct CountedBelow {
+    counts: UnreadCounts,
+    /// Every live entry below this count is in `counts`.
+    next: u64,
+}
+
+impl HeapSize for CountedBelow {
+    fn heap_bytes(&self) -> usize {
+        self.counts
+            .threads
+            .keys()
+            .map(|thread| thread.capacity() + 3 * std::mem::size_of::<u64>())
+            .sum()
+    }
+}
+
+/// Remembered unread counts (see the module's description), by user and room.
+pub(crate) struct UnreadCountsCache {
+    counted: quick_cache::sync::Cache<(OwnedUserId, OwnedRoomId), CountedBelow>,
+    /// Moved on by every deletion, under this lock, before the counts it changed are dropped.
+    /// A read remembers what it counted only if no deletion came since it began: a deletion
+    /// written while it scanned may not be in what it saw.
+    deletions: Mutex<u64>,
+}
+
+impl UnreadCountsCache {
+    pub fn new(entries: usize) -> Self {
+        Self {
+            counted: quick_cache::sync::Cache::new(entries),
+            deletions: Mutex::new(0),
+        }
+    }
+
+    fn deletions(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.deletions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the counts of these users' rooms (their entries there were deleted).
+    fn forget<'a>(&self, user_rooms: impl Iterator<Item = (&'a OwnedUserId, &'a OwnedRoomId)>) {
+        let mut deletions = self.deletions();
+        *deletions += 1;
+        for (user_id, room_id) in user_rooms {
+            self.counted.remove(&(user_id.clone(), room_id.clone()));
+        }
+    }
+
+    /// Forgets every count (a purge deleted entries of many users).
+    pub fn forget_all(&self) {
+        let mut deletions = self.deletions();
+        *deletions += 1;
+        self.counted.clear();
+    }
+
+    pub fn cache_bytes(&self) -> u64 {
+        crate::service::cache_memory::cache_bytes(&self.counted)
+    }
+}
+
 impl Services {
-    /// `user_id`'s unread notifications in `room_id` (one prefix scan).
+    /// `user_id`'s unread notifications in `room_id`: the remembered counts and a scan of the
+    /// entries written since (one seek, usually), or, when none are remembered, a scan from the
+    /// user's floor.
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
-        let (prefix, start) = self.unread_scan(user_id, room_id);
-        let mut counts = UnreadCounts::default();
+        let cache = &self.push.unread_counts;
+        let began = *cache.deletions();
+        let key = (user_id.to_owned(), room_id.to_owned());
+        let (prefix, floor_start) = self.unread_scan(user_id, room_id);
+        let remembered = cache.counted.get(&key);
+        let (mut counted, start) = match remembered {
+            Some(counted) => {
+                let start = [&prefix[..], &keys::u64_be(counted.next)].concat();
+                (counted, start.max(floor_start))
+            }
+            None => (
+                CountedBelow {
+                    counts: UnreadCounts::default(),
+                    next: 0,
+                },
+                floor_start,
+            ),
+        };
+        let mut read_any = false;
         for item in self
             .store
             .scan_prefix_from(Cf::UnreadNotifications, &prefix, &start)
         {
-            let (_, value) = item?;
-            let record: UnreadRecord = serde_json::from_slice(&value)?;
-            let thread = counts.threads.entry(record.thread).or_default();
-            thread.0 += 1;
-            counts.notifications += 1;
-            if record.highlight {
-                thread.1 += 1;
-                counts.highlights += 1;
+            let (key, value) = item?;
+            let count = keys::parse_u64_be(&key[prefix.len()..]).unwrap_or(u64::MAX);
+            counted.counts.add(serde_json::from_slice(&value)?);
+            counted.next = count.saturating_add(1);
+            read_any = true;
+        }
+        let counts = counted.counts.clone();
+        if read_any {
+            let deletions = cache.deletions();
+            if *deletions == began {
+                cache.counted.insert(key, counted);
             }
         }
         Ok(counts)
@@ -185,8 +290,16 @@ impl Services {
         (prefix, start)
     }
 
-    /// Remembers the floors of a deletion that was written.
-    pub(crate) fn raise_unread_floors(&self, read: &ReadEntries) {
+    /// Once a deletion of read entries is written: remembers the floors it raised, and forgets
+    /// the counts it changed.
+    pub(crate) fn unread_entries_deleted(&self, read: &ReadEntries) {
+        if !read.is_empty() {
+            self.push.unread_counts.forget(
+                read.floors
+                    .iter()
+                    .map(|(user_id, room_id, _)| (user_id, room_id)),
+            );
+        }
         for (user_id, room_id, floor) in &read.floors {
             let key = (user_id.clone(), room_id.clone());
             let known = self.push.unread_floors.get(&key).unwrap_or(0);

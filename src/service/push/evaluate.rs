@@ -121,7 +121,7 @@ impl Staged for Notified {
 
     fn written(&mut self) {
         if let Some(services) = self.services.upgrade() {
-            services.raise_unread_floors(&self.read);
+            services.unread_entries_deleted(&self.read);
         }
     }
 

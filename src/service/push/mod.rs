@@ -49,6 +49,8 @@ pub struct Push {
     event_summaries: quick_cache::sync::Cache<ruma::OwnedEventId, Arc<sender::EventSummary>>,
     /// Each user's floor in a room: no unread entry below it is live (see `counts`).
     unread_floors: quick_cache::sync::Cache<(OwnedUserId, ruma::OwnedRoomId), u64>,
+    /// Each user's unread counts in a room, as far as they were read (see `counts`).
+    unread_counts: counts::UnreadCountsCache,
     /// Each room's push context for its current state (see `evaluate`).
     room_contexts: quick_cache::sync::Cache<
         ruma::OwnedRoomId,
@@ -72,11 +74,25 @@ pub struct Push {
 }
 
 impl Push {
-    /// What the caches of display names and unread floors take (see
+    /// What the caches of display names, unread floors and unread counts take (see
     /// [`crate::service::cache_memory`]; the parsed rules and room contexts are left out).
     pub fn cache_bytes(&self) -> u64 {
         use crate::service::cache_memory::cache_bytes;
-        cache_bytes(&self.display_names) + cache_bytes(&self.unread_floors)
+        cache_bytes(&self.display_names)
+            + cache_bytes(&self.unread_floors)
+            + self.unread_counts.cache_bytes()
+    }
+
+    /// Forgets every remembered unread count, when this is dropped: for a purge, which deletes
+    /// many users' entries, in several batches, and may stop half-way.
+    pub(crate) fn forget_unread_counts_after(&self) -> impl Drop + '_ {
+        struct Forget<'a>(&'a Push);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.unread_counts.forget_all();
+            }
+        }
+        Forget(self)
     }
 
     pub fn new(config: &Config) -> Result<Self, String> {
@@ -106,6 +122,7 @@ impl Push {
             ),
             display_names: quick_cache::sync::Cache::new(4096),
             unread_floors: quick_cache::sync::Cache::new(16_384),
+            unread_counts: counts::UnreadCountsCache::new(16_384),
             event_summaries: quick_cache::sync::Cache::new(256),
             client,
             guard,

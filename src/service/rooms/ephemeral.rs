@@ -219,7 +219,7 @@ impl Services {
                 Ok(())
             })
             .await?;
-        self.raise_unread_floors(&read);
+        self.unread_entries_deleted(&read);
         if !read.is_empty() {
             // The badge went down: the user's pushers tell their phones.
             self.push.wake_user(user_id);

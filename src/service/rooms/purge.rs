@@ -109,6 +109,7 @@ impl Services {
     /// throughout, so no event enters it meanwhile.
     pub async fn purge_room(&self, room_id: &RoomId) -> Result<Purged> {
         let _guard = self.timeline.lock_room(room_id).await;
+        let _forget = self.push.forget_unread_counts_after();
         let members: Vec<OwnedUserId> = self
             .members
             .of_room(room_id)?
@@ -321,6 +322,7 @@ impl Services {
             .map(|(user_id, _)| user_id)
             .filter(|u| u.server_name() == self.server_name)
             .collect();
+        let _forget = self.push.forget_unread_counts_after();
         let mut purged = 0;
         let mut from = prefix.clone();
         loop {
