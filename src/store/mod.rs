@@ -438,6 +438,13 @@ enum Op {
 /// did not read each other's, all count.
 const COUNTER_CFS: &[Cf] = &[Cf::ThreadCounts];
 
+/// Column families written often and read little, whose memtables are kept small: a phone
+/// loading its room list rewrites its sliding-sync connection's entry for every room (a
+/// thousand rooms, a few hundred kilobytes), and with the usual memtable size every load stayed
+/// in memory until a quiet spell (BENCHMARKS.md, "Connection records in small memtables").
+const SMALL_MEMTABLE_CFS: &[Cf] = &[Cf::SlidingConnections, Cf::SlidingRooms];
+const SMALL_MEMTABLE_BYTES: usize = 1 << 20;
+
 /// The counters' merge operator: the base value plus every operand.
 fn add_counters(
     _key: &[u8],
@@ -547,6 +554,9 @@ impl Store {
             let mut cf_opts = db_opts.clone();
             if COUNTER_CFS.iter().any(|cf| cf.name() == name) {
                 cf_opts.set_merge_operator_associative("add_i64", add_counters);
+            }
+            if SMALL_MEMTABLE_CFS.iter().any(|cf| cf.name() == name) {
+                cf_opts.set_write_buffer_size(SMALL_MEMTABLE_BYTES);
             }
             ColumnFamilyDescriptor::new(name, cf_opts)
         });

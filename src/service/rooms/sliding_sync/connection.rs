@@ -181,7 +181,8 @@ impl Connection {
             if let Some((_, sent)) = versions.newer.iter().find(|(p, _)| *p == position) {
                 versions.base = Some(*sent);
             }
-            versions.newer.clear();
+            // A new Vec, not `clear()`: a promoted room keeps no spare capacity in the cache.
+            versions.newer = Vec::new();
             let key = room_key(&self.key, &room_id);
             if versions.base.is_none() {
                 self.rooms.remove(&room_id);
@@ -222,6 +223,7 @@ impl Connection {
             let mut touched = Vec::with_capacity(sent.len());
             for (room_id, room) in sent {
                 let versions = self.rooms.entry(room_id.clone()).or_default();
+                versions.newer.reserve_exact(1);
                 versions.newer.push((position, room));
                 batch.put(
                     Cf::SlidingRooms,
