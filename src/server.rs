@@ -336,13 +336,14 @@ fn flush_memtables_when_quiet(services: &Arc<Services>) {
             }
             let store = services.store.clone();
             drop(services);
-            match tokio::task::spawn_blocking(move || store.flush_memtables(FLUSH_FROM_BYTES)).await
-            {
-                Ok(Ok(Some(bytes))) => {
-                    tracing::debug!(bytes, "memtables flushed: writes went quiet")
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!("flushing the memtables failed: {e}"),
+            let flushed =
+                tokio::task::spawn_blocking(move || store.flush_memtables(FLUSH_FROM_BYTES))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|flushed| flushed.map_err(|e| e.to_string()));
+            match flushed {
+                Ok(Some(bytes)) => tracing::debug!(bytes, "memtables flushed: writes went quiet"),
+                Ok(None) => {}
                 Err(e) => tracing::warn!("flushing the memtables failed: {e}"),
             }
         }

@@ -811,7 +811,9 @@ impl Store {
         }
     }
 
-    /// Flushes the write-ahead log to disk; called on graceful shutdown.
+    /// Syncs the write-ahead log to disk (everything written is then durable) and writes out
+    /// the default column family's memtable; called when a server, an import or a command ends.
+    /// The other column families' memtables are left to the log (`flush_memtables` writes them).
     pub fn flush(&self) -> Result<(), rocksdb::Error> {
         self.inner.db.flush_wal(true)?;
         self.inner.db.flush()
