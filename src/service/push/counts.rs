@@ -240,14 +240,14 @@ impl Services {
             counted.next = count.saturating_add(1);
             read_any = true;
         }
-        let counts = counted.counts.clone();
+        // Remembered again only when something new was read (otherwise it is remembered already).
         if read_any {
             let deletions = cache.deletions();
             if *deletions == began {
-                cache.counted.insert(key, counted);
+                cache.counted.insert(key, counted.clone());
             }
         }
-        Ok(counts)
+        Ok(counted.counts)
     }
 
     /// The unread entries a read receipt of `user_id` at stream count `upto` marks read: in
