@@ -54,7 +54,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     services.start_federation_sender()?;
     expire_presence_periodically(&services);
     expire_typing_periodically(&services);
-    trim_malloc_periodically();
     flush_memtables_when_quiet(&services);
     services.start_appservice_senders();
     services.start_push_sender()?;
@@ -99,6 +98,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     };
     services.write_cli_access(addr, services.config.tls.is_some())?;
     tracing::info!(%addr, scheme, server_name = %services.server_name, "culvert is listening");
+    trim_malloc_periodically();
     Ok(RunningServer {
         addr,
         metrics_addr,
@@ -291,16 +291,17 @@ fn expire_typing_periodically(services: &Arc<Services>) {
     });
 }
 
-/// Every minute, glibc's malloc (which serves RocksDB: block cache, memtables) gives the free
-/// pages inside its heaps back to the system. Left to itself it returns only the free memory
-/// at a heap's top: the block cache, evicting and loading blocks of every size from several
-/// threads' heaps, left more and more free memory held, and a soak grew past its caches' bounds
-/// (RELIABILITY.md, "A long run: the soak").
+/// Once the server is up, and then every minute, glibc's malloc (which serves RocksDB: block
+/// cache, memtables) gives the free pages inside its heaps back to the system. Left to itself it
+/// returns only the free memory at a heap's top: the block cache, evicting and loading blocks of
+/// every size from several threads' heaps, left more and more free memory held, and a soak grew
+/// past its caches' bounds (RELIABILITY.md, "A long run: the soak"); and what opening the
+/// database used and freed (its options file parsed, start-up reads) stayed for the first
+/// minute.
 fn trim_malloc_periodically() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async {
         let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
-        ticks.tick().await;
         loop {
             ticks.tick().await;
             let trimmed = tokio::task::spawn_blocking(|| {

@@ -44,8 +44,7 @@ impl Store {
                 .flatten()
                 .unwrap_or(0)
         };
-        for &cf in Cf::ALL {
-            let handle = self.handle(cf);
+        for handle in self.families() {
             figures.memtable_bytes += int(handle, "rocksdb.cur-size-all-mem-tables");
             figures.sst_bytes += int(handle, "rocksdb.total-sst-files-size");
             figures.table_readers_bytes += int(handle, "rocksdb.estimate-table-readers-mem");
@@ -69,10 +68,11 @@ impl Store {
     /// How many keys `cf` holds, counting at most `limit` (a queue's depth). Reads keys only;
     /// not counted in [`Store::read_stats`], which describe requests.
     pub fn count_keys(&self, cf: Cf, limit: usize) -> usize {
+        let table = super::shared::stored_key(cf, &[]);
         let mut iter = self.inner.db.raw_iterator_cf(self.handle(cf));
-        iter.seek_to_first();
+        iter.seek(&table);
         let mut count = 0;
-        while iter.valid() && count < limit {
+        while iter.key().is_some_and(|key| key.starts_with(&table)) && count < limit {
             count += 1;
             iter.next();
         }

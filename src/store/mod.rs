@@ -14,6 +14,7 @@ pub use figures::StoreFigures;
 pub mod keys;
 mod migrations;
 pub mod quiet_flush;
+mod shared;
 
 use std::{
     path::Path,
@@ -25,16 +26,18 @@ use std::{
 
 use durability::{Durability, GroupSync, Pending};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBRawIterator, Options, ReadOptions,
+    WriteBatch, WriteOptions,
 };
 
 /// Declares the column families once: the `Cf` enum (each variant's doc gives its key → value
 /// layout), `Cf::ALL` and `Cf::name` all come from this one list.
 macro_rules! column_families {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
-        /// Every column family, declared once. The comment on each gives its key → value layout
-        /// (parts joined by 0xFF, see [`keys`]); ARCHITECTURE.md repeats this table.
+    ($($(#[$doc:meta])* $variant:ident => $name:literal $(in shared $tag:literal)?,)+) => {
+        /// Every table, declared once. The comment on each gives its key → value layout
+        /// (parts joined by 0xFF, see [`keys`]); ARCHITECTURE.md repeats this table. A table
+        /// is a column family of its own, or, marked `in shared TAG`, the keys starting with
+        /// that byte in the one family the small tables share ([`shared`]).
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Cf {
             $($(#[$doc])* $variant,)+
@@ -43,13 +46,25 @@ macro_rules! column_families {
         impl Cf {
             pub const ALL: &'static [Cf] = &[$(Cf::$variant,)+];
 
+            /// The table's name: its column family's, or, for a table in the shared family,
+            /// the name of the family it had before (what [`shared`] moves from).
             pub fn name(self) -> &'static str {
                 match self {
                     $(Cf::$variant => $name,)+
                 }
             }
+
+            /// The first byte of this table's keys in the shared family, for a table kept
+            /// there; `None` for a table with a column family of its own.
+            pub fn shared_tag(self) -> Option<u8> {
+                match self {
+                    $(Cf::$variant => column_families!(@tag $($tag)?),)+
+                }
+            }
         }
     };
+    (@tag $tag:literal) => { Some($tag) };
+    (@tag) => { None };
 }
 
 column_families! {
@@ -60,22 +75,22 @@ column_families! {
     /// `ratelimit_override:<user_id>` (`{messages_per_second, burst_count}` JSON).
     Global => "global",
     /// `user_id` → [`crate::service::users::UserRecord`] (JSON).
-    Users => "users",
+    Users => "users" in shared 0x01,
     /// `user_id 0xFF field` → field value (JSON), e.g. `displayname`, `avatar_url`, `m.tz`.
-    Profile => "profile",
+    Profile => "profile" in shared 0x02,
     /// `user_id 0xFF device_id` → [`crate::service::devices::DeviceRecord`] (JSON).
-    Devices => "devices",
+    Devices => "devices" in shared 0x03,
     /// `sha256(access_token)` → `user_id 0xFF device_id`, then for a token that expires `0xFF`
     /// its expiry (ms, decimal) and `0xFF n` while `/refresh` issued it and it was not used
     /// yet. Tokens themselves are never stored.
-    AccessTokens => "access_tokens",
+    AccessTokens => "access_tokens" in shared 0x04,
     /// SHA-256 of a refresh token → `user_id 0xFF device_id` (`0xFF n` while `/refresh` issued
     /// it and it was not used yet): see `service::devices`.
-    RefreshTokens => "refresh_tokens",
+    RefreshTokens => "refresh_tokens" in shared 0x05,
     /// SHA-256 of a login token (`/login/get_token`) → `user_id 0xFF expiry (ms, decimal)`.
-    LoginTokens => "login_tokens",
+    LoginTokens => "login_tokens" in shared 0x06,
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → content (JSON). Empty room = global.
-    AccountData => "account_data",
+    AccountData => "account_data" in shared 0x07,
     /// `event_id` → short event id (u64 BE). See `service::rooms::short`.
     EventIdShort => "eventid_shorteventid",
     /// short event id (u64 BE) → `event_id`.
@@ -107,28 +122,28 @@ column_families! {
     /// `room_id 0xFF user_id` → membership (`join`, `invite`, `leave`, `ban`, `knock`).
     RoomMembers => "room_members",
     /// `user_id 0xFF filter_id` → filter definition (JSON, as uploaded).
-    Filters => "filters",
+    Filters => "filters" in shared 0x08,
     /// `room_id 0xFF user_id 0xFF receipt_type 0xFF thread` → `{event_id, ts, count}` JSON.
     Receipts => "receipts",
     /// `#alias:server` → `{room_id, creator}` JSON: the room directory's aliases.
-    Aliases => "alias_roomid",
+    Aliases => "alias_roomid" in shared 0x09,
     /// `room_id 0xFF #alias:server` → nothing: a room's aliases (prefix scan).
-    RoomAliases => "roomid_aliases",
+    RoomAliases => "roomid_aliases" in shared 0x0A,
     /// `user_id 0xFF room_id-or-empty 0xFF event_type` → stream count (u64 BE) of the account
     /// data's last change (what `/sync` sends since a token).
     AccountDataCounts => "account_data_counts",
     /// `user_id 0xFF device_id 0xFF room_id 0xFF member_user_id` → sync position (u64 BE) ++
     /// member event ID: the member events lazy-loading `/sync` already sent to a device.
-    LazyLoadedMembers => "lazy_loaded_members",
+    LazyLoadedMembers => "lazy_loaded_members" in shared 0x0B,
     /// `user_id` → `PresenceRecord` JSON: state, status message, last active time (ms), stream
     /// count of its last change. See `service::presence`.
-    Presence => "presence",
+    Presence => "presence" in shared 0x0C,
     /// stream count (u64 BE) → `user_id`: presence changes in order, one entry per user (the
     /// previous one is deleted in the same batch), so an incremental `/sync` seeks from its token.
     PresenceStream => "presence_stream",
     /// `room_id` → nothing: rooms whose current join rule is `public` (the user directory's
     /// candidates beyond the searcher's own rooms). Kept by the append path.
-    PublicJoinRooms => "public_join_rooms",
+    PublicJoinRooms => "public_join_rooms" in shared 0x0D,
     /// `room_id 0xFF stream count (u64 BE)` → `user_id 0xFF receipt_type 0xFF thread`: each
     /// receipt's latest change (the previous entry is deleted in the same batch), so `/sync`
     /// reads only the receipts that changed since its token.
@@ -138,85 +153,85 @@ column_families! {
     TimestampEvents => "roomid_ts_shorteventid",
     /// `room_id` → nothing: the rooms this server publishes in its room directory
     /// (`/publicRooms`).
-    PublicRooms => "public_rooms",
+    PublicRooms => "public_rooms" in shared 0x0E,
     /// short event id (u64 BE) → the short ids (u64 BE each, sorted) of every event in its full
     /// auth chain: a cache for state resolution (`service::rooms::state_res`). An event's auth
     /// chain never changes, so entries are never invalidated.
     AuthChains => "shorteventid_authchain",
     /// `user_id 0xFF device_id` → the device's signed identity keys (JSON, as uploaded minus
     /// `unsigned`). See `service::e2ee`.
-    DeviceKeys => "device_keys",
+    DeviceKeys => "device_keys" in shared 0x0F,
     /// `user_id 0xFF device_id 0xFF algorithm 0xFF key_id` → one-time key (JSON): unclaimed
     /// one-time keys; claiming deletes the entry.
     OneTimeKeys => "one_time_keys",
     /// `user_id 0xFF device_id 0xFF algorithm 0xFF place (u64 BE)` → key ID: the order a
     /// device's one-time keys were uploaded in; claims take the oldest (MSC4225, schema 7).
-    OneTimeKeyOrder => "one_time_key_order",
+    OneTimeKeyOrder => "one_time_key_order" in shared 0x10,
     /// `user_id 0xFF device_id 0xFF algorithm` → `{key_id, key, used}` JSON: the device's
     /// fallback key per algorithm (handed out when no one-time key is left, then marked used).
-    FallbackKeys => "fallback_keys",
+    FallbackKeys => "fallback_keys" in shared 0x11,
     /// `user_id 0xFF device_id 0xFF stream count (u64 BE)` → `{type, sender, content}` JSON: the
     /// device's queue of to-device messages, deleted once a sync acknowledges them.
     ToDevice => "to_device",
     /// `sender_user_id 0xFF sender_device_id 0xFF txn_id` → nothing: `PUT /sendToDevice`
     /// idempotency.
-    ToDeviceTxn => "to_device_txn",
+    ToDeviceTxn => "to_device_txn" in shared 0x12,
     /// `user_id 0xFF usage` (`master`, `self_signing`, `user_signing`) → the user's cross-signing
     /// key (JSON as uploaded, with signatures uploaded later merged into `signatures`).
-    CrossSigningKeys => "cross_signing_keys",
+    CrossSigningKeys => "cross_signing_keys" in shared 0x13,
     /// stream count (u64 BE) ++ `user_id` → nothing: device-list changes in order, one entry per
     /// user (the previous one is deleted in the same batch), so `/sync` and `/keys/changes` seek
     /// from a token. See `service::device_lists`.
     DeviceListStream => "device_list_stream",
     /// `user_id` → stream count (u64 BE) of the user's latest device-list change (the entry of
     /// `device_list_stream` to delete at the next change).
-    DeviceListCounts => "device_list_counts",
+    DeviceListCounts => "device_list_counts" in shared 0x14,
     /// `user_id 0xFF version (u64 BE)` → `{algorithm, auth_data, etag, count, deleted}` JSON: the
     /// user's key backup versions (a deleted one stays as a tombstone). See `service::key_backup`.
-    BackupVersions => "backup_versions",
+    BackupVersions => "backup_versions" in shared 0x15,
     /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id` → the backed-up session
     /// (`{first_message_index, forwarded_count, is_verified, session_data}` JSON).
-    BackupSessions => "backup_sessions",
+    BackupSessions => "backup_sessions" in shared 0x16,
     /// `user_id` → `{device_id, device_data}`: the user's dehydrated device (MSC3814).
-    DehydratedDevices => "dehydrated_devices",
+    DehydratedDevices => "dehydrated_devices" in shared 0x17,
     /// `server_name` → its signing keys as cached (`service::federation::server_keys`, JSON:
     /// key ID → key and validity, plus the last self-signed key document).
-    ServerKeys => "server_keys",
+    ServerKeys => "server_keys" in shared 0x18,
     /// `destination 0xFF seq (u64 BE)` → one queued PDU (`{"pdu": event_id}`) or EDU (JSON), to
     /// send to that server in order (`service::federation::sender`).
     FederationOutbox => "federation_outbox",
     /// `origin 0xFF txn_id` → the answer given to that inbound `/send` transaction, so a
     /// repeated transaction is answered the same without being processed again.
-    FederationTxns => "federation_txns",
+    FederationTxns => "federation_txns" in shared 0x19,
     /// `user_id 0xFF room_id` → an invite of a local user to a room on another server that
     /// this server is not in (`service::federation::invite::RemoteInvite`, JSON).
-    RemoteInvites => "remote_invites",
+    RemoteInvites => "remote_invites" in shared 0x1A,
     /// `server_name 0xFF media_id` → [`crate::service::media::MediaRecord`] JSON: content hash
     /// (none while a `/create` upload is pending), content type, file name, size, uploader,
     /// created, expiry of a pending ID, legacy-frozen and quarantine flags.
-    Media => "media",
+    Media => "media" in shared 0x1B,
     /// hex SHA-256 of a stored file → reference count (u64 BE): media records and thumbnails
     /// using it. The file is removed when the count reaches zero.
-    MediaFiles => "media_files",
+    MediaFiles => "media_files" in shared 0x1C,
     /// `server_name 0xFF media_id 0xFF "{width}x{height}-{method}"` →
     /// [`crate::service::media::ThumbnailRecord`] JSON: hash, content type, size, dimensions.
-    MediaThumbnails => "media_thumbnails",
+    MediaThumbnails => "media_thumbnails" in shared 0x1D,
     /// URL → `{ts, preview}` JSON: cached `/preview_url` answers.
-    UrlPreviews => "url_previews",
+    UrlPreviews => "url_previews" in shared 0x1E,
     /// `appservice_id` → `{source, registration}` JSON: every registered application service
     /// (registration files are the source of truth; see `service::appservice`).
-    Appservices => "appservices",
+    Appservices => "appservices" in shared 0x1F,
     /// `appservice_id 0xFF stream count (u64 BE) ++ sequence (u64 BE)` → queued item JSON
     /// (`{"pdu": {room_id, short}}`, `{"edu": event}`, `{"to_device": event}`,
     /// `{"keys": {user_id, device_id}}`, `{"device_list": {user_id}}`): what is still to be
     /// pushed to the appservice, in order. Room events use sequence 0 and are written in the
     /// event's own batch; the others take the current stream count and a start-up-seeded
     /// sequence.
-    AppserviceQueue => "appservice_queue",
+    AppserviceQueue => "appservice_queue" in shared 0x20,
     /// `appservice_id` → `{next_txn_id, pending}` JSON: the next transaction ID, and the
     /// transaction being sent (its ID, the queue keys it covers, its body), so that after a
     /// crash the same transaction is sent again with the same content.
-    AppserviceTxns => "appservice_txns",
+    AppserviceTxns => "appservice_txns" in shared 0x21,
     /// `room_id 0xFF server_name` → how many of the server's users are joined (u64 BE), kept by
     /// the append path with `room_members`: where a room's events go over federation.
     RoomServers => "room_servers",
@@ -224,7 +239,7 @@ column_families! {
     /// client handed to a third party, which other servers check through
     /// `/_matrix/federation/v1/openid/userinfo`; they live an hour and are dropped when found
     /// expired.
-    OpenidTokens => "openid_tokens",
+    OpenidTokens => "openid_tokens" in shared 0x22,
     /// `user_id 0xFF device_id 0xFF conn_id` →
     /// [`crate::service::rooms::sliding_sync::connection::Record`] JSON: a sliding-sync
     /// connection's positions (the base the client holds, the ones created from it and the
@@ -236,7 +251,7 @@ column_families! {
     SlidingRooms => "sliding_rooms",
     /// `room_id` → stream count (u64 BE) of the room's latest event of a type that moves it
     /// up in clients' lists (sliding sync's `bump_stamp`), kept by the commit pipeline.
-    RoomBumps => "room_bumps",
+    RoomBumps => "room_bumps" in shared 0x23,
     /// `user_id 0xFF stream count` → [`crate::service::push::evaluate::NotificationRecord`]
     /// JSON: an event that notified the user (room, event, the rule's actions, highlight,
     /// thread): `/notifications`, and the queue of the user's pushers. Written in the event's
@@ -247,25 +262,25 @@ column_families! {
     UnreadNotifications => "unread_notifications",
     /// `user_id 0xFF app_id 0xFF pushkey` → [`crate::service::push::pushers::PusherRecord`]
     /// JSON: a pusher, its device and how far its task has pushed.
-    Pushers => "pushers",
+    Pushers => "pushers" in shared 0x24,
     /// `app_id 0xFF pushkey 0xFF user_id` → empty: who has a pusher with that pushkey.
-    PushkeyUsers => "pushkey_users",
+    PushkeyUsers => "pushkey_users" in shared 0x25,
     /// `delay_id` → [`crate::service::delayed_events::DelayedEvent`] JSON: a scheduled delayed
     /// event (MSC4140).
-    DelayedEvents => "delayed_events",
+    DelayedEvents => "delayed_events" in shared 0x26,
     /// send time (u64 BE) ++ `delay_id` → empty: delayed events in the order they fall due.
-    DelayedDue => "delayed_due",
+    DelayedDue => "delayed_due" in shared 0x27,
     /// `user_id 0xFF delay_id` → empty: a user's delayed events.
-    DelayedByUser => "delayed_by_user",
+    DelayedByUser => "delayed_by_user" in shared 0x28,
     /// `room_id 0xFF event_type 0xFF state_key 0xFF delay_id` → owner's user ID: the delayed
     /// state events a state change by someone else cancels.
-    DelayedByState => "delayed_by_state",
+    DelayedByState => "delayed_by_state" in shared 0x29,
     /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → `delay_id`: a retried delayed send
     /// gets the same delay ID.
-    DelayedTxns => "delayed_txns",
+    DelayedTxns => "delayed_txns" in shared 0x2A,
     /// `user_id 0xFF time (u64 BE) ++ delay_id` → [`crate::service::delayed_events::Finalised`]
     /// JSON: what became of a user's latest delayed events.
-    DelayedFinalised => "delayed_finalised",
+    DelayedFinalised => "delayed_finalised" in shared 0x2B,
     /// `parent event_id 0xFF stream count (u64 BE)` → child's `origin_server_ts` (u64 BE) ++
     /// `event_id 0xFF rel_type 0xFF type 0xFF sender 0xFF key` (key: an annotation's, else
     /// empty): the events that relate to an event (`m.relates_to`), in timeline order. See
@@ -284,33 +299,33 @@ column_families! {
     RelationKinds => "relation_kinds",
     /// `parent event_id 0xFF sender 0xFF type 0xFF key` → stream count: each reaction, for
     /// the one-reaction-per-key rule.
-    Annotations => "annotations",
+    Annotations => "annotations" in shared 0x2C,
     /// `room_id 0xFF stream count (u64 BE)` → root event ID: each room's threads by latest
     /// activity (an entry counts only while `thread_roots` gives the root that count).
-    ThreadActivity => "thread_activity",
+    ThreadActivity => "thread_activity" in shared 0x2D,
     /// `root event_id 0xFF user_id` → nothing: who replied in a thread.
-    ThreadParticipants => "thread_participants",
+    ThreadParticipants => "thread_participants" in shared 0x2E,
     /// report time (ms, u64 BE) ++ the process's report sequence (u32 BE) ++ 4 random bytes →
     /// `ReportRecord` JSON: reports of events, rooms and users, for the admins
     /// (`service::reports`).
-    Reports => "reports",
+    Reports => "reports" in shared 0x2F,
     /// registration token → `TokenRecord` JSON (`uses_allowed`, `completed`, `expiry_time`):
     /// the tokens admins hand out (`service::registration_tokens`).
-    RegistrationTokens => "registration_tokens",
+    RegistrationTokens => "registration_tokens" in shared 0x30,
     /// `room_id` → the user ID of the admin who blocked it: rooms no local user may join,
     /// knock on or be invited to (`service::admin::rooms`).
-    BlockedRooms => "blocked_rooms",
+    BlockedRooms => "blocked_rooms" in shared 0x31,
     /// stream count (u64 BE) of an admin's `!admin …` message in the admin room →
     /// `{room_id, event_id, sender, line}` JSON: commands still to run and answer, written in
     /// the message's batch (`service::admin::admin_room`).
-    AdminCommands => "admin_commands",
+    AdminCommands => "admin_commands" in shared 0x32,
     /// `room_id 0xFF word 0xFF stream count (u64 BE)` → field (1 body, 2 name, 3 topic) ++
     /// occurrences (u32 BE): the search index (`service::rooms::search`).
     SearchWords => "search_words",
     /// `user_id 0xFF room_id 0xFF root event_id` → state (0 unsubscribed, 1 automatic, 2
     /// manual) ++ stream count of the change (u64 BE): thread subscriptions
     /// (`service::rooms::thread_subscriptions`).
-    ThreadSubscriptions => "thread_subscriptions",
+    ThreadSubscriptions => "thread_subscriptions" in shared 0x33,
     /// `user_id 0xFF stream count (u64 BE)` → `room_id 0xFF root event_id`: each user's
     /// subscription changes, the latest per thread.
     ThreadSubscriptionChanges => "thread_subscription_changes",
@@ -318,6 +333,73 @@ column_families! {
 
 /// A key and its value, as read from a scan.
 pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// A scan of the keys within a prefix of one table, in key order or reversed, each key as the
+/// table knows it (a shared table's tag taken off).
+struct Scan<'a> {
+    store: &'a Store,
+    iter: DBRawIterator<'a>,
+    /// The prefix as stored (with the tag).
+    prefix: Vec<u8>,
+    tag_len: usize,
+    direction: Direction,
+    started: bool,
+    done: bool,
+}
+
+impl<'a> Scan<'a> {
+    /// `iter` is already at the first key to yield.
+    fn new(
+        store: &'a Store,
+        iter: DBRawIterator<'a>,
+        prefix: Vec<u8>,
+        cf: Cf,
+        direction: Direction,
+    ) -> Self {
+        Scan {
+            store,
+            iter,
+            prefix,
+            tag_len: shared::tag_len(cf),
+            direction,
+            started: false,
+            done: false,
+        }
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<KeyValue, rocksdb::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.started {
+            match self.direction {
+                Direction::Forward => self.iter.next(),
+                Direction::Reverse => self.iter.prev(),
+            }
+        }
+        self.started = true;
+        let (Some(key), Some(value)) = (self.iter.key(), self.iter.value()) else {
+            self.done = true;
+            return self.iter.status().err().map(Err);
+        };
+        self.store.count_scanned();
+        if !key.starts_with(&self.prefix) {
+            self.done = true;
+            return None;
+        }
+        Some(Ok((key[self.tag_len..].into(), value.into())))
+    }
+}
 
 /// Tuning knobs taken from the config.
 #[derive(Clone, Debug)]
@@ -541,13 +623,13 @@ impl Store {
             db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         }
 
-        // Column families that a newer culvert created must be opened too, or RocksDB refuses.
-        let mut names: Vec<String> = Cf::ALL.iter().map(|cf| cf.name().to_owned()).collect();
-        if let Ok(existing) = DB::list_cf(&db_opts, path) {
-            for name in existing {
-                if name != "default" && !names.contains(&name) {
-                    names.push(name);
-                }
+        // Every family the database has must be opened, or RocksDB refuses: those of tables
+        // still to be moved into the shared family, and those a newer culvert created.
+        let mut names: Vec<String> = shared::families().map(str::to_owned).collect();
+        let existing = DB::list_cf(&db_opts, path).unwrap_or_default();
+        for name in &existing {
+            if name != "default" && !names.contains(name) {
+                names.push(name.clone());
             }
         }
         let descriptors = names.iter().map(|name| {
@@ -561,7 +643,7 @@ impl Store {
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
 
-        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+        let mut db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             let text = e.to_string();
             if text.contains("LOCK") && (text.contains("lock") || text.contains("unavailable")) {
                 StoreError::Locked(path.display().to_string())
@@ -569,6 +651,7 @@ impl Store {
                 StoreError::Rocks(e)
             }
         })?;
+        shared::move_old_families(&mut db, &existing)?;
 
         if max_open_files >= 0 {
             let tables = db.live_files().map(|files| files.len()).unwrap_or(0);
@@ -604,11 +687,21 @@ impl Store {
         Ok(store)
     }
 
+    /// The column family that holds `cf` (its own, or the shared one).
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.family(shared::family_of(cf))
+    }
+
+    fn family(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.inner
             .db
-            .cf_handle(cf.name())
-            .expect("every column family in Cf::ALL is opened in Store::open")
+            .cf_handle(name)
+            .expect("every family of shared::families is opened in Store::open")
+    }
+
+    /// Every column family of the database (each table's own and the shared one).
+    fn families(&self) -> impl Iterator<Item = &rocksdb::ColumnFamily> {
+        shared::families().map(|name| self.family(name))
     }
 
     /// Calls `watcher` with every key written to `cf` from now on (see [`WriteWatcher`]).
@@ -634,12 +727,18 @@ impl Store {
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
         self.inner.point_reads.fetch_add(1, Ordering::Relaxed);
-        self.inner.db.get_cf(self.handle(cf), key)
+        self.inner
+            .db
+            .get_cf(self.handle(cf), shared::stored_key(cf, key))
     }
 
     pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, rocksdb::Error> {
         self.inner.point_reads.fetch_add(1, Ordering::Relaxed);
-        Ok(self.inner.db.get_pinned_cf(self.handle(cf), key)?.is_some())
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(self.handle(cf), shared::stored_key(cf, key))?
+            .is_some())
     }
 
     /// Applies every change in `batch` atomically; returns once the write is as safe as the
@@ -660,6 +759,7 @@ impl Store {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let mut watched = Vec::new();
+        let (mut stored, mut stored_end) = (Vec::new(), Vec::new());
         for (cf, key, value) in ops {
             for (i, _) in watchers.iter().enumerate().filter(|(_, (w, _))| *w == cf) {
                 debug_assert!(
@@ -669,11 +769,17 @@ impl Store {
                 );
                 watched.push((i, key.clone()));
             }
+            let family = self.handle(cf);
+            let stored_key = shared::stored_key_in(cf, &key, &mut stored);
             match value {
-                Op::Put(value) => batch.put_cf(self.handle(cf), key, value),
-                Op::Delete => batch.delete_cf(self.handle(cf), key),
-                Op::DeleteRange(end) => batch.delete_range_cf(self.handle(cf), key, end),
-                Op::Add(delta) => batch.merge_cf(self.handle(cf), key, delta.to_be_bytes()),
+                Op::Put(value) => batch.put_cf(family, stored_key, value),
+                Op::Delete => batch.delete_cf(family, stored_key),
+                Op::DeleteRange(end) => batch.delete_range_cf(
+                    family,
+                    stored_key,
+                    shared::stored_key_in(cf, &end, &mut stored_end),
+                ),
+                Op::Add(delta) => batch.merge_cf(family, stored_key, delta.to_be_bytes()),
             }
         }
         let size = batch.size_in_bytes() as u64;
@@ -754,24 +860,16 @@ impl Store {
         prefix: &'a [u8],
         start: &[u8],
     ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
+        let prefix = shared::stored_key(cf, prefix).into_owned();
         // Bounded: past its last key, an unbounded iterator would walk on through whatever
         // follows (the tombstones of other prefixes too) looking for one more live key.
         let mut options = ReadOptions::default();
-        if let Some(end) = keys::prefix_end(prefix) {
+        if let Some(end) = keys::prefix_end(&prefix) {
             options.set_iterate_upper_bound(end);
         }
-        self.inner
-            .db
-            .iterator_cf_opt(
-                self.handle(cf),
-                options,
-                IteratorMode::From(start, Direction::Forward),
-            )
-            .inspect(|_| self.count_scanned())
-            .take_while(move |item| match item {
-                Ok((key, _)) => key.starts_with(prefix),
-                Err(_) => true,
-            })
+        let mut iter = self.inner.db.raw_iterator_cf_opt(self.handle(cf), options);
+        iter.seek(shared::stored_key(cf, start));
+        Scan::new(self, iter, prefix, cf, Direction::Forward)
     }
 
     /// Keys within `prefix` at or before `start`, newest first (a reverse scan).
@@ -781,33 +879,22 @@ impl Store {
         prefix: &'a [u8],
         start: &[u8],
     ) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + 'a {
+        let prefix = shared::stored_key(cf, prefix).into_owned();
         let mut options = ReadOptions::default();
-        options.set_iterate_lower_bound(prefix.to_vec());
-        self.inner
-            .db
-            .iterator_cf_opt(
-                self.handle(cf),
-                options,
-                IteratorMode::From(start, Direction::Reverse),
-            )
-            .inspect(|_| self.count_scanned())
-            .take_while(move |item| match item {
-                Ok((key, _)) => key.starts_with(prefix),
-                Err(_) => true,
-            })
+        options.set_iterate_lower_bound(prefix.clone());
+        let mut iter = self.inner.db.raw_iterator_cf_opt(self.handle(cf), options);
+        iter.seek_for_prev(shared::stored_key(cf, start));
+        Scan::new(self, iter, prefix, cf, Direction::Reverse)
     }
 
-    /// Whether the column family holds no key at all (one seek, not a scan).
+    /// Whether the table holds no key at all (one seek, not a scan).
     pub fn is_empty(&self, cf: Cf) -> Result<bool, rocksdb::Error> {
-        match self
-            .inner
-            .db
-            .iterator_cf(self.handle(cf), IteratorMode::Start)
-            .next()
-        {
-            None => Ok(true),
-            Some(Ok(_)) => Ok(false),
-            Some(Err(e)) => Err(e),
+        let table = shared::stored_key(cf, &[]);
+        let mut iter = self.inner.db.raw_iterator_cf(self.handle(cf));
+        iter.seek(&table);
+        match iter.key() {
+            Some(key) => Ok(!key.starts_with(&table)),
+            None => iter.status().map(|()| true),
         }
     }
 
@@ -875,6 +962,123 @@ mod tests {
         assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec()]);
         assert!(!store.is_empty(Cf::Devices).unwrap());
         assert!(store.is_empty(Cf::Users).unwrap());
+    }
+
+    #[test]
+    fn shared_tables_keep_to_their_own_keys() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        // The same keys in two shared tables and in a table of its own, and keys at the ends
+        // of the byte range.
+        let keys_written: [&[u8]; 5] = [b"", b"\x00", b"a", b"a\xff", b"\xff\xff"];
+        let mut batch = Batch::new();
+        for (n, cf) in [Cf::Users, Cf::Profile, Cf::Pdus].into_iter().enumerate() {
+            for key in keys_written {
+                batch.put(cf, key, vec![n as u8]);
+            }
+        }
+        store.write(batch).unwrap();
+        for (n, cf) in [Cf::Users, Cf::Profile, Cf::Pdus].into_iter().enumerate() {
+            let all: Vec<_> = store
+                .scan_prefix(cf, b"")
+                .map(|item| item.unwrap())
+                .collect();
+            assert_eq!(all.len(), keys_written.len(), "{}", cf.name());
+            for ((key, value), written) in all.iter().zip(keys_written) {
+                assert_eq!(
+                    (&**key, &**value),
+                    (written, &[n as u8][..]),
+                    "{}",
+                    cf.name()
+                );
+            }
+            let backwards: Vec<_> = store
+                .scan_prefix_rev_from(cf, b"", &[0xFF; 8])
+                .map(|item| item.unwrap().0)
+                .collect();
+            assert_eq!(backwards.len(), keys_written.len(), "{}", cf.name());
+            assert_eq!(&*backwards[0], b"\xff\xff");
+            let under_a: Vec<_> = store
+                .scan_prefix(cf, b"a")
+                .map(|item| item.unwrap().0)
+                .collect();
+            assert_eq!(under_a, [&b"a"[..], b"a\xff"].map(Box::from));
+            let from: Vec<_> = store
+                .scan_prefix_from(cf, b"a", b"a\x01")
+                .map(|item| item.unwrap().0)
+                .collect();
+            assert_eq!(from, [Box::from(&b"a\xff"[..])]);
+            assert_eq!(store.get(cf, b"a").unwrap(), Some(vec![n as u8]));
+            assert!(store.contains(cf, b"\xff\xff").unwrap());
+            assert!(!store.contains(cf, b"b").unwrap());
+            assert_eq!(store.count_keys(cf, 100), keys_written.len());
+            assert!(!store.is_empty(cf).unwrap());
+        }
+        // Deleting a prefix (a range) and a key in one shared table leaves the others alone.
+        let mut batch = Batch::new();
+        batch.delete_prefix(Cf::Profile, b"a".to_vec());
+        batch.delete_prefix(Cf::Profile, b"\xff".to_vec());
+        batch.delete(Cf::Profile, b"".to_vec());
+        store.write(batch).unwrap();
+        let left: Vec<_> = store
+            .scan_prefix(Cf::Profile, b"")
+            .map(|item| item.unwrap().0)
+            .collect();
+        assert_eq!(left, [Box::from(&b"\x00"[..])]);
+        assert_eq!(store.count_keys(Cf::Users, 100), keys_written.len());
+        assert_eq!(store.count_keys(Cf::Pdus, 100), keys_written.len());
+        assert!(store.is_empty(Cf::Pushers).unwrap());
+        assert_eq!(store.count_keys(Cf::Pushers, 100), 0);
+        assert_eq!(store.scan_prefix(Cf::Pushers, b"").count(), 0);
+    }
+
+    #[test]
+    fn a_database_with_a_family_per_table_is_moved_into_the_shared_family() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let old_tables = [Cf::Users, Cf::Profile, Cf::ToDevice];
+        {
+            // The layout of schema 8: every table a family of its own.
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let names = Cf::ALL.iter().map(|cf| cf.name());
+            let db = DB::open_cf(&options, dir.path(), names).unwrap();
+            db.put_cf(
+                db.cf_handle("global").unwrap(),
+                b"schema_version",
+                keys::u64_be(8),
+            )
+            .unwrap();
+            for (n, cf) in old_tables.iter().enumerate() {
+                let family = db.cf_handle(cf.name()).unwrap();
+                for i in 0..1000u32 {
+                    db.put_cf(family, i.to_be_bytes(), [n as u8; 100]).unwrap();
+                }
+            }
+            db.put_cf(db.cf_handle("pdus").unwrap(), b"p", b"kept")
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            for (n, cf) in old_tables.iter().enumerate() {
+                assert_eq!(store.count_keys(*cf, 10_000), 1000, "{}", cf.name());
+                assert_eq!(
+                    store.get(*cf, &999u32.to_be_bytes()).unwrap(),
+                    Some(vec![n as u8; 100])
+                );
+            }
+            assert_eq!(store.get(Cf::Pdus, b"p").unwrap(), Some(b"kept".to_vec()));
+            let version = store.get(Cf::Global, b"schema_version").unwrap().unwrap();
+            assert_eq!(keys::parse_u64_be(&version), Some(migrations::CURRENT));
+            drop(store);
+            let families = DB::list_cf(&Options::default(), dir.path()).unwrap();
+            let mut expected: Vec<String> = shared::families().map(str::to_owned).collect();
+            expected.push("default".to_owned());
+            expected.sort();
+            let mut found = families.clone();
+            found.sort();
+            assert_eq!(found, expected);
+        }
     }
 
     #[test]

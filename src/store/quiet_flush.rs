@@ -15,7 +15,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use rocksdb::FlushOptions;
 
-use super::{Cf, Store};
+use super::Store;
 
 /// How often the writes are looked at.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -69,16 +69,15 @@ impl Store {
 
     /// Bytes held by the memtables being written to (not those already being flushed).
     pub fn active_memtable_bytes(&self) -> u64 {
-        Cf::ALL
-            .iter()
-            .map(|&cf| self.memtable_property(cf, "rocksdb.cur-size-active-mem-table"))
+        self.families()
+            .map(|family| self.memtable_property(family, "rocksdb.cur-size-active-mem-table"))
             .sum()
     }
 
-    fn memtable_property(&self, cf: Cf, name: &str) -> u64 {
+    fn memtable_property(&self, family: &rocksdb::ColumnFamily, name: &str) -> u64 {
         self.inner
             .db
-            .property_int_value_cf(self.handle(cf), name)
+            .property_int_value_cf(family, name)
             .ok()
             .flatten()
             .unwrap_or(0)
@@ -92,10 +91,11 @@ impl Store {
         if held < at_least {
             return Ok(None);
         }
-        let full: Vec<_> = Cf::ALL
-            .iter()
-            .filter(|&&cf| self.memtable_property(cf, "rocksdb.num-entries-active-mem-table") > 0)
-            .map(|&cf| self.handle(cf))
+        let full: Vec<_> = self
+            .families()
+            .filter(|family| {
+                self.memtable_property(family, "rocksdb.num-entries-active-mem-table") > 0
+            })
             .collect();
         if full.is_empty() {
             return Ok(None);
@@ -110,7 +110,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Batch, StoreOptions};
+    use crate::store::{Batch, Cf, StoreOptions};
 
     #[test]
     fn a_quiet_spell_begins_after_five_quiet_seconds_and_is_looked_at_again_each_minute() {
@@ -152,6 +152,7 @@ mod tests {
         for i in 0u32..2000 {
             batch.put(Cf::Pdus, i.to_be_bytes(), [7u8; 1024]);
             batch.put(Cf::EventIdShort, format!("$e{i}"), i.to_be_bytes());
+            batch.put(Cf::Users, format!("@u{i}"), [9u8; 64]);
         }
         store.write(batch).unwrap();
         assert!(store.written_bytes() - before > 2000 * 1024);
@@ -163,7 +164,9 @@ mod tests {
         assert!(held > 2000 * 1024, "{held}");
         // The flush runs in the background: wait for it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.active_memtable_bytes() > 64 * 1024 * Cf::ALL.len() as u64 {
+        while store.active_memtable_bytes()
+            > 64 * 1024 * super::super::shared::families().count() as u64
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "memtables not flushed"
@@ -173,6 +176,10 @@ mod tests {
         assert_eq!(
             store.get(Cf::Pdus, &1999u32.to_be_bytes()).unwrap(),
             Some(vec![7u8; 1024])
+        );
+        assert_eq!(
+            store.get(Cf::Users, b"@u1999").unwrap(),
+            Some(vec![9u8; 64])
         );
         assert!(store.flush_memtables(FLUSH_FROM_BYTES).unwrap().is_none());
     }
