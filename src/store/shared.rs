@@ -40,15 +40,12 @@ pub fn family_of(cf: Cf) -> &'static str {
 
 /// `key` of `cf` as stored: with the table's tag in front for a shared table.
 pub fn stored_key(cf: Cf, key: &[u8]) -> Cow<'_, [u8]> {
-    match cf.shared_tag() {
-        Some(tag) => {
-            let mut stored = Vec::with_capacity(key.len() + 1);
-            stored.push(tag);
-            stored.extend_from_slice(key);
-            Cow::Owned(stored)
-        }
-        None => Cow::Borrowed(key),
+    if cf.shared_tag().is_none() {
+        return Cow::Borrowed(key);
     }
+    let mut stored = Vec::with_capacity(key.len() + 1);
+    stored_key_in(cf, key, &mut stored);
+    Cow::Owned(stored)
 }
 
 /// `key` of `cf` as stored, written into `buffer` (no allocation once it is large enough).
