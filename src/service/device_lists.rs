@@ -170,13 +170,15 @@ impl Services {
     ///
     /// Joins and leaves are read off the member events of the response's rooms (`rooms`, as
     /// built for this response): the rooms with nothing new cost nothing here. A room the user
-    /// joined or left in the window costs one scan of its members.
+    /// joined or left in the window costs one scan of its members. The device-list stream is
+    /// read only when `stream_written` (someone's devices may have changed in the window).
     pub fn sync_device_lists(
         &self,
         user_id: &UserId,
         since: Option<u64>,
         upto: u64,
         rooms: &[SyncedRoom],
+        stream_written: bool,
     ) -> Result<Value> {
         let Some(since) = since else {
             return Ok(json!({ "changed": [], "left": [] }));
@@ -219,7 +221,14 @@ impl Services {
                 }
             }
         }
-        let changes = self.collect_changes(user_id, since, upto, joined_now, left_candidates)?;
+        let changes = self.collect_changes(
+            user_id,
+            since,
+            upto,
+            joined_now,
+            left_candidates,
+            stream_written,
+        )?;
         Ok(json!({ "changed": changes.changed, "left": changes.left }))
     }
 
@@ -297,7 +306,7 @@ impl Services {
                 _ => {}
             }
         }
-        self.collect_changes(user_id, since, upto, joined_now, left_candidates)
+        self.collect_changes(user_id, since, upto, joined_now, left_candidates, true)
     }
 
     /// Adds the recorded changes (`device_list_stream` after `since`, one seek) of users who
@@ -311,6 +320,7 @@ impl Services {
         upto: u64,
         joined_now: BTreeSet<OwnedUserId>,
         left_candidates: BTreeSet<OwnedUserId>,
+        stream_written: bool,
     ) -> Result<DeviceListChanges> {
         let mut result = DeviceListChanges {
             changed: joined_now,
@@ -332,10 +342,11 @@ impl Services {
             Ok(joined.clone().unwrap_or_default())
         };
         let start = keys::u64_be(since.saturating_add(1));
-        for item in self
-            .store
-            .scan_prefix_from(Cf::DeviceListStream, b"", &start)
-        {
+        let stream = stream_written.then(|| {
+            self.store
+                .scan_prefix_from(Cf::DeviceListStream, b"", &start)
+        });
+        for item in stream.into_iter().flatten() {
             let (key, _) = item?;
             let count = keys::parse_u64_be(key.get(..8).unwrap_or_default())
                 .ok_or_else(|| Error::internal("corrupt device_list_stream key"))?;

@@ -573,6 +573,10 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Whether the batch puts, deletes or adds anything in `cf`.
+    pub fn writes_to(&self, cf: Cf) -> bool {
+        self.ops.iter().any(|(op_cf, _, _)| *op_cf == cf)
+    }
 }
 
 impl Store {

@@ -152,6 +152,130 @@ async fn long_poll_wakes_on_a_new_event() {
     );
 }
 
+/// Starts a long-poll of `who` from `since`; the answer, and how long it took.
+fn long_poll(
+    server: &TestServer,
+    who: &Session,
+    since: &str,
+) -> tokio::task::JoinHandle<(Value, Duration)> {
+    let http = server.http.clone();
+    let url = format!(
+        "{}/_matrix/client/v3/sync?since={since}&timeout=20000",
+        server.base
+    );
+    let token = who.token.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let response = http.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        (response.json::<Value>().await.unwrap(), started.elapsed())
+    })
+}
+
+/// A client long-polling from the newest position parks without reading anything, and a sync
+/// woken by a commit reads only the streams written since its token: account data, tags and
+/// receipts written while it waits must still wake it and be in its answer, also when a
+/// message came first in the same window.
+#[tokio::test]
+async fn a_long_poll_from_the_newest_position_wakes_for_account_data_tags_and_receipts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let since = next_batch(&sync(&server, &bob, "").await);
+    let user = urlencode(&bob.user_id);
+
+    // Global account data.
+    let waiting = long_poll(&server, &bob, &since);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/user/{user}/account_data/org.example.colour"),
+            Some(&bob.token),
+            json!({ "colour": "teal" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (woke, took) = waiting.await.unwrap();
+    assert!(took < Duration::from_secs(15), "woken, not timed out");
+    assert_eq!(
+        types(&woke["account_data"]["events"]),
+        ["org.example.colour"]
+    );
+    let since = next_batch(&woke);
+
+    // A message, then a tag, in one window: both are in the answer (or the next one).
+    let waiting = long_poll(&server, &bob, &since);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.say(&alice, &room, "tag this").await;
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/user/{user}/rooms/{room}/tags/u.work"),
+            Some(&bob.token),
+            json!({ "order": 0.5 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (mut woke, took) = waiting.await.unwrap();
+    assert!(took < Duration::from_secs(15), "woken, not timed out");
+    assert_eq!(
+        bodies(&woke["rooms"]["join"][&room]["timeline"]),
+        ["tag this"]
+    );
+    if woke["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        // Woken by the message before the tag was written: the tag comes next.
+        let (next, took) = long_poll(&server, &bob, &next_batch(&woke)).await.unwrap();
+        assert!(took < Duration::from_secs(15), "the tag is news");
+        woke = next;
+    }
+    assert_eq!(
+        woke["rooms"]["join"][&room]["account_data"]["events"][0]["content"]["tags"]["u.work"]["order"],
+        0.5
+    );
+    let since = next_batch(&woke);
+
+    // A receipt of someone else's.
+    let last = server.say(&bob, &room, "read me").await;
+    let (woke, _) = long_poll(&server, &bob, &since).await.unwrap();
+    let since = next_batch(&woke);
+    let waiting = long_poll(&server, &bob, &since);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}"),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (woke, took) = waiting.await.unwrap();
+    assert!(took < Duration::from_secs(15), "woken, not timed out");
+    let ephemeral = &woke["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert_eq!(types(ephemeral), ["m.receipt"]);
+    assert!(
+        ephemeral[0]["content"][&last]["m.read"][&alice.user_id].is_object(),
+        "{ephemeral}"
+    );
+    assert_eq!(
+        woke["account_data"]["events"],
+        json!([]),
+        "nothing else came"
+    );
+}
+
 #[tokio::test]
 async fn invites_joins_and_leaves_appear_in_the_right_sections() {
     let server = TestServer::start().await;

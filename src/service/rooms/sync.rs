@@ -31,7 +31,7 @@ use super::{
     members::Membership,
     state_store::StateEntry,
     sync_filter::{EventMatcher, LazyMembers, SyncFilter},
-    timeline::activity::Change,
+    timeline::activity::{Change, Streams},
 };
 use crate::service::{account_data::hidden_event, device_lists::SyncedRoom};
 use crate::{
@@ -73,6 +73,28 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
+/// What the commits after the client's token wrote, as far as it is still remembered
+/// ([`activity`](super::timeline::activity)): the scans of what nobody wrote are skipped.
+/// Without a token, or with one too old, everything is read.
+struct Recent {
+    /// The rooms with read receipts since the token (their counts may have changed).
+    receipt_rooms: Option<HashSet<OwnedRoomId>>,
+    /// The user-wide streams written since the token.
+    streams: Option<Streams>,
+}
+
+impl Recent {
+    fn may_have_receipts(&self, room_id: &RoomId) -> bool {
+        self.receipt_rooms
+            .as_ref()
+            .is_none_or(|rooms| rooms.contains(room_id))
+    }
+
+    fn may_have(&self, stream: Streams) -> bool {
+        self.streams.is_none_or(|written| written.contains(stream))
+    }
+}
+
 /// Which part of a room's history one sync covers.
 struct Window {
     /// Timeline events after this count (0: from the newest backwards, as far as the limit).
@@ -113,17 +135,26 @@ impl Services {
         if let Some(since) = request.since {
             self.acknowledge_to_device(user_id, request.device_id, since)?;
         }
-        let (response, lazy) = self.sync_once(user_id, &request)?;
-        if request.since.is_none()
-            || request.full_state
-            || request.timeout.is_zero()
-            || response.has_changes()
-        {
-            return lazy.save_with(self, response);
+        // A long-poll from the newest position (a client asking again right after its answer)
+        // has nothing to hear: every change a sync sends takes a stream count, and none came
+        // after its token. It parks without reading anything.
+        let now = *committed.borrow_and_update();
+        let caught_up = request.since.is_some_and(|since| since >= now)
+            && !request.full_state
+            && !request.timeout.is_zero();
+        if !caught_up {
+            let (response, lazy) = self.sync_once(user_id, &request)?;
+            if request.since.is_none()
+                || request.full_state
+                || request.timeout.is_zero()
+                || response.has_changes()
+            {
+                return lazy.save_with(self, response);
+            }
+            // Nothing to say yet: free the empty answer before parking (an idle client costs
+            // only its connection and this future).
+            drop((response, lazy));
         }
-        // Nothing to say yet: free the empty answer before parking (an idle client costs only
-        // its connection and this future).
-        drop((response, lazy));
         let _parked = self.metrics.long_poll(SyncApi::sync);
         let deadline = tokio::time::Instant::now() + request.timeout;
         loop {
@@ -154,16 +185,20 @@ impl Services {
         let since = request.since.unwrap_or(0).min(now);
         let filter = &request.filter;
         let mut lazy = LazyMarks::new(user_id, request.device_id, now);
-        // The rooms with read receipts since the token (their counts may have changed).
-        let receipt_rooms: Option<HashSet<OwnedRoomId>> = request.since.and_then(|since| {
-            self.timeline.recent_activity(since, now).map(|recent| {
-                recent
-                    .into_iter()
-                    .filter(|a| a.change == Change::Receipt)
-                    .map(|a| (*a.room_id).clone())
-                    .collect()
-            })
-        });
+        let recent = Recent {
+            receipt_rooms: request.since.and_then(|since| {
+                self.timeline.recent_activity(since, now).map(|recent| {
+                    recent
+                        .into_iter()
+                        .filter(|a| a.change == Change::Receipt)
+                        .map(|a| (*a.room_id).clone())
+                        .collect()
+                })
+            }),
+            streams: request
+                .since
+                .and_then(|since| self.timeline.streams_written(since, now)),
+        };
         let ignored = self.ignored_users(user_id)?;
         let invites_blocked = self.invites_blocked(user_id)?;
         let mut rooms = RoomSections::default();
@@ -183,14 +218,9 @@ impl Services {
                         upto: now,
                         state_base: (knows_room && !request.full_state).then_some(since),
                     };
-                    if let Some(room) = self.joined_room(
-                        user_id,
-                        &room_id,
-                        &window,
-                        request,
-                        &mut lazy,
-                        receipt_rooms.as_ref(),
-                    )? {
+                    if let Some(room) =
+                        self.joined_room(user_id, &room_id, &window, request, &mut lazy, &recent)?
+                    {
                         if request.since.is_some() {
                             synced.push(SyncedRoom::read(&room_id, true, room.events()));
                         }
@@ -240,7 +270,11 @@ impl Services {
                 _ => {}
             }
         }
-        let mut account_data = self.account_data_changes(user_id, None, request.since)?;
+        let mut account_data = if recent.may_have(Streams::ACCOUNT_DATA) {
+            self.account_data_changes(user_id, None, request.since)?
+        } else {
+            Vec::new()
+        };
         // A first sync carries the push rules, the server defaults when the user never
         // changed one (and today's defaults merged into their stored set).
         if request.since.is_none() {
@@ -248,11 +282,14 @@ impl Services {
             account_data.push(self.push_rules_event(user_id)?);
         }
         account_data.retain(|e| filter.account_data.matches(e));
-        let presence: Vec<Value> = self
-            .presence_events(user_id, request.since, now)?
-            .into_iter()
-            .filter(|e| filter.presence.matches(e))
-            .collect();
+        let presence: Vec<Value> = if recent.may_have(Streams::PRESENCE) {
+            self.presence_events(user_id, request.since, now)?
+                .into_iter()
+                .filter(|e| filter.presence.matches(e))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let response = SyncAnswer {
             next_batch: now.to_string(),
             rooms,
@@ -262,11 +299,21 @@ impl Services {
             presence: Events { events: presence },
             // E2EE (service::e2ee): the device's to-device queue and key counts.
             to_device: Events {
-                events: self.to_device_events(user_id, request.device_id, request.since, now)?,
+                events: if recent.may_have(Streams::TO_DEVICE) {
+                    self.to_device_events(user_id, request.device_id, request.since, now)?
+                } else {
+                    Vec::new()
+                },
             },
             // E2EE (service::device_lists): whose devices to re-query, read off this
-            // response's rooms.
-            device_lists: self.sync_device_lists(user_id, request.since, now, &synced)?,
+            // response's rooms (and the device-list stream, when written since).
+            device_lists: self.sync_device_lists(
+                user_id,
+                request.since,
+                now,
+                &synced,
+                recent.may_have(Streams::DEVICE_LISTS),
+            )?,
             device_one_time_keys_count: self.one_time_key_counts(user_id, request.device_id)?,
             device_unused_fallback_key_types: self
                 .unused_fallback_key_types(user_id, request.device_id)?,
@@ -282,21 +329,27 @@ impl Services {
         window: &Window,
         request: &SyncRequest<'_>,
         lazy: &mut LazyMarks,
-        receipt_rooms: Option<&HashSet<OwnedRoomId>>,
+        recent: &Recent,
     ) -> Result<Option<RoomPart>> {
         let filter = &request.filter;
+        // Without a base the client needs everything; with one, only what was written since.
+        let new_to_client = window.state_base.is_none();
+        let receipts_since = new_to_client || recent.may_have_receipts(room_id);
         let mut ephemeral = Vec::new();
         if filter.ephemeral.allows_type("m.typing") {
             ephemeral.extend(self.typing_event(room_id, window.state_base));
         }
-        if filter.ephemeral.allows_type("m.receipt") {
+        if filter.ephemeral.allows_type("m.receipt") && receipts_since {
             ephemeral.extend(self.receipt_event(room_id, user_id, window.state_base)?);
         }
-        let account_data: Vec<Value> = self
-            .account_data_changes(user_id, Some(room_id), window.state_base)?
-            .into_iter()
-            .filter(|e| filter.room_account_data.matches(e))
-            .collect();
+        let account_data: Vec<Value> = if new_to_client || recent.may_have(Streams::ACCOUNT_DATA) {
+            self.account_data_changes(user_id, Some(room_id), window.state_base)?
+                .into_iter()
+                .filter(|e| filter.room_account_data.matches(e))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let timeline = self.room_timeline(user_id, room_id, window, request)?;
         let (state_key, state) =
             self.room_state(user_id, room_id, window, &timeline, request, lazy)?;
@@ -307,10 +360,10 @@ impl Services {
             && account_data.is_empty();
         // A receipt of the user's own elsewhere changes the room's counts and nothing else
         // (only rooms with receipts since are looked at).
-        let counts_changed = match (window.state_base, receipt_rooms) {
-            (Some(_), Some(rooms)) if !rooms.contains(room_id) => false,
-            (Some(since), _) => self.own_receipt_since(room_id, user_id, since)?,
-            (None, _) => true,
+        let counts_changed = match window.state_base {
+            Some(_) if !receipts_since => false,
+            Some(since) => self.own_receipt_since(room_id, user_id, since)?,
+            None => true,
         };
         if quiet && !counts_changed {
             return Ok(None);

@@ -354,11 +354,13 @@ impl Timeline {
         let count = *stream + 1;
         build(&mut batch, count)?;
         batch.put(Cf::Global, STREAM_KEY, keys::u64_be(count));
+        let streams = activity::Streams::written_by(&batch);
         let pending = self.store.write_pending(batch)?;
         *stream = count;
         if let Some((room_id, change)) = change {
             self.activity.record(count, room_id, change);
         }
+        self.activity.record_streams(count, streams);
         drop(stream);
         Ok((count, pending))
     }
@@ -379,6 +381,12 @@ impl Timeline {
         });
         durable?;
         Ok(count)
+    }
+
+    /// The user-wide streams the commits after `since` up to `upto` wrote to; `None` when that
+    /// is too long ago to be remembered.
+    pub fn streams_written(&self, since: u64, upto: u64) -> Option<activity::Streams> {
+        self.activity.streams_between(since, upto)
     }
 
     /// The rooms the commits after `since` up to `upto` changed, oldest first; `None` when

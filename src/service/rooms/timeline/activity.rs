@@ -7,6 +7,11 @@
 //! Entries are recorded under the stream lock, before the count is published, so a reader that
 //! saw count N finds every change up to N here. The window is bounded; a question about a count
 //! older than the window gets `None`, and the caller falls back to looking at every room.
+//!
+//! The same window remembers which of the user-wide streams a `/sync` scans after its token
+//! (to-device messages, account data, device lists, presence) the recent commits wrote to,
+//! read off each commit's batch: a long-poll woken by a message then skips the scans of the
+//! streams nobody wrote to.
 
 use std::{
     collections::VecDeque,
@@ -14,6 +19,8 @@ use std::{
 };
 
 use ruma::{OwnedRoomId, RoomId};
+
+use crate::store::{Batch, Cf};
 
 /// How many commits are remembered.
 const CAPACITY: usize = 16_384;
@@ -30,6 +37,41 @@ pub enum Change {
     /// A local user's membership kept outside the room's timeline (an invite to, a knock on or
     /// the rejection of a room this server is not in).
     Membership,
+}
+
+/// A set of the user-wide streams `/sync` reads after its token, by the table each is kept in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streams(u8);
+
+impl Streams {
+    pub const TO_DEVICE: Self = Self(1);
+    pub const ACCOUNT_DATA: Self = Self(1 << 1);
+    pub const DEVICE_LISTS: Self = Self(1 << 2);
+    pub const PRESENCE: Self = Self(1 << 3);
+
+    /// Each stream and the table a change to it always writes (its position index).
+    const TABLES: [(Cf, Self); 4] = [
+        (Cf::ToDevice, Self::TO_DEVICE),
+        (Cf::AccountDataCounts, Self::ACCOUNT_DATA),
+        (Cf::DeviceListStream, Self::DEVICE_LISTS),
+        (Cf::PresenceStream, Self::PRESENCE),
+    ];
+
+    /// The streams `batch` writes to.
+    pub fn written_by(batch: &Batch) -> Self {
+        Self::TABLES
+            .iter()
+            .filter(|(cf, _)| batch.writes_to(*cf))
+            .fold(Self::default(), |all, (_, stream)| Self(all.0 | stream.0))
+    }
+
+    pub fn contains(self, stream: Self) -> bool {
+        self.0 & stream.0 == stream.0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// One remembered commit.
@@ -49,6 +91,10 @@ struct Window {
     entries: VecDeque<Activity>,
     /// Every commit with a count above this is in `entries`.
     complete_above: u64,
+    /// The commits that wrote to a user-wide stream, and which.
+    streams: VecDeque<(u64, Streams)>,
+    /// Every such commit with a count above this is in `streams`.
+    streams_complete_above: u64,
 }
 
 impl RecentActivity {
@@ -59,6 +105,8 @@ impl RecentActivity {
             inner: Mutex::new(Window {
                 entries: VecDeque::new(),
                 complete_above: current,
+                streams: VecDeque::new(),
+                streams_complete_above: current,
             }),
         }
     }
@@ -89,6 +137,40 @@ impl RecentActivity {
         });
     }
 
+    /// Remembers that the commit with count `count` wrote to `streams` (nothing to remember
+    /// when it wrote to none).
+    pub fn record_streams(&self, count: u64, streams: Streams) {
+        if streams.is_empty() {
+            return;
+        }
+        let mut window = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if window.streams.len() == CAPACITY
+            && let Some((oldest, _)) = window.streams.pop_front()
+        {
+            window.streams_complete_above = oldest;
+        }
+        window.streams.push_back((count, streams));
+    }
+
+    /// The streams the commits with a count above `since` and at most `upto` wrote to; `None`
+    /// when the window does not reach back to `since`.
+    pub fn streams_between(&self, since: u64, upto: u64) -> Option<Streams> {
+        let window = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if since < window.streams_complete_above {
+            return None;
+        }
+        let start = window.streams.partition_point(|(count, _)| *count <= since);
+        Some(
+            window
+                .streams
+                .range(start..)
+                .take_while(|(count, _)| *count <= upto)
+                .fold(Streams::default(), |all, (_, written)| {
+                    Streams(all.0 | written.0)
+                }),
+        )
+    }
+
     /// The changes with a count above `since` and at most `upto`, oldest first; `None` when the
     /// window does not reach back to `since`.
     pub fn between(&self, since: u64, upto: u64) -> Option<Vec<Activity>> {
@@ -114,6 +196,39 @@ mod tests {
 
     fn room(n: u32) -> OwnedRoomId {
         RoomId::parse(format!("!r{n}:x")).unwrap()
+    }
+
+    #[test]
+    fn the_streams_written_since_a_count_are_known_until_the_window_has_moved_past_it() {
+        let recent = RecentActivity::new(100);
+        assert_eq!(recent.streams_between(99, 200), None, "before start-up");
+        assert_eq!(recent.streams_between(100, 200), Some(Streams::default()));
+        let mut batch = Batch::new();
+        batch.put(Cf::ToDevice, b"k".to_vec(), b"v".to_vec());
+        batch.put(Cf::Rooms, b"k".to_vec(), b"v".to_vec());
+        assert_eq!(Streams::written_by(&batch), Streams::TO_DEVICE);
+        recent.record_streams(101, Streams::written_by(&batch));
+        recent.record_streams(102, Streams::written_by(&Batch::new()));
+        let mut batch = Batch::new();
+        batch.delete(Cf::PresenceStream, b"k".to_vec());
+        batch.put(Cf::AccountDataCounts, b"k".to_vec(), b"v".to_vec());
+        recent.record_streams(103, Streams::written_by(&batch));
+        let all = recent.streams_between(100, 200).unwrap();
+        for stream in [Streams::TO_DEVICE, Streams::PRESENCE, Streams::ACCOUNT_DATA] {
+            assert!(all.contains(stream), "{stream:?}");
+        }
+        assert!(!all.contains(Streams::DEVICE_LISTS));
+        assert_eq!(recent.streams_between(101, 200), Some(Streams(0b1010)));
+        assert_eq!(recent.streams_between(100, 102), Some(Streams::TO_DEVICE));
+        assert_eq!(recent.streams_between(103, 200), Some(Streams::default()));
+        for count in 0..CAPACITY as u64 {
+            recent.record_streams(200 + count, Streams::DEVICE_LISTS);
+        }
+        assert_eq!(recent.streams_between(102, u64::MAX), None, "pushed out");
+        assert_eq!(
+            recent.streams_between(103, u64::MAX),
+            Some(Streams::DEVICE_LISTS)
+        );
     }
 
     #[test]
