@@ -111,13 +111,7 @@ async fn long_poll_wakes_on_a_new_event() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
+    server.join(&bob, &room).await;
     let since = next_batch(&sync(&server, &bob, "").await);
 
     let waiting = long_poll(&server, &bob, &since);
@@ -166,14 +160,7 @@ async fn a_long_poll_from_the_newest_position_wakes_for_account_data_tags_and_re
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    let (status, _) = server
-        .post(
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    server.join(&bob, &room).await;
     let since = next_batch(&sync(&server, &bob, "").await);
     let user = urlencode(&bob.user_id);
 
